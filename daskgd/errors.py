@@ -1,0 +1,32 @@
+"""The exceptions daskgd raises and users catch.
+
+Each one derives from :class:`DaskgdError` and from the built-in exception a
+user would otherwise expect (``ValueError`` for bad data, ``RuntimeError`` for
+a cluster problem), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class DaskgdError(Exception):
+    """Base class of every daskgd error."""
+
+
+class DataValidationError(DaskgdError, ValueError):
+    """The data is malformed: wrong shape, dtype, chunks, NaN/inf, bad labels or weights."""
+
+
+class IncompleteDatasetError(DataValidationError):
+    """A Zarr group is not a complete daskgd dataset (a write failed or is under way)."""
+
+
+class DivergenceError(DaskgdError, FloatingPointError):
+    """The loss or the gradient became non-finite: the learning rate is too large."""
+
+
+class SchedulerSetupError(DaskgdError, RuntimeError):
+    """The Dask scheduler cannot run daskgd's aggregator (daskgd is not installed there)."""
+
+
+class TrainingError(DaskgdError, RuntimeError):
+    """A fit failed on the cluster: every worker was lost, a task failed, the job vanished."""
