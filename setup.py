@@ -1,7 +1,13 @@
-"""Build the Cython gradient kernels into ``daskgd._kernels``.
+"""Build the Cython gradient kernels.
 
-All metadata lives in ``pyproject.toml``; this file only declares the extension.
+All metadata lives in ``pyproject.toml``; this file only declares the extensions.
+One Cython source (``src_ext/_kernels_impl.pxi``) is built twice: ``daskgd._kernels``
+for the baseline instruction set, and on x86-64 ``daskgd._kernels_avx2`` with AVX2
+and FMA, which ``daskgd.kernels`` selects at import when the CPU has them.
 """
+
+import platform
+import sys
 
 import numpy as np
 from Cython.Build import cythonize
@@ -18,15 +24,22 @@ EXTRA_COMPILE_ARGS = [
     "-fassociative-math",
 ]
 
-extensions = [
-    Extension(
-        "daskgd._kernels",
-        sources=["src_ext/_kernels.pyx"],
+
+
+def kernel_extension(name: str, extra_args: list[str]) -> Extension:
+    return Extension(
+        f"daskgd.{name}",
+        sources=[f"src_ext/{name}.pyx"],
+        depends=["src_ext/_kernels_impl.pxi"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=EXTRA_COMPILE_ARGS,
+        extra_compile_args=EXTRA_COMPILE_ARGS + extra_args,
     )
-]
+
+
+extensions = [kernel_extension("_kernels", [])]
+if platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32":
+    extensions.append(kernel_extension("_kernels_avx2", ["-mavx2", "-mfma"]))
 
 setup(
     ext_modules=cythonize(

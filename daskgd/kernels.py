@@ -6,6 +6,14 @@ kernel for the array's precision.  :func:`grad_loss_reference` computes the same
 quantities with plain numpy; it is the oracle in the tests and the executable
 definition of every loss (see :mod:`daskgd.losses`).
 
+Instruction sets
+----------------
+The kernels are built twice from one source: for the baseline instruction set
+and, on x86-64, for AVX2 with FMA. The faster build is chosen at import when the
+CPU supports it (as numpy reports); set the environment variable
+``DASKGD_KERNELS=baseline`` to force the portable one. :data:`KERNEL_BUILD`
+names the build in use.
+
 Conversions
 -----------
 ``X`` is never copied: it must be a C-contiguous float32 or float64 array (a
@@ -16,24 +24,63 @@ to ``X``'s dtype when they differ.
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
+
 import numpy as np
 
 from daskgd.losses import MAX_DLOSS, check_targets, get_loss
 
-__all__ = ["grad_loss", "grad_loss_reference"]
+__all__ = ["KERNEL_BUILD", "available_builds", "grad_loss", "grad_loss_reference"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _compiled():
+def _cpu_has_avx2_fma() -> bool:
     try:
-        from daskgd import _kernels
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # pragma: no cover - numpy moved its private module
+        return False
+    return bool(__cpu_features__.get("AVX2")) and bool(__cpu_features__.get("FMA3"))
+
+
+def available_builds() -> dict[str, ModuleType]:
+    """The compiled kernel builds importable on this machine, by name.
+
+    ``"baseline"`` is always there once daskgd is installed; ``"avx2"`` only on
+    x86-64 CPUs with AVX2 and FMA.
+    """
+    builds: dict[str, ModuleType] = {}
+    try:
+        builds["baseline"] = importlib.import_module("daskgd._kernels")
     except ImportError as exc:  # pragma: no cover - only without a build
         raise ImportError(
-            "daskgd's compiled kernels are missing; install daskgd with "
-            "`pip install .` (or build in place with `python setup.py build_ext --inplace`)"
+            "daskgd's compiled kernels are missing; install daskgd with `pip install .` "
+            "(or build in place with `python setup.py build_ext --inplace`)"
         ) from exc
-    return _kernels
+    if _cpu_has_avx2_fma():
+        try:
+            builds["avx2"] = importlib.import_module("daskgd._kernels_avx2")
+        except ImportError:
+            pass  # built without it (another architecture or compiler)
+    return builds
+
+
+def _select_build() -> tuple[str, ModuleType]:
+    builds = available_builds()
+    wanted = os.environ.get("DASKGD_KERNELS", "").strip().lower()
+    if wanted:
+        if wanted not in builds:
+            raise ImportError(
+                f"DASKGD_KERNELS={wanted!r} is not available here; choose one of {sorted(builds)}"
+            )
+        return wanted, builds[wanted]
+    name = "avx2" if "avx2" in builds else "baseline"
+    return name, builds[name]
+
+
+KERNEL_BUILD, _KERNELS = _select_build()
 
 
 def _as_vector(a, name: str, dtype: np.dtype, length: int) -> np.ndarray:
@@ -86,7 +133,7 @@ def _check_block(X, y, w, b, loss: str, sample_weight, check_input: bool):
 
 
 def grad_loss(X, y, w, b=0.0, *, loss: str = "squared_error", sample_weight=None, out=None,
-              epsilon: float = 0.1, check_input: bool = True):
+              epsilon: float = 0.1, check_input: bool = True, _build: str | None = None):
     """Summed loss and its gradient for a block of rows, in one pass over ``X``.
 
     Parameters
@@ -150,7 +197,7 @@ def grad_loss(X, y, w, b=0.0, *, loss: str = "squared_error", sample_weight=None
         raise ValueError(
             f"out must be a writeable C-contiguous {X.dtype} array of shape {shape}"
         )
-    kernels = _compiled()
+    kernels = _KERNELS if _build is None else available_builds()[_build]
     if multinomial:
         loss_sum = kernels.grad_loss_multinomial(X, y, w, b, sample_weight, out)
         return float(loss_sum), out[:d], out[d]

@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmark scripts: timing, machine facts, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on."""
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_results(name: str, payload: dict, markdown: str) -> None:
+    """Write ``bench/results/<name>.json`` and ``<name>.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), **payload}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    m = payload["machine"]
+    header = (
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+        f"numpy {m['numpy']}. Command: `{m['command']}`.\n\n"
+    )
+    (RESULTS / f"{name}.md").write_text(markdown.replace("{header}", header))
+    print(markdown.replace("{header}", header))
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,4 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""daskgd loss/gradient kernels: build for CPUs with AVX2 and FMA."""
+
+include "_kernels_impl.pxi"

@@ -1,0 +1,202 @@
+"""The compiled kernels against the numpy oracle, every loss, both precisions, both builds."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daskgd.kernels import KERNEL_BUILD, available_builds, grad_loss, grad_loss_reference
+from daskgd.losses import LOSSES, link
+
+BUILDS = sorted(available_builds())
+BINARY = [name for name, loss in LOSSES.items() if loss.classification]
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _targets(rng, loss: str, n: int, scale: float = 1.0) -> np.ndarray:
+    if loss in BINARY:
+        return rng.choice([-1.0, 1.0], size=n)
+    return rng.normal(scale=scale, size=n)
+
+
+def _assert_close(got, want, dtype, atol_scale=1.0):
+    """Relative error of summed quantities, measured against their magnitude."""
+    rtol = RTOL[dtype]
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    scale = max(float(np.max(np.abs(want), initial=0.0)), 1e-300) * atol_scale
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_reference(build, dtype, loss, weighted):
+    rng = np.random.default_rng(0)
+    n, d = 203, 37  # not multiples of the kernel's row block
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = _targets(rng, loss, n).astype(dtype)
+    w = rng.normal(size=d).astype(dtype)
+    sw = rng.random(n).astype(dtype) if weighted else None
+    got = grad_loss(X, y, w, 0.25, loss=loss, sample_weight=sw, _build=build)
+    want = grad_loss_reference(X, y, w, 0.25, loss=loss, sample_weight=sw)
+    for g, r in zip(got, want, strict=True):
+        _assert_close(g, r, dtype)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_multinomial_matches_reference(build, dtype, weighted):
+    rng = np.random.default_rng(1)
+    n, d, k = 150, 11, 4
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = rng.integers(0, k, size=n).astype(dtype)
+    W = rng.normal(size=(d, k)).astype(dtype)
+    b = rng.normal(size=k).astype(dtype)
+    sw = rng.random(n).astype(dtype) if weighted else None
+    out = np.empty((d + 1, k), dtype=dtype)
+    got = grad_loss(X, y, W, b, loss="log_loss", sample_weight=sw, out=out, _build=build)
+    want = grad_loss_reference(X, y, W, b, loss="log_loss", sample_weight=sw)
+    assert got[1].base is out or got[1].base is out.base
+    for g, r in zip(got, want, strict=True):
+        _assert_close(g, r, dtype)
+
+
+@st.composite
+def blocks(draw):
+    dtype = draw(st.sampled_from(DTYPES))
+    loss = draw(st.sampled_from(sorted(LOSSES)))
+    n = draw(st.integers(1, 40))
+    d = draw(st.sampled_from([1, 2, 3, 5, 8, 17, 64, 300]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    margin_scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e4]))
+    weighted = draw(st.booleans())
+    build = draw(st.sampled_from(BUILDS))
+    return dtype, loss, n, d, seed, margin_scale, weighted, build
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks())
+def test_hypothesis_random_blocks(case):
+    dtype, loss, n, d, seed, margin_scale, weighted, build = case
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    # weights scaled so that margins reach about +-margin_scale
+    w = (rng.normal(size=d) * margin_scale / np.sqrt(d)).astype(dtype)
+    b = float(rng.normal())
+    y = _targets(rng, loss, n, scale=margin_scale).astype(dtype)
+    sw = rng.random(n).astype(dtype) if weighted else None
+    got = grad_loss(X, y, w, b, loss=loss, sample_weight=sw, _build=build)
+    want = grad_loss_reference(X, y, w, b, loss=loss, sample_weight=sw)
+    assert np.isfinite(got[0])
+    # the float64 reference sees exactly the same (widened) inputs, so even for
+    # float32 data only the final rounding of the outputs differs
+    _assert_close(got[0], want[0], dtype)
+    _assert_close(got[1], want[1], dtype)
+    _assert_close(got[2], want[2], dtype, atol_scale=max(1.0, np.abs(want[1]).max()))
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_huge_margins_stay_finite(loss):
+    X = np.array([[1e200], [-1e200], [1e-300]])
+    y = np.array([1.0, -1.0, 1.0]) if loss in BINARY else np.array([1e300, -1e300, 0.0])
+    w = np.array([1e100])
+    total, g, gb = grad_loss(X, y, w, loss=loss)
+    assert np.all(np.isfinite(g)) or loss in ("squared_error", "squared_hinge")
+    # derivative clipped as in scikit-learn: |dloss| <= 1e12
+    ref = grad_loss_reference(X, y, w, loss=loss)
+    np.testing.assert_allclose(g, ref[1], rtol=1e-12)
+
+
+def test_log_loss_stable_for_any_margin():
+    X = np.array([[1.0]] * 4)
+    y = np.array([1.0, -1.0, 1.0, -1.0])
+    for w in (1e4, -1e4, 800.0, -800.0):
+        total, g, gb = grad_loss(X, y, [w], loss="log_loss")
+        assert np.isfinite(total) and np.isfinite(g).all()
+        np.testing.assert_allclose(total, 2 * abs(w), rtol=1e-12)
+
+
+def test_out_buffer_is_reused():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(10, 3))
+    out = np.empty(4)
+    _, g, gb = grad_loss(X, rng.normal(size=10), np.ones(3), out=out)
+    assert np.shares_memory(g, out)
+    np.testing.assert_array_equal(out[:3], g)
+    assert out[3] == gb
+
+
+def test_gil_released_two_threads_agree():
+    rng = np.random.default_rng(3)
+    X = [rng.normal(size=(20_000, 50)) for _ in range(2)]
+    y = [rng.normal(size=20_000) for _ in range(2)]
+    w = rng.normal(size=50)
+    results: dict[int, tuple] = {}
+
+    def work(i):
+        results[i] = grad_loss(X[i], y[i], w)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        np.testing.assert_allclose(results[i][1], grad_loss_reference(X[i], y[i], w)[1],
+                                   rtol=1e-12)
+
+
+def test_default_build_is_the_fastest_available():
+    assert KERNEL_BUILD == ("avx2" if "avx2" in BUILDS else "baseline")
+
+
+def test_empty_block():
+    loss, g, gb = grad_loss(np.empty((0, 3)), np.empty(0), np.ones(3))
+    assert loss == 0.0 and gb == 0.0
+    np.testing.assert_array_equal(g, np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"X": np.ones(3)}, ValueError, "X must be 2-D"),
+        ({"X": np.ones((3, 2), dtype=np.int64)}, TypeError, "float32 or float64"),
+        ({"X": [[1.0, 2.0]] * 3}, TypeError, "numpy.ndarray"),
+        ({"X": np.asfortranarray(np.ones((3, 2)))}, ValueError, "C-contiguous"),
+        ({"y": np.ones(4)}, ValueError, "y has 4 entries"),
+        ({"y": np.ones((3, 1))}, ValueError, "y must be 1-D"),
+        ({"w": np.ones(3)}, ValueError, "w must have shape"),
+        ({"loss": "nope"}, ValueError, "unknown loss 'nope'"),
+        ({"loss": "hinge", "y": np.array([0.0, 1.0, 1.0])}, ValueError, "-1/\\+1 labels"),
+        ({"sample_weight": -np.ones(3)}, ValueError, "non-negative"),
+        ({"sample_weight": np.ones(2)}, ValueError, "sample_weight has 2 entries"),
+        ({"out": np.empty(2)}, ValueError, "out must be"),
+        ({"out": np.empty(3, dtype=np.float32)}, ValueError, "out must be"),
+        ({"loss": "huber", "epsilon": 0.0}, ValueError, "epsilon must be positive"),
+        ({"w": np.ones((2, 3)), "loss": "hinge"}, ValueError, "multinomial"),
+        ({"w": np.ones((2, 3)), "loss": "log_loss", "y": np.array([0.0, 1.0, 3.0])},
+         ValueError, "class indices 0..2"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    args = {"X": np.ones((3, 2)), "y": np.ones(3), "w": np.ones(2)}
+    args.update(kwargs)
+    X, y, w = args.pop("X"), args.pop("y"), args.pop("w")
+    with pytest.raises(error, match=match):
+        grad_loss(X, y, w, **args)
+
+
+def test_link_functions():
+    np.testing.assert_array_equal(link("squared_error", np.array([1.0, -2.0])), [1.0, -2.0])
+    p = link("log_loss", np.array([-1000.0, 0.0, 1000.0]))
+    np.testing.assert_allclose(p, [0.0, 0.5, 1.0])
+    P = link("log_loss", np.array([[1.0, 1.0], [1000.0, 0.0]]))
+    np.testing.assert_allclose(P, [[0.5, 0.5], [1.0, 0.0]])
