@@ -25,7 +25,6 @@ EXTRA_COMPILE_ARGS = [
 ]
 
 
-
 def kernel_extension(name: str, extra_args: list[str]) -> Extension:
     return Extension(
         f"daskgd.{name}",

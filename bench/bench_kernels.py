@@ -42,10 +42,16 @@ def blocked_numpy(X, y, w, block=1000):
 def two_threads(X, y, w, out_a, out_b) -> None:
     half = X.shape[0] // 2
     threads = [
-        threading.Thread(target=grad_loss, args=(X[:half], y[:half], w),
-                         kwargs={"out": out_a, "check_input": False}),
-        threading.Thread(target=grad_loss, args=(X[half:], y[half:], w),
-                         kwargs={"out": out_b, "check_input": False}),
+        threading.Thread(
+            target=grad_loss,
+            args=(X[:half], y[:half], w),
+            kwargs={"out": out_a, "check_input": False},
+        ),
+        threading.Thread(
+            target=grad_loss,
+            args=(X[half:], y[half:], w),
+            kwargs={"out": out_b, "check_input": False},
+        ),
     ]
     for t in threads:
         t.start()
@@ -64,15 +70,20 @@ def measure(dtype, n: int, d: int, repeats: int) -> dict:
     times = {}
     for build in sorted(available_builds()):
         times[f"fused ({build})"] = median_seconds(
-            lambda b=build: grad_loss(X, y, w, out=out, check_input=False, _build=b), repeats)
+            lambda b=build: grad_loss(X, y, w, out=out, check_input=False, _build=b), repeats
+        )
     times["numpy two-pass"] = median_seconds(lambda: X.T @ (X @ w - y), repeats)
     times["numpy blocked sketch"] = median_seconds(lambda: blocked_numpy(X, y, w), repeats)
     times["numpy X.sum() (read)"] = median_seconds(lambda: X.sum(), repeats)
     fused = times[f"fused ({KERNEL_BUILD})"]
     half = n // 2
     sequential = median_seconds(
-        lambda: (grad_loss(X[:half], y[:half], w, out=out, check_input=False),
-                 grad_loss(X[half:], y[half:], w, out=out_b, check_input=False)), repeats)
+        lambda: (
+            grad_loss(X[:half], y[:half], w, out=out, check_input=False),
+            grad_loss(X[half:], y[half:], w, out=out_b, check_input=False),
+        ),
+        repeats,
+    )
     parallel = median_seconds(lambda: two_threads(X, y, w, out, out_b), repeats)
     return {
         "dtype": np.dtype(dtype).name,
@@ -102,19 +113,28 @@ def main() -> None:
         results = [measure(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
 
     md = ["# Gradient kernel: fused one-pass vs numpy, one thread\n\n{header}"]
-    md.append(f"Squared-error gradient of {n:,} x 100 in memory, BLAS pinned to one thread, "
-              f"median of {args.repeats} runs. Default build on this CPU: `{KERNEL_BUILD}`.\n\n")
+    md.append(
+        f"Squared-error gradient of {n:,} x 100 in memory, BLAS pinned to one thread, "
+        f"median of {args.repeats} runs. Default build on this CPU: `{KERNEL_BUILD}`.\n\n"
+    )
     for r in results:
-        rows = [[k, f"{t * 1e3:.1f}", f"{r['gb_per_s'][k]:.1f}",
-                 f"{r['seconds']['numpy two-pass'] / t:.2f}"]
-                for k, t in r["seconds"].items()]
+        rows = [
+            [
+                k,
+                f"{t * 1e3:.1f}",
+                f"{r['gb_per_s'][k]:.1f}",
+                f"{r['seconds']['numpy two-pass'] / t:.2f}",
+            ]
+            for k, t in r["seconds"].items()
+        ]
         md.append(f"## {r['dtype']} ({r['bytes'] / 1e6:.0f} MB)\n\n")
         md.append(table(rows, ["method", "ms", "GB/s", "speed-up vs numpy two-pass"]))
         ok_ratio = r["speedup_vs_numpy_two_pass"] >= TARGET_RATIO
         ok_bw = r["fraction_of_read_bandwidth"] >= TARGET_BANDWIDTH
         tt = r["two_threads"]
         md.append(
-            f"\nFused (`{KERNEL_BUILD}`) vs numpy two-pass: **{r['speedup_vs_numpy_two_pass']:.2f}x** "
+            f"\nFused (`{KERNEL_BUILD}`) vs numpy two-pass: "
+            f"**{r['speedup_vs_numpy_two_pass']:.2f}x** "
             f"(target {TARGET_RATIO}x: {'met' if ok_ratio else 'not met'}); "
             f"share of the read bandwidth: **{r['fraction_of_read_bandwidth']:.0%}** "
             f"(target {TARGET_BANDWIDTH:.0%}: {'met' if ok_bw else 'not met'}).\n\n"

@@ -5,10 +5,10 @@
 #
 # One pass over the rows: margins, loss derivatives, then the rows are added to
 # the gradient while they are still in L1 cache, so X is read from memory once
-# (numpy's ``X @ w`` then ``X.T @ r`` reads it twice).  Rows go four at a time:
-# four independent dot products share every load of w[j] and break the
+# (numpy's ``X @ w`` then ``X.T @ r`` reads it twice).  Rows go eight at a time
+# (ROWS): eight independent dot products share every load of w[j] and break the
 # dependency chain of a single reduction, and the gradient accumulator is
-# loaded and stored once per four rows.  The rows a few blocks ahead are
+# loaded and stored once per eight rows.  The rows a few blocks ahead are
 # prefetched so that memory traffic overlaps the arithmetic.  The reductions
 # vectorise because setup.py compiles with -fassociative-math.  The per-row
 # loop was measured against a cache-blocked BLAS variant (bench/NOTES.md).
@@ -175,10 +175,14 @@ cdef inline void _axpy_block(const double* a, const floating* x, double* acc,
     cdef const floating* x5 = x + 5 * d
     cdef const floating* x6 = x + 6 * d
     cdef const floating* x7 = x + 7 * d
-    cdef double a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7]
+    cdef double a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3]
+    cdef double a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7]
     cdef Py_ssize_t j
     for j in range(d):
-        acc[j] += (a0 * <double>x[j] + a1 * <double>x1[j] + a2 * <double>x2[j] + a3 * <double>x3[j] + a4 * <double>x4[j] + a5 * <double>x5[j] + a6 * <double>x6[j] + a7 * <double>x7[j])
+        acc[j] += (a0 * <double>x[j] + a1 * <double>x1[j]
+                   + a2 * <double>x2[j] + a3 * <double>x3[j]
+                   + a4 * <double>x4[j] + a5 * <double>x5[j]
+                   + a6 * <double>x6[j] + a7 * <double>x7[j])
 
 
 cdef inline bint _any_nonzero(const double* a) noexcept nogil:

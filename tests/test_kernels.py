@@ -108,7 +108,7 @@ def test_huge_margins_stay_finite(loss):
     X = np.array([[1e200], [-1e200], [1e-300]])
     y = np.array([1.0, -1.0, 1.0]) if loss in BINARY else np.array([1e300, -1e300, 0.0])
     w = np.array([1e100])
-    total, g, gb = grad_loss(X, y, w, loss=loss)
+    _total, g, _gb = grad_loss(X, y, w, loss=loss)
     assert np.all(np.isfinite(g)) or loss in ("squared_error", "squared_hinge")
     # derivative clipped as in scikit-learn: |dloss| <= 1e12
     ref = grad_loss_reference(X, y, w, loss=loss)
@@ -119,7 +119,7 @@ def test_log_loss_stable_for_any_margin():
     X = np.array([[1.0]] * 4)
     y = np.array([1.0, -1.0, 1.0, -1.0])
     for w in (1e4, -1e4, 800.0, -800.0):
-        total, g, gb = grad_loss(X, y, [w], loss="log_loss")
+        total, g, _gb = grad_loss(X, y, [w], loss="log_loss")
         assert np.isfinite(total) and np.isfinite(g).all()
         np.testing.assert_allclose(total, 2 * abs(w), rtol=1e-12)
 
@@ -150,8 +150,7 @@ def test_gil_released_two_threads_agree():
     for t in threads:
         t.join()
     for i in range(2):
-        np.testing.assert_allclose(results[i][1], grad_loss_reference(X[i], y[i], w)[1],
-                                   rtol=1e-12)
+        np.testing.assert_allclose(results[i][1], grad_loss_reference(X[i], y[i], w)[1], rtol=1e-12)
 
 
 def test_default_build_is_the_fastest_available():
@@ -182,8 +181,11 @@ def test_empty_block():
         ({"out": np.empty(3, dtype=np.float32)}, ValueError, "out must be"),
         ({"loss": "huber", "epsilon": 0.0}, ValueError, "epsilon must be positive"),
         ({"w": np.ones((2, 3)), "loss": "hinge"}, ValueError, "multinomial"),
-        ({"w": np.ones((2, 3)), "loss": "log_loss", "y": np.array([0.0, 1.0, 3.0])},
-         ValueError, "class indices 0..2"),
+        (
+            {"w": np.ones((2, 3)), "loss": "log_loss", "y": np.array([0.0, 1.0, 3.0])},
+            ValueError,
+            "class indices 0..2",
+        ),
     ],
 )
 def test_bad_input(kwargs, error, match):
