@@ -9,7 +9,9 @@ with BLAS pinned to one thread, times the squared-error gradient computed by
 * numpy's two-pass form ``r = X @ w - y; g = X.T @ r``;
 * a numpy sketch of the cache-blocked form (the same two products per block of
   1,000 rows, while the block is in cache), the design alternative to ours;
-* a numpy read of the same bytes, ``X.sum()``: the single-thread read bandwidth.
+* a numpy read of the same bytes, ``X.sum()``: the single-thread read bandwidth;
+* the fused kernel over the same number of rows taken from a block that stays in
+  cache: its arithmetic alone, to show how much of its time is not memory.
 
 Then the fused kernel on two blocks in two threads against the same two blocks one
 after the other, which shows that the kernel releases the GIL. Results go to
@@ -72,6 +74,16 @@ def measure(dtype, n: int, d: int, repeats: int) -> dict:
         times[f"fused ({build})"] = median_seconds(
             lambda b=build: grad_loss(X, y, w, out=out, check_input=False, _build=b), repeats
         )
+    # Counter-measurement: the same number of rows from a block that stays in
+    # L2 cache, i.e. the kernel's arithmetic alone, without waiting on memory.
+    block = 2_000
+    Xc, yc = X[:block].copy(), y[:block].copy()
+
+    def in_cache():
+        for _ in range(n // block):
+            grad_loss(Xc, yc, w, out=out, check_input=False)
+
+    times["fused, data in cache (compute only)"] = median_seconds(in_cache, repeats)
     times["numpy two-pass"] = median_seconds(lambda: X.T @ (X @ w - y), repeats)
     times["numpy blocked sketch"] = median_seconds(lambda: blocked_numpy(X, y, w), repeats)
     times["numpy X.sum() (read)"] = median_seconds(lambda: X.sum(), repeats)
