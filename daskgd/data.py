@@ -620,7 +620,7 @@ def open_zarr(
                 f"chunks of {rows}; rewrite the dataset with write_zarr(..., chunk_rows=...) "
                 "so all arrays share one row-chunking"
             )
-    n, d = zX.shape
+    _n, d = zX.shape
     # from_array over whole shards/chunks (not da.from_zarr: dask/dask#12586).
     X = da.from_array(zX, chunks=(rows, d), name=f"daskgd-X-{dask.base.tokenize(p, attrs)}")
     y = da.from_array(zy, chunks=(rows,), name=f"daskgd-y-{dask.base.tokenize(p, attrs)}")
@@ -693,7 +693,7 @@ def _to_dask(a: Any, name: str, rows: int | tuple[int, ...]) -> da.Array:
     arr = np.asarray(a)
     if arr.ndim == 0:
         raise DataValidationError(f"{name} must be an array, got a scalar")
-    chunks = (rows,) + tuple(arr.shape[1:])
+    chunks = (rows, *tuple(arr.shape[1:]))
     return da.from_array(arr, chunks=chunks)
 
 
@@ -812,7 +812,7 @@ def _validate_local(
     offsets = np.concatenate([[0], np.cumsum(chunks)])
     total = 0.0
     for name, a in (("X", X), ("y", y), ("sample_weight", w)):
-        if a is None or a.dtype.kind in "biu" and name != "sample_weight":
+        if a is None or (a.dtype.kind in "biu" and name != "sample_weight"):
             continue
         kind = "weight" if name == "sample_weight" else "value"
         stats = [_block_stats(a[offsets[i] : offsets[i + 1]], kind) for i in range(len(chunks))]
@@ -891,11 +891,11 @@ def create_dataset_group(
     if weighted:
         specs.append(("sample_weight", (n_samples,), np.float64))
     for name, shape, dt in specs:
-        outer = (chunk_rows,) + shape[1:]
+        outer = (chunk_rows, *shape[1:])
         if inner_chunk_rows is None:
             chunks, shards = outer, None
         else:
-            chunks, shards = (inner_chunk_rows,) + shape[1:], outer
+            chunks, shards = (inner_chunk_rows, *shape[1:]), outer
         g.create_array(
             name,
             shape=shape,
