@@ -512,8 +512,12 @@ class Dataset:
         load = dict.fromkeys(workers, 0)
         holders: dict[int, list[str]] = {}
         if client is not None:
-            keys = [k for k in np.asarray(self.X.__dask_keys__(), dtype=object).ravel()]
-            who = client.who_has(keys)
+            from distributed import futures_of
+
+            keys = list(dask.core.flatten(self.X.__dask_keys__()))  # (name, i, 0)
+            # who_has takes futures: only a persisted X has any; otherwise nothing is held.
+            futures = futures_of(self.X)
+            who = dict(client.who_has(futures)) if futures else {}
             for i, k in enumerate(keys):
                 held = [w for w in who.get(k, ()) if w in load]
                 if held:
