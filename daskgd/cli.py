@@ -49,14 +49,14 @@ def _storage_option(text: str) -> tuple[str, Any]:
 
 
 def _compressor(name: str) -> Any:
-    import zarr
+    from zarr.codecs import BloscCodec
 
     from daskgd.data import DEFAULT_COMPRESSOR
 
     if name == "zstd":
         return DEFAULT_COMPRESSOR
     if name == "blosc-lz4":
-        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     return None
 
 

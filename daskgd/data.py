@@ -30,6 +30,7 @@ import dask
 import dask.array as da
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from daskgd.errors import DataValidationError, IncompleteDatasetError
 
@@ -121,12 +122,20 @@ def _remove(path: str, storage_options: dict[str, Any] | None) -> None:
 
 def _compressors(compressor: Any) -> Any:
     if compressor is DEFAULT_COMPRESSOR:
-        return (zarr.codecs.ZstdCodec(level=1),)
+        return (ZstdCodec(level=1),)
     if compressor is None:
         return None
     if isinstance(compressor, list | tuple):
         return tuple(compressor)
     return (compressor,)
+
+
+def _array(g: zarr.Group, name: str) -> zarr.Array:
+    """Member ``name`` of ``g``, which must be an array."""
+    z = g[name]
+    if not isinstance(z, zarr.Array):
+        raise DataValidationError(f"{name!r} in the group is a {type(z).__name__}, not an array")
+    return z
 
 
 def _row_block(z: zarr.Array) -> int:
@@ -561,7 +570,7 @@ def _group_arrays(g: zarr.Group, path: str) -> dict[str, zarr.Array]:
                 f"{path} has no array {name!r} (found: {sorted(members) or 'none'}); a daskgd "
                 "dataset needs arrays 'X' and 'y' (and optionally 'sample_weight')"
             )
-    return {name: g[name] for name in _ARRAY_NAMES if name in members}  # type: ignore[misc]
+    return {name: _array(g, name) for name in _ARRAY_NAMES if name in members}
 
 
 def open_zarr(
@@ -706,7 +715,7 @@ def _from_arrays(
 ) -> tuple[da.Array, da.Array, da.Array | None]:
     """Numpy or dask arrays -> dask arrays with common row chunks, after structural checks."""
     shapes = [np.shape(X), np.shape(y), None if sample_weight is None else np.shape(sample_weight)]
-    _check_shapes(*shapes)  # type: ignore[arg-type]
+    _check_shapes(*shapes)
     Xdt = np.dtype(X.dtype) if hasattr(X, "dtype") else np.asarray(X).dtype
     if Xdt.kind in "biu":
         X = X.astype(np.float64)  # integer features: promote, a lossless and common case
@@ -716,7 +725,7 @@ def _from_arrays(
     if sample_weight is not None:
         wdt = getattr(sample_weight, "dtype", None) or np.asarray(sample_weight).dtype
         _check_dtype_1d("sample_weight", np.dtype(wdt))
-    n, d = shapes[0]  # type: ignore[misc]
+    n, d = shapes[0]
     if chunk_rows is not None:
         if int(chunk_rows) < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -1040,12 +1049,13 @@ def write_zarr(
     )
     try:
         if in_memory:
-            g["X"][:] = np.asarray(X, dtype=Xd.dtype)
-            g["y"][:] = np.asarray(y)
+            _array(g, "X")[:] = np.asarray(X, dtype=Xd.dtype)
+            _array(g, "y")[:] = np.asarray(y)
             if sample_weight is not None:
-                g["sample_weight"][:] = np.asarray(sample_weight, dtype=np.float64)
+                _array(g, "sample_weight")[:] = np.asarray(sample_weight, dtype=np.float64)
         else:
-            sources, targets = [], []
+            sources: list[da.Array] = []
+            targets: list[Any] = []  # zarr arrays: dask types this as numpy-like
             for name, a in (("X", Xd), ("y", yd), ("sample_weight", wd)):
                 if a is None:
                     continue
@@ -1053,7 +1063,7 @@ def write_zarr(
                     kind = "weight" if name == "sample_weight" else "value"
                     a = a.map_blocks(_checked_block, name, kind, dtype=a.dtype)
                 sources.append(a)
-                targets.append(g[name])
+                targets.append(_array(g, name))
             _compute([da.store(sources, targets, lock=False, compute=False)], client)
         finish_dataset_group(g)
     except BaseException:

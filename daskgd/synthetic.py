@@ -20,6 +20,7 @@ import numpy as np
 from daskgd.data import (
     DEFAULT_COMPRESSOR,
     Dataset,
+    _array,
     _auto_chunk_rows,
     _compute,
     _open_group,
@@ -83,8 +84,8 @@ def _write_chunk(
     else:  # multinomial: labels drawn from the softmax model (Gumbel-max trick)
         y = np.argmax(margin + rng.gumbel(size=margin.shape), axis=1).astype(np.int32)
     g = _open_group(path, "r+", storage_options)
-    g["X"][start : start + rows] = X.astype(dtype, copy=False)
-    g["y"][start : start + rows] = y
+    _array(g, "X")[start : start + rows] = X.astype(dtype, copy=False)
+    _array(g, "y")[start : start + rows] = y
     return rows
 
 
