@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -634,13 +635,15 @@ def open_zarr(
                 "so all arrays share one row-chunking"
             )
     _n, d = zX.shape
-    # from_array over whole shards/chunks (not da.from_zarr: dask/dask#12586).
-    X = da.from_array(zX, chunks=(rows, d), name=f"daskgd-X-{dask.base.tokenize(p, attrs)}")
-    y = da.from_array(zy, chunks=(rows,), name=f"daskgd-y-{dask.base.tokenize(p, attrs)}")
+    # from_array over whole shards/chunks (not da.from_zarr: dask/dask#12586). The names
+    # come from the write id; a group from another tool has none, so it gets fresh names.
+    token = dask.base.tokenize(p, attrs.get("write_id") or uuid.uuid4().hex)
+    X = da.from_array(zX, chunks=(rows, d), name=f"daskgd-X-{token}")
+    y = da.from_array(zy, chunks=(rows,), name=f"daskgd-y-{token}")
     w = None
     if zw is not None:
         _check_dtype_1d("sample_weight", np.dtype(zw.dtype))
-        w = da.from_array(zw, chunks=(rows,), name=f"daskgd-w-{dask.base.tokenize(p, attrs)}")
+        w = da.from_array(zw, chunks=(rows,), name=f"daskgd-w-{token}")
     if "classes" in attrs:
         classes = None if attrs["classes"] is None else np.asarray(attrs["classes"])
     else:
@@ -896,6 +899,9 @@ def create_dataset_group(
             "n_samples": int(n_samples),
             "n_features": int(n_features),
             "dtype": np.dtype(dtype).name,
+            # Unique per write: names the dask arrays, so a rewrite at the same path never
+            # reuses chunks of the old data still held in a cluster's memory.
+            "write_id": uuid.uuid4().hex,
             **attrs,
         }
     )

@@ -122,6 +122,16 @@ def test_overwrite(tmp_path):
     assert ds.n_samples == 50
 
 
+def test_rewrite_never_reuses_old_chunks_held_by_the_cluster(client, tmp_path):
+    X, y = _xy()
+    old = write_zarr(tmp_path / "d.zarr", X, y, chunk_rows=50)
+    held = client.persist(old.X)
+    wait(held)
+    new = write_zarr(tmp_path / "d.zarr", X + 1, y, chunk_rows=50, overwrite=True)
+    assert new.X.name != old.X.name
+    np.testing.assert_array_equal(client.compute(new.X).result(), X + 1)
+
+
 @pytest.mark.parametrize(
     ("compressor", "expect"),
     [
