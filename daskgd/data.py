@@ -1027,6 +1027,8 @@ def write_zarr(
                 None if sample_weight is None else np.asarray(sample_weight),
                 Xd.chunks[0],
             )
+    elif task == "regression" and yd.dtype.kind != "b":
+        classes = None  # no pass over y needed
     else:
         classes = _find_classes(yd, client)
     if task is None:

@@ -359,6 +359,13 @@ def test_labels_must_match_task(client, tmp_path):
     # ...also when y is a dask array (classes found on the cluster).
     ds = as_dataset((da.from_array(X, chunks=(25, 4)), da.arange(100, chunks=25) % 3))
     assert ds.classes_.tolist() == [0, 1, 2]
+    yf = (da.arange(100, chunks=25) % 2).astype(float)
+    ds = as_dataset((da.from_array(X, chunks=(25, 4)), yf), task="classification")
+    assert ds.classes_.tolist() == [0.0, 1.0]
+    ds = write_zarr(
+        tmp_path / "f.zarr", da.from_array(X, chunks=(25, 4)), yf, task="classification"
+    )
+    assert ds.attrs["classes"] == [0.0, 1.0] and ds.attrs["task"] == "classification"
 
 
 @pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
