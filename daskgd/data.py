@@ -253,7 +253,7 @@ def _block_stats(block: np.ndarray, kind: str) -> tuple[int, int, float]:
 
 def _scan(arrays: Mapping[str, Any], client: Any = None) -> dict[str, list[tuple[int, int, float]]]:
     """Run :func:`_block_stats` on every row-chunk of every array in one compute."""
-    numpy_out: dict[str, list[tuple[int, int, float]]] = {}
+    out: dict[str, list[tuple[int, int, float]]] = {}
     tasks: list[Any] = []
     names: list[tuple[str, int]] = []
     for name, a in arrays.items():
@@ -267,8 +267,8 @@ def _scan(arrays: Mapping[str, Any], client: Any = None) -> dict[str, list[tuple
             names.append((name, i))
     results = _compute(tasks, client)
     for (name, _i), r in zip(names, results, strict=True):
-        numpy_out.setdefault(name, []).append(r)
-    return numpy_out
+        out.setdefault(name, []).append(r)
+    return out
 
 
 def _report_bad(name: str, stats: list[tuple[int, int, float]], chunks: Sequence[int]) -> None:
@@ -1032,7 +1032,9 @@ def write_zarr(
     else:
         classes = _find_classes(yd, client)
     if task is None:
-        task = "classification" if yd.dtype.kind in "biu" else "regression"
+        # Integer y means class labels, unless there are too many to be classes.
+        is_labels = yd.dtype.kind in "biu" and classes is not None and len(classes) <= 1000
+        task = "classification" if is_labels else "regression"
     if task == "regression" and yd.dtype.kind not in "b":
         classes = None  # integer-valued floats are still regression targets unless asked
     _check_labels(task, np.dtype(yd.dtype), classes, {})

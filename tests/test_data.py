@@ -69,6 +69,12 @@ def test_write_open_float32_and_int_labels(tmp_path):
     assert ds.attrs["classes"] == [0, 1, 2] and ds.attrs["task"] == "classification"
 
 
+def test_integer_targets_with_many_values_are_regression(tmp_path):
+    X, _ = _xy(2000)
+    ds = write_zarr(tmp_path / "r.zarr", X, np.arange(2000))
+    assert ds.attrs["task"] == "regression" and ds.classes_ is None
+
+
 def test_file_url_with_storage_options(tmp_path):
     X, y = _xy()
     url = f"file://{tmp_path}/u.zarr"
