@@ -81,13 +81,17 @@ def _store_path(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
-def _open_group(path: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
-    """Open a Zarr group; ``storage_options`` only reach fsspec URLs (Zarr refuses them else)."""
+def _check_storage_options(path: str, storage_options: dict[str, Any] | None) -> None:
     if storage_options and not _is_url(path):
         raise ValueError(
             f"storage_options were given but {path!r} is a local path; they apply only to "
             "fsspec URLs such as 'file:///data/train.zarr' or 's3://bucket/train.zarr'"
         )
+
+
+def _open_group(path: str, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """Open a Zarr group; ``storage_options`` only reach fsspec URLs (Zarr refuses them else)."""
+    _check_storage_options(path, storage_options)
     kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
     if _is_url(path):
         options = dict(storage_options or {})
@@ -613,11 +617,12 @@ def open_zarr(
         Nothing at ``path``.
     """
     p = _store_path(path)
+    _check_storage_options(p, storage_options)
     if not _exists(p, storage_options):
         raise FileNotFoundError(f"no Zarr dataset at {p!r}")
     try:
         g = _open_group(p, "r", storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # zarr: GroupNotFound, ContainsArray
         raise DataValidationError(f"{p!r} is not a Zarr v3 group: {exc}") from exc
     attrs = dict(g.attrs)
     _check_format_attrs(attrs, p)

@@ -230,6 +230,12 @@ def test_missing_array_in_group(tmp_path, missing):
 def test_open_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_zarr(tmp_path / "nothing.zarr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="not a Zarr v3 group"):
+        open_zarr(tmp_path / "empty")
+    zarr.create_array(str(tmp_path / "array.zarr"), shape=(3,), dtype="f8")
+    with pytest.raises(DataValidationError, match="not a Zarr v3 group"):
+        open_zarr(tmp_path / "array.zarr")
 
 
 # ------------------------------------------------------------------ validation, one item each
