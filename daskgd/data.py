@@ -884,6 +884,7 @@ def create_dataset_group(
 
     Call :func:`finish_dataset_group` after every chunk is written.
     """
+    _check_storage_options(path, storage_options)  # before anything is removed
     if _exists(path, storage_options):
         if not overwrite:
             raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
