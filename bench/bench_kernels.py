@@ -11,7 +11,9 @@ with BLAS pinned to one thread, times the squared-error gradient computed by
   1,000 rows, while the block is in cache), the design alternative to ours;
 * a numpy read of the same bytes, ``X.sum()``: the single-thread read bandwidth;
 * the fused kernel over the same number of rows taken from a block that stays in
-  cache: its arithmetic alone, to show how much of its time is not memory.
+  cache: its arithmetic alone, to show how much of its time is not memory;
+* the fused kernel's margin phase alone (hinge loss, no row active) beside numpy's
+  single ``X @ w``: where the time goes when the gradient update is skipped.
 
 Then the fused kernel on two blocks in two threads against the same two blocks one
 after the other, which shows that the kernel releases the GIL. Results go to
@@ -84,6 +86,14 @@ def measure(dtype, n: int, d: int, repeats: int) -> dict:
             grad_loss(Xc, yc, w, out=out, check_input=False)
 
     times["fused, data in cache (compute only)"] = median_seconds(in_cache, repeats)
+    # Counter-measurement: the margin phase alone. With hinge loss and every
+    # margin beyond 1 the kernel never updates the gradient.
+    w_big = (w * 100).astype(dtype)
+    y_sep = np.sign(X @ w_big).astype(dtype)
+    times["fused, margins only (hinge, no active row)"] = median_seconds(
+        lambda: grad_loss(X, y_sep, w_big, loss="hinge", out=out, check_input=False), repeats
+    )
+    times["numpy X @ w (one BLAS pass)"] = median_seconds(lambda: X @ w, repeats)
     times["numpy two-pass"] = median_seconds(lambda: X.T @ (X @ w - y), repeats)
     times["numpy blocked sketch"] = median_seconds(lambda: blocked_numpy(X, y, w), repeats)
     times["numpy X.sum() (read)"] = median_seconds(lambda: X.sum(), repeats)
