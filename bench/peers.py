@@ -1,0 +1,304 @@
+"""The problems and the peer solvers of the comparison benchmark (``bench_peers.py``).
+
+Every system minimises the same objective on the same Zarr data, and every run is
+timed from the read of the data (Zarr to memory) to the fitted coefficients; the
+cluster is started once, outside the timings.
+
+Objectives (``n`` rows, labels ``y`` in {-1, +1} for logistic regression):
+
+* least squares: ``f(w, b) = 1/(2n) * sum (x_i @ w + b - y_i)**2``, no penalty;
+* logistic: ``f(w) = 1/n * sum log(1 + exp(-y_i x_i @ w)) + alpha/2 * ||w||**2``, no
+  intercept (dask-glm penalises an intercept column and scikit-learn does not, so with
+  an intercept the peers would not share one optimum).
+
+How each peer's parameters map onto them is written beside each runner below.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import dask.array as da
+import numpy as np
+import zarr
+from scipy.optimize import minimize
+
+
+@dataclass
+class Problem:
+    """One benchmark problem stored as a daskgd Zarr dataset."""
+
+    name: str
+    kind: str  # "least_squares" or "logistic"
+    path: str
+    n: int
+    d: int
+    alpha: float = 0.0
+    fit_intercept: bool = True
+    targets: tuple[float, float] = (1e-3, 1e-6)
+    X: np.ndarray | None = field(default=None, repr=False)
+    y: np.ndarray | None = field(default=None, repr=False)
+    f_star: float = float("nan")
+
+    def load(self) -> None:
+        """Read the data into this process (for the oracle and the objective)."""
+        g = zarr.open_group(self.path, mode="r")
+        self.X = np.ascontiguousarray(g["X"][:], dtype=np.float64)
+        y = np.asarray(g["y"][:], dtype=np.float64)
+        self.y = np.where(y > 0, 1.0, -1.0) if self.kind == "logistic" else y
+
+    def objective(self, coef: np.ndarray, intercept: float = 0.0) -> float:
+        assert self.X is not None and self.y is not None
+        z = self.X @ np.asarray(coef, dtype=np.float64).ravel() + float(intercept)
+        if self.kind == "least_squares":
+            return 0.5 * float(np.mean((z - self.y) ** 2))
+        return float(np.mean(np.logaddexp(0.0, -self.y * z))) + 0.5 * self.alpha * float(
+            np.dot(coef, coef)
+        )
+
+    def solve_exactly(self) -> None:
+        """The optimum: lstsq for least squares, scipy L-BFGS to gradient norm 1e-10."""
+        assert self.X is not None and self.y is not None
+        X, y, n = self.X, self.y, self.X.shape[0]
+        if self.kind == "least_squares":
+            A = np.hstack([X, np.ones((n, 1))]) if self.fit_intercept else X
+            sol = np.linalg.lstsq(A, y, rcond=None)[0]
+            coef, b = (sol[:-1], sol[-1]) if self.fit_intercept else (sol, 0.0)
+            self.f_star = self.objective(coef, b)
+            return
+
+        def f_and_grad(w):
+            z = y * (X @ w)
+            loss = np.mean(np.logaddexp(0.0, -z)) + 0.5 * self.alpha * w @ w
+            s = -y * np.exp(-np.logaddexp(0.0, z))
+            return loss, X.T @ s / n + self.alpha * w
+
+        res = minimize(
+            f_and_grad,
+            np.zeros(X.shape[1]),
+            jac=True,
+            method="L-BFGS-B",
+            options={"gtol": 1e-10, "ftol": 0.0, "maxiter": 10_000},
+        )
+        self.f_star = float(res.fun)
+
+    def suboptimality(self, coef, intercept=0.0) -> float:
+        return max((self.objective(coef, intercept) - self.f_star) / abs(self.f_star), 0.0)
+
+
+@dataclass
+class Run:
+    """One fit: the setting, seconds from the read to the coefficients, suboptimality."""
+
+    setting: str
+    seconds: float
+    suboptimality: float
+
+
+def read_numpy(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    g = zarr.open_group(problem.path, mode="r")
+    X = g["X"][:]
+    y = g["y"][:]
+    if problem.kind == "logistic":
+        y = (y > 0).astype(np.float64)
+    return X, y
+
+
+def read_dask(problem: Problem, client) -> tuple[da.Array, da.Array]:
+    g = zarr.open_group(problem.path, mode="r")
+    rows = g["X"].chunks[0]
+    X = da.from_array(g["X"], chunks=(rows, problem.d))
+    y = da.from_array(g["y"], chunks=(rows,))
+    if problem.kind == "logistic":
+        y = (y > 0).astype(np.float64)  # dask-glm's Logistic family takes 0/1
+    X, y = client.persist([X, y])
+    return X, y
+
+
+def sweep(
+    problem: Problem,
+    fit: Callable[[object], tuple[np.ndarray, float]],
+    settings: Iterable[object],
+    budget: float,
+) -> list[Run]:
+    """Fit once per setting, cheapest first, until the tight target or the budget."""
+    runs: list[Run] = []
+    spent = 0.0
+    for setting in settings:
+        t0 = time.perf_counter()
+        coef, intercept = fit(setting)
+        seconds = time.perf_counter() - t0
+        spent += seconds
+        runs.append(Run(str(setting), seconds, problem.suboptimality(coef, intercept)))
+        if runs[-1].suboptimality <= problem.targets[1] or spent > budget:
+            break
+    return runs
+
+
+def _split_intercept(beta: np.ndarray, fit_intercept: bool) -> tuple[np.ndarray, float]:
+    beta = np.asarray(beta).ravel()
+    return (beta[:-1], float(beta[-1])) if fit_intercept else (beta, 0.0)
+
+
+# --- the peers ---------------------------------------------------------------------------
+# Each returns {system name: runner(problem, client, budget) -> list[Run]}.
+
+
+def sklearn_runners(problem: Problem) -> dict[str, Callable]:
+    from sklearn.linear_model import (
+        LinearRegression,
+        LogisticRegression,
+        SGDClassifier,
+        SGDRegressor,
+    )
+
+    n = problem.n
+    runners: dict[str, Callable] = {}
+    if problem.kind == "least_squares":
+
+        def linreg(setting):
+            X, y = read_numpy(problem)
+            m = LinearRegression(fit_intercept=problem.fit_intercept).fit(X, y)
+            return m.coef_, m.intercept_
+
+        def sgd(max_iter):
+            # SGDRegressor's objective is ours (mean 0.5 r^2 + alpha * penalty), alpha=0.
+            X, y = read_numpy(problem)
+            m = SGDRegressor(
+                penalty=None,
+                alpha=0.0,
+                max_iter=max_iter,
+                tol=None,
+                fit_intercept=problem.fit_intercept,
+                random_state=0,
+            ).fit(X, y)
+            return m.coef_, float(m.intercept_[0])
+
+        runners["scikit-learn LinearRegression"] = lambda p, c, b: sweep(p, linreg, [""], b)
+        runners["scikit-learn SGDRegressor"] = lambda p, c, b: sweep(p, sgd, [1, 3, 10, 30], b)
+    else:
+
+        def logreg(tol):
+            # C = 1 / (n * alpha): scikit-learn sums the losses, we average them.
+            X, y = read_numpy(problem)
+            m = LogisticRegression(
+                C=1.0 / (n * problem.alpha),
+                fit_intercept=False,
+                solver="lbfgs",
+                tol=tol,
+                max_iter=10_000,
+            ).fit(X, y)
+            return m.coef_.ravel(), 0.0
+
+        def sgd(max_iter):
+            X, y = read_numpy(problem)
+            m = SGDClassifier(
+                loss="log_loss",
+                alpha=problem.alpha,
+                fit_intercept=False,
+                max_iter=max_iter,
+                tol=None,
+                random_state=0,
+            ).fit(X, y)
+            return m.coef_.ravel(), 0.0
+
+        runners["scikit-learn LogisticRegression (lbfgs)"] = lambda p, c, b: sweep(
+            p, logreg, [1e-2, 1e-4, 1e-6, 1e-8], b
+        )
+        runners["scikit-learn SGDClassifier"] = lambda p, c, b: sweep(p, sgd, [1, 3, 10, 30], b)
+    return runners
+
+
+def dask_glm_runners(problem: Problem) -> dict[str, Callable]:
+    from dask_glm import algorithms
+    from dask_glm.families import Logistic, Normal
+
+    n = problem.n
+    ls = problem.kind == "least_squares"
+    family = Normal if ls else Logistic
+    # dask-glm sums the log-likelihood (Normal: sum r^2, twice ours times n) and adds
+    # lamduh * ||w||^2 / 2, so lamduh = n * alpha for the logistic problem.
+    reg = {} if ls else {"regularizer": "l2", "lamduh": n * problem.alpha}
+
+    def fit_with(algorithm, **fixed):
+        def fit(setting):
+            X, y = read_dask(problem, fit.client)
+            if ls and problem.fit_intercept:
+                X = da.hstack([X, da.ones((X.shape[0], 1), chunks=(X.chunks[0], 1))])
+            beta = algorithm(X, y, family=family, **fixed, **setting)
+            return _split_intercept(beta, ls and problem.fit_intercept)
+
+        return fit
+
+    def runner(fit, settings):
+        def run(p, client, budget):
+            fit.client = client
+            return sweep(p, fit, settings, budget)
+
+        return run
+
+    iters = [{"max_iter": k} for k in (5, 20, 100, 300)]
+    runners = {
+        "dask-glm lbfgs": runner(fit_with(algorithms.lbfgs, **reg, tol=1e-12), iters),
+        "dask-glm admm": runner(
+            fit_with(
+                algorithms.admm,
+                **(reg or {"regularizer": "l2", "lamduh": 0.0}),
+                abstol=1e-12,
+                reltol=1e-12,
+            ),
+            [{"max_iter": k} for k in (5, 20, 60)],
+        ),
+        "dask-glm proximal_grad": runner(
+            fit_with(
+                algorithms.proximal_grad, **(reg or {"regularizer": "l2", "lamduh": 0.0}), tol=1e-14
+            ),
+            iters,
+        ),
+    }
+    if ls:  # newton and gradient_descent have no penalty: least squares only
+        runners["dask-glm newton"] = runner(
+            fit_with(algorithms.newton, tol=1e-14), [{"max_iter": k} for k in (1, 3, 10)]
+        )
+        runners["dask-glm gradient_descent"] = runner(
+            fit_with(algorithms.gradient_descent, tol=1e-14), iters
+        )
+    return runners
+
+
+def dask_ml_runners(problem: Problem) -> dict[str, Callable]:
+    from dask_ml.linear_model import LinearRegression, LogisticRegression
+
+    n = problem.n
+    ls = problem.kind == "least_squares"
+
+    def fit(setting):
+        X, y = read_dask(problem, fit.client)
+        if ls:
+            # dask-ml always penalises; C = 1e12 makes the penalty negligible
+            m = LinearRegression(
+                C=1e12,
+                solver="lbfgs",
+                max_iter=setting,
+                tol=1e-12,
+                fit_intercept=problem.fit_intercept,
+            )
+        else:
+            m = LogisticRegression(
+                C=1.0 / (n * problem.alpha),
+                solver="lbfgs",
+                max_iter=setting,
+                tol=1e-12,
+                fit_intercept=False,
+            )
+        m.fit(X, y)
+        return np.asarray(m.coef_).ravel(), float(getattr(m, "intercept_", 0.0) or 0.0)
+
+    def run(p, client, budget):
+        fit.client = client
+        return sweep(p, fit, [5, 20, 100, 300], budget)
+
+    name = "dask-ml LinearRegression (lbfgs)" if ls else "dask-ml LogisticRegression (lbfgs)"
+    return {name: run}
