@@ -1,0 +1,146 @@
+"""Limited-memory BFGS driven one function evaluation at a time.
+
+The parameter server cannot call an objective: each synchronous round of the
+workers evaluates the loss and gradient at the published parameters and hands
+them back. :class:`LBFGS` is therefore a state machine: :meth:`LBFGS.tell` takes
+the objective and gradient at the point it last proposed and returns the next
+point to evaluate. Between accepted iterates it backtracks along the search
+direction until the Armijo condition holds (with a safeguarded quadratic
+interpolation of the step, using the loss the kernels return), so every round
+costs one pass over the data and no round is wasted on a separate line search.
+
+Only for full-batch, smooth objectives: an L1 penalty or mini-batch gradients
+break its assumptions, and the callers refuse them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["LBFGS"]
+
+
+@dataclass
+class LBFGS:
+    """L-BFGS with an Armijo backtracking line search, one evaluation per call.
+
+    Parameters
+    ----------
+    memory : int, default=10
+        Number of correction pairs ``(s, y)`` kept.
+    c1 : float, default=1e-4
+        Sufficient-decrease constant of the Armijo condition.
+    max_backtracks : int, default=30
+        Backtracking steps tried along one direction before the memory is reset and
+        the method restarts from steepest descent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.diag([1.0, 10.0]); b = np.array([1.0, 1.0])
+    >>> opt = LBFGS()
+    >>> x = np.zeros(2)
+    >>> for _ in range(30):
+    ...     x = opt.tell(x, 0.5 * x @ A @ x - b @ x, A @ x - b)
+    >>> np.allclose(x, [1.0, 0.1])
+    True
+    """
+
+    memory: int = 10
+    c1: float = 1e-4
+    max_backtracks: int = 30
+    _s: deque = field(default_factory=deque, repr=False)
+    _y: deque = field(default_factory=deque, repr=False)
+    _x: np.ndarray | None = field(default=None, repr=False)  # last accepted point
+    _f: float = field(default=np.inf, repr=False)
+    _g: np.ndarray | None = field(default=None, repr=False)
+    _p: np.ndarray | None = field(default=None, repr=False)  # search direction
+    _t: float = field(default=1.0, repr=False)  # trial step along _p
+    _backtracks: int = field(default=0, repr=False)
+    iterations: int = 0
+
+    def tell(self, x: np.ndarray, f: float, g: np.ndarray) -> np.ndarray:
+        """Take ``f`` and its gradient ``g`` at ``x``; return the next point to evaluate.
+
+        ``x`` must be the point this method returned last (or the starting point on
+        the first call). The returned array is new; ``x`` and ``g`` are not kept.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        g = np.array(g, dtype=np.float64)
+        if self._x is None:
+            return self._accept(x.copy(), float(f), g, first=True)
+        slope = float(self._g @ self._p)
+        if np.isfinite(f) and f <= self._f + self.c1 * self._t * slope:
+            s = x - self._x
+            y = g - self._g
+            sy = float(s @ y)
+            if sy > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
+                self._s.append(s)
+                self._y.append(y)
+                if len(self._s) > self.memory:
+                    self._s.popleft()
+                    self._y.popleft()
+            return self._accept(x.copy(), float(f), g)
+        # Not enough decrease: backtrack, interpolating the step where possible.
+        self._backtracks += 1
+        if self._backtracks > self.max_backtracks:
+            self._s.clear()
+            self._y.clear()
+            return self._accept(self._x, self._f, self._g, first=True)
+        t = self._t
+        if np.isfinite(f):
+            denom = 2.0 * (f - self._f - slope * t)
+            t_new = -slope * t * t / denom if denom > 0 else 0.5 * t
+        else:
+            t_new = 0.1 * t
+        self._t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
+        return self._x + self._t * self._p
+
+    def _accept(self, x: np.ndarray, f: float, g: np.ndarray, first: bool = False) -> np.ndarray:
+        self._x, self._f, self._g = x, f, g
+        self._backtracks = 0
+        self.iterations += 0 if first else 1
+        p = -self._two_loop(g)
+        if not float(g @ p) < 0:  # not a descent direction: restart
+            self._s.clear()
+            self._y.clear()
+            p = -g
+        self._p = p
+        gnorm = float(np.abs(g).sum())
+        self._t = 1.0 if self._s or gnorm == 0 else min(1.0, 1.0 / gnorm)
+        return x + self._t * p
+
+    def _two_loop(self, g: np.ndarray) -> np.ndarray:
+        q = g.copy()
+        alphas = []
+        for s, y in zip(reversed(self._s), reversed(self._y), strict=True):
+            rho = 1.0 / float(y @ s)
+            a = rho * float(s @ q)
+            q -= a * y
+            alphas.append((rho, a))
+        if self._s:
+            s, y = self._s[-1], self._y[-1]
+            q *= float(s @ y) / float(y @ y)
+        for (s, y), (rho, a) in zip(
+            zip(self._s, self._y, strict=True), reversed(alphas), strict=True
+        ):
+            b = rho * float(y @ q)
+            q += (a - b) * s
+        return q
+
+    def state(self) -> dict:
+        """The optimizer state as plain arrays and numbers (for checkpoints)."""
+        return {
+            "s": np.array(self._s),
+            "y": np.array(self._y),
+            "x": self._x,
+            "f": self._f,
+            "g": self._g,
+            "p": self._p,
+            "t": self._t,
+            "backtracks": self._backtracks,
+            "iterations": self.iterations,
+        }
