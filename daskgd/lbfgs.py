@@ -70,12 +70,13 @@ class LBFGS:
         """
         x = np.asarray(x, dtype=np.float64)
         g = np.array(g, dtype=np.float64)
-        if self._x is None:
+        x_k, g_k, p = self._x, self._g, self._p
+        if x_k is None or g_k is None or p is None:
             return self._accept(x.copy(), float(f), g, first=True)
-        slope = float(self._g @ self._p)
+        slope = float(g_k @ p)
         if np.isfinite(f) and f <= self._f + self.c1 * self._t * slope:
-            s = x - self._x
-            y = g - self._g
+            s = x - x_k
+            y = g - g_k
             sy = float(s @ y)
             if sy > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
                 self._s.append(s)
@@ -89,7 +90,7 @@ class LBFGS:
         if self._backtracks > self.max_backtracks:
             self._s.clear()
             self._y.clear()
-            return self._accept(self._x, self._f, self._g, first=True)
+            return self._accept(x_k, self._f, g_k, first=True)
         t = self._t
         if np.isfinite(f):
             denom = 2.0 * (f - self._f - slope * t)
@@ -97,7 +98,7 @@ class LBFGS:
         else:
             t_new = 0.1 * t
         self._t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
-        return self._x + self._t * self._p
+        return x_k + self._t * p
 
     def _accept(self, x: np.ndarray, f: float, g: np.ndarray, first: bool = False) -> np.ndarray:
         self._x, self._f, self._g = x, f, g

@@ -57,7 +57,7 @@ def test_reaches_the_optimum(problem):
 
 
 def test_backtracks_on_non_finite_loss():
-    fg, w_star, d = _least_squares()
+    fg, _, d = _least_squares()
     opt = LBFGS()
     x = opt.tell(np.zeros(d), *fg(np.zeros(d)))
     x_bad = opt.tell(x, float("inf"), np.full(d, np.nan))  # as after an overflow
