@@ -66,8 +66,7 @@ def _check_block(X, y, w, b, loss: str, sample_weight, check_input: bool):
     multinomial = w.ndim == 2
     if w.ndim not in (1, 2) or w.shape[0] != d:
         raise ValueError(
-            f"w must have shape ({d},) or ({d}, n_classes) to match X's {d} features, "
-            f"got {w.shape}"
+            f"w must have shape ({d},) or ({d}, n_classes) to match X's {d} features, got {w.shape}"
         )
     if multinomial and info.name != "log_loss":
         raise ValueError(f"2-D weights (multinomial) need loss='log_loss', not {loss!r}")
@@ -78,15 +77,24 @@ def _check_block(X, y, w, b, loss: str, sample_weight, check_input: bool):
     if sample_weight is not None:
         sample_weight = _as_vector(sample_weight, "sample_weight", X.dtype, n)
     if check_input:
-        check_targets(info, y, multinomial=multinomial,
-                      n_classes=w.shape[1] if multinomial else 0)
+        check_targets(info, y, multinomial=multinomial, n_classes=w.shape[1] if multinomial else 0)
         if sample_weight is not None and np.any(sample_weight < 0):
             raise ValueError("sample_weight must be non-negative")
     return X, y, w, b, info, sample_weight, multinomial
 
 
-def grad_loss(X, y, w, b=0.0, *, loss: str = "squared_error", sample_weight=None, out=None,
-              epsilon: float = 0.1, check_input: bool = True):
+def grad_loss(
+    X,
+    y,
+    w,
+    b=0.0,
+    *,
+    loss: str = "squared_error",
+    sample_weight=None,
+    out=None,
+    epsilon: float = 0.1,
+    check_input: bool = True,
+):
     """Summed loss and its gradient for a block of rows, in one pass over ``X``.
 
     Parameters
@@ -145,19 +153,21 @@ def grad_loss(X, y, w, b=0.0, *, loss: str = "squared_error", sample_weight=None
     shape = (d + 1, w.shape[1]) if multinomial else (d + 1,)
     if out is None:
         out = np.empty(shape, dtype=X.dtype)
-    elif (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != X.dtype
-          or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ValueError(
-            f"out must be a writeable C-contiguous {X.dtype} array of shape {shape}"
-        )
+    elif (
+        not isinstance(out, np.ndarray)
+        or out.shape != shape
+        or out.dtype != X.dtype
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise ValueError(f"out must be a writeable C-contiguous {X.dtype} array of shape {shape}")
     kernels = _compiled()
     if multinomial:
         loss_sum = kernels.grad_loss_multinomial(X, y, w, b, sample_weight, out)
         return float(loss_sum), out[:d], out[d]
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    loss_sum = kernels.grad_loss_linear(X, y, w, b, sample_weight, out, info.code,
-                                        float(epsilon))
+    loss_sum = kernels.grad_loss_linear(X, y, w, b, sample_weight, out, info.code, float(epsilon))
     return float(loss_sum), out[:d], float(out[d])
 
 
@@ -185,8 +195,9 @@ def _loss_and_derivative(name: str, p: np.ndarray, y: np.ndarray, epsilon: float
     raise ValueError(f"unknown loss {name!r}")
 
 
-def grad_loss_reference(X, y, w, b=0.0, *, loss: str = "squared_error", sample_weight=None,
-                        epsilon: float = 0.1):
+def grad_loss_reference(
+    X, y, w, b=0.0, *, loss: str = "squared_error", sample_weight=None, epsilon: float = 0.1
+):
     """The numpy oracle for :func:`grad_loss`: same arguments, same results.
 
     Computes in float64 whatever the input dtype, in two passes over ``X``.

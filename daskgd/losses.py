@@ -74,8 +74,9 @@ def get_loss(name: str) -> Loss:
         raise ValueError(f"unknown loss {name!r}; choose one of: {known}") from None
 
 
-def check_targets(loss: Loss, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0,
-                  name: str = "y") -> None:
+def check_targets(
+    loss: Loss, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0, name: str = "y"
+) -> None:
     """Raise ``ValueError`` when ``y`` lies outside the loss's domain.
 
     Binary classification losses take ``-1``/``+1``; the multinomial loss takes
