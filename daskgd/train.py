@@ -275,7 +275,11 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
                 if f.status == "cancelled":
                     raise TrainingError(f"training task {f.key} was cancelled")
             if all(f.status == "finished" for f in futures):
-                raise TrainingError("every training task ended before the job stopped")
+                # the job may have stopped between our poll and the tasks' exit
+                st = await client.scheduler.daskgd_status(job=job)
+                if not st.get("stopped"):
+                    raise TrainingError("every training task ended before the job stopped")
+                continue
             await asyncio.sleep(s.poll_interval)
     finally:
         if bar is not None:
@@ -570,7 +574,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
     opened and validated in a thread on the driver.
     """
     s = _settings(**_split_kwargs(kwargs))
-    if not isinstance(client, Client) or not client.asynchronous:
+    if not isinstance(client, Client) or not getattr(client, "_asynchronous", False):
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
     from daskgd.data import as_dataset
 
