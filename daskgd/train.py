@@ -288,10 +288,8 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
 
 async def _drain(client: Client, futures: list, timeout: float = 30.0) -> None:
     """Let the tasks see ``stopped`` and end; cancel what is left (e.g. a queued rerun)."""
-    from distributed import wait
-
     try:
-        await wait(futures, timeout=timeout)
+        await asyncio.wait_for(client.gather(futures, errors="skip"), timeout)
     except TimeoutError:
         pass
     await client.cancel(futures)
