@@ -3,11 +3,15 @@
 from daskgd._version import __version__
 from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
 from daskgd.synthetic import make_classification, make_regression
+from daskgd.train import FitResult, fit, fit_async
 
 __all__ = [
     "Dataset",
+    "FitResult",
     "__version__",
     "as_dataset",
+    "fit",
+    "fit_async",
     "load_chunk",
     "make_classification",
     "make_regression",

@@ -1,0 +1,271 @@
+"""daskgd.fit on a real LocalCluster (2 worker processes x 1 thread), against numpy/scipy optima.
+
+Every oracle minimises exactly daskgd's objective:
+``(1/sum s) sum_i s_i loss_i + alpha*((1-l1_ratio)/2 ||w||^2 + l1_ratio ||w||_1)``.
+"""
+
+import asyncio
+import itertools
+import threading
+
+import numpy as np
+import pytest
+from distributed import Client
+from scipy.optimize import minimize
+
+import daskgd
+from daskgd.data import write_zarr
+from daskgd.errors import DivergenceError
+from daskgd.train import fit, fit_async
+
+
+def _regression(n=400, d=5, seed=0, noise=0.3):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    w = rng.standard_normal(d)
+    y = X @ w + 0.7 + noise * rng.standard_normal(n)
+    return X, y
+
+
+def _lsq_objective(X, y, coef, intercept):
+    r = X @ coef + intercept - y
+    return 0.5 * np.mean(r * r)
+
+
+def _lsq_optimum(X, y):
+    A = np.column_stack([X, np.ones(len(X))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    return _lsq_objective(X, y, sol[:-1], sol[-1])
+
+
+def _rel(f, fstar):
+    return (f - fstar) / abs(fstar)
+
+
+def test_sync_full_batch_reaches_lstsq(client):
+    X, y = _regression()
+    res = fit((X, y), client=client, learning_rate=0.5, max_epochs=400, tol=None, gtol=1e-11)
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-8
+    assert res.converged_ and "gtol" in res.reason
+    h = res.history
+    assert h[0]["epoch"] == 1 and all(r["complete"] for r in h)
+    assert all(sum(r["worker_updates"].values()) == 2 for r in h)  # two members per round
+    # full batch: the history's loss is exact at the round's parameters and decreases
+    assert all(a["loss"] >= b["loss"] * (1 - 1e-12) for a, b in itertools.pairwise(h))
+    assert res.n_iter_ == len(h) and res.n_updates_ >= res.n_iter_
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "ssp"])
+def test_mini_batch_modes_reach_lstsq(client, mode):
+    X, y = _regression(n=600)
+    res = fit(
+        (X, y),
+        client=client,
+        mode=mode,
+        batch_size=20,
+        learning_rate=0.1,
+        lr_schedule="step",
+        step_size=6,
+        gamma=0.5,
+        max_epochs=40,
+        tol=None,
+        random_state=1,
+        max_staleness=2 if mode == "ssp" else None,
+    )
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-3
+    assert res.n_iter_ == 40
+    if mode != "sync":
+        assert max(r["staleness_max"] for r in res.history) >= 0
+        assert sum(r["updates"] for r in res.history) <= res.n_updates_
+
+
+def test_l2_logistic_matches_scipy_lbfgs(client):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 4))
+    y = np.where(
+        X @ np.array([1.5, -2.0, 0.5, 0.0]) + 0.3 + rng.standard_normal(400) > 0, 1.0, -1.0
+    )
+    alpha = 0.05
+
+    def objective(p):
+        z = y * (X @ p[:-1] + p[-1])
+        f = np.mean(np.logaddexp(0, -z)) + 0.5 * alpha * p[:-1] @ p[:-1]
+        s = -y / (1 + np.exp(z)) / len(y)
+        g = np.append(X.T @ s + alpha * p[:-1], s.sum())
+        return f, g
+
+    ref = minimize(
+        objective,
+        np.zeros(5),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 1000},
+    )
+    res = fit(
+        (X, y),
+        client=client,
+        loss="log_loss",
+        alpha=alpha,
+        learning_rate=2.0,
+        max_epochs=500,
+        tol=None,
+        gtol=1e-9,
+    )
+    f = objective(np.append(res.coef_, res.intercept_))[0]
+    assert _rel(f, ref.fun) <= 1e-6
+    np.testing.assert_allclose(res.coef_, ref.x[:-1], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "options"),
+    [
+        ("sgd", 0.5, None),
+        ("momentum", 0.1, {"momentum": 0.8}),
+        ("nesterov", 0.1, None),
+        ("adagrad", 1.0, None),
+        ("adam", 0.1, None),
+    ],
+)
+def test_each_optimizer_converges(client, optimizer, lr, options):
+    X, y = _regression(n=200, d=3, seed=5)
+    res = fit(
+        (X, y),
+        client=client,
+        optimizer=optimizer,
+        learning_rate=lr,
+        optimizer_options=options,
+        max_epochs=300,
+        tol=None,
+    )
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-3
+
+
+def test_l1_gives_exact_zeros_and_matches_lasso(client):
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 6))
+    y = X @ np.array([2.0, 0.0, -1.5, 0.0, 0.0, 1.0]) + 0.1 * rng.standard_normal(300)
+    ref = Lasso(alpha=0.1, tol=1e-12, max_iter=100_000).fit(X, y)  # same objective, l1_ratio=1
+    res = fit(
+        (X, y),
+        client=client,
+        alpha=0.1,
+        l1_ratio=1.0,
+        learning_rate=0.5,
+        max_epochs=500,
+        tol=None,
+        gtol=1e-10,
+    )
+    np.testing.assert_allclose(res.coef_, ref.coef_, atol=1e-6)
+    assert np.array_equal(res.coef_ == 0, ref.coef_ == 0) and (res.coef_ == 0).sum() >= 2
+
+
+def test_sync_is_deterministic_and_concurrent_fits_do_not_interfere(client):
+    Xa, ya = _regression(n=300, seed=11)
+    Xb, yb = _regression(n=300, seed=12)
+    kw = {
+        "client": client,
+        "batch_size": 16,
+        "learning_rate": 0.05,
+        "max_epochs": 4,
+        "tol": None,
+        "random_state": 42,
+    }
+    ref_a, ref_b = fit((Xa, ya), **kw), fit((Xb, yb), **kw)
+    again = fit((Xa, ya), **kw)
+    assert np.array_equal(ref_a.coef_, again.coef_) and ref_a.intercept_ == again.intercept_
+    results = {}
+    threads = [
+        threading.Thread(target=lambda k=k, d=d: results.__setitem__(k, fit(d, **kw)))
+        for k, d in (("a", (Xa, ya)), ("b", (Xb, yb)))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.array_equal(results["a"].coef_, ref_a.coef_)
+    assert np.array_equal(results["b"].coef_, ref_b.coef_)
+    assert (
+        list(
+            client.run_on_scheduler(
+                lambda dask_scheduler: sorted(
+                    dask_scheduler.plugins["daskgd-parameter-server"].jobs
+                )
+            )
+        )
+        == []
+    )  # finished jobs are freed
+
+
+def test_fit_from_zarr_path(client, tmp_path):
+    X, y = _regression(n=500)
+    path = tmp_path / "reg.zarr"
+    write_zarr(path, X, y, chunk_rows=100)
+    res = fit(str(path), client=client, learning_rate=0.5, max_epochs=400, tol=None, gtol=1e-11)
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-8
+
+
+def test_sample_weight_matches_weighted_lstsq(client):
+    X, y = _regression(n=300)
+    sw = np.random.default_rng(2).uniform(0.1, 2.0, 300)
+    res = fit((X, y, sw), client=client, learning_rate=0.5, max_epochs=400, tol=None, gtol=1e-11)
+    A = np.column_stack([X, np.ones(300)]) * np.sqrt(sw)[:, None]
+    sol = np.linalg.lstsq(A, y * np.sqrt(sw), rcond=None)[0]
+    np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-7)
+
+
+def test_divergence_raises_clear_error(client):
+    X, y = _regression(n=200)
+    with pytest.raises(DivergenceError, match="smaller learning_rate"):
+        fit((X, y), client=client, learning_rate=50.0, max_epochs=2000, tol=None)
+
+
+def test_time_budget_and_callback_stop(client):
+    X, y = _regression(n=200)
+    res = fit((X, y), client=client, learning_rate=1e-4, max_epochs=10**6, tol=None, max_time=1.0)
+    assert not res.converged_ and "max_time" in res.reason
+    seen = []
+    res = fit(
+        (X, y),
+        client=client,
+        learning_rate=0.1,
+        max_epochs=100,
+        tol=None,
+        callback=lambda row: seen.append(row["epoch"]) or row["epoch"] < 3,
+    )
+    assert "callback" in res.reason and seen[:3] == [1, 2, 3]
+
+
+def test_fit_async_with_asynchronous_client(cluster):
+    X, y = _regression(n=200)
+
+    async def main():
+        async with Client(cluster.scheduler_address, asynchronous=True) as c:
+            return await fit_async(
+                (X, y), client=c, learning_rate=0.5, max_epochs=300, tol=None, gtol=1e-10
+            )
+
+    res = asyncio.run(main())
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "bsp"}, "mode"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"mode": "ssp"}, "max_staleness"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"loss": "nope"}, "unknown loss"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+    ],
+)
+def test_bad_settings(client, kwargs, match):
+    X, y = _regression(n=50)
+    with pytest.raises(ValueError, match=match):
+        fit((X, y), client=client, **kwargs)
+
+
+def test_exports():
+    assert daskgd.fit is fit and daskgd.FitResult.__name__ == "FitResult"
