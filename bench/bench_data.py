@@ -1,0 +1,183 @@
+"""Benchmark of the data layer: generating a dataset to Zarr and loading it into worker memory.
+
+Run ``python bench/bench_data.py [--quick]``. On a 2-worker LocalCluster (1 thread each) it
+
+1. generates ``n x 100`` float64 regression data with :func:`daskgd.make_regression`,
+   compressed (Zstandard level 1) and uncompressed;
+2. loads each store into the workers' memory (``client.persist`` of ``X`` and ``y``);
+3. for reference, saves the same bytes to a ``.npy`` file and reads it back with
+   ``numpy.load`` in this process.
+
+Rates are bytes of ``X`` and ``y`` over wall time. The files were just written, so reads
+are mostly served from the page cache: these are upper bounds for a cold disk. Results go
+to ``bench/results/data.md`` and ``bench/results/data.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from distributed import Client, LocalCluster, wait
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import daskgd
+
+
+def _du(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write its results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200,000 rows instead of 2,000,000")
+    parser.add_argument("--n-samples", type=int, default=None)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    n = args.n_samples or (200_000 if args.quick else 2_000_000)
+    d = 100
+    chunk_rows = 50_000
+    nbytes = n * d * 8 + n * 8
+    gb = nbytes / 1e9
+    tmp = tempfile.mkdtemp(prefix="daskgd-bench-")
+    rows = []
+    try:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            for label, comp in (("zstd-1", daskgd.data.DEFAULT_COMPRESSOR), ("none", None)):
+                path = os.path.join(tmp, f"data-{label}.zarr")
+                t0 = time.perf_counter()
+                ds = daskgd.make_regression(
+                    path,
+                    n,
+                    d,
+                    chunk_rows=chunk_rows,
+                    noise=0.1,
+                    random_state=0,
+                    compressor=comp,
+                    client=client,
+                )
+                t_gen = time.perf_counter() - t0
+                ds = daskgd.open_zarr(path, validate=False)
+                t0 = time.perf_counter()
+                X, y = client.persist([ds.X, ds.y])
+                wait([X, y])
+                t_load = time.perf_counter() - t0
+                del X, y
+                t0 = time.perf_counter()
+                daskgd.open_zarr(path, validate=True, client=client)
+                t_val = time.perf_counter() - t0
+                rows.append(
+                    {
+                        "what": f"Zarr {label}",
+                        "generate_s": t_gen,
+                        "generate_GBps": gb / t_gen,
+                        "load_s": t_load,
+                        "load_GBps": gb / t_load,
+                        "validate_s": t_val,
+                        "validate_GBps": gb / t_val,
+                        "size_on_disk_GB": _du(path) / 1e9,
+                    }
+                )
+                print(rows[-1], flush=True)
+            # numpy reference: the same bytes through one process, from a .npy file.
+            ds = daskgd.open_zarr(path, validate=False)
+            X = ds.X.compute(scheduler="threads")
+            y = ds.y.compute(scheduler="threads")
+            npy = os.path.join(tmp, "X.npy")
+            t0 = time.perf_counter()
+            np.save(npy, X)
+            np.save(npy[:-4] + "-y.npy", y)
+            t_save = time.perf_counter() - t0
+            del X, y
+            t0 = time.perf_counter()
+            X = np.load(npy)
+            y = np.load(npy[:-4] + "-y.npy")
+            t_npload = time.perf_counter() - t0
+            del X, y
+            rows.append(
+                {
+                    "what": "numpy .npy (one process)",
+                    "generate_s": t_save,
+                    "generate_GBps": gb / t_save,
+                    "load_s": t_npload,
+                    "load_GBps": gb / t_npload,
+                    "validate_s": None,
+                    "validate_GBps": None,
+                    "size_on_disk_GB": (os.path.getsize(npy) + os.path.getsize(npy[:-4] + "-y.npy"))
+                    / 1e9,
+                }
+            )
+            print(rows[-1], flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    meta = {
+        "n_samples": n,
+        "n_features": d,
+        "dtype": "float64",
+        "chunk_rows": chunk_rows,
+        "bytes": nbytes,
+        "cluster": "LocalCluster, 2 worker processes x 1 thread",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        ),
+        "versions": {
+            "numpy": np.__version__,
+            "zarr": __import__("zarr").__version__,
+            "dask": __import__("dask").__version__,
+        },
+        "note": "files read right after writing: page cache warm; numpy row 'generate' is np.save",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+
+    def f(v: float | None, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    lines = [
+        "# Data layer benchmark",
+        "",
+        f"{n:,} x {d} float64 (+ y): {gb:.2f} GB; row-chunks of {chunk_rows:,} rows; "
+        f"{meta['cluster']}; {meta['machine']}.",
+        "",
+        "| store | generate (s) | generate GB/s | load to workers (s) | load GB/s "
+        "| validate scan (s) | validate GB/s | on disk (GB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['what']} | {r['generate_s']:.2f} | {r['generate_GBps']:.2f} "
+            f"| {r['load_s']:.2f} | {r['load_GBps']:.2f} | {f(r['validate_s'], '.2f')} "
+            f"| {f(r['validate_GBps'], '.2f')} | {r['size_on_disk_GB']:.2f} |"
+        )
+    lines += [
+        "",
+        "Generate: `make_regression` on the cluster (numpy row: `np.save` of the same arrays). "
+        "Load: `client.persist` of X and y into worker memory (numpy row: `np.load` in one "
+        "process). Validate: the chunk-parallel NaN/inf scan of `open_zarr`. "
+        "Files are read just after being written (warm page cache).",
+        "",
+    ]
+    (out / "data.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Tests of the ``daskgd make-data`` and ``daskgd info`` verbs (real Zarr stores on disk)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from daskgd.cli import main
+from daskgd.data import open_zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_make_data_regression_then_info(tmp_path, capsys):
+    path = str(tmp_path / "r.zarr")
+    argv = ["make-data", path, "--n-samples", "500", "--n-features", "4", "--chunk-rows",
+            "128", "--noise", "0.1", "--random-state", "3"]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    ds = open_zarr(path)
+    assert ds.chunks == (128, 128, 128, 116) and ds.attrs["noise"] == 0.1
+    assert main(["info", path]) == 0
+    out = capsys.readouterr().out
+    assert "500 x 4 float64" in out and "4 row-chunks" in out and "ZstdCodec" in out
+    assert "format_version: 1" in out
+    assert main(["info", path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["arrays"]["X"]["shape"] == [500, 4]
+    assert info["arrays"]["X"]["bytes_on_disk"] > 0
+    assert info["attrs"]["random_state"] == 3
+
+
+def test_make_data_classification_sharded_uncompressed(tmp_path, capsys):
+    path = str(tmp_path / "c.zarr")
+    argv = ["make-data", path, "--n-samples", "300", "--n-features", "3", "--task",
+            "classification", "--n-classes", "3", "--chunk-rows", "100", "--inner-chunk-rows",
+            "25", "--compressor", "none", "--dtype", "float32"]  # fmt: skip
+    assert main(argv) == 0
+    g = zarr.open_group(path, mode="r")
+    assert g["X"].shards == (100, 3) and g["X"].compressors == ()
+    capsys.readouterr()
+    assert main(["info", path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == [0, 1, 2] and info["dtype"] == "float32"
+    assert info["arrays"]["X"]["codecs"] == ["uncompressed"]
+
+
+def test_make_data_on_a_local_cluster_and_file_url(tmp_path):
+    url = f"file://{tmp_path}/u.zarr"
+    argv = ["make-data", url, "--n-samples", "200", "--n-features", "2", "--chunk-rows", "50",
+            "--n-workers", "1", "--storage-option", "auto_mkdir=true"]  # fmt: skip
+    assert main(argv) == 0
+    local = open_zarr(tmp_path / "u.zarr")
+    assert local.n_samples == 200
+    # Same seed and chunking in this process: the same data (worker count does not matter).
+    assert main(["make-data", str(tmp_path / "v.zarr"), "--n-samples", "200",
+                 "--n-features", "2", "--chunk-rows", "50"]) == 0  # fmt: skip
+    np.testing.assert_array_equal(open_zarr(tmp_path / "v.zarr").X.compute(), local.X.compute())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["make-data"],
+        ["make-data", "p", "--n-samples", "0", "--n-features", "2"],
+        ["make-data", "p", "--n-samples", "10", "--n-features", "x"],
+        ["make-data", "p", "--n-samples", "10", "--n-features", "2", "--task", "ranking"],
+        ["make-data", "p", "--n-samples", "10", "--n-features", "2", "--noise", "-1"],
+        ["info"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_arguments_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_failure_exits_1_with_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Zarr dataset" in err and "Traceback" not in err
+    path = str(tmp_path / "r.zarr")
+    argv = ["make-data", path, "--n-samples", "10", "--n-features", "2"]
+    assert main(argv) == 0
+    assert main(argv) == 1
+    assert "overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    # inner chunks must divide the row-chunks
+    bad = [*argv, "--overwrite", "--chunk-rows", "5", "--inner-chunk-rows", "3"]
+    assert main(bad) == 1
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    assert main(["--debug", "info", str(tmp_path / "missing.zarr")]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_runs_as_a_program(tmp_path):
+    path = str(tmp_path / "p.zarr")
+    code = "import sys; from daskgd.cli import main; sys.exit(main())"
+    run = [sys.executable, "-c", code]
+    r = subprocess.run([*run, "make-data", path, "--n-samples", "20", "--n-features", "2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*run, "info", path], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0 and "20 x 2 float64" in r.stdout
+    r = subprocess.run([*run, "info"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
