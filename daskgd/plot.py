@@ -16,8 +16,8 @@ __all__ = ["plot_history"]
 
 def _runs(obj: Any, labels: Sequence[str] | None) -> list[tuple[str, dict[str, list[Any]]]]:
     """(label, columns) for each run in ``obj`` (one run, or a list/dict of runs)."""
-    if isinstance(obj, Mapping) and obj and not all(isinstance(v, list) for v in obj.values()):
-        items = list(obj.items())  # {"sync": result, "async": result}
+    if isinstance(obj, Mapping) and obj and "loss" not in obj:
+        items = list(obj.items())  # {"sync": result, "async": result}; columns have "loss"
     elif isinstance(obj, Sequence) and obj and not isinstance(obj[0], Mapping):
         items = [(None, o) for o in obj]  # [result, estimator, ...]
     else:
