@@ -1,0 +1,673 @@
+"""The parameter server: a scheduler plugin that owns the parameters of every fit.
+
+:class:`ParameterServer` is installed on the Dask scheduler with
+``Client.register_plugin`` (idempotent, by name). Its ``start`` adds these
+handlers to ``scheduler.handlers``; ``close`` removes them. Every reply is a
+dict with a ``status`` key: ``"OK"``, ``"stale"`` (sync: the gradient was
+computed at an older version; recompute at the params sent back),
+``"stopped"`` (the job is over; see ``reason``/``error``) or ``"error"`` (the
+message was invalid and changed nothing; see ``message``). Arrays travel
+wrapped in :class:`distributed.protocol.ToPickle`.
+
+==========================  ====================================================
+handler                     arguments -> reply (besides ``status``)
+==========================  ====================================================
+``daskgd_create``           ``job, params, config, optimizer, ranks, client=None``
+                            -> ``version``
+``daskgd_join``             ``job, rank, worker`` -> ``params, version, position``
+``daskgd_push``             ``job, rank, version, grad, n, weight, loss,
+                            worker=None`` -> ``params, version``
+``daskgd_pull``             ``job`` -> ``params, version``
+``daskgd_status``           ``job, since=0, params=False`` -> ``stopped, reason,
+                            converged, error, error_kind, history, version,
+                            epochs, live`` (and ``params`` when asked)
+``daskgd_stop``             ``job, reason="stopped by the user"`` -> (as status)
+``daskgd_close``            ``job`` -> final status with ``params``; frees the job
+``daskgd_info``             -> ``jobs, version``
+==========================  ====================================================
+
+Modes: ``sync`` waits until every live member pushed a gradient for the current
+version and steps with their row-weighted mean (summed in rank order, so the
+result is bitwise reproducible); ``async`` applies each push on arrival and
+records its staleness; ``ssp`` is ``async`` where a member more than
+``max_staleness`` pushes ahead of the slowest live member waits.
+
+Membership comes from the scheduler: ``remove_worker`` deactivates the ranks
+running there, so a round never waits on a dead worker; a rerun training task
+calls ``daskgd_join`` and continues from the current parameters.
+
+Numpy work runs in a dedicated one-thread executor, never on the scheduler's
+event loop, and published parameter arrays are never mutated: each step makes
+a new array. This module must stay importable without the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol import ToPickle
+
+from daskgd._version import __version__
+from daskgd.optimizers import Optimizer, make_optimizer
+
+__all__ = ["MODES", "PLUGIN_NAME", "Job", "JobConfig", "ParameterServer"]
+
+PLUGIN_NAME = "daskgd-parameter-server"
+MODES = ("sync", "async", "ssp")
+# handler name suffix -> method name (``close`` is taken by the plugin hook)
+_OPS = {
+    "create": "create",
+    "join": "join",
+    "push": "push",
+    "pull": "pull",
+    "status": "status",
+    "stop": "stop",
+    "close": "close_job",
+    "info": "info",
+}
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Settings of one job, sent by the driver as a plain dict.
+
+    Attributes
+    ----------
+    mode : {"sync", "async", "ssp"}
+    n_samples : int
+        Rows in the dataset; an epoch ends each time this many rows were pushed.
+    batches_per_epoch : int
+        Pushes each member makes per pass over its rows.
+    max_epochs : int
+    tol : float or None
+        Stop when the epoch loss has not decreased by more than ``tol`` relative to
+        the best loss for ``n_iter_no_change`` epochs in a row.
+    n_iter_no_change : int
+    gtol : float or None
+        Stop when the norm of the (proximal) gradient of the objective is below it.
+    max_time : float or None
+        Time budget in seconds.
+    max_staleness : int or None
+        The bound of ``ssp`` mode.
+    staleness_lr : bool
+        Async/ssp: divide the learning rate by ``max(1, staleness)``.
+    ssp_timeout : float
+        Longest an ``ssp`` member waits for the slowest one, in seconds.
+    divergence_factor : float
+        An epoch loss this many times the first one counts as divergence.
+    """
+
+    mode: str = "sync"
+    n_samples: int = 1
+    batches_per_epoch: int = 1
+    max_epochs: int = 100
+    tol: float | None = 1e-4
+    n_iter_no_change: int = 5
+    gtol: float | None = None
+    max_time: float | None = None
+    max_staleness: int | None = None
+    staleness_lr: bool = False
+    ssp_timeout: float = 60.0
+    divergence_factor: float = 1e10
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("n_samples", "batches_per_epoch", "max_epochs", "n_iter_no_change"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("tol", "gtol", "max_time"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be None or a finite number >= 0, got {v!r}")
+        if self.mode == "ssp" and not (
+            isinstance(self.max_staleness, int) and self.max_staleness >= 0
+        ):
+            raise ValueError(
+                f"mode='ssp' needs max_staleness, an integer >= 0; got {self.max_staleness!r}"
+            )
+
+
+@dataclass
+class _Rank:
+    address: str
+    active: bool = True
+    joined: bool = False
+    clock: int = 0
+    updates: int = 0
+
+
+@dataclass
+class _EpochStats:
+    rows: int = 0
+    weight: float = 0.0
+    loss_sum: float = 0.0
+    grad_sum: np.ndarray | None = None
+    updates: int = 0
+    st_min: int | None = None
+    st_max: int = 0
+    st_sum: int = 0
+    per_worker: dict[str, int] = field(default_factory=dict)
+    ranks: set[int] = field(default_factory=set)
+
+
+class Job:
+    """The state of one fit on the parameter server.
+
+    Only the aggregator's executor thread changes ``params``, ``version`` and the
+    history; the event loop reads them. ``params`` is replaced, never mutated.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        params: np.ndarray,
+        config: JobConfig,
+        optimizer: Optimizer,
+        ranks: list[str],
+        client: str | None,
+    ) -> None:
+        self.id = job_id
+        self.config = config
+        self.optimizer = optimizer
+        self.params = params
+        self.opt_state = optimizer.init_state(params)
+        self.version = 0
+        self.ranks = [_Rank(a) for a in ranks]
+        self.client = client
+        self.start = time.time()
+        self.epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.stats = _EpochStats()
+        self.best_loss = math.inf
+        self.first_loss: float | None = None
+        self.no_improve = 0
+        self.stopped = False
+        self.reason = ""
+        self.converged = False
+        self.error: str | None = None
+        self.error_kind: str | None = None
+        self.pending: dict[int, tuple] = {}
+        self.closing = False
+        self.round: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.tick = asyncio.Event()
+
+    # -- decisions -------------------------------------------------------------
+    def stop(
+        self,
+        reason: str,
+        *,
+        converged: bool = False,
+        error: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        """Mark the job stopped (first reason wins) and wake every waiter."""
+        if self.stopped:
+            return
+        self.stopped, self.reason, self.converged = True, reason, converged
+        self.error, self.error_kind = error, kind
+
+    def live(self, workers) -> list[int]:
+        """Ranks that are active and whose worker the scheduler still knows."""
+        return [i for i, r in enumerate(self.ranks) if r.active and r.address in workers]
+
+    def _account(self, rank_rows, loss_sum, weight, grad_sum, staleness) -> None:
+        """Add pushes to the epoch; close epochs and check the stop rules (executor)."""
+        s = self.stats
+        for rank, rows, st in zip(rank_rows[0], rank_rows[1], staleness, strict=True):
+            s.rows += rows
+            s.updates += 1
+            s.st_min = st if s.st_min is None else min(s.st_min, st)
+            s.st_max = max(s.st_max, st)
+            s.st_sum += st
+            addr = self.ranks[rank].address
+            s.per_worker[addr] = s.per_worker.get(addr, 0) + 1
+            s.ranks.add(rank)
+        s.weight += weight
+        s.loss_sum += loss_sum
+        s.grad_sum = grad_sum.copy() if s.grad_sum is None else s.grad_sum + grad_sum
+        if s.rows >= self.config.n_samples:
+            self._close_epoch()
+
+    def _close_epoch(self) -> None:
+        s, cfg, opt = self.stats, self.config, self.optimizer
+        self.stats = _EpochStats()
+        self.epochs += 1
+        P = self.params
+        reg = opt.regularizer
+        mean_w = s.weight if s.weight > 0 else 1.0
+        loss = s.loss_sum / mean_w + reg.penalty(P)
+        g = s.grad_sum / mean_w
+        reg.add_gradient(P, g)
+        if not opt.fit_intercept:
+            g[-1] = 0.0
+        if reg.l1:
+            # norm of the proximal gradient mapping (step 1): zero exactly at the optimum
+            from daskgd.optimizers import soft_threshold
+
+            z = P - g
+            z[:-1] = soft_threshold(z[:-1], reg.l1)
+            g = P - z
+        gnorm = float(np.linalg.norm(g))
+        complete = len(s.ranks) == len(self.ranks)
+        self.history.append(
+            {
+                "epoch": self.epochs,
+                "loss": float(loss),
+                "grad_norm": gnorm,
+                "time": time.time() - self.start,
+                "updates": s.updates,
+                "version": self.version,
+                "staleness_min": int(s.st_min or 0),
+                "staleness_mean": s.st_sum / max(s.updates, 1),
+                "staleness_max": int(s.st_max),
+                "worker_updates": dict(s.per_worker),
+                "complete": complete,
+            }
+        )
+        if not math.isfinite(loss) or not math.isfinite(gnorm):
+            self._diverged(f"the loss became {loss} at epoch {self.epochs}")
+            return
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif self.first_loss > 0 and loss > cfg.divergence_factor * self.first_loss:
+            self._diverged(
+                f"the loss grew from {self.first_loss:.3g} to {loss:.3g} by epoch {self.epochs}"
+            )
+            return
+        # the stop rules only look at epochs where every partition contributed, so a
+        # worker's absence (a restart) cannot make a partial objective look converged
+        if complete:
+            if cfg.gtol is not None and gnorm <= cfg.gtol:
+                self.stop(f"gradient norm {gnorm:.3g} <= gtol", converged=True)
+                return
+            if cfg.tol is not None:
+                if loss > self.best_loss - cfg.tol * abs(self.best_loss):
+                    self.no_improve += 1
+                else:
+                    self.no_improve = 0
+                self.best_loss = min(self.best_loss, loss)
+                if self.no_improve >= cfg.n_iter_no_change:
+                    self.stop(
+                        f"loss improved by less than tol={cfg.tol} for "
+                        f"{cfg.n_iter_no_change} epochs",
+                        converged=True,
+                    )
+                    return
+        if self.epochs >= cfg.max_epochs:
+            self.stop(f"reached max_epochs={cfg.max_epochs}")
+
+    def _diverged(self, what: str) -> None:
+        self.stop(
+            "diverged",
+            error=f"training diverged: {what}. Use a smaller learning_rate "
+            f"(now {self.optimizer.schedule.eta0:g}) or a decaying lr_schedule.",
+            kind="divergence",
+        )
+
+    def _step(self, mean_grad: np.ndarray, lr_scale: float = 1.0) -> None:
+        new = self.optimizer.step(
+            self.params, mean_grad, self.opt_state, self.version, self.epochs, lr_scale
+        )
+        if not np.all(np.isfinite(new)):
+            self._diverged(f"the parameters became non-finite at update {self.version + 1}")
+            return
+        self.params = new  # publish: readers keep the old array, which is never mutated
+        self.version += 1
+
+    def finish_round(self, pending: dict[int, tuple]) -> None:
+        """Sync mode: one step with the row-weighted mean of the round's gradients (executor)."""
+        order = sorted(pending)  # rank order: the sum is bitwise reproducible
+        grad_sum = pending[order[0]][0].astype(np.float64, copy=True)
+        for r in order[1:]:
+            grad_sum += pending[r][0]
+        rows = [pending[r][1] for r in order]
+        weight = math.fsum(pending[r][2] for r in order)
+        loss_sum = math.fsum(pending[r][3] for r in order)
+        for r in order:
+            self.ranks[r].updates += 1
+        self._account((order, rows), loss_sum, weight, grad_sum, [0] * len(order))
+        if self.error is None and weight > 0:
+            self._step(grad_sum / weight)
+        elif self.error is None:
+            self.version += 1
+
+    def apply_async(self, rank, version, grad, n, weight, loss) -> int:
+        """Async/ssp mode: apply one push now; returns its staleness (executor)."""
+        staleness = self.version - version
+        r = self.ranks[rank]
+        r.clock += 1
+        r.updates += 1
+        g = grad.astype(np.float64, copy=False)
+        self._account(([rank], [n]), loss, weight, g, [staleness])
+        if self.error is None:
+            scale = 1.0 / max(1, staleness) if self.config.staleness_lr else 1.0
+            if weight > 0:
+                self._step(g / weight, scale)
+            else:
+                self.version += 1
+        return staleness
+
+    def summary(self, since: int = 0, params: bool = False, live=()) -> dict[str, Any]:
+        """The reply of ``daskgd_status``."""
+        out: dict[str, Any] = {
+            "status": "OK",
+            "stopped": self.stopped,
+            "reason": self.reason,
+            "converged": self.converged,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "history": self.history[since:],
+            "version": self.version,
+            "epochs": self.epochs,
+            "live": list(live),
+            "rank_updates": [r.updates for r in self.ranks],
+        }
+        if params:
+            out["params"] = ToPickle(self.params)
+        return out
+
+
+def _error(message: str) -> dict[str, str]:
+    return {"status": "error", "message": message}
+
+
+class ParameterServer(SchedulerPlugin):
+    """The daskgd aggregator, installed on the scheduler as a plugin.
+
+    Register it once per scheduler (registration is idempotent, by name)::
+
+        client.register_plugin(ParameterServer())
+
+    The driver in :mod:`daskgd.train` does this; the handlers are listed in the
+    module docstring.
+    """
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.scheduler: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Future] = set()
+
+    def __getstate__(self) -> dict:
+        # only the class travels to the scheduler; state is created by ``start``
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    # -- plugin hooks ----------------------------------------------------------
+    async def start(self, scheduler) -> None:
+        """Install the ``daskgd_*`` handlers on ``scheduler``."""
+        self.scheduler = scheduler
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="daskgd-aggregator")
+        scheduler.handlers.update({f"daskgd_{op}": getattr(self, m) for op, m in _OPS.items()})
+
+    async def close(self) -> None:
+        """Remove the handlers, stop every job and release the executor."""
+        if self.scheduler is not None:
+            for op in _OPS:
+                self.scheduler.handlers.pop(f"daskgd_{op}", None)
+        for job in self.jobs.values():
+            job.stop("the parameter server closed", error="the scheduler closed", kind="training")
+            self._wake(job)
+        self.jobs.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
+        """Deactivate the ranks that ran on ``worker`` and re-check open rounds."""
+        for job in self.jobs.values():
+            hit = False
+            for r in job.ranks:
+                if r.address == worker and r.active:
+                    r.active, hit = False, True
+            if hit:
+                task = asyncio.ensure_future(self._maybe_finish(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                self._wake(job)
+
+    def remove_client(self, scheduler, client: str) -> None:
+        """Free the jobs of a driver that disconnected without closing them."""
+        for job_id in [k for k, j in self.jobs.items() if j.client == client]:
+            job = self.jobs.pop(job_id)
+            job.stop("the driver disconnected", error="the driver disconnected", kind="training")
+            self._wake(job)
+
+    # -- helpers ---------------------------------------------------------------
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _wake(self, job: Job) -> None:
+        job.tick.set()
+        job.tick = asyncio.Event()
+        if job.stopped and not job.round.done():
+            job.round.set_result(None)
+
+    def _get(self, job: Any) -> Job | dict:
+        if not isinstance(job, str) or job not in self.jobs:
+            return _error(f"unknown job {job!r} (finished, closed, or never created)")
+        return self.jobs[job]
+
+    def _workers(self):
+        return self.scheduler.workers
+
+    def _params_reply(self, job: Job, status: str = "OK") -> dict[str, Any]:
+        if job.stopped:
+            status = "stopped"
+        out = {"status": status, "params": ToPickle(job.params), "version": job.version}
+        if job.stopped:
+            out.update(reason=job.reason, error=job.error, error_kind=job.error_kind)
+        return out
+
+    def _check_rank(self, job: Job, rank: Any) -> str | None:
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < len(job.ranks):
+            return f"rank must be an integer in [0, {len(job.ranks)}), got {rank!r}"
+        return None
+
+    def _check_push(self, job: Job, rank, version, grad, n, weight, loss) -> str | None:
+        bad = self._check_rank(job, rank)
+        if bad:
+            return bad
+        if not isinstance(version, int) or version < 0:
+            return f"version must be an integer >= 0, got {version!r}"
+        if version > job.version:
+            return f"version {version} is from the future (current version {job.version})"
+        if not isinstance(grad, np.ndarray):
+            return f"grad must be a numpy array, got {type(grad).__name__}"
+        if grad.shape != job.params.shape:
+            return f"grad has shape {grad.shape}; this job's parameters have {job.params.shape}"
+        if grad.dtype not in (np.float32, np.float64):
+            return f"grad must be float32 or float64, got {grad.dtype}"
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"n (rows in the batch) must be a positive integer, got {n!r}"
+        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            return f"weight must be a finite number >= 0, got {weight!r}"
+        if not isinstance(loss, int | float):
+            return f"loss must be a number, got {type(loss).__name__}"
+        return None
+
+    # -- handlers --------------------------------------------------------------
+    async def create(self, job, params, config, optimizer, ranks, client=None):
+        """Create a job; see the module docstring."""
+        if not isinstance(job, str) or not job:
+            return _error(f"job must be a non-empty string, got {job!r}")
+        if job in self.jobs:
+            return _error(f"job {job!r} exists already")
+        if not isinstance(params, np.ndarray) or params.ndim not in (1, 2) or params.shape[0] < 1:
+            return _error("params must be a numpy array of shape (d + 1,) or (d + 1, k)")
+        if not np.all(np.isfinite(params)):
+            return _error("params must be finite")
+        if not isinstance(ranks, list | tuple) or not ranks:
+            return _error("ranks must be a non-empty list of worker addresses")
+        try:
+            cfg = JobConfig(**config)
+            opt = make_optimizer(**optimizer)
+        except (TypeError, ValueError) as exc:
+            return _error(str(exc))
+        self.jobs[job] = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
+        return {"status": "OK", "version": 0}
+
+    async def join(self, job, rank, worker):
+        """A training task (new or rerun) joins: mark it live, send it the current state."""
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        bad = self._check_rank(j, rank)
+        if bad:
+            return _error(bad)
+        r = j.ranks[rank]
+        r.address, r.active, r.joined = str(worker), True, True
+        if j.config.mode == "sync":
+            position = j.version
+        else:
+            others = [j.ranks[i].clock for i in j.live(self._workers()) if i != rank]
+            # a rejoining member must not hold the others back in ssp mode
+            r.clock = max(r.clock, min(others)) if others else r.clock
+            position = r.clock
+        self._wake(j)
+        out = self._params_reply(j)
+        out["position"] = position
+        return out
+
+    async def push(self, job, rank, version, grad, n, weight, loss, worker=None):
+        """Take a gradient; see the module docstring."""
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        if j.stopped:
+            return self._params_reply(j)
+        bad = self._check_push(j, rank, version, grad, n, weight, loss)
+        if bad:
+            return _error(bad)
+        cfg = j.config
+        if cfg.max_time is not None and time.time() - j.start > cfg.max_time:
+            j.stop(f"time budget max_time={cfg.max_time}s used up")
+            self._wake(j)
+            return self._params_reply(j)
+        r = j.ranks[rank]
+        if worker is not None:
+            r.address = str(worker)
+        r.active = True
+        if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+            j._diverged(
+                f"worker {r.address} (rank {rank}) computed a non-finite loss or "
+                f"gradient at version {version}"
+            )
+            self._wake(j)
+            return self._params_reply(j)
+        if cfg.mode == "sync":
+            return await self._push_sync(j, rank, version, grad, n, float(weight), float(loss))
+        await self._run(j.apply_async, rank, version, grad, n, float(weight), float(loss))
+        self._wake(j)
+        if cfg.mode == "ssp":
+            await self._ssp_wait(j, rank)
+        return self._params_reply(j)
+
+    async def _push_sync(self, j: Job, rank, version, grad, n, weight, loss):
+        if version < j.version:
+            return self._params_reply(j, "stale")
+        fut = j.round
+        if j.closing:
+            await asyncio.shield(fut)
+            return self._params_reply(j, "stale")
+        if rank in j.pending:
+            return _error(f"rank {rank} pushed twice for version {version}")
+        # copy: an in-process sender may reuse its buffer once it has our reply
+        j.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss)
+        await self._maybe_finish(j)
+        while not fut.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), 1.0)
+            except TimeoutError:
+                # safety net: the scheduler may have dropped a worker silently
+                await self._maybe_finish(j)
+        return self._params_reply(j)
+
+    async def _maybe_finish(self, j: Job) -> None:
+        if j.config.mode != "sync" or j.closing or not j.pending or j.stopped:
+            if j.stopped:
+                self._wake(j)
+            return
+        live = set(j.live(self._workers()))
+        if not live <= set(j.pending):
+            return
+        pending, j.pending, j.closing = j.pending, {}, True
+        fut = j.round
+        try:
+            await self._run(j.finish_round, pending)
+        except Exception as exc:  # a bug must fail the job loudly, not hang its members
+            j.stop("aggregator error", error=f"the aggregator failed: {exc!r}", kind="training")
+        finally:
+            j.round = asyncio.get_running_loop().create_future()
+            j.closing = False
+            if not fut.done():
+                fut.set_result(None)
+            self._wake(j)
+
+    async def _ssp_wait(self, j: Job, rank: int) -> None:
+        s = j.config.max_staleness
+        deadline = time.monotonic() + j.config.ssp_timeout
+        me = j.ranks[rank]
+        while not j.stopped and time.monotonic() < deadline:
+            others = [j.ranks[i].clock for i in j.live(self._workers()) if i != rank]
+            if not others or me.clock - min(others) <= s:
+                return
+            tick = j.tick
+            try:
+                await asyncio.wait_for(tick.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def pull(self, job):
+        """Current parameters and version."""
+        j = self._get(job)
+        return j if isinstance(j, dict) else self._params_reply(j)
+
+    async def status(self, job, since=0, params=False):
+        """Progress: stop state, history from epoch ``since``, optionally the parameters."""
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        cfg = j.config
+        if not j.stopped and cfg.max_time is not None and time.time() - j.start > cfg.max_time:
+            j.stop(f"time budget max_time={cfg.max_time}s used up")
+            self._wake(j)
+        return j.summary(int(since), bool(params), j.live(self._workers()))
+
+    async def stop(self, job, reason="stopped by the user"):
+        """Stop a job; its members get ``stopped`` at their next push."""
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        j.stop(str(reason))
+        self._wake(j)
+        return j.summary(live=j.live(self._workers()))
+
+    async def close_job(self, job):
+        """Stop a job, free its state and return its final status with the parameters."""
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        if not j.stopped:
+            j.stop("closed by the driver")
+        self._wake(j)
+        out = j.summary(params=True, live=j.live(self._workers()))
+        del self.jobs[job]
+        return out
+
+    async def info(self):
+        """Jobs on this scheduler and the daskgd version running it."""
+        return {"status": "OK", "jobs": sorted(self.jobs), "version": __version__}

@@ -1,0 +1,411 @@
+"""Update rules the aggregator applies: optimizers, learning-rate schedules, regularisation.
+
+Everything here is plain numpy and runs on the scheduler (inside the
+aggregator's one-thread executor), so it must not import the compiled kernels.
+
+Parameters are one array ``P`` of shape ``(d + 1,)`` (or ``(d + 1, k)`` for the
+multinomial loss): the coefficients in ``P[:d]`` and the intercept in ``P[d]``,
+the same layout as the kernel's gradient buffer.
+
+The objective (scikit-learn SGD's convention) is::
+
+    F(w, b) = (1 / sum_i s_i) * sum_i s_i * loss(x_i @ w + b, y_i)
+              + alpha * ((1 - l1_ratio) / 2 * ||w||_2^2 + l1_ratio * ||w||_1)
+
+with ``s_i`` the sample weights (1 when absent). The intercept is never
+penalised. The L2 part enters the gradient; the L1 part is applied after each
+step as a proximal (soft-threshold) step, so L1 produces exact zeros.
+
+Optimizers are kept in a name -> class registry (:data:`OPTIMIZERS`), and so are
+the schedules (:data:`SCHEDULES`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AdaGrad",
+    "Adam",
+    "Momentum",
+    "Nesterov",
+    "Optimizer",
+    "Regularizer",
+    "Schedule",
+    "make_optimizer",
+    "soft_threshold",
+]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule.
+
+    Parameters
+    ----------
+    name : {"constant", "invscaling", "step"}
+        ``constant``: ``eta0``; ``invscaling``: ``eta0 / (1 + t) ** power_t`` with
+        ``t`` the number of updates applied so far; ``step``: ``eta0 * gamma **
+        (epoch // step_size)``.
+    eta0 : float
+        Initial learning rate, positive.
+    power_t : float, default=0.25
+        Exponent of ``invscaling``.
+    step_size : int, default=10
+        Epochs between two decays of ``step``.
+    gamma : float, default=0.5
+        Decay factor of ``step``, in (0, 1].
+
+    Examples
+    --------
+    >>> Schedule("step", 1.0, step_size=2, gamma=0.5)(t=0, epoch=5)
+    0.25
+    """
+
+    name: str
+    eta0: float
+    power_t: float = 0.25
+    step_size: int = 10
+    gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(
+                f"unknown lr_schedule {self.name!r}; choose one of: {', '.join(SCHEDULES)}"
+            )
+        if not (isinstance(self.eta0, int | float) and math.isfinite(self.eta0) and self.eta0 > 0):
+            raise ValueError(f"learning_rate must be a positive finite number, got {self.eta0!r}")
+        if not self.power_t >= 0:
+            raise ValueError(f"power_t must be >= 0, got {self.power_t!r}")
+        if not (isinstance(self.step_size, int) and self.step_size >= 1):
+            raise ValueError(f"step_size must be a positive integer, got {self.step_size!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma!r}")
+
+    def __call__(self, t: int, epoch: int) -> float:
+        """Learning rate for update number ``t`` (0-based) during epoch ``epoch``."""
+        if self.name == "constant":
+            return self.eta0
+        if self.name == "invscaling":
+            return self.eta0 / (1.0 + t) ** self.power_t
+        return self.eta0 * self.gamma ** (epoch // self.step_size)
+
+
+SCHEDULES = ("constant", "invscaling", "step")
+
+
+def soft_threshold(x: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """The proximal operator of ``threshold * ||x||_1``: shrink towards zero, exact zeros.
+
+    Examples
+    --------
+    >>> soft_threshold(np.array([-2.0, 0.5, 3.0]), 1.0).tolist()
+    [-1.0, 0.0, 2.0]
+    """
+    return np.sign(x) * np.maximum(np.abs(x) - threshold, 0.0)
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """Elastic-net penalty ``alpha * ((1 - l1_ratio)/2 ||w||^2 + l1_ratio ||w||_1)``.
+
+    Parameters
+    ----------
+    alpha : float
+        Overall strength, >= 0.
+    l1_ratio : float
+        Share of L1 in [0, 1]: 0 is ridge (L2), 1 is lasso (L1).
+    """
+
+    alpha: float = 0.0
+    l1_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        if not 0 <= self.l1_ratio <= 1:
+            raise ValueError(f"l1_ratio must lie in [0, 1], got {self.l1_ratio!r}")
+
+    @property
+    def l2(self) -> float:
+        """Coefficient of the smooth part's gradient, ``alpha * (1 - l1_ratio)``."""
+        return self.alpha * (1.0 - self.l1_ratio)
+
+    @property
+    def l1(self) -> float:
+        """Coefficient of the L1 norm, ``alpha * l1_ratio``."""
+        return self.alpha * self.l1_ratio
+
+    def penalty(self, params: np.ndarray) -> float:
+        """Value of the penalty at ``params`` (intercept row excluded)."""
+        w = params[:-1]
+        return float(0.5 * self.l2 * np.sum(w * w) + self.l1 * np.sum(np.abs(w)))
+
+    def add_gradient(self, params: np.ndarray, grad: np.ndarray) -> None:
+        """Add the L2 part's gradient to ``grad`` in place (intercept row excluded)."""
+        if self.l2:
+            grad[:-1] += self.l2 * params[:-1]
+
+    def prox(self, params: np.ndarray, step: np.ndarray | float) -> None:
+        """Apply the L1 proximal step in place; ``step`` is the (per-coordinate) step size."""
+        if self.l1:
+            if isinstance(step, np.ndarray):
+                step = step[:-1]
+            params[:-1] = soft_threshold(params[:-1], step * self.l1)
+
+
+@dataclass
+class Optimizer:
+    """Plain (stochastic) gradient descent, and the base of the other rules.
+
+    ``step`` never mutates the arrays it was given: the aggregator publishes
+    parameter arrays to readers and swaps in new ones (copy-on-write).
+
+    Parameters
+    ----------
+    schedule : Schedule
+        The learning-rate schedule.
+    regularizer : Regularizer
+        The penalty; L2 enters the gradient, L1 is a proximal step.
+    fit_intercept : bool, default=True
+        When False, the intercept row stays at its initial value.
+    """
+
+    schedule: Schedule
+    regularizer: Regularizer = field(default_factory=Regularizer)
+    fit_intercept: bool = True
+    name: ClassVar[str] = "sgd"
+
+    def init_state(self, params: np.ndarray) -> dict[str, Any]:
+        """Fresh optimizer state for parameters shaped like ``params``."""
+        return {}
+
+    def direction(
+        self, grad: np.ndarray, state: dict[str, Any], t: int
+    ) -> tuple[np.ndarray, np.ndarray | float]:
+        """Return the update direction and the per-coordinate scale of the step size."""
+        return grad, 1.0
+
+    def step(
+        self,
+        params: np.ndarray,
+        grad: np.ndarray,
+        state: dict[str, Any],
+        t: int,
+        epoch: int,
+        lr_scale: float = 1.0,
+    ) -> np.ndarray:
+        """One update: return new parameters from the mean data gradient ``grad``.
+
+        Parameters
+        ----------
+        params : ndarray
+            Current parameters (not modified).
+        grad : ndarray
+            Mean gradient of the data term at ``params`` (or at a stale version).
+        state : dict
+            Optimizer state from :meth:`init_state`; updated in place.
+        t : int
+            Number of updates applied so far.
+        epoch : int
+            Current epoch, for step schedules.
+        lr_scale : float, default=1.0
+            Extra factor on the learning rate (staleness-aware async mode).
+
+        Returns
+        -------
+        ndarray
+            New parameters, a fresh array.
+        """
+        g = np.array(grad, dtype=np.float64)
+        self.regularizer.add_gradient(params, g)
+        if not self.fit_intercept:
+            g[-1] = 0.0
+        lr = self.schedule(t, epoch) * lr_scale
+        d, scale = self.direction(g, state, t)
+        new = params - lr * scale * d
+        self.regularizer.prox(new, lr * scale)
+        if not self.fit_intercept:
+            new[-1] = params[-1]
+        return new
+
+
+@dataclass
+class Momentum(Optimizer):
+    """Heavy-ball momentum: ``v = mu v + g``, step along ``v``.
+
+    Parameters
+    ----------
+    momentum : float, default=0.9
+        The factor ``mu`` in [0, 1).
+    """
+
+    momentum: float = 0.9
+    name: ClassVar[str] = "momentum"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+
+    def init_state(self, params: np.ndarray) -> dict[str, Any]:
+        """Velocity, zero."""
+        return {"v": np.zeros_like(params, dtype=np.float64)}
+
+    def direction(self, grad, state, t):
+        """``v = mu v + g``; the direction is ``v``."""
+        v = state["v"]
+        v *= self.momentum
+        v += grad
+        return v, 1.0
+
+
+@dataclass
+class Nesterov(Momentum):
+    """Nesterov momentum in its look-ahead-free form: step along ``g + mu v``."""
+
+    name: ClassVar[str] = "nesterov"
+
+    def direction(self, grad, state, t):
+        """``v = mu v + g``; the direction is ``g + mu v``."""
+        v, _ = super().direction(grad, state, t)
+        return grad + self.momentum * v, 1.0
+
+
+@dataclass
+class AdaGrad(Optimizer):
+    """AdaGrad: per-coordinate step ``lr / (sqrt(G) + eps)``, ``G`` the summed squared gradients.
+
+    Parameters
+    ----------
+    eps : float, default=1e-8
+        Added to the denominator.
+    """
+
+    eps: float = 1e-8
+    name: ClassVar[str] = "adagrad"
+
+    def init_state(self, params: np.ndarray) -> dict[str, Any]:
+        """Accumulated squared gradients, zero."""
+        return {"G": np.zeros_like(params, dtype=np.float64)}
+
+    def direction(self, grad, state, t):
+        """Direction ``g`` scaled per coordinate by ``1 / (sqrt(G) + eps)``."""
+        G = state["G"]
+        G += grad * grad
+        return grad, 1.0 / (np.sqrt(G) + self.eps)
+
+
+@dataclass
+class Adam(Optimizer):
+    """Adam with bias correction.
+
+    Parameters
+    ----------
+    beta1, beta2 : float, default=0.9, 0.999
+        Decay rates of the first and second moment estimates, in [0, 1).
+    eps : float, default=1e-8
+        Added to the denominator.
+    """
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    name: ClassVar[str] = "adam"
+
+    def __post_init__(self) -> None:
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+
+    def init_state(self, params: np.ndarray) -> dict[str, Any]:
+        """First and second moments, zero."""
+        return {
+            "m": np.zeros_like(params, dtype=np.float64),
+            "v": np.zeros_like(params, dtype=np.float64),
+        }
+
+    def direction(self, grad, state, t):
+        """Bias-corrected ``m / (sqrt(v) + eps)``."""
+        m, v = state["m"], state["v"]
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        v *= self.beta2
+        v += (1 - self.beta2) * grad * grad
+        k = t + 1
+        mhat = m / (1 - self.beta1**k)
+        vhat = v / (1 - self.beta2**k)
+        scale = 1.0 / (np.sqrt(vhat) + self.eps)
+        return mhat, scale
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.name: cls for cls in (Optimizer, Momentum, Nesterov, AdaGrad, Adam)
+}
+
+_OPTIONS = {
+    "sgd": (),
+    "momentum": ("momentum",),
+    "nesterov": ("momentum",),
+    "adagrad": ("eps",),
+    "adam": ("beta1", "beta2", "eps"),
+}
+
+
+def make_optimizer(
+    name: str,
+    *,
+    learning_rate: float,
+    lr_schedule: str = "constant",
+    power_t: float = 0.25,
+    step_size: int = 10,
+    gamma: float = 0.5,
+    alpha: float = 0.0,
+    l1_ratio: float = 0.0,
+    fit_intercept: bool = True,
+    options: dict[str, float] | None = None,
+) -> Optimizer:
+    """Build an optimizer from plain values (what the driver sends to the aggregator).
+
+    Parameters
+    ----------
+    name : {"sgd", "momentum", "nesterov", "adagrad", "adam"}
+        The update rule.
+    learning_rate, lr_schedule, power_t, step_size, gamma
+        The :class:`Schedule`.
+    alpha, l1_ratio
+        The :class:`Regularizer`.
+    fit_intercept : bool
+        Whether the intercept is learned.
+    options : dict, optional
+        Rule-specific settings: ``momentum`` (momentum, nesterov), ``eps`` (adagrad,
+        adam), ``beta1``/``beta2`` (adam). Unknown keys for a rule are an error.
+
+    Raises
+    ------
+    ValueError
+        On an unknown name or option, or an out-of-range value.
+
+    Examples
+    --------
+    >>> opt = make_optimizer("adam", learning_rate=0.1, options={"beta1": 0.8})
+    >>> type(opt).__name__, opt.beta1
+    ('Adam', 0.8)
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    options = dict(options or {})
+    unknown = set(options) - set(_OPTIONS[name])
+    if unknown:
+        allowed = ", ".join(_OPTIONS[name]) or "none"
+        raise ValueError(
+            f"optimizer {name!r} takes no option(s) {sorted(unknown)}; allowed: {allowed}"
+        )
+    schedule = Schedule(lr_schedule, learning_rate, power_t, step_size, gamma)
+    reg = Regularizer(alpha, l1_ratio)
+    return OPTIMIZERS[name](schedule, reg, fit_intercept, **options)

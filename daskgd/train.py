@@ -1,0 +1,592 @@
+"""The driver: ``fit`` and its async twin ``fit_async``.
+
+One fit: connect to a cluster, install the parameter server on the scheduler
+(:mod:`daskgd.aggregator`, idempotent), create a job, plan which row-chunks
+each worker trains on, submit one training task per worker
+(:mod:`daskgd.worker`), watch the job until it stops, pull the final
+parameters and free the job.
+
+The objective (scikit-learn SGD's convention), with ``s_i`` the sample weights::
+
+    F(w, b) = (1 / sum_i s_i) * sum_i s_i * loss(x_i @ w + b, y_i)
+              + alpha * ((1 - l1_ratio) / 2 * ||w||_2^2 + l1_ratio * ||w||_1)
+
+The implementation is async (:func:`fit_async`); :func:`fit` runs it on the
+client's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from distributed import Client, LocalCluster
+from distributed.protocol import ToPickle
+
+from daskgd.aggregator import JobConfig, ParameterServer
+from daskgd.errors import DivergenceError, SchedulerSetupError, TrainingError
+from daskgd.losses import get_loss
+from daskgd.optimizers import make_optimizer
+
+__all__ = ["FitResult", "fit", "fit_async"]
+
+_SETUP_TIMEOUT = 30.0
+
+
+@dataclass
+class FitResult:
+    """What a fit returns.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (d,) or (d, k)
+    intercept_ : float or ndarray of shape (k,)
+    n_iter_ : int
+        Epochs completed (passes over the data).
+    n_updates_ : int
+        Parameter updates the aggregator applied.
+    converged_ : bool
+        True when a tolerance (``tol`` or ``gtol``) stopped the fit.
+    history : list of dict
+        Per epoch: ``epoch``, ``loss`` (the objective: for full batch, exact at the
+        parameters of that round; for mini-batches, the mean of the batch losses over
+        the epoch, as scikit-learn's SGD reports), ``grad_norm``, ``time`` (seconds
+        since the start), ``updates``, ``version``, ``staleness_min/mean/max``,
+        ``worker_updates`` (worker address -> updates) and ``complete`` (every
+        partition contributed).
+    reason : str
+        Why the fit stopped.
+    """
+
+    coef_: np.ndarray
+    intercept_: float | np.ndarray
+    n_iter_: int
+    n_updates_: int
+    converged_: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def loss_(self) -> float:
+        """The objective in the last epoch (nan when no epoch completed)."""
+        return self.history[-1]["loss"] if self.history else float("nan")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    loss: str
+    epsilon: float
+    mode: str
+    optimizer: dict[str, Any]
+    config: dict[str, Any]
+    batch_size: int | None
+    n_classes: int | None
+    coef_init: Any
+    intercept_init: Any
+    n_workers: int | None
+    seed: int
+    progress: bool
+    callback: Any
+    poll_interval: float
+
+
+async def _setup(client: Client) -> None:
+    """Install the parameter server and check daskgd imports on every worker."""
+    try:
+        await asyncio.wait_for(client.register_plugin(ParameterServer()), _SETUP_TIMEOUT)
+    except Exception as exc:
+        raise SchedulerSetupError(
+            f"the Dask scheduler at {client.scheduler.address} cannot run daskgd's "
+            f"parameter server ({type(exc).__name__}: {exc}). Install daskgd (the same "
+            "version) in the scheduler's and every worker's Python environment."
+        ) from exc
+    from daskgd.worker import probe
+
+    try:
+        await asyncio.wait_for(client.run(probe), _SETUP_TIMEOUT)
+    except Exception as exc:
+        raise SchedulerSetupError(
+            f"a Dask worker cannot import daskgd ({type(exc).__name__}: {exc}). Install "
+            "daskgd in every worker's Python environment."
+        ) from exc
+
+
+def _sources(client: Client, ds, plan: dict[str, list[int]]) -> dict[str, tuple]:
+    """Per worker: read chunks from Zarr there, or compute the blocks there."""
+    if ds.path is not None:
+        return {w: ("zarr", ds.path, c, ds.storage_options) for w, c in plan.items()}
+    import dask
+
+    from daskgd.worker import _block
+
+    Xs = ds.X.to_delayed().ravel()
+    ys = ds.y.to_delayed().ravel()
+    ws = None if ds.sample_weight is None else ds.sample_weight.to_delayed().ravel()
+    out = {}
+    for w, chunks in plan.items():
+        blocks = [
+            dask.delayed(_block, pure=True)(Xs[i], ys[i], None if ws is None else ws[i])
+            for i in chunks
+        ]
+        out[w] = ("blocks", client.compute(blocks, workers=[w], allow_other_workers=True))
+    return out
+
+
+def _chunk_rows(data, n_workers: int) -> int | None:
+    """For in-memory numpy input: one chunk per worker, so every worker gets rows."""
+    if not isinstance(data, tuple | list) or not data:
+        return None
+    X = data[0]
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[0] == 0:
+        return None
+    return max(1, -(-X.shape[0] // max(1, n_workers)))
+
+
+def _initial_params(ds, s: _Settings) -> np.ndarray:
+    d = ds.n_features
+    shape: tuple[int, ...] = (d + 1,) if not s.n_classes else (d + 1, s.n_classes)
+    P = np.zeros(shape)
+    if s.coef_init is not None:
+        coef = np.asarray(s.coef_init, dtype=np.float64)
+        if coef.shape != (d, *shape[1:]):
+            raise ValueError(f"coef_init has shape {coef.shape}; expected {(d, *shape[1:])}")
+        P[:d] = coef
+    if s.intercept_init is not None:
+        P[d] = np.asarray(s.intercept_init, dtype=np.float64)
+    if not np.all(np.isfinite(P)):
+        raise ValueError("coef_init and intercept_init must be finite")
+    return P
+
+
+async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
+    await _setup(client)
+    info = await client.scheduler.identity()
+    workers = sorted(info["workers"])
+    if not workers:
+        raise TrainingError("the cluster has no workers; start some and retry")
+    if s.n_workers is not None:
+        workers = workers[: s.n_workers]
+    plan = {w: c for w, c in ds.partition(workers).items() if c}
+    ranks = list(plan)
+    rows = [sum(ds.chunks[i] for i in plan[w]) for w in ranks]
+    if s.batch_size is None:
+        nb = 1
+    else:
+        nb = max(1, round(ds.n_samples / (len(ranks) * s.batch_size)))
+        nb = min(nb, min(rows))
+    config = dict(s.config, n_samples=int(ds.n_samples), batches_per_epoch=int(nb))
+    JobConfig(**config)  # raise here, not on the scheduler
+    P0 = _initial_params(ds, s)
+    job = f"daskgd-{uuid.uuid4().hex}"
+    reply = await client.scheduler.daskgd_create(
+        job=job,
+        params=ToPickle(P0),
+        config=config,
+        optimizer=s.optimizer,
+        ranks=ranks,
+        client=client.id,
+    )
+    if reply["status"] != "OK":
+        raise ValueError(reply["message"])
+    spec = {
+        "loss": s.loss,
+        "epsilon": s.epsilon,
+        "batches_per_epoch": nb,
+        "seed": s.seed,
+        "mode": s.mode,
+    }
+    futures = []
+    try:
+        sources = _sources(client, ds, plan)
+        for rank, w in enumerate(ranks):
+            futures.append(
+                client.submit(
+                    _train_entry,
+                    job,
+                    rank,
+                    sources[w],
+                    spec,
+                    workers=[w],
+                    allow_other_workers=True,
+                    pure=False,
+                    key=f"daskgd-train-{rank}-{job}",
+                )
+            )
+        history = await _watch(client, job, futures, s)
+        final = await client.scheduler.daskgd_close(job=job)
+        await _drain(client, futures)
+    except BaseException:
+        await _abort(client, job, futures)
+        raise
+    history += list(final["history"][len(history) :])
+    if final["error"]:
+        cls = DivergenceError if final["error_kind"] == "divergence" else TrainingError
+        raise cls(final["error"])
+    P = np.asarray(final["params"])
+    d = ds.n_features
+    intercept = P[d].copy() if P.ndim == 2 else float(P[d])
+    return FitResult(
+        coef_=P[:d].copy(),
+        intercept_=intercept,
+        n_iter_=int(final["epochs"]),
+        n_updates_=int(final["version"]),
+        converged_=bool(final["converged"]),
+        history=[dict(h) for h in history],
+        reason=final["reason"],
+    )
+
+
+def _train_entry(job, rank, source, spec):
+    from daskgd.worker import train_partition
+
+    return train_partition(job, rank, source, spec)
+
+
+async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[dict]:
+    """Poll the job until it stops; surface failed tasks as a TrainingError."""
+    history: list[dict] = []
+    bar = None
+    if s.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.config["max_epochs"], unit="epoch", desc="daskgd")
+    try:
+        while True:
+            st = await client.scheduler.daskgd_status(job=job, since=len(history))
+            if st["status"] != "OK":
+                raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
+            for h in st["history"]:
+                history.append(dict(h))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{h['loss']:.6g}")
+                if s.callback is not None and s.callback(dict(h)) is False:
+                    await client.scheduler.daskgd_stop(job=job, reason="stopped by the callback")
+            if st["stopped"]:
+                return history
+            for f in futures:
+                if f.status == "error":
+                    exc = await f.exception()
+                    raise TrainingError(f"training task {f.key} failed: {exc!r}") from exc
+                if f.status == "cancelled":
+                    raise TrainingError(f"training task {f.key} was cancelled")
+            if all(f.status == "finished" for f in futures):
+                raise TrainingError("every training task ended before the job stopped")
+            await asyncio.sleep(s.poll_interval)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+async def _drain(client: Client, futures: list, timeout: float = 30.0) -> None:
+    """Let the tasks see ``stopped`` and end; cancel what is left (e.g. a queued rerun)."""
+    from distributed import wait
+
+    try:
+        await wait(futures, timeout=timeout)
+    except TimeoutError:
+        pass
+    await client.cancel(futures)
+
+
+async def _abort(client: Client, job: str, futures: list) -> None:
+    try:
+        await client.scheduler.daskgd_close(job=job)
+    finally:
+        if futures:
+            await client.cancel(futures)
+
+
+def _settings(
+    *,
+    loss,
+    mode,
+    optimizer,
+    learning_rate,
+    lr_schedule,
+    power_t,
+    step_size,
+    gamma,
+    optimizer_options,
+    batch_size,
+    max_epochs,
+    tol,
+    n_iter_no_change,
+    gtol,
+    max_time,
+    alpha,
+    l1_ratio,
+    fit_intercept,
+    epsilon,
+    n_classes,
+    coef_init,
+    intercept_init,
+    max_staleness,
+    staleness_lr,
+    n_workers,
+    random_state,
+    progress,
+    callback,
+    poll_interval,
+) -> _Settings:
+    info = get_loss(loss)
+    if n_classes is not None:
+        if not (isinstance(n_classes, int) and n_classes >= 2) or info.name != "log_loss":
+            raise ValueError("n_classes (an integer >= 2) is for the multinomial log_loss only")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(
+            f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}"
+        )
+    if n_workers is not None and not (isinstance(n_workers, int) and n_workers >= 1):
+        raise ValueError(f"n_workers must be None or an integer >= 1, got {n_workers!r}")
+    if mode != "ssp" and max_staleness is not None:
+        raise ValueError("max_staleness applies to mode='ssp' only")
+    opt = {
+        "name": optimizer,
+        "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule,
+        "power_t": power_t,
+        "step_size": step_size,
+        "gamma": gamma,
+        "alpha": alpha,
+        "l1_ratio": l1_ratio,
+        "fit_intercept": bool(fit_intercept),
+        "options": dict(optimizer_options or {}),
+    }
+    make_optimizer(**opt)  # raise bad settings here, with the user's argument names
+    config = {
+        "mode": mode,
+        "max_epochs": max_epochs,
+        "tol": tol,
+        "n_iter_no_change": n_iter_no_change,
+        "gtol": gtol,
+        "max_time": max_time,
+        "max_staleness": max_staleness,
+        "staleness_lr": bool(staleness_lr),
+    }
+    JobConfig(**config)
+    if random_state is None:
+        seed = int(np.random.SeedSequence().entropy % 2**63)
+    elif isinstance(random_state, int | np.integer) and random_state >= 0:
+        seed = int(random_state)
+    else:
+        raise ValueError(f"random_state must be None or an integer >= 0, got {random_state!r}")
+    return _Settings(
+        loss=info.name,
+        epsilon=float(epsilon),
+        mode=mode,
+        optimizer=opt,
+        config=config,
+        batch_size=batch_size,
+        n_classes=n_classes if n_classes and n_classes > 2 else None,
+        coef_init=coef_init,
+        intercept_init=intercept_init,
+        n_workers=n_workers,
+        seed=seed,
+        progress=progress,
+        callback=callback,
+        poll_interval=float(poll_interval),
+    )
+
+
+_DOC_PARAMS = """
+    Parameters
+    ----------
+    data : Dataset, str, os.PathLike or tuple
+        A :class:`daskgd.data.Dataset`, a Zarr path/URL, or ``(X, y)`` /
+        ``(X, y, sample_weight)`` of numpy or dask arrays.
+    loss : str, default="squared_error"
+        ``squared_error``, ``huber``, ``log_loss``, ``hinge`` or ``squared_hinge``.
+        Binary classification losses take ``y`` in ``{-1, +1}``.
+    mode : {"sync", "async", "ssp"}, default="sync"
+        ``sync``: every live worker's gradient at version v, their row-weighted
+        mean, one step (deterministic for a fixed seed and worker count);
+        ``async``: each gradient applied on arrival; ``ssp``: async, but a worker
+        more than ``max_staleness`` pushes ahead of the slowest one waits.
+    optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam"}, default="sgd"
+    learning_rate : float, default=0.1
+    lr_schedule : {"constant", "invscaling", "step"}, default="constant"
+        ``invscaling``: ``lr / (1 + t) ** power_t`` (t = updates so far);
+        ``step``: ``lr * gamma ** (epoch // step_size)``.
+    power_t, step_size, gamma : schedule settings
+    optimizer_options : dict, optional
+        ``momentum`` (momentum, nesterov; 0.9), ``beta1``/``beta2``/``eps`` (adam),
+        ``eps`` (adagrad).
+    batch_size : int or None, default=None
+        Rows per worker per gradient; None is full batch (gradient descent).
+    max_epochs : int, default=100
+    tol : float or None, default=1e-4
+        Stop when the epoch loss improved by less than ``tol`` (relative to the best)
+        for ``n_iter_no_change`` epochs in a row.
+    n_iter_no_change : int, default=5
+    gtol : float or None, default=None
+        Stop when the (proximal) gradient norm of the objective is at most ``gtol``.
+    max_time : float or None, default=None
+        Time budget in seconds; the fit stops (not converged) when it is used up.
+    alpha : float, default=0.0
+        Regularisation strength.
+    l1_ratio : float, default=0.0
+        Elastic-net mixing: 0 is L2, 1 is L1 (a proximal step: exact zeros).
+    fit_intercept : bool, default=True
+    epsilon : float, default=0.1
+        Huber loss width.
+    n_classes : int, optional
+        With ``loss="log_loss"`` and ``n_classes > 2``: the multinomial loss, ``y``
+        holding class indices.
+    coef_init, intercept_init : array-like, optional
+        Starting point (default zeros).
+    max_staleness : int, optional
+        The bound of ``ssp`` mode (required there).
+    staleness_lr : bool, default=False
+        Async/ssp: divide the learning rate by the staleness of each gradient.
+    client : distributed.Client, str or None
+        A client, a scheduler address (``"tcp://host:8786"``), or None: the current
+        client, else an embedded LocalCluster (one single-threaded worker process per
+        core) started and closed by this call.
+    n_workers : int, optional
+        Use at most this many workers.
+    random_state : int, optional
+        Seeds the mini-batch order.
+    validate : bool, default=True
+        Scan the data for non-finite values first.
+    progress : bool, default=False
+        Show a progress bar (needs tqdm).
+    callback : callable, optional
+        Called with each epoch's history row; returning False stops the fit.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    ValueError
+        On bad settings or data (:class:`daskgd.errors.DataValidationError`).
+    DivergenceError
+        When the loss or gradient became non-finite (or exploded).
+    SchedulerSetupError
+        When the scheduler or a worker cannot import daskgd.
+    TrainingError
+        When a training task failed or every worker was lost.
+"""
+
+
+def _defaults():
+    return {
+        "loss": "squared_error",
+        "mode": "sync",
+        "optimizer": "sgd",
+        "learning_rate": 0.1,
+        "lr_schedule": "constant",
+        "power_t": 0.25,
+        "step_size": 10,
+        "gamma": 0.5,
+        "optimizer_options": None,
+        "batch_size": None,
+        "max_epochs": 100,
+        "tol": 1e-4,
+        "n_iter_no_change": 5,
+        "gtol": None,
+        "max_time": None,
+        "alpha": 0.0,
+        "l1_ratio": 0.0,
+        "fit_intercept": True,
+        "epsilon": 0.1,
+        "n_classes": None,
+        "coef_init": None,
+        "intercept_init": None,
+        "max_staleness": None,
+        "staleness_lr": False,
+        "n_workers": None,
+        "random_state": None,
+        "progress": False,
+        "callback": None,
+        "poll_interval": 0.05,
+    }
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    known = _defaults()
+    unknown = set(kwargs) - set(known)
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s): {sorted(unknown)}")
+    known.update(kwargs)
+    return known
+
+
+def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult:
+    """Fit a linear model by distributed gradient descent on a Dask cluster.
+
+    The objective is ``(1/sum s_i) sum_i s_i loss_i + alpha*((1-l1_ratio)/2 ||w||^2
+    + l1_ratio ||w||_1)``, the intercept unpenalised.
+    """
+    s = _settings(**_split_kwargs(kwargs))
+    own_cluster = own_client = None
+    if isinstance(client, str | os.PathLike):
+        client = own_client = Client(str(client), set_as_default=False)
+    elif client is None:
+        try:
+            from distributed import get_client
+
+            client = get_client()
+        except ValueError:
+            own_cluster = LocalCluster(
+                n_workers=os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+            )
+            client = own_client = Client(own_cluster, set_as_default=False)
+    elif not isinstance(client, Client):
+        raise TypeError(
+            f"client must be a distributed.Client, a scheduler address or None, got "
+            f"{type(client).__name__}"
+        )
+    try:
+        from daskgd.data import as_dataset
+
+        n_avail = len(client.scheduler_info()["workers"])
+        if kwargs.get("n_workers"):
+            n_avail = min(n_avail, kwargs["n_workers"])
+        ds = as_dataset(
+            data, validate=validate, client=client, chunk_rows=_chunk_rows(data, n_avail)
+        )
+        return client.sync(_run_job, client, ds, s)
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+
+async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: Any) -> FitResult:
+    """The async twin of :func:`fit`: ``await fit_async(data, client=async_client, ...)``.
+
+    ``client`` must be an asynchronous :class:`distributed.Client`. The data is
+    opened and validated in a thread on the driver.
+    """
+    s = _settings(**_split_kwargs(kwargs))
+    if not isinstance(client, Client) or not client.asynchronous:
+        raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
+    from daskgd.data import as_dataset
+
+    n_avail = len((await client.scheduler.identity())["workers"])
+    if s.n_workers:
+        n_avail = min(n_avail, s.n_workers)
+
+    def _open():
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            return as_dataset(data, validate=validate, chunk_rows=_chunk_rows(data, n_avail))
+
+    ds = await asyncio.to_thread(_open)
+    return await _run_job(client, ds, s)
+
+
+fit.__doc__ = (fit.__doc__ or "") + _DOC_PARAMS
+fit_async.__doc__ = (fit_async.__doc__ or "") + _DOC_PARAMS

@@ -1,0 +1,184 @@
+"""The parameter server's handlers, driven from a client against an in-process scheduler."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from distributed.protocol import ToPickle
+from distributed.utils_test import gen_cluster
+
+from daskgd.aggregator import PLUGIN_NAME, ParameterServer
+
+OPT = {"name": "sgd", "learning_rate": 0.5}
+
+
+async def _create(c, s, job="j", mode="sync", d=3, ranks=None, **config):
+    await c.register_plugin(ParameterServer())
+    ranks = ranks or [w.address for w in s.workers.values()]
+    cfg = {"mode": mode, "n_samples": 10 * len(ranks), "max_epochs": 1000, "tol": None, **config}
+    reply = await c.scheduler.daskgd_create(
+        job=job, params=ToPickle(np.zeros(d + 1)), config=cfg, optimizer=OPT, ranks=ranks
+    )
+    assert reply["status"] == "OK", reply
+    return ranks
+
+
+def _push(c, job, rank, version, grad, n=10, weight=10.0, loss=1.0):
+    return c.scheduler.daskgd_push(
+        job=job,
+        rank=rank,
+        version=version,
+        grad=ToPickle(np.asarray(grad, dtype=float)),
+        n=n,
+        weight=weight,
+        loss=loss,
+    )
+
+
+@gen_cluster(client=True)
+async def test_plugin_installs_and_removes_handlers(c, s, a, b):
+    await c.register_plugin(ParameterServer())
+    await c.register_plugin(ParameterServer())  # idempotent
+    assert "daskgd_push" in s.handlers
+    assert list((await c.scheduler.daskgd_info())["jobs"]) == []
+    await s.plugins[PLUGIN_NAME].close()
+    assert not any(k.startswith("daskgd_") for k in s.handlers)
+
+
+@gen_cluster(client=True)
+async def test_sync_round_is_row_weighted_mean(c, s, a, b):
+    await _create(c, s)
+    first = asyncio.ensure_future(_push(c, "j", 0, 0, [1, 2, 3, 4], weight=10.0))
+    await asyncio.sleep(0.05)
+    assert not first.done()  # waits for rank 1
+    second = await _push(c, "j", 1, 0, [3, 6, 9, 12], weight=30.0)
+    r0 = await first
+    assert r0["status"] == second["status"] == "OK"
+    assert r0["version"] == 1
+    # mean gradient = (g0 + g1) / 40 = [0.1, 0.2, 0.3, 0.4]; lr 0.5
+    np.testing.assert_allclose(second["params"], [-0.05, -0.1, -0.15, -0.2])
+    job = s.plugins[PLUGIN_NAME].jobs["j"]
+    assert job.epochs == 1 and job.history[0]["loss"] == pytest.approx(2 / 40)
+    # a gradient for an old version is answered with the current params
+    stale = await _push(c, "j", 0, 0, [1, 1, 1, 1])
+    assert stale["status"] == "stale" and stale["version"] == 1
+
+
+@gen_cluster(client=True)
+async def test_sync_round_does_not_wait_for_a_removed_worker(c, s, a, b):
+    await _create(c, s)
+    pending = asyncio.ensure_future(_push(c, "j", 0, 0, [1, 1, 1, 1]))
+    await asyncio.sleep(0.05)
+    await b.close()  # rank 1's worker leaves: the round completes without it
+    reply = await asyncio.wait_for(pending, 5)
+    assert reply["status"] == "OK" and reply["version"] == 1
+    # the rerun task joins from another worker and gets the current state
+    joined = await c.scheduler.daskgd_join(job="j", rank=1, worker=a.address)
+    assert joined["version"] == 1 and joined["position"] == 1
+
+
+@gen_cluster(client=True)
+async def test_async_applies_each_push_and_records_staleness(c, s, a, b):
+    await _create(c, s, mode="async", n_samples=20)
+    r1 = await _push(c, "j", 0, 0, [10, 0, 0, 0])
+    assert r1["version"] == 1
+    r2 = await _push(c, "j", 1, 0, [10, 0, 0, 0])  # computed at 0, applied at 1
+    assert r2["version"] == 2
+    np.testing.assert_allclose(r2["params"][0], -1.0)
+    h = (await c.scheduler.daskgd_status(job="j"))["history"]
+    assert len(h) == 1 and h[0]["staleness_max"] == 1 and h[0]["staleness_min"] == 0
+    assert sum(h[0]["worker_updates"].values()) == 2
+
+
+@gen_cluster(client=True)
+async def test_ssp_fast_worker_waits_for_the_slow_one(c, s, a, b):
+    await _create(c, s, mode="ssp", max_staleness=1, n_samples=1000)
+    await _push(c, "j", 0, 0, [0, 0, 0, 0])  # clock 1 vs 0: within the bound
+    blocked = asyncio.ensure_future(_push(c, "j", 0, 1, [0, 0, 0, 0]))  # clock 2 vs 0
+    await asyncio.sleep(0.3)
+    assert not blocked.done()
+    await _push(c, "j", 1, 2, [0, 0, 0, 0])  # the slow member catches up to clock 1
+    reply = await asyncio.wait_for(blocked, 5)
+    assert reply["status"] == "OK"
+
+
+@gen_cluster(client=True)
+async def test_bad_messages_change_nothing(c, s, a, b):
+    await _create(c, s, mode="async")
+    job = s.plugins[PLUGIN_NAME].jobs["j"]
+    before = job.params
+    bad = [
+        {"job": "nope"},
+        {"rank": 7},
+        {"rank": "0"},
+        {"version": 5},
+        {"version": -1},
+        {"grad": ToPickle(np.zeros(9))},
+        {"grad": ToPickle(np.zeros(4, dtype=np.int64))},
+        {"grad": [0.0, 0.0, 0.0, 0.0]},
+        {"n": 0},
+        {"weight": float("nan")},
+    ]
+    for change in bad:
+        msg = {
+            "job": "j",
+            "rank": 0,
+            "version": 0,
+            "grad": ToPickle(np.zeros(4)),
+            "n": 10,
+            "weight": 10.0,
+            "loss": 1.0,
+            **change,
+        }
+        reply = await c.scheduler.daskgd_push(**msg)
+        assert reply["status"] == "error", change
+        assert reply["message"]
+    assert job.params is before and job.version == 0 and not job.stopped
+    assert (
+        await c.scheduler.daskgd_create(
+            job="j", params=ToPickle(np.zeros(4)), config={}, optimizer=OPT, ranks=["x"]
+        )
+    )["status"] == "error"
+    reply = await c.scheduler.daskgd_create(
+        job="k", params=ToPickle(np.zeros(4)), config={"mode": "bsp"}, optimizer=OPT, ranks=["x"]
+    )
+    assert reply["status"] == "error" and "mode" in reply["message"]
+
+
+@gen_cluster(client=True)
+async def test_non_finite_gradient_stops_with_divergence(c, s, a, b):
+    await _create(c, s, mode="async")
+    reply = await _push(c, "j", 0, 0, [np.inf, 0, 0, 0])
+    assert reply["status"] == "stopped" and reply["error_kind"] == "divergence"
+    assert "learning_rate" in reply["error"]
+    np.testing.assert_array_equal(reply["params"], 0.0)
+
+
+@gen_cluster(client=True)
+async def test_jobs_are_isolated_and_freed(c, s, a, b):
+    await _create(c, s, job="one", mode="async")
+    await _create(c, s, job="two", mode="async")
+    await _push(c, "one", 0, 0, [1, 1, 1, 1])
+    two = await c.scheduler.daskgd_pull(job="two")
+    assert two["version"] == 0
+    np.testing.assert_array_equal(two["params"], 0.0)
+    final = await c.scheduler.daskgd_close(job="one")
+    assert final["version"] == 1
+    assert list((await c.scheduler.daskgd_info())["jobs"]) == ["two"]
+    assert (await c.scheduler.daskgd_pull(job="one"))["status"] == "error"
+
+
+@gen_cluster(client=True)
+async def test_stop_rules(c, s, a, b):
+    await _create(c, s, job="e", mode="async", n_samples=10, max_epochs=3)
+    for v in range(3):
+        reply = await _push(c, "e", 0, v, [0, 0, 0, 0])
+    assert reply["status"] == "stopped" and "max_epochs" in reply["reason"]
+    await _create(c, s, job="g", mode="async", n_samples=20, gtol=1e-3)
+    for rank in range(2):  # an epoch only counts once every rank contributed
+        reply = await _push(c, "g", rank, rank, [0, 0, 0, 0])
+    st = await c.scheduler.daskgd_status(job="g")
+    assert st["stopped"] and st["converged"] and "gtol" in st["reason"]
+    await _create(c, s, job="u", mode="sync")
+    st = await c.scheduler.daskgd_stop(job="u", reason="enough")
+    assert st["stopped"] and st["reason"] == "enough"

@@ -1,0 +1,100 @@
+"""Update rules, schedules and the elastic-net proximal step, against closed forms."""
+
+import numpy as np
+import pytest
+
+from daskgd.optimizers import OPTIMIZERS, Regularizer, Schedule, make_optimizer, soft_threshold
+
+
+def _quadratic_min(name, **options):
+    # minimise 0.5 * ||P - c||^2 (intercept row included): gradient P - c
+    c = np.array([1.0, -2.0, 3.0, 0.5])
+    lr = {"adagrad": 1.0, "adam": 0.05}.get(name, 0.1)
+    opt = make_optimizer(name, learning_rate=lr, options=options)
+    P = np.zeros(4)
+    state = opt.init_state(P)
+    for t in range(3000):
+        P = opt.step(P, P - c, state, t, 0)
+    return P, c
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_optimizer_minimises_a_quadratic(name):
+    P, c = _quadratic_min(name)
+    np.testing.assert_allclose(P, c, atol=1e-6)
+
+
+def test_step_does_not_mutate_its_inputs():
+    opt = make_optimizer("adam", learning_rate=0.1, alpha=0.1, l1_ratio=0.5)
+    P, g = np.ones(3), np.full(3, 0.5)
+    P0, g0 = P.copy(), g.copy()
+    new = opt.step(P, g, opt.init_state(P), 0, 0)
+    assert new is not P
+    np.testing.assert_array_equal(P, P0)
+    np.testing.assert_array_equal(g, g0)
+
+
+def test_l1_prox_gives_lasso_solution_and_spares_intercept():
+    # min 0.5||w - c||^2 + l1 ||w||_1 has the closed form soft_threshold(c, l1)
+    c = np.array([2.0, 0.3, -0.1, -1.5, 0.05])
+    opt = make_optimizer("sgd", learning_rate=0.5, alpha=0.5, l1_ratio=1.0)
+    P = np.zeros(5)
+    for t in range(200):
+        P = opt.step(P, P - c, {}, t, 0)
+    np.testing.assert_allclose(P[:-1], soft_threshold(c[:-1], 0.5), atol=1e-12)
+    assert P[1] == 0.0 and P[2] == 0.0  # exact zeros
+    assert P[-1] == pytest.approx(0.05)  # intercept unpenalised
+
+
+def test_l2_matches_ridge_closed_form():
+    c = np.array([2.0, -1.0, 4.0])
+    opt = make_optimizer("sgd", learning_rate=0.5, alpha=1.0)
+    P = np.zeros(3)
+    for t in range(200):
+        P = opt.step(P, P - c, {}, t, 0)
+    np.testing.assert_allclose(P, [1.0, -0.5, 4.0], atol=1e-12)
+
+
+def test_fit_intercept_false_keeps_intercept():
+    opt = make_optimizer("momentum", learning_rate=0.1, fit_intercept=False)
+    P = np.array([0.0, 0.0, 7.0])
+    new = opt.step(P, np.ones(3), opt.init_state(P), 0, 0)
+    assert new[-1] == 7.0 and new[0] != 0.0
+
+
+def test_two_dimensional_parameters():
+    opt = make_optimizer("adagrad", learning_rate=0.5, alpha=0.1, l1_ratio=0.5)
+    P = np.zeros((4, 3))
+    new = opt.step(P, np.ones((4, 3)), opt.init_state(P), 0, 0)
+    assert new.shape == (4, 3)
+
+
+def test_schedules():
+    assert Schedule("constant", 0.3)(100, 7) == 0.3
+    assert Schedule("invscaling", 1.0, power_t=0.5)(3, 0) == pytest.approx(0.5)
+    assert Schedule("step", 1.0, step_size=3, gamma=0.1)(0, 7) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "lbfgs"}, "unknown optimizer"),
+        ({"name": "sgd", "lr_schedule": "cosine"}, "unknown lr_schedule"),
+        ({"name": "sgd", "learning_rate": -1.0}, "learning_rate"),
+        ({"name": "sgd", "alpha": -1.0}, "alpha"),
+        ({"name": "sgd", "l1_ratio": 2.0}, "l1_ratio"),
+        ({"name": "sgd", "options": {"momentum": 0.9}}, "takes no option"),
+        ({"name": "momentum", "options": {"momentum": 1.0}}, "momentum"),
+        ({"name": "adam", "options": {"beta2": 1.0}}, "beta2"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, match):
+    kwargs = {"learning_rate": 0.1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(**kwargs)
+
+
+def test_penalty_value():
+    reg = Regularizer(alpha=2.0, l1_ratio=0.25)
+    P = np.array([1.0, -2.0, 100.0])
+    assert reg.penalty(P) == pytest.approx(0.5 * 1.5 * 5 + 0.5 * 3)
