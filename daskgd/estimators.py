@@ -32,7 +32,6 @@ The cluster
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import os
@@ -114,9 +113,7 @@ def _lazy_inputs(X: Any, y: Any, sample_weight: Any) -> tuple[da.Array, da.Array
     elif np.dtype(X.dtype) not in (np.float32, np.float64):
         raise DataValidationError(f"X must be float32 or float64, got {X.dtype}")
     if any(math.isnan(c) for c in X.chunks[0]):
-        raise DataValidationError(
-            "X has unknown chunk sizes; call X.compute_chunk_sizes() first"
-        )
+        raise DataValidationError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
     X = X.rechunk({1: -1})
     if y is not None:
         y = _as_dask_1d(y, X.chunks[0], "y")
@@ -145,22 +142,10 @@ def _dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None
 
 
 def _engine_fit(data: Any, **kwargs: Any) -> Any:
-    """Call :func:`daskgd.train.fit`, passing only the options it knows.
-
-    Options left at their neutral value (None) are dropped when the engine lacks them, so an
-    estimator setting needs engine support only when it is used.
-    """
+    """Call :func:`daskgd.train.fit` with the estimator's settings."""
     from daskgd import train
 
-    known = inspect.signature(train.fit).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in known.values())
-    call = {}
-    for key, value in kwargs.items():
-        if key in known or takes_any:
-            call[key] = value
-        elif value is not None:
-            raise TypeError(f"this version of daskgd.train.fit does not support {key}=")
-    return train.fit(data, **call)
+    return train.fit(data, **kwargs)
 
 
 class _Runner:
@@ -191,9 +176,13 @@ class _Runner:
         coef_init: np.ndarray | None = None,
         intercept_init: Any = None,
         desc: str = "daskgd",
+        lazy: bool = False,
         **extra: Any,
     ) -> Any:
-        """One engine fit; returns the FitResult. The client is never kept."""
+        """One engine fit; returns the FitResult. The client is never kept.
+
+        In-memory input was validated here already (``lazy=False``): the engine skips its scan.
+        """
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
         bar = ProgressBar(max_iter, enabled=progress_enabled(p.get("verbose", 0)), desc=desc)
         try:
@@ -216,6 +205,7 @@ class _Runner:
                 coef_init=coef_init,
                 intercept_init=intercept_init,
                 callback=bar.update,
+                validate=lazy,
                 **extra,
             )
         finally:
@@ -323,6 +313,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
             coef_init=np.asarray(self.coef_, dtype=np.float64) if warm else None,
             intercept_init=float(self.intercept_[0]) if warm else None,
             desc=type(self).__name__,
+            lazy=lazy,
             **extra,
         )
         self.coef_ = np.asarray(result.coef_, dtype=np.float64).ravel()
@@ -676,12 +667,15 @@ def _sgd_extra(est: Any) -> dict[str, Any]:
         extra["power_t"] = float(est.power_t)
     if getattr(est, "loss", None) == "huber":
         extra["epsilon"] = float(est.epsilon)
+    if not 0 < est.validation_fraction < 1:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {est.validation_fraction!r}")
     if est.early_stopping:
-        if not 0 < est.validation_fraction < 1:
-            raise ValueError(
-                f"validation_fraction must lie in (0, 1), got {est.validation_fraction!r}"
-            )
-        extra["validation_fraction"] = float(est.validation_fraction)
+        # The engine stops on the training objective; a held-out score per epoch needs the
+        # parameters at every epoch on the driver, which the engine does not report yet.
+        raise ValueError(
+            "early_stopping=True is not supported yet: daskgd stops on the training loss "
+            "(tol, n_iter_no_change); hold out a validation set and compare scores instead"
+        )
     return extra
 
 
@@ -753,6 +747,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
                     coef_init=np.asarray(self.coef_[row], dtype=np.float64) if warm else None,
                     intercept_init=float(self.intercept_[row]) if warm else None,
                     desc=f"{type(self).__name__}" + (f" class {self.classes_[j]}" if k > 2 else ""),
+                    lazy=lazy,
                     **common,
                 )
                 coefs.append(np.asarray(result.coef_, dtype=np.float64).ravel())
@@ -765,6 +760,8 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             result = self._run(
                 _pack(X, yk, sample_weight),
                 loss=loss,
+                n_classes=k,
+                lazy=lazy,
                 coef_init=np.ascontiguousarray(self.coef_.T, dtype=np.float64) if warm else None,
                 intercept_init=np.asarray(self.intercept_, dtype=np.float64) if warm else None,
                 desc=type(self).__name__,

@@ -93,7 +93,7 @@ def plot_history(
         ) from exc
     runs = _runs(result, labels)
     if ax is None:
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+        _fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     axes = np.atleast_1d(np.asarray(ax, dtype=object)).ravel()
     if len(axes) not in (1, 2):
         raise ValueError(f"ax must be one Axes or two, got {len(axes)}")
