@@ -26,11 +26,13 @@ def default_client(cluster):
 
 # Checks that cannot pass, with the reason (the estimators are otherwise checked in full).
 _XFAIL = {
-    # Mini-batch SGD draws its batches from the rows each worker holds: duplicating rows or
-    # zero-weighting them changes the batches, so the fits differ (scikit-learn's own
-    # SGDRegressor/SGDClassifier carry the same expected failure).
-    ("SGDRegressor", "check_sample_weight_equivalence_on_dense_data"): "mini-batches differ",
-    ("SGDClassifier", "check_sample_weight_equivalence_on_dense_data"): "mini-batches differ",
+    # Class weights {0: 1000, others: 1e-4} with the hinge loss, one-vs-rest. daskgd minimises
+    # the weight-normalised objective (scikit-learn SGD's), where rows of weight 1e-4 count
+    # for less than the L2 penalty: the binary "class 1 vs rest" model only has to push the
+    # class-0 rows below -1 and leaves the other margins free, so the argmax over the
+    # one-vs-rest margins does not favour class 0 as the check demands (> 87 %). scikit-learn
+    # passes through its per-sample step sizes that scale with the weight, not the optimum.
+    ("SGDClassifier", "check_class_weight_classifiers"): "OvR margins under extreme weights",
 }
 
 
