@@ -1019,15 +1019,12 @@ def _merge_histories(results: list[Any], classes: np.ndarray | None) -> dict[str
     """One history; one-vs-rest fits are concatenated with a ``run`` column (the class)."""
     if classes is None:
         return history_to_dict(results[0].history)
-    merged: dict[str, list[Any]] = {}
-    for label, r in zip(classes.tolist(), results, strict=True):
-        cols = history_to_dict(r.history)
-        n = len(next(iter(cols.values()), []))
-        cols["run"] = [f"class {label}"] * n
-        for key in set(merged) | set(cols):
-            before = len(next(iter(merged.values()), [])) if merged else 0
-            merged.setdefault(key, [None] * before).extend(cols.get(key, [None] * n))
-    return merged
+    entries = [
+        {**entry, "run": f"class {label}"}
+        for label, r in zip(classes.tolist(), results, strict=True)
+        for entry in r.history
+    ]
+    return history_to_dict(entries)
 
 
 class SGDClassifier(_LinearClassifierBase):
