@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-option", type=_storage_option, action="append", default=[],
                    metavar="KEY=VALUE", help="fsspec option for a URL (repeatable)")  # fmt: skip
     p.set_defaults(func=_cmd_info)
+
+    from daskgd._cli_train import add_verbs
+
+    add_verbs(sub, _positive_int, _non_negative_float)
     return parser
 
 

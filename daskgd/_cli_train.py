@@ -1,0 +1,281 @@
+"""The ``daskgd demo``, ``fit`` and ``predict`` verbs, and the model file they share.
+
+A model file is JSON (``.json``) or a Zarr group (``.zarr``) holding the estimator's class,
+its parameters, ``coef_``, ``intercept_``, ``classes_`` and the training history, so that
+``daskgd predict`` (or :func:`load_model`) rebuilds a fitted estimator without the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daskgd.history import _jsonable
+
+MODEL_FORMAT = "daskgd-model"
+_REGRESSION = ("squared_error", "huber")
+_SAVED_PARAMS = ("loss", "fit_intercept", "alpha", "l1_ratio", "penalty", "mode", "optimizer")
+
+
+def save_model(est: Any, path: str | os.PathLike[str]) -> None:
+    """Write a fitted daskgd estimator to ``path`` (``.json`` or ``.zarr``)."""
+    path = str(path)
+    meta = {
+        "format": MODEL_FORMAT,
+        "format_version": 1,
+        "estimator": type(est).__name__,
+        "params": _jsonable({k: v for k, v in est.get_params().items() if k in _SAVED_PARAMS}),
+        "n_features_in": int(est.n_features_in_),
+        "n_iter": int(est.n_iter_),
+        "history": _jsonable(est.history_),
+    }
+    classes = getattr(est, "classes_", None)
+    if path.endswith(".zarr"):
+        import zarr
+
+        g = zarr.open_group(path, mode="w")
+        g.create_array("coef", data=np.asarray(est.coef_, dtype=np.float64))
+        g.create_array("intercept", data=np.asarray(est.intercept_, dtype=np.float64))
+        if classes is not None:
+            meta["classes"] = _jsonable(classes.tolist())
+        g.attrs.update(meta)
+        return
+    if not path.endswith(".json"):
+        raise ValueError(f"--output must end in .json or .zarr, got {path!r}")
+    meta["coef"] = np.asarray(est.coef_).tolist()
+    meta["intercept"] = np.asarray(est.intercept_).tolist()
+    if classes is not None:
+        meta["classes"] = _jsonable(classes.tolist())
+    Path(path).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def load_model(path: str | os.PathLike[str]) -> Any:
+    """Read a model written by :func:`save_model`: a fitted estimator, no cluster needed."""
+    import daskgd.estimators as estimators
+
+    path = str(path)
+    if path.endswith(".zarr"):
+        import zarr
+
+        g = zarr.open_group(path, mode="r")
+        meta = dict(g.attrs)
+        coef, intercept = g["coef"][...], g["intercept"][...]
+    else:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        coef, intercept = np.asarray(meta.get("coef")), np.asarray(meta.get("intercept"))
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a daskgd model file (no format={MODEL_FORMAT!r})")
+    cls = getattr(estimators, meta["estimator"], None)
+    if cls is None:
+        raise ValueError(f"{path}: unknown estimator {meta['estimator']!r}")
+    params = {k: v for k, v in meta["params"].items() if k in cls().get_params()}
+    est = cls(**params)
+    est.coef_ = np.asarray(coef, dtype=np.float64)
+    est.intercept_ = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
+    est.n_features_in_ = int(meta["n_features_in"])
+    est.n_iter_ = int(meta["n_iter"])
+    est.history_ = meta.get("history", {})
+    if "classes" in meta:
+        est.classes_ = np.asarray(meta["classes"])
+    return est
+
+
+def _estimator(args: argparse.Namespace, client: Any) -> Any:
+    from daskgd.estimators import SGDClassifier, SGDRegressor
+
+    cls = SGDRegressor if args.loss in _REGRESSION else SGDClassifier
+    return cls(
+        loss=args.loss,
+        penalty="elasticnet" if args.l1_ratio else ("l2" if args.alpha else None),
+        alpha=args.alpha,
+        l1_ratio=args.l1_ratio,
+        max_iter=args.max_epochs,
+        tol=args.tol,
+        learning_rate=args.lr_schedule,
+        eta0="auto" if args.learning_rate is None else args.learning_rate,
+        batch_size=args.batch_size,
+        mode=args.mode,
+        optimizer=args.optimizer,
+        max_staleness=args.max_staleness,
+        random_state=args.random_state,
+        verbose="auto" if args.progress else 0,
+        client=client,
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``daskgd fit PATH``: train on a Zarr dataset, save the model, print a summary."""
+    from daskgd.cli import _client
+
+    if args.mode == "ssp" and args.max_staleness is None:
+        raise ValueError("--mode ssp needs --max-staleness")
+    with _client(args) as client:
+        est = _estimator(args, client)
+        t0 = time.perf_counter()
+        est.fit(args.path)
+        elapsed = time.perf_counter() - t0
+        est.client = None
+    loss = est.history_["loss"][-1] if est.history_.get("loss") else float("nan")
+    print(
+        f"{type(est).__name__}(loss={args.loss!r}, mode={args.mode!r}): {est.n_iter_} epochs, "
+        f"{est.n_updates_} updates, final loss {loss:.6g}, "
+        f"{'converged' if est.converged_ else 'not converged'}, {elapsed:.2f} s"
+    )
+    if args.output:
+        save_model(est, args.output)
+        print(f"model written to {args.output}")
+    if args.plot:
+        _save_plot({args.mode: est}, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``daskgd predict MODEL PATH``: predictions for a Zarr dataset (and its score)."""
+    from daskgd.cli import _client
+    from daskgd.data import open_zarr
+
+    est = load_model(args.model)
+    ds = open_zarr(args.path, validate=False)
+    with _client(args) as client:
+        pred = est.predict(ds.X)
+        compute = client.compute if client is not None else None
+        values = compute(pred).result() if compute else pred.compute()
+        score = None
+        if ds.y is not None and not args.no_score:
+            s = est.score(ds.X, ds.y)
+            score = float(compute(s).result() if compute else s.compute())
+    if args.output:
+        out = str(args.output)
+        if out.endswith(".npy"):
+            np.save(out, values)
+        elif out.endswith(".json"):
+            Path(out).write_text(json.dumps(_jsonable(values.tolist())), encoding="utf-8")
+        else:
+            raise ValueError(f"--output must end in .npy or .json, got {out!r}")
+        print(f"{len(values)} predictions written to {out}")
+    else:
+        for v in values[: args.head]:
+            print(v)
+    if score is not None:
+        name = "R^2" if est.__class__.__name__.endswith("Regressor") else "accuracy"
+        print(f"{name} on {args.path}: {score:.6g}")
+    return 0
+
+
+def _save_plot(runs: Any, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    from daskgd.plot import plot_history
+
+    axes = plot_history(runs)
+    axes[0].figure.savefig(path, dpi=100)
+    plt.close(axes[0].figure)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``daskgd demo``: synthetic Zarr data, an embedded cluster, sync vs async, a plot."""
+    from distributed import Client, LocalCluster
+
+    from daskgd.estimators import SGDRegressor
+    from daskgd.synthetic import make_regression
+
+    with tempfile.TemporaryDirectory(prefix="daskgd-demo-") as tmp:
+        path = os.path.join(tmp, "demo.zarr")
+        print(f"writing {args.n_samples} x {args.n_features} synthetic regression data to {path}")
+        with (
+            LocalCluster(n_workers=args.n_workers, threads_per_worker=1, processes=True,
+                         dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):  # fmt: skip
+            ds = make_regression(path, args.n_samples, args.n_features, noise=0.1,
+                                 chunk_rows=max(1, args.n_samples // (4 * args.n_workers)),
+                                 random_state=0, client=client)  # fmt: skip
+            X, y = ds.X.compute(), ds.y.compute()
+            A = np.column_stack([X, np.ones(len(X))])
+            best = 0.5 * float(np.mean((A @ np.linalg.lstsq(A, y, rcond=None)[0] - y) ** 2))
+            runs, rows = {}, []
+            for mode in ("sync", "async"):
+                est = SGDRegressor(penalty=None, batch_size=args.batch_size, mode=mode,
+                                   learning_rate="constant", max_iter=args.max_epochs,
+                                   tol=1e-6, random_state=0, verbose=0, client=client)  # fmt: skip
+                t0 = time.perf_counter()
+                est.fit(path)
+                elapsed = time.perf_counter() - t0
+                est.client = None
+                loss = est.history_["loss"][-1]
+                stale = max(est.history_.get("staleness_max") or [0])
+                rows.append((mode, est.n_iter_, est.n_updates_, loss, (loss - best) / best,
+                             stale, elapsed))  # fmt: skip
+                runs[mode] = est
+    print(f"\noptimum (least squares): {best:.6g}")
+    header = ("mode", "epochs", "updates", "final loss", "rel. gap", "max stale", "time (s)")
+    print("{:<6} {:>7} {:>8} {:>12} {:>10} {:>9} {:>9}".format(*header))
+    for r in rows:
+        print(f"{r[0]:<6} {r[1]:>7} {r[2]:>8} {r[3]:>12.6g} {r[4]:>10.2e} {r[5]:>9} {r[6]:>9.2f}")
+    if args.plot:
+        _save_plot(runs, args.plot)
+        print(f"\nconvergence plot written to {args.plot}")
+    return 0
+
+
+def add_verbs(sub: Any, positive_int: Any, non_negative_float: Any) -> None:
+    """Register ``demo``, ``fit`` and ``predict`` on the command's subparsers."""
+
+    def where(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://, tls://)")
+        g.add_argument("--n-workers", type=positive_int, default=None,
+                       help="start a LocalCluster with this many worker processes")  # fmt: skip
+
+    p = sub.add_parser("demo", help="fit sync and async on synthetic data; print and plot")
+    p.add_argument("--n-samples", type=positive_int, default=20_000)
+    p.add_argument("--n-features", type=positive_int, default=20)
+    p.add_argument("--n-workers", type=positive_int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--max-epochs", type=positive_int, default=20)
+    p.add_argument("--plot", default="daskgd-demo.png", help="PNG to write ('' for none)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fit", help="train a linear model on a Zarr dataset")
+    p.add_argument("path", help="Zarr group (local path or URL) written by make-data/write_zarr")
+    losses = ["squared_error", "huber", "log_loss", "hinge", "squared_hinge"]
+    p.add_argument("--loss", default="squared_error", choices=losses)
+    p.add_argument("--mode", choices=["sync", "async", "ssp"], default="sync")
+    p.add_argument("--optimizer", default="sgd",
+                   choices=["sgd", "momentum", "nesterov", "adagrad", "adam"])  # fmt: skip
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="initial step size (default: 1/L, safe for full batch)")  # fmt: skip
+    p.add_argument("--lr-schedule", choices=["constant", "invscaling", "step"],
+                   default="constant")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: full batch")
+    p.add_argument("--max-epochs", type=positive_int, default=100)
+    p.add_argument("--tol", type=non_negative_float, default=1e-4)
+    p.add_argument("--alpha", type=non_negative_float, default=0.0)
+    p.add_argument("--l1-ratio", type=non_negative_float, default=0.0)
+    p.add_argument("--max-staleness", type=int, default=None, help="bound of --mode ssp")
+    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--output", help="model file to write: model.json or model.zarr")
+    p.add_argument("--plot", help="convergence plot to write (PNG)")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    where(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="predict with a saved model on a Zarr dataset")
+    p.add_argument("model", help="model file written by 'daskgd fit --output'")
+    p.add_argument("path", help="Zarr group with X (and y, for the score)")
+    p.add_argument("--output", help="write the predictions to a .npy or .json file")
+    p.add_argument("--head", type=positive_int, default=10, help="predictions to print")
+    p.add_argument("--no-score", action="store_true", help="skip the score")
+    where(p)
+    p.set_defaults(func=cmd_predict)
