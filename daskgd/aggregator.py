@@ -36,9 +36,13 @@ Membership comes from the scheduler: ``remove_worker`` deactivates the ranks
 running there, so a round never waits on a dead worker; a rerun training task
 calls ``daskgd_join`` and continues from the current parameters.
 
-Numpy work runs in a dedicated one-thread executor, never on the scheduler's
-event loop, and published parameter arrays are never mutated: each step makes
-a new array. This module must stay importable without the compiled kernels.
+A step on a large model runs in a dedicated one-thread executor so that it
+never holds up the scheduler's event loop; a step on a small model (at most
+``INLINE_MAX_PARAMS`` numbers) runs on the loop itself, because handing it to
+the executor and back costs more than the arithmetic (measured in
+``bench/bench_engine.py``). Either way only one step runs at a time, and
+published parameter arrays are never mutated: each step makes a new array.
+This module must stay importable without the compiled kernels.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ __all__ = ["MODES", "PLUGIN_NAME", "Job", "JobConfig", "ParameterServer"]
 
 PLUGIN_NAME = "daskgd-parameter-server"
 MODES = ("sync", "async", "ssp")
+#: Models with at most this many parameters are stepped on the event loop (tens of
+#: microseconds); larger ones in the aggregator's executor thread.
+INLINE_MAX_PARAMS = 16_384
 # handler name suffix -> method name (``close`` is taken by the plugin hook)
 _OPS = {
     "create": "create",
@@ -447,7 +454,9 @@ class ParameterServer(SchedulerPlugin):
             self._wake(job)
 
     # -- helpers ---------------------------------------------------------------
-    async def _run(self, fn, *args):
+    async def _run(self, j: Job, fn, *args):
+        if j.params.size <= INLINE_MAX_PARAMS:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _wake(self, job: Job) -> None:
@@ -570,7 +579,7 @@ class ParameterServer(SchedulerPlugin):
             return self._params_reply(j)
         if cfg.mode == "sync":
             return await self._push_sync(j, rank, version, grad, n, float(weight), float(loss))
-        await self._run(j.apply_async, rank, version, grad, n, float(weight), float(loss))
+        await self._run(j, j.apply_async, rank, version, grad, n, float(weight), float(loss))
         self._wake(j)
         if cfg.mode == "ssp":
             await self._ssp_wait(j, rank)
@@ -607,7 +616,7 @@ class ParameterServer(SchedulerPlugin):
         pending, j.pending, j.closing = j.pending, {}, True
         fut = j.round
         try:
-            await self._run(j.finish_round, pending)
+            await self._run(j, j.finish_round, pending)
         except Exception as exc:  # a bug must fail the job loudly, not hang its members
             j.stop("aggregator error", error=f"the aggregator failed: {exc!r}", kind="training")
         finally:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-import pytest
-from distributed import Client, LocalCluster
+# scikit-learn runs its array-API estimator check (numpy namespace) only with this set; it
+# must be set before scipy is first imported.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import pytest  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
 
 
 @pytest.fixture(scope="session")

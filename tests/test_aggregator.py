@@ -17,7 +17,8 @@ CLEAN = {"processes": False, "threads": False}
 
 async def _create(c, s, job="j", mode="sync", d=3, ranks=None, **config):
     await c.register_plugin(ParameterServer())
-    ranks = ranks or [w.address for w in s.workers.values()]
+    # rank i runs on gen_cluster's worker named i (a, b): registration order varies under load
+    ranks = ranks or [w.address for w in sorted(s.workers.values(), key=lambda ws: ws.name)]
     cfg = {"mode": mode, "n_samples": 10 * len(ranks), "max_epochs": 1000, "tol": None, **config}
     reply = await c.scheduler.daskgd_create(
         job=job, params=ToPickle(np.zeros(d + 1)), config=cfg, optimizer=OPT, ranks=ranks
