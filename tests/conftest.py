@@ -9,8 +9,8 @@ from collections.abc import Iterator
 # must be set before scipy is first imported.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-import pytest  # noqa: E402
-from distributed import Client, LocalCluster  # noqa: E402
+import pytest
+from distributed import Client, LocalCluster
 
 
 @pytest.fixture(scope="session")

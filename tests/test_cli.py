@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _subprocess import subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def daskgd(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "daskgd.cli", *argv], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "daskgd.cli", *argv], cwd=cwd,
+                          env=subprocess_env(),
                           capture_output=True, text=True, timeout=240)  # fmt: skip
 
 
@@ -67,7 +66,6 @@ def test_model_json_holds_coefficients_and_history(tmp_path):
     assert model["format"] == "daskgd-model" and model["estimator"] == "SGDRegressor"
     assert len(model["coef"]) == 3 and len(model["history"]["loss"]) == model["n_iter"] > 10
     # noise-free data: the fit reproduces the stored true coefficients closely
-    sys.path.insert(0, str(ROOT))
     from daskgd.data import open_zarr
 
     ds = open_zarr(tmp_path / "r.zarr")

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from _subprocess import subprocess_env
 
 from daskgd.cli import main
 from daskgd.data import open_zarr
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_make_data_regression_then_info(tmp_path, capsys):
@@ -104,13 +103,14 @@ def test_debug_shows_traceback(tmp_path, capsys):
 
 def test_runs_as_a_program(tmp_path):
     path = str(tmp_path / "p.zarr")
-    code = "import sys; from daskgd.cli import main; sys.exit(main())"
-    run = [sys.executable, "-c", code]
-    r = subprocess.run([*run, "make-data", path, "--n-samples", "20", "--n-features", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    # the installed console script where there is one (under tox), else the module
+    script = Path(sys.executable).with_name("daskgd")
+    run = [str(script)] if script.exists() else [sys.executable, "-m", "daskgd.cli"]
+    opts = {"cwd": tmp_path, "env": subprocess_env(), "capture_output": True, "text": True,
+            "timeout": 120}  # fmt: skip
+    r = subprocess.run([*run, "make-data", path, "--n-samples", "20", "--n-features", "2"], **opts)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*run, "info", path], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
+    r = subprocess.run([*run, "info", path], **opts)
     assert r.returncode == 0 and "20 x 2 float64" in r.stdout
-    r = subprocess.run([*run, "info"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*run, "info"], **opts)
     assert r.returncode == 2

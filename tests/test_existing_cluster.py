@@ -1,7 +1,6 @@
 """Fit against an existing cluster: real ``dask scheduler`` / ``dask worker`` processes."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -9,19 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _subprocess import subprocess_env
 
 from daskgd.errors import SchedulerSetupError
 from daskgd.train import fit
 
-ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
 
 
-def _env(with_daskgd: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if with_daskgd:
-        env["PYTHONPATH"] = str(ROOT)
-    return env
+def _env(tmp_path: Path, with_daskgd: bool) -> dict:
+    return subprocess_env(without_daskgd=None if with_daskgd else tmp_path / "no-daskgd")
 
 
 def _address(scheduler_file: Path, proc: subprocess.Popen) -> str:
@@ -66,7 +62,7 @@ def _scheduler(tmp_path, processes, with_daskgd):
     p = subprocess.Popen(
         cmd,
         cwd=tmp_path,
-        env=_env(with_daskgd),
+        env=_env(tmp_path, with_daskgd),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -94,7 +90,7 @@ def test_fit_by_address(tmp_path, processes):
                     "1GiB",
                 ],
                 cwd=tmp_path,
-                env=_env(True),
+                env=_env(tmp_path, True),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
