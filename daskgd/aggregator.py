@@ -252,6 +252,7 @@ class Job:
         reg = opt.regularizer
         mean_w = s.weight if s.weight > 0 else 1.0
         loss = s.loss_sum / mean_w + reg.penalty(P)
+        assert s.grad_sum is not None  # an epoch closes only after a push
         g = s.grad_sum / mean_w
         reg.add_gradient(P, g)
         if not opt.fit_intercept:
@@ -628,6 +629,7 @@ class ParameterServer(SchedulerPlugin):
 
     async def _ssp_wait(self, j: Job, rank: int) -> None:
         s = j.config.max_staleness
+        assert s is not None  # JobConfig requires it in ssp mode
         deadline = time.monotonic() + j.config.ssp_timeout
         me = j.ranks[rank]
         while not j.stopped and time.monotonic() < deadline:

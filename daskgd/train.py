@@ -18,6 +18,7 @@ client's event loop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -94,13 +95,20 @@ class _Settings:
     poll_interval: float
 
 
+def _scheduler(client: Client) -> Any:
+    """The client's RPC handle on the scheduler (where the daskgd_* handlers live)."""
+    if client.scheduler is None:
+        raise TrainingError("the Dask client is not connected to a scheduler")
+    return client.scheduler
+
+
 async def _setup(client: Client) -> None:
     """Install the parameter server and check daskgd imports on every worker."""
     try:
         await asyncio.wait_for(client.register_plugin(ParameterServer()), _SETUP_TIMEOUT)
     except Exception as exc:
         raise SchedulerSetupError(
-            f"the Dask scheduler at {client.scheduler.address} cannot run daskgd's "
+            f"the Dask scheduler at {_scheduler(client).address} cannot run daskgd's "
             f"parameter server ({type(exc).__name__}: {exc}). Install daskgd (the same "
             "version) in the scheduler's and every worker's Python environment."
         ) from exc
@@ -164,7 +172,7 @@ def _initial_params(ds, s: _Settings) -> np.ndarray:
 
 async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
     await _setup(client)
-    info = await client.scheduler.identity()
+    info = await _scheduler(client).identity()
     workers = sorted(info["workers"])
     if not workers:
         raise TrainingError("the cluster has no workers; start some and retry")
@@ -182,7 +190,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
     JobConfig(**config)  # raise here, not on the scheduler
     P0 = _initial_params(ds, s)
     job = f"daskgd-{uuid.uuid4().hex}"
-    reply = await client.scheduler.daskgd_create(
+    reply = await _scheduler(client).daskgd_create(
         job=job,
         params=ToPickle(P0),
         config=config,
@@ -217,7 +225,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
                 )
             )
         history = await _watch(client, job, futures, s)
-        final = await client.scheduler.daskgd_close(job=job)
+        final = await _scheduler(client).daskgd_close(job=job)
         await _drain(client, futures)
     except BaseException:
         await _abort(client, job, futures)
@@ -256,7 +264,7 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
         bar = tqdm(total=s.config["max_epochs"], unit="epoch", desc="daskgd")
     try:
         while True:
-            st = await client.scheduler.daskgd_status(job=job, since=len(history))
+            st = await _scheduler(client).daskgd_status(job=job, since=len(history))
             if st["status"] != "OK":
                 raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
             for h in st["history"]:
@@ -265,7 +273,7 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
                     bar.update(1)
                     bar.set_postfix(loss=f"{h['loss']:.6g}")
                 if s.callback is not None and s.callback(dict(h)) is False:
-                    await client.scheduler.daskgd_stop(job=job, reason="stopped by the callback")
+                    await _scheduler(client).daskgd_stop(job=job, reason="stopped by the callback")
             if st["stopped"]:
                 return history
             for f in futures:
@@ -276,7 +284,7 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
                     raise TrainingError(f"training task {f.key} was cancelled")
             if all(f.status == "finished" for f in futures):
                 # the job may have stopped between our poll and the tasks' exit
-                st = await client.scheduler.daskgd_status(job=job)
+                st = await _scheduler(client).daskgd_status(job=job)
                 if not st.get("stopped"):
                     raise TrainingError("every training task ended before the job stopped")
                 continue
@@ -297,7 +305,7 @@ async def _drain(client: Client, futures: list, timeout: float = 30.0) -> None:
 
 async def _abort(client: Client, job: str, futures: list) -> None:
     try:
-        await client.scheduler.daskgd_close(job=job)
+        await _scheduler(client).daskgd_close(job=job)
     finally:
         if futures:
             await client.cancel(futures)
@@ -372,7 +380,7 @@ def _settings(
     }
     JobConfig(**config)
     if random_state is None:
-        seed = int(np.random.SeedSequence().entropy % 2**63)
+        seed = int(np.random.default_rng().integers(2**63 - 1))
     elif isinstance(random_state, int | np.integer) and random_state >= 0:
         seed = int(random_state)
     else:
@@ -520,6 +528,23 @@ def _split_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return known
 
 
+def _with_settings_signature(func):
+    """Show every setting of :func:`_defaults` in ``func``'s signature (help(), IDEs).
+
+    ``fit`` and ``fit_async`` take the settings as ``**kwargs`` so that one list,
+    ``_defaults``, serves both; this writes that list into their signatures.
+    """
+    sig = inspect.signature(func)
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    settings = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+        for name, value in _defaults().items()
+    ]
+    func.__signature__ = sig.replace(parameters=[fixed[0], *settings, *fixed[1:]])
+    return func
+
+
+@_with_settings_signature
 def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult:
     """Fit a linear model by distributed gradient descent on a Dask cluster.
 
@@ -565,6 +590,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
             own_cluster.close()
 
 
+@_with_settings_signature
 async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: Any) -> FitResult:
     """The async twin of :func:`fit`: ``await fit_async(data, client=async_client, ...)``.
 
@@ -576,7 +602,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
     from daskgd.data import as_dataset
 
-    n_avail = len((await client.scheduler.identity())["workers"])
+    n_avail = len((await _scheduler(client).identity())["workers"])
     if s.n_workers:
         n_avail = min(n_avail, s.n_workers)
 

@@ -269,3 +269,16 @@ def test_bad_settings(client, kwargs, match):
 
 def test_exports():
     assert daskgd.fit is fit and daskgd.FitResult.__name__ == "FitResult"
+
+
+def test_signature_names_every_setting():
+    import inspect
+
+    from daskgd import fit_async
+
+    for fn in (daskgd.fit, fit_async):
+        params = inspect.signature(fn).parameters
+        for name in ("loss", "mode", "optimizer", "learning_rate", "batch_size", "max_staleness",
+                     "client", "random_state"):  # fmt: skip
+            assert name in params, (fn.__name__, name)
+    assert inspect.signature(daskgd.fit).parameters["mode"].default == "sync"
