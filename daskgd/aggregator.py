@@ -321,9 +321,11 @@ class Job:
             kind="divergence",
         )
 
-    def _step(self, mean_grad: np.ndarray, lr_scale: float = 1.0) -> None:
+    def _step(
+        self, mean_grad: np.ndarray, lr_scale: float = 1.0, loss: float | None = None
+    ) -> None:
         new = self.optimizer.step(
-            self.params, mean_grad, self.opt_state, self.version, self.epochs, lr_scale
+            self.params, mean_grad, self.opt_state, self.version, self.epochs, lr_scale, loss
         )
         if not np.all(np.isfinite(new)):
             self._diverged(f"the parameters became non-finite at update {self.version + 1}")
@@ -344,7 +346,7 @@ class Job:
             self.ranks[r].updates += 1
         self._account((order, rows), loss_sum, weight, grad_sum, [0] * len(order))
         if self.error is None and weight > 0:
-            self._step(grad_sum / weight)
+            self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:
             self.version += 1
 

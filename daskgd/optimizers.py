@@ -33,6 +33,7 @@ __all__ = [
     "SCHEDULES",
     "AdaGrad",
     "Adam",
+    "LBFGSOptimizer",
     "Momentum",
     "Nesterov",
     "Optimizer",
@@ -200,6 +201,7 @@ class Optimizer:
         t: int,
         epoch: int,
         lr_scale: float = 1.0,
+        loss: float | None = None,
     ) -> np.ndarray:
         """One update: return new parameters from the mean data gradient ``grad``.
 
@@ -217,6 +219,9 @@ class Optimizer:
             Current epoch, for step schedules.
         lr_scale : float, default=1.0
             Extra factor on the learning rate (staleness-aware async mode).
+        loss : float, optional
+            Mean data loss at ``params`` (full-batch sync rounds); only rules with a
+            line search use it.
 
         Returns
         -------
@@ -344,8 +349,54 @@ class Adam(Optimizer):
         return mhat, scale
 
 
+@dataclass
+class LBFGSOptimizer(Optimizer):
+    """Full-batch L-BFGS with a backtracking line search (:class:`daskgd.lbfgs.LBFGS`).
+
+    Each synchronous round evaluates the objective and its gradient at the
+    published parameters; this rule turns them into the next point to evaluate,
+    so the learning rate and its schedule play no part. Sync mode with full batches
+    only, and no L1 penalty (the objective must be smooth).
+
+    Parameters
+    ----------
+    memory : int, default=10
+        Correction pairs kept.
+    """
+
+    memory: int = 10
+    name: ClassVar[str] = "lbfgs"
+
+    def __post_init__(self) -> None:
+        if self.regularizer.l1:
+            raise ValueError(
+                "optimizer 'lbfgs' needs a smooth objective: use l1_ratio=0, or a "
+                "first-order optimizer (e.g. 'sgd'), whose proximal step handles L1"
+            )
+        if not (isinstance(self.memory, int) and self.memory >= 1):
+            raise ValueError(f"memory must be an integer >= 1, got {self.memory!r}")
+
+    def init_state(self, params: np.ndarray) -> dict[str, Any]:
+        from daskgd.lbfgs import LBFGS
+
+        return {"lbfgs": LBFGS(memory=self.memory)}
+
+    def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None):
+        if loss is None:
+            raise ValueError("optimizer 'lbfgs' needs the round's loss (full-batch sync mode)")
+        g = np.array(grad, dtype=np.float64)
+        self.regularizer.add_gradient(params, g)
+        if not self.fit_intercept:
+            g[-1] = 0.0
+        f = float(loss) + self.regularizer.penalty(params)
+        new = state["lbfgs"].tell(params.ravel(), f, g.ravel()).reshape(params.shape)
+        if not self.fit_intercept:
+            new[-1] = params[-1]
+        return new
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (Optimizer, Momentum, Nesterov, AdaGrad, Adam)
+    cls.name: cls for cls in (Optimizer, Momentum, Nesterov, AdaGrad, Adam, LBFGSOptimizer)
 }
 
 _OPTIONS = {
@@ -354,6 +405,7 @@ _OPTIONS = {
     "nesterov": ("momentum",),
     "adagrad": ("eps",),
     "adam": ("beta1", "beta2", "eps"),
+    "lbfgs": ("memory",),
 }
 
 
@@ -374,8 +426,8 @@ def make_optimizer(
 
     Parameters
     ----------
-    name : {"sgd", "momentum", "nesterov", "adagrad", "adam"}
-        The update rule.
+    name : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs"}
+        The update rule; ``lbfgs`` is for full-batch sync mode only.
     learning_rate, lr_schedule, power_t, step_size, gamma
         The :class:`Schedule`.
     alpha, l1_ratio
@@ -384,7 +436,8 @@ def make_optimizer(
         Whether the intercept is learned.
     options : dict, optional
         Rule-specific settings: ``momentum`` (momentum, nesterov), ``eps`` (adagrad,
-        adam), ``beta1``/``beta2`` (adam). Unknown keys for a rule are an error.
+        adam), ``beta1``/``beta2`` (adam), ``memory`` (lbfgs). Unknown keys for a rule
+        are an error.
 
     Raises
     ------

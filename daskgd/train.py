@@ -351,6 +351,11 @@ def _settings(
         raise ValueError(
             f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}"
         )
+    if optimizer == "lbfgs" and (mode != "sync" or batch_size is not None):
+        raise ValueError(
+            "optimizer='lbfgs' needs mode='sync' and full batches (batch_size=None): its "
+            "line search compares exact losses of the whole data"
+        )
     if n_workers is not None and not (isinstance(n_workers, int) and n_workers >= 1):
         raise ValueError(f"n_workers must be None or an integer >= 1, got {n_workers!r}")
     if mode != "ssp" and max_staleness is not None:
@@ -417,7 +422,10 @@ _DOC_PARAMS = """
         mean, one step (deterministic for a fixed seed and worker count);
         ``async``: each gradient applied on arrival; ``ssp``: async, but a worker
         more than ``max_staleness`` pushes ahead of the slowest one waits.
-    optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam"}, default="sgd"
+    optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs"}, default="sgd"
+        ``lbfgs``: limited-memory BFGS with a line search on the exact loss, one pass
+        over the data per round; sync mode, full batches and no L1 penalty only. It
+        ignores ``learning_rate`` and converges in far fewer epochs than the others.
     learning_rate : float, default=0.1
     lr_schedule : {"constant", "invscaling", "step"}, default="constant"
         ``invscaling``: ``lr / (1 + t) ** power_t`` (t = updates so far);
@@ -425,7 +433,7 @@ _DOC_PARAMS = """
     power_t, step_size, gamma : schedule settings
     optimizer_options : dict, optional
         ``momentum`` (momentum, nesterov; 0.9), ``beta1``/``beta2``/``eps`` (adam),
-        ``eps`` (adagrad).
+        ``eps`` (adagrad), ``memory`` (lbfgs; 10).
     batch_size : int or None, default=None
         Rows per worker per gradient; None is full batch (gradient descent).
     max_epochs : int, default=100

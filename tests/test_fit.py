@@ -282,3 +282,52 @@ def test_signature_names_every_setting():
                      "client", "random_state"):  # fmt: skip
             assert name in params, (fn.__name__, name)
     assert inspect.signature(daskgd.fit).parameters["mode"].default == "sync"
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_lbfgs_reaches_the_least_squares_optimum_in_few_epochs(client, fit_intercept):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((600, 8)) * np.logspace(0, 1, 8)  # condition number ~100
+    y = X @ rng.standard_normal(8) + 2.0 + 0.1 * rng.standard_normal(600)
+    res = fit((X, y), client=client, optimizer="lbfgs", max_epochs=60, tol=None, gtol=1e-9,
+              fit_intercept=fit_intercept)  # fmt: skip
+    A = np.column_stack([X, np.ones(600)]) if fit_intercept else X
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    pred = X @ res.coef_ + res.intercept_
+    f = 0.5 * np.mean((pred - y) ** 2)
+    f_star = 0.5 * np.mean((A @ sol - y) ** 2)
+    assert (f - f_star) / f_star < 1e-10
+    assert res.converged_ and res.n_iter_ < 60  # gradient descent needs thousands here
+
+
+def test_lbfgs_l2_logistic_matches_scipy(client):
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((500, 6))
+    y = np.where(X @ rng.standard_normal(6) + 0.3 * rng.standard_normal(500) > 0, 1.0, -1.0)
+    alpha = 1e-2
+
+    def f(wb):
+        z = y * (X @ wb[:-1] + wb[-1])
+        return np.mean(np.logaddexp(0, -z)) + 0.5 * alpha * wb[:-1] @ wb[:-1]
+
+    ref = minimize(f, np.zeros(7), method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 0})
+    res = fit((X, y), client=client, loss="log_loss", optimizer="lbfgs", alpha=alpha,
+              max_epochs=100, tol=None, gtol=1e-10)  # fmt: skip
+    got = f(np.append(res.coef_, res.intercept_))
+    assert (got - ref.fun) / ref.fun < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "async"}, "mode='sync' and full batches"),
+        ({"batch_size": 10}, "mode='sync' and full batches"),
+        ({"alpha": 0.1, "l1_ratio": 0.5}, "smooth objective"),
+    ],
+)
+def test_lbfgs_refuses_what_it_cannot_do(client, kwargs, match):
+    X = np.random.default_rng(0).standard_normal((40, 2))
+    with pytest.raises(ValueError, match=match):
+        fit((X, X[:, 0]), client=client, optimizer="lbfgs", **kwargs)
