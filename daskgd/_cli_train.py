@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -65,8 +65,10 @@ def load_model(path: str | os.PathLike[str]) -> Any:
         import zarr
 
         g = zarr.open_group(path, mode="r")
-        meta = dict(g.attrs)
-        coef, intercept = g["coef"][...], g["intercept"][...]
+        meta: dict[str, Any] = dict(g.attrs)
+        # save_model writes both as arrays; a Group indexes by name only.
+        coef = np.asarray(cast("zarr.Array", g["coef"])[...])
+        intercept = np.asarray(cast("zarr.Array", g["intercept"])[...])
     else:
         meta = json.loads(Path(path).read_text(encoding="utf-8"))
         coef, intercept = np.asarray(meta.get("coef")), np.asarray(meta.get("intercept"))

@@ -131,9 +131,9 @@ def _lazy_inputs(X: Any, y: Any, sample_weight: Any) -> tuple[da.Array, da.Array
 def _dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None, dtype: Any):
     """Row-wise ``fn`` over the blocks of ``X``: an (n,) or (n, k) lazy result."""
     if k is None:
-        return X.map_blocks(fn, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype=dtype))
-    return X.map_blocks(fn, chunks=(X.chunks[0], (k,)), dtype=dtype,
-                        meta=np.empty((0, 0), dtype=dtype))  # fmt: skip
+        return da.map_blocks(fn, X, drop_axis=1, dtype=dtype, meta=np.empty((0,), dtype=dtype))
+    return da.map_blocks(fn, X, chunks=(X.chunks[0], (k,)), dtype=dtype,
+                         meta=np.empty((0, 0), dtype=dtype))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,15 +151,17 @@ def _engine_fit(data: Any, **kwargs: Any) -> Any:
 class _Runner:
     """What the estimators share: validation of settings, calling the engine, the bar."""
 
+    client: Any  # set by the subclasses' __init__ (a scikit-learn parameter)
+
     def _check_common(self) -> None:
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
-        if not (isinstance(p["max_iter"], numbers.Integral) and p["max_iter"] >= 1):
+        if not (isinstance(p["max_iter"], numbers.Integral) and int(p["max_iter"]) >= 1):
             raise ValueError(f"max_iter must be a positive integer, got {p['max_iter']!r}")
         tol = p.get("tol")
-        if tol is not None and not (isinstance(tol, numbers.Real) and tol >= 0):
+        if tol is not None and not (isinstance(tol, numbers.Real) and float(tol) >= 0):
             raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
         bs = p.get("batch_size")
-        if bs is not None and not (isinstance(bs, numbers.Integral) and bs >= 1):
+        if bs is not None and not (isinstance(bs, numbers.Integral) and int(bs) >= 1):
             raise ValueError(f"batch_size must be None (full batch) or >= 1, got {bs!r}")
         progress_enabled(p.get("verbose", 0))  # raises on a bad value
 
@@ -267,6 +269,10 @@ def _auto_eta0(X: Any, sw: Any, loss: str, alpha: float, fit_intercept: bool) ->
 class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
     """Shared fit/predict of the regressors; subclasses say which objective."""
 
+    # Fitted attributes (set by fit; declared here for the type checker only).
+    coef_: np.ndarray
+    intercept_: np.ndarray
+
     def _objective(self) -> tuple[str, float, float, dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - abstract
 
@@ -328,7 +334,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
         eta0 = getattr(self, "eta0", "auto")
         if eta0 == "auto":
             return _auto_eta0(X, sw, loss, alpha, self.fit_intercept)
-        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and eta0 > 0):
+        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and float(eta0) > 0):
             raise ValueError(f"eta0 must be 'auto' or a positive number, got {eta0!r}")
         return float(eta0)
 
@@ -657,7 +663,7 @@ def _sgd_extra(est: Any) -> dict[str, Any]:
             "learning_rate must be 'constant', 'invscaling' or 'step', got "
             f"{est.learning_rate!r} (scikit-learn's 'optimal' and 'adaptive' are not offered)"
         )
-    if not (isinstance(est.n_iter_no_change, numbers.Integral) and est.n_iter_no_change >= 1):
+    if not (isinstance(est.n_iter_no_change, numbers.Integral) and int(est.n_iter_no_change) >= 1):
         raise ValueError(f"n_iter_no_change must be >= 1, got {est.n_iter_no_change!r}")
     extra: dict[str, Any] = {
         "lr_schedule": est.learning_rate,
@@ -681,6 +687,10 @@ def _sgd_extra(est: Any) -> dict[str, Any]:
 
 class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
     """Shared fit/predict of the classifiers: label encoding, binary, multinomial, OvR."""
+
+    # Fitted attributes (set by fit; declared here for the type checker only).
+    coef_: np.ndarray
+    intercept_: np.ndarray
 
     def _objective(self, n_samples_weight: float) -> tuple[str, float, float, dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -869,7 +879,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         eta0 = getattr(self, "eta0", "auto")
         if eta0 == "auto":
             return _auto_eta0(X, sw, loss, alpha, self.fit_intercept)
-        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and eta0 > 0):
+        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and float(eta0) > 0):
             raise ValueError(f"eta0 must be 'auto' or a positive number, got {eta0!r}")
         return float(eta0)
 
@@ -933,8 +943,8 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         if isinstance(m, da.Array):
             meta = np.empty((0,), dtype=classes.dtype)
             if m.ndim == 1:
-                return m.map_blocks(labels, dtype=classes.dtype, meta=meta)
-            return m.map_blocks(labels, drop_axis=1, dtype=classes.dtype, meta=meta)
+                return da.map_blocks(labels, m, dtype=classes.dtype, meta=meta)
+            return da.map_blocks(labels, m, drop_axis=1, dtype=classes.dtype, meta=meta)
         return labels(m)
 
     def _has_proba(self) -> bool:
@@ -971,9 +981,9 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
 
         if isinstance(m, da.Array):
             if m.ndim == 1:
-                return m.map_blocks(proba, new_axis=1, chunks=(m.chunks[0], (2,)),
-                                    dtype=np.float64)  # fmt: skip
-            return m.map_blocks(proba, chunks=(m.chunks[0], (k,)), dtype=np.float64)
+                return da.map_blocks(proba, m, new_axis=1, chunks=(m.chunks[0], (2,)),
+                                     dtype=np.float64)  # fmt: skip
+            return da.map_blocks(proba, m, chunks=(m.chunks[0], (k,)), dtype=np.float64)
         return proba(m)
 
     @available_if(_has_proba)

@@ -79,7 +79,7 @@ def test_schedules():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "lbfgs"}, "unknown optimizer"),
+        ({"name": "newton"}, "unknown optimizer"),
         ({"name": "sgd", "lr_schedule": "cosine"}, "unknown lr_schedule"),
         ({"name": "sgd", "learning_rate": -1.0}, "learning_rate"),
         ({"name": "sgd", "alpha": -1.0}, "alpha"),
