@@ -9,18 +9,17 @@ Runs a LocalCluster of 2 worker processes x 1 thread and, for d = 100 and d = 10
 - bytes per second through the aggregator: pushes/s x 2 x (d + 1) x 8 (gradient in,
   parameters out).
 
-Usage: ``python bench/bench_engine.py [--out bench/results/engine.json]``.
+Usage: ``python bench/bench_engine.py [--quick]``; writes ``bench/results/engine.md`` and
+``engine.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import table, write_results
 from distributed import Client, LocalCluster
 
 from daskgd.kernels import grad_loss
@@ -88,8 +87,9 @@ def bench(client: Client, d: int, rows_per_worker: int, epochs: int, async_pushe
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine.json"))
+    p.add_argument("--quick", action="store_true", help="fewer rounds and pushes")
     args = p.parse_args()
+    scale = 5 if args.quick else 1
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
@@ -97,25 +97,50 @@ def main() -> None:
         Client(cluster) as client,
     ):
         results = [
-            bench(client, d=100, rows_per_worker=1000, epochs=500, async_pushes=6000),
-            bench(client, d=100_000, rows_per_worker=20, epochs=50, async_pushes=400),
+            bench(
+                client, d=100, rows_per_worker=1000, epochs=500 // scale, async_pushes=6000 // scale
+            ),
+            bench(
+                client, d=100_000, rows_per_worker=20, epochs=50 // scale, async_pushes=400 // scale
+            ),
         ]
-    report = {
-        "benchmark": "engine",
-        "machine": platform.platform(),
-        "workers": "2 processes x 1 thread",
-        "targets": {"sync_overhead_ms_d100": 2.0, "async_pushes_per_s_d100": 2000},
-        "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for r in results:
-        print(
-            f"d={r['d']:>6}: sync round {r['sync_round_ms']:.3f} ms "
-            f"(kernel {r['kernel_ms']:.3f} ms, overhead {r['sync_overhead_ms']:.3f} ms); "
-            f"async {r['async_pushes_per_s']:.0f} "
-            f"pushes/s, {r['async_bytes_per_s'] / 1e6:.1f} MB/s"
+    targets = {"sync_overhead_ms_d100": 2.0, "async_pushes_per_s_d100": 2000}
+    rows = [
+        [
+            f"{r['d']:,}",
+            f"{r['sync_round_ms']:.2f}",
+            f"{r['kernel_ms']:.2f}",
+            f"{r['sync_overhead_ms']:.2f}",
+            f"{r['async_pushes_per_s']:,.0f}",
+            f"{r['async_bytes_per_s'] / 1e6:.1f}",
+        ]
+        for r in results
+    ]
+    small = results[0]
+    md = (
+        "# Engine: sync round overhead and async aggregator throughput\n\n{header}"
+        "LocalCluster of 2 worker processes x 1 thread. Sync: full-batch rounds of "
+        f"{small['rows_per_worker']} rows per worker; overhead = round time minus one "
+        "worker's kernel time. Async: one-row batches, so the aggregator is the bottleneck; "
+        "bytes = pushes x 2 x (d + 1) x 8 (gradient in, parameters out).\n\n"
+        + table(
+            rows,
+            [
+                "d",
+                "sync round (ms)",
+                "kernel (ms)",
+                "sync overhead (ms)",
+                "async pushes/s",
+                "async MB/s",
+            ],
         )
+        + f"\nTargets at d = 100: sync overhead <= {targets['sync_overhead_ms_d100']} ms "
+        f"({'met' if small['sync_overhead_ms'] <= 2.0 else 'not met'}: "
+        f"{small['sync_overhead_ms']:.2f} ms); async >= {targets['async_pushes_per_s_d100']:,} "
+        f"pushes/s ({'met' if small['async_pushes_per_s'] >= 2000 else 'not met'}: "
+        f"{small['async_pushes_per_s']:,.0f}).\n"
+    )
+    write_results("engine", {"targets": targets, "quick": args.quick, "results": results}, md)
 
 
 if __name__ == "__main__":

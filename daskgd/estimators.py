@@ -148,6 +148,17 @@ def _engine_fit(data: Any, **kwargs: Any) -> Any:
     return train.fit(data, **kwargs)
 
 
+def _resolve_optimizer(params: dict[str, Any], alpha: float, l1_ratio: float) -> str:
+    """``optimizer="auto"``: L-BFGS where it applies (a smooth objective, full-batch sync
+    mode), else the proximal first-order ``sgd``."""
+    optimizer = params.get("optimizer", "sgd")
+    if optimizer != "auto":
+        return str(optimizer)
+    smooth = not (alpha and l1_ratio)
+    full_batch_sync = params.get("mode", "sync") == "sync" and params.get("batch_size") is None
+    return "lbfgs" if smooth and full_batch_sync else "sgd"
+
+
 class _Runner:
     """What the estimators share: validation of settings, calling the engine, the bar."""
 
@@ -192,7 +203,7 @@ class _Runner:
                 data,
                 loss=loss,
                 mode=p.get("mode", "sync"),
-                optimizer=p.get("optimizer", "sgd"),
+                optimizer=_resolve_optimizer(p, alpha, l1_ratio),
                 learning_rate=eta0,
                 lr_schedule=extra.pop("lr_schedule", "constant"),
                 batch_size=p.get("batch_size"),
@@ -568,7 +579,7 @@ class SGDRegressor(_LinearRegressorBase):
 
 
 class LinearRegression(_LinearRegressorBase):
-    """Ordinary least squares solved by distributed full-batch gradient descent.
+    """Ordinary least squares solved on the cluster by full-batch L-BFGS (by default).
 
     Minimises ``0.5 * mean_i s_i (x_i @ coef + b - y_i)² / mean(s)``: the same optimum as
     scikit-learn's ``LinearRegression``.
@@ -584,11 +595,15 @@ class LinearRegression(_LinearRegressorBase):
     verbose : int or "auto", default "auto"
         Progress bar (see :class:`SGDRegressor`).
     batch_size : int or None, default None
-        None: full batch (gradient descent).
-    mode, optimizer, max_staleness, client
+        None: full batch.
+    optimizer : str, default "auto"
+        "auto" is "lbfgs" (one pass over the data per round, a line search on the exact
+        loss) for full-batch sync fits, else "sgd". Any :func:`daskgd.fit` optimizer.
+    mode, max_staleness, client
         As for :class:`SGDRegressor`.
     learning_rate : float or "auto", default "auto"
-        Step size; "auto" is ``1 / L`` (see :class:`SGDRegressor`'s ``eta0``).
+        Step size of first-order optimizers; "auto" is ``1 / L`` (see
+        :class:`SGDRegressor`'s ``eta0``). L-BFGS needs none.
     random_state : int or None, default None
     warm_start : bool, default False
 
@@ -607,7 +622,7 @@ class LinearRegression(_LinearRegressorBase):
         verbose: int | str = "auto",
         batch_size: int | None = None,
         mode: str = "sync",
-        optimizer: str = "sgd",
+        optimizer: str = "auto",
         learning_rate: float | str = "auto",
         max_staleness: int | None = None,
         random_state: Any = None,
@@ -1146,7 +1161,7 @@ class SGDClassifier(_LinearClassifierBase):
 
 
 class LogisticRegression(_LinearClassifierBase):
-    """Logistic regression solved by distributed full-batch gradient descent.
+    """Logistic regression solved on the cluster by full-batch L-BFGS (by default).
 
     The objective is scikit-learn ``LogisticRegression``'s, ``C * sum_i s_i loss_i + R(coef)``,
     divided by ``C * sum_i s_i``: daskgd minimises the mean loss plus ``alpha * R`` with
@@ -1173,7 +1188,11 @@ class LogisticRegression(_LinearClassifierBase):
         None: full batch.
     learning_rate : float or "auto", default "auto"
         Step size; "auto" is ``1 / L`` (see :class:`SGDRegressor`'s ``eta0``).
-    mode, optimizer, max_staleness, client
+    optimizer : str, default "auto"
+        "auto" is "lbfgs" (one pass over the data per round, a line search on the exact
+        loss) when the objective is smooth and the fit is full-batch sync, else "sgd"
+        (proximal gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
+    mode, max_staleness, client
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -1198,7 +1217,7 @@ class LogisticRegression(_LinearClassifierBase):
         batch_size: int | None = None,
         learning_rate: float | str = "auto",
         mode: str = "sync",
-        optimizer: str = "sgd",
+        optimizer: str = "auto",
         max_staleness: int | None = None,
         client: Any = None,
     ) -> None:
