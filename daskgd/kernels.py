@@ -192,7 +192,7 @@ def grad_loss(
     >>> X = np.array([[1.0, 2.0], [3.0, 4.0]])
     >>> loss, g, gb = grad_loss(X, y=[1.0, 2.0], w=[0.5, 0.0])
     >>> float(loss), g.tolist(), float(gb)
-    (0.625, [1.0, 1.0], 0.0)
+    (0.25, [-2.0, -3.0], -1.0)
     """
     X, y, w, b, info, sample_weight, multinomial = _check_block(
         X, y, w, b, loss, sample_weight, check_input
