@@ -93,6 +93,7 @@ class _Settings:
     progress: bool
     callback: Any
     poll_interval: float
+    out_of_core: bool = False
 
 
 def _scheduler(client: Client) -> Any:
@@ -126,7 +127,10 @@ async def _setup(client: Client) -> None:
 def _sources(client: Client, ds, plan: dict[str, list[int]]) -> dict[str, tuple]:
     """Per worker: read chunks from Zarr there, or compute the blocks there."""
     if ds.path is not None:
-        return {w: ("zarr", ds.path, c, ds.storage_options) for w, c in plan.items()}
+        return {
+            w: ("zarr", ds.path, c, ds.storage_options, [ds.chunks[i] for i in c])
+            for w, c in plan.items()
+        }
     import dask
 
     from daskgd.worker import _block
@@ -178,6 +182,11 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         raise TrainingError("the cluster has no workers; start some and retry")
     if s.n_workers is not None:
         workers = workers[: s.n_workers]
+    if s.out_of_core and ds.path is None:
+        raise ValueError(
+            "out_of_core=True streams row-chunks from a Zarr store; pass a Zarr path, or "
+            "write the arrays with daskgd.write_zarr first"
+        )
     plan = {w: c for w, c in ds.partition(workers).items() if c}
     ranks = list(plan)
     rows = [sum(ds.chunks[i] for i in plan[w]) for w in ranks]
@@ -206,6 +215,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         "batches_per_epoch": nb,
         "seed": s.seed,
         "mode": s.mode,
+        "out_of_core": s.out_of_core,
     }
     futures = []
     try:
@@ -342,6 +352,7 @@ def _settings(
     progress,
     callback,
     poll_interval,
+    out_of_core,
 ) -> _Settings:
     info = get_loss(loss)
     if n_classes is not None:
@@ -351,6 +362,8 @@ def _settings(
         raise ValueError(
             f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}"
         )
+    if not isinstance(out_of_core, bool):
+        raise TypeError(f"out_of_core must be True or False, got {out_of_core!r}")
     if optimizer == "lbfgs" and (mode != "sync" or batch_size is not None):
         raise ValueError(
             "optimizer='lbfgs' needs mode='sync' and full batches (batch_size=None): its "
@@ -405,6 +418,7 @@ def _settings(
         progress=progress,
         callback=callback,
         poll_interval=float(poll_interval),
+        out_of_core=out_of_core,
     )
 
 
@@ -475,6 +489,11 @@ _DOC_PARAMS = """
         Show a progress bar (needs tqdm).
     callback : callable, optional
         Called with each epoch's history row; returning False stops the fit.
+    out_of_core : bool, default=False
+        Zarr data only: each training task reads its row-chunks from the store every
+        epoch, one chunk in memory at a time, instead of loading them once; for data
+        larger than the cluster's memory. Mini-batches then come from a per-epoch
+        shuffle of the chunks and of the rows within each chunk.
 
     Returns
     -------
@@ -524,6 +543,7 @@ def _defaults():
         "progress": False,
         "callback": None,
         "poll_interval": 0.05,
+        "out_of_core": False,
     }
 
 

@@ -16,6 +16,12 @@ Mini-batches are drawn without replacement per epoch: the rank's rows are
 permuted with ``numpy.random.default_rng([seed, rank, epoch])`` into a
 preallocated buffer and cut into ``batches_per_epoch`` contiguous slices, so a
 batch is a C-contiguous view and sync mode is bitwise reproducible.
+
+Out of core (``spec["out_of_core"]``), nothing is loaded up front: a batch is a
+range of rows in the epoch's order of the rank's chunks, read from Zarr chunk by
+chunk when it is needed (one chunk in memory at a time), and its gradient is the
+sum of the kernel's results over the pieces. The order shuffles the chunks, and
+the rows within each chunk, per epoch.
 """
 
 from __future__ import annotations
@@ -49,11 +55,12 @@ def _block(X: np.ndarray, y: np.ndarray, w: np.ndarray | None):
 
 
 def _load(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Concatenate the rank's chunks: ``("zarr", path, chunks, options)`` or ``("blocks", ...)``."""
+    """Concatenate the rank's chunks: ``("zarr", path, chunks, options, sizes)`` or
+    ``("blocks", blocks)``."""
     if source[0] == "zarr":
         from daskgd.data import load_chunk
 
-        _, path, chunks, options = source
+        _, path, chunks, options, _ = source
         blocks = [load_chunk(path, i, storage_options=options) for i in chunks]
     elif source[0] == "blocks":
         blocks = source[1]
@@ -65,6 +72,83 @@ def _load(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     y = np.concatenate([b[1] for b in blocks])
     w = None if blocks[0][2] is None else np.concatenate([b[2] for b in blocks])
     return X, y, w
+
+
+Piece = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+class _InMemory:
+    """The rank's rows, loaded once; batches cut from a per-epoch permutation of them."""
+
+    def __init__(self, source: tuple, nb: int, seed: int, rank: int, check) -> None:
+        self.X, self.y, self.sw = _load(source)
+        check(self.y, self.sw, "")
+        self.n, self.nb, self.key = self.X.shape[0], nb, (seed, rank)
+        self.bounds = np.linspace(0, self.n, nb + 1).round().astype(np.intp)
+        if nb > 1:  # buffers the per-epoch permutation is written into
+            self.Xb, self.yb = np.empty_like(self.X), np.empty_like(self.y)
+            self.swb = None if self.sw is None else np.empty_like(self.sw)
+        else:
+            self.Xb, self.yb, self.swb = self.X, self.y, self.sw
+        self.epoch = -1
+
+    def pieces(self, epoch: int, b: int) -> list[Piece]:
+        if self.nb > 1 and epoch != self.epoch:
+            perm = np.random.default_rng([*self.key, epoch]).permutation(self.n)
+            np.take(self.X, perm, axis=0, out=self.Xb)
+            np.take(self.y, perm, out=self.yb)
+            if self.sw is not None:
+                np.take(self.sw, perm, out=self.swb)
+            self.epoch = epoch
+        lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
+        return [(self.Xb[lo:hi], self.yb[lo:hi], None if self.swb is None else self.swb[lo:hi])]
+
+
+class _Streaming:
+    """The rank's row-chunks read from Zarr as batches need them, one at a time."""
+
+    def __init__(self, source: tuple, nb: int, seed: int, rank: int, check) -> None:
+        _, self.path, self.chunks, self.options, self.sizes = source
+        self.n, self.nb, self.key, self.check = int(sum(self.sizes)), nb, (seed, rank), check
+        self.bounds = np.linspace(0, self.n, nb + 1).round().astype(np.intp)
+        self.held: tuple[Any, Piece | None] = (None, None)  # ((epoch, chunk), arrays)
+        self.layout: tuple[int, list[tuple[int, int, int]]] = (-1, [])
+
+    def _order(self, epoch: int) -> list[tuple[int, int, int]]:
+        """(chunk, first row in the epoch's order, rows) for each chunk, in order."""
+        if self.layout[0] != epoch:
+            idx = list(range(len(self.chunks)))
+            if self.nb > 1:
+                idx = list(np.random.default_rng([*self.key, epoch]).permutation(idx))
+            starts = np.concatenate([[0], np.cumsum([self.sizes[i] for i in idx])])
+            order = [(self.chunks[i], int(starts[k]), self.sizes[i]) for k, i in enumerate(idx)]
+            self.layout = (epoch, order)
+        return self.layout[1]
+
+    def _chunk(self, epoch: int, chunk: int) -> Piece:
+        key, arrays = self.held
+        if key == (epoch, chunk) and arrays is not None:
+            return arrays
+        from daskgd.data import load_chunk
+
+        self.held = (None, None)  # let the previous chunk go before reading the next
+        X, y, sw = load_chunk(self.path, chunk, storage_options=self.options)
+        self.check(y, sw, f", chunk {chunk}")
+        if self.nb > 1:
+            perm = np.random.default_rng([*self.key, epoch, chunk + 1]).permutation(len(y))
+            X, y = X[perm], y[perm]
+            sw = None if sw is None else sw[perm]
+        self.held = ((epoch, chunk), (X, y, sw))
+        return X, y, sw
+
+    def pieces(self, epoch: int, b: int):
+        lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
+        for chunk, start, rows in self._order(epoch):
+            if start + rows <= lo or start >= hi:
+                continue
+            X, y, sw = self._chunk(epoch, chunk)
+            a, z = max(lo, start) - start, min(hi, start + rows) - start
+            yield X[a:z], y[a:z], None if sw is None else sw[a:z]
 
 
 def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +164,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     source : tuple
         Where the rows come from (see :func:`_load`).
     spec : dict
-        ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``.
+        ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``.
 
     Returns
     -------
@@ -107,63 +191,48 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             )
         return reply
 
-    X, y, sw = _load(source)
-    n, d = X.shape
-    nb = int(spec["batches_per_epoch"])
-    if n < nb:
-        raise TrainingError(f"rank {rank} has {n} rows, fewer than {nb} batches per epoch")
-    bounds = np.linspace(0, n, nb + 1).round().astype(np.intp)
-    if nb > 1:  # buffers the per-epoch permutation is written into
-        Xb, yb = np.empty_like(X), np.empty_like(y)
-        swb = None if sw is None else np.empty_like(sw)
-    else:
-        Xb, yb, swb = X, y, sw
     reply = call("daskgd_join", rank=rank, worker=address)
     params, version, position = reply["params"], reply["version"], reply["position"]
-    out = np.empty(params.shape, dtype=X.dtype)
-    # check labels and weights once for the whole partition; the kernel then skips it
+    d = params.shape[0] - 1
     multinomial = params.ndim == 2
-    check_targets(
-        get_loss(spec["loss"]),
-        y,
-        multinomial=multinomial,
-        n_classes=params.shape[1] if multinomial else 0,
-        name=f"y (rank {rank})",
-    )
-    if sw is not None and np.any(sw < 0):
-        raise ValueError(f"sample_weight of rank {rank} has negative entries")
-    loaded_epoch = -1
+    loss_info = get_loss(spec["loss"])
+
+    def check(y: np.ndarray, sw: np.ndarray | None, where: str) -> None:
+        # labels and weights are checked once per block read; the kernel then skips it
+        check_targets(loss_info, y, multinomial=multinomial,
+                      n_classes=params.shape[1] if multinomial else 0,
+                      name=f"y (rank {rank}{where})")  # fmt: skip
+        if sw is not None and np.any(sw < 0):
+            raise ValueError(f"sample_weight of rank {rank}{where} has negative entries")
+
+    nb = int(spec["batches_per_epoch"])
+    kind = _Streaming if spec.get("out_of_core") else _InMemory
+    batches = kind(source, nb, int(spec["seed"]), rank, check)
+    if batches.n < nb:
+        raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
+    out: np.ndarray | None = None
     pushes = 0
     sync_mode = spec["mode"] == "sync"
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
-        if nb > 1 and epoch != loaded_epoch:
-            perm = np.random.default_rng([spec["seed"], rank, epoch]).permutation(n)
-            np.take(X, perm, axis=0, out=Xb)
-            np.take(y, perm, out=yb)
-            if sw is not None:
-                np.take(sw, perm, out=swb)
-            loaded_epoch = epoch
-        lo, hi = int(bounds[b]), int(bounds[b + 1])
-        swi = None if swb is None else swb[lo:hi]
-        loss, _, _ = grad_loss(
-            Xb[lo:hi],
-            yb[lo:hi],
-            params[:d],
-            params[d],
-            loss=spec["loss"],
-            sample_weight=swi,
-            out=out,
-            epsilon=spec["epsilon"],
-            check_input=False,
-        )
-        weight = float(hi - lo) if swi is None else float(swi.sum(dtype=np.float64))
+        loss, rows, weight, grad = 0.0, 0, 0.0, None
+        for Xp, yp, swp in batches.pieces(epoch, b):
+            if out is None or out.dtype != Xp.dtype:
+                out = np.empty(params.shape, dtype=Xp.dtype)
+            piece_loss, _, _ = grad_loss(Xp, yp, params[:d], params[d], loss=spec["loss"],
+                                         sample_weight=swp, out=out, epsilon=spec["epsilon"],
+                                         check_input=False)  # fmt: skip
+            loss += piece_loss
+            rows += len(yp)
+            weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
+            # a float64 copy: ``out`` is reused for the next piece and the next batch
+            grad = out.astype(np.float64) if grad is None else grad + out
         reply = call(
             "daskgd_push",
             rank=rank,
             version=version,
-            grad=ToPickle(out.astype(np.float64)),  # a copy: ``out`` is reused
-            n=hi - lo,
+            grad=ToPickle(grad),
+            n=rows,
             weight=weight,
             loss=loss,
             worker=address,

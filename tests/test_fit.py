@@ -331,3 +331,32 @@ def test_lbfgs_refuses_what_it_cannot_do(client, kwargs, match):
     X = np.random.default_rng(0).standard_normal((40, 2))
     with pytest.raises(ValueError, match=match):
         fit((X, X[:, 0]), client=client, optimizer="lbfgs", **kwargs)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_out_of_core_full_batch_reaches_the_optimum(client, tmp_path, optimizer):
+    # 5 chunks of 100 rows over 2 workers: every batch is summed over several chunk reads
+    X, y = _regression(n=500)
+    path = tmp_path / "reg.zarr"
+    write_zarr(path, X, y, chunk_rows=100)
+    res = fit(str(path), client=client, out_of_core=True, optimizer=optimizer,
+              learning_rate=0.5, max_epochs=400, tol=None, gtol=1e-10)  # fmt: skip
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-8
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_out_of_core_mini_batches_converge(client, tmp_path, mode):
+    X, y = _regression(n=600)
+    path = tmp_path / "reg.zarr"
+    # batches of about 20 rows cross the 70-row chunk boundaries
+    write_zarr(path, X, y, chunk_rows=70)
+    res = fit(str(path), client=client, out_of_core=True, mode=mode, batch_size=20,
+              learning_rate=0.1, lr_schedule="step", step_size=6, gamma=0.5, max_epochs=40,
+              tol=None, random_state=1)  # fmt: skip
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-3
+
+
+def test_out_of_core_needs_a_zarr_store(client):
+    X, y = _regression(n=50)
+    with pytest.raises(ValueError, match="out_of_core=True streams row-chunks from a Zarr"):
+        fit((X, y), client=client, out_of_core=True)
