@@ -386,8 +386,8 @@ class Job:
         return out
 
 
-def _error(message: str) -> dict[str, str]:
-    return {"status": "error", "message": message}
+def _error(message: str, kind: str = "bad_message") -> dict[str, str]:
+    return {"status": "error", "message": message, "kind": kind}
 
 
 class ParameterServer(SchedulerPlugin):
@@ -470,7 +470,9 @@ class ParameterServer(SchedulerPlugin):
 
     def _get(self, job: Any) -> Job | dict:
         if not isinstance(job, str) or job not in self.jobs:
-            return _error(f"unknown job {job!r} (finished, closed, or never created)")
+            return _error(
+                f"unknown job {job!r} (finished, closed, or never created)", kind="unknown_job"
+            )
         return self.jobs[job]
 
     def _workers(self):

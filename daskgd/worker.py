@@ -184,6 +184,10 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
 
     def call(op: str, **kwargs: Any) -> dict[str, Any]:
         reply = sync(worker.loop, getattr(worker.scheduler, op), job=job, **kwargs)
+        if op != "daskgd_join" and reply.get("kind") == "unknown_job":
+            # the job existed when this task joined: the driver closed it (the fit ended)
+            # while this push was on its way
+            return {"status": "stopped"}
         if reply.get("status") == "error":
             raise TrainingError(
                 f"the parameter server rejected {op} from rank {rank} on {address}: "
@@ -238,6 +242,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             worker=address,
         )
         pushes += 1
+        if reply["status"] == "stopped":
+            break
         params, version = reply["params"], reply["version"]
         if sync_mode:
             position = version

@@ -186,3 +186,12 @@ async def test_stop_rules(c, s, a, b):
     await _create(c, s, job="u", mode="sync")
     st = await c.scheduler.daskgd_stop(job="u", reason="enough")
     assert st["stopped"] and st["reason"] == "enough"
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_unknown_job_is_told_apart_from_a_bad_message(c, s, a, b):
+    await _create(c, s)
+    reply = await _push(c, "gone", 0, 0, [0, 0, 0, 0])
+    assert reply["status"] == "error" and reply["kind"] == "unknown_job"
+    reply = await _push(c, "j", 7, 0, [0, 0, 0, 0])  # no rank 7
+    assert reply["status"] == "error" and reply["kind"] == "bad_message"
