@@ -93,9 +93,14 @@ def _open_group(path: str, mode: str, storage_options: dict[str, Any] | None) ->
     """Open a Zarr group; ``storage_options`` only reach fsspec URLs (Zarr refuses them else)."""
     _check_storage_options(path, storage_options)
     kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
+    if path.startswith("file://"):
+        # A file:// URL names a local folder: open it as one. Zarr >= 3.2 does so itself
+        # and refuses storage_options there; fsspec's local options (auto_mkdir, ...) have
+        # no use for a local store, which creates its folders.
+        return zarr.open_group(path[len("file://") :], **kwargs)
     if _is_url(path):
         options = dict(storage_options or {})
-        if path.startswith(("file://", "local://")):
+        if path.startswith("local://"):
             # fsspec's local filesystem does not create parent folders unless asked.
             options.setdefault("auto_mkdir", True)
         kwargs["storage_options"] = options
