@@ -109,6 +109,9 @@ class JobConfig:
         Longest an ``ssp`` member waits for the slowest one, in seconds.
     divergence_factor : float
         An epoch loss this many times the first one counts as divergence.
+    record_params : bool
+        Keep the parameters of each epoch in its history row (``params``), for a
+        driver that scores them (early stopping on held-out data).
     """
 
     mode: str = "sync"
@@ -123,6 +126,7 @@ class JobConfig:
     staleness_lr: bool = False
     ssp_timeout: float = 60.0
     divergence_factor: float = 1e10
+    record_params: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -279,6 +283,8 @@ class Job:
                 "staleness_max": int(s.st_max),
                 "worker_updates": dict(s.per_worker),
                 "complete": complete,
+                # the published array is never mutated, so it needs no copy
+                **({"params": ToPickle(P)} if cfg.record_params else {}),
             }
         )
         if not math.isfinite(loss) or not math.isfinite(gnorm):

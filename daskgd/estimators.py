@@ -49,6 +49,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from daskgd.data import Dataset, as_dataset
 from daskgd.errors import DataValidationError
 from daskgd.history import history_to_dict
+from daskgd.kernels import grad_loss
 from daskgd.progress import ProgressBar, progress_enabled
 
 __all__ = ["LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor"]
@@ -159,6 +160,49 @@ def _resolve_optimizer(params: dict[str, Any], alpha: float, l1_ratio: float) ->
     return "lbfgs" if smooth and full_batch_sync else "sgd"
 
 
+class _EarlyStopping:
+    """Stop when the loss on held-out rows has not improved for ``patience`` epochs.
+
+    scikit-learn's ``early_stopping`` scores a held-out ``validation_fraction`` after
+    every epoch; here the score is the model's own loss on those rows (in the engine's
+    encoding of the targets), computed by the kernel at each epoch's parameters.
+    """
+
+    def __init__(self, held_out: tuple, loss: str, epsilon: float, tol: float | None,
+                 patience: int) -> None:  # fmt: skip
+        self.X, self.y = held_out[0], held_out[1]
+        self.sw = held_out[2] if len(held_out) > 2 else None
+        self.weight = float(len(self.y) if self.sw is None else np.sum(self.sw))
+        self.loss, self.epsilon = loss, epsilon
+        self.tol, self.patience = (tol or 0.0), int(patience)
+        self.best, self.bad = math.inf, 0
+
+    @classmethod
+    def split(cls, data: tuple, fraction: float, seed: int | None, **kwargs: Any):
+        """(training data, stopper): a random ``fraction`` of the rows is held out."""
+        n = len(data[1])
+        n_val = max(1, round(fraction * n))
+        if n - n_val < 1:
+            raise ValueError(f"validation_fraction={fraction} leaves no rows to train on")
+        order = np.random.default_rng(seed).permutation(n)
+        train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+        pick = lambda idx: tuple(np.ascontiguousarray(a[idx]) for a in data)  # noqa: E731
+        return pick(train), cls(pick(val), **kwargs)
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        coef = np.asarray(row["coef"], dtype=self.X.dtype)
+        total, _, _ = grad_loss(self.X, self.y, coef, row["intercept"], loss=self.loss,
+                                sample_weight=self.sw, epsilon=self.epsilon,
+                                check_input=False)  # fmt: skip
+        held_out_loss = total / self.weight
+        if held_out_loss > self.best - self.tol * abs(self.best):
+            self.bad += 1
+        else:
+            self.bad = 0
+        self.best = min(self.best, held_out_loss)
+        return self.bad < self.patience  # False stops the fit
+
+
 class _Runner:
     """What the estimators share: validation of settings, calling the engine, the bar."""
 
@@ -198,6 +242,25 @@ class _Runner:
         """
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
         bar = ProgressBar(max_iter, enabled=progress_enabled(p.get("verbose", 0)), desc=desc)
+        callback: Callable[[dict[str, Any]], Any] = bar.update
+        if p.get("early_stopping") and max_iter > 1:  # not for partial_fit's single epoch
+            if lazy:
+                raise ValueError(
+                    "early_stopping=True holds out a share of in-memory data: pass numpy "
+                    "arrays, or use early_stopping=False with dask arrays and Zarr data"
+                )
+            data, stopper = _EarlyStopping.split(
+                data, p["validation_fraction"], _seed(p.get("random_state")), loss=loss,
+                epsilon=extra.get("epsilon", 0.1), tol=tol, patience=p["n_iter_no_change"],
+            )  # fmt: skip
+            tol = None  # the held-out loss, not the training loss, decides when to stop
+
+            def update_and_check(row: dict[str, Any]) -> bool:
+                bar.update(row)
+                return stopper(row)
+
+            callback = update_and_check
+            extra["callback_params"] = True
         try:
             return _engine_fit(
                 data,
@@ -217,7 +280,7 @@ class _Runner:
                 random_state=_seed(p.get("random_state")),
                 coef_init=coef_init,
                 intercept_init=intercept_init,
-                callback=bar.update,
+                callback=callback,
                 validate=lazy,
                 **extra,
             )
@@ -464,7 +527,9 @@ class SGDRegressor(_LinearRegressorBase):
         objective (computed in one pass over X), a step full-batch descent cannot diverge with.
     power_t : float, default 0.25
     early_stopping : bool, default False
-        Stop on the score of a held-out ``validation_fraction`` of the (in-memory) data.
+        Hold out a random ``validation_fraction`` of the rows (numpy input only) and stop
+        when the model's loss on them has not improved by ``tol`` (relative) for
+        ``n_iter_no_change`` epochs; the training loss then does not stop the fit.
     validation_fraction : float, default 0.1
     n_iter_no_change : int, default 5
     warm_start : bool, default False
@@ -690,13 +755,6 @@ def _sgd_extra(est: Any) -> dict[str, Any]:
         extra["epsilon"] = float(est.epsilon)
     if not 0 < est.validation_fraction < 1:
         raise ValueError(f"validation_fraction must lie in (0, 1), got {est.validation_fraction!r}")
-    if est.early_stopping:
-        # The engine stops on the training objective; a held-out score per epoch needs the
-        # parameters at every epoch on the driver, which the engine does not report yet.
-        raise ValueError(
-            "early_stopping=True is not supported yet: daskgd stops on the training loss "
-            "(tol, n_iter_no_change); hold out a validation set and compare scores instead"
-        )
     return extra
 
 

@@ -278,7 +278,10 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
             if st["status"] != "OK":
                 raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
             for h in st["history"]:
+                params = h.pop("params", None)
                 history.append(dict(h))
+                if params is not None:
+                    h = dict(h, coef=params[:-1], intercept=params[-1])
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{h['loss']:.6g}")
@@ -353,6 +356,7 @@ def _settings(
     callback,
     poll_interval,
     out_of_core,
+    callback_params,
 ) -> _Settings:
     info = get_loss(loss)
     if n_classes is not None:
@@ -362,6 +366,8 @@ def _settings(
         raise ValueError(
             f"batch_size must be None (full batch) or an integer >= 1, got {batch_size!r}"
         )
+    if not isinstance(callback_params, bool):
+        raise TypeError(f"callback_params must be True or False, got {callback_params!r}")
     if not isinstance(out_of_core, bool):
         raise TypeError(f"out_of_core must be True or False, got {out_of_core!r}")
     if optimizer == "lbfgs" and (mode != "sync" or batch_size is not None):
@@ -395,6 +401,7 @@ def _settings(
         "max_time": max_time,
         "max_staleness": max_staleness,
         "staleness_lr": bool(staleness_lr),
+        "record_params": callback_params,
     }
     JobConfig(**config)
     if random_state is None:
@@ -489,6 +496,10 @@ _DOC_PARAMS = """
         Show a progress bar (needs tqdm).
     callback : callable, optional
         Called with each epoch's history row; returning False stops the fit.
+    callback_params : bool, default=False
+        Give ``callback`` each epoch's parameters too, as the row's ``coef`` and
+        ``intercept`` (those of the round that closed the epoch); for scoring held-out
+        data during the fit.
     out_of_core : bool, default=False
         Zarr data only: each training task reads its row-chunks from the store every
         epoch, one chunk in memory at a time, instead of loading them once; for data
@@ -544,6 +555,7 @@ def _defaults():
         "callback": None,
         "poll_interval": 0.05,
         "out_of_core": False,
+        "callback_params": False,
     }
 
 

@@ -185,7 +185,32 @@ def test_bad_settings_name_the_parameter():
         SGDRegressor(loss="hinge", verbose=0).fit(X, y)
     with pytest.raises(ValueError, match="learning_rate"):
         SGDRegressor(learning_rate="optimal", verbose=0).fit(X, y)
-    with pytest.raises(ValueError, match="early_stopping"):
-        SGDRegressor(early_stopping=True, verbose=0).fit(X, y)
+    with pytest.raises(ValueError, match="early_stopping=True holds out a share of in-memory"):
+        SGDRegressor(early_stopping=True, verbose=0).fit(da.from_array(X), da.from_array(y))
+    with pytest.raises(ValueError, match="validation_fraction"):
+        SGDRegressor(validation_fraction=1.5, verbose=0).fit(X, y)
     with pytest.raises(ValueError, match="C must be"):
         LogisticRegression(C=0, verbose=0).fit(X, y > 4)
+
+
+def test_early_stopping_stops_on_the_held_out_loss():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2000, 10))
+    y = X @ rng.normal(size=10) + 0.5 * rng.normal(size=2000)
+    common = {"batch_size": 64, "max_iter": 300, "tol": 1e-3, "random_state": 0, "verbose": 0}
+    stopped = SGDRegressor(early_stopping=True, n_iter_no_change=3, **common).fit(X, y)
+    assert stopped.n_iter_ < 300  # the held-out loss stopped improving by 1e-3
+    assert stopped.score(X, y) > 0.95
+    # the same fit without early stopping and without tol runs every epoch
+    full = SGDRegressor(early_stopping=False, **{**common, "tol": None, "max_iter": 40}).fit(X, y)
+    assert full.n_iter_ == 40
+
+
+def test_early_stopping_classifier():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1500, 6))
+    y = np.where(X @ rng.normal(size=6) > 0, "yes", "no")
+    clf = SGDClassifier(loss="log_loss", early_stopping=True, validation_fraction=0.2,
+                        n_iter_no_change=3, tol=1e-3, max_iter=500, batch_size=64,
+                        random_state=0, verbose=0).fit(X, y)  # fmt: skip
+    assert clf.n_iter_ < 500 and clf.score(X, y) > 0.95

@@ -360,3 +360,17 @@ def test_out_of_core_needs_a_zarr_store(client):
     X, y = _regression(n=50)
     with pytest.raises(ValueError, match="out_of_core=True streams row-chunks from a Zarr"):
         fit((X, y), client=client, out_of_core=True)
+
+
+def test_callback_can_receive_each_epochs_parameters(client):
+    X, y = _regression(n=300)
+    rows = []
+    res = fit((X, y), client=client, learning_rate=0.5, max_epochs=6, tol=None,
+              callback=rows.append, callback_params=True)  # fmt: skip
+    assert len(rows) == 6 and all("params" not in h for h in res.history)
+    # the last epoch's row holds the parameters of its round (one step before the result)
+    last = rows[-1]
+    assert last["coef"].shape == (5,) and np.ndim(last["intercept"]) == 0
+    assert _lsq_objective(X, y, last["coef"], last["intercept"]) == pytest.approx(
+        last["loss"], rel=1e-12
+    )
