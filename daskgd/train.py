@@ -148,6 +148,29 @@ def _sources(client: Client, ds, plan: dict[str, list[int]]) -> dict[str, tuple]
     return out
 
 
+def _label_encoding(ds, s: _Settings) -> list | None:
+    """The dataset's sorted class labels when the workers must encode them, else None.
+
+    Binary classification losses take -1/+1 and the multinomial loss takes 0..k-1; a
+    dataset that records other labels (0/1, strings of numbers) is encoded as it is read.
+    """
+    if not get_loss(s.loss).classification or ds.classes_ is None:
+        return None
+    classes = np.sort(np.asarray(ds.classes_))
+    k = len(classes)
+    if s.n_classes is None and k > 2:
+        raise ValueError(
+            f"loss={s.loss!r} is binary but the data has {k} classes; pass n_classes={k} "
+            "with loss='log_loss' (multinomial), or use SGDClassifier (one-vs-rest)"
+        )
+    if s.n_classes is not None and k != s.n_classes:
+        raise ValueError(f"n_classes={s.n_classes} but the data has {k} classes")
+    expected = np.arange(k) if s.n_classes is not None else np.array([-1, 1][-k:])
+    if k == len(expected) and np.array_equal(classes, expected):
+        return None  # already in the kernel's encoding
+    return classes.tolist()
+
+
 def _chunk_rows(data, n_workers: int) -> int | None:
     """For in-memory numpy input: one chunk per worker, so every worker gets rows."""
     if not isinstance(data, tuple | list) or not data:
@@ -210,6 +233,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
     if reply["status"] != "OK":
         raise ValueError(reply["message"])
     spec = {
+        "classes": _label_encoding(ds, s),
         "loss": s.loss,
         "epsilon": s.epsilon,
         "batches_per_epoch": nb,

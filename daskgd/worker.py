@@ -82,7 +82,7 @@ class _InMemory:
 
     def __init__(self, source: tuple, nb: int, seed: int, rank: int, check) -> None:
         self.X, self.y, self.sw = _load(source)
-        check(self.y, self.sw, "")
+        self.y = check(self.y, self.sw, "")
         self.n, self.nb, self.key = self.X.shape[0], nb, (seed, rank)
         self.bounds = np.linspace(0, self.n, nb + 1).round().astype(np.intp)
         if nb > 1:  # buffers the per-epoch permutation is written into
@@ -133,7 +133,7 @@ class _Streaming:
 
         self.held = (None, None)  # let the previous chunk go before reading the next
         X, y, sw = load_chunk(self.path, chunk, storage_options=self.options)
-        self.check(y, sw, f", chunk {chunk}")
+        y = self.check(y, sw, f", chunk {chunk}")
         if self.nb > 1:
             perm = np.random.default_rng([*self.key, epoch, chunk + 1]).permutation(len(y))
             X, y = X[perm], y[perm]
@@ -201,13 +201,28 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     multinomial = params.ndim == 2
     loss_info = get_loss(spec["loss"])
 
-    def check(y: np.ndarray, sw: np.ndarray | None, where: str) -> None:
-        # labels and weights are checked once per block read; the kernel then skips it
+    classes = None if spec.get("classes") is None else np.asarray(spec["classes"])
+
+    def check(y: np.ndarray, sw: np.ndarray | None, where: str) -> np.ndarray:
+        # labels are encoded for the kernel (-1/+1 or 0..k-1) and, with the weights,
+        # checked once per block read; the kernel then skips the check
+        if classes is not None:
+            idx = np.searchsorted(classes, y)
+            known = (idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y)
+            if not np.all(known):
+                first = int(np.flatnonzero(~known)[0])
+                raise ValueError(
+                    f"y (rank {rank}{where}) holds the label {y[first]!r}, which is not among "
+                    f"the dataset's classes {classes.tolist()}"
+                )
+            y = (idx if multinomial else 2 * idx - 1).astype(y.dtype if y.dtype.kind == "f"
+                                                              else np.float64)  # fmt: skip
         check_targets(loss_info, y, multinomial=multinomial,
                       n_classes=params.shape[1] if multinomial else 0,
                       name=f"y (rank {rank}{where})")  # fmt: skip
         if sw is not None and np.any(sw < 0):
             raise ValueError(f"sample_weight of rank {rank}{where} has negative entries")
+        return y
 
     nb = int(spec["batches_per_epoch"])
     kind = _Streaming if spec.get("out_of_core") else _InMemory

@@ -374,3 +374,34 @@ def test_callback_can_receive_each_epochs_parameters(client):
     assert _lsq_objective(X, y, last["coef"], last["intercept"]) == pytest.approx(
         last["loss"], rel=1e-12
     )
+
+
+def test_binary_labels_of_a_dataset_are_encoded_for_the_kernel(client, tmp_path):
+    from scipy.optimize import minimize
+
+    path = str(tmp_path / "clf.zarr")
+    ds = daskgd.make_classification(path, 400, 4, chunk_rows=100, random_state=0, client=client)
+    assert sorted(ds.classes_.tolist()) == [0, 1]
+    X, y01 = ds.X.compute(), ds.y.compute()
+    y = np.where(y01 == 1, 1.0, -1.0)
+    alpha = 1e-2
+
+    def f(wb):
+        z = y * (X @ wb[:-1] + wb[-1])
+        return np.mean(np.logaddexp(0, -z)) + 0.5 * alpha * wb[:-1] @ wb[:-1]
+
+    ref = minimize(f, np.zeros(5), method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 0})
+    for out_of_core in (False, True):
+        res = fit(path, client=client, loss="log_loss", optimizer="lbfgs", alpha=alpha,
+                  max_epochs=100, tol=None, gtol=1e-10, out_of_core=out_of_core)  # fmt: skip
+        assert (f(np.append(res.coef_, res.intercept_)) - ref.fun) / ref.fun < 1e-9
+
+
+def test_binary_loss_on_multiclass_data_is_refused(client, tmp_path):
+    path = str(tmp_path / "three.zarr")
+    daskgd.make_classification(path, 90, 3, n_classes=3, chunk_rows=30, random_state=0,
+                               client=client)  # fmt: skip
+    with pytest.raises(ValueError, match="binary but the data has 3 classes"):
+        fit(path, client=client, loss="hinge")
+    res = fit(path, client=client, loss="log_loss", n_classes=3, max_epochs=5, tol=None)
+    assert res.coef_.shape == (3, 3)
