@@ -220,6 +220,21 @@ class _Runner:
             raise ValueError(f"batch_size must be None (full batch) or >= 1, got {bs!r}")
         progress_enabled(p.get("verbose", 0))  # raises on a bad value
 
+    def _eta0(self, X: Any, sw: Any, loss: str, alpha: float, l1_ratio: float) -> float:
+        """The step size: ``eta0`` as given, or ``1 / L`` for "auto" (one pass over X).
+
+        L-BFGS takes no step size, so "auto" costs no pass when the optimizer resolves to it.
+        """
+        eta0 = getattr(self, "eta0", "auto")
+        if eta0 == "auto":
+            p = self.get_params(deep=False)  # type: ignore[attr-defined]
+            if _resolve_optimizer(p, alpha, l1_ratio) == "lbfgs":
+                return 1.0  # unused by L-BFGS
+            return _auto_eta0(X, sw, loss, alpha, p["fit_intercept"])
+        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and float(eta0) > 0):
+            raise ValueError(f"eta0 must be 'auto' or a positive number, got {eta0!r}")
+        return float(eta0)
+
     def _run(
         self,
         data: Any,
@@ -381,7 +396,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
             sample_weight = _check_sample_weight(sample_weight, X.shape[0], X.dtype)
             data = (X, y) if sample_weight is None else (X, y, sample_weight)
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
-        eta0 = self._eta0(X, sample_weight, loss, alpha)
+        eta0 = self._eta0(X, sample_weight, loss, alpha, l1_ratio)
         result = self._run(
             data,
             loss=loss,
@@ -403,14 +418,6 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
         self.converged_ = bool(result.converged_)
         self.history_ = history_to_dict(result.history)
         return self
-
-    def _eta0(self, X: Any, sw: Any, loss: str, alpha: float) -> float:
-        eta0 = getattr(self, "eta0", "auto")
-        if eta0 == "auto":
-            return _auto_eta0(X, sw, loss, alpha, self.fit_intercept)
-        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and float(eta0) > 0):
-            raise ValueError(f"eta0 must be 'auto' or a positive number, got {eta0!r}")
-        return float(eta0)
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """Fit the model on the cluster.
@@ -808,7 +815,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         sample_weight = self._apply_class_weight(codes, sample_weight, X.dtype, lazy)
         sum_w = self._sum(sample_weight, X.shape[0])
         loss, alpha, l1_ratio, extra = self._objective(sum_w)
-        eta0 = self._eta0(X, sample_weight, loss, alpha)
+        eta0 = self._eta0(X, sample_weight, loss, alpha, l1_ratio)
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
         common = {
             "alpha": alpha,
@@ -947,14 +954,6 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             return float(n)
         total = sw.sum()
         return float(total.compute() if isinstance(total, da.Array) else total)
-
-    def _eta0(self, X: Any, sw: Any, loss: str, alpha: float) -> float:
-        eta0 = getattr(self, "eta0", "auto")
-        if eta0 == "auto":
-            return _auto_eta0(X, sw, loss, alpha, self.fit_intercept)
-        if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and float(eta0) > 0):
-            raise ValueError(f"eta0 must be 'auto' or a positive number, got {eta0!r}")
-        return float(eta0)
 
     def _check_n_features(self, d: int) -> None:
         if d != self.n_features_in_:
