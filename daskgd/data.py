@@ -155,12 +155,25 @@ def _row_block(z: zarr.Array) -> int:
 
 
 def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
-    """Compute dask collections on ``client`` if given, else on dask's current scheduler."""
+    """Compute dask collections on ``client``, else the default client, else dask's scheduler.
+
+    On a cluster every task has ended, written or failed, before a failure is raised: a
+    caller that then removes a half-written store must not race with writes still running.
+    """
     if not tasks:
         return []
-    if client is not None:
-        return list(client.gather(client.compute(list(tasks))))
-    return list(dask.compute(*tasks))
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            return list(dask.compute(*tasks))
+    from distributed import wait
+
+    futures = client.compute(list(tasks))
+    wait(futures)
+    return list(client.gather(futures))
 
 
 # --------------------------------------------------------------------------------------------
