@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 # scikit-learn runs its array-API estimator check (numpy namespace) only with this set; it
 # must be set before scipy is first imported.
@@ -31,3 +34,53 @@ def client(cluster: LocalCluster) -> Iterator[Client]:
     """A client of the session cluster, set as dask's default scheduler for the test."""
     with Client(cluster, set_as_default=True) as c:
         yield c
+
+
+class ReliabilityTally:
+    """Counts of what the reliability tests tried and survived (kills, resumes, fuzz cases...).
+
+    Tests call ``reliability.add("worker kills (kill -9)", 1)``; with
+    ``--reliability-report=PATH`` the session writes the counts as Markdown and JSON.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, what: str, n: int = 1) -> None:
+        self.counts[what] += n
+
+
+_TALLY = ReliabilityTally()
+
+
+@pytest.fixture(scope="session")
+def reliability() -> ReliabilityTally:
+    """The session's :class:`ReliabilityTally`."""
+    return _TALLY
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-report",
+        default=None,
+        help="write the reliability tests' counts to PATH.md and PATH.json",
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    target = session.config.getoption("--reliability-report")
+    if not target or not _TALLY.counts:
+        return
+    base = Path(target)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    counts = dict(sorted(_TALLY.counts.items()))
+    base.with_suffix(".json").write_text(
+        json.dumps({"exit_status": int(exitstatus), "counts": counts}, indent=2) + "\n"
+    )
+    rows = "\n".join(f"| {what} | {n:,} |" for what, n in counts.items())
+    outcome = "all passed" if exitstatus == 0 else f"pytest exit status {int(exitstatus)}"
+    base.with_suffix(".md").write_text(
+        "# Reliability: what the tests tried and survived\n\n"
+        f'Command: `pytest -m "stress or not stress" --reliability-report={target}` '
+        f"({outcome}).\n\n| tried | count |\n|---|---|\n{rows}\n"
+    )
