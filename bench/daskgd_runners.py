@@ -17,6 +17,19 @@ from peers import Problem, sweep
 import daskgd
 
 
+def _breakdown(res) -> dict:
+    """Where the fit's time went (seconds): the slowest task's load, kernel and push."""
+    t = res.timings_
+    ranks = t["ranks"]
+    slowest = max(ranks, key=lambda r: sum(r.values())) if ranks else {}
+    return {
+        "wall": t["wall"],
+        "driver": t["open"] + t["setup"],
+        **{k: slowest.get(k, 0.0) for k in ("load", "kernel", "push")},
+        "epochs": res.n_iter_,
+    }
+
+
 def daskgd_runners(problem: Problem) -> dict[str, Callable]:
     ls = problem.kind == "least_squares"
     curvature = (1 + np.sqrt(problem.d / problem.n)) ** 2 + 1.0  # + the intercept's direction
@@ -32,7 +45,7 @@ def daskgd_runners(problem: Problem) -> dict[str, Callable]:
         def fit(max_epochs):
             res = daskgd.fit(problem.path, client=fit.client, max_epochs=max_epochs,
                              **common, **settings)  # fmt: skip
-            return res.coef_, float(np.ravel(res.intercept_)[0])
+            return res.coef_, float(np.ravel(res.intercept_)[0]), _breakdown(res)
 
         def run(p, client, budget):
             fit.client = client
@@ -49,6 +62,19 @@ def daskgd_runners(problem: Problem) -> dict[str, Callable]:
         "daskgd async SGD (batch 1,024)": runner(
             {
                 "mode": "async",
+                "batch_size": 1024,
+                "optimizer": "sgd",
+                "learning_rate": lr / 4,
+                "lr_schedule": "invscaling",
+                "power_t": 0.25,
+                "random_state": 0,
+            },
+            [1, 2, 5, 10],
+        ),
+        "daskgd ssp SGD (batch 1,024, staleness 4)": runner(
+            {
+                "mode": "ssp",
+                "max_staleness": 4,
                 "batch_size": 1024,
                 "optimizer": "sgd",
                 "learning_rate": lr / 4,

@@ -18,7 +18,7 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_push``             ``job, rank, version, grad, n, weight, loss,
                             worker=None`` -> ``params, version``
 ``daskgd_pull``             ``job`` -> ``params, version``
-``daskgd_status``           ``job, since=0, params=False`` -> ``stopped, reason,
+``daskgd_status``           ``job, since=0, params=False, wait=0`` -> ``stopped, reason,
                             converged, error, error_kind, history, version,
                             epochs, live`` (and ``params`` when asked)
 ``daskgd_stop``             ``job, reason="stopped by the user"`` -> (as status)
@@ -210,6 +210,9 @@ class Job:
         self.closing = False
         self.round: asyncio.Future = asyncio.get_running_loop().create_future()
         self.tick = asyncio.Event()
+        # set when an epoch closes or the job stops: wakes a driver's waiting status call
+        self.progress = asyncio.Event()
+        self.reported_epochs = 0
 
     # -- decisions -------------------------------------------------------------
     def stop(
@@ -471,6 +474,10 @@ class ParameterServer(SchedulerPlugin):
     def _wake(self, job: Job) -> None:
         job.tick.set()
         job.tick = asyncio.Event()
+        if job.epochs != job.reported_epochs or job.stopped:
+            job.reported_epochs = job.epochs
+            job.progress.set()
+            job.progress = asyncio.Event()
         if job.stopped and not job.round.done():
             job.round.set_result(None)
 
@@ -657,11 +664,28 @@ class ParameterServer(SchedulerPlugin):
         j = self._get(job)
         return j if isinstance(j, dict) else self._params_reply(j)
 
-    async def status(self, job, since=0, params=False):
-        """Progress: stop state, history from epoch ``since``, optionally the parameters."""
+    async def status(self, job, since=0, params=False, wait=0.0):
+        """Progress: stop state, history from epoch ``since``, optionally the parameters.
+
+        With ``wait`` > 0 (seconds, at most 60), a call that has nothing new to report
+        waits up to that long for the next epoch or the stop, so that a driver hears of
+        them at once instead of at its next poll.
+        """
         j = self._get(job)
         if isinstance(j, dict):
             return j
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            return _error(f"since must be an epoch number >= 0, got {since!r}")
+        if not isinstance(wait, int | float) or not 0 <= wait <= 60:
+            return _error(f"wait must be a number of seconds in [0, 60], got {wait!r}")
+        if wait > 0 and not j.stopped and len(j.history) <= since:
+            try:
+                await asyncio.wait_for(j.progress.wait(), wait)
+            except TimeoutError:
+                pass
+            j = self._get(job)  # closed meanwhile?
+            if isinstance(j, dict):
+                return j
         cfg = j.config
         if not j.stopped and cfg.max_time is not None and time.time() - j.start > cfg.max_time:
             j.stop(f"time budget max_time={cfg.max_time}s used up")

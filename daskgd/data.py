@@ -702,19 +702,9 @@ def load_chunk(
         C-contiguous arrays of the chunk's rows; ``sample_weight`` is None when the
         dataset has none.
     """
-    p = _store_path(path)
-    g = _open_group(p, "r", storage_options)
-    arrays = _group_arrays(g, p)
-    zX = arrays["X"]
-    rows = _row_block(zX)
-    n = zX.shape[0]
-    n_chunks = -(-n // rows)
-    if not 0 <= i < n_chunks:
-        raise IndexError(f"chunk {i} out of range: {p} has {n_chunks} row-chunks")
-    sl = slice(i * rows, min((i + 1) * rows, n))
-    out = [np.ascontiguousarray(arrays["X"][sl]), np.ascontiguousarray(arrays["y"][sl])]
-    zw = arrays.get("sample_weight")
-    return out[0], out[1], None if zw is None else np.ascontiguousarray(zw[sl])
+    from daskgd.chunkio import read_row_chunks
+
+    return read_row_chunks(path, [i], storage_options=storage_options)
 
 
 # --------------------------------------------------------------------------------------------

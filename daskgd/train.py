@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,14 @@ class FitResult:
         partition contributed).
     reason : str
         Why the fit stopped.
+    timings_ : dict
+        Where the time went, in seconds: ``wall`` (the whole fit, from opening the data
+        to the result), ``open`` (opening and, with ``validate``, checking the data),
+        ``setup`` (installing the parameter server, creating the job,
+        submitting the tasks) and, per training task that ended normally, ``ranks``: a
+        list of dicts with ``load`` (joining and reading its rows), ``kernel``
+        (gradients) and ``push`` (communication, the aggregator's steps and, in sync
+        mode, waiting for the round's other members).
     """
 
     coef_: np.ndarray
@@ -70,6 +79,7 @@ class FitResult:
     converged_: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
+    timings_: dict[str, Any] = field(default_factory=dict)
 
     @property
     def loss_(self) -> float:
@@ -198,6 +208,7 @@ def _initial_params(ds, s: _Settings) -> np.ndarray:
 
 
 async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
+    started = time.perf_counter()
     await _setup(client)
     info = await _scheduler(client).identity()
     workers = sorted(info["workers"])
@@ -258,9 +269,10 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
                     key=f"daskgd-train-{rank}-{job}",
                 )
             )
+        setup = time.perf_counter() - started
         history = await _watch(client, job, futures, s)
         final = await _scheduler(client).daskgd_close(job=job)
-        await _drain(client, futures)
+        tasks = await _drain(client, futures)
     except BaseException:
         await _abort(client, job, futures)
         raise
@@ -279,6 +291,10 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         converged_=bool(final["converged"]),
         history=[dict(h) for h in history],
         reason=final["reason"],
+        timings_={
+            "setup": setup,
+            "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
+        },
     )
 
 
@@ -298,7 +314,10 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
         bar = tqdm(total=s.config["max_epochs"], unit="epoch", desc="daskgd")
     try:
         while True:
-            st = await _scheduler(client).daskgd_status(job=job, since=len(history))
+            # waits on the scheduler up to poll_interval for the next epoch or the stop
+            st = await _scheduler(client).daskgd_status(
+                job=job, since=len(history), wait=s.poll_interval
+            )
             if st["status"] != "OK":
                 raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
             for h in st["history"]:
@@ -325,19 +344,23 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
                 if not st.get("stopped"):
                     raise TrainingError("every training task ended before the job stopped")
                 continue
-            await asyncio.sleep(s.poll_interval)
     finally:
         if bar is not None:
             bar.close()
 
 
-async def _drain(client: Client, futures: list, timeout: float = 30.0) -> None:
-    """Let the tasks see ``stopped`` and end; cancel what is left (e.g. a queued rerun)."""
+async def _drain(client: Client, futures: list, timeout: float = 30.0) -> list[dict]:
+    """Let the tasks see ``stopped`` and end; cancel what is left (e.g. a queued rerun).
+
+    Returns what the tasks that ended normally returned.
+    """
+    results: list[dict] = []
     try:
-        await asyncio.wait_for(client.gather(futures, errors="skip"), timeout)
+        results = await asyncio.wait_for(client.gather(futures, errors="skip"), timeout)
     except TimeoutError:
         pass
     await client.cancel(futures)
+    return results
 
 
 async def _abort(client: Client, job: str, futures: list) -> None:
@@ -640,13 +663,15 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
     try:
         from daskgd.data import as_dataset
 
+        started = time.perf_counter()
         n_avail = len(client.scheduler_info()["workers"])
         if kwargs.get("n_workers"):
             n_avail = min(n_avail, kwargs["n_workers"])
         ds = as_dataset(
             data, validate=validate, client=client, chunk_rows=_chunk_rows(data, n_avail)
         )
-        return client.sync(_run_job, client, ds, s)
+        opened = time.perf_counter() - started
+        return _timed(client.sync(_run_job, client, ds, s), started, opened)
     finally:
         if own_client is not None:
             own_client.close()
@@ -666,6 +691,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
     from daskgd.data import as_dataset
 
+    started = time.perf_counter()
     n_avail = len((await _scheduler(client).identity())["workers"])
     if s.n_workers:
         n_avail = min(n_avail, s.n_workers)
@@ -677,7 +703,13 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
             return as_dataset(data, validate=validate, chunk_rows=_chunk_rows(data, n_avail))
 
     ds = await asyncio.to_thread(_open)
-    return await _run_job(client, ds, s)
+    opened = time.perf_counter() - started
+    return _timed(await _run_job(client, ds, s), started, opened)
+
+
+def _timed(result: FitResult, started: float, opened: float) -> FitResult:
+    result.timings_.update(wall=time.perf_counter() - started, open=opened)
+    return result
 
 
 fit.__doc__ = (fit.__doc__ or "") + _DOC_PARAMS

@@ -1,7 +1,7 @@
 """The training task: one long-running task per Dask worker.
 
 :func:`train_partition` loads its rank's row-chunks once (from Zarr with
-:func:`daskgd.data.load_chunk`, or as blocks the cluster computed), joins the
+:func:`daskgd.chunkio.read_row_chunks`, or as blocks the cluster computed), joins the
 job on the parameter server, then loops: take a mini-batch, compute the summed
 loss and gradient with the compiled kernel (which releases the GIL, so the
 worker's heartbeats go on), push them, continue from the parameters in the
@@ -26,6 +26,7 @@ the rows within each chunk, per epoch.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -58,10 +59,10 @@ def _load(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Concatenate the rank's chunks: ``("zarr", path, chunks, options, sizes)`` or
     ``("blocks", blocks)``."""
     if source[0] == "zarr":
-        from daskgd.data import load_chunk
+        from daskgd.chunkio import read_row_chunks
 
         _, path, chunks, options, _ = source
-        blocks = [load_chunk(path, i, storage_options=options) for i in chunks]
+        return read_row_chunks(path, chunks, storage_options=options)
     elif source[0] == "blocks":
         blocks = source[1]
     else:
@@ -169,7 +170,11 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     Returns
     -------
     dict
-        ``rank``, ``worker`` and ``pushes`` (gradients this task sent).
+        ``rank``, ``worker``, ``pushes`` (gradients this task sent) and ``seconds``: the
+        task's time split into ``load`` (joining and reading its rows), ``kernel``
+        (gradients, including reads out of core) and ``push`` (sending a gradient until
+        the reply: communication, the aggregator's step and, in sync mode, waiting for
+        the round's other members).
 
     Raises
     ------
@@ -195,6 +200,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             )
         return reply
 
+    clock = time.perf_counter
+    started = clock()
     reply = call("daskgd_join", rank=rank, worker=address)
     params, version, position = reply["params"], reply["version"], reply["position"]
     d = params.shape[0] - 1
@@ -231,9 +238,11 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
     out: np.ndarray | None = None
     pushes = 0
+    seconds = {"load": clock() - started, "kernel": 0.0, "push": 0.0}
     sync_mode = spec["mode"] == "sync"
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
+        t0 = clock()
         loss, rows, weight, grad = 0.0, 0, 0.0, None
         for Xp, yp, swp in batches.pieces(epoch, b):
             if out is None or out.dtype != Xp.dtype:
@@ -246,6 +255,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
+        t1 = clock()
         reply = call(
             "daskgd_push",
             rank=rank,
@@ -257,6 +267,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             worker=address,
         )
         pushes += 1
+        seconds["kernel"] += t1 - t0
+        seconds["push"] += clock() - t1
         if reply["status"] == "stopped":
             break
         params, version = reply["params"], reply["version"]
@@ -264,4 +276,4 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             position = version
         elif reply["status"] == "OK":
             position += 1
-    return {"rank": rank, "worker": address, "pushes": pushes}
+    return {"rank": rank, "worker": address, "pushes": pushes, "seconds": seconds}

@@ -1,6 +1,7 @@
 """The parameter server's handlers, driven from a client against an in-process scheduler."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -195,3 +196,23 @@ async def test_unknown_job_is_told_apart_from_a_bad_message(c, s, a, b):
     assert reply["status"] == "error" and reply["kind"] == "unknown_job"
     reply = await _push(c, "j", 7, 0, [0, 0, 0, 0])  # no rank 7
     assert reply["status"] == "error" and reply["kind"] == "bad_message"
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_status_waits_for_the_next_epoch(c, s, a, b):
+    """``status(wait=...)`` answers when an epoch closes, and at once when there is news."""
+    await _create(c, s, mode="async", ranks=[a.address])  # an epoch: 10 rows, one push
+    t0 = time.monotonic()
+    st = await c.scheduler.daskgd_status(job="j", since=0, wait=0.2)
+    assert len(st["history"]) == 0 and time.monotonic() - t0 >= 0.15  # nothing new: it waited
+    waiting = asyncio.ensure_future(c.scheduler.daskgd_status(job="j", since=0, wait=30))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert (await _push(c, "j", 0, 0, [1, 1, 1, 1]))["status"] == "OK"
+    st = await asyncio.wait_for(waiting, 5)  # woken by the epoch, long before 30 s
+    assert len(st["history"]) == 1
+    t0 = time.monotonic()
+    await c.scheduler.daskgd_status(job="j", since=0, wait=30)  # news: no wait
+    assert time.monotonic() - t0 < 5
+    for bad in ({"wait": -1}, {"wait": "x"}, {"since": -2}, {"since": "0"}):
+        assert (await c.scheduler.daskgd_status(job="j", **bad))["status"] == "error"

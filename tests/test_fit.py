@@ -405,3 +405,21 @@ def test_binary_loss_on_multiclass_data_is_refused(client, tmp_path):
         fit(path, client=client, loss="hinge")
     res = fit(path, client=client, loss="log_loss", n_classes=3, max_epochs=5, tol=None)
     assert res.coef_.shape == (3, 3)
+
+
+def test_timings_account_for_the_fit(client, tmp_path):
+    """``timings_`` splits the fit: every rank's load, kernel and push time within the wall."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4000, 6))
+    y = X @ rng.standard_normal(6)
+    path = str(tmp_path / "t.zarr")
+    write_zarr(path, X, y, chunk_rows=500)
+    res = fit(path, client=client, max_epochs=5, tol=None, mode="sync")
+    t = res.timings_
+    assert set(t) == {"wall", "open", "setup", "ranks"}
+    assert len(t["ranks"]) == 2
+    for rank in t["ranks"]:
+        assert set(rank) == {"load", "kernel", "push"}
+        assert all(v >= 0 for v in rank.values())
+        assert sum(rank.values()) <= t["wall"]
+    assert t["open"] + t["setup"] <= t["wall"]

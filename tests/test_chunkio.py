@@ -1,0 +1,89 @@
+"""read_row_chunks against zarr itself, on every layout (direct reads and zarr's fallback)."""
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec
+
+from daskgd.chunkio import _direct_folder, read_row_chunks
+from daskgd.data import write_zarr
+
+
+def _group(path, X, y, *, chunks, x_chunks=None, codecs=None, w=None, skip_write=()):
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    kw = {} if codecs is None else {"serializer": codecs, "compressors": None}
+    zX = g.create_array("X", shape=X.shape, dtype=X.dtype, chunks=x_chunks or (chunks, X.shape[1]),
+                        fill_value=0, **kw)  # fmt: skip
+    zy = g.create_array("y", shape=y.shape, dtype=y.dtype, chunks=(chunks,), fill_value=0)
+    for i in range(-(-len(y) // chunks)):
+        if i in skip_write:
+            continue
+        sl = slice(i * chunks, (i + 1) * chunks)
+        zX[sl] = X[sl]
+        zy[sl] = y[sl]
+    if w is not None:
+        g.create_array("sample_weight", data=w, chunks=(chunks,))
+    return g
+
+
+def _expected(X, y, rows, chunks):
+    idx = np.concatenate([np.arange(i * rows, min((i + 1) * rows, len(y))) for i in chunks])
+    return X[idx], y[idx]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("compressor", [None, "default"])
+def test_matches_zarr(tmp_path, dtype, compressor):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1003, 7)).astype(dtype)
+    y = rng.standard_normal(1003).astype(dtype)
+    w = rng.random(1003)
+    path = str(tmp_path / "d.zarr")
+    kw = {} if compressor == "default" else {"compressor": None}
+    write_zarr(path, X, y, sample_weight=w, chunk_rows=100, **kw)
+    chunks = [10, 3, 0, 7]  # the edge chunk (10: 3 rows), out of order
+    Xr, yr, wr = read_row_chunks(path, chunks)
+    eX, ey = _expected(X, y, 100, chunks)
+    assert Xr.flags.c_contiguous and Xr.dtype == dtype
+    np.testing.assert_array_equal(Xr, eX)
+    np.testing.assert_array_equal(yr, ey)
+    np.testing.assert_array_equal(wr, _expected(X, w, 100, chunks)[1])
+    g = zarr.open_group(path, mode="r")
+    assert (_direct_folder(g["X"]) is not None) == (compressor is None)
+
+
+def test_sharded_reads_whole_shards(tmp_path):
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((950, 4)), rng.standard_normal(950)
+    path = str(tmp_path / "s.zarr")
+    write_zarr(path, X, y, chunk_rows=200, inner_chunk_rows=50)
+    Xr, yr, _ = read_row_chunks(path, [4, 1])
+    eX, ey = _expected(X, y, 200, [4, 1])
+    np.testing.assert_array_equal(Xr, eX)
+    np.testing.assert_array_equal(yr, ey)
+
+
+def test_layouts_zarr_must_read(tmp_path):
+    """Foreign byte order, split columns and never-written chunks go through zarr."""
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((300, 6)), rng.standard_normal(300)
+    other = "big" if np.little_endian else "little"
+    cases = {
+        "endian": {"codecs": BytesCodec(endian=other)},
+        "columns": {"x_chunks": (100, 3)},
+        "missing": {"codecs": BytesCodec(), "skip_write": (1,)},
+    }
+    for name, kw in cases.items():
+        g = _group(tmp_path / f"{name}.zarr", X, y, chunks=100, **kw)
+        Xr, yr, _ = read_row_chunks(str(tmp_path / f"{name}.zarr"), [2, 1, 0])
+        np.testing.assert_array_equal(Xr, g["X"][:][np.r_[200:300, 100:200, 0:100]], name)
+        np.testing.assert_array_equal(yr, g["y"][:][np.r_[200:300, 100:200, 0:100]], name)
+    assert _direct_folder(zarr.open_group(str(tmp_path / "missing.zarr"))["X"]) is not None
+    assert _direct_folder(zarr.open_group(str(tmp_path / "endian.zarr"))["X"]) is None
+
+
+def test_chunk_out_of_range(tmp_path):
+    path = str(tmp_path / "d.zarr")
+    write_zarr(path, np.ones((10, 2)), np.ones(10), chunk_rows=5)
+    with pytest.raises(IndexError, match="2 row-chunks"):
+        read_row_chunks(path, [2])
