@@ -55,7 +55,7 @@ def daskgd_runners(problem: Problem) -> dict[str, Callable]:
 
     lr = 1.0 / (curvature if ls else 0.25 * curvature + problem.alpha)
     return {
-        "daskgd sync L-BFGS": runner({"mode": "sync", "optimizer": "lbfgs"}, [3, 6, 10, 20, 40]),
+        "daskgd sync L-BFGS": runner({"mode": "sync", "optimizer": "lbfgs"}, [3, 5, 7, 10, 20, 40]),
         "daskgd sync gradient descent (lr=1/L)": runner(
             {"mode": "sync", "optimizer": "sgd", "learning_rate": lr}, [5, 10, 20, 50, 150]
         ),

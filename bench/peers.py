@@ -134,11 +134,17 @@ def sweep(
 ) -> list[Run]:
     """Fit once per setting, cheapest first, until the tight target or the budget.
 
+    A setting is not started when the budget left is less than twice the last run's time.
+
     ``fit(setting)`` returns ``(coef, intercept)``, or ``(coef, intercept, breakdown)``.
     """
     runs: list[Run] = []
     spent = 0.0
     for setting in settings:
+        # the next setting costs more than the last: skip it when it would likely
+        # overrun the budget (at least twice the last run's time)
+        if runs and spent + 2 * runs[-1].seconds > budget:
+            break
         t0 = time.perf_counter()
         coef, intercept, *breakdown = fit(setting)  # daskgd adds where its time went
         seconds = time.perf_counter() - t0
