@@ -26,6 +26,7 @@ the rows within each chunk, per epoch.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -164,7 +165,9 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     source : tuple
         Where the rows come from (see :func:`_load`).
     spec : dict
-        ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``.
+        ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``,
+        and ``delay`` (optional; a testing hook: rank -> seconds this rank sleeps before
+        each push, to play a straggler).
 
     Returns
     -------
@@ -232,6 +235,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     out: np.ndarray | None = None
     pushes = 0
     sync_mode = spec["mode"] == "sync"
+    pause = float((spec.get("delay") or {}).get(rank, 0.0))
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
         loss, rows, weight, grad = 0.0, 0, 0.0, None
@@ -246,6 +250,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
+        if pause:
+            time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         reply = call(
             "daskgd_push",
             rank=rank,
