@@ -235,6 +235,7 @@ async def test_quorum_is_checked_against_members_and_lbfgs(c, s, a, b):
     assert reply["status"] == "error" and "sync_quorum" in reply["message"]
     reply = await create("c", 1, mode="async")
     assert reply["status"] == "error" and "mode='sync'" in reply["message"]
-    reply = await create("d", 1, optimizer={"name": "lbfgs", "learning_rate": 1.0})
+    lbfgs = {"name": "lbfgs", "learning_rate": 1.0}
+    reply = await create("d", 1, optimizer=lbfgs)
     assert reply["status"] == "error" and "lbfgs" in reply["message"]
-    assert (await create("e", 2, optimizer={"name": "lbfgs", "learning_rate": 1.0}))["status"] == "OK"
+    assert (await create("e", 2, optimizer=lbfgs))["status"] == "OK"
