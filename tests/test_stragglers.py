@@ -102,4 +102,3 @@ def test_stragglers_hold_back_only_plain_sync(client, reliability):
         reliability.add(f"fits with a slowed worker, {name}", 1)
     for name in ("quorum", "async", "ssp"):
         assert took[name] * 2 < took["sync"], took
-
