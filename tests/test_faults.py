@@ -37,7 +37,9 @@ def _problem(n=2000, d=5, seed=0):
 def _kill(client, how, victim=None):
     victim = victim or sorted(client.scheduler_info()["workers"])[-1]
     if how == "nanny":
-        client.restart_workers([victim])
+        # distributed's wait for the restarted worker can miss it when it comes back at
+        # once (a known race there): do not fail on that wait, the tests wait for 2 workers
+        client.restart_workers([victim], timeout=30, raise_for_error=False)
     else:
         pid = client.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
