@@ -307,13 +307,12 @@ async def _some_workers(client: Client, timeout: float) -> list[str]:
         await asyncio.sleep(min(0.2, timeout))
 
 
-def _no_workers_error(gone_for: float, timeout: float, n_workers: int) -> NoWorkersError:
+def _no_workers_error(gone_for: float, timeout: float) -> NoWorkersError:
     return NoWorkersError(
-        f"every worker of this fit was lost and no training task has run for "
-        f"{gone_for:.1f} s (worker_timeout={timeout:g} s; the scheduler now has "
-        f"{n_workers} worker(s)). Start workers, find out why they died (memory limits, "
-        "killed processes: see the workers' logs), or pass a larger worker_timeout to wait "
-        "longer for them to come back"
+        f"every worker of this fit was lost: the scheduler has had no worker for "
+        f"{gone_for:.1f} s (worker_timeout={timeout:g} s). Start workers, find out why they "
+        "died (memory limits, killed processes: see the workers' logs), or pass a larger "
+        "worker_timeout to wait longer for them to come back"
     )
 
 
@@ -349,13 +348,14 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
                     await _scheduler(client).daskgd_stop(job=job, reason="stopped by the callback")
             if st["stopped"]:
                 return history
-            if st["live"]:
+            # every worker gone: no member alive and none to rerun a task on (a rerun
+            # that is still loading its rows on a new worker does not count)
+            if st["live"] or st.get("n_workers", 0):
                 gone_since = None
             elif gone_since is None:
                 gone_since = time.monotonic()
             elif time.monotonic() - gone_since > s.worker_timeout:
-                gone_for = time.monotonic() - gone_since
-                raise _no_workers_error(gone_for, s.worker_timeout, st.get("n_workers", 0))
+                raise _no_workers_error(time.monotonic() - gone_since, s.worker_timeout)
             for f in futures:
                 if f.status == "error":
                     exc = await f.exception()
@@ -598,8 +598,8 @@ _DOC_PARAMS = """
         ``intercept`` (those of the round that closed the epoch); for scoring held-out
         data during the fit.
     worker_timeout : float, default=60.0
-        Seconds to wait when no worker of the fit is alive (all died, none came back;
-        or the cluster has none at the start) before raising
+        Seconds to wait when the cluster has no worker left (every one died and none came
+        back, or there is none at the start) before raising
         :class:`daskgd.errors.NoWorkersError`.
     out_of_core : bool, default=False
         Zarr data only: each training task reads its row-chunks from the store every
