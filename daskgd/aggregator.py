@@ -28,7 +28,12 @@ handler                     arguments -> reply (besides ``status``)
 
 Modes: ``sync`` waits until every live member pushed a gradient for the current
 version and steps with their row-weighted mean (summed in rank order, so the
-result is bitwise reproducible); ``async`` applies each push on arrival and
+result is bitwise reproducible); with ``sync_quorum=k`` a round closes as soon
+as ``k`` members pushed (or every live member, when fewer than ``k`` are left)
+and steps with the row-weighted mean of the gradients that made it: the
+stragglers' late gradients are dropped, counted (``dropped_gradients``) and
+answered ``stale`` with the current parameters (backup workers, as in Chen et
+al., "Revisiting distributed synchronous SGD", 2016); ``async`` applies each push on arrival and
 records its staleness; ``ssp`` is ``async`` where a member more than
 ``max_staleness`` pushes ahead of the slowest live member waits.
 
@@ -112,6 +117,9 @@ class JobConfig:
     record_params : bool
         Keep the parameters of each epoch in its history row (``params``), for a
         driver that scores them (early stopping on held-out data).
+    sync_quorum : int or None
+        Sync mode: a round closes once this many members pushed (backup workers);
+        None waits for every live member. At most the number of members.
     """
 
     mode: str = "sync"
@@ -127,6 +135,7 @@ class JobConfig:
     ssp_timeout: float = 60.0
     divergence_factor: float = 1e10
     record_params: bool = False
+    sync_quorum: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -145,6 +154,12 @@ class JobConfig:
             raise ValueError(
                 f"mode='ssp' needs max_staleness, an integer >= 0; got {self.max_staleness!r}"
             )
+        q = self.sync_quorum
+        if q is not None:
+            if self.mode != "sync":
+                raise ValueError(f"sync_quorum applies to mode='sync' only, not {self.mode!r}")
+            if not (isinstance(q, int) and not isinstance(q, bool) and q >= 1):
+                raise ValueError(f"sync_quorum must be None or an integer >= 1, got {q!r}")
 
 
 @dataclass
@@ -207,6 +222,9 @@ class Job:
         self.error: str | None = None
         self.error_kind: str | None = None
         self.pending: dict[int, tuple] = {}
+        # sync: gradients that arrived for a round that had closed (counted on the loop)
+        self.dropped = 0
+        self._dropped_before = 0  # ``dropped`` when the previous epoch closed
         self.closing = False
         self.round: asyncio.Future = asyncio.get_running_loop().create_future()
         self.tick = asyncio.Event()
@@ -273,6 +291,7 @@ class Job:
             g = P - z
         gnorm = float(np.linalg.norm(g))
         complete = len(s.ranks) == len(self.ranks)
+        dropped, self._dropped_before = self.dropped - self._dropped_before, self.dropped
         self.history.append(
             {
                 "epoch": self.epochs,
@@ -286,6 +305,7 @@ class Job:
                 "staleness_max": int(s.st_max),
                 "worker_updates": dict(s.per_worker),
                 "complete": complete,
+                "dropped_gradients": dropped,
                 # the published array is never mutated, so it needs no copy
                 **({"params": ToPickle(P)} if cfg.record_params else {}),
             }
@@ -389,10 +409,29 @@ class Job:
             "epochs": self.epochs,
             "live": list(live),
             "rank_updates": [r.updates for r in self.ranks],
+            "dropped_gradients": self.dropped,
         }
         if params:
             out["params"] = ToPickle(self.params)
         return out
+
+
+def _check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
+    """Refuse a ``sync_quorum`` larger than the job or one L-BFGS cannot work with."""
+    q = cfg.sync_quorum
+    if q is None:
+        return
+    if q > members:
+        raise ValueError(
+            f"sync_quorum={q} but the job has {members} member(s) (training tasks); "
+            f"use at most {members}, or None to wait for every live member"
+        )
+    if q < members and opt.name == "lbfgs":
+        raise ValueError(
+            f"optimizer='lbfgs' needs every partition in every round (its line search "
+            f"compares exact losses of the whole data); sync_quorum={q} of {members} members "
+            "would step on a subset. Use sync_quorum=None, or another optimizer"
+        )
 
 
 def _error(message: str, kind: str = "bad_message") -> dict[str, str]:
@@ -542,6 +581,7 @@ class ParameterServer(SchedulerPlugin):
         try:
             cfg = JobConfig(**config)
             opt = make_optimizer(**optimizer)
+            _check_quorum(cfg, opt, len(ranks))
         except (TypeError, ValueError) as exc:
             return _error(str(exc))
         self.jobs[job] = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
@@ -605,9 +645,11 @@ class ParameterServer(SchedulerPlugin):
 
     async def _push_sync(self, j: Job, rank, version, grad, n, weight, loss):
         if version < j.version:
+            j.dropped += 1  # its round closed without it (a quorum, or it was thought dead)
             return self._params_reply(j, "stale")
         fut = j.round
         if j.closing:
+            j.dropped += 1
             await asyncio.shield(fut)
             return self._params_reply(j, "stale")
         if rank in j.pending:
@@ -629,7 +671,8 @@ class ParameterServer(SchedulerPlugin):
                 self._wake(j)
             return
         live = set(j.live(self._workers()))
-        if not live <= set(j.pending):
+        quorum = j.config.sync_quorum
+        if not (live <= set(j.pending) or (quorum is not None and len(j.pending) >= quorum)):
             return
         pending, j.pending, j.closing = j.pending, {}, True
         fut = j.round
@@ -690,7 +733,9 @@ class ParameterServer(SchedulerPlugin):
         if not j.stopped and cfg.max_time is not None and time.time() - j.start > cfg.max_time:
             j.stop(f"time budget max_time={cfg.max_time}s used up")
             self._wake(j)
-        return j.summary(int(since), bool(params), j.live(self._workers()))
+        out = j.summary(int(since), bool(params), j.live(self._workers()))
+        out["n_workers"] = len(self._workers())  # the driver's "every worker is gone" check
+        return out
 
     async def stop(self, job, reason="stopped by the user"):
         """Stop a job; its members get ``stopped`` at their next push."""

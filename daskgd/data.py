@@ -172,7 +172,8 @@ def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
     from distributed import wait
 
     futures = client.compute(list(tasks))
-    wait(futures)
+    with client.as_current():  # ``wait`` looks for the default client; this may be another
+        wait(futures)
     return list(client.gather(futures))
 
 

@@ -30,3 +30,12 @@ class SchedulerSetupError(DaskgdError, RuntimeError):
 
 class TrainingError(DaskgdError, RuntimeError):
     """A fit failed on the cluster: every worker was lost, a task failed, the job vanished."""
+
+
+class NoWorkersError(TrainingError):
+    """Every worker of a fit was gone for longer than ``worker_timeout`` seconds.
+
+    A :class:`TrainingError` (so a :class:`DaskgdError` and a ``RuntimeError``): start
+    workers, find out why they die (memory limits, killed processes), or raise
+    ``worker_timeout`` to wait longer for them to come back.
+    """

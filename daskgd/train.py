@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 
-from daskgd.aggregator import JobConfig, ParameterServer
-from daskgd.errors import DivergenceError, SchedulerSetupError, TrainingError
+from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
+from daskgd.errors import DivergenceError, NoWorkersError, SchedulerSetupError, TrainingError
 from daskgd.losses import get_loss
 from daskgd.optimizers import make_optimizer
 
@@ -59,7 +60,8 @@ class FitResult:
         the epoch, as scikit-learn's SGD reports), ``grad_norm``, ``time`` (seconds
         since the start), ``updates``, ``version``, ``staleness_min/mean/max``,
         ``worker_updates`` (worker address -> updates) and ``complete`` (every
-        partition contributed).
+        partition contributed) and ``dropped_gradients`` (sync: gradients that arrived
+        after their round had closed, in this epoch).
     reason : str
         Why the fit stopped.
     timings_ : dict
@@ -70,6 +72,9 @@ class FitResult:
         list of dicts with ``load`` (joining and reading its rows), ``kernel``
         (gradients) and ``push`` (communication, the aggregator's steps and, in sync
         mode, waiting for the round's other members).
+    dropped_gradients_ : int
+        Sync mode: gradients dropped because their round had closed without them (with
+        ``sync_quorum``, the stragglers' gradients; else a worker wrongly thought dead).
     """
 
     coef_: np.ndarray
@@ -80,6 +85,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""
     timings_: dict[str, Any] = field(default_factory=dict)
+    dropped_gradients_: int = 0
 
     @property
     def loss_(self) -> float:
@@ -104,6 +110,9 @@ class _Settings:
     callback: Any
     poll_interval: float
     out_of_core: bool = False
+    worker_timeout: float = 60.0
+    # testing hook (the private ``_delay`` fit setting): rank -> seconds slept per step
+    delay: dict[int, float] | None = None
 
 
 def _scheduler(client: Client) -> Any:
@@ -210,10 +219,7 @@ def _initial_params(ds, s: _Settings) -> np.ndarray:
 async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
     started = time.perf_counter()
     await _setup(client)
-    info = await _scheduler(client).identity()
-    workers = sorted(info["workers"])
-    if not workers:
-        raise TrainingError("the cluster has no workers; start some and retry")
+    workers = await _some_workers(client, s.worker_timeout)
     if s.n_workers is not None:
         workers = workers[: s.n_workers]
     if s.out_of_core and ds.path is None:
@@ -230,7 +236,8 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         nb = max(1, round(ds.n_samples / (len(ranks) * s.batch_size)))
         nb = min(nb, min(rows))
     config = dict(s.config, n_samples=int(ds.n_samples), batches_per_epoch=int(nb))
-    JobConfig(**config)  # raise here, not on the scheduler
+    # raise here, not on the scheduler
+    _check_quorum(JobConfig(**config), make_optimizer(**s.optimizer), len(ranks))
     P0 = _initial_params(ds, s)
     job = f"daskgd-{uuid.uuid4().hex}"
     reply = await _scheduler(client).daskgd_create(
@@ -251,6 +258,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         "seed": s.seed,
         "mode": s.mode,
         "out_of_core": s.out_of_core,
+        "delay": dict(s.delay or {}),
     }
     futures = []
     try:
@@ -295,6 +303,31 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
             "setup": setup,
             "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
         },
+        dropped_gradients_=int(final.get("dropped_gradients", 0)),
+    )
+
+
+async def _some_workers(client: Client, timeout: float) -> list[str]:
+    """The scheduler's workers, sorted; wait up to ``timeout`` seconds for a first one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = sorted((await _scheduler(client).identity())["workers"])
+        if workers:
+            return workers
+        if time.monotonic() >= deadline:
+            raise NoWorkersError(
+                f"the cluster has no workers: none joined in worker_timeout={timeout:g} s. "
+                "Start some (or let the cluster scale up), or pass a larger worker_timeout"
+            )
+        await asyncio.sleep(min(0.2, timeout))
+
+
+def _no_workers_error(gone_for: float, timeout: float) -> NoWorkersError:
+    return NoWorkersError(
+        f"every worker of this fit was lost: the scheduler has had no worker for "
+        f"{gone_for:.1f} s (worker_timeout={timeout:g} s). Start workers, find out why they "
+        "died (memory limits, killed processes: see the workers' logs), or pass a larger "
+        "worker_timeout to wait longer for them to come back"
     )
 
 
@@ -308,6 +341,7 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
     """Poll the job until it stops; surface failed tasks as a TrainingError."""
     history: list[dict] = []
     bar = None
+    gone_since: float | None = None  # when the job was last seen without a live member
     if s.progress:
         from tqdm.auto import tqdm
 
@@ -332,6 +366,14 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
                     await _scheduler(client).daskgd_stop(job=job, reason="stopped by the callback")
             if st["stopped"]:
                 return history
+            # every worker gone: no member alive and none to rerun a task on (a rerun
+            # that is still loading its rows on a new worker does not count)
+            if st["live"] or st.get("n_workers", 0):
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+            elif time.monotonic() - gone_since > s.worker_timeout:
+                raise _no_workers_error(time.monotonic() - gone_since, s.worker_timeout)
             for f in futures:
                 if f.status == "error":
                     exc = await f.exception()
@@ -404,6 +446,8 @@ def _settings(
     poll_interval,
     out_of_core,
     callback_params,
+    sync_quorum,
+    worker_timeout,
 ) -> _Settings:
     info = get_loss(loss)
     if n_classes is not None:
@@ -426,6 +470,22 @@ def _settings(
         raise ValueError(f"n_workers must be None or an integer >= 1, got {n_workers!r}")
     if mode != "ssp" and max_staleness is not None:
         raise ValueError("max_staleness applies to mode='ssp' only")
+    if sync_quorum is not None and mode != "sync":
+        raise ValueError(f"sync_quorum applies to mode='sync' only, not mode={mode!r}")
+    if sync_quorum is not None and not (
+        isinstance(sync_quorum, int | np.integer)
+        and not isinstance(sync_quorum, bool)
+        and sync_quorum >= 1
+    ):
+        raise ValueError(
+            f"sync_quorum must be None (every live worker) or an integer >= 1, got {sync_quorum!r}"
+        )
+    if isinstance(worker_timeout, bool) or not (
+        isinstance(worker_timeout, int | float)
+        and math.isfinite(worker_timeout)
+        and worker_timeout > 0
+    ):
+        raise ValueError(f"worker_timeout must be a number of seconds > 0, got {worker_timeout!r}")
     opt = {
         "name": optimizer,
         "learning_rate": learning_rate,
@@ -449,6 +509,7 @@ def _settings(
         "max_staleness": max_staleness,
         "staleness_lr": bool(staleness_lr),
         "record_params": callback_params,
+        "sync_quorum": None if sync_quorum is None else int(sync_quorum),
     }
     JobConfig(**config)
     if random_state is None:
@@ -473,6 +534,7 @@ def _settings(
         callback=callback,
         poll_interval=float(poll_interval),
         out_of_core=out_of_core,
+        worker_timeout=float(worker_timeout),
     )
 
 
@@ -527,6 +589,16 @@ _DOC_PARAMS = """
         Starting point (default zeros).
     max_staleness : int, optional
         The bound of ``ssp`` mode (required there).
+    sync_quorum : int, optional
+        Sync mode with backup workers: a round closes once this many workers pushed
+        their gradient (1 <= sync_quorum <= workers; None waits for every live worker)
+        and steps with the row-weighted mean of those gradients; the late ones are
+        dropped and counted (``FitResult.dropped_gradients_``). Each round then sees a
+        subset of the partitions: full batch becomes a stochastic method, whose fixed
+        point favours the partitions of the faster workers (as in ``async``), so shuffle
+        rows across chunks; ``tol``/``gtol`` only look at epochs where every partition
+        contributed, so keep ``max_epochs`` or ``max_time`` as the stop. Refused with
+        ``optimizer="lbfgs"`` below every worker (its line search needs the whole data).
     staleness_lr : bool, default=False
         Async/ssp: divide the learning rate by the staleness of each gradient.
     client : distributed.Client, str or None
@@ -547,6 +619,10 @@ _DOC_PARAMS = """
         Give ``callback`` each epoch's parameters too, as the row's ``coef`` and
         ``intercept`` (those of the round that closed the epoch); for scoring held-out
         data during the fit.
+    worker_timeout : float, default=60.0
+        Seconds to wait when the cluster has no worker left (every one died and none came
+        back, or there is none at the start) before raising
+        :class:`daskgd.errors.NoWorkersError`.
     out_of_core : bool, default=False
         Zarr data only: each training task reads its row-chunks from the store every
         epoch, one chunk in memory at a time, instead of loading them once; for data
@@ -566,7 +642,9 @@ _DOC_PARAMS = """
     SchedulerSetupError
         When the scheduler or a worker cannot import daskgd.
     TrainingError
-        When a training task failed or every worker was lost.
+        When a training task failed or the job vanished.
+    NoWorkersError
+        (a ``TrainingError``) When every worker was gone for ``worker_timeout`` seconds.
 """
 
 
@@ -603,7 +681,29 @@ def _defaults():
         "poll_interval": 0.05,
         "out_of_core": False,
         "callback_params": False,
+        "sync_quorum": None,
+        "worker_timeout": 60.0,
     }
+
+
+def _make_settings(kwargs: dict[str, Any]) -> _Settings:
+    """Settings from ``fit``'s keyword arguments, with the private testing hooks.
+
+    ``_delay={rank: seconds}`` (private, for tests of stragglers): the training task of
+    each listed rank sleeps that long before every push, wherever it runs (a rerun task
+    keeps its rank's delay). Not a public option: it only slows a fit down.
+    """
+    kwargs = dict(kwargs)
+    delay = kwargs.pop("_delay", None)
+    s = _settings(**_split_kwargs(kwargs))
+    if delay is None:
+        return s
+    if not isinstance(delay, dict) or not all(
+        isinstance(r, int) and isinstance(t, int | float) and math.isfinite(t) and t >= 0
+        for r, t in delay.items()
+    ):
+        raise ValueError(f"_delay must be a dict rank -> seconds >= 0, got {delay!r}")
+    return replace(s, delay={int(r): float(t) for r, t in delay.items()})
 
 
 def _split_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -638,7 +738,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
     The objective is ``(1/sum s_i) sum_i s_i loss_i + alpha*((1-l1_ratio)/2 ||w||^2
     + l1_ratio ||w||_1)``, the intercept unpenalised.
     """
-    s = _settings(**_split_kwargs(kwargs))
+    s = _make_settings(kwargs)
     own_cluster = own_client = None
     if isinstance(client, str | os.PathLike):
         client = own_client = Client(str(client), set_as_default=False)
@@ -665,8 +765,8 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
 
         started = time.perf_counter()
         n_avail = len(client.scheduler_info()["workers"])
-        if kwargs.get("n_workers"):
-            n_avail = min(n_avail, kwargs["n_workers"])
+        if s.n_workers:
+            n_avail = min(n_avail, s.n_workers)
         ds = as_dataset(
             data, validate=validate, client=client, chunk_rows=_chunk_rows(data, n_avail)
         )
@@ -686,7 +786,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
     ``client`` must be an asynchronous :class:`distributed.Client`. The data is
     opened and validated in a thread on the driver.
     """
-    s = _settings(**_split_kwargs(kwargs))
+    s = _make_settings(kwargs)
     if not isinstance(client, Client) or not getattr(client, "_asynchronous", False):
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
     from daskgd.data import as_dataset

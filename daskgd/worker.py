@@ -165,7 +165,9 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     source : tuple
         Where the rows come from (see :func:`_load`).
     spec : dict
-        ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``.
+        ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``,
+        and ``delay`` (optional; a testing hook: rank -> seconds this rank sleeps before
+        each push, to play a straggler).
 
     Returns
     -------
@@ -240,6 +242,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     pushes = 0
     seconds = {"load": clock() - started, "kernel": 0.0, "push": 0.0}
     sync_mode = spec["mode"] == "sync"
+    pause = float((spec.get("delay") or {}).get(rank, 0.0))
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
         t0 = clock()
@@ -255,6 +258,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
+        if pause:
+            time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
         reply = call(
             "daskgd_push",

@@ -216,3 +216,47 @@ async def test_status_waits_for_the_next_epoch(c, s, a, b):
     assert time.monotonic() - t0 < 5
     for bad in ({"wait": -1}, {"wait": "x"}, {"since": -2}, {"since": "0"}):
         assert (await c.scheduler.daskgd_status(job="j", **bad))["status"] == "error"
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_quorum_round_closes_on_k_gradients_and_counts_the_late_ones(c, s, a, b):
+    await _create(c, s, sync_quorum=1)
+    # rank 1 alone makes the quorum: the step is its gradient, weighted by its rows only
+    first = await asyncio.wait_for(_push(c, "j", 1, 0, [3, 6, 9, 12], n=30, weight=30.0), 5)
+    assert first["status"] == "OK" and first["version"] == 1
+    np.testing.assert_allclose(first["params"], [-0.05, -0.1, -0.15, -0.2])  # 0.5 * g / 30
+    late = await _push(c, "j", 0, 0, [100, 100, 100, 100])  # rank 0's round has closed
+    assert late["status"] == "stale" and late["version"] == 1
+    np.testing.assert_array_equal(late["params"], first["params"])  # dropped, not applied
+    st = await c.scheduler.daskgd_status(job="j")
+    assert st["dropped_gradients"] == 1
+    # with 2 of 2 the round waits for both again (the quorum is only a lower bound)
+    await _create(c, s, job="k", sync_quorum=2)
+    pending = asyncio.ensure_future(_push(c, "k", 0, 0, [1, 1, 1, 1]))
+    await asyncio.sleep(0.1)
+    assert not pending.done()
+    await _push(c, "k", 1, 0, [1, 1, 1, 1])
+    assert (await asyncio.wait_for(pending, 5))["version"] == 1
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_quorum_is_checked_against_members_and_lbfgs(c, s, a, b):
+    await c.register_plugin(ParameterServer())
+    ranks = [a.address, b.address]
+
+    async def create(job, quorum, optimizer=OPT, mode="sync"):
+        cfg = {"mode": mode, "n_samples": 20, "sync_quorum": quorum}
+        return await c.scheduler.daskgd_create(
+            job=job, params=ToPickle(np.zeros(4)), config=cfg, optimizer=optimizer, ranks=ranks
+        )
+
+    reply = await create("a", 3)
+    assert reply["status"] == "error" and "2 member" in reply["message"]
+    reply = await create("b", 0)
+    assert reply["status"] == "error" and "sync_quorum" in reply["message"]
+    reply = await create("c", 1, mode="async")
+    assert reply["status"] == "error" and "mode='sync'" in reply["message"]
+    lbfgs = {"name": "lbfgs", "learning_rate": 1.0}
+    reply = await create("d", 1, optimizer=lbfgs)
+    assert reply["status"] == "error" and "lbfgs" in reply["message"]
+    assert (await create("e", 2, optimizer=lbfgs))["status"] == "OK"

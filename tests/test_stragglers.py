@@ -1,0 +1,106 @@
+"""Stragglers: backup workers (``sync_quorum``) and a worker slowed on purpose.
+
+The slow worker is played by the private ``_delay={rank: seconds}`` fit setting: that
+rank's training task sleeps before every push. Timings are only compared with each other
+(relative order, a wide margin), never with a number of seconds.
+"""
+
+import numpy as np
+import pytest
+
+from daskgd.train import fit
+
+DELAY = 0.15  # seconds per step of the slowed rank
+EPOCHS = 30
+
+
+def _problem(n, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = X @ rng.standard_normal(d) + 0.5 + 0.3 * rng.standard_normal(n)
+    A = np.column_stack([X, np.ones(n)])
+    return X, y, A, np.linalg.lstsq(A, y, rcond=None)[0]
+
+
+def _gap(res, A, y, sol):
+    """Relative excess of the least-squares objective over the optimum."""
+    f = 0.5 * np.mean((A @ np.append(res.coef_, res.intercept_) - y) ** 2)
+    fstar = 0.5 * np.mean((A @ sol - y) ** 2)
+    return (f - fstar) / fstar
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match", "error"),
+    [
+        ({"sync_quorum": 0}, "sync_quorum must be", ValueError),
+        ({"sync_quorum": True}, "sync_quorum must be", ValueError),
+        ({"sync_quorum": 3}, "sync_quorum=3 but the job has 2", ValueError),
+        ({"sync_quorum": 1, "mode": "async"}, "mode='sync' only", ValueError),
+        ({"sync_quorum": 1, "optimizer": "lbfgs"}, "lbfgs", ValueError),
+        ({"worker_timeout": 0}, "worker_timeout must be", ValueError),
+        ({"worker_timeout": float("inf")}, "worker_timeout must be", ValueError),
+        ({"_delay": {"0": 1.0}}, "_delay must be", ValueError),
+        ({"delay": {0: 1.0}}, "unexpected keyword", TypeError),  # the hook is private
+    ],
+)
+def test_quorum_and_timeout_settings_are_checked(client, kwargs, match, error):
+    X, y, _, _ = _problem(200)
+    with pytest.raises(error, match=match):
+        fit((X, y), client=client, max_epochs=2, **kwargs)
+
+
+def test_quorum_full_batch_converges_and_counts_dropped_gradients(client, reliability):
+    """k=1 of 2 at equal speeds: each round steps on whichever partition came first."""
+    X, y, A, sol = _problem(20_000)
+    client.wait_for_workers(2, timeout=60)
+    res = fit(
+        (X, y),
+        client=client,
+        mode="sync",
+        sync_quorum=1,
+        learning_rate=0.5,
+        max_epochs=60,
+        tol=None,
+        random_state=0,
+    )
+    assert res.n_iter_ == 60 and res.reason.startswith("reached max_epochs")
+    assert _gap(res, A, y, sol) <= 1e-3
+    # every version takes one gradient; the other member's gradient for it is dropped
+    assert res.dropped_gradients_ > 0
+    per_epoch = sum(h["dropped_gradients"] for h in res.history)
+    assert 0 < per_epoch <= res.dropped_gradients_
+    reliability.add("quorum-sync fits (sync_quorum=1 of 2)", 1)
+    # a quorum of every member is plain sync: nothing dropped, the exact optimum
+    res = fit((X, y), client=client, sync_quorum=2, learning_rate=0.5, max_epochs=60, tol=None)
+    assert res.dropped_gradients_ == 0
+    np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-6)
+
+
+def test_stragglers_hold_back_only_plain_sync(client, reliability):
+    """One worker slowed on purpose: async, ssp and a quorum of 1 of 2 finish the same number
+    of epochs well before plain sync, which waits for the slow worker every round."""
+    X, y, A, sol = _problem(20_000)
+    client.wait_for_workers(2, timeout=60)
+    common = {"learning_rate": 0.5, "max_epochs": EPOCHS, "tol": None, "random_state": 0}
+    runs = {
+        "sync": {"mode": "sync"},
+        "quorum": {"mode": "sync", "sync_quorum": 1},
+        # the slow worker's first gradient (at the zero start) may land late in the run,
+        # dozens of versions stale: scale its step down by its staleness
+        "async": {"mode": "async", "staleness_lr": True},
+        # the fast worker may run up to 1.5 * EPOCHS pushes ahead, then it waits: about a
+        # quarter of sync's wait on the slow worker (EPOCHS * 2 pushes in all)
+        "ssp": {"mode": "ssp", "max_staleness": 3 * EPOCHS // 2},
+    }
+    took = {}
+    for name, kw in runs.items():
+        res = fit((X, y), client=client, _delay={1: DELAY}, **common, **kw)
+        assert res.n_iter_ == EPOCHS, (name, res.reason)
+        # the slow partition contributes rarely (or, with the quorum, never once it is
+        # late): the fixed point is close to the fast partition's optimum, which is close
+        # to the whole data's because the rows are exchangeable
+        assert _gap(res, A, y, sol) <= 1e-3, name
+        took[name] = res.history[-1]["time"]  # job start to the last epoch, on the scheduler
+        reliability.add(f"fits with a slowed worker, {name}", 1)
+    for name in ("quorum", "async", "ssp"):
+        assert took[name] * 2 < took["sync"], took
