@@ -169,10 +169,10 @@ def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
             client = default_client()
         except ValueError:
             return list(dask.compute(*tasks))
-    from distributed import wait
-
     futures = client.compute(list(tasks))
-    wait(futures)
+    # wait for every task on *this* client (distributed.wait would use the default client,
+    # which may be another one or none), then raise the first failure, if any
+    client.gather(futures, errors="skip")
     return list(client.gather(futures))
 
 
