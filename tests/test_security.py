@@ -13,8 +13,6 @@ from distributed.security import Security
 from daskgd.aggregator import ParameterServer
 from daskgd.train import fit, fit_async
 
-pytest.importorskip("cryptography", reason="Security.temporary() needs cryptography")
-
 
 def _problem():
     rng = np.random.default_rng(7)
