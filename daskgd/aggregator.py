@@ -48,11 +48,21 @@ the executor and back costs more than the arithmetic (measured in
 ``bench/bench_engine.py``). Either way only one step runs at a time, and
 published parameter arrays are never mutated: each step makes a new array.
 This module must stay importable without the compiled kernels.
+
+The scheduler's port must be trusted (it unpickles what it is sent; use TLS with
+:class:`distributed.security.Security`), but a handler still accepts only
+well-formed messages for existing jobs: every argument is checked (types, shapes,
+dtypes, ranges) before anything changes, a message with missing or unknown keys is
+answered with an error, and an unexpected failure is logged and answered with an
+error of kind ``"internal"`` rather than raised into the scheduler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,9 +74,11 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import ToPickle
 
 from daskgd._version import __version__
-from daskgd.optimizers import Optimizer, make_optimizer
+from daskgd.optimizers import LBFGSOptimizer, Optimizer, make_optimizer
 
 __all__ = ["MODES", "PLUGIN_NAME", "Job", "JobConfig", "ParameterServer"]
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "daskgd-parameter-server"
 MODES = ("sync", "async", "ssp")
@@ -146,8 +158,21 @@ class JobConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("tol", "gtol", "max_time"):
             v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v >= 0):
+            if v is not None and not (_is_real(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be None or a finite number >= 0, got {v!r}")
+        for name in ("ssp_timeout", "divergence_factor"):
+            v = getattr(self, name)
+            if not (_is_real(v) and v > 0 and not math.isnan(v)):
+                raise ValueError(f"{name} must be a number > 0, got {v!r}")
+        for name in ("staleness_lr", "record_params"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.max_staleness is not None and not (
+            isinstance(self.max_staleness, int) and self.max_staleness >= 0
+        ):
+            raise ValueError(
+                f"max_staleness must be None or an integer >= 0, got {self.max_staleness!r}"
+            )
         if self.mode == "ssp" and not (
             isinstance(self.max_staleness, int) and self.max_staleness >= 0
         ):
@@ -438,6 +463,46 @@ def _error(message: str, kind: str = "bad_message") -> dict[str, str]:
     return {"status": "error", "message": message, "kind": kind}
 
 
+def _is_real(v: Any) -> bool:
+    """A Python or numpy real number (not a bool) that fits a float64."""
+    if isinstance(v, bool | np.bool_) or not isinstance(v, int | float | np.integer | np.floating):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
+def _is_index(v: Any) -> bool:
+    """A Python int (not a bool): what ranks, versions and row counts are."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _guard(op: str, method: Any) -> Any:
+    """Wrap a handler: bad argument sets and unexpected failures become error replies.
+
+    A message with a missing or unknown key would otherwise raise ``TypeError`` in the
+    scheduler's comm loop; a bug in a handler is logged here (with its traceback) and
+    answered with an error of kind ``"internal"`` instead of an uncaught exception.
+    """
+    sig = inspect.signature(method)
+
+    @functools.wraps(method)
+    async def handler(**msg: Any) -> Any:
+        try:
+            sig.bind(**msg)
+        except TypeError as exc:
+            return _error(f"daskgd_{op}: {exc}")
+        try:
+            return await method(**msg)
+        except Exception as exc:
+            logger.exception("daskgd_%s failed", op)
+            return _error(f"daskgd_{op} failed on the scheduler: {exc!r}", kind="internal")
+
+    return handler
+
+
 class ParameterServer(SchedulerPlugin):
     """The daskgd aggregator, installed on the scheduler as a plugin.
 
@@ -470,7 +535,9 @@ class ParameterServer(SchedulerPlugin):
         """Install the ``daskgd_*`` handlers on ``scheduler``."""
         self.scheduler = scheduler
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="daskgd-aggregator")
-        scheduler.handlers.update({f"daskgd_{op}": getattr(self, m) for op, m in _OPS.items()})
+        scheduler.handlers.update(
+            {f"daskgd_{op}": _guard(op, getattr(self, m)) for op, m in _OPS.items()}
+        )
 
     async def close(self) -> None:
         """Remove the handlers, stop every job and release the executor."""
@@ -539,15 +606,15 @@ class ParameterServer(SchedulerPlugin):
         return out
 
     def _check_rank(self, job: Job, rank: Any) -> str | None:
-        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < len(job.ranks):
+        if not _is_index(rank) or not 0 <= rank < len(job.ranks):
             return f"rank must be an integer in [0, {len(job.ranks)}), got {rank!r}"
         return None
 
-    def _check_push(self, job: Job, rank, version, grad, n, weight, loss) -> str | None:
+    def _check_push(self, job: Job, rank, version, grad, n, weight, loss, worker) -> str | None:
         bad = self._check_rank(job, rank)
         if bad:
             return bad
-        if not isinstance(version, int) or version < 0:
+        if not _is_index(version) or version < 0:
             return f"version must be an integer >= 0, got {version!r}"
         if version > job.version:
             return f"version {version} is from the future (current version {job.version})"
@@ -557,12 +624,58 @@ class ParameterServer(SchedulerPlugin):
             return f"grad has shape {grad.shape}; this job's parameters have {job.params.shape}"
         if grad.dtype not in (np.float32, np.float64):
             return f"grad must be float32 or float64, got {grad.dtype}"
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if not _is_index(n) or n < 1:
             return f"n (rows in the batch) must be a positive integer, got {n!r}"
-        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        if not (_is_real(weight) and math.isfinite(weight) and weight >= 0):
             return f"weight must be a finite number >= 0, got {weight!r}"
-        if not isinstance(loss, int | float):
-            return f"loss must be a number, got {type(loss).__name__}"
+        if not _is_real(loss):
+            return f"loss must be a real number, got {loss!r}"
+        if worker is not None and not isinstance(worker, str):
+            return f"worker must be None or an address string, got {type(worker).__name__}"
+        return None
+
+    def _check_create(self, params, config, optimizer, ranks, client) -> str | None:
+        if (
+            not isinstance(params, np.ndarray)
+            or params.ndim not in (1, 2)
+            or params.dtype.kind not in "iuf"
+            or params.size < 1
+        ):
+            return "params must be a real numpy array of shape (d + 1,) or (d + 1, k)"
+        if not np.all(np.isfinite(params)):
+            return "params must be finite"
+        if (
+            not isinstance(ranks, list | tuple)
+            or not ranks
+            or not all(isinstance(a, str) for a in ranks)
+        ):
+            return "ranks must be a non-empty list of worker address strings"
+        if client is not None and not isinstance(client, str):
+            return f"client must be None or a client id string, got {type(client).__name__}"
+        for name, value in (("config", config), ("optimizer", optimizer)):
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                return f"{name} must be a dict with string keys, got {type(value).__name__}"
+        return None
+
+    @staticmethod
+    def _make(params: np.ndarray, config: dict, optimizer: dict) -> tuple[JobConfig, Optimizer]:
+        """The job's settings and optimizer, tried once on zeros so a bad value fails here."""
+        cfg = JobConfig(**config)
+        opt = make_optimizer(**optimizer)
+        if isinstance(opt, LBFGSOptimizer) and cfg.mode != "sync":
+            raise ValueError("optimizer 'lbfgs' needs mode='sync' (full-batch rounds)")
+        p = params.astype(np.float64)
+        trial = opt.step(p, np.zeros_like(p), opt.init_state(p), 0, 0, 1.0, 0.0)
+        if not (isinstance(trial, np.ndarray) and trial.shape == p.shape):
+            raise ValueError("the optimizer settings do not give a valid step")
+        return cfg, opt
+
+    @staticmethod
+    def _check_status(since: Any, params: Any) -> str | None:
+        if not _is_index(since) or since < 0:
+            return f"since must be an integer >= 0, got {since!r}"
+        if not isinstance(params, bool):
+            return f"params must be True or False, got {params!r}"
         return None
 
     # -- handlers --------------------------------------------------------------
@@ -572,18 +685,14 @@ class ParameterServer(SchedulerPlugin):
             return _error(f"job must be a non-empty string, got {job!r}")
         if job in self.jobs:
             return _error(f"job {job!r} exists already")
-        if not isinstance(params, np.ndarray) or params.ndim not in (1, 2) or params.shape[0] < 1:
-            return _error("params must be a numpy array of shape (d + 1,) or (d + 1, k)")
-        if not np.all(np.isfinite(params)):
-            return _error("params must be finite")
-        if not isinstance(ranks, list | tuple) or not ranks:
-            return _error("ranks must be a non-empty list of worker addresses")
+        bad = self._check_create(params, config, optimizer, ranks, client)
+        if bad:
+            return _error(bad)
         try:
-            cfg = JobConfig(**config)
-            opt = make_optimizer(**optimizer)
+            cfg, opt = self._make(params, config, optimizer)
             _check_quorum(cfg, opt, len(ranks))
-        except (TypeError, ValueError) as exc:
-            return _error(str(exc))
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            return _error(f"bad job settings: {exc}")
         self.jobs[job] = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
         return {"status": "OK", "version": 0}
 
@@ -595,8 +704,10 @@ class ParameterServer(SchedulerPlugin):
         bad = self._check_rank(j, rank)
         if bad:
             return _error(bad)
+        if not isinstance(worker, str):
+            return _error(f"worker must be an address string, got {type(worker).__name__}")
         r = j.ranks[rank]
-        r.address, r.active, r.joined = str(worker), True, True
+        r.address, r.active, r.joined = worker, True, True
         if j.config.mode == "sync":
             position = j.version
         else:
@@ -616,7 +727,7 @@ class ParameterServer(SchedulerPlugin):
             return j
         if j.stopped:
             return self._params_reply(j)
-        bad = self._check_push(j, rank, version, grad, n, weight, loss)
+        bad = self._check_push(j, rank, version, grad, n, weight, loss, worker)
         if bad:
             return _error(bad)
         cfg = j.config
@@ -626,7 +737,7 @@ class ParameterServer(SchedulerPlugin):
             return self._params_reply(j)
         r = j.ranks[rank]
         if worker is not None:
-            r.address = str(worker)
+            r.address = worker
         r.active = True
         if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
             j._diverged(
@@ -717,9 +828,10 @@ class ParameterServer(SchedulerPlugin):
         j = self._get(job)
         if isinstance(j, dict):
             return j
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-            return _error(f"since must be an epoch number >= 0, got {since!r}")
-        if not isinstance(wait, int | float) or not 0 <= wait <= 60:
+        bad = self._check_status(since, params)
+        if bad:
+            return _error(bad)
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 60:
             return _error(f"wait must be a number of seconds in [0, 60], got {wait!r}")
         if wait > 0 and not j.stopped and len(j.history) <= since:
             try:
@@ -733,7 +845,7 @@ class ParameterServer(SchedulerPlugin):
         if not j.stopped and cfg.max_time is not None and time.time() - j.start > cfg.max_time:
             j.stop(f"time budget max_time={cfg.max_time}s used up")
             self._wake(j)
-        out = j.summary(int(since), bool(params), j.live(self._workers()))
+        out = j.summary(since, params, j.live(self._workers()))
         out["n_workers"] = len(self._workers())  # the driver's "every worker is gone" check
         return out
 
@@ -742,7 +854,9 @@ class ParameterServer(SchedulerPlugin):
         j = self._get(job)
         if isinstance(j, dict):
             return j
-        j.stop(str(reason))
+        if not isinstance(reason, str):
+            return _error(f"reason must be a string, got {type(reason).__name__}")
+        j.stop(reason)
         self._wake(j)
         return j.summary(live=j.live(self._workers()))
 

@@ -169,11 +169,10 @@ def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
             client = default_client()
         except ValueError:
             return list(dask.compute(*tasks))
-    from distributed import wait
-
     futures = client.compute(list(tasks))
-    with client.as_current():  # ``wait`` looks for the default client; this may be another
-        wait(futures)
+    # wait for every task on *this* client (distributed.wait would use the default client,
+    # which may be another one or none), then raise the first failure, if any
+    client.gather(futures, errors="skip")
     return list(client.gather(futures))
 
 
@@ -860,18 +859,33 @@ def _validate_local(
 # --------------------------------------------------------------------------------------------
 
 
-def _checked_block(block: np.ndarray, name: str, kind: str, block_info: Any = None) -> np.ndarray:
-    """Pass a chunk through on its way to Zarr, refusing NaN/inf (and negative weights)."""
+def _check_block(block: np.ndarray, name: str, kind: str, i: int, start: int) -> None:
+    """Refuse NaN/inf (and negative weights) in chunk ``i`` of ``name``, rows from ``start``."""
     n_bad, first, _ = _block_stats(block, kind)
     if n_bad:
-        i = block_info[0]["chunk-location"][0] if block_info else -1
-        start = block_info[0]["array-location"][0][0] if block_info else 0
         what = "negative, NaN or inf" if kind == "weight" else "NaN or inf"
         raise DataValidationError(
             f"{name} contains {what} values in chunk {i} (first bad row {start + first}); "
             "clean the data, or pass validate=False to skip this check"
         )
-    return block
+
+
+def _write_block(
+    target: Any, block: np.ndarray, name: str, kind: str | None, i: int, start: int
+) -> Exception | None:
+    """Write one row-chunk to Zarr (checked first when ``kind`` is given).
+
+    Returns the failure instead of raising it, so that the caller can wait for every
+    chunk task to end before it removes a half-written group: a raised failure would
+    end the computation while sibling chunks may still be writing.
+    """
+    try:
+        if kind is not None:
+            _check_block(block, name, kind, i, start)
+        target[start : start + block.shape[0]] = block
+    except Exception as exc:
+        return exc
+    return None
 
 
 def create_dataset_group(
@@ -1079,17 +1093,21 @@ def write_zarr(
             if sample_weight is not None:
                 _array(g, "sample_weight")[:] = np.asarray(sample_weight, dtype=np.float64)
         else:
-            sources: list[da.Array] = []
-            targets: list[Any] = []  # zarr arrays: dask types this as numpy-like
+            # one task per row-chunk, all awaited before a failure is raised (see _write_block)
+            write = dask.delayed(_write_block, pure=True)
+            tasks = []
             for name, a in (("X", Xd), ("y", yd), ("sample_weight", wd)):
                 if a is None:
                     continue
-                if validate and a.dtype.kind == "f":
-                    kind = "weight" if name == "sample_weight" else "value"
-                    a = a.map_blocks(_checked_block, name, kind, dtype=a.dtype)
-                sources.append(a)
-                targets.append(_array(g, name))
-            _compute([da.store(sources, targets, lock=False, compute=False)], client)
+                check = validate and a.dtype.kind == "f"
+                kind = ("weight" if name == "sample_weight" else "value") if check else None
+                target = dask.delayed(_array(g, name), traverse=False)
+                starts = np.cumsum((0, *a.chunks[0][:-1]))
+                for i, block in enumerate(a.to_delayed().ravel()):
+                    tasks.append(write(target, block, name, kind, i, int(starts[i])))
+            failures = [f for f in _compute(tasks, client) if f is not None]
+            if failures:
+                raise failures[0]
         finish_dataset_group(g)
     except BaseException:
         _remove(p, storage_options)

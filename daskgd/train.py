@@ -31,7 +31,13 @@ from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 
 from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
-from daskgd.errors import DivergenceError, NoWorkersError, SchedulerSetupError, TrainingError
+from daskgd.errors import (
+    DataValidationError,
+    DivergenceError,
+    NoWorkersError,
+    SchedulerSetupError,
+    TrainingError,
+)
 from daskgd.losses import get_loss
 from daskgd.optimizers import make_optimizer
 
@@ -178,12 +184,12 @@ def _label_encoding(ds, s: _Settings) -> list | None:
     classes = np.sort(np.asarray(ds.classes_))
     k = len(classes)
     if s.n_classes is None and k > 2:
-        raise ValueError(
+        raise DataValidationError(
             f"loss={s.loss!r} is binary but the data has {k} classes; pass n_classes={k} "
             "with loss='log_loss' (multinomial), or use SGDClassifier (one-vs-rest)"
         )
     if s.n_classes is not None and k != s.n_classes:
-        raise ValueError(f"n_classes={s.n_classes} but the data has {k} classes")
+        raise DataValidationError(f"n_classes={s.n_classes} but the data has {k} classes")
     expected = np.arange(k) if s.n_classes is not None else np.array([-1, 1][-k:])
     if k == len(expected) and np.array_equal(classes, expected):
         return None  # already in the kernel's encoding
@@ -772,6 +778,13 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
         )
         opened = time.perf_counter() - started
         return _timed(client.sync(_run_job, client, ds, s), started, opened)
+    except Exception as exc:
+        if client.status in ("closing", "closed") and not isinstance(exc, DataValidationError):
+            raise TrainingError(
+                "the Dask client was closed while fit was running; keep it open until fit "
+                "returns (its job on the scheduler was freed)"
+            ) from exc
+        raise
     finally:
         if own_client is not None:
             own_client.close()

@@ -105,11 +105,11 @@ def test_write_dask_input_in_parallel_on_cluster(client, tmp_path):
     Xn = X.compute()
     np.testing.assert_array_equal(ds.X.compute(), Xn)
     np.testing.assert_allclose(ds.y.compute(), Xn.sum(axis=1))
-    # The write ran as store tasks on the workers (one per chunk), not through the client.
+    # The write ran as tasks on the workers (one per chunk), not through the client.
     prefixes = client.run_on_scheduler(
         lambda dask_scheduler: [str(k) for k in dask_scheduler.task_prefixes]
     )
-    assert "store-map" in prefixes
+    assert "write_block" in prefixes
 
 
 def test_write_dask_irregular_chunks_rechunked(client, tmp_path):
@@ -201,12 +201,19 @@ def test_failed_write_leaves_nothing_complete(client, tmp_path):
     X[73, 2] = np.inf
     with pytest.raises(DataValidationError, match="X contains NaN or inf values in chunk 3"):
         write_zarr(tmp_path / "f.zarr", da.from_array(X, chunks=(20, 3)), np.zeros(100))
-    # Whatever is left is refused. A chunk task of the same graph that was still writing
-    # when the failed write removed the group can recreate part of the folder (a known
-    # race of the dask-input path): then the group is "not a Zarr v3 group" rather than
-    # "incomplete", still a DataValidationError.
-    with pytest.raises((FileNotFoundError, DataValidationError)):
-        open_zarr(tmp_path / "f.zarr")
+    # every chunk task ended before the group was removed: nothing is left on disk
+    assert not (tmp_path / "f.zarr").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_local_write_leaves_nothing(tmp_path):
+    """The same without a distributed client (dask's threaded scheduler)."""
+    X = np.ones((100, 3))
+    X[5, 0] = np.nan
+    with dask.config.set(scheduler="threads"):
+        with pytest.raises(DataValidationError, match="X contains NaN or inf values in chunk 0"):
+            write_zarr(tmp_path / "f.zarr", da.from_array(X, chunks=(10, 3)), np.zeros(100))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_newer_format_version_refused(tmp_path):
