@@ -24,7 +24,17 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_stop``             ``job, reason="stopped by the user"`` -> (as status)
 ``daskgd_close``            ``job`` -> final status with ``params``; frees the job
 ``daskgd_info``             -> ``jobs, version``
+``daskgd_snapshot``         ``job, fresh=False`` -> ``seq, snapshot`` (the latest
+                            checkpoint snapshot, or a new one when ``fresh``)
 ==========================  ====================================================
+
+Checkpoints: with ``checkpoint_every=k`` in the job's config, the job copies its
+state (parameters, optimizer state, version, epoch, history since the start of this
+job, stop-rule counters) into a *snapshot* right after the step that closed every
+k-th epoch, where the step ran, so the snapshot is consistent; ``status`` replies
+carry its sequence number ``snapshot_seq`` and the driver fetches and writes it
+(:mod:`daskgd.checkpoint`). ``daskgd_create`` takes ``resume``, such a snapshot,
+to continue a checkpointed fit. The scheduler never touches the disk.
 
 Modes: ``sync`` waits until every live member pushed a gradient for the current
 version and steps with their row-weighted mean (summed in rank order, so the
@@ -78,6 +88,7 @@ _OPS = {
     "stop": "stop",
     "close": "close_job",
     "info": "info",
+    "snapshot": "snapshot",
 }
 
 
@@ -112,6 +123,8 @@ class JobConfig:
     record_params : bool
         Keep the parameters of each epoch in its history row (``params``), for a
         driver that scores them (early stopping on held-out data).
+    checkpoint_every : int or None
+        Take a snapshot for a checkpoint every this many epochs (None: never).
     """
 
     mode: str = "sync"
@@ -127,6 +140,7 @@ class JobConfig:
     ssp_timeout: float = 60.0
     divergence_factor: float = 1e10
     record_params: bool = False
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -145,6 +159,9 @@ class JobConfig:
             raise ValueError(
                 f"mode='ssp' needs max_staleness, an integer >= 0; got {self.max_staleness!r}"
             )
+        ce = self.checkpoint_every
+        if ce is not None and not (isinstance(ce, int) and not isinstance(ce, bool) and ce >= 1):
+            raise ValueError(f"checkpoint_every must be None or an integer >= 1, got {ce!r}")
 
 
 @dataclass
@@ -210,6 +227,53 @@ class Job:
         self.closing = False
         self.round: asyncio.Future = asyncio.get_running_loop().create_future()
         self.tick = asyncio.Event()
+        self.time_offset = 0.0  # seconds spent before a resume, for the history's times
+        self.snapshot: dict[str, Any] | None = None
+        self.snapshot_seq = 0
+        self._snapshot_due = False
+
+    # -- checkpoints -----------------------------------------------------------
+    def take_snapshot(self) -> dict[str, Any]:
+        """This job's state for a checkpoint, copied (run where steps run: consistent)."""
+        return {
+            "params": self.params,  # published: never mutated
+            "state": self.optimizer.export_state(self.opt_state),
+            "version": self.version,
+            "epochs": self.epochs,
+            "history": [{k: v for k, v in h.items() if k != "params"} for h in self.history],
+            "progress": {
+                "best_loss": self.best_loss,
+                "no_improve": self.no_improve,
+                "first_loss": self.first_loss,
+                "clocks": [r.clock for r in self.ranks],
+                "elapsed": time.time() - self.start + self.time_offset,
+            },
+        }
+
+    def _maybe_snapshot(self) -> None:
+        """After a step: keep a snapshot if an epoch due for a checkpoint just closed."""
+        if self._snapshot_due and self.error is None:
+            self.snapshot = self.take_snapshot()
+            self.snapshot_seq += 1
+        self._snapshot_due = False
+
+    def restore(self, resume: dict[str, Any]) -> None:
+        """Continue from a snapshot (a checkpoint): optimizer state, counters, clocks."""
+        self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
+        self.version = int(resume["version"])
+        self.epochs = int(resume["epochs"])
+        progress = dict(resume.get("progress") or {})
+        best = progress.get("best_loss")
+        self.best_loss = math.inf if best is None else float(best)
+        self.no_improve = int(progress.get("no_improve") or 0)
+        first = progress.get("first_loss")
+        self.first_loss = None if first is None else float(first)
+        self.time_offset = float(progress.get("elapsed") or 0.0)
+        clocks = progress.get("clocks")
+        if not (isinstance(clocks, list) and len(clocks) == len(self.ranks)):
+            clocks = [self.epochs * self.config.batches_per_epoch] * len(self.ranks)
+        for r, c in zip(self.ranks, clocks, strict=True):
+            r.clock = int(c)
 
     # -- decisions -------------------------------------------------------------
     def stop(
@@ -252,6 +316,8 @@ class Job:
         s, cfg, opt = self.stats, self.config, self.optimizer
         self.stats = _EpochStats()
         self.epochs += 1
+        if cfg.checkpoint_every is not None and self.epochs % cfg.checkpoint_every == 0:
+            self._snapshot_due = True
         P = self.params
         reg = opt.regularizer
         mean_w = s.weight if s.weight > 0 else 1.0
@@ -275,7 +341,7 @@ class Job:
                 "epoch": self.epochs,
                 "loss": float(loss),
                 "grad_norm": gnorm,
-                "time": time.time() - self.start,
+                "time": time.time() - self.start + self.time_offset,
                 "updates": s.updates,
                 "version": self.version,
                 "staleness_min": int(s.st_min or 0),
@@ -355,6 +421,7 @@ class Job:
             self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:
             self.version += 1
+        self._maybe_snapshot()
 
     def apply_async(self, rank, version, grad, n, weight, loss) -> int:
         """Async/ssp mode: apply one push now; returns its staleness (executor)."""
@@ -370,6 +437,7 @@ class Job:
                 self._step(g / weight, scale)
             else:
                 self.version += 1
+        self._maybe_snapshot()
         return staleness
 
     def summary(self, since: int = 0, params: bool = False, live=()) -> dict[str, Any]:
@@ -386,6 +454,7 @@ class Job:
             "epochs": self.epochs,
             "live": list(live),
             "rank_updates": [r.updates for r in self.ranks],
+            "snapshot_seq": self.snapshot_seq,
         }
         if params:
             out["params"] = ToPickle(self.params)
@@ -520,7 +589,7 @@ class ParameterServer(SchedulerPlugin):
         return None
 
     # -- handlers --------------------------------------------------------------
-    async def create(self, job, params, config, optimizer, ranks, client=None):
+    async def create(self, job, params, config, optimizer, ranks, client=None, resume=None):
         """Create a job; see the module docstring."""
         if not isinstance(job, str) or not job:
             return _error(f"job must be a non-empty string, got {job!r}")
@@ -537,8 +606,14 @@ class ParameterServer(SchedulerPlugin):
             opt = make_optimizer(**optimizer)
         except (TypeError, ValueError) as exc:
             return _error(str(exc))
-        self.jobs[job] = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
-        return {"status": "OK", "version": 0}
+        j = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
+        if resume is not None:
+            try:
+                j.restore(resume)
+            except (TypeError, ValueError, KeyError) as exc:
+                return _error(f"cannot resume from this checkpoint: {exc}")
+        self.jobs[job] = j
+        return {"status": "OK", "version": j.version}
 
     async def join(self, job, rank, worker):
         """A training task (new or rerun) joins: mark it live, send it the current state."""
@@ -688,6 +763,24 @@ class ParameterServer(SchedulerPlugin):
         out = j.summary(params=True, live=j.live(self._workers()))
         del self.jobs[job]
         return out
+
+    async def snapshot(self, job, fresh=False):
+        """The latest checkpoint snapshot of ``job`` (None before the first), or a new one.
+
+        A fresh snapshot is taken where steps run (the executor for large models), so
+        it never sees half a step.
+        """
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        if fresh:
+            snap = await self._run(j, j.take_snapshot)
+            j.snapshot, j.snapshot_seq = snap, j.snapshot_seq + 1
+        return {
+            "status": "OK",
+            "seq": j.snapshot_seq,
+            "snapshot": None if j.snapshot is None else ToPickle(j.snapshot),
+        }
 
     async def info(self):
         """Jobs on this scheduler and the daskgd version running it."""
