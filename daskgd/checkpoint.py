@@ -15,7 +15,8 @@ atomic on POSIX filesystems). Only then are older checkpoints beyond ``keep`` re
 :func:`load_checkpoint` reads the highest-numbered checkpoint that is complete and
 readable and falls back to the one before, so a crash at any point of a write leaves
 the previous checkpoint loadable; a leftover temporary group is ignored and removed by
-the next save.
+the next save. Each array's digest (BLAKE2b) is stored with it and checked on load, so
+a lost or torn chunk (which Zarr would read as fill values) is caught too.
 
 **Where checkpoints are written: by the driver, off every event loop.** The parameter
 server on the scheduler (:mod:`daskgd.aggregator`) takes a *snapshot* every
@@ -42,6 +43,7 @@ the previous one finished, always with the newest snapshot.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -139,14 +141,22 @@ def _entries(root: Path) -> list[tuple[int, Path]]:
     return sorted(out, reverse=True)
 
 
-def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> None:
-    a = np.ascontiguousarray(value, dtype=np.float64)
+def _digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(
+        np.array(a, dtype=np.float64, order="C").tobytes(), digest_size=16
+    ).hexdigest()
+
+
+def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> str:
+    """Write ``value`` as float64; return its digest (checked on load)."""
+    a = np.array(value, dtype=np.float64, order="C")
     chunks = tuple(max(1, n) for n in a.shape) if a.ndim else ()
     if a.ndim and a.size > 1 << 20:  # about 8 MB chunks along the first axis
         rows = max(1, (1 << 20) // max(1, a.size // a.shape[0]))
         chunks = (rows, *a.shape[1:])
     arr = group.create_array(name, shape=a.shape, dtype="f8", chunks=chunks)
     arr[...] = a
+    return _digest(a)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -234,10 +244,10 @@ def save_checkpoint(
     tmp = root / f"{_TMP_PREFIX}{number:08d}-{uuid.uuid4().hex}"
     try:
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        _write_array(g, "params", params)
+        digests = {"params": _write_array(g, "params", params)}
         sg = g.create_group("state")
         for name, value in state.items():
-            _write_array(sg, name, value)
+            digests[f"state/{name}"] = _write_array(sg, name, value)
         g.attrs.update(
             _json_safe(
                 {
@@ -247,6 +257,7 @@ def save_checkpoint(
                     "config": dict(config),
                     "progress": dict(progress or {}),
                     "state_names": sorted(state),
+                    "digests": digests,
                     "daskgd_version": __version__,
                     "saved_at": time.time(),
                 }
@@ -257,19 +268,35 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for _, old in _entries(root)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    complete = 1
+    for _, old in _entries(root)[1:]:  # keep the newest ``keep`` complete ones
+        if complete < keep and _is_complete(old):
+            complete += 1
+        else:
+            shutil.rmtree(old, ignore_errors=True)
     for name in os.listdir(root):
         if name.startswith(_TMP_PREFIX):
             shutil.rmtree(root / name, ignore_errors=True)  # left by a crashed write
     return str(final)
 
 
-def _array(g: zarr.Group, name: str) -> np.ndarray:
+def _is_complete(entry: Path) -> bool:
+    try:
+        attrs = json.loads((entry / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return attrs.get("complete") is True
+
+
+def _array(g: zarr.Group, name: str, digest: str | None) -> np.ndarray:
     z = g[name]
     if not isinstance(z, zarr.Array):
         raise CheckpointError(f"{name} in {g.store} is not an array")
-    return np.asarray(z[...], dtype=np.float64)
+    a = np.asarray(z[...], dtype=np.float64)
+    if digest is None or _digest(a) != digest:
+        # a chunk lost or torn reads as fill values: only the digest tells
+        raise CheckpointError(f"{name} does not match its digest (a damaged write)")
+    return a
 
 
 def _read(entry: Path) -> Checkpoint:
@@ -277,10 +304,12 @@ def _read(entry: Path) -> Checkpoint:
     attrs: dict[str, Any] = dict(g.attrs.asdict())
     if attrs.get("complete") is not True:
         raise CheckpointError(f"{entry} is incomplete")
-    state = {name: _array(g, f"state/{name}") for name in attrs["state_names"]}
+    digests = dict(attrs.get("digests") or {})
+    names = attrs["state_names"]
+    state = {n: _array(g, f"state/{n}", digests.get(f"state/{n}")) for n in names}
     return Checkpoint(
         path=str(entry),
-        params=_array(g, "params"),
+        params=_array(g, "params", digests.get("params")),
         state=state,
         version=int(attrs["version"]),
         epoch=int(attrs["epoch"]),
