@@ -172,7 +172,8 @@ def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
     from distributed import wait
 
     futures = client.compute(list(tasks))
-    wait(futures)
+    with client.as_current():  # ``wait`` uses the default client; this may not be it
+        wait(futures)
     return list(client.gather(futures))
 
 
