@@ -768,11 +768,13 @@ class ParameterServer(SchedulerPlugin):
         """The latest checkpoint snapshot of ``job`` (None before the first), or a new one.
 
         A fresh snapshot is taken where steps run (the executor for large models), so
-        it never sees half a step.
+        it never sees half a step; a failed job gives none.
         """
         j = self._get(job)
         if isinstance(j, dict):
             return j
+        if fresh and j.error is not None:
+            return {"status": "OK", "seq": j.snapshot_seq, "snapshot": None}
         if fresh:
             snap = await self._run(j, j.take_snapshot)
             j.snapshot, j.snapshot_seq = snap, j.snapshot_seq + 1

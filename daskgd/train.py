@@ -276,7 +276,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
             )
         history = await _watch(client, job, futures, s, writer)
         if writer is not None:
-            await _final_checkpoint(client, job, writer)
+            await _final_checkpoint(client, job, s, writer)
         final = await _scheduler(client).daskgd_close(job=job)
         await _drain(client, futures)
     except SchedulerLostError:
@@ -348,6 +348,11 @@ async def _rpc(client: Client, s: _Settings, writer: Any, op: str, **kwargs: Any
                 "closing",
                 "closed",
             ):
+                if writer is not None:
+                    try:  # a write in flight finishes first, so the message is exact
+                        await writer.flush()
+                    except Exception:
+                        pass
                 raise _lost(client, s, writer, exc) from exc
             await asyncio.sleep(0.5)
 
@@ -371,9 +376,13 @@ async def _checkpoint_tick(client: Client, job: str, st: dict, s: _Settings, wri
         writer.start(reply["snapshot"], reply["seq"])
 
 
-async def _final_checkpoint(client: Client, job: str, writer) -> None:
-    """When the fit ends: wait for the write in flight, then write the final state."""
-    reply = await _scheduler(client).daskgd_snapshot(job=job, fresh=True)
+async def _final_checkpoint(client: Client, job: str, s: _Settings, writer) -> None:
+    """When the fit ends: wait for the write in flight, then write the final state.
+
+    A failed (diverged) job has no final state worth resuming: its last periodic
+    checkpoint stays the newest.
+    """
+    reply = await _rpc(client, s, writer, "daskgd_snapshot", job=job, fresh=True)
     await writer.flush(reply["snapshot"] if reply["status"] == "OK" else None)
 
 

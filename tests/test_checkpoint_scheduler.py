@@ -76,15 +76,11 @@ def _cluster(folder: Path, processes: list, n_workers: int = 2) -> tuple[subproc
         assert sched.poll() is None, "dask scheduler exited"
         time.sleep(0.1)
     assert address, "dask scheduler did not start"
+    worker = [DASK, "worker", "--scheduler-file", str(sf), "--nthreads", "1", "--host",
+              "127.0.0.1", "--dashboard-address", ":0", "--memory-limit", "1GiB",
+              "--death-timeout", "20"]  # fmt: skip
     for _ in range(n_workers):
-        processes.append(
-            subprocess.Popen(
-                [DASK, "worker", "--scheduler-file", str(sf), "--nthreads", "1", "--host",
-                 "127.0.0.1", "--dashboard-address", ":0", "--memory-limit", "1GiB",
-                 "--death-timeout", "20"],
-                **quiet,
-            )  # fmt: skip
-        )
+        processes.append(subprocess.Popen(worker, **quiet))
     from distributed import Client
 
     with Client(address, timeout=60) as c:
@@ -103,8 +99,10 @@ def test_scheduler_killed_mid_fit_then_resume(tmp_path, processes, reliability):
 
     def on_epoch(row):
         # kill once the fit is well under way and has a checkpoint on disk
-        if row["epoch"] >= 30 and os.path.isdir(ckpt) and any(
-            n.startswith("v") for n in os.listdir(ckpt)
+        if (
+            row["epoch"] >= 30
+            and os.path.isdir(ckpt)
+            and any(n.startswith("v") for n in os.listdir(ckpt))
         ):
             ready.set()
 
