@@ -210,3 +210,45 @@ def test_estimator_warm_start_resumes_from_checkpoint(client, tmp_path, reliabil
     lin.set_params(warm_start=True, max_iter=200, tol=1e-12)
     lin.fit(X, y)
     np.testing.assert_allclose(np.append(lin.coef_, lin.intercept_), sol, atol=1e-6)
+
+
+def test_fit_async_checkpoint_and_async_mode_resume(cluster, tmp_path, reliability):
+    import asyncio
+
+    from distributed import Client
+
+    from daskgd.train import fit_async
+
+    X, y, sol = _problem()
+    path = str(tmp_path / "a.zarr")
+    kw = {"mode": "async", "batch_size": 100, "learning_rate": 0.02, "tol": None,
+          "random_state": 0, "checkpoint": path, "checkpoint_every": 2}  # fmt: skip
+
+    async def main():
+        async with Client(cluster.scheduler_address, asynchronous=True) as c:
+            first = await fit_async((X, y), client=c, max_epochs=4, **kw)
+            second = await fit_async((X, y), client=c, max_epochs=150, resume=True, **kw)
+            return first, second
+
+    first, res = asyncio.run(main())
+    reliability.add("checkpoint resumes")
+    assert first.n_iter_ == 4 and res.n_iter_ == 150
+    assert [h["epoch"] for h in res.history] == list(range(1, 151))
+    assert res.history[3] == first.history[3]
+    A = np.column_stack([X, np.ones(len(X))])
+    f = 0.5 * np.mean((A @ np.append(res.coef_, res.intercept_) - y) ** 2)
+    fstar = 0.5 * np.mean((A @ sol - y) ** 2)
+    assert (f - fstar) / fstar <= 1e-3  # async SGD at a constant rate: near the optimum
+    assert load_checkpoint(path).epoch == 150
+
+
+def test_one_vs_rest_refuses_a_checkpoint(client, tmp_path):
+    from daskgd import SGDClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 3))
+    y = np.repeat([0, 1, 2], 30)
+    clf = SGDClassifier(max_iter=2, verbose=0, checkpoint=str(tmp_path / "c.zarr"), client=client)
+    with pytest.raises(ValueError, match="one-vs-rest"):
+        clf.fit(X, y)
+    clf.set_params(checkpoint=None).fit(X, y)  # and without one it fits
