@@ -24,8 +24,9 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_stop``             ``job, reason="stopped by the user"`` -> (as status)
 ``daskgd_close``            ``job`` -> final status with ``params``; frees the job
 ``daskgd_info``             -> ``jobs, version``
-``daskgd_snapshot``         ``job, fresh=False`` -> ``seq, snapshot`` (the latest
-                            checkpoint snapshot, or a new one when ``fresh``)
+``daskgd_snapshot``         ``job, fresh=False, since=0`` -> ``seq, snapshot``
+                            (the latest checkpoint snapshot, or a new one when
+                            ``fresh``), ``history`` (its rows from ``since``)
 ==========================  ====================================================
 
 Checkpoints: with ``checkpoint_every=k`` in the job's config, the job copies its
@@ -240,7 +241,7 @@ class Job:
             "state": self.optimizer.export_state(self.opt_state),
             "version": self.version,
             "epochs": self.epochs,
-            "history": [{k: v for k, v in h.items() if k != "params"} for h in self.history],
+            "history_len": len(self.history),  # rows are sent by ``snapshot``, O(new rows)
             "progress": {
                 "best_loss": self.best_loss,
                 "no_improve": self.no_improve,
@@ -764,7 +765,7 @@ class ParameterServer(SchedulerPlugin):
         del self.jobs[job]
         return out
 
-    async def snapshot(self, job, fresh=False):
+    async def snapshot(self, job, fresh=False, since=0):
         """The latest checkpoint snapshot of ``job`` (None before the first), or a new one.
 
         A fresh snapshot is taken where steps run (the executor for large models), so
@@ -774,14 +775,21 @@ class ParameterServer(SchedulerPlugin):
         if isinstance(j, dict):
             return j
         if fresh and j.error is not None:
-            return {"status": "OK", "seq": j.snapshot_seq, "snapshot": None}
+            return {"status": "OK", "seq": j.snapshot_seq, "snapshot": None, "history": []}
         if fresh:
             snap = await self._run(j, j.take_snapshot)
             j.snapshot, j.snapshot_seq = snap, j.snapshot_seq + 1
+        snap = j.snapshot
+        if snap is None:
+            return {"status": "OK", "seq": j.snapshot_seq, "snapshot": None, "history": []}
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            return _error(f"since must be an integer >= 0, got {since!r}")
+        rows = j.history[since : snap["history_len"]]
         return {
             "status": "OK",
             "seq": j.snapshot_seq,
-            "snapshot": None if j.snapshot is None else ToPickle(j.snapshot),
+            "snapshot": ToPickle(snap),
+            "history": [{k: v for k, v in h.items() if k != "params"} for h in rows],
         }
 
     async def info(self):

@@ -383,6 +383,7 @@ class CheckpointWriter:
         self.path = os.fspath(path)
         self.config = config
         self.prior = list(prior_history or [])
+        self.rows: list[dict[str, Any]] = []  # history rows since this fit started
         self.seq = 0  # the newest snapshot written or being written
         self.epoch: int | None = None  # epoch of the last checkpoint on disk
         self.written_at = time.monotonic()
@@ -402,10 +403,14 @@ class CheckpointWriter:
                     f"writing the checkpoint {self.path} failed: {type(exc).__name__}: {exc}"
                 ) from exc
 
-    def _save(self, snap: dict[str, Any]) -> None:
-        history = self.prior + [
-            {k: v for k, v in row.items() if k != "params"} for row in snap["history"]
-        ]
+    def _take(self, reply: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(snapshot, its full history) from a ``daskgd_snapshot`` reply (event loop)."""
+        snap = reply["snapshot"]
+        self.rows.extend(reply["history"])
+        del self.rows[snap["history_len"] :]  # rows newer than the snapshot, if any
+        return snap, self.prior + self.rows[: snap["history_len"]]
+
+    def _save(self, snap: dict[str, Any], history: list[dict[str, Any]]) -> None:
         save_checkpoint(
             self.path,
             params=snap["params"],
@@ -419,16 +424,21 @@ class CheckpointWriter:
         self.epoch = int(snap["epochs"])
         self.written_at = time.monotonic()
 
-    def start(self, snap: dict[str, Any], seq: int) -> None:
-        """Write ``snap`` in a thread; raises if the previous write failed."""
-        self._check()
-        self.seq = seq
-        self._task = asyncio.ensure_future(asyncio.to_thread(self._save, snap))
+    def start(self, reply: dict[str, Any]) -> None:
+        """Write the snapshot of a ``daskgd_snapshot`` reply in a thread.
 
-    async def flush(self, snap: dict[str, Any] | None = None) -> None:
-        """Wait for the write in flight, then write ``snap`` (the final state) if given."""
+        Raises :class:`~daskgd.errors.CheckpointError` if the previous write failed.
+        """
+        self._check()
+        self.seq = int(reply["seq"])
+        snap, history = self._take(reply)
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._save, snap, history))
+
+    async def flush(self, reply: dict[str, Any] | None = None) -> None:
+        """Wait for the write in flight, then write the reply's snapshot (the final state)."""
         if self._task is not None:
             await asyncio.wait([self._task])
             self._check()
-        if snap is not None:
-            await asyncio.to_thread(self._save, snap)
+        if reply is not None and reply.get("snapshot") is not None:
+            snap, history = self._take(reply)
+            await asyncio.to_thread(self._save, snap, history)

@@ -371,9 +371,11 @@ async def _checkpoint_tick(client: Client, job: str, st: dict, s: _Settings, wri
     )
     if not fresh and st.get("snapshot_seq", 0) <= writer.seq:
         return
-    reply = await _rpc(client, s, writer, "daskgd_snapshot", job=job, fresh=fresh)
+    reply = await _rpc(
+        client, s, writer, "daskgd_snapshot", job=job, fresh=fresh, since=len(writer.rows)
+    )
     if reply["status"] == "OK" and reply["snapshot"] is not None and reply["seq"] > writer.seq:
-        writer.start(reply["snapshot"], reply["seq"])
+        writer.start(reply)
 
 
 async def _final_checkpoint(client: Client, job: str, s: _Settings, writer) -> None:
@@ -382,8 +384,11 @@ async def _final_checkpoint(client: Client, job: str, s: _Settings, writer) -> N
     A failed (diverged) job has no final state worth resuming: its last periodic
     checkpoint stays the newest.
     """
-    reply = await _rpc(client, s, writer, "daskgd_snapshot", job=job, fresh=True)
-    await writer.flush(reply["snapshot"] if reply["status"] == "OK" else None)
+    await writer.flush()  # first: its rows are in writer.rows
+    reply = await _rpc(
+        client, s, writer, "daskgd_snapshot", job=job, fresh=True, since=len(writer.rows)
+    )
+    await writer.flush(reply if reply["status"] == "OK" else None)
 
 
 def _checkpoint_config(ds, s: _Settings, config: dict[str, Any]) -> dict[str, Any]:

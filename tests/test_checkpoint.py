@@ -131,7 +131,7 @@ def test_resume_matches_an_uninterrupted_fit(client, tmp_path, reliability, opti
     if "batch_size" not in kw:
         np.testing.assert_allclose(got, sol, atol=1e-6)  # the lstsq oracle
     ck = load_checkpoint(path)
-    assert ck.epoch == res.n_iter_ and len(ck.history) == res.n_iter_
+    assert ck.epoch == res.n_iter_ and ck.history == res.history
     np.testing.assert_array_equal(ck.params, np.append(res.coef_, res.intercept_))
     assert ck.config["optimizer"]["name"] == optimizer
 
@@ -252,3 +252,15 @@ def test_one_vs_rest_refuses_a_checkpoint(client, tmp_path):
     with pytest.raises(ValueError, match="one-vs-rest"):
         clf.fit(X, y)
     clf.set_params(checkpoint=None).fit(X, y)  # and without one it fits
+
+
+def test_signature_names_the_checkpoint_settings():
+    import inspect
+
+    from daskgd.train import fit_async
+
+    for fn in (fit, fit_async):
+        params = inspect.signature(fn).parameters
+        assert params["checkpoint"].default is None and params["resume"].default is False
+        assert params["checkpoint_every"].default == 10
+        assert params["checkpoint_interval"].default is None
