@@ -88,30 +88,26 @@ def _cluster(folder: Path, processes: list, n_workers: int = 2) -> tuple[subproc
     return sched, address
 
 
-def test_scheduler_killed_mid_fit_then_resume(tmp_path, processes, reliability):
-    X, y, sol = _problem()
-    data = str(tmp_path / "d.zarr")
-    write_zarr(data, X, y, chunk_rows=250)
-    ckpt = str(tmp_path / "fit.zarr")
-    sched, address = _cluster(tmp_path / "c1", processes)
+def _fit_then_kill_scheduler(data, ckpt, sched, address, kill_after_epoch, resume):
+    """Run a checkpointed fit, SIGKILL the scheduler mid-fit; return (error, seconds to it)."""
     ready = threading.Event()
     out: dict = {}
 
     def on_epoch(row):
-        # kill once the fit is well under way and has a checkpoint on disk
-        if (
-            row["epoch"] >= 30
-            and os.path.isdir(ckpt)
-            and any(n.startswith("v") for n in os.listdir(ckpt))
-        ):
-            ready.set()
+        # kill once the fit is well under way and has written a checkpoint of this run
+        if row["epoch"] >= kill_after_epoch:
+            try:
+                if load_checkpoint(ckpt).epoch >= kill_after_epoch - 20:
+                    ready.set()
+            except FileNotFoundError:
+                pass
 
     def run():
         try:
             out["res"] = fit(data, client=address, learning_rate=0.002, tol=None, gtol=1e-9,
                              max_epochs=100_000, max_time=240, checkpoint=ckpt,
-                             checkpoint_every=5, callback=on_epoch)  # fmt: skip
-        except BaseException as exc:  # checked below
+                             checkpoint_every=5, callback=on_epoch, resume=resume)  # fmt: skip
+        except BaseException as exc:  # checked by the caller
             out["exc"] = exc
 
     t = threading.Thread(target=run, daemon=True)
@@ -124,30 +120,73 @@ def test_scheduler_killed_mid_fit_then_resume(tmp_path, processes, reliability):
     killed = time.monotonic()
     t.join(90)
     waited = time.monotonic() - killed
-    print(f"the driver noticed the scheduler's death in {waited:.1f} s")
     assert not t.is_alive(), "the driver hung after the scheduler died"
-    reliability.add("scheduler kills + resume")
-    exc = out.get("exc")
-    assert isinstance(exc, SchedulerLostError), out
+    return out.get("exc"), waited
+
+
+def _check_lost(exc, waited, ckpt):
+    assert isinstance(exc, SchedulerLostError), exc
     assert waited < 60, f"the driver took {waited:.0f} s to notice the scheduler died"
     msg = str(exc)
     assert ckpt in msg and "resume=True" in msg and "new cluster" in msg
     ck = load_checkpoint(ckpt)
     assert exc.checkpoint == ckpt and exc.epoch == ck.epoch and ck.epoch >= 5
     assert f"epoch {ck.epoch}" in msg
+    return ck
 
-    # a new scheduler and new workers: resume to the least-squares optimum
+
+def _stop(processes):
     for p in processes:
         if p.poll() is None:
             p.terminate()
-    _, address2 = _cluster(tmp_path / "c2", processes)
-    res = fit(data, client=address2, learning_rate=0.5, tol=None, gtol=1e-9,
+
+
+def _resume_to_optimum(data, ckpt, address, sol, done_before):
+    res = fit(data, client=address, learning_rate=0.5, tol=None, gtol=1e-9,
               max_epochs=100_000, max_time=120, checkpoint=ckpt, resume=True)  # fmt: skip
     assert res.converged_, res.reason
     np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-6)
     epochs = [h["epoch"] for h in res.history]
-    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > ck.epoch
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > done_before
     assert load_checkpoint(ckpt).epoch == res.n_iter_
+
+
+def test_scheduler_killed_mid_fit_then_resume(tmp_path, processes, reliability):
+    X, y, sol = _problem()
+    data = str(tmp_path / "d.zarr")
+    write_zarr(data, X, y, chunk_rows=250)
+    ckpt = str(tmp_path / "fit.zarr")
+    sched, address = _cluster(tmp_path / "c1", processes)
+    exc, waited = _fit_then_kill_scheduler(data, ckpt, sched, address, 30, resume=False)
+    print(f"the driver noticed the scheduler's death in {waited:.1f} s")
+    reliability.add("scheduler kills + resume")
+    ck = _check_lost(exc, waited, ckpt)
+    # a new scheduler and new workers: resume to the least-squares optimum
+    _stop(processes)
+    _, address2 = _cluster(tmp_path / "c2", processes)
+    _resume_to_optimum(data, ckpt, address2, sol, ck.epoch)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(900)
+def test_repeated_scheduler_kills_soak(tmp_path, processes, reliability):
+    X, y, sol = _problem()
+    data = str(tmp_path / "d.zarr")
+    write_zarr(data, X, y, chunk_rows=250)
+    ckpt = str(tmp_path / "fit.zarr")
+    last = 0
+    for i in range(4):  # each run resumes the last, and loses its scheduler in turn
+        _stop(processes)
+        sched, address = _cluster(tmp_path / f"c{i}", processes)
+        exc, waited = _fit_then_kill_scheduler(data, ckpt, sched, address, last + 40,
+                                               resume=i > 0)  # fmt: skip
+        reliability.add("scheduler kills + resume")
+        ck = _check_lost(exc, waited, ckpt)
+        assert ck.epoch > last and ck.history[-1]["epoch"] == ck.epoch
+        last = ck.epoch
+    _stop(processes)
+    _, address = _cluster(tmp_path / "final", processes)
+    _resume_to_optimum(data, ckpt, address, sol, last)
 
 
 _WRITER = textwrap.dedent(
