@@ -306,13 +306,14 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
 
 # -- checkpoints and scheduler loss --------------------------------------------------------------
 
-#: Seconds the driver keeps retrying a scheduler that stopped answering before it
-#: gives up with SchedulerLostError (each try is bounded by _RPC_TIMEOUT).
+#: Seconds the driver keeps retrying a scheduler whose connection failed (closed, refused)
+#: before it gives up with SchedulerLostError; a call that gets no answer at all (a hung
+#: scheduler or machine) gives up after _RPC_TIMEOUT, so a slow scheduler is not "lost".
 _SCHEDULER_GRACE = 10.0
-_RPC_TIMEOUT = 10.0
+_RPC_TIMEOUT = 30.0
 
 
-def _lost(client: Client, s: _Settings, writer: Any, exc: BaseException) -> SchedulerLostError:
+def _lost(client: Client, writer: Any, exc: BaseException) -> SchedulerLostError:
     address = getattr(client.scheduler, "address", "?")
     if writer is not None and writer.epoch is not None:
         where = (
@@ -337,7 +338,7 @@ def _lost(client: Client, s: _Settings, writer: Any, exc: BaseException) -> Sche
     )
 
 
-async def _rpc(client: Client, s: _Settings, writer: Any, op: str, **kwargs: Any) -> Any:
+async def _rpc(client: Client, writer: Any, op: str, **kwargs: Any) -> Any:
     """Call a daskgd handler; a scheduler that does not answer for _SCHEDULER_GRACE s is lost."""
     deadline = asyncio.get_running_loop().time() + _SCHEDULER_GRACE
     while True:
@@ -353,12 +354,12 @@ async def _rpc(client: Client, s: _Settings, writer: Any, op: str, **kwargs: Any
                         await writer.flush()
                     except Exception:
                         pass
-                raise _lost(client, s, writer, exc) from exc
+                raise _lost(client, writer, exc) from exc
             await asyncio.sleep(0.5)
 
 
 async def _status(client: Client, job: str, since: int, s: _Settings, writer: Any) -> dict:
-    return await _rpc(client, s, writer, "daskgd_status", job=job, since=since)
+    return await _rpc(client, writer, "daskgd_status", job=job, since=since)
 
 
 async def _checkpoint_tick(client: Client, job: str, st: dict, s: _Settings, writer) -> None:
@@ -372,7 +373,7 @@ async def _checkpoint_tick(client: Client, job: str, st: dict, s: _Settings, wri
     if not fresh and st.get("snapshot_seq", 0) <= writer.seq:
         return
     reply = await _rpc(
-        client, s, writer, "daskgd_snapshot", job=job, fresh=fresh, since=len(writer.rows)
+        client, writer, "daskgd_snapshot", job=job, fresh=fresh, since=len(writer.rows)
     )
     if reply["status"] == "OK" and reply["snapshot"] is not None and reply["seq"] > writer.seq:
         writer.start(reply)
@@ -386,7 +387,7 @@ async def _final_checkpoint(client: Client, job: str, s: _Settings, writer) -> N
     """
     await writer.flush()  # first: its rows are in writer.rows
     reply = await _rpc(
-        client, s, writer, "daskgd_snapshot", job=job, fresh=True, since=len(writer.rows)
+        client, writer, "daskgd_snapshot", job=job, fresh=True, since=len(writer.rows)
     )
     await writer.flush(reply if reply["status"] == "OK" else None)
 
@@ -791,8 +792,8 @@ _DOC_PARAMS = """
     TrainingError
         When a training task failed or every worker was lost.
     SchedulerLostError
-        When the scheduler died or stopped answering (about 10 s); the message names
-        the last checkpoint and its epoch.
+        When the scheduler died (noticed within about 10 s) or stopped answering (30 s);
+        the message names the last checkpoint and its epoch.
     CheckpointError
         When ``resume=True`` meets a checkpoint from an incompatible fit.
 """
