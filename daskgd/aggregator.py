@@ -30,8 +30,8 @@ handler                     arguments -> reply (besides ``status``)
 ==========================  ====================================================
 
 Checkpoints: with ``checkpoint_every=k`` in the job's config, the job copies its
-state (parameters, optimizer state, version, epoch, history since the start of this
-job, stop-rule counters) into a *snapshot* right after the step that closed every
+state (parameters, optimizer state, version, epoch, the length of its history,
+stop-rule counters) into a *snapshot* right after the step that closed every
 k-th epoch, where the step ran, so the snapshot is consistent; ``status`` replies
 carry its sequence number ``snapshot_seq`` and the driver fetches and writes it
 (:mod:`daskgd.checkpoint`). ``daskgd_create`` takes ``resume``, such a snapshot,
@@ -259,7 +259,19 @@ class Job:
         self._snapshot_due = False
 
     def restore(self, resume: dict[str, Any]) -> None:
-        """Continue from a snapshot (a checkpoint): optimizer state, counters, clocks."""
+        """Continue from a snapshot (a checkpoint): optimizer state, counters, clocks.
+
+        Raises
+        ------
+        ValueError, TypeError or KeyError
+            On a snapshot that does not fit this job (the handler answers an error).
+        """
+        if not isinstance(resume, dict):
+            raise TypeError(f"resume must be a dict, got {type(resume).__name__}")
+        for key in ("version", "epochs"):
+            v = resume[key]
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"resume[{key!r}] must be an integer >= 0, got {v!r}")
         self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
         self.version = int(resume["version"])
         self.epochs = int(resume["epochs"])

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from distributed.utils_test import gen_cluster
 
 from daskgd.checkpoint import load_checkpoint, save_checkpoint
 from daskgd.errors import CheckpointError
@@ -264,3 +265,56 @@ def test_signature_names_the_checkpoint_settings():
         assert params["checkpoint"].default is None and params["resume"].default is False
         assert params["checkpoint_every"].default == 10
         assert params["checkpoint_interval"].default is None
+
+
+_CLEAN = {"processes": False, "threads": False}
+
+
+@gen_cluster(client=True, clean_kwargs=_CLEAN)
+async def test_snapshots_on_the_scheduler_and_bad_resume_messages(c, s, a, b):
+    from distributed.protocol import ToPickle
+
+    from daskgd.aggregator import PLUGIN_NAME, ParameterServer
+
+    await c.register_plugin(ParameterServer())
+    opt = {"name": "momentum", "learning_rate": 0.5}
+    ranks = [a.address]
+    cfg = {"mode": "async", "n_samples": 10, "max_epochs": 100, "tol": None, "checkpoint_every": 2}
+    P = ToPickle(np.zeros(4))
+    assert (await c.scheduler.daskgd_create(job="j", params=P, config=cfg, optimizer=opt,
+                                            ranks=ranks))["status"] == "OK"  # fmt: skip
+    reply = await c.scheduler.daskgd_snapshot(job="j")
+    assert reply["snapshot"] is None and reply["seq"] == 0
+    for v in range(3):  # three epochs of one push each: a snapshot after the second
+        await c.scheduler.daskgd_push(job="j", rank=0, version=v, grad=ToPickle(np.ones(4)),
+                                      n=10, weight=10.0, loss=1.0)  # fmt: skip
+    st = await c.scheduler.daskgd_status(job="j")
+    assert st["snapshot_seq"] == 1 and st["epochs"] == 3
+    reply = await c.scheduler.daskgd_snapshot(job="j", since=1)
+    snap = reply["snapshot"]
+    assert (snap["epochs"], snap["version"], snap["history_len"]) == (2, 2, 2)
+    assert [h["epoch"] for h in reply["history"]] == [2]
+    # mean gradient 0.1 (grad / weight), momentum 0.9: v = 0.1, then 0.09 + 0.1
+    np.testing.assert_allclose(snap["state"]["v"], 0.19)
+    job = s.plugins[PLUGIN_NAME].jobs["j"]
+    assert snap["state"]["v"] is not job.opt_state["v"]  # a copy, not the live array
+    good = {"state": snap["state"], "version": 2, "epochs": 2, "progress": snap["progress"]}
+    bad = [
+        {**good, "version": -1},
+        {**good, "epochs": "2"},
+        {**good, "state": {"v": np.zeros(7)}},
+        {**good, "state": {"m": np.zeros(4)}},
+        {k: v for k, v in good.items() if k != "state"},
+    ]
+    for i, resume in enumerate(bad):
+        reply = await c.scheduler.daskgd_create(job=f"bad{i}", params=P, config=cfg,
+                                                optimizer=opt, ranks=ranks,
+                                                resume=ToPickle(resume))  # fmt: skip
+        assert reply["status"] == "error" and "resume" in reply["message"], resume
+    assert not any(k.startswith("bad") for k in s.plugins[PLUGIN_NAME].jobs)
+    reply = await c.scheduler.daskgd_create(job="k", params=P, config=cfg, optimizer=opt,
+                                            ranks=ranks, resume=ToPickle(good))  # fmt: skip
+    assert reply == {"status": "OK", "version": 2}
+    k = s.plugins[PLUGIN_NAME].jobs["k"]
+    assert (k.epochs, k.version, k.first_loss) == (2, 2, job.history[0]["loss"])
+    np.testing.assert_array_equal(k.opt_state["v"], snap["state"]["v"])
