@@ -24,7 +24,18 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_stop``             ``job, reason="stopped by the user"`` -> (as status)
 ``daskgd_close``            ``job`` -> final status with ``params``; frees the job
 ``daskgd_info``             -> ``jobs, version``
+``daskgd_snapshot``         ``job, fresh=False, since=0`` -> ``seq, snapshot``
+                            (the latest checkpoint snapshot, or a new one when
+                            ``fresh``), ``history`` (its rows from ``since``)
 ==========================  ====================================================
+
+Checkpoints: with ``checkpoint_every=k`` in the job's config, the job copies its
+state (parameters, optimizer state, version, epoch, the length of its history,
+stop-rule counters) into a *snapshot* right after the step that closed every
+k-th epoch, where the step ran, so the snapshot is consistent; ``status`` replies
+carry its sequence number ``snapshot_seq`` and the driver fetches and writes it
+(:mod:`daskgd.checkpoint`). ``daskgd_create`` takes ``resume``, such a snapshot,
+to continue a checkpointed fit. The scheduler never touches the disk.
 
 Modes: ``sync`` waits until every live member pushed a gradient for the current
 version and steps with their row-weighted mean (summed in rank order, so the
@@ -95,6 +106,7 @@ _OPS = {
     "stop": "stop",
     "close": "close_job",
     "info": "info",
+    "snapshot": "snapshot",
 }
 
 
@@ -132,6 +144,8 @@ class JobConfig:
     sync_quorum : int or None
         Sync mode: a round closes once this many members pushed (backup workers);
         None waits for every live member. At most the number of members.
+    checkpoint_every : int or None
+        Take a snapshot for a checkpoint every this many epochs (None: never).
     """
 
     mode: str = "sync"
@@ -148,6 +162,7 @@ class JobConfig:
     divergence_factor: float = 1e10
     record_params: bool = False
     sync_quorum: int | None = None
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -185,6 +200,9 @@ class JobConfig:
                 raise ValueError(f"sync_quorum applies to mode='sync' only, not {self.mode!r}")
             if not (isinstance(q, int) and not isinstance(q, bool) and q >= 1):
                 raise ValueError(f"sync_quorum must be None or an integer >= 1, got {q!r}")
+        ce = self.checkpoint_every
+        if ce is not None and not (isinstance(ce, int) and not isinstance(ce, bool) and ce >= 1):
+            raise ValueError(f"checkpoint_every must be None or an integer >= 1, got {ce!r}")
 
 
 @dataclass
@@ -256,6 +274,65 @@ class Job:
         # set when an epoch closes or the job stops: wakes a driver's waiting status call
         self.progress = asyncio.Event()
         self.reported_epochs = 0
+        self.time_offset = 0.0  # seconds spent before a resume, for the history's times
+        self.snapshot: dict[str, Any] | None = None
+        self.snapshot_seq = 0
+        self._snapshot_due = False
+
+    # -- checkpoints -----------------------------------------------------------
+    def take_snapshot(self) -> dict[str, Any]:
+        """This job's state for a checkpoint, copied (run where steps run: consistent)."""
+        return {
+            "params": self.params,  # published: never mutated
+            "state": self.optimizer.export_state(self.opt_state),
+            "version": self.version,
+            "epochs": self.epochs,
+            "history_len": len(self.history),  # rows are sent by ``snapshot``, O(new rows)
+            "progress": {
+                "best_loss": self.best_loss,
+                "no_improve": self.no_improve,
+                "first_loss": self.first_loss,
+                "clocks": [r.clock for r in self.ranks],
+                "elapsed": time.time() - self.start + self.time_offset,
+            },
+        }
+
+    def _maybe_snapshot(self) -> None:
+        """After a step: keep a snapshot if an epoch due for a checkpoint just closed."""
+        if self._snapshot_due and self.error is None:
+            self.snapshot = self.take_snapshot()
+            self.snapshot_seq += 1
+        self._snapshot_due = False
+
+    def restore(self, resume: dict[str, Any]) -> None:
+        """Continue from a snapshot (a checkpoint): optimizer state, counters, clocks.
+
+        Raises
+        ------
+        ValueError, TypeError or KeyError
+            On a snapshot that does not fit this job (the handler answers an error).
+        """
+        if not isinstance(resume, dict):
+            raise TypeError(f"resume must be a dict, got {type(resume).__name__}")
+        for key in ("version", "epochs"):
+            v = resume[key]
+            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"resume[{key!r}] must be an integer >= 0, got {v!r}")
+        self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
+        self.version = int(resume["version"])
+        self.epochs = int(resume["epochs"])
+        progress = dict(resume.get("progress") or {})
+        best = progress.get("best_loss")
+        self.best_loss = math.inf if best is None else float(best)
+        self.no_improve = int(progress.get("no_improve") or 0)
+        first = progress.get("first_loss")
+        self.first_loss = None if first is None else float(first)
+        self.time_offset = float(progress.get("elapsed") or 0.0)
+        clocks = progress.get("clocks")
+        if not (isinstance(clocks, list) and len(clocks) == len(self.ranks)):
+            clocks = [self.epochs * self.config.batches_per_epoch] * len(self.ranks)
+        for r, c in zip(self.ranks, clocks, strict=True):
+            r.clock = int(c)
 
     # -- decisions -------------------------------------------------------------
     def stop(
@@ -298,6 +375,8 @@ class Job:
         s, cfg, opt = self.stats, self.config, self.optimizer
         self.stats = _EpochStats()
         self.epochs += 1
+        if cfg.checkpoint_every is not None and self.epochs % cfg.checkpoint_every == 0:
+            self._snapshot_due = True
         P = self.params
         reg = opt.regularizer
         mean_w = s.weight if s.weight > 0 else 1.0
@@ -322,7 +401,7 @@ class Job:
                 "epoch": self.epochs,
                 "loss": float(loss),
                 "grad_norm": gnorm,
-                "time": time.time() - self.start,
+                "time": time.time() - self.start + self.time_offset,
                 "updates": s.updates,
                 "version": self.version,
                 "staleness_min": int(s.st_min or 0),
@@ -403,6 +482,7 @@ class Job:
             self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:
             self.version += 1
+        self._maybe_snapshot()
 
     def apply_async(self, rank, version, grad, n, weight, loss) -> int:
         """Async/ssp mode: apply one push now; returns its staleness (executor)."""
@@ -418,6 +498,7 @@ class Job:
                 self._step(g / weight, scale)
             else:
                 self.version += 1
+        self._maybe_snapshot()
         return staleness
 
     def summary(self, since: int = 0, params: bool = False, live=()) -> dict[str, Any]:
@@ -435,6 +516,7 @@ class Job:
             "live": list(live),
             "rank_updates": [r.updates for r in self.ranks],
             "dropped_gradients": self.dropped,
+            "snapshot_seq": self.snapshot_seq,
         }
         if params:
             out["params"] = ToPickle(self.params)
@@ -679,7 +761,7 @@ class ParameterServer(SchedulerPlugin):
         return None
 
     # -- handlers --------------------------------------------------------------
-    async def create(self, job, params, config, optimizer, ranks, client=None):
+    async def create(self, job, params, config, optimizer, ranks, client=None, resume=None):
         """Create a job; see the module docstring."""
         if not isinstance(job, str) or not job:
             return _error(f"job must be a non-empty string, got {job!r}")
@@ -693,8 +775,14 @@ class ParameterServer(SchedulerPlugin):
             _check_quorum(cfg, opt, len(ranks))
         except (TypeError, ValueError, ArithmeticError) as exc:
             return _error(f"bad job settings: {exc}")
-        self.jobs[job] = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
-        return {"status": "OK", "version": 0}
+        j = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)
+        if resume is not None:
+            try:
+                j.restore(resume)
+            except (TypeError, ValueError, KeyError) as exc:
+                return _error(f"cannot resume from this checkpoint: {exc}")
+        self.jobs[job] = j
+        return {"status": "OK", "version": j.version}
 
     async def join(self, job, rank, worker):
         """A training task (new or rerun) joins: mark it live, send it the current state."""
@@ -871,6 +959,35 @@ class ParameterServer(SchedulerPlugin):
         out = j.summary(params=True, live=j.live(self._workers()))
         del self.jobs[job]
         return out
+
+    async def snapshot(self, job, fresh=False, since=0):
+        """The latest checkpoint snapshot of ``job`` (None before the first), or a new one.
+
+        A fresh snapshot is taken where steps run (the executor for large models), so
+        it never sees half a step; a failed job gives none.
+        """
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        if not isinstance(fresh, bool):
+            return _error(f"fresh must be True or False, got {fresh!r}")
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            return _error(f"since must be an integer >= 0, got {since!r}")
+        if fresh and j.error is not None:
+            return {"status": "OK", "seq": j.snapshot_seq, "snapshot": None, "history": []}
+        if fresh:
+            snap = await self._run(j, j.take_snapshot)
+            j.snapshot, j.snapshot_seq = snap, j.snapshot_seq + 1
+        snap = j.snapshot
+        if snap is None:
+            return {"status": "OK", "seq": j.snapshot_seq, "snapshot": None, "history": []}
+        rows = j.history[since : snap["history_len"]]
+        return {
+            "status": "OK",
+            "seq": j.snapshot_seq,
+            "snapshot": ToPickle(snap),
+            "history": [{k: v for k, v in h.items() if k != "params"} for h in rows],
+        }
 
     async def info(self):
         """Jobs on this scheduler and the daskgd version running it."""

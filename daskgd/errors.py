@@ -39,3 +39,24 @@ class NoWorkersError(TrainingError):
     workers, find out why they die (memory limits, killed processes), or raise
     ``worker_timeout`` to wait longer for them to come back.
     """
+
+
+class CheckpointError(DaskgdError, ValueError):
+    """A checkpoint cannot be used: not a daskgd checkpoint, or from an incompatible fit."""
+
+
+class SchedulerLostError(TrainingError):
+    """The Dask scheduler died or became unreachable during a fit.
+
+    Attributes
+    ----------
+    checkpoint : str or None
+        The checkpoint path of the fit, if it had one.
+    epoch : int or None
+        The epoch of the last checkpoint written, if any.
+    """
+
+    def __init__(self, message: str, checkpoint: str | None = None, epoch: int | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.epoch = epoch

@@ -256,6 +256,7 @@ class _Runner:
         In-memory input was validated here already (``lazy=False``): the engine skips its scan.
         """
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
+        extra.update(self._checkpoint_settings(p, partial=extra.pop("partial", False)))
         bar = ProgressBar(max_iter, enabled=progress_enabled(p.get("verbose", 0)), desc=desc)
         callback: Callable[[dict[str, Any]], Any] = bar.update
         if p.get("early_stopping") and max_iter > 1:  # not for partial_fit's single epoch
@@ -301,6 +302,18 @@ class _Runner:
             )
         finally:
             bar.close()
+
+    @staticmethod
+    def _checkpoint_settings(p: dict[str, Any], partial: bool) -> dict[str, Any]:
+        """The engine's checkpoint settings: ``fit`` writes them; ``warm_start`` resumes."""
+        path = p.get("checkpoint")
+        if path is None or partial:
+            return {}
+        return {
+            "checkpoint": path,
+            "checkpoint_every": p.get("checkpoint_every", 10),
+            "resume": bool(p.get("warm_start")),
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         # A live Client does not pickle; the estimator falls back to the current client.
@@ -409,6 +422,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
             intercept_init=float(self.intercept_[0]) if warm else None,
             desc=type(self).__name__,
             lazy=lazy,
+            partial=partial,
             **extra,
         )
         self.coef_ = np.asarray(result.coef_, dtype=np.float64).ravel()
@@ -540,7 +554,8 @@ class SGDRegressor(_LinearRegressorBase):
     validation_fraction : float, default 0.1
     n_iter_no_change : int, default 5
     warm_start : bool, default False
-        Start from the previous fit's coefficients.
+        Start from the previous fit's coefficients; with ``checkpoint``, continue from
+        the newest checkpoint there (parameters, optimizer state, epochs) when one exists.
     batch_size : int or None, default 256
         Rows per mini-batch on each worker; None for full batch (gradient descent).
     mode : {"sync", "async", "ssp"}, default "sync"
@@ -551,6 +566,11 @@ class SGDRegressor(_LinearRegressorBase):
     client : distributed.Client, str or None, default None
         The cluster: a client, a scheduler address, or None for the current client (else an
         embedded LocalCluster for the duration of the fit).
+    checkpoint : str or None, default None
+        A Zarr path that ``fit`` writes checkpoints to (see :func:`daskgd.fit`); not used
+        by ``partial_fit``, nor by one-vs-rest classifiers with more than two classes.
+    checkpoint_every : int, default 10
+        Epochs between two checkpoints.
 
     Attributes
     ----------
@@ -605,6 +625,8 @@ class SGDRegressor(_LinearRegressorBase):
         optimizer: str = "sgd",
         max_staleness: int | None = None,
         client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         self.loss = loss
         self.penalty = penalty
@@ -628,6 +650,8 @@ class SGDRegressor(_LinearRegressorBase):
         self.optimizer = optimizer
         self.max_staleness = max_staleness
         self.client = client
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     def _objective(self) -> tuple[str, float, float, dict[str, Any]]:
         if self.loss not in _REGRESSION_LOSSES:
@@ -678,6 +702,8 @@ class LinearRegression(_LinearRegressorBase):
         :class:`SGDRegressor`'s ``eta0``). L-BFGS needs none.
     random_state : int or None, default None
     warm_start : bool, default False
+    checkpoint, checkpoint_every
+        As for :class:`SGDRegressor`.
 
     Attributes
     ----------
@@ -700,6 +726,8 @@ class LinearRegression(_LinearRegressorBase):
         random_state: Any = None,
         warm_start: bool = False,
         client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -713,6 +741,8 @@ class LinearRegression(_LinearRegressorBase):
         self.random_state = random_state
         self.warm_start = warm_start
         self.client = client
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     @property
     def eta0(self) -> float | str:
@@ -825,8 +855,14 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             "eta0": eta0,
             **extra,
         }
+        common["partial"] = partial
         if k == 2 or not self._multinomial(loss):
             columns = [1] if k == 2 else list(range(k))
+            if k > 2 and getattr(self, "checkpoint", None) is not None and not partial:
+                raise ValueError(
+                    f"checkpoint= holds one model, and one-vs-rest fits {k} (one per class); "
+                    "use LogisticRegression (multinomial) or fit without checkpoint"
+                )
             coefs, intercepts, results = [], [], []
             for j in columns:
                 yj = self._binary_targets(codes, j, X.dtype, lazy)
@@ -1128,7 +1164,7 @@ class SGDClassifier(_LinearClassifierBase):
     class_weight : dict, "balanced" or None, default None
         Weights multiplying each sample's weight by its class's.
     warm_start : bool, default False
-    batch_size, mode, optimizer, max_staleness, client
+    batch_size, mode, optimizer, max_staleness, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -1165,6 +1201,8 @@ class SGDClassifier(_LinearClassifierBase):
         optimizer: str = "sgd",
         max_staleness: int | None = None,
         client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         self.loss = loss
         self.penalty = penalty
@@ -1188,6 +1226,8 @@ class SGDClassifier(_LinearClassifierBase):
         self.optimizer = optimizer
         self.max_staleness = max_staleness
         self.client = client
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     def _proba_loss(self) -> str:
         return self.loss
@@ -1249,7 +1289,7 @@ class LogisticRegression(_LinearClassifierBase):
         "auto" is "lbfgs" (one pass over the data per round, a line search on the exact
         loss) when the objective is smooth and the fit is full-batch sync, else "sgd"
         (proximal gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, client
+    mode, max_staleness, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -1277,6 +1317,8 @@ class LogisticRegression(_LinearClassifierBase):
         optimizer: str = "auto",
         max_staleness: int | None = None,
         client: Any = None,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         self.penalty = penalty
         self.C = C
@@ -1294,6 +1336,8 @@ class LogisticRegression(_LinearClassifierBase):
         self.optimizer = optimizer
         self.max_staleness = max_staleness
         self.client = client
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     @property
     def eta0(self) -> float | str:

@@ -145,3 +145,43 @@ class LBFGS:
             "backtracks": self._backtracks,
             "iterations": self.iterations,
         }
+
+    def load_state(self, state: dict, n: int) -> None:
+        """Restore what :meth:`state` returned (arrays may come back as 0-d arrays).
+
+        Parameters
+        ----------
+        state : dict
+            The output of :meth:`state`; missing entries (``x``, ``g``, ``p`` before the
+            first call) stay unset.
+        n : int
+            Number of parameters.
+
+        Raises
+        ------
+        ValueError
+            When the arrays do not fit ``n`` parameters.
+        """
+
+        def vec(key: str) -> np.ndarray | None:
+            if state.get(key) is None:
+                return None
+            v = np.asarray(state[key], dtype=np.float64).ravel()
+            if v.shape != (n,):
+                raise ValueError(f"L-BFGS state {key!r} has {v.size} numbers; expected {n}")
+            return v.copy()
+
+        pairs = []
+        for key in ("s", "y"):
+            m = np.asarray(state.get(key, np.zeros((0, n))), dtype=np.float64)
+            m = m.reshape(-1, n) if m.size else np.zeros((0, n))
+            pairs.append(m)
+        if len(pairs[0]) != len(pairs[1]) or len(pairs[0]) > self.memory:
+            raise ValueError("L-BFGS state: s and y must hold the same number of pairs <= memory")
+        self._s = deque(row.copy() for row in pairs[0])
+        self._y = deque(row.copy() for row in pairs[1])
+        self._x, self._g, self._p = vec("x"), vec("g"), vec("p")
+        self._f = float(state.get("f", np.inf))
+        self._t = float(state.get("t", 1.0))
+        self._backtracks = int(state.get("backtracks", 0))
+        self.iterations = int(state.get("iterations", 0))

@@ -187,6 +187,42 @@ class Optimizer:
         """Fresh optimizer state for parameters shaped like ``params``."""
         return {}
 
+    def export_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The optimizer state as named arrays, copied (for checkpoints).
+
+        Parameters
+        ----------
+        state : dict
+            State from :meth:`init_state`, as :meth:`step` left it.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Fresh arrays; later steps do not change them.
+        """
+        return {k: np.array(v, dtype=np.float64) for k, v in state.items()}
+
+    def import_state(self, params: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Rebuild the state that :meth:`export_state` wrote, for parameters like ``params``.
+
+        Raises
+        ------
+        ValueError
+            When ``arrays`` does not hold this optimizer's state for such parameters.
+        """
+        state = self.init_state(params)
+        if set(arrays) != set(state):
+            raise ValueError(
+                f"optimizer {self.name!r} keeps state {sorted(state)}, the checkpoint has "
+                f"{sorted(arrays)}"
+            )
+        for k, v in state.items():
+            a = np.asarray(arrays[k], dtype=np.float64)
+            if a.shape != v.shape:
+                raise ValueError(f"optimizer state {k!r} has shape {a.shape}; expected {v.shape}")
+            state[k] = a.copy()
+        return state
+
     def direction(
         self, grad: np.ndarray, state: dict[str, Any], t: int
     ) -> tuple[np.ndarray, np.ndarray | float]:
@@ -380,6 +416,23 @@ class LBFGSOptimizer(Optimizer):
         from daskgd.lbfgs import LBFGS
 
         return {"lbfgs": LBFGS(memory=self.memory)}
+
+    def export_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The L-BFGS memory, last point, search direction and counters, as arrays."""
+        out = {}
+        for k, v in state["lbfgs"].state().items():
+            if v is not None:
+                out[f"lbfgs_{k}"] = np.array(v, dtype=np.float64)
+        return out
+
+    def import_state(self, params: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Rebuild the L-BFGS state that :meth:`export_state` wrote."""
+        state = self.init_state(params)
+        bad = [k for k in arrays if not k.startswith("lbfgs_")]
+        if bad:
+            raise ValueError(f"optimizer 'lbfgs' keeps no state {sorted(bad)}")
+        state["lbfgs"].load_state({k[len("lbfgs_") :]: v for k, v in arrays.items()}, params.size)
+        return state
 
     def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None):
         if loss is None:

@@ -32,9 +32,11 @@ from distributed.protocol import ToPickle
 
 from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
 from daskgd.errors import (
+    CheckpointError,
     DataValidationError,
     DivergenceError,
     NoWorkersError,
+    SchedulerLostError,
     SchedulerSetupError,
     TrainingError,
 )
@@ -119,6 +121,10 @@ class _Settings:
     worker_timeout: float = 60.0
     # testing hook (the private ``_delay`` fit setting): rank -> seconds slept per step
     delay: dict[int, float] | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int = 10
+    checkpoint_interval: float | None = None
+    resume: bool = False
 
 
 def _scheduler(client: Client) -> Any:
@@ -245,6 +251,9 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
     # raise here, not on the scheduler
     _check_quorum(JobConfig(**config), make_optimizer(**s.optimizer), len(ranks))
     P0 = _initial_params(ds, s)
+    writer, resume = await _checkpoint_setup(ds, s, config, len(ranks))
+    if resume is not None:
+        P0 = resume["params"]
     job = f"daskgd-{uuid.uuid4().hex}"
     reply = await _scheduler(client).daskgd_create(
         job=job,
@@ -253,6 +262,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         optimizer=s.optimizer,
         ranks=ranks,
         client=client.id,
+        resume=None if resume is None else ToPickle(resume),
     )
     if reply["status"] != "OK":
         raise ValueError(reply["message"])
@@ -284,13 +294,19 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
                 )
             )
         setup = time.perf_counter() - started
-        history = await _watch(client, job, futures, s)
+        history = await _watch(client, job, futures, s, writer)
+        if writer is not None:
+            await _final_checkpoint(client, job, s, writer)
         final = await _scheduler(client).daskgd_close(job=job)
         tasks = await _drain(client, futures)
+    except SchedulerLostError:
+        raise  # nothing to clean up on a scheduler that is gone
     except BaseException:
         await _abort(client, job, futures)
         raise
     history += list(final["history"][len(history) :])
+    if writer is not None:
+        history = writer.prior + history
     if final["error"]:
         cls = DivergenceError if final["error_kind"] == "divergence" else TrainingError
         raise cls(final["error"])
@@ -337,14 +353,195 @@ def _no_workers_error(gone_for: float, timeout: float) -> NoWorkersError:
     )
 
 
+# -- checkpoints and scheduler loss --------------------------------------------------------------
+
+#: Seconds the driver keeps retrying a scheduler whose connection failed (closed, refused)
+#: before it gives up with SchedulerLostError; a call that gets no answer at all (a hung
+#: scheduler or machine) gives up after _RPC_TIMEOUT, so a slow scheduler is not "lost".
+_SCHEDULER_GRACE = 10.0
+_RPC_TIMEOUT = 30.0
+
+
+def _lost(client: Client, writer: Any, exc: BaseException) -> SchedulerLostError:
+    address = getattr(client.scheduler, "address", "?")
+    if writer is not None and writer.epoch is not None:
+        where = (
+            f"The last checkpoint is {writer.path} (epoch {writer.epoch}): resume with "
+            f"fit(..., checkpoint={writer.path!r}, resume=True) on a new cluster."
+        )
+    elif writer is not None:
+        where = (
+            f"No checkpoint was written to {writer.path} yet; fit(..., checkpoint="
+            f"{writer.path!r}, resume=True) on a new cluster starts afresh."
+        )
+    else:
+        where = (
+            "The fit had no checkpoint; pass checkpoint='path.zarr' to make a fit resumable "
+            "with fit(..., checkpoint='path.zarr', resume=True) on a new cluster."
+        )
+    return SchedulerLostError(
+        f"lost the Dask scheduler at {address} during the fit "
+        f"({type(exc).__name__}: {exc}). {where}",
+        checkpoint=None if writer is None else writer.path,
+        epoch=None if writer is None else writer.epoch,
+    )
+
+
+async def _rpc(client: Client, writer: Any, op: str, **kwargs: Any) -> Any:
+    """Call a daskgd handler; a scheduler that does not answer for _SCHEDULER_GRACE s is lost."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SCHEDULER_GRACE
+    timeout = _RPC_TIMEOUT
+    while True:
+        try:
+            return await asyncio.wait_for(getattr(_scheduler(client), op)(**kwargs), timeout)
+        except (OSError, TimeoutError) as exc:  # CommClosedError is an OSError
+            # after a failure, a reconnection may hang in connect (distributed retries
+            # refused connections for its whole connect timeout): bound it by the grace
+            timeout = max(0.5, min(_RPC_TIMEOUT, deadline - loop.time()))
+            if asyncio.get_running_loop().time() >= deadline or client.status in (
+                "closing",
+                "closed",
+            ):
+                if writer is not None:
+                    try:  # a write in flight finishes first, so the message is exact
+                        await writer.flush()
+                    except Exception:
+                        pass
+                raise _lost(client, writer, exc) from exc
+            await asyncio.sleep(0.5)
+
+
+async def _status(client: Client, job: str, since: int, s: _Settings, writer: Any) -> dict:
+    # waits on the scheduler up to poll_interval for the next epoch or the stop
+    wait = min(s.poll_interval, _RPC_TIMEOUT / 2)
+    return await _rpc(client, writer, "daskgd_status", job=job, since=since, wait=wait)
+
+
+async def _checkpoint_tick(client: Client, job: str, st: dict, s: _Settings, writer) -> None:
+    """Start writing the job's newest snapshot, unless a write is still in flight."""
+    if writer.busy:
+        return
+    fresh = (
+        s.checkpoint_interval is not None
+        and time.monotonic() - writer.written_at >= s.checkpoint_interval
+    )
+    if not fresh and st.get("snapshot_seq", 0) <= writer.seq:
+        return
+    reply = await _rpc(
+        client, writer, "daskgd_snapshot", job=job, fresh=fresh, since=len(writer.rows)
+    )
+    if reply["status"] == "OK" and reply["snapshot"] is not None and reply["seq"] > writer.seq:
+        writer.start(reply)
+
+
+async def _final_checkpoint(client: Client, job: str, s: _Settings, writer) -> None:
+    """When the fit ends: wait for the write in flight, then write the final state.
+
+    A failed (diverged) job has no final state worth resuming: its last periodic
+    checkpoint stays the newest.
+    """
+    await writer.flush()  # first: its rows are in writer.rows
+    reply = await _rpc(
+        client, writer, "daskgd_snapshot", job=job, fresh=True, since=len(writer.rows)
+    )
+    await writer.flush(reply if reply["status"] == "OK" else None)
+
+
+def _checkpoint_config(ds, s: _Settings, config: dict[str, Any]) -> dict[str, Any]:
+    """The job's settings stored with each checkpoint (JSON)."""
+    from daskgd._version import __version__
+
+    return {
+        "n_features": int(ds.n_features),
+        "n_samples": int(ds.n_samples),
+        "loss": s.loss,
+        "n_classes": s.n_classes,
+        "epsilon": s.epsilon,
+        "mode": s.mode,
+        "batch_size": s.batch_size,
+        "seed": s.seed,
+        "optimizer": s.optimizer,
+        "job": {k: v for k, v in config.items()},
+        "data": ds.path,
+        "daskgd_version": __version__,
+    }
+
+
+def _check_compatible(ck, cfg: dict[str, Any]) -> None:
+    old = ck.config
+    for key, what in (
+        ("n_features", "features (d)"),
+        ("loss", "loss"),
+        ("n_classes", "classes"),
+    ):
+        if old.get(key) != cfg[key]:
+            raise CheckpointError(
+                f"the checkpoint {ck.path} is from a fit with {what} {old.get(key)!r}; this "
+                f"fit has {cfg[key]!r}. Resume with the same data and settings, or use "
+                "another checkpoint path (or resume=False to overwrite it)"
+            )
+    old_opt = (old.get("optimizer") or {}).get("name")
+    if old_opt != cfg["optimizer"]["name"]:
+        raise CheckpointError(
+            f"the checkpoint {ck.path} holds the state of optimizer {old_opt!r}; this fit "
+            f"uses {cfg['optimizer']['name']!r}. Resume with the same optimizer"
+        )
+
+
+async def _checkpoint_setup(ds, s: _Settings, config: dict[str, Any], n_ranks: int):
+    """(writer or None, the resume snapshot or None) for this fit."""
+    if s.checkpoint is None:
+        return None, None
+    from daskgd.checkpoint import CheckpointWriter, load_checkpoint
+
+    cfg = _checkpoint_config(ds, s, config)
+    ck = None
+    if s.resume:
+        try:
+            ck = await asyncio.to_thread(load_checkpoint, s.checkpoint)
+        except FileNotFoundError:
+            ck = None  # nothing to resume from: start fresh
+    if ck is None:
+        return CheckpointWriter(s.checkpoint, cfg), None
+    _check_compatible(ck, cfg)
+    writer = CheckpointWriter(s.checkpoint, cfg, prior_history=ck.history)
+    writer.epoch = ck.epoch
+    if ck.params.shape != _initial_params_shape(ds, s):
+        raise CheckpointError(
+            f"the checkpoint {ck.path} has parameters of shape {ck.params.shape}; this fit "
+            f"needs {_initial_params_shape(ds, s)}"
+        )
+    resume = {
+        "params": ck.params,
+        "state": ck.state,
+        "version": ck.version,
+        "epochs": ck.epoch,
+        "progress": ck.progress,
+    }
+    return writer, resume
+
+
+def _initial_params_shape(ds, s: _Settings) -> tuple[int, ...]:
+    d = ds.n_features
+    return (d + 1,) if not s.n_classes else (d + 1, s.n_classes)
+
+
 def _train_entry(job, rank, source, spec):
     from daskgd.worker import train_partition
 
     return train_partition(job, rank, source, spec)
 
 
-async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[dict]:
-    """Poll the job until it stops; surface failed tasks as a TrainingError."""
+async def _watch(
+    client: Client, job: str, futures: list, s: _Settings, writer: Any = None
+) -> list[dict]:
+    """Poll the job until it stops; surface failed tasks as a TrainingError.
+
+    With a checkpoint ``writer``, start writing each new snapshot of the job (and a
+    fresh one every ``checkpoint_interval`` seconds); a scheduler that stops answering
+    raises :class:`~daskgd.errors.SchedulerLostError`.
+    """
     history: list[dict] = []
     bar = None
     gone_since: float | None = None  # when the job was last seen without a live member
@@ -354,10 +551,9 @@ async def _watch(client: Client, job: str, futures: list, s: _Settings) -> list[
         bar = tqdm(total=s.config["max_epochs"], unit="epoch", desc="daskgd")
     try:
         while True:
-            # waits on the scheduler up to poll_interval for the next epoch or the stop
-            st = await _scheduler(client).daskgd_status(
-                job=job, since=len(history), wait=s.poll_interval
-            )
+            st = await _status(client, job, len(history), s, writer)
+            if writer is not None and not st["stopped"]:
+                await _checkpoint_tick(client, job, st, s, writer)
             if st["status"] != "OK":
                 raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
             for h in st["history"]:
@@ -454,6 +650,10 @@ def _settings(
     callback_params,
     sync_quorum,
     worker_timeout,
+    checkpoint,
+    checkpoint_every,
+    checkpoint_interval,
+    resume,
 ) -> _Settings:
     info = get_loss(loss)
     if n_classes is not None:
@@ -492,6 +692,29 @@ def _settings(
         and worker_timeout > 0
     ):
         raise ValueError(f"worker_timeout must be a number of seconds > 0, got {worker_timeout!r}")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str | os.PathLike):
+            raise TypeError(f"checkpoint must be None or a path, got {type(checkpoint).__name__}")
+        from daskgd.checkpoint import _local
+
+        checkpoint = os.fspath(_local(checkpoint))
+    if isinstance(checkpoint_every, bool) or not (
+        isinstance(checkpoint_every, int) and checkpoint_every >= 1
+    ):
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+    if checkpoint_interval is not None and not (
+        isinstance(checkpoint_interval, int | float)
+        and math.isfinite(checkpoint_interval)
+        and checkpoint_interval > 0
+    ):
+        raise ValueError(
+            f"checkpoint_interval must be None or a number of seconds > 0, got "
+            f"{checkpoint_interval!r}"
+        )
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<the path the earlier fit wrote>")
     opt = {
         "name": optimizer,
         "learning_rate": learning_rate,
@@ -516,6 +739,7 @@ def _settings(
         "staleness_lr": bool(staleness_lr),
         "record_params": callback_params,
         "sync_quorum": None if sync_quorum is None else int(sync_quorum),
+        "checkpoint_every": checkpoint_every if checkpoint is not None else None,
     }
     JobConfig(**config)
     if random_state is None:
@@ -541,6 +765,10 @@ def _settings(
         poll_interval=float(poll_interval),
         out_of_core=out_of_core,
         worker_timeout=float(worker_timeout),
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        checkpoint_interval=None if checkpoint_interval is None else float(checkpoint_interval),
+        resume=resume,
     )
 
 
@@ -634,6 +862,23 @@ _DOC_PARAMS = """
         epoch, one chunk in memory at a time, instead of loading them once; for data
         larger than the cluster's memory. Mini-batches then come from a per-epoch
         shuffle of the chunks and of the rows within each chunk.
+    checkpoint : str or os.PathLike, optional
+        A Zarr group on a local or shared filesystem (e.g. ``"fit.zarr"``) to write
+        checkpoints to: parameters, optimizer state, version, epoch, history and the
+        settings, written atomically (a crash mid-write leaves the previous one) by the
+        driver, off the scheduler. A final checkpoint is written when the fit ends. See
+        :mod:`daskgd.checkpoint`.
+    checkpoint_every : int, default=10
+        Write a checkpoint every this many epochs (passes over the data).
+    checkpoint_interval : float, optional
+        Also write one when this many seconds passed since the last (mid-epoch for
+        mini-batch fits).
+    resume : bool, default=False
+        Continue from the newest checkpoint at ``checkpoint``: parameters, optimizer
+        state, epoch and update counters, stop-rule counters; the history is appended
+        to. ``max_epochs`` counts all epochs, before and after the resume. With no
+        checkpoint there yet, the fit starts fresh. A checkpoint from a fit with other
+        features, loss, classes or optimizer is refused (``CheckpointError``).
 
     Returns
     -------
@@ -651,6 +896,11 @@ _DOC_PARAMS = """
         When a training task failed or the job vanished.
     NoWorkersError
         (a ``TrainingError``) When every worker was gone for ``worker_timeout`` seconds.
+    SchedulerLostError
+        When the scheduler died (noticed within about 10 s) or stopped answering (30 s);
+        the message names the last checkpoint and its epoch.
+    CheckpointError
+        When ``resume=True`` meets a checkpoint from an incompatible fit.
 """
 
 
@@ -689,6 +939,10 @@ def _defaults():
         "callback_params": False,
         "sync_quorum": None,
         "worker_timeout": 60.0,
+        "checkpoint": None,
+        "checkpoint_every": 10,
+        "checkpoint_interval": None,
+        "resume": False,
     }
 
 
@@ -779,7 +1033,9 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
         opened = time.perf_counter() - started
         return _timed(client.sync(_run_job, client, ds, s), started, opened)
     except Exception as exc:
-        if client.status in ("closing", "closed") and not isinstance(exc, DataValidationError):
+        if client.status in ("closing", "closed") and not isinstance(
+            exc, DataValidationError | SchedulerLostError
+        ):
             raise TrainingError(
                 "the Dask client was closed while fit was running; keep it open until fit "
                 "returns (its job on the scheduler was freed)"

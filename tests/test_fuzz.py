@@ -36,13 +36,14 @@ D1 = 4  # parameters of the legitimate and the fuzzed job (3 features + intercep
 # addresses no worker has: a sync round of these ranks never waits for anyone
 FAKE_RANKS = ["tcp://10.255.255.1:1", "tcp://10.255.255.2:1"]
 ARGS: dict[str, tuple[str, ...]] = {
-    "create": ("job", "params", "config", "optimizer", "ranks", "client"),
+    "create": ("job", "params", "config", "optimizer", "ranks", "client", "resume"),
     "join": ("job", "rank", "worker"),
     "push": ("job", "rank", "version", "grad", "n", "weight", "loss", "worker"),
     "pull": ("job",),
     "status": ("job", "since", "params", "wait"),
     "stop": ("job", "reason"),
     "close": ("job",),
+    "snapshot": ("job", "fresh", "since"),
     "info": (),
 }
 # keyword names the RPC layer itself consumes: not something a handler ever sees
@@ -204,6 +205,12 @@ _optimizer = st.fixed_dictionaries(
 )
 PLAUSIBLE: dict[str, Any] = {
     "job": _ids,
+    "resume": st.none()
+    | st.fixed_dictionaries(
+        {"version": _small_ints, "epochs": _small_ints, "state": junk},
+        optional={"progress": junk},
+    ),
+    "fresh": st.booleans(),
     "params": st.builds(ToPickle, _arrays),
     "config": _config,
     "optimizer": _optimizer,
