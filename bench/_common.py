@@ -41,7 +41,8 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        # relative to the repository, wherever it was checked out
+        "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
     }
 
