@@ -81,6 +81,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     outcome = "all passed" if exitstatus == 0 else f"pytest exit status {int(exitstatus)}"
     base.with_suffix(".md").write_text(
         "# Reliability: what the tests tried and survived\n\n"
-        f'Command: `pytest -m "stress or not stress" --reliability-report={target}` '
+        "Command: `tox -e stress` (the reliability test files with their soak variants, "
+        '`pytest -m "stress or not stress"`) '
         f"({outcome}).\n\n| tried | count |\n|---|---|\n{rows}\n"
     )
