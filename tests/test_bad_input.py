@@ -5,6 +5,7 @@ what is wrong and how to fix it, and the input data left as it was (on disk and 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import zarr
 from distributed import Client
 from test_existing_cluster import _scheduler, processes  # noqa: F401 (a fixture)
 
+from daskgd.checkpoint import load_checkpoint
 from daskgd.data import FORMAT_VERSION, write_zarr
 from daskgd.errors import (
     DataValidationError,
@@ -48,7 +50,7 @@ def _memory(X, y, w=None, **kw) -> Callable[[Any, Path], tuple]:
 
     def make(client, tmp):
         arrays = (X, y) if w is None else (X, y, w)
-        return arrays, lambda: fit(arrays, client=client, **kw)
+        return arrays, lambda **extra: fit(arrays, client=client, **kw, **extra)
 
     return make
 
@@ -59,7 +61,7 @@ def _on_disk(build: Callable[[Path], None], **kw) -> Callable[[Any, Path], tuple
     def make(client, tmp):
         path = tmp / "data.zarr"
         build(path)
-        return path, lambda: fit(str(path), client=client, **kw)
+        return path, lambda **extra: fit(str(path), client=client, **kw, **extra)
 
     return make
 
@@ -139,14 +141,27 @@ CASES: list[tuple[str, Callable, type[Exception], tuple[str, ...]]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def existing_checkpoint(cluster, tmp_path_factory) -> Path:
+    """A checkpoint from a good fit with the table's number of features."""
+    path = tmp_path_factory.mktemp("ckpt") / "fit.zarr"
+    with Client(cluster, set_as_default=False) as c:
+        fit(_xy(), client=c, max_epochs=3, tol=None, checkpoint=str(path))
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "error", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
-def test_bad_input_refused(client, tmp_path, make, error, words, reliability):
+def test_bad_input_refused(client, tmp_path, make, error, words, existing_checkpoint, reliability):
     data, call = make(client, tmp_path)
     before = _digest(data) if isinstance(data, Path) else [np.array(a, copy=True) for a in data]
+    # the fit names an existing checkpoint: a refused fit must leave it as it was
+    ckpt = tmp_path / "fit.zarr"
+    shutil.copytree(existing_checkpoint, ckpt)
+    ckpt_before = _digest(ckpt)
     with pytest.raises(error) as info:
-        call()
+        call(checkpoint=str(ckpt), checkpoint_every=10**6)
     message = str(info.value)
     for word in words:
         assert word.lower() in message.lower(), (word, message)
@@ -155,6 +170,8 @@ def test_bad_input_refused(client, tmp_path, make, error, words, reliability):
     else:
         for a, b in zip(data, before, strict=True):
             np.testing.assert_array_equal(a, b)
+    assert _digest(ckpt) == ckpt_before
+    assert load_checkpoint(ckpt).epoch == 3
     reliability.add("bad inputs refused", 1)
 
 
