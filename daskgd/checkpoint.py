@@ -178,8 +178,20 @@ def _ensure_root(root: Path) -> None:
         raise CheckpointError(
             f"{root} exists and is not a daskgd checkpoint; choose another checkpoint path"
         )
-    g = zarr.open_group(str(root), mode="a", zarr_format=3)
+    # built beside and renamed into place, so that a reader never sees the group without
+    # its format attributes (zarr writes the group's metadata, then its attributes)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"
+    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     g.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
+    if root.exists():
+        root.rmdir()  # empty (checked above)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "zarr.json").exists():  # not another writer's root: a real failure
+            raise
 
 
 def save_checkpoint(

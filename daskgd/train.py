@@ -399,10 +399,9 @@ async def _rpc(client: Client, writer: Any, op: str, **kwargs: Any) -> Any:
             # after a failure, a reconnection may hang in connect (distributed retries
             # refused connections for its whole connect timeout): bound it by the grace
             timeout = max(0.5, min(_RPC_TIMEOUT, deadline - loop.time()))
-            if asyncio.get_running_loop().time() >= deadline or client.status in (
-                "closing",
-                "closed",
-            ):
+            if client.status in ("closing", "closed"):  # closed by its owner, not lost
+                raise _client_closed() from exc
+            if loop.time() >= deadline:
                 if writer is not None:
                     try:  # a write in flight finishes first, so the message is exact
                         await writer.flush()
@@ -410,6 +409,13 @@ async def _rpc(client: Client, writer: Any, op: str, **kwargs: Any) -> Any:
                         pass
                 raise _lost(client, writer, exc) from exc
             await asyncio.sleep(0.5)
+
+
+def _client_closed() -> TrainingError:
+    return TrainingError(
+        "the Dask client was closed while fit was running; keep it open until fit "
+        "returns (its job on the scheduler was freed)"
+    )
 
 
 async def _status(client: Client, job: str, since: int, s: _Settings, writer: Any) -> dict:
@@ -1036,10 +1042,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
         if client.status in ("closing", "closed") and not isinstance(
             exc, DataValidationError | SchedulerLostError
         ):
-            raise TrainingError(
-                "the Dask client was closed while fit was running; keep it open until fit "
-                "returns (its job on the scheduler was freed)"
-            ) from exc
+            raise _client_closed() from exc
         raise
     finally:
         if own_client is not None:
