@@ -779,7 +779,7 @@ class ParameterServer(SchedulerPlugin):
         if resume is not None:
             try:
                 j.restore(resume)
-            except (TypeError, ValueError, KeyError) as exc:
+            except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
                 return _error(f"cannot resume from this checkpoint: {exc}")
         self.jobs[job] = j
         return {"status": "OK", "version": j.version}

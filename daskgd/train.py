@@ -265,6 +265,8 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         resume=None if resume is None else ToPickle(resume),
     )
     if reply["status"] != "OK":
+        if resume is not None and "resume" in str(reply.get("message")):
+            raise CheckpointError(f"{s.checkpoint}: {reply['message']}")
         raise ValueError(reply["message"])
     spec = {
         "classes": _label_encoding(ds, s),
@@ -297,11 +299,18 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         history = await _watch(client, job, futures, s, writer)
         if writer is not None:
             await _final_checkpoint(client, job, s, writer)
-        final = await _scheduler(client).daskgd_close(job=job)
+        final = await _rpc(client, writer, "daskgd_close", job=job)
+        if final.get("status") != "OK":
+            raise TrainingError(f"the job vanished from the scheduler: {final.get('message')}")
         tasks = await _drain(client, futures)
     except SchedulerLostError:
         raise  # nothing to clean up on a scheduler that is gone
     except BaseException:
+        if writer is not None:  # a write in flight ends before the caller can resume
+            try:
+                await writer.flush()
+            except Exception:
+                pass
         await _abort(client, job, futures)
         raise
     history += list(final["history"][len(history) :])
@@ -399,6 +408,8 @@ async def _rpc(client: Client, writer: Any, op: str, **kwargs: Any) -> Any:
             # after a failure, a reconnection may hang in connect (distributed retries
             # refused connections for its whole connect timeout): bound it by the grace
             timeout = max(0.5, min(_RPC_TIMEOUT, deadline - loop.time()))
+            if "wait" in kwargs:  # a retried status must answer at once, within the grace
+                kwargs["wait"] = 0.0
             if client.status in ("closing", "closed"):  # closed by its owner, not lost
                 raise _client_closed() from exc
             if loop.time() >= deadline:
@@ -558,10 +569,10 @@ async def _watch(
     try:
         while True:
             st = await _status(client, job, len(history), s, writer)
-            if writer is not None and not st["stopped"]:
-                await _checkpoint_tick(client, job, st, s, writer)
             if st["status"] != "OK":
                 raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
+            if writer is not None and not st["stopped"]:
+                await _checkpoint_tick(client, job, st, s, writer)
             for h in st["history"]:
                 params = h.pop("params", None)
                 history.append(dict(h))
@@ -571,7 +582,8 @@ async def _watch(
                     bar.update(1)
                     bar.set_postfix(loss=f"{h['loss']:.6g}")
                 if s.callback is not None and s.callback(dict(h)) is False:
-                    await _scheduler(client).daskgd_stop(job=job, reason="stopped by the callback")
+                    await _rpc(client, writer, "daskgd_stop", job=job,
+                               reason="stopped by the callback")  # fmt: skip
             if st["stopped"]:
                 return history
             # every worker gone: no member alive and none to rerun a task on (a rerun
@@ -590,7 +602,7 @@ async def _watch(
                     raise TrainingError(f"training task {f.key} was cancelled")
             if all(f.status == "finished" for f in futures):
                 # the job may have stopped between our poll and the tasks' exit
-                st = await _scheduler(client).daskgd_status(job=job)
+                st = await _rpc(client, writer, "daskgd_status", job=job)
                 if not st.get("stopped"):
                     raise TrainingError("every training task ended before the job stopped")
                 continue
@@ -614,11 +626,16 @@ async def _drain(client: Client, futures: list, timeout: float = 30.0) -> list[d
 
 
 async def _abort(client: Client, job: str, futures: list) -> None:
+    """Free the job and cancel its tasks, best effort: the error that got us here wins."""
     try:
-        await _scheduler(client).daskgd_close(job=job)
-    finally:
+        await asyncio.wait_for(_scheduler(client).daskgd_close(job=job), 5.0)
+    except Exception:
+        pass
+    try:
         if futures:
-            await client.cancel(futures)
+            await asyncio.wait_for(client.cancel(futures), 5.0)
+    except Exception:
+        pass
 
 
 def _settings(
@@ -717,6 +734,12 @@ def _settings(
             f"checkpoint_interval must be None or a number of seconds > 0, got "
             f"{checkpoint_interval!r}"
         )
+    if isinstance(poll_interval, bool) or not (
+        isinstance(poll_interval, int | float)
+        and math.isfinite(poll_interval)
+        and poll_interval > 0
+    ):
+        raise ValueError(f"poll_interval must be a number of seconds > 0, got {poll_interval!r}")
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if resume and checkpoint is None:

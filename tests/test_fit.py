@@ -259,6 +259,8 @@ def test_fit_async_with_asynchronous_client(cluster):
         ({"batch_size": 0}, "batch_size"),
         ({"loss": "nope"}, "unknown loss"),
         ({"learning_rate": 0.0}, "learning_rate"),
+        ({"poll_interval": -1.0}, "poll_interval"),
+        ({"poll_interval": float("nan")}, "poll_interval"),
     ],
 )
 def test_bad_settings(client, kwargs, match):
