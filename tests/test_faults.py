@@ -109,8 +109,12 @@ def _train_tasks_submitted(dask_scheduler) -> bool:
     return any(str(k).startswith("daskgd-train-") for k in dask_scheduler.tasks)
 
 
-def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None):
-    """One fit with one worker killed at a seeded random point; checks it and returns it."""
+def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None, restore=True):
+    """One fit with one worker killed at a seeded random point; checks it and returns it.
+
+    ``restore``: wait, afterwards, for the nanny to bring the killed worker back (the
+    session cluster is shared with the tests that follow).
+    """
     rng = random.Random(seed)
     when = when or rng.choice(["load", "train"])
     X, y, sol = _problem(seed=seed)
@@ -165,7 +169,8 @@ def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None)
     fstar = 0.5 * np.mean((A @ sol - y) ** 2)
     assert (f - fstar) / fstar <= (1e-8 if mode == "sync" else 1e-4), (mode, how, when, seed)
     reliability.add("fits completed after a worker kill", 1)
-    client.wait_for_workers(2, timeout=60)
+    if restore:
+        client.wait_for_workers(2, timeout=60)
     return res
 
 
@@ -186,8 +191,15 @@ def test_worker_killed_at_a_random_point(client, tmp_path, reliability, mode, ho
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("how", ["nanny", "kill9"])
 @pytest.mark.parametrize("mode", ["sync", "async", "ssp"])
-def test_worker_killed_at_a_random_point_stress(client, tmp_path, reliability, mode, how, seed):
-    _fit_under_a_kill(client, tmp_path, reliability, mode, how, 100 + seed)
+def test_worker_killed_at_a_random_point_stress(tmp_path, reliability, mode, how, seed):
+    # a fresh cluster per soak case: after many kills in a row, a nanny of a shared cluster
+    # sometimes never brought its restarted worker back (its worker did not register, 1 to
+    # 2 cases in 30), which failed the wait *after* a fit that had succeeded
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        _fit_under_a_kill(c, tmp_path, reliability, mode, how, 100 + seed, restore=False)
 
 
 @pytest.fixture
