@@ -54,34 +54,16 @@ def daskgd_runners(problem: Problem) -> dict[str, Callable]:
         return run
 
     lr = 1.0 / (curvature if ls else 0.25 * curvature + problem.alpha)
+    # the mini-batch runs (async and ssp): a decaying step from a quarter of 1/L
+    sgd = {"batch_size": 1024, "optimizer": "sgd", "learning_rate": lr / 4,
+           "lr_schedule": "invscaling", "power_t": 0.25, "random_state": 0}  # fmt: skip
     return {
         "daskgd sync L-BFGS": runner({"mode": "sync", "optimizer": "lbfgs"}, [3, 5, 7, 10, 20, 40]),
         "daskgd sync gradient descent (lr=1/L)": runner(
             {"mode": "sync", "optimizer": "sgd", "learning_rate": lr}, [5, 10, 20, 50, 150]
         ),
-        "daskgd async SGD (batch 1,024)": runner(
-            {
-                "mode": "async",
-                "batch_size": 1024,
-                "optimizer": "sgd",
-                "learning_rate": lr / 4,
-                "lr_schedule": "invscaling",
-                "power_t": 0.25,
-                "random_state": 0,
-            },
-            [1, 2, 5, 10],
-        ),
+        "daskgd async SGD (batch 1,024)": runner({"mode": "async", **sgd}, [1, 2, 5, 10]),
         "daskgd ssp SGD (batch 1,024, staleness 4)": runner(
-            {
-                "mode": "ssp",
-                "max_staleness": 4,
-                "batch_size": 1024,
-                "optimizer": "sgd",
-                "learning_rate": lr / 4,
-                "lr_schedule": "invscaling",
-                "power_t": 0.25,
-                "random_state": 0,
-            },
-            [1, 2, 5, 10],
+            {"mode": "ssp", "max_staleness": 4, **sgd}, [1, 2, 5, 10]
         ),
     }

@@ -638,6 +638,14 @@ async def _abort(client: Client, job: str, futures: list) -> None:
         pass
 
 
+def _check_seconds(name: str, value: Any, alternatives: str = "") -> None:
+    """Refuse anything but a finite number of seconds > 0 (bools included)."""
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float) and math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{name} must be {alternatives}a number of seconds > 0, got {value!r}")
+
+
 def _settings(
     *,
     loss,
@@ -709,12 +717,7 @@ def _settings(
         raise ValueError(
             f"sync_quorum must be None (every live worker) or an integer >= 1, got {sync_quorum!r}"
         )
-    if isinstance(worker_timeout, bool) or not (
-        isinstance(worker_timeout, int | float)
-        and math.isfinite(worker_timeout)
-        and worker_timeout > 0
-    ):
-        raise ValueError(f"worker_timeout must be a number of seconds > 0, got {worker_timeout!r}")
+    _check_seconds("worker_timeout", worker_timeout)
     if checkpoint is not None:
         if not isinstance(checkpoint, str | os.PathLike):
             raise TypeError(f"checkpoint must be None or a path, got {type(checkpoint).__name__}")
@@ -725,21 +728,9 @@ def _settings(
         isinstance(checkpoint_every, int) and checkpoint_every >= 1
     ):
         raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
-    if checkpoint_interval is not None and not (
-        isinstance(checkpoint_interval, int | float)
-        and math.isfinite(checkpoint_interval)
-        and checkpoint_interval > 0
-    ):
-        raise ValueError(
-            f"checkpoint_interval must be None or a number of seconds > 0, got "
-            f"{checkpoint_interval!r}"
-        )
-    if isinstance(poll_interval, bool) or not (
-        isinstance(poll_interval, int | float)
-        and math.isfinite(poll_interval)
-        and poll_interval > 0
-    ):
-        raise ValueError(f"poll_interval must be a number of seconds > 0, got {poll_interval!r}")
+    if checkpoint_interval is not None:
+        _check_seconds("checkpoint_interval", checkpoint_interval, "None or ")
+    _check_seconds("poll_interval", poll_interval)
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if resume and checkpoint is None:

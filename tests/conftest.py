@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,22 @@ def cluster() -> Iterator[LocalCluster]:
         memory_limit="2GiB",
     ) as c:
         yield c
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Subprocesses a test starts (``dask scheduler``, ``dask worker``), stopped after it."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
 
 
 @pytest.fixture

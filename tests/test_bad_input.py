@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client
-from test_existing_cluster import _scheduler, processes  # noqa: F401 (a fixture)
+from test_existing_cluster import _scheduler
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import FORMAT_VERSION, write_zarr
@@ -175,7 +175,7 @@ def test_bad_input_refused(client, tmp_path, make, error, words, existing_checkp
     reliability.add("bad inputs refused", 1)
 
 
-def test_bad_input_scheduler_without_daskgd(tmp_path, processes, reliability):  # noqa: F811
+def test_bad_input_scheduler_without_daskgd(tmp_path, processes, reliability):
     """The table's "scheduler without daskgd" row (as in test_existing_cluster.py)."""
     _, address = _scheduler(tmp_path, processes, with_daskgd=False)
     X, y = _xy(20)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _subprocess import subprocess_env
+from test_faults import _problem
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import write_zarr
@@ -28,29 +29,6 @@ from daskgd.errors import SchedulerLostError
 from daskgd.train import fit
 
 DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def _problem(n=2000, d=5, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    y = X @ rng.standard_normal(d) + 0.5 + 0.3 * rng.standard_normal(n)
-    A = np.column_stack([X, np.ones(n)])
-    return X, y, np.linalg.lstsq(A, y, rcond=None)[0]
-
-
-@pytest.fixture
-def processes():
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
 
 
 def _cluster(folder: Path, processes: list, n_workers: int = 2) -> tuple[subprocess.Popen, str]:

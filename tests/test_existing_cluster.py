@@ -32,19 +32,6 @@ def _address(scheduler_file: Path, proc: subprocess.Popen) -> str:
     raise AssertionError("dask scheduler did not start")
 
 
-@pytest.fixture
-def processes():
-    procs = []
-    yield procs
-    for p in reversed(procs):
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 def _scheduler(tmp_path, processes, with_daskgd):
     sf = tmp_path / "scheduler.json"
     cmd = [
