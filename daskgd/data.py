@@ -76,9 +76,38 @@ def _is_url(path: str) -> bool:
 
 
 def _store_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as every process of a cluster must read it: local paths made absolute.
+
+    The workers run in other working directories (and possibly as other users), so a
+    relative path or ``~`` would name another folder there, where zarr would read every
+    chunk as its fill value. ``file://`` and ``local://`` URLs are resolved the same way;
+    other URLs are kept as they are.
+    """
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return os.fspath(path)
+    p = os.fspath(path)
+    for prefix in ("file://", "local://"):
+        if p.startswith(prefix):
+            return prefix + os.path.abspath(os.path.expanduser(p[len(prefix) :]))
+    if _is_url(p):
+        return p
+    return os.path.abspath(os.path.expanduser(p))
+
+
+def _local_dir(path: str) -> str | None:
+    """The local folder that a resolved path or ``file://``/``local://`` URL names, else None."""
+    for prefix in ("file://", "local://"):
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    return None if _is_url(path) else path
+
+
+def _sibling(path: str, tag: str) -> str | None:
+    """A new hidden name beside ``path`` (same folder, same URL scheme); None at a root."""
+    head, _, tail = path.rstrip("/").rpartition("/")
+    if not tail or not head or head.endswith(":/"):
+        return None
+    return f"{head}/.{tail}.{uuid.uuid4().hex[:16]}.{tag}"
 
 
 def _check_storage_options(path: str, storage_options: dict[str, Any] | None) -> None:
@@ -119,15 +148,28 @@ def _exists(path: str, storage_options: dict[str, Any] | None) -> bool:
 def _remove(path: str, storage_options: dict[str, Any] | None) -> None:
     """Delete a partly written group (best effort: its ``complete`` flag already says so)."""
     try:
-        if _is_url(path):
+        local = _local_dir(path)
+        if local is None:
             import fsspec
 
             fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
             fs.rm(root, recursive=True)
+        elif os.path.isdir(local) and not os.path.islink(local):
+            shutil.rmtree(local)
         else:
-            shutil.rmtree(path)
+            os.remove(local)
     except OSError:
         pass
+
+
+def _writable(g: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of ``g``, opened to write every chunk, even one equal to the fill value.
+
+    Zarr leaves such chunks out by default, and reads a missing chunk as the fill value;
+    a daskgd dataset has every chunk, so that a missing one is known to be damage.
+    """
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return _array(g, name)
 
 
 def _compressors(compressor: Any) -> Any:
@@ -279,9 +321,9 @@ def _scan(arrays: Mapping[str, Any], client: Any = None) -> dict[str, list[tuple
     tasks: list[Any] = []
     names: list[tuple[str, int]] = []
     for name, a in arrays.items():
+        # integer arrays too: their values are always finite, but reading them checks
+        # that every chunk is there and matches its digest
         kind = "weight" if name == "sample_weight" else "value"
-        if a.dtype.kind in "biu":
-            continue  # integers are always finite; weights get a sign check below
         blocks = a.to_delayed().ravel()
         stat = dask.delayed(_block_stats, pure=True)
         for i, b in enumerate(blocks):
@@ -315,12 +357,7 @@ def _validate_values(X: da.Array, y: da.Array, w: da.Array | None, client: Any =
         if name in stats:
             _report_bad(name, stats[name], arrays[name].chunks[0])
     if w is not None:
-        if w.dtype.kind in "biu":
-            lo, total = (float(v) for v in _compute([w.min(), w.sum()], client))
-            if lo < 0:
-                raise DataValidationError("sample_weight contains negative values")
-        else:
-            total = sum(s[2] for s in stats["sample_weight"])
+        total = sum(s[2] for s in stats["sample_weight"])
         if total <= 0:
             raise DataValidationError(
                 "sample_weight sums to zero: at least one row needs a positive weight"
@@ -657,16 +694,25 @@ def open_zarr(
                 f"chunks of {rows}; rewrite the dataset with write_zarr(..., chunk_rows=...) "
                 "so all arrays share one row-chunking"
             )
-    _n, d = zX.shape
+    n, d = zX.shape
     # from_array over whole shards/chunks (not da.from_zarr: dask/dask#12586). The names
     # come from the write id; a group from another tool has none, so it gets fresh names.
+    # Each chunk is read checked (chunkio.CheckedRows): zarr alone reads a missing chunk,
+    # or a store a worker cannot see, as fill values.
+    from daskgd.chunkio import CheckedRows, _digests
+
+    n_chunks = -(-int(n) // rows)
+
+    def checked(z: zarr.Array, name: str) -> CheckedRows:
+        return CheckedRows(z, name, p, rows, _digests(attrs, name, n_chunks))
+
     token = dask.base.tokenize(p, attrs.get("write_id") or uuid.uuid4().hex)
-    X = da.from_array(zX, chunks=(rows, d), name=f"daskgd-X-{token}")
-    y = da.from_array(zy, chunks=(rows,), name=f"daskgd-y-{token}")
+    X = da.from_array(checked(zX, "X"), chunks=(rows, d), name=f"daskgd-X-{token}")
+    y = da.from_array(checked(zy, "y"), chunks=(rows,), name=f"daskgd-y-{token}")
     w = None
     if zw is not None:
         _check_dtype_1d("sample_weight", np.dtype(zw.dtype))
-        w = da.from_array(zw, chunks=(rows,), name=f"daskgd-w-{token}")
+        w = da.from_array(checked(zw, "sample_weight"), chunks=(rows,), name=f"daskgd-w-{token}")
     if "classes" in attrs:
         classes = None if attrs["classes"] is None else np.asarray(attrs["classes"])
     else:
@@ -872,93 +918,175 @@ def _check_block(block: np.ndarray, name: str, kind: str, i: int, start: int) ->
 
 def _write_block(
     target: Any, block: np.ndarray, name: str, kind: str | None, i: int, start: int
-) -> Exception | None:
+) -> tuple[Exception | None, int | None]:
     """Write one row-chunk to Zarr (checked first when ``kind`` is given).
 
-    Returns the failure instead of raising it, so that the caller can wait for every
-    chunk task to end before it removes a half-written group: a raised failure would
-    end the computation while sibling chunks may still be writing.
+    Returns ``(failure, digest)``: the failure instead of raising it, so that the caller
+    can wait for every chunk task to end before it removes a half-written group (a raised
+    failure would end the computation while sibling chunks may still be writing), and the
+    chunk's :func:`~daskgd.chunkio.chunk_digest` as stored.
     """
+    from daskgd.chunkio import chunk_digest
+
     try:
         if kind is not None:
             _check_block(block, name, kind, i, start)
-        target[start : start + block.shape[0]] = block
+        values = np.ascontiguousarray(block, dtype=target.dtype)
+        target[start : start + values.shape[0]] = values
     except Exception as exc:
-        return exc
-    return None
+        return exc, None
+    return None, chunk_digest(values)
 
 
-def create_dataset_group(
-    path: str,
-    *,
-    n_samples: int,
-    n_features: int,
-    dtype: Any,
-    y_dtype: Any,
-    weighted: bool,
-    chunk_rows: int,
-    inner_chunk_rows: int | None,
-    compressor: Any,
-    overwrite: bool,
-    storage_options: dict[str, Any] | None,
-    attrs: dict[str, Any],
-) -> zarr.Group:
-    """Create an empty dataset group marked ``complete = False`` (used by writers).
+class DatasetWrite:
+    """A dataset being written: beside its path, then moved into place when complete.
 
-    Call :func:`finish_dataset_group` after every chunk is written.
+    The group is built in a hidden sibling (``.NAME.HEX.tmp``), marked ``complete`` last,
+    and renamed into place (as checkpoints are), so a failed write (bad values, a dead
+    worker) removes only the sibling and whatever was at the path, such as the dataset
+    that ``overwrite=True`` replaces, stays as it was. On an object store a fresh dataset
+    is written in place (a move there is a copy of every chunk); one that replaces an old
+    one is written beside it, and the old one is deleted only after the new one is complete.
+
+    Attributes
+    ----------
+    final : str
+        The dataset's path.
+    path : str
+        Where it is being written (``final`` or the sibling).
+    group : zarr.Group
+        The group at ``path``, marked ``complete = False``.
     """
-    _check_storage_options(path, storage_options)  # before anything is removed
-    if _exists(path, storage_options):
-        if not overwrite:
-            raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
-        _remove(path, storage_options)
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if inner_chunk_rows is not None and (inner_chunk_rows < 1 or chunk_rows % inner_chunk_rows):
-        raise ValueError(
-            f"inner_chunk_rows ({inner_chunk_rows}) must divide chunk_rows ({chunk_rows}): "
-            "a row-chunk is stored as one shard made of whole inner chunks"
-        )
-    g = _open_group(path, "w", storage_options)
-    g.attrs.update(
-        {
-            "format": "daskgd",
-            "format_version": FORMAT_VERSION,
-            "complete": False,
-            "n_samples": int(n_samples),
-            "n_features": int(n_features),
-            "dtype": np.dtype(dtype).name,
-            # Unique per write: names the dask arrays, so a rewrite at the same path never
-            # reuses chunks of the old data still held in a cluster's memory.
-            "write_id": uuid.uuid4().hex,
-            **attrs,
-        }
-    )
-    codecs = _compressors(compressor)
-    specs = [("X", (n_samples, n_features), dtype), ("y", (n_samples,), y_dtype)]
-    if weighted:
-        specs.append(("sample_weight", (n_samples,), np.float64))
-    for name, shape, dt in specs:
-        outer = (chunk_rows, *shape[1:])
-        if inner_chunk_rows is None:
-            chunks, shards = outer, None
-        else:
-            chunks, shards = (inner_chunk_rows, *shape[1:]), outer
-        g.create_array(
-            name,
-            shape=shape,
-            dtype=dt,
-            chunks=chunks,
-            shards=shards,
-            compressors=codecs,
-            fill_value=0,
-        )
-    return g
 
+    def __init__(
+        self,
+        final: str,
+        *,
+        n_samples: int,
+        n_features: int,
+        dtype: Any,
+        y_dtype: Any,
+        weighted: bool,
+        chunk_rows: int,
+        inner_chunk_rows: int | None,
+        compressor: Any,
+        overwrite: bool,
+        storage_options: dict[str, Any] | None,
+        attrs: dict[str, Any],
+    ) -> None:
+        _check_storage_options(final, storage_options)  # before anything is written
+        self.final, self.options = final, storage_options
+        self.existed = _exists(final, storage_options)
+        if self.existed and not overwrite:
+            raise FileExistsError(f"{final!r} already exists; pass overwrite=True to replace it")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if inner_chunk_rows is not None and (inner_chunk_rows < 1 or chunk_rows % inner_chunk_rows):
+            raise ValueError(
+                f"inner_chunk_rows ({inner_chunk_rows}) must divide chunk_rows ({chunk_rows}): "
+                "a row-chunk is stored as one shard made of whole inner chunks"
+            )
+        beside = _sibling(final, "tmp") if _local_dir(final) is not None or self.existed else None
+        if beside is None and self.existed:
+            self.existed = False
+            _remove(final, storage_options)  # the root of a bucket: nowhere beside it
+        self.path = beside or final
+        try:
+            self.group = self._create(
+                n_samples, n_features, dtype, y_dtype, weighted, chunk_rows, inner_chunk_rows,
+                compressor, attrs,
+            )  # fmt: skip
+        except BaseException:
+            self.abort()
+            raise
 
-def finish_dataset_group(g: zarr.Group, attrs: dict[str, Any] | None = None) -> None:
-    """Record final attributes and mark the group complete (the last write of a dataset)."""
-    g.attrs.update({**(attrs or {}), "complete": True})
+    def _create(
+        self,
+        n_samples: int,
+        n_features: int,
+        dtype: Any,
+        y_dtype: Any,
+        weighted: bool,
+        chunk_rows: int,
+        inner_chunk_rows: int | None,
+        compressor: Any,
+        attrs: dict[str, Any],
+    ) -> zarr.Group:
+        g = _open_group(self.path, "w", self.options)
+        g.attrs.update(
+            {
+                "format": "daskgd",
+                "format_version": FORMAT_VERSION,
+                "complete": False,
+                "n_samples": int(n_samples),
+                "n_features": int(n_features),
+                "dtype": np.dtype(dtype).name,
+                # Unique per write: names the dask arrays, so a rewrite at the same path never
+                # reuses chunks of the old data still held in a cluster's memory.
+                "write_id": uuid.uuid4().hex,
+                **attrs,
+            }
+        )
+        codecs = _compressors(compressor)
+        specs = [("X", (n_samples, n_features), dtype), ("y", (n_samples,), y_dtype)]
+        if weighted:
+            specs.append(("sample_weight", (n_samples,), np.float64))
+        for name, shape, dt in specs:
+            outer = (chunk_rows, *shape[1:])
+            if inner_chunk_rows is None:
+                chunks, shards = outer, None
+            else:
+                chunks, shards = (inner_chunk_rows, *shape[1:]), outer
+            g.create_array(
+                name,
+                shape=shape,
+                dtype=dt,
+                chunks=chunks,
+                shards=shards,
+                compressors=codecs,
+                fill_value=0,
+            )
+        return g
+
+    def finish(
+        self, digests: Mapping[str, Sequence[int]], attrs: dict[str, Any] | None = None
+    ) -> None:
+        """Record the chunks' digests and final attributes, mark complete, move into place."""
+        from daskgd.chunkio import DIGEST_ALGORITHM
+
+        recorded: dict[str, Any] = {"algorithm": DIGEST_ALGORITHM}
+        recorded.update({name: [int(v) for v in d] for name, d in digests.items()})
+        self.group.attrs.update({**(attrs or {}), "digests": recorded, "complete": True})
+        if self.path == self.final:
+            return
+        local = _local_dir(self.final)
+        if local is None:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(self.final, **(self.options or {}))
+            _, staged = fsspec.core.url_to_fs(self.path, **(self.options or {}))
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
+            fs.mv(staged, root, recursive=True)
+            return
+        staged = _local_dir(self.path)
+        assert staged is not None
+        old = None
+        if os.path.lexists(local):
+            old = _local_dir(_sibling(self.final, "old") or "")
+            os.rename(local, old)  # type: ignore[arg-type]
+        try:
+            os.rename(staged, local)
+        except BaseException:
+            if old is not None:
+                os.rename(old, local)
+            raise
+        if old is not None:
+            _remove(old, None)
+
+    def abort(self) -> None:
+        """Remove what this write left (never what was at the path before it)."""
+        _remove(self.path, self.options)
 
 
 def write_zarr(
@@ -1072,7 +1200,7 @@ def write_zarr(
         "feature_names": feature_names,
         "classes": None if classes is None else classes.tolist(),
     }
-    g = create_dataset_group(
+    writer = DatasetWrite(
         p,
         n_samples=n,
         n_features=d,
@@ -1086,30 +1214,45 @@ def write_zarr(
         storage_options=storage_options,
         attrs=attrs,
     )
+    from daskgd.chunkio import chunk_digest
+
+    g = writer.group
+    digests: dict[str, list[int]] = {}
     try:
         if in_memory:
-            _array(g, "X")[:] = np.asarray(X, dtype=Xd.dtype)
-            _array(g, "y")[:] = np.asarray(y)
-            if sample_weight is not None:
-                _array(g, "sample_weight")[:] = np.asarray(sample_weight, dtype=np.float64)
+            offsets = np.cumsum((0, *Xd.chunks[0]))
+            for name, a, dt in (("X", X, Xd.dtype), ("y", y, yd.dtype),
+                                ("sample_weight", sample_weight, np.float64)):  # fmt: skip
+                if a is None:
+                    continue
+                values = np.ascontiguousarray(a, dtype=dt)
+                _writable(g, name)[:] = values
+                digests[name] = [
+                    chunk_digest(values[offsets[i] : offsets[i + 1]])
+                    for i in range(len(offsets) - 1)
+                ]
         else:
             # one task per row-chunk, all awaited before a failure is raised (see _write_block)
             write = dask.delayed(_write_block, pure=True)
-            tasks = []
+            tasks, names = [], []
             for name, a in (("X", Xd), ("y", yd), ("sample_weight", wd)):
                 if a is None:
                     continue
                 check = validate and a.dtype.kind == "f"
                 kind = ("weight" if name == "sample_weight" else "value") if check else None
-                target = dask.delayed(_array(g, name), traverse=False)
+                target = dask.delayed(_writable(g, name), traverse=False)
                 starts = np.cumsum((0, *a.chunks[0][:-1]))
                 for i, block in enumerate(a.to_delayed().ravel()):
                     tasks.append(write(target, block, name, kind, i, int(starts[i])))
-            failures = [f for f in _compute(tasks, client) if f is not None]
+                    names.append(name)
+            results = _compute(tasks, client)
+            failures = [f for f, _ in results if f is not None]
             if failures:
                 raise failures[0]
-        finish_dataset_group(g)
+            for name, (_, digest) in zip(names, results, strict=True):
+                digests.setdefault(name, []).append(digest)
+        writer.finish(digests)
     except BaseException:
-        _remove(p, storage_options)
+        writer.abort()
         raise
     return open_zarr(p, storage_options=storage_options, validate=False, client=client)

@@ -20,6 +20,15 @@ class IncompleteDatasetError(DataValidationError):
     """A Zarr group is not a complete daskgd dataset (a write failed or is under way)."""
 
 
+class DataNotFoundError(DaskgdError, FileNotFoundError):
+    """A dataset, or one of its arrays, is not at its path where it is read (e.g. on a worker).
+
+    A ``FileNotFoundError``: the driver opened the dataset, but the process that reads it
+    (a Dask worker) finds nothing there, because the path names a folder that only the
+    driver's machine has, or the dataset was moved or deleted since.
+    """
+
+
 class DivergenceError(DaskgdError, FloatingPointError):
     """The loss or the gradient became non-finite: the learning rate is too large."""
 

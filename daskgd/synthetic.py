@@ -20,14 +20,12 @@ import numpy as np
 from daskgd.data import (
     DEFAULT_COMPRESSOR,
     Dataset,
-    _array,
+    DatasetWrite,
     _auto_chunk_rows,
     _compute,
     _open_group,
-    _remove,
     _store_path,
-    create_dataset_group,
-    finish_dataset_group,
+    _writable,
     open_zarr,
 )
 
@@ -67,8 +65,13 @@ def _write_chunk(
     rows: int,
     start: int,
     params: dict[str, Any],
-) -> int:
-    """Generate row-chunk ``i`` and write it into the pre-created arrays (runs on a worker)."""
+) -> tuple[int, dict[str, int]]:
+    """Generate row-chunk ``i`` and write it into the pre-created arrays (runs on a worker).
+
+    Returns the rows written and the chunk's digest in each array.
+    """
+    from daskgd.chunkio import chunk_digest
+
     rng = _rng(params["entropy"], 1, i)
     d = params["n_features"]
     dtype = np.dtype(params["dtype"])
@@ -84,9 +87,13 @@ def _write_chunk(
     else:  # multinomial: labels drawn from the softmax model (Gumbel-max trick)
         y = np.argmax(margin + rng.gumbel(size=margin.shape), axis=1).astype(np.int32)
     g = _open_group(path, "r+", storage_options)
-    _array(g, "X")[start : start + rows] = X.astype(dtype, copy=False)
-    _array(g, "y")[start : start + rows] = y
-    return rows
+    digests = {}
+    for name, values in (("X", X), ("y", y)):
+        z = _writable(g, name)
+        values = np.ascontiguousarray(values, dtype=z.dtype)
+        z[start : start + rows] = values
+        digests[name] = chunk_digest(values)
+    return rows, digests
 
 
 def _generate(
@@ -111,7 +118,7 @@ def _generate(
     p = _store_path(path)
     rows = _check_sizes(n_samples, n_features, chunk_rows, dtype)
     classes = extra_attrs.get("classes")
-    g = create_dataset_group(
+    writer = DatasetWrite(
         p,
         n_samples=n_samples,
         n_features=n_features,
@@ -146,23 +153,23 @@ def _generate(
     write = dask.delayed(_write_chunk, pure=True)
     tasks = [
         write(
-            p,
+            writer.path,
             storage_options,
             i,
             min(rows, n_samples - start),
             start,
             params_d,
-            dask_key_name=f"daskgd-make-{task}-{dask.base.tokenize(p, entropy)}-{i}",
+            dask_key_name=f"daskgd-make-{task}-{dask.base.tokenize(writer.path, entropy)}-{i}",
         )
         for i, start in enumerate(range(0, n_samples, rows))
     ]
     try:
         written = _compute(tasks, client)
-        if sum(written) != n_samples:  # pragma: no cover - a broken store would do this
-            raise RuntimeError(f"wrote {sum(written)} rows, expected {n_samples}")
-        finish_dataset_group(g)
+        if sum(r for r, _ in written) != n_samples:  # pragma: no cover - a broken store
+            raise RuntimeError(f"wrote {sum(r for r, _ in written)} rows, expected {n_samples}")
+        writer.finish({name: [d[name] for _, d in written] for name in ("X", "y")})
     except BaseException:
-        _remove(p, storage_options)
+        writer.abort()
         raise
     return open_zarr(p, storage_options=storage_options, validate=False, client=client)
 

@@ -33,6 +33,7 @@ from distributed.protocol import ToPickle
 from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
 from daskgd.errors import (
     CheckpointError,
+    DataNotFoundError,
     DataValidationError,
     DivergenceError,
     NoWorkersError,
@@ -597,6 +598,8 @@ async def _watch(
             for f in futures:
                 if f.status == "error":
                     exc = await f.exception()
+                    if isinstance(exc, DataValidationError | DataNotFoundError):
+                        raise exc  # the data, not the training: its message names the chunk
                     raise TrainingError(f"training task {f.key} failed: {exc!r}") from exc
                 if f.status == "cancelled":
                     raise TrainingError(f"training task {f.key} was cancelled")

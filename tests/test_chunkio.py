@@ -7,6 +7,7 @@ from zarr.codecs import BytesCodec
 
 from daskgd.chunkio import _direct_folder, read_row_chunks
 from daskgd.data import write_zarr
+from daskgd.errors import DataValidationError
 
 
 def _group(path, X, y, *, chunks, x_chunks=None, codecs=None, w=None, skip_write=()):
@@ -64,20 +65,37 @@ def test_sharded_reads_whole_shards(tmp_path):
 
 
 def test_layouts_zarr_must_read(tmp_path):
-    """Foreign byte order, split columns and never-written chunks go through zarr."""
+    """Foreign byte order and split columns go through zarr; a never-written chunk is refused.
+
+    Zarr reads a chunk that was never written as its fill value; a training set is never
+    meant to hold rows of zeros that are not in its files, so a missing chunk is an error
+    that names it, whichever way the chunk would be read.
+    """
     rng = np.random.default_rng(2)
     X, y = rng.standard_normal((300, 6)), rng.standard_normal(300)
     other = "big" if np.little_endian else "little"
     cases = {
         "endian": {"codecs": BytesCodec(endian=other)},
         "columns": {"x_chunks": (100, 3)},
-        "missing": {"codecs": BytesCodec(), "skip_write": (1,)},
     }
     for name, kw in cases.items():
         g = _group(tmp_path / f"{name}.zarr", X, y, chunks=100, **kw)
         Xr, yr, _ = read_row_chunks(str(tmp_path / f"{name}.zarr"), [2, 1, 0])
         np.testing.assert_array_equal(Xr, g["X"][:][np.r_[200:300, 100:200, 0:100]], name)
         np.testing.assert_array_equal(yr, g["y"][:][np.r_[200:300, 100:200, 0:100]], name)
+    for name, kw in {
+        "missing": {"codecs": BytesCodec(), "skip_write": (1,)},  # read directly
+        "missing-zstd": {"skip_write": (1,)},  # read through zarr
+        "missing-columns": {"x_chunks": (100, 3), "skip_write": (1,)},
+    }.items():
+        _group(tmp_path / f"{name}.zarr", X, y, chunks=100, **kw)
+        with pytest.raises(
+            DataValidationError, match=r"array 'X' .* has no chunk 1 \(rows 100-199\)"
+        ):
+            read_row_chunks(str(tmp_path / f"{name}.zarr"), [2, 1, 0])
+        np.testing.assert_array_equal(
+            read_row_chunks(str(tmp_path / f"{name}.zarr"), [2])[0], X[200:]
+        )
     assert _direct_folder(zarr.open_group(str(tmp_path / "missing.zarr"))["X"]) is not None
     assert _direct_folder(zarr.open_group(str(tmp_path / "endian.zarr"))["X"]) is None
 
