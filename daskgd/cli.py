@@ -116,6 +116,7 @@ def _info(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     from daskgd.data import _group_arrays, _open_group, _row_block, open_zarr
 
     ds = open_zarr(path, storage_options=storage_options, validate=False)
+    path = ds.path or path  # resolved: a relative path or ~ made absolute
     g = _open_group(path, "r", storage_options)
     arrays = {}
     for name, z in _group_arrays(g, path).items():
@@ -161,6 +162,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
               f"({a['bytes'] / 2**20:.1f} MiB raw)")  # fmt: skip
     print("attributes:")
     for key, value in info["attrs"].items():
+        if key == "digests" and isinstance(value, dict):
+            arrays = ", ".join(k for k in value if k != "algorithm")
+            print(f"  digests: {value.get('algorithm')} of every row-chunk of {arrays}")
+            continue
         text = json.dumps(value, default=str)
         print(f"  {key}: {text if len(text) <= 80 else text[:77] + '...'}")
     return 0

@@ -630,6 +630,19 @@ def _group_arrays(g: zarr.Group, path: str) -> dict[str, zarr.Array]:
                 f"{path} has no array {name!r} (found: {sorted(members) or 'none'}); a daskgd "
                 "dataset needs arrays 'X' and 'y' (and optionally 'sample_weight')"
             )
+    digests = g.attrs.get("digests")
+    if (
+        isinstance(digests, Mapping)
+        and "sample_weight" in digests
+        and ("sample_weight" not in members)
+    ):
+        from daskgd.chunkio import _where
+
+        # written with weights, which are gone: reading on without them is a silent change
+        raise DataValidationError(
+            f"{path} has no array 'sample_weight'{_where()}, but it was written with one "
+            "(its chunks' digests are recorded): the array was deleted. Write the dataset again"
+        )
     return {name: _array(g, name) for name in _ARRAY_NAMES if name in members}
 
 
