@@ -76,7 +76,7 @@ def elsewhere(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 str(sf),
             ],
             **common,
-        )  # fmt: skip
+        )
     ]
     try:
         for _ in range(1200):
@@ -108,7 +108,7 @@ def elsewhere(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                         "1GiB",
                     ],
                     **common,
-                )  # fmt: skip
+                )
             )
         with Client(address) as c:
             c.wait_for_workers(2, timeout=120)
@@ -262,9 +262,9 @@ def test_missing_chunk_found_with_validation_on_when_fitting(client, tmp_path):
     path = tmp_path / "d.zarr"
     _dataset(path, "raw")
     os.remove(_chunk_file(path, "X", 1))
-    with pytest.raises(DataValidationError, match="array 'X' .* has no chunk 1"):
+    with pytest.raises(DataValidationError, match=r"array 'X' .* has no chunk 1"):
         fit(str(path), client=client, max_epochs=2)
-    with pytest.raises(DataValidationError, match="array 'X' .* has no chunk 1"):
+    with pytest.raises(DataValidationError, match=r"array 'X' .* has no chunk 1"):
         daskgd.SGDRegressor(client=client, verbose=0, max_iter=2).fit(str(path))
 
 
