@@ -15,7 +15,15 @@ The group attributes record ``format`` (``"daskgd"``), ``format_version``, ``com
 ``n_samples``, ``n_features``, ``dtype``, ``task``, ``feature_names`` and ``classes``.
 :func:`write_zarr` writes ``complete = False`` first and sets it to ``True`` only after
 every chunk is on disk, so a write that dies half way never looks like a dataset:
-:func:`open_zarr` refuses it with :class:`~daskgd.errors.IncompleteDatasetError`.
+:func:`open_zarr` refuses it with :class:`~daskgd.errors.IncompleteDatasetError`. The group
+is built beside its path and renamed into place (:class:`DatasetWrite`), so a failed
+overwrite leaves the old dataset as it was.
+
+Every chunk is written (even one equal to the fill value) with its CRC-32C digest recorded
+in the attribute ``digests``, and every chunk is read through :mod:`daskgd.chunkio`, which
+refuses a missing, damaged or altered chunk: zarr alone reads a missing chunk as its fill
+value. Local paths are made absolute where they are opened, since the workers that read
+them run in other working directories.
 """
 
 from __future__ import annotations
@@ -680,9 +688,14 @@ def open_zarr(
     IncompleteDatasetError
         The group's write did not finish.
     DataValidationError
-        Missing arrays, a newer format version, bad shapes/dtypes/chunks or values.
+        Missing arrays, a newer format version, bad shapes/dtypes/chunks or values; with
+        ``validate``, a missing, damaged or altered chunk (every chunk is read, on the
+        cluster, and the dataset's arrays refuse such a chunk whenever they are read).
     FileNotFoundError
-        Nothing at ``path``.
+        Nothing at ``path``. A relative path, ``~`` or ``file://`` URL is made absolute
+        here: the workers read the same folder whatever their working directory.
+    DataNotFoundError
+        With ``validate``: a worker cannot see the dataset at that path.
     """
     p = _store_path(path)
     _check_storage_options(p, storage_options)
@@ -760,6 +773,15 @@ def load_chunk(
     X, y, sample_weight : numpy.ndarray
         C-contiguous arrays of the chunk's rows; ``sample_weight`` is None when the
         dataset has none.
+
+    Raises
+    ------
+    DataValidationError
+        The chunk is missing in an array, its raw file has the wrong size, it cannot be
+        decoded or does not match its recorded digest (naming array, chunk and file).
+    DataNotFoundError
+        The dataset or one of its arrays is not at ``path`` in this process (on a worker:
+        the message names it).
     """
     from daskgd.chunkio import read_row_chunks
 
