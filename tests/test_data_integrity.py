@@ -430,3 +430,25 @@ def test_overwrite_replaces_and_leaves_nothing_beside(client, tmp_path):
     write_zarr(tmp_path / "f.zarr", X, y, overwrite=True)
     assert open_zarr(tmp_path / "f.zarr").n_samples == 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr", "f.zarr"]
+
+
+def test_failed_overwrite_keeps_the_old_dataset_on_an_fsspec_url():
+    """An object store has no rename: the new dataset is written beside, then moved."""
+    import fsspec
+
+    X, y = _xy(100)
+    url = "memory://daskgd-integrity/d.zarr"
+    fs = fsspec.filesystem("memory")
+    try:
+        old = write_zarr(url, X, y, chunk_rows=25)
+        bad = X + 1
+        bad[5, 0] = np.inf
+        with dask.config.set(scheduler="threads"):
+            with pytest.raises(DataValidationError, match="X contains NaN or inf"):
+                write_zarr(url, da.from_array(bad, chunks=25), y, overwrite=True)
+            assert open_zarr(url).attrs["write_id"] == old.attrs["write_id"]
+            write_zarr(url, da.from_array(X + 1, chunks=25), y, overwrite=True)
+            np.testing.assert_array_equal(open_zarr(url).X.compute(), X + 1)
+        assert [e["name"] for e in fs.ls("/daskgd-integrity")] == ["/daskgd-integrity/d.zarr"]
+    finally:
+        fs.rm("/daskgd-integrity", recursive=True)
