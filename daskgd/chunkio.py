@@ -20,7 +20,8 @@ a :class:`~daskgd.errors.DataValidationError` naming them too; and when the data
 records per-chunk digests (``write_zarr`` and the synthetic generators do: CRC-32C of each
 row-chunk's values, in the group attribute ``digests``), each chunk read is checked
 against its digest, which catches chunks altered or torn after they were written. The
-CRC-32C runs at about 12 GB/s on one core (``bench/results/digests.md``).
+CRC-32C runs at 7-14 GB/s on one core: +29% on an uncompressed load from the page cache,
+a few percent of a Zstandard one (``bench/results/digests.md``).
 """
 
 from __future__ import annotations
