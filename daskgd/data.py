@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -176,8 +177,17 @@ def _writable(g: zarr.Group, name: str) -> zarr.Array:
     Zarr leaves such chunks out by default, and reads a missing chunk as the fill value;
     a daskgd dataset has every chunk, so that a missing one is known to be damage.
     """
-    with zarr.config.set({"array.write_empty_chunks": True}):
+    z = _array(g, name)
+    with_config = getattr(z, "with_config", None)
+    if with_config is not None:
+        return with_config({"write_empty_chunks": True})
+    # zarr < 3.1: an array takes its runtime config from the global one when it is opened.
+    # Setting that is not thread-safe (two writers' restores interleave), hence the lock.
+    with _CONFIG_LOCK, zarr.config.set({"array.write_empty_chunks": True}):
         return _array(g, name)
+
+
+_CONFIG_LOCK = threading.Lock()
 
 
 def _compressors(compressor: Any) -> Any:

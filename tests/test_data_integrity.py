@@ -296,7 +296,11 @@ def test_every_chunk_is_written_even_one_of_zeros(client, tmp_path):
     write_zarr(tmp_path / "n.zarr", X, y, chunk_rows=100)
     write_zarr(tmp_path / "d.zarr", da.from_array(X, chunks=100), da.from_array(y, chunks=100))
     make_regression(tmp_path / "m.zarr", 400, 3, chunk_rows=100, noise=0.0, random_state=0)
-    for name in ("n", "d", "m"):
+    with dask.config.set(scheduler="threads"):  # writers in threads of this process
+        make_regression(tmp_path / "t.zarr", 400, 3, chunk_rows=100, random_state=0)
+    # ...which leave zarr's own default alone: a plain zarr write still leaves them out
+    assert zarr.config.get("array.write_empty_chunks") is False
+    for name in ("n", "d", "m", "t"):
         for array in ("X", "y"):
             for i in range(4):
                 assert _chunk_file(tmp_path / f"{name}.zarr", array, i).exists(), (name, array, i)
