@@ -543,6 +543,8 @@ class Job:
         ref = self.ref_loss if self.ref_loss is not None and self.ref_loss > 0 else None
         if ref is None and self.epochs > 1 and self.first_loss > 0:
             ref = self.first_loss
+        if opt.name == "lbfgs":
+            ref = None  # its line search tries points far out and backs off by itself
         if ref is not None and loss > cfg.divergence_factor * ref:
             self._diverged(
                 f"the loss grew to {loss:.3g} by epoch {self.epochs}, more than "
