@@ -17,8 +17,8 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_join``             ``job, rank, worker`` -> ``params, version, position``
                             (and ``initial``, the job's starting parameters, to a rank
                             that has not reported ``ready`` yet)
-``daskgd_ready``            ``job, rank, worker, loss0, loss_zero, gnorm0, weight,
-                            curvature=None`` -> ``params, version``: after loading, a
+``daskgd_ready``            ``job, rank, worker, loss0, loss_zero, grad0, weight,
+                            curvature=None, gram=None`` -> ``params, version``: after loading, a
                             rank's loss at the starting parameters and at zero and
                             its gradient there (divergence and ``gtol_rel``
                             references), and its curvature figures for
@@ -377,11 +377,12 @@ class Job:
 
     # -- what the ranks measured before their first step ------------------------
     def report(self, rank: int, loss0: float, loss_zero: float, grad0: np.ndarray,
-               weight: float, curvature: tuple[float, float, float] | None) -> None:  # fmt: skip
+               weight: float, curvature: tuple[float, float, float] | None,
+               gram: np.ndarray | None = None) -> None:  # fmt: skip
         """Keep a rank's ``ready`` report (its first one) and update the references."""
         if rank in self.reports:
             return  # a rerun task: the first report stands
-        self.reports[rank] = (loss0, loss_zero, grad0, weight, curvature)
+        self.reports[rank] = (loss0, loss_zero, grad0, weight, curvature, gram)
         W = math.fsum(r[3] for r in self.reports.values())
         if W <= 0:
             return
@@ -402,10 +403,11 @@ class Job:
         """``auto_lr``: once every live rank reported, set the step ``1 / L`` and return it.
 
         ``L = c * (lam + m / B) + l2``: ``c`` the loss's curvature bound, ``lam`` the
-        row-weighted mean of the ranks' largest eigenvalues of their ``A^T W A`` (``A``
-        their rows, with a column of ones for the intercept) divided by the total weight,
-        which bounds the largest eigenvalue of the whole data's ``A^T W A / sum(w)``
-        (the top eigenvalue of a sum is at most the sum of the top eigenvalues); ``m / B``
+        largest eigenvalue of the whole data's ``A^T W A / sum(w)`` (``A`` the rows, with
+        a column of ones for the intercept): exact when every rank sent its Gram matrix
+        (small models), else the sum of the ranks' largest eigenvalues over the total
+        weight, a bound (the top eigenvalue of a sum is at most the sum of the top
+        eigenvalues) that is tight when the partitions look alike; ``m / B``
         the weighted mean squared row norm over the rows behind one step, the extra
         curvature a mini-batch can show (Gower et al., "SGD: general analysis and
         improved rates", 2019: expected smoothness); ``l2`` the ridge part of the penalty.
@@ -415,11 +417,16 @@ class Job:
         if not live or not set(live) <= set(self.reports):
             return None
         curv = [r[4] for r in self.reports.values() if r[4] is not None]
+        grams = [r[5] for r in self.reports.values()]
         W = math.fsum(c[2] for c in curv)
         if W <= 0:
             lam = msq = 1.0  # weightless data: any step will do
         else:
-            lam = math.fsum(c[0] for c in curv) / W
+            if grams and all(g is not None for g in grams):
+                # the same step however the rows are split between the workers
+                lam = float(np.linalg.eigvalsh(sum(grams))[-1]) / W
+            else:
+                lam = math.fsum(c[0] for c in curv) / W
             msq = math.fsum(c[1] for c in curv) / W
         cfg = self.config
         members = len(self.ranks)
@@ -972,7 +979,9 @@ class ParameterServer(SchedulerPlugin):
             out["initial"] = ToPickle(j.initial)
         return out
 
-    async def ready(self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None):
+    async def ready(
+        self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None, gram=None
+    ):
         """A rank loaded its rows: keep what it measured before its first step.
 
         With ``auto_lr`` the reply waits until every live rank reported and the step size
@@ -998,6 +1007,13 @@ class ParameterServer(SchedulerPlugin):
             and all(_is_real(c) and math.isfinite(c) and c >= 0 for c in curvature)
         ):  # fmt: skip
             bad = "curvature must be None or three finite numbers >= 0"
+        n = j.params.shape[0]
+        if bad is None and gram is not None and not (
+            curvature is not None and isinstance(gram, np.ndarray)
+            and gram.shape in ((n, n), (n - 1, n - 1)) and gram.dtype == np.float64
+            and np.all(np.isfinite(gram))
+        ):  # fmt: skip
+            bad = f"gram must be None or a finite float64 array of shape ({n}, {n})"
         if bad:
             return _error(bad)
         if j.stopped:
@@ -1006,7 +1022,7 @@ class ParameterServer(SchedulerPlugin):
         if math.isfinite(loss0) and np.all(np.isfinite(grad0)):
             cur = None if curvature is None else tuple(float(c) for c in curvature)
             g = np.array(grad0, dtype=np.float64)
-            j.report(rank, float(loss0), float(loss_zero), g, float(weight), cur)
+            j.report(rank, float(loss0), float(loss_zero), g, float(weight), cur, gram)
         else:
             j._diverged(
                 f"worker {worker} (rank {rank}) computed a non-finite loss or gradient at "

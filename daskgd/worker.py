@@ -82,6 +82,9 @@ Piece = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 #: is the largest eigenvalue of their Gram matrix, computed exactly; above, it is estimated
 #: by power iteration.
 GRAM_MAX = 1024
+#: Up to this many parameters a rank sends its Gram matrix itself, so that the parameter
+#: server takes the exact top eigenvalue of the whole data's (at most 512 KiB a rank).
+GRAM_SEND_MAX = 256
 _POWER_ITERATIONS = 40
 _POWER_MARGIN = 1.5
 _BLOCK_ROWS = 8192
@@ -114,6 +117,12 @@ class _Gram:
                 self.G[:d, d] += col
                 self.G[d, :d] += col
                 self.G[d, d] += wsum
+
+    def sendable(self) -> np.ndarray | None:
+        """The Gram matrix when it is small enough to send (see :data:`GRAM_SEND_MAX`)."""
+        if self.G is None or self.G.shape[0] > GRAM_SEND_MAX:
+            return None
+        return self.G
 
     def top(self) -> float | None:
         """The largest eigenvalue of the Gram matrix (None when it was too large to form)."""
@@ -163,14 +172,15 @@ class _InMemory:
             self.Xb, self.yb, self.swb = self.X, self.y, self.sw
         self.epoch = -1
 
-    def curvature(self, intercept: bool, seed: int) -> tuple[float, float, float]:
-        """(top eigenvalue of ``A^T W A``, weighted sum of squared row norms, weight)."""
+    def curvature(self, intercept: bool, seed: int):
+        """(top eigenvalue of ``A^T W A``, weighted sum of squared row norms, weight, and
+        ``A^T W A`` itself when small enough to send, else None)."""
         g = _Gram(self.X.shape[1], intercept)
         g.add(self.X, self.sw)
         top = g.top()
         if top is None:
             top = min(g.sq, _POWER_MARGIN * _power_top(self.X, self.sw, intercept, seed))
-        return top, g.sq, g.weight
+        return top, g.sq, g.weight, g.sendable()
 
     def pieces(self, epoch: int, b: int) -> list[Piece]:
         if self.nb > 1 and epoch != self.epoch:
@@ -221,7 +231,7 @@ class _Streaming:
         self.held = ((epoch, chunk), (X, y, sw))
         return X, y, sw
 
-    def curvature(self, intercept: bool, seed: int) -> tuple[float, float, float]:
+    def curvature(self, intercept: bool, seed: int):
         """As :meth:`_InMemory.curvature`, in one pass over the chunks; above
         :data:`GRAM_MAX` parameters the bound is the trace (the weighted sum of squared
         row norms), which needs no second pass."""
@@ -234,7 +244,7 @@ class _Streaming:
             g.add(X, sw)
         assert g is not None  # a rank has at least one chunk
         top = g.top()
-        return (g.sq if top is None else top), g.sq, g.weight
+        return (g.sq if top is None else top), g.sq, g.weight, g.sendable()
 
     def pieces(self, epoch: int, b: int):
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
@@ -359,12 +369,15 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         initial = np.asarray(reply["initial"])
         loss0, _, weight0, grad0 = gradient(first, initial)
         loss_zero = gradient(first, np.zeros_like(initial))[0]
-        curvature = None
+        curvature = gram = None
         if spec.get("curvature") is not None:
-            curvature = batches.curvature(bool(spec["curvature"]["intercept"]), int(spec["seed"]))
+            *curvature, gram = batches.curvature(bool(spec["curvature"]["intercept"]),
+                                                 int(spec["seed"]))  # fmt: skip
+            curvature = tuple(curvature)
         reply = call("daskgd_ready", rank=rank, worker=address, loss0=loss0,
                      loss_zero=loss_zero, grad0=ToPickle(grad0), weight=weight0,
-                     curvature=curvature)  # fmt: skip
+                     curvature=curvature,
+                     gram=None if gram is None else ToPickle(gram))  # fmt: skip
         if reply["status"] != "stopped":
             params, version = reply["params"], reply["version"]
             if spec["mode"] == "sync":
