@@ -180,7 +180,7 @@ class JobConfig:
     max_staleness: int | None = None
     staleness_lr: bool = False
     ssp_timeout: float = 60.0
-    divergence_factor: float = 1e4
+    divergence_factor: float = 1e3
     auto_lr: bool = False
     loss_curvature: float = 1.0
     record_params: bool = False

@@ -940,7 +940,7 @@ _DOC_PARAMS = """
         On bad settings or data (:class:`daskgd.errors.DataValidationError`).
     DivergenceError
         When the loss or gradient became non-finite, or the loss of an epoch exceeded
-        10,000 times its value before the first step (the larger of the loss at the
+        1,000 times its value before the first step (the larger of the loss at the
         starting parameters and at zero), in every mode.
     SchedulerSetupError
         When the scheduler or a worker cannot import daskgd.
