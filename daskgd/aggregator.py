@@ -414,6 +414,8 @@ class Job:
         """
         if self.eta is not None or not self.config.auto_lr:
             return self.eta
+        if not live:
+            live = list(self.reports)  # no worker left to wait for: use what came in
         if not live or not set(live) <= set(self.reports):
             return None
         curv = [r[4] for r in self.reports.values() if r[4] is not None]

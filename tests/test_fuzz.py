@@ -38,6 +38,8 @@ FAKE_RANKS = ["tcp://10.255.255.1:1", "tcp://10.255.255.2:1"]
 ARGS: dict[str, tuple[str, ...]] = {
     "create": ("job", "params", "config", "optimizer", "ranks", "client", "resume"),
     "join": ("job", "rank", "worker"),
+    "ready": ("job", "rank", "worker", "loss0", "loss_zero", "grad0", "weight", "curvature",
+              "gram"),  # fmt: skip
     "push": ("job", "rank", "version", "grad", "n", "weight", "loss", "worker"),
     "pull": ("job",),
     "status": ("job", "since", "params", "wait"),
@@ -179,6 +181,9 @@ _config = st.fixed_dictionaries(
             "max_epochs": _small_ints,
             "tol": st.floats(allow_nan=True) | st.none(),
             "gtol": st.floats(allow_nan=True) | st.none(),
+            "gtol_rel": st.floats(allow_nan=True) | st.none(),
+            "auto_lr": st.booleans(),
+            "loss_curvature": st.floats(allow_nan=True),
             "max_time": st.floats(allow_nan=True) | st.none(),
             "max_staleness": _small_ints | st.none(),
             "staleness_lr": st.booleans(),
@@ -223,6 +228,15 @@ PLAUSIBLE: dict[str, Any] = {
     "n": _small_ints,
     "weight": st.floats(allow_nan=True, allow_infinity=True) | _small_ints,
     "loss": st.floats(allow_nan=True, allow_infinity=True) | _small_ints,
+    "loss0": st.floats(allow_nan=True, allow_infinity=True) | _small_ints,
+    "loss_zero": st.floats(allow_nan=True, allow_infinity=True) | _small_ints,
+    "grad0": _good_grad | st.builds(ToPickle, _arrays),
+    "curvature": st.none()
+    | st.tuples(*[st.floats(allow_nan=True, allow_infinity=True)] * 3)
+    | st.lists(st.floats(0, 10), min_size=3, max_size=3),
+    "gram": st.none()
+    | st.builds(ToPickle, hnp.arrays(np.float64, st.sampled_from([(D1, D1), (D1 - 1, D1 - 1)])))
+    | st.builds(ToPickle, _arrays),
     "since": _small_ints,
     "reason": st.text(max_size=20),
     # a valid wait blocks the call until the next epoch: keep valid ones short, so the
@@ -346,6 +360,14 @@ _MALFORMED_FOR_LEGIT = [
     ("push", {"worker": ToPickle(["x"])}),
     ("push", {"surprise": 1}),
     ("join", {"rank": 5}),
+    ("ready", {"rank": 7}),
+    ("ready", {"loss0": -1.0}),
+    ("ready", {"weight": math.inf}),
+    ("ready", {"grad0": ToPickle(np.zeros(D1 + 1))}),
+    ("ready", {"curvature": [1.0, 2.0]}),
+    ("ready", {"curvature": [1.0, 2.0, -3.0]}),
+    ("ready", {"gram": ToPickle(np.eye(D1 + 1))}),
+    ("ready", {"gram": ToPickle(np.eye(D1))}),  # a Gram matrix needs the curvature
     ("join", {"worker": 3}),
     ("status", {"since": "abc"}),
     ("status", {"since": -1}),
@@ -367,6 +389,8 @@ def _legit_message(op: str, change: dict[str, Any]) -> dict[str, Any]:
             "loss": 1.0,
         },
         "join": {"job": LEGIT, "rank": 0, "worker": FAKE_RANKS[0]},
+        "ready": {"job": LEGIT, "rank": 0, "worker": FAKE_RANKS[0], "loss0": 1.0,
+                  "loss_zero": 1.0, "grad0": ToPickle(np.ones(D1)), "weight": 10.0},  # fmt: skip
         "status": {"job": LEGIT},
         "stop": {"job": LEGIT},
         "create": _legit_create(),
