@@ -1022,7 +1022,9 @@ class ParameterServer(SchedulerPlugin):
             return self._params_reply(j)
         j.ranks[rank].address = worker
         if math.isfinite(loss0) and np.all(np.isfinite(grad0)):
-            cur = None if curvature is None else tuple(float(c) for c in curvature)
+            cur = None
+            if curvature is not None:
+                cur = (float(curvature[0]), float(curvature[1]), float(curvature[2]))
             g = np.array(grad0, dtype=np.float64)
             j.report(rank, float(loss0), float(loss_zero), g, float(weight), cur, gram)
         else:

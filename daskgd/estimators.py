@@ -552,7 +552,9 @@ class SGDRegressor(_LinearRegressorBase):
         far), or ``eta0`` halved every 10 epochs.
     eta0 : float or "auto", default "auto"
         Initial learning rate; "auto" is ``1 / L`` for ``L`` a bound on the curvature of the
-        objective (computed in one pass over X), a step full-batch descent cannot diverge with.
+        objective, computed by the workers from their rows while they load them (see
+        :func:`daskgd.fit`'s ``learning_rate``): a step full-batch descent cannot diverge
+        with, and mini-batches get a smaller one.
     power_t : float, default 0.25
     early_stopping : bool, default False
         Hold out a random ``validation_fraction`` of the rows (numpy input only) and stop
@@ -588,7 +590,10 @@ class SGDRegressor(_LinearRegressorBase):
     n_updates_ : int
         Parameter updates applied by the parameter server.
     converged_ : bool
-        Whether a tolerance stopped the fit (rather than ``max_iter``).
+        Whether the fit stopped at an optimum: the loss stalled (``tol``) in a mini-batch
+        fit, as in scikit-learn; with full batches, the gradient norm also fell below
+        ``sqrt(tol)`` times its value at the start; early stopping that fired counts.
+        A fit that stops short warns with ``ConvergenceWarning`` (when ``tol`` is not None).
     history_ : dict of lists
         Per-epoch loss, gradient norm, wall time, updates and staleness.
     n_features_in_ : int

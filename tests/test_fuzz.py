@@ -38,8 +38,17 @@ FAKE_RANKS = ["tcp://10.255.255.1:1", "tcp://10.255.255.2:1"]
 ARGS: dict[str, tuple[str, ...]] = {
     "create": ("job", "params", "config", "optimizer", "ranks", "client", "resume"),
     "join": ("job", "rank", "worker"),
-    "ready": ("job", "rank", "worker", "loss0", "loss_zero", "grad0", "weight", "curvature",
-              "gram"),  # fmt: skip
+    "ready": (
+        "job",
+        "rank",
+        "worker",
+        "loss0",
+        "loss_zero",
+        "grad0",
+        "weight",
+        "curvature",
+        "gram",
+    ),
     "push": ("job", "rank", "version", "grad", "n", "weight", "loss", "worker"),
     "pull": ("job",),
     "status": ("job", "since", "params", "wait"),
@@ -389,8 +398,15 @@ def _legit_message(op: str, change: dict[str, Any]) -> dict[str, Any]:
             "loss": 1.0,
         },
         "join": {"job": LEGIT, "rank": 0, "worker": FAKE_RANKS[0]},
-        "ready": {"job": LEGIT, "rank": 0, "worker": FAKE_RANKS[0], "loss0": 1.0,
-                  "loss_zero": 1.0, "grad0": ToPickle(np.ones(D1)), "weight": 10.0},  # fmt: skip
+        "ready": {
+            "job": LEGIT,
+            "rank": 0,
+            "worker": FAKE_RANKS[0],
+            "loss0": 1.0,
+            "loss_zero": 1.0,
+            "grad0": ToPickle(np.ones(D1)),
+            "weight": 10.0,
+        },
         "status": {"job": LEGIT},
         "stop": {"job": LEGIT},
         "create": _legit_create(),
