@@ -309,3 +309,30 @@ def test_partial_fit_keeps_working_with_the_automatic_step(client):
         reg.partial_fit(X, y)
     assert reg.score(X, y) > 0.9
     assert isinstance(client, Client)
+
+
+def test_auto_step_out_of_core_and_wide(client, tmp_path):
+    # out of core: the Gram matrices come from one extra pass over the chunks
+    X, y = _regression(n=3000, d=12)
+    path = tmp_path / "d.zarr"
+    daskgd.write_zarr(path, X, y, chunk_rows=500)
+    res = fit(str(path), client=client, out_of_core=True, max_epochs=300)
+    lam = np.linalg.eigvalsh(_augmented(X).T @ _augmented(X) / len(X))[-1]
+    assert res.learning_rate_ == pytest.approx(1.0 / lam, rel=1e-9)
+    _sol, fstar = _lsq(X, y)
+    assert (_objective(X, y, res.coef_, res.intercept_) - fstar) / fstar <= 1e-6
+    # wider than a Gram matrix is formed for: power iteration, within the stable range
+    Xw, yw = _regression(n=1500, d=1100, seed=3)
+    res = fit((Xw, yw), client=client, max_epochs=2, tol=None)
+    lam = np.linalg.eigvalsh(_augmented(Xw).T @ _augmented(Xw) / len(Xw))[-1]
+    assert 0.3 / lam <= res.learning_rate_ <= 1.0 / lam
+
+
+def test_auto_step_survives_a_resume(client, tmp_path):
+    X, y = _regression(n=1000, d=6)
+    ckpt = str(tmp_path / "fit.zarr")
+    first = fit((X, y), client=client, max_epochs=3, tol=None, checkpoint=ckpt)
+    more = fit((X, y), client=client, max_epochs=6, tol=None, checkpoint=ckpt, resume=True)
+    assert more.learning_rate_ == first.learning_rate_
+    assert [h["epoch"] for h in more.history] == [1, 2, 3, 4, 5, 6]
+    assert more.history[-1]["loss"] < first.history[-1]["loss"]
