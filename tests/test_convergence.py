@@ -336,3 +336,40 @@ def test_auto_step_survives_a_resume(client, tmp_path):
     assert more.learning_rate_ == first.learning_rate_
     assert [h["epoch"] for h in more.history] == [1, 2, 3, 4, 5, 6]
     assert more.history[-1]["loss"] < first.history[-1]["loss"]
+
+
+def test_auto_step_with_a_worker_killed_while_loading(client):
+    # the live ranks wait for every live rank's report before the first step; a rank whose
+    # worker dies is dropped from that wait, and its rerun rejoins at the current parameters
+    import os
+    import signal
+    import threading
+
+    X, y = _regression(n=4000, d=8)
+    client.wait_for_workers(2, timeout=60)
+    out = {}
+
+    def run():
+        try:
+            out["res"] = fit((X, y), client=client, tol=None, gtol_rel=1e-8, max_epochs=2000)
+        except BaseException as exc:  # surfaced below
+            out["exc"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+
+    def submitted(dask_scheduler):
+        return any(str(k).startswith("daskgd-train-") for k in dask_scheduler.tasks)
+
+    while not client.run_on_scheduler(submitted) and t.is_alive():
+        threading.Event().wait(0.01)
+    victim = sorted(client.scheduler_info()["workers"])[-1]
+    os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    t.join(180)
+    assert not t.is_alive(), "fit hung after a worker died"
+    assert "exc" not in out, out.get("exc")
+    res = out["res"]
+    assert res.converged_, res.reason
+    sol, _ = _lsq(X, y)
+    np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-6)
+    client.wait_for_workers(2, timeout=60)
