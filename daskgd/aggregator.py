@@ -560,8 +560,11 @@ class Job:
                 f"{cfg.divergence_factor:g} times its value before the first step ({ref:.3g})"
             )
             return
-        if self.g0 is None and complete:
-            self.g0 = gnorm  # no report: the first complete epoch's gradient norm
+        if complete and (self.g0 is None or (self.version == 0 and not self.stochastic())):
+            # no report, or a sync full-batch fit's first round (at the starting parameters,
+            # exact, where the report measured at most a few thousand rows a rank)
+            if not self._restored_refs():
+                self.g0 = gnorm
         # the stop rules only look at epochs where every partition contributed, so a
         # worker's absence (a restart) cannot make a partial objective look converged
         if complete:

@@ -77,6 +77,22 @@ def _load(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 Piece = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
+#: Rows of its first batch on which a rank measures the loss before any step (an estimate
+#: of the whole batch's for larger batches; sync full-batch fits take the exact value from
+#: their first round).
+_MEASURE_ROWS = 8192
+
+
+def _head(pieces, rows: int) -> list[Piece]:
+    """The first ``rows`` rows of a batch's pieces."""
+    out: list[Piece] = []
+    for X, y, sw in pieces:
+        if rows <= 0:
+            break
+        out.append((X[:rows], y[:rows], None if sw is None else sw[:rows]))
+        rows -= len(y)
+    return out
+
 
 #: Up to this many parameters (features plus the intercept) the curvature of a rank's rows
 #: is the largest eigenvalue of their Gram matrix, computed exactly; above, it is estimated
@@ -365,10 +381,11 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         # before any step: the loss and gradient at the job's starting parameters and the
         # loss at zero on this rank's first batch (the references of the divergence and
         # gtol_rel tests), and, for learning_rate="auto", the curvature of its rows
-        first = list(batches.pieces(*divmod(position, nb)))
+        first = _head(batches.pieces(*divmod(position, nb)), _MEASURE_ROWS)
         initial = np.asarray(reply["initial"])
         loss0, _, weight0, grad0 = gradient(first, initial)
-        loss_zero = gradient(first, np.zeros_like(initial))[0]
+        zero = not np.any(initial)
+        loss_zero = loss0 if zero else gradient(first, np.zeros_like(initial))[0]
         curvature = gram = None
         if spec.get("curvature") is not None:
             *curvature, gram = batches.curvature(bool(spec["curvature"]["intercept"]),
