@@ -1000,7 +1000,8 @@ class ParameterServer(SchedulerPlugin):
             bad = f"worker must be an address string, got {type(worker).__name__}"
         for name, v in (("loss0", loss0), ("loss_zero", loss_zero), ("weight", weight)):
             # non-finite losses are divergence, answered below; negative ones are malformed
-            if bad is None and (not _is_real(v) or v < 0 or (name == "weight" and v > 1e308)):
+            finite = name != "weight" or (_is_real(v) and math.isfinite(v))
+            if bad is None and (not _is_real(v) or v < 0 or not finite):
                 bad = f"{name} must be a real number >= 0, got {v!r}"
         if bad is None and not (
             isinstance(grad0, np.ndarray) and grad0.shape == j.params.shape
@@ -1012,11 +1013,11 @@ class ParameterServer(SchedulerPlugin):
             and all(_is_real(c) and math.isfinite(c) and c >= 0 for c in curvature)
         ):  # fmt: skip
             bad = "curvature must be None or three finite numbers >= 0"
-        n = j.params.shape[0]
+        # A^T W A: with the intercept's column of ones when the intercept is fitted
+        n = j.params.shape[0] - (0 if j.optimizer.fit_intercept else 1)
         if bad is None and gram is not None and not (
-            curvature is not None and isinstance(gram, np.ndarray)
-            and gram.shape in ((n, n), (n - 1, n - 1)) and gram.dtype == np.float64
-            and np.all(np.isfinite(gram))
+            curvature is not None and isinstance(gram, np.ndarray) and gram.shape == (n, n)
+            and gram.dtype == np.float64 and np.all(np.isfinite(gram))
         ):  # fmt: skip
             bad = f"gram must be None or a finite float64 array of shape ({n}, {n})"
         if bad:

@@ -376,6 +376,8 @@ _MALFORMED_FOR_LEGIT = [
     ("ready", {"curvature": [1.0, 2.0]}),
     ("ready", {"curvature": [1.0, 2.0, -3.0]}),
     ("ready", {"gram": ToPickle(np.eye(D1 + 1))}),
+    ("ready", {"gram": ToPickle(np.eye(D1 - 1)), "curvature": [1.0, 1.0, 1.0]}),
+    ("ready", {"weight": math.nan}),
     ("ready", {"gram": ToPickle(np.eye(D1))}),  # a Gram matrix needs the curvature
     ("join", {"worker": 3}),
     ("status", {"since": "abc"}),
