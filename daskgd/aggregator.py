@@ -411,6 +411,7 @@ class Job:
         the weighted mean squared row norm over the rows behind one step, the extra
         curvature a mini-batch can show (Gower et al., "SGD: general analysis and
         improved rates", 2019: expected smoothness); ``l2`` the ridge part of the penalty.
+        Async and ssp multiply ``L`` by the number of members, the delay of a gradient.
         """
         if self.eta is not None or not self.config.auto_lr:
             return self.eta
@@ -441,6 +442,10 @@ class Job:
             rows = cfg.n_samples / (members * cfg.batches_per_epoch)
         extra = 0.0 if exact else msq / max(rows, 1.0)
         L = cfg.loss_curvature * (lam + extra) + self.optimizer.regularizer.l2
+        if cfg.mode != "sync":
+            # async/ssp: a gradient lands up to about one push per other member late, and a
+            # stale step is stable when the step times the delay stays below 1 / L
+            L *= members
         self._set_eta(1.0 / max(L, 1e-300))
         return self.eta
 

@@ -836,7 +836,8 @@ _DOC_PARAMS = """
         column of ones for the intercept, exactly up to 1,024 parameters and by power
         iteration above; out of core, the trace above that size), times the loss's
         curvature bound, plus ``alpha * (1 - l1_ratio)``; mini-batches add the mean
-        squared row norm over the rows behind one step. Full-batch gradient descent
+        squared row norm over the rows behind one step, and async/ssp divide the step by
+        the number of workers (the delay of a gradient). Full-batch gradient descent
         cannot diverge with it; ``FitResult.learning_rate_`` holds the value.
     lr_schedule : {"constant", "invscaling", "step"}, default="constant"
         ``invscaling``: ``lr / (1 + t) ** power_t`` (t = updates so far);
