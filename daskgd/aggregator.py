@@ -15,6 +15,15 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_create``           ``job, params, config, optimizer, ranks, client=None``
                             -> ``version``
 ``daskgd_join``             ``job, rank, worker`` -> ``params, version, position``
+                            (and ``initial``, the job's starting parameters, to a rank
+                            that has not reported ``ready`` yet)
+``daskgd_ready``            ``job, rank, worker, loss0, loss_zero, grad0, weight,
+                            curvature=None, gram=None`` -> ``params, version``: after loading, a
+                            rank's loss at the starting parameters and at zero and
+                            its gradient there (divergence and ``gtol_rel``
+                            references), and its curvature figures for
+                            ``auto_lr``; with ``auto_lr`` the reply waits until
+                            every live rank reported (the step size is then known)
 ``daskgd_push``             ``job, rank, version, grad, n, weight, loss,
                             worker=None`` -> ``params, version``
 ``daskgd_pull``             ``job`` -> ``params, version``
@@ -100,6 +109,7 @@ INLINE_MAX_PARAMS = 16_384
 _OPS = {
     "create": "create",
     "join": "join",
+    "ready": "ready",
     "push": "push",
     "pull": "pull",
     "status": "status",
@@ -128,6 +138,9 @@ class JobConfig:
     n_iter_no_change : int
     gtol : float or None
         Stop when the norm of the (proximal) gradient of the objective is below it.
+    gtol_rel : float or None
+        Stop when that norm is below ``gtol_rel`` times its norm at the starting
+        parameters (as the ranks report it with ``ready``).
     max_time : float or None
         Time budget in seconds.
     max_staleness : int or None
@@ -137,7 +150,14 @@ class JobConfig:
     ssp_timeout : float
         Longest an ``ssp`` member waits for the slowest one, in seconds.
     divergence_factor : float
-        An epoch loss this many times the first one counts as divergence.
+        An epoch loss this many times the reference counts as divergence: the larger
+        of the loss at the starting parameters and the loss at zero (reported by the
+        ranks before their first step), else the first epoch's loss.
+    auto_lr : bool
+        The step size is ``1 / L`` with ``L`` computed from the ranks' curvature
+        reports (see :meth:`Job.auto_step`), set before the first step.
+    loss_curvature : float
+        Bound on the second derivative of the loss in the margin (``auto_lr``).
     record_params : bool
         Keep the parameters of each epoch in its history row (``params``), for a
         driver that scores them (early stopping on held-out data).
@@ -155,11 +175,14 @@ class JobConfig:
     tol: float | None = 1e-4
     n_iter_no_change: int = 5
     gtol: float | None = None
+    gtol_rel: float | None = None
     max_time: float | None = None
     max_staleness: int | None = None
     staleness_lr: bool = False
     ssp_timeout: float = 60.0
-    divergence_factor: float = 1e10
+    divergence_factor: float = 1e3
+    auto_lr: bool = False
+    loss_curvature: float = 1.0
     record_params: bool = False
     sync_quorum: int | None = None
     checkpoint_every: int | None = None
@@ -171,15 +194,15 @@ class JobConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("tol", "gtol", "max_time"):
+        for name in ("tol", "gtol", "gtol_rel", "max_time"):
             v = getattr(self, name)
             if v is not None and not (_is_real(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be None or a finite number >= 0, got {v!r}")
-        for name in ("ssp_timeout", "divergence_factor"):
+        for name in ("ssp_timeout", "divergence_factor", "loss_curvature"):
             v = getattr(self, name)
             if not (_is_real(v) and v > 0 and not math.isnan(v)):
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        for name in ("staleness_lr", "record_params"):
+        for name in ("staleness_lr", "record_params", "auto_lr"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_staleness is not None and not (
@@ -258,6 +281,14 @@ class Job:
         self.stats = _EpochStats()
         self.best_loss = math.inf
         self.first_loss: float | None = None
+        # what the ranks measured before their first step (``ready``): rank -> (loss at the
+        # starting parameters, loss at zero, gradient sum there, weight, curvature figures)
+        self.initial = params  # published, never mutated
+        self.reports: dict[int, tuple] = {}
+        self.ref_loss: float | None = None  # divergence reference (see JobConfig)
+        self.g0: float | None = None  # gradient norm at the start, for gtol_rel
+        self.eta: float | None = None  # the step size ``auto_lr`` chose
+        self._refs_from_checkpoint = False
         self.no_improve = 0
         self.stopped = False
         self.reason = ""
@@ -292,6 +323,9 @@ class Job:
                 "best_loss": self.best_loss,
                 "no_improve": self.no_improve,
                 "first_loss": self.first_loss,
+                "ref_loss": self.ref_loss,
+                "g0": self.g0,
+                "eta": self.eta,
                 "clocks": [r.clock for r in self.ranks],
                 "elapsed": time.time() - self.start + self.time_offset,
             },
@@ -327,12 +361,122 @@ class Job:
         self.no_improve = int(progress.get("no_improve") or 0)
         first = progress.get("first_loss")
         self.first_loss = None if first is None else float(first)
+        for key in ("ref_loss", "g0", "eta"):
+            v = progress.get(key)
+            if v is not None:
+                setattr(self, key, float(v))
+        self._refs_from_checkpoint = self.ref_loss is not None
+        if self.eta is not None and self.config.auto_lr:
+            self._set_eta(self.eta)
         self.time_offset = float(progress.get("elapsed") or 0.0)
         clocks = progress.get("clocks")
         if not (isinstance(clocks, list) and len(clocks) == len(self.ranks)):
             clocks = [self.epochs * self.config.batches_per_epoch] * len(self.ranks)
         for r, c in zip(self.ranks, clocks, strict=True):
             r.clock = int(c)
+
+    # -- what the ranks measured before their first step ------------------------
+    def report(self, rank: int, loss0: float, loss_zero: float, grad0: np.ndarray,
+               weight: float, curvature: tuple[float, float, float] | None,
+               gram: np.ndarray | None = None) -> None:  # fmt: skip
+        """Keep a rank's ``ready`` report (its first one) and update the references."""
+        if rank in self.reports:
+            return  # a rerun task: the first report stands
+        self.reports[rank] = (loss0, loss_zero, grad0, weight, curvature, gram)
+        W = math.fsum(r[3] for r in self.reports.values())
+        if W <= 0:
+            return
+        reg = self.optimizer.regularizer
+        # a resumed job keeps the references of the fit it continues
+        if not self._restored_refs():
+            at_start = math.fsum(r[0] for r in self.reports.values()) / W
+            at_start += reg.penalty(self.initial)
+            at_zero = math.fsum(r[1] for r in self.reports.values()) / W
+            self.ref_loss = max(at_start, at_zero)
+            g = sum(r[2] for r in self.reports.values()) / W
+            self.g0 = self.grad_norm(self.initial, g)
+
+    def _restored_refs(self) -> bool:
+        return self._refs_from_checkpoint
+
+    def auto_step(self, live: list[int]) -> float | None:
+        """``auto_lr``: once every live rank reported, set the step ``1 / L`` and return it.
+
+        ``L = c * (lam + m / B) + l2``: ``c`` the loss's curvature bound, ``lam`` the
+        largest eigenvalue of the whole data's ``A^T W A / sum(w)`` (``A`` the rows, with
+        a column of ones for the intercept): exact when every rank sent its Gram matrix
+        (small models), else the sum of the ranks' largest eigenvalues over the total
+        weight, a bound (the top eigenvalue of a sum is at most the sum of the top
+        eigenvalues) that is tight when the partitions look alike; ``m / B``
+        the weighted mean squared row norm over the rows behind one step, the extra
+        curvature a mini-batch can show (Gower et al., "SGD: general analysis and
+        improved rates", 2019: expected smoothness); ``l2`` the ridge part of the penalty.
+        Async and ssp multiply ``L`` by the number of members, the delay of a gradient.
+        """
+        if self.eta is not None or not self.config.auto_lr:
+            return self.eta
+        if not live:
+            live = list(self.reports)  # no worker left to wait for: use what came in
+        if not live or not set(live) <= set(self.reports):
+            return None
+        curv = [r[4] for r in self.reports.values() if r[4] is not None]
+        grams = [r[5] for r in self.reports.values()]
+        W = math.fsum(c[2] for c in curv)
+        if W <= 0:
+            lam = msq = 1.0  # weightless data: any step will do
+        else:
+            if grams and all(g is not None for g in grams):
+                # the same step however the rows are split between the workers
+                lam = float(np.linalg.eigvalsh(sum(grams))[-1]) / W
+            else:
+                lam = math.fsum(c[0] for c in curv) / W
+            msq = math.fsum(c[1] for c in curv) / W
+        cfg = self.config
+        members = len(self.ranks)
+        if cfg.mode == "sync":
+            per_round = cfg.sync_quorum or members
+            exact = cfg.batches_per_epoch == 1 and per_round == members
+            rows = cfg.n_samples * per_round / (members * cfg.batches_per_epoch)
+        else:
+            exact = False
+            rows = cfg.n_samples / (members * cfg.batches_per_epoch)
+        extra = 0.0 if exact else msq / max(rows, 1.0)
+        L = cfg.loss_curvature * (lam + extra) + self.optimizer.regularizer.l2
+        if cfg.mode != "sync":
+            # async/ssp: a gradient lands up to about one push per other member late, and a
+            # stale step is stable when the step times the delay stays below 1 / L
+            L *= members
+        self._set_eta(1.0 / max(L, 1e-300))
+        return self.eta
+
+    def _set_eta(self, eta: float) -> None:
+        from dataclasses import replace
+
+        self.eta = float(eta)
+        self.optimizer.schedule = replace(self.optimizer.schedule, eta0=self.eta)
+
+    def grad_norm(self, P: np.ndarray, g: np.ndarray) -> float:
+        """Norm of the (proximal) gradient of the objective from the mean data gradient ``g``
+        (a fresh array; changed in place)."""
+        opt = self.optimizer
+        reg = opt.regularizer
+        reg.add_gradient(P, g)
+        if not opt.fit_intercept:
+            g[-1] = 0.0
+        if reg.l1:
+            # norm of the proximal gradient mapping (step 1): zero exactly at the optimum
+            from daskgd.optimizers import soft_threshold
+
+            z = P - g
+            z[:-1] = soft_threshold(z[:-1], reg.l1)
+            g = P - z
+        return float(np.linalg.norm(g))
+
+    def stochastic(self) -> bool:
+        """Whether the epochs' gradients are not the exact gradient at one point."""
+        cfg = self.config
+        full_rounds = cfg.sync_quorum is None or cfg.sync_quorum == len(self.ranks)
+        return not (cfg.mode == "sync" and cfg.batches_per_epoch == 1 and full_rounds)
 
     # -- decisions -------------------------------------------------------------
     def stop(
@@ -378,22 +522,10 @@ class Job:
         if cfg.checkpoint_every is not None and self.epochs % cfg.checkpoint_every == 0:
             self._snapshot_due = True
         P = self.params
-        reg = opt.regularizer
         mean_w = s.weight if s.weight > 0 else 1.0
-        loss = s.loss_sum / mean_w + reg.penalty(P)
+        loss = s.loss_sum / mean_w + opt.regularizer.penalty(P)
         assert s.grad_sum is not None  # an epoch closes only after a push
-        g = s.grad_sum / mean_w
-        reg.add_gradient(P, g)
-        if not opt.fit_intercept:
-            g[-1] = 0.0
-        if reg.l1:
-            # norm of the proximal gradient mapping (step 1): zero exactly at the optimum
-            from daskgd.optimizers import soft_threshold
-
-            z = P - g
-            z[:-1] = soft_threshold(z[:-1], reg.l1)
-            g = P - z
-        gnorm = float(np.linalg.norm(g))
+        gnorm = self.grad_norm(P, s.grad_sum / mean_w)
         complete = len(s.ranks) == len(self.ranks)
         dropped, self._dropped_before = self.dropped - self._dropped_before, self.dropped
         self.history.append(
@@ -419,32 +551,78 @@ class Job:
             return
         if self.first_loss is None:
             self.first_loss = loss
-        elif self.first_loss > 0 and loss > cfg.divergence_factor * self.first_loss:
+        # the reference is the loss before any step (at the starting parameters, or at zero
+        # when that is larger), never an epoch that may have diverged already; a job whose
+        # ranks did not report one compares with its first epoch
+        ref = self.ref_loss if self.ref_loss is not None and self.ref_loss > 0 else None
+        if ref is None and self.epochs > 1 and self.first_loss > 0:
+            ref = self.first_loss
+        if opt.name == "lbfgs":
+            ref = None  # its line search tries points far out and backs off by itself
+        if ref is not None and loss > cfg.divergence_factor * ref:
             self._diverged(
-                f"the loss grew from {self.first_loss:.3g} to {loss:.3g} by epoch {self.epochs}"
+                f"the loss grew to {loss:.3g} by epoch {self.epochs}, more than "
+                f"{cfg.divergence_factor:g} times its value before the first step ({ref:.3g})"
             )
             return
+        if complete and (self.g0 is None or (self.version == 0 and not self.stochastic())):
+            # no report, or a sync full-batch fit's first round (at the starting parameters,
+            # exact, where the report measured at most a few thousand rows a rank)
+            if not self._restored_refs():
+                self.g0 = gnorm
         # the stop rules only look at epochs where every partition contributed, so a
         # worker's absence (a restart) cannot make a partial objective look converged
         if complete:
-            if cfg.gtol is not None and gnorm <= cfg.gtol:
-                self.stop(f"gradient norm {gnorm:.3g} <= gtol", converged=True)
+            gtest = self._gradient_test(gnorm)
+            if gtest:
+                self.stop(gtest, converged=True)
                 return
             if cfg.tol is not None:
-                if loss > self.best_loss - cfg.tol * abs(self.best_loss):
+                if loss >= self.best_loss - cfg.tol * abs(self.best_loss):
                     self.no_improve += 1
                 else:
                     self.no_improve = 0
                 self.best_loss = min(self.best_loss, loss)
                 if self.no_improve >= cfg.n_iter_no_change:
-                    self.stop(
-                        f"loss improved by less than tol={cfg.tol} for "
-                        f"{cfg.n_iter_no_change} epochs",
-                        converged=True,
-                    )
+                    self._stalled(gnorm)
                     return
         if self.epochs >= cfg.max_epochs:
             self.stop(f"reached max_epochs={cfg.max_epochs}")
+
+    def _gradient_test(self, gnorm: float) -> str:
+        """The reason to stop when a gradient tolerance holds, else an empty string."""
+        cfg = self.config
+        if cfg.gtol is not None and gnorm <= cfg.gtol:
+            return f"gradient norm {gnorm:.3g} <= gtol"
+        if cfg.gtol_rel is not None and self.g0 is not None and gnorm <= cfg.gtol_rel * self.g0:
+            return f"gradient norm {gnorm:.3g} <= gtol_rel * {self.g0:.3g} (its norm at the start)"
+        return ""
+
+    def _stalled(self, gnorm: float) -> None:
+        """The ``tol`` rule fired: stop, converged or not.
+
+        With exact gradients (sync full batch) a stalled loss is convergence only when the
+        gradient is small too: below ``gtol``/``gtol_rel`` when given (which did not hold,
+        or that rule would have stopped the fit), else below ``sqrt(tol)`` times its norm
+        at the start (near an optimum the loss gap shrinks with the gradient's square).
+        Stochastic fits follow scikit-learn's SGD: the stalled loss is the test.
+        """
+        cfg = self.config
+        what = f"loss improved by less than tol={cfg.tol} for {cfg.n_iter_no_change} epochs"
+        assert cfg.tol is not None
+        if self.stochastic():
+            self.stop(what, converged=True)
+            return
+        if cfg.gtol is None and cfg.gtol_rel is None and self.g0 is not None:
+            bound = math.sqrt(cfg.tol) * self.g0
+            if gnorm <= bound:
+                self.stop(f"{what}; gradient norm {gnorm:.3g} <= sqrt(tol) * {self.g0:.3g}",
+                          converged=True)  # fmt: skip
+                return
+        self.stop(
+            f"{what}, but the gradient norm is still {gnorm:.3g}: not converged (an "
+            "ill-conditioned problem: scale the features, or use optimizer='lbfgs')"
+        )
 
     def _diverged(self, what: str) -> None:
         self.stop(
@@ -517,6 +695,7 @@ class Job:
             "rank_updates": [r.updates for r in self.ranks],
             "dropped_gradients": self.dropped,
             "snapshot_seq": self.snapshot_seq,
+            "learning_rate": self.optimizer.schedule.eta0,
         }
         if params:
             out["params"] = ToPickle(self.params)
@@ -806,7 +985,72 @@ class ParameterServer(SchedulerPlugin):
         self._wake(j)
         out = self._params_reply(j)
         out["position"] = position
+        if rank not in j.reports:
+            out["initial"] = ToPickle(j.initial)
         return out
+
+    async def ready(
+        self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None, gram=None
+    ):
+        """A rank loaded its rows: keep what it measured before its first step.
+
+        With ``auto_lr`` the reply waits until every live rank reported and the step size
+        is set (or the job stopped), so no step is taken before it is known.
+        """
+        j = self._get(job)
+        if isinstance(j, dict):
+            return j
+        bad = self._check_rank(j, rank)
+        if bad is None and not isinstance(worker, str):
+            bad = f"worker must be an address string, got {type(worker).__name__}"
+        for name, v in (("loss0", loss0), ("loss_zero", loss_zero), ("weight", weight)):
+            # non-finite losses are divergence, answered below; negative ones are malformed
+            finite = name != "weight" or (_is_real(v) and math.isfinite(v))
+            if bad is None and (not _is_real(v) or v < 0 or not finite):
+                bad = f"{name} must be a real number >= 0, got {v!r}"
+        if bad is None and not (
+            isinstance(grad0, np.ndarray) and grad0.shape == j.params.shape
+            and grad0.dtype in (np.float32, np.float64)
+        ):  # fmt: skip
+            bad = f"grad0 must be a float array of shape {j.params.shape}"
+        if bad is None and curvature is not None and not (
+            isinstance(curvature, tuple | list) and len(curvature) == 3
+            and all(_is_real(c) and math.isfinite(c) and c >= 0 for c in curvature)
+        ):  # fmt: skip
+            bad = "curvature must be None or three finite numbers >= 0"
+        # A^T W A: with the intercept's column of ones when the intercept is fitted
+        n = j.params.shape[0] - (0 if j.optimizer.fit_intercept else 1)
+        if bad is None and gram is not None and not (
+            curvature is not None and isinstance(gram, np.ndarray) and gram.shape == (n, n)
+            and gram.dtype == np.float64 and np.all(np.isfinite(gram))
+        ):  # fmt: skip
+            bad = f"gram must be None or a finite float64 array of shape ({n}, {n})"
+        if bad:
+            return _error(bad)
+        if j.stopped:
+            return self._params_reply(j)
+        j.ranks[rank].address = worker
+        if math.isfinite(loss0) and np.all(np.isfinite(grad0)):
+            cur = None
+            if curvature is not None:
+                cur = (float(curvature[0]), float(curvature[1]), float(curvature[2]))
+            g = np.array(grad0, dtype=np.float64)
+            j.report(rank, float(loss0), float(loss_zero), g, float(weight), cur, gram)
+        else:
+            j._diverged(
+                f"worker {worker} (rank {rank}) computed a non-finite loss or gradient at "
+                "the starting parameters"
+            )
+        j.auto_step(j.live(self._workers()))
+        self._wake(j)
+        while j.config.auto_lr and j.eta is None and not j.stopped:
+            tick = j.tick
+            try:
+                await asyncio.wait_for(tick.wait(), 0.5)
+            except TimeoutError:
+                pass  # re-check: a rank that died leaves the live set
+            j.auto_step(j.live(self._workers()))
+        return self._params_reply(j)
 
     async def push(self, job, rank, version, grad, n, weight, loss, worker=None):
         """Take a gradient; see the module docstring."""
@@ -834,6 +1078,12 @@ class ParameterServer(SchedulerPlugin):
             )
             self._wake(j)
             return self._params_reply(j)
+        if cfg.auto_lr and j.eta is None:
+            # a training task that skipped ``ready``: the step is not known yet; fix it
+            # from the reports so far rather than stepping with the placeholder
+            if not j.reports:
+                return _error("auto_lr: a push came before any rank reported ready")
+            j.auto_step(list(j.reports))
         if cfg.mode == "sync":
             return await self._push_sync(j, rank, version, grad, n, float(weight), float(loss))
         await self._run(j, j.apply_async, rank, version, grad, n, float(weight), float(loss))

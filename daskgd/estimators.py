@@ -35,12 +35,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
@@ -176,6 +178,7 @@ class _EarlyStopping:
         self.loss, self.epsilon = loss, epsilon
         self.tol, self.patience = (tol or 0.0), int(patience)
         self.best, self.bad = math.inf, 0
+        self.stopped = False
 
     @classmethod
     def split(cls, data: tuple, fraction: float, seed: int | None, **kwargs: Any):
@@ -200,13 +203,16 @@ class _EarlyStopping:
         else:
             self.bad = 0
         self.best = min(self.best, held_out_loss)
-        return self.bad < self.patience  # False stops the fit
+        self.stopped = self.bad >= self.patience
+        return not self.stopped  # False stops the fit
 
 
 class _Runner:
     """What the estimators share: validation of settings, calling the engine, the bar."""
 
     client: Any  # set by the subclasses' __init__ (a scikit-learn parameter)
+    #: LinearRegression, LogisticRegression: ``tol`` is a gradient tolerance, not a loss one
+    _tol_is_gradient = False
 
     def _check_common(self) -> None:
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
@@ -220,20 +226,31 @@ class _Runner:
             raise ValueError(f"batch_size must be None (full batch) or >= 1, got {bs!r}")
         progress_enabled(p.get("verbose", 0))  # raises on a bad value
 
-    def _eta0(self, X: Any, sw: Any, loss: str, alpha: float, l1_ratio: float) -> float:
-        """The step size: ``eta0`` as given, or ``1 / L`` for "auto" (one pass over X).
-
-        L-BFGS takes no step size, so "auto" costs no pass when the optimizer resolves to it.
-        """
+    def _eta0(self) -> float | str:
+        """The step size: ``eta0`` as given, or "auto" (``1 / L``, computed by the workers
+        from their rows while they load them; see :func:`daskgd.fit`)."""
         eta0 = getattr(self, "eta0", "auto")
-        if eta0 == "auto":
-            p = self.get_params(deep=False)  # type: ignore[attr-defined]
-            if _resolve_optimizer(p, alpha, l1_ratio) == "lbfgs":
-                return 1.0  # unused by L-BFGS
-            return _auto_eta0(X, sw, loss, alpha, p["fit_intercept"])
+        if isinstance(eta0, str) and eta0 == "auto":
+            return "auto"
         if not (isinstance(eta0, numbers.Real) and math.isfinite(eta0) and float(eta0) > 0):
             raise ValueError(f"eta0 must be 'auto' or a positive number, got {eta0!r}")
         return float(eta0)
+
+    def _warn_unconverged(self, results: list[Any], tol: float | None) -> None:
+        """scikit-learn's ``ConvergenceWarning`` for a fit that stopped short of its optimum
+        (as scikit-learn, only when a tolerance was asked for)."""
+        if tol is None:
+            return
+        for r in results:
+            if not r.converged_:
+                warnings.warn(
+                    f"{type(self).__name__} did not converge: {r.reason}. Increase max_iter, "
+                    "scale the features (e.g. with sklearn.preprocessing.StandardScaler) or "
+                    "loosen tol.",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
+                return
 
     def _run(
         self,
@@ -244,7 +261,7 @@ class _Runner:
         l1_ratio: float,
         max_iter: int,
         tol: float | None,
-        eta0: float,
+        eta0: float | str,
         coef_init: np.ndarray | None = None,
         intercept_init: Any = None,
         desc: str = "daskgd",
@@ -257,8 +274,14 @@ class _Runner:
         """
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
         extra.update(self._checkpoint_settings(p, partial=extra.pop("partial", False)))
+        if self._tol_is_gradient:
+            # ``tol`` is a relative gradient tolerance; the loss rule only catches a solver
+            # that can get no further (no decrease at all, longer than L-BFGS backtracks)
+            extra["gtol_rel"], tol = tol, (None if tol is None else 0.0)
+            extra["n_iter_no_change"] = 40
         bar = ProgressBar(max_iter, enabled=progress_enabled(p.get("verbose", 0)), desc=desc)
         callback: Callable[[dict[str, Any]], Any] = bar.update
+        stopper = None
         if p.get("early_stopping") and max_iter > 1:  # not for partial_fit's single epoch
             if lazy:
                 raise ValueError(
@@ -278,7 +301,7 @@ class _Runner:
             callback = update_and_check
             extra["callback_params"] = True
         try:
-            return _engine_fit(
+            result = _engine_fit(
                 data,
                 loss=loss,
                 mode=p.get("mode", "sync"),
@@ -302,6 +325,10 @@ class _Runner:
             )
         finally:
             bar.close()
+        if stopper is not None and stopper.stopped:
+            # the held-out loss stalled: scikit-learn's stopping test held
+            result.converged_ = True
+        return result
 
     @staticmethod
     def _checkpoint_settings(p: dict[str, Any], partial: bool) -> dict[str, Any]:
@@ -340,27 +367,6 @@ def _seed(random_state: Any) -> int | None:
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(np.iinfo(np.int32).max))
     raise ValueError(f"random_state must be None, an int or a RandomState, got {random_state!r}")
-
-
-def _auto_eta0(X: Any, sw: Any, loss: str, alpha: float, fit_intercept: bool) -> float:
-    """A step size that full-batch gradient descent cannot diverge with: ``1 / L``.
-
-    ``L`` bounds the Lipschitz constant of the gradient of the objective: the weighted mean
-    squared row norm (a bound on the largest eigenvalue of ``X^T W X / sum(w)``), plus one for
-    the intercept column, times the loss's curvature bound (1 for squared error, huber and
-    hinge's smooth neighbours, 1/4 for log loss, 2 for squared hinge), plus ``alpha``. One
-    pass over X (lazy for dask input, computed by the caller's scheduler).
-    """
-    sq = (X * X).sum(axis=1)
-    if sw is None or isinstance(sw, numbers.Number):
-        mean_sq = sq.mean()
-    else:
-        mean_sq = (sq * sw).sum() / sw.sum()
-    if isinstance(mean_sq, da.Array):
-        mean_sq = mean_sq.compute()
-    curvature = {"log_loss": 0.25, "squared_hinge": 2.0}.get(loss, 1.0)
-    L = curvature * (float(mean_sq) + (1.0 if fit_intercept else 0.0)) + alpha
-    return 1.0 / max(L, 1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +415,6 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
             sample_weight = _check_sample_weight(sample_weight, X.shape[0], X.dtype)
             data = (X, y) if sample_weight is None else (X, y, sample_weight)
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
-        eta0 = self._eta0(X, sample_weight, loss, alpha, l1_ratio)
         result = self._run(
             data,
             loss=loss,
@@ -417,7 +422,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
             l1_ratio=l1_ratio,
             max_iter=1 if partial else self.max_iter,
             tol=None if partial else self.tol,
-            eta0=eta0,
+            eta0=self._eta0(),
             coef_init=np.asarray(self.coef_, dtype=np.float64) if warm else None,
             intercept_init=float(self.intercept_[0]) if warm else None,
             desc=type(self).__name__,
@@ -431,6 +436,8 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
         self.n_updates_ = int(result.n_updates_)
         self.converged_ = bool(result.converged_)
         self.history_ = history_to_dict(result.history)
+        if not partial:
+            self._warn_unconverged([result], self.tol)
         return self
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
@@ -545,7 +552,9 @@ class SGDRegressor(_LinearRegressorBase):
         far), or ``eta0`` halved every 10 epochs.
     eta0 : float or "auto", default "auto"
         Initial learning rate; "auto" is ``1 / L`` for ``L`` a bound on the curvature of the
-        objective (computed in one pass over X), a step full-batch descent cannot diverge with.
+        objective, computed by the workers from their rows while they load them (see
+        :func:`daskgd.fit`'s ``learning_rate``): a step full-batch descent cannot diverge
+        with, and mini-batches get a smaller one.
     power_t : float, default 0.25
     early_stopping : bool, default False
         Hold out a random ``validation_fraction`` of the rows (numpy input only) and stop
@@ -581,7 +590,10 @@ class SGDRegressor(_LinearRegressorBase):
     n_updates_ : int
         Parameter updates applied by the parameter server.
     converged_ : bool
-        Whether a tolerance stopped the fit (rather than ``max_iter``).
+        Whether the fit stopped at an optimum: the loss stalled (``tol``) in a mini-batch
+        fit, as in scikit-learn; with full batches, the gradient norm also fell below
+        ``sqrt(tol)`` times its value at the start; early stopping that fired counts.
+        A fit that stops short warns with ``ConvergenceWarning`` (when ``tol`` is not None).
     history_ : dict of lists
         Per-epoch loss, gradient norm, wall time, updates and staleness.
     n_features_in_ : int
@@ -683,9 +695,13 @@ class LinearRegression(_LinearRegressorBase):
     Parameters
     ----------
     fit_intercept : bool, default True
-    tol : float, default 1e-10
-        Stop when the epoch loss improved by less than ``tol`` (relative) for
-        ``n_iter_no_change`` epochs.
+    tol : float or None, default 1e-9
+        Stop, converged, when the norm of the gradient of the objective is at most ``tol``
+        times its norm at the starting point (a gradient test, as scikit-learn's
+        ``LogisticRegression`` uses). The fit also stops, unconverged and with a
+        ``ConvergenceWarning``, when the loss has not decreased for 40 evaluations (the
+        solver can get no closer in floating point: scale the features). None: run
+        ``max_iter`` epochs.
     max_iter : int, default 2000
         Most gradient steps (epochs).
     verbose : int or "auto", default "auto"
@@ -711,11 +727,13 @@ class LinearRegression(_LinearRegressorBase):
         As for :class:`SGDRegressor`.
     """
 
+    _tol_is_gradient = True
+
     def __init__(
         self,
         *,
         fit_intercept: bool = True,
-        tol: float | None = 1e-10,
+        tol: float | None = 1e-9,
         max_iter: int = 2000,
         verbose: int | str = "auto",
         batch_size: int | None = None,
@@ -750,7 +768,7 @@ class LinearRegression(_LinearRegressorBase):
         return self.learning_rate
 
     def _objective(self) -> tuple[str, float, float, dict[str, Any]]:
-        return "squared_error", 0.0, 0.0, {"n_iter_no_change": 5}
+        return "squared_error", 0.0, 0.0, {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -845,7 +863,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         sample_weight = self._apply_class_weight(codes, sample_weight, X.dtype, lazy)
         sum_w = self._sum(sample_weight, X.shape[0])
         loss, alpha, l1_ratio, extra = self._objective(sum_w)
-        eta0 = self._eta0(X, sample_weight, loss, alpha, l1_ratio)
+        eta0 = self._eta0()
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
         common = {
             "alpha": alpha,
@@ -900,6 +918,8 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         self.n_updates_ = sum(int(r.n_updates_) for r in results)
         self.converged_ = all(bool(r.converged_) for r in results)
         self.history_ = _merge_histories(results, self.classes_ if len(results) > 1 else None)
+        if not partial:
+            self._warn_unconverged(results, self.tol)
         return self
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
@@ -1273,8 +1293,13 @@ class LogisticRegression(_LinearClassifierBase):
     l1_ratio : float or None, default None
         Elastic-net mixing (``penalty="elasticnet"`` only).
     fit_intercept : bool, default True
-    tol : float, default 1e-10
-        Stop when the loss improved by less than ``tol`` (relative) for 5 epochs in a row.
+    tol : float or None, default 1e-9
+        Stop, converged, when the norm of the gradient of the objective is at most ``tol``
+        times its norm at the starting point (a gradient test, as scikit-learn's
+        ``LogisticRegression`` uses). The fit also stops, unconverged and with a
+        ``ConvergenceWarning``, when the loss has not decreased for 40 evaluations (the
+        solver can get no closer in floating point: scale the features). None: run
+        ``max_iter`` epochs.
     max_iter : int, default 2000
         Most gradient steps.
     class_weight : dict, "balanced" or None, default None
@@ -1298,6 +1323,8 @@ class LogisticRegression(_LinearClassifierBase):
         As for :class:`SGDClassifier`.
     """
 
+    _tol_is_gradient = True
+
     def __init__(
         self,
         penalty: str | None = "l2",
@@ -1305,7 +1332,7 @@ class LogisticRegression(_LinearClassifierBase):
         C: float = 1.0,
         l1_ratio: float | None = None,
         fit_intercept: bool = True,
-        tol: float | None = 1e-10,
+        tol: float | None = 1e-9,
         max_iter: int = 2000,
         class_weight: Any = None,
         random_state: Any = None,
@@ -1355,4 +1382,4 @@ class LogisticRegression(_LinearClassifierBase):
             ratio = 0.0
         _, l1_ratio = _sgd_penalty(self.penalty, 0.0, ratio)
         alpha = 0.0 if self.penalty is None else 1.0 / (self.C * n_samples_weight)
-        return "log_loss", alpha, l1_ratio, {"n_iter_no_change": 5}
+        return "log_loss", alpha, l1_ratio, {}

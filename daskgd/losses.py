@@ -120,3 +120,16 @@ def link(loss_name: str, margin: np.ndarray) -> np.ndarray:
     e = np.exp(margin[~pos])
     out[~pos] = e / (1.0 + e)
     return out
+
+
+def curvature_bound(loss_name: str, multinomial: bool = False) -> float:
+    """A bound on the second derivative of the loss in the margin (for ``1 / L`` steps).
+
+    ``squared_error`` and ``huber``: 1; ``log_loss``: 1/4 (binary) or 1/2 (the softmax
+    Hessian ``diag(p) - p p^T`` has eigenvalues at most 1/2); ``squared_hinge``: 2;
+    ``hinge``, which has no curvature, is given 1, the scale of its smooth neighbours.
+    """
+    name = get_loss(loss_name).name
+    if name == "log_loss":
+        return 0.5 if multinomial else 0.25
+    return 2.0 if name == "squared_hinge" else 1.0

@@ -41,7 +41,7 @@ from daskgd.errors import (
     SchedulerSetupError,
     TrainingError,
 )
-from daskgd.losses import get_loss
+from daskgd.losses import curvature_bound, get_loss
 from daskgd.optimizers import make_optimizer
 
 __all__ = ["FitResult", "fit", "fit_async"]
@@ -62,7 +62,12 @@ class FitResult:
     n_updates_ : int
         Parameter updates the aggregator applied.
     converged_ : bool
-        True when a tolerance (``tol`` or ``gtol``) stopped the fit.
+        True when the fit stopped at an optimum: the gradient test (``gtol``,
+        ``gtol_rel``) held; or, with exact gradients (sync, full batch), the loss stalled
+        (``tol``) with the gradient norm below ``sqrt(tol)`` times its norm at the start;
+        or, in stochastic fits (mini-batches, async, ssp, ``sync_quorum``), the loss
+        stalled (scikit-learn SGD's rule). A stalled loss with a large gradient, and
+        ``max_epochs``, ``max_time`` or a callback, stop the fit unconverged.
     history : list of dict
         Per epoch: ``epoch``, ``loss`` (the objective: for full batch, exact at the
         parameters of that round; for mini-batches, the mean of the batch losses over
@@ -84,6 +89,9 @@ class FitResult:
     dropped_gradients_ : int
         Sync mode: gradients dropped because their round had closed without them (with
         ``sync_quorum``, the stragglers' gradients; else a worker wrongly thought dead).
+    learning_rate_ : float or None
+        The initial step size the fit used: the one given, or the one
+        ``learning_rate="auto"`` computed; None for ``optimizer="lbfgs"``.
     """
 
     coef_: np.ndarray
@@ -95,6 +103,7 @@ class FitResult:
     reason: str = ""
     timings_: dict[str, Any] = field(default_factory=dict)
     dropped_gradients_: int = 0
+    learning_rate_: float | None = None
 
     @property
     def loss_(self) -> float:
@@ -126,6 +135,7 @@ class _Settings:
     checkpoint_every: int = 10
     checkpoint_interval: float | None = None
     resume: bool = False
+    auto_lr: bool = False
 
 
 def _scheduler(client: Client) -> Any:
@@ -273,6 +283,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         "classes": _label_encoding(ds, s),
         "loss": s.loss,
         "epsilon": s.epsilon,
+        "curvature": {"intercept": s.optimizer["fit_intercept"]} if s.auto_lr else None,
         "batches_per_epoch": nb,
         "seed": s.seed,
         "mode": s.mode,
@@ -336,6 +347,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
             "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
         },
         dropped_gradients_=int(final.get("dropped_gradients", 0)),
+        learning_rate_=None if s.optimizer["name"] == "lbfgs" else final.get("learning_rate"),
     )
 
 
@@ -665,6 +677,7 @@ def _settings(
     tol,
     n_iter_no_change,
     gtol,
+    gtol_rel,
     max_time,
     alpha,
     l1_ratio,
@@ -738,9 +751,11 @@ def _settings(
         raise TypeError(f"resume must be True or False, got {resume!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<the path the earlier fit wrote>")
+    auto_lr = isinstance(learning_rate, str) and learning_rate == "auto"
     opt = {
         "name": optimizer,
-        "learning_rate": learning_rate,
+        # "auto": the parameter server sets the step once the workers measured the data
+        "learning_rate": 1.0 if auto_lr else learning_rate,
         "lr_schedule": lr_schedule,
         "power_t": power_t,
         "step_size": step_size,
@@ -757,12 +772,15 @@ def _settings(
         "tol": tol,
         "n_iter_no_change": n_iter_no_change,
         "gtol": gtol,
+        "gtol_rel": gtol_rel,
         "max_time": max_time,
         "max_staleness": max_staleness,
         "staleness_lr": bool(staleness_lr),
         "record_params": callback_params,
         "sync_quorum": None if sync_quorum is None else int(sync_quorum),
         "checkpoint_every": checkpoint_every if checkpoint is not None else None,
+        "auto_lr": auto_lr and optimizer != "lbfgs",  # L-BFGS takes no step size
+        "loss_curvature": curvature_bound(info.name, bool(n_classes and n_classes > 2)),
     }
     JobConfig(**config)
     if random_state is None:
@@ -792,6 +810,7 @@ def _settings(
         checkpoint_every=checkpoint_every,
         checkpoint_interval=None if checkpoint_interval is None else float(checkpoint_interval),
         resume=resume,
+        auto_lr=bool(config["auto_lr"]),
     )
 
 
@@ -813,7 +832,16 @@ _DOC_PARAMS = """
         ``lbfgs``: limited-memory BFGS with a line search on the exact loss, one pass
         over the data per round; sync mode, full batches and no L1 penalty only. It
         ignores ``learning_rate`` and converges in far fewer epochs than the others.
-    learning_rate : float, default=0.1
+    learning_rate : float or "auto", default="auto"
+        The initial step size. ``"auto"``: ``1 / L``, with ``L`` a bound on the
+        curvature of the objective that the workers compute from their rows while they
+        load them (the largest eigenvalue of their ``A^T W A``, ``A`` the rows with a
+        column of ones for the intercept, exactly up to 1,024 parameters and by power
+        iteration above; out of core, the trace above that size), times the loss's
+        curvature bound, plus ``alpha * (1 - l1_ratio)``; mini-batches add the mean
+        squared row norm over the rows behind one step, and async/ssp divide the step by
+        the number of workers (the delay of a gradient). Full-batch gradient descent
+        cannot diverge with it; ``FitResult.learning_rate_`` holds the value.
     lr_schedule : {"constant", "invscaling", "step"}, default="constant"
         ``invscaling``: ``lr / (1 + t) ** power_t`` (t = updates so far);
         ``step``: ``lr * gamma ** (epoch // step_size)``.
@@ -830,6 +858,9 @@ _DOC_PARAMS = """
     n_iter_no_change : int, default=5
     gtol : float or None, default=None
         Stop when the (proximal) gradient norm of the objective is at most ``gtol``.
+    gtol_rel : float or None, default=None
+        Stop when that norm is at most ``gtol_rel`` times its norm at the starting
+        parameters (measured by the workers on their first batch before any step).
     max_time : float or None, default=None
         Time budget in seconds; the fit stops (not converged) when it is used up.
     alpha : float, default=0.0
@@ -912,7 +943,9 @@ _DOC_PARAMS = """
     ValueError
         On bad settings or data (:class:`daskgd.errors.DataValidationError`).
     DivergenceError
-        When the loss or gradient became non-finite (or exploded).
+        When the loss or gradient became non-finite, or the loss of an epoch exceeded
+        1,000 times its value before the first step (the larger of the loss at the
+        starting parameters and at zero), in every mode.
     SchedulerSetupError
         When the scheduler or a worker cannot import daskgd.
     TrainingError
@@ -932,7 +965,7 @@ def _defaults():
         "loss": "squared_error",
         "mode": "sync",
         "optimizer": "sgd",
-        "learning_rate": 0.1,
+        "learning_rate": "auto",
         "lr_schedule": "constant",
         "power_t": 0.25,
         "step_size": 10,
@@ -943,6 +976,7 @@ def _defaults():
         "tol": 1e-4,
         "n_iter_no_change": 5,
         "gtol": None,
+        "gtol_rel": None,
         "max_time": None,
         "alpha": 0.0,
         "l1_ratio": 0.0,

@@ -77,6 +77,101 @@ def _load(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 Piece = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
+#: Rows of its first batch on which a rank measures the loss before any step (an estimate
+#: of the whole batch's for larger batches; sync full-batch fits take the exact value from
+#: their first round).
+_MEASURE_ROWS = 8192
+
+
+def _head(pieces, rows: int) -> list[Piece]:
+    """The first ``rows`` rows of a batch's pieces."""
+    out: list[Piece] = []
+    for X, y, sw in pieces:
+        if rows <= 0:
+            break
+        out.append((X[:rows], y[:rows], None if sw is None else sw[:rows]))
+        rows -= len(y)
+    return out
+
+
+#: Up to this many parameters (features plus the intercept) the curvature of a rank's rows
+#: is the largest eigenvalue of their Gram matrix, computed exactly; above, it is estimated
+#: by power iteration.
+GRAM_MAX = 1024
+#: Up to this many parameters a rank sends its Gram matrix itself, so that the parameter
+#: server takes the exact top eigenvalue of the whole data's (at most 512 KiB a rank).
+GRAM_SEND_MAX = 256
+_POWER_ITERATIONS = 40
+_POWER_MARGIN = 1.5
+_BLOCK_ROWS = 8192
+
+
+class _Gram:
+    """``A^T W A`` of the rows fed to it, ``A`` the rows with a column of ones for the
+    intercept, and the weighted sum of their squared norms."""
+
+    def __init__(self, d: int, intercept: bool) -> None:
+        self.intercept = intercept
+        self.G = np.zeros((d + intercept, d + intercept)) if d + intercept <= GRAM_MAX else None
+        self.sq = 0.0
+        self.weight = 0.0
+
+    def add(self, X: np.ndarray, sw: np.ndarray | None) -> None:
+        for lo in range(0, X.shape[0], _BLOCK_ROWS):
+            Xb = np.asarray(X[lo : lo + _BLOCK_ROWS], dtype=np.float64)
+            w = None if sw is None else np.asarray(sw[lo : lo + _BLOCK_ROWS], dtype=np.float64)
+            WX = Xb if w is None else Xb * w[:, None]
+            wsum = float(Xb.shape[0]) if w is None else float(w.sum())
+            self.weight += wsum
+            self.sq += float(np.einsum("ij,ij->", WX, Xb)) + (wsum if self.intercept else 0.0)
+            if self.G is None:
+                continue
+            d = Xb.shape[1]
+            self.G[:d, :d] += WX.T @ Xb
+            if self.intercept:
+                col = WX.sum(axis=0)
+                self.G[:d, d] += col
+                self.G[d, :d] += col
+                self.G[d, d] += wsum
+
+    def sendable(self) -> np.ndarray | None:
+        """The Gram matrix when it is small enough to send (see :data:`GRAM_SEND_MAX`)."""
+        if self.G is None or self.G.shape[0] > GRAM_SEND_MAX:
+            return None
+        return self.G
+
+    def top(self) -> float | None:
+        """The largest eigenvalue of the Gram matrix (None when it was too large to form)."""
+        if self.G is None:
+            return None
+        return float(np.linalg.eigvalsh(self.G)[-1]) if self.G.size else 0.0
+
+
+def _power_top(X: np.ndarray, sw: np.ndarray | None, intercept: bool, seed: int) -> float:
+    """An estimate of the largest eigenvalue of ``A^T W A`` by power iteration.
+
+    The Rayleigh quotient approaches the top eigenvalue from below; the caller scales it
+    by a margin, so that a step ``1 / L`` stays below the ``2 / lambda_max`` where full-batch
+    descent on a quadratic would diverge even when the estimate is off by a third.
+    """
+    d = X.shape[1]
+    v = np.random.default_rng([seed, 7]).standard_normal(d + intercept)
+    v /= np.linalg.norm(v)
+    theta = 0.0
+    for _ in range(_POWER_ITERATIONS):
+        u = X @ v[:d].astype(X.dtype) + (v[d] if intercept else 0.0)
+        wu = u if sw is None else u * sw
+        z = np.empty_like(v)
+        z[:d] = X.T @ wu.astype(X.dtype)
+        if intercept:
+            z[d] = float(wu.sum())
+        theta = float(v @ z)
+        nz = float(np.linalg.norm(z))
+        if nz == 0.0:
+            break
+        v = z / nz
+    return theta
+
 
 class _InMemory:
     """The rank's rows, loaded once; batches cut from a per-epoch permutation of them."""
@@ -92,6 +187,16 @@ class _InMemory:
         else:
             self.Xb, self.yb, self.swb = self.X, self.y, self.sw
         self.epoch = -1
+
+    def curvature(self, intercept: bool, seed: int):
+        """(top eigenvalue of ``A^T W A``, weighted sum of squared row norms, weight, and
+        ``A^T W A`` itself when small enough to send, else None)."""
+        g = _Gram(self.X.shape[1], intercept)
+        g.add(self.X, self.sw)
+        top = g.top()
+        if top is None:
+            top = min(g.sq, _POWER_MARGIN * _power_top(self.X, self.sw, intercept, seed))
+        return top, g.sq, g.weight, g.sendable()
 
     def pieces(self, epoch: int, b: int) -> list[Piece]:
         if self.nb > 1 and epoch != self.epoch:
@@ -141,6 +246,21 @@ class _Streaming:
             sw = None if sw is None else sw[perm]
         self.held = ((epoch, chunk), (X, y, sw))
         return X, y, sw
+
+    def curvature(self, intercept: bool, seed: int):
+        """As :meth:`_InMemory.curvature`, in one pass over the chunks; above
+        :data:`GRAM_MAX` parameters the bound is the trace (the weighted sum of squared
+        row norms), which needs no second pass."""
+        from daskgd.data import load_chunk
+
+        g: _Gram | None = None
+        for chunk in self.chunks:
+            X, _, sw = load_chunk(self.path, chunk, storage_options=self.options)
+            g = g or _Gram(X.shape[1], intercept)
+            g.add(X, sw)
+        assert g is not None  # a rank has at least one chunk
+        top = g.top()
+        return (g.sq if top is None else top), g.sq, g.weight, g.sendable()
 
     def pieces(self, epoch: int, b: int):
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
@@ -238,19 +358,16 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     batches = kind(source, nb, int(spec["seed"]), rank, check)
     if batches.n < nb:
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
-    out: np.ndarray | None = None
-    pushes = 0
-    seconds = {"load": clock() - started, "kernel": 0.0, "push": 0.0}
-    sync_mode = spec["mode"] == "sync"
-    pause = float((spec.get("delay") or {}).get(rank, 0.0))
-    while reply["status"] != "stopped":
-        epoch, b = divmod(position, nb)
-        t0 = clock()
+    buffers: dict[Any, np.ndarray] = {}  # kernel output buffers by dtype, reused
+
+    def gradient(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray | None]:
+        """Summed loss, rows, weight and summed gradient at ``P`` over a batch's pieces."""
         loss, rows, weight, grad = 0.0, 0, 0.0, None
-        for Xp, yp, swp in batches.pieces(epoch, b):
-            if out is None or out.dtype != Xp.dtype:
-                out = np.empty(params.shape, dtype=Xp.dtype)
-            piece_loss, _, _ = grad_loss(Xp, yp, params[:d], params[d], loss=spec["loss"],
+        for Xp, yp, swp in pieces:
+            out = buffers.get(Xp.dtype)
+            if out is None:
+                out = buffers[Xp.dtype] = np.empty(P.shape, dtype=Xp.dtype)
+            piece_loss, _, _ = grad_loss(Xp, yp, P[:d], P[d], loss=spec["loss"],
                                          sample_weight=swp, out=out, epsilon=spec["epsilon"],
                                          check_input=False)  # fmt: skip
             loss += piece_loss
@@ -258,6 +375,38 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
+        return loss, rows, weight, grad
+
+    if reply.get("initial") is not None and reply["status"] != "stopped":
+        # before any step: the loss and gradient at the job's starting parameters and the
+        # loss at zero on this rank's first batch (the references of the divergence and
+        # gtol_rel tests), and, for learning_rate="auto", the curvature of its rows
+        first = _head(batches.pieces(*divmod(position, nb)), _MEASURE_ROWS)
+        initial = np.asarray(reply["initial"])
+        loss0, _, weight0, grad0 = gradient(first, initial)
+        zero = not np.any(initial)
+        loss_zero = loss0 if zero else gradient(first, np.zeros_like(initial))[0]
+        curvature = gram = None
+        if spec.get("curvature") is not None:
+            *curvature, gram = batches.curvature(bool(spec["curvature"]["intercept"]),
+                                                 int(spec["seed"]))  # fmt: skip
+            curvature = tuple(curvature)
+        reply = call("daskgd_ready", rank=rank, worker=address, loss0=loss0,
+                     loss_zero=loss_zero, grad0=ToPickle(grad0), weight=weight0,
+                     curvature=curvature,
+                     gram=None if gram is None else ToPickle(gram))  # fmt: skip
+        if reply["status"] != "stopped":
+            params, version = reply["params"], reply["version"]
+            if spec["mode"] == "sync":
+                position = version
+    pushes = 0
+    seconds = {"load": clock() - started, "kernel": 0.0, "push": 0.0}
+    sync_mode = spec["mode"] == "sync"
+    pause = float((spec.get("delay") or {}).get(rank, 0.0))
+    while reply["status"] != "stopped":
+        epoch, b = divmod(position, nb)
+        t0 = clock()
+        loss, rows, weight, grad = gradient(batches.pieces(epoch, b), params)
         if pause:
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
