@@ -74,7 +74,9 @@ class LBFGS:
         if x_k is None or g_k is None or p is None:
             return self._accept(x.copy(), float(f), g, first=True)
         slope = float(g_k @ p)
-        if np.isfinite(f) and f <= self._f + self.c1 * self._t * slope:
+        if np.isfinite(f) and (
+            f <= self._f + self.c1 * self._t * slope or self._rounding_level(f, g, g_k)
+        ):
             s = x - x_k
             y = g - g_k
             sy = float(s @ y)
@@ -99,6 +101,14 @@ class LBFGS:
             t_new = 0.1 * t
         self._t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
         return x_k + self._t * p
+
+    def _rounding_level(self, f: float, g: np.ndarray, g_k: np.ndarray) -> bool:
+        # Near the optimum the loss changes by less than its own rounding error, so the
+        # Armijo test can no longer tell a good step from a bad one and L-BFGS would stall
+        # short of a tight gradient tolerance. There, as scikit-learn's Newton solvers do,
+        # a step is accepted when the gradient's 1-norm decreases.
+        eps = 16 * np.finfo(np.float64).eps * max(abs(self._f), 1e-300)
+        return abs(f - self._f) <= eps and float(np.abs(g).sum()) < float(np.abs(g_k).sum())
 
     def _accept(self, x: np.ndarray, f: float, g: np.ndarray, first: bool = False) -> np.ndarray:
         self._x, self._f, self._g = x, f, g

@@ -73,3 +73,20 @@ def test_state_is_plain_data():
         x = opt.tell(x, *fg(x))
     st = opt.state()
     assert st["s"].shape[0] <= 3 and st["iterations"] > 0
+
+
+def test_gradient_decides_where_the_loss_is_at_its_rounding_level():
+    # A large constant puts the last digits of the loss below its rounding error: the
+    # Armijo test alone stalls with a gradient far above 1e-10; the gradient test goes on.
+    rng = np.random.default_rng(0)
+    Q = rng.standard_normal((8, 8))
+    A = Q @ np.diag(np.logspace(0, 3, 8)) @ Q.T
+    b = rng.standard_normal(8)
+    opt = LBFGS()
+    x = np.zeros(8)
+    for _ in range(300):
+        g = A @ x - b
+        if np.linalg.norm(g) < 1e-10:
+            break
+        x = opt.tell(x, 1e6 + 0.5 * x @ A @ x - b @ x, g)
+    assert np.linalg.norm(A @ x - b) < 1e-10
