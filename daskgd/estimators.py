@@ -21,7 +21,10 @@ Labels
 Multiclass
     :class:`LogisticRegression` and ``SGDClassifier(loss="log_loss")`` fit one multinomial
     (softmax) model. ``SGDClassifier`` with the other losses (``hinge``, ``squared_hinge``)
-    fits one binary model per class (one-vs-rest), one after the other on the cluster.
+    fits one binary model per class (one-vs-rest), all k in one job: the parameters have one
+    column per class, and each round steps every column, so an epoch is one pass over the
+    data for all classes. The k binary objectives are separable: each column is the model
+    its binary fit alone would give.
 
 The cluster
     ``client`` is a ``distributed.Client``, a scheduler address, or None (the current client,
@@ -1198,8 +1201,8 @@ class SGDClassifier(_LinearClassifierBase):
 
     Minimises scikit-learn ``SGDClassifier``'s objective, ``mean_i s_i loss_i / mean(s) +
     alpha * R(coef)``. Two classes: one binary model. More classes: one multinomial (softmax)
-    model for ``loss="log_loss"``; one-vs-rest (one binary model per class, fitted one after
-    the other) for ``hinge`` and ``squared_hinge``.
+    model for ``loss="log_loss"``; one-vs-rest (one binary model per class, all trained in
+    one job, one parameter column per class) for ``hinge`` and ``squared_hinge``.
 
     Parameters
     ----------
@@ -1221,7 +1224,10 @@ class SGDClassifier(_LinearClassifierBase):
     coef_ : ndarray of shape (1, n_features) for two classes, else (n_classes, n_features)
     intercept_ : ndarray of shape (1,) or (n_classes,)
     n_iter_, n_updates_, converged_, history_, n_features_in_
-        As for :class:`SGDRegressor` (one-vs-rest: ``history_`` has a ``run`` column).
+        As for :class:`SGDRegressor`. One-vs-rest: ``history_`` has one row per class and
+        epoch, with a ``run`` column (``"class <label>"``), that class's objective as
+        ``loss``, and ``total_loss``, their sum (the job's objective, which ``tol`` judges);
+        ``n_iter_`` and ``n_updates_`` are the job's (every update steps every class).
     """
 
     def __init__(
