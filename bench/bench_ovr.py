@@ -89,16 +89,22 @@ def main(argv: list[str] | None = None) -> None:
         runs["daskgd, one job (no client)"] = _one_job(X, y, None)
         runs["daskgd, one fit per class (no client)"] = _per_class(X, y, None)
     rows = [
-        [name, f"{r['seconds']:.2f}", f"{r['accuracy']:.4f}", str(r["fits"]), str(r["epochs"]),
-         str(r["updates"])]  # fmt: skip
+        [
+            name,
+            f"{r['seconds']:.2f}",
+            f"{r['accuracy']:.4f}",
+            str(r["fits"]),
+            str(r["epochs"]),
+            str(r["updates"]),
+        ]
         for name, r in runs.items()
     ]
     header = ["run", "seconds", "training accuracy", "fits", "epochs (summed)", "updates"]
     markdown = (
         "# One-vs-rest: SGDClassifier(loss='hinge') on digits (10 classes)\n\n{header}"
         "1,797 rows x 64 features (scaled to [0, 1]); daskgd on a LocalCluster of 2 worker "
-        "processes x 1 thread (\"client given\": started once; \"no client\": each fit "
-        "starts its own). \"one fit per class\" is what daskgd did before it trained the "
+        'processes x 1 thread ("client given": started once; "no client": each fit '
+        'starts its own). "one fit per class" is what daskgd did before it trained the '
         "classes as one job.\n\n" + table(rows, header)
     )
     write_results("ovr", {"runs": runs}, markdown)

@@ -363,7 +363,9 @@ class Job:
         """Add pushes to the epoch; close epochs and check the stop rules (executor)."""
         s = self.stats
         if class_loss is not None:
-            s.class_loss_sum = class_loss if s.class_loss_sum is None else s.class_loss_sum + class_loss
+            s.class_loss_sum = (
+                class_loss if s.class_loss_sum is None else s.class_loss_sum + class_loss
+            )
         for rank, rows, st in zip(rank_rows[0], rank_rows[1], staleness, strict=True):
             s.rows += rows
             s.updates += 1

@@ -193,8 +193,9 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     spec : dict
         ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``,
         ``one_vs_rest`` (optional: the k columns of the parameters are k binary
-        problems, one per class, and the targets class indices), and ``delay`` (optional; a testing hook: rank -> seconds this rank sleeps before
-        each push, to play a straggler).
+        problems, one per class, and the targets class indices), and ``delay``
+        (optional; a testing hook: rank -> seconds this rank sleeps before each push, to
+        play a straggler).
 
     Returns
     -------
