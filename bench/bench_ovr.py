@@ -21,6 +21,7 @@ Usage: ``python bench/bench_ovr.py [--quick]``; writes ``bench/results/ovr.md`` 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
+    load_before = os.getloadavg()[0]  # the figures depend on what else the machine runs
     runs: dict[str, dict] = {}
     t = time.perf_counter()
     sk = SkSGDClassifier(loss="hinge", random_state=0).fit(X, y)
@@ -99,15 +101,17 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for name, r in runs.items()
     ]
+    load = {"before": load_before, "after": os.getloadavg()[0]}
     header = ["run", "seconds", "training accuracy", "fits", "epochs (summed)", "updates"]
     markdown = (
         "# One-vs-rest: SGDClassifier(loss='hinge') on digits (10 classes)\n\n{header}"
         "1,797 rows x 64 features (scaled to [0, 1]); daskgd on a LocalCluster of 2 worker "
         'processes x 1 thread ("client given": started once; "no client": each fit '
         'starts its own). "one fit per class" is what daskgd did before it trained the '
-        "classes as one job.\n\n" + table(rows, header)
+        "classes as one job. Load average (1 min) of the machine: "
+        f"{load['before']:.1f} before, {load['after']:.1f} after.\n\n" + table(rows, header)
     )
-    write_results("ovr", {"runs": runs}, markdown)
+    write_results("ovr", {"runs": runs, "load_average": load}, markdown)
 
 
 if __name__ == "__main__":
