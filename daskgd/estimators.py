@@ -886,7 +886,6 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             )
             self.coef_ = np.asarray(result.coef_, dtype=np.float64).reshape(1, -1)
             self.intercept_ = np.asarray([float(np.ravel(result.intercept_)[0])])
-            results = [result]
         elif not self._multinomial(loss):
             if getattr(self, "checkpoint", None) is not None and not partial:
                 raise ValueError(
@@ -909,11 +908,6 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             )
             self.coef_ = np.ascontiguousarray(np.asarray(result.coef_, dtype=np.float64).T)
             self.intercept_ = np.asarray(result.intercept_, dtype=np.float64).ravel()
-            self.n_iter_ = max(1, int(result.n_iter_))
-            self.n_updates_ = int(result.n_updates_)
-            self.converged_ = bool(result.converged_)
-            self.history_ = _one_vs_rest_history(result.history, self.classes_)
-            return self
         else:
             yk = codes.astype(X.dtype)
             result = self._run(
@@ -928,11 +922,13 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             )
             self.coef_ = np.ascontiguousarray(np.asarray(result.coef_, dtype=np.float64).T)
             self.intercept_ = np.asarray(result.intercept_, dtype=np.float64).ravel()
-            results = [result]
-        self.n_iter_ = max(1, max(int(r.n_iter_) for r in results))
-        self.n_updates_ = sum(int(r.n_updates_) for r in results)
-        self.converged_ = all(bool(r.converged_) for r in results)
-        self.history_ = _merge_histories(results, self.classes_ if len(results) > 1 else None)
+        self.n_iter_ = max(1, int(result.n_iter_))
+        self.n_updates_ = int(result.n_updates_)
+        self.converged_ = bool(result.converged_)
+        if k > 2 and not self._multinomial(loss):
+            self.history_ = _one_vs_rest_history(result.history, self.classes_)
+        else:
+            self.history_ = history_to_dict(result.history)
         return self
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
@@ -1181,18 +1177,6 @@ def _one_vs_rest_history(rows: list[dict[str, Any]], classes: np.ndarray) -> dic
             entry["loss"] = float(row["class_loss"][j])
             entry["run"] = f"class {label}"
             entries.append(entry)
-    return history_to_dict(entries)
-
-
-def _merge_histories(results: list[Any], classes: np.ndarray | None) -> dict[str, list[Any]]:
-    """One history; one-vs-rest fits are concatenated with a ``run`` column (the class)."""
-    if classes is None:
-        return history_to_dict(results[0].history)
-    entries = [
-        {**entry, "run": f"class {label}"}
-        for label, r in zip(classes.tolist(), results, strict=True)
-        for entry in r.history
-    ]
     return history_to_dict(entries)
 
 
