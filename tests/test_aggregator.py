@@ -305,3 +305,24 @@ def _push_with_classes(c, job, class_loss):
         job=job, rank=0, version=0, grad=ToPickle(np.zeros(4)), n=10, weight=10.0, loss=1.0,
         class_loss=ToPickle(class_loss),
     )  # fmt: skip
+
+
+def test_gen_cluster_tests_leave_the_session_cluster_alone(cluster):
+    """A ``gen_cluster`` test (``processes=False``) run while the session cluster is up
+    leaves its worker processes alone (distributed's sweep would kill them; see
+    tests/conftest.py), so the tests after it keep their workers."""
+    import os
+
+    from distributed import Client
+
+    with Client(cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)
+        pids = c.run(os.getpid)
+
+    @gen_cluster(client=True, clean_kwargs=CLEAN)
+    async def in_process_cluster(c, s, a, b):
+        await _create(c, s)
+
+    in_process_cluster()
+    with Client(cluster, set_as_default=False) as c:
+        assert c.run(os.getpid) == pids
