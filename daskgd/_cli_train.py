@@ -189,6 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``daskgd demo``: synthetic Zarr data, an embedded cluster, sync vs async, a plot."""
     from distributed import Client, LocalCluster
 
+    from daskgd.cli import cluster_log_level
     from daskgd.estimators import SGDRegressor
     from daskgd.synthetic import make_regression
 
@@ -197,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"writing {args.n_samples} x {args.n_features} synthetic regression data to {path}")
         with (
             LocalCluster(n_workers=args.n_workers, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster,
+                         dashboard_address=":0", silence_logs=cluster_log_level(args)) as cluster,
             Client(cluster) as client,
         ):  # fmt: skip
             ds = make_regression(path, args.n_samples, args.n_features, noise=0.1,

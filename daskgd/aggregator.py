@@ -25,7 +25,7 @@ handler                     arguments -> reply (besides ``status``)
                             ``auto_lr``; with ``auto_lr`` the reply waits until
                             every live rank reported (the step size is then known)
 ``daskgd_push``             ``job, rank, version, grad, n, weight, loss,
-                            worker=None`` -> ``params, version``
+                            worker=None, class_loss=None`` -> ``params, version``
 ``daskgd_pull``             ``job`` -> ``params, version``
 ``daskgd_status``           ``job, since=0, params=False, wait=0`` -> ``stopped, reason,
                             converged, error, error_kind, history, version,
@@ -37,6 +37,11 @@ handler                     arguments -> reply (besides ``status``)
                             (the latest checkpoint snapshot, or a new one when
                             ``fresh``), ``history`` (its rows from ``since``)
 ==========================  ====================================================
+
+One-vs-rest jobs (parameters ``(d + 1, k)``, one binary problem per column) push
+``class_loss``, the k summed losses, besides their total ``loss``; the epoch's history
+row then has ``class_loss``, each class's objective (its mean loss plus its column's
+penalty), whose sum is the row's ``loss``.
 
 Checkpoints: with ``checkpoint_every=k`` in the job's config, the job copies its
 state (parameters, optimizer state, version, epoch, the length of its history,
@@ -242,6 +247,7 @@ class _EpochStats:
     rows: int = 0
     weight: float = 0.0
     loss_sum: float = 0.0
+    class_loss_sum: np.ndarray | None = None  # one-vs-rest: the k summed losses
     grad_sum: np.ndarray | None = None
     updates: int = 0
     st_min: int | None = None
@@ -497,9 +503,13 @@ class Job:
         """Ranks that are active and whose worker the scheduler still knows."""
         return [i for i, r in enumerate(self.ranks) if r.active and r.address in workers]
 
-    def _account(self, rank_rows, loss_sum, weight, grad_sum, staleness) -> None:
+    def _account(self, rank_rows, loss_sum, weight, grad_sum, staleness, class_loss=None) -> None:
         """Add pushes to the epoch; close epochs and check the stop rules (executor)."""
         s = self.stats
+        if class_loss is not None:
+            s.class_loss_sum = (
+                class_loss if s.class_loss_sum is None else s.class_loss_sum + class_loss
+            )
         for rank, rows, st in zip(rank_rows[0], rank_rows[1], staleness, strict=True):
             s.rows += rows
             s.updates += 1
@@ -523,7 +533,13 @@ class Job:
             self._snapshot_due = True
         P = self.params
         mean_w = s.weight if s.weight > 0 else 1.0
-        loss = s.loss_sum / mean_w + opt.regularizer.penalty(P)
+        reg = opt.regularizer
+        loss = s.loss_sum / mean_w + reg.penalty(P)
+        per_class = {}
+        if s.class_loss_sum is not None:  # each column's objective: its loss and its penalty
+            W = P[:-1]
+            pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(np.abs(W), axis=0)
+            per_class["class_loss"] = (s.class_loss_sum / mean_w + pen).tolist()
         assert s.grad_sum is not None  # an epoch closes only after a push
         gnorm = self.grad_norm(P, s.grad_sum / mean_w)
         complete = len(s.ranks) == len(self.ranks)
@@ -542,6 +558,7 @@ class Job:
                 "worker_updates": dict(s.per_worker),
                 "complete": complete,
                 "dropped_gradients": dropped,
+                **per_class,
                 # the published array is never mutated, so it needs no copy
                 **({"params": ToPickle(P)} if cfg.record_params else {}),
             }
@@ -653,23 +670,26 @@ class Job:
         rows = [pending[r][1] for r in order]
         weight = math.fsum(pending[r][2] for r in order)
         loss_sum = math.fsum(pending[r][3] for r in order)
+        class_loss = None
+        if all(pending[r][4] is not None for r in order):
+            class_loss = np.sum([pending[r][4] for r in order], axis=0)
         for r in order:
             self.ranks[r].updates += 1
-        self._account((order, rows), loss_sum, weight, grad_sum, [0] * len(order))
+        self._account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
         if self.error is None and weight > 0:
             self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:
             self.version += 1
         self._maybe_snapshot()
 
-    def apply_async(self, rank, version, grad, n, weight, loss) -> int:
+    def apply_async(self, rank, version, grad, n, weight, loss, class_loss=None) -> int:
         """Async/ssp mode: apply one push now; returns its staleness (executor)."""
         staleness = self.version - version
         r = self.ranks[rank]
         r.clock += 1
         r.updates += 1
         g = grad.astype(np.float64, copy=False)
-        self._account(([rank], [n]), loss, weight, g, [staleness])
+        self._account(([rank], [n]), loss, weight, g, [staleness], class_loss)
         if self.error is None:
             scale = 1.0 / max(1, staleness) if self.config.staleness_lr else 1.0
             if weight > 0:
@@ -895,6 +915,18 @@ class ParameterServer(SchedulerPlugin):
             return f"worker must be None or an address string, got {type(worker).__name__}"
         return None
 
+    @staticmethod
+    def _check_class_loss(job: Job, class_loss: Any) -> str | None:
+        k = job.params.shape[1] if job.params.ndim == 2 else None
+        if k is None:
+            return "class_loss is for one-vs-rest jobs (2-D parameters) only"
+        if not (isinstance(class_loss, np.ndarray) and class_loss.shape == (k,)):
+            shape = getattr(class_loss, "shape", type(class_loss).__name__)
+            return f"class_loss must be a numpy array of shape ({k},), got {shape}"
+        if class_loss.dtype.kind != "f":
+            return f"class_loss must be a float array, got {class_loss.dtype}"
+        return None
+
     def _check_create(self, params, config, optimizer, ranks, client) -> str | None:
         if (
             not isinstance(params, np.ndarray)
@@ -1052,7 +1084,7 @@ class ParameterServer(SchedulerPlugin):
             j.auto_step(j.live(self._workers()))
         return self._params_reply(j)
 
-    async def push(self, job, rank, version, grad, n, weight, loss, worker=None):
+    async def push(self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None):
         """Take a gradient; see the module docstring."""
         j = self._get(job)
         if isinstance(j, dict):
@@ -1060,8 +1092,12 @@ class ParameterServer(SchedulerPlugin):
         if j.stopped:
             return self._params_reply(j)
         bad = self._check_push(j, rank, version, grad, n, weight, loss, worker)
+        if bad is None and class_loss is not None:
+            bad = self._check_class_loss(j, class_loss)
         if bad:
             return _error(bad)
+        if class_loss is not None:
+            class_loss = np.array(class_loss, dtype=np.float64)
         cfg = j.config
         if cfg.max_time is not None and time.time() - j.start > cfg.max_time:
             j.stop(f"time budget max_time={cfg.max_time}s used up")
@@ -1071,7 +1107,8 @@ class ParameterServer(SchedulerPlugin):
         if worker is not None:
             r.address = worker
         r.active = True
-        if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+        finite_classes = class_loss is None or bool(np.all(np.isfinite(class_loss)))
+        if not (math.isfinite(loss) and np.all(np.isfinite(grad)) and finite_classes):
             j._diverged(
                 f"worker {r.address} (rank {rank}) computed a non-finite loss or "
                 f"gradient at version {version}"
@@ -1085,14 +1122,18 @@ class ParameterServer(SchedulerPlugin):
                 return _error("auto_lr: a push came before any rank reported ready")
             j.auto_step(list(j.reports))
         if cfg.mode == "sync":
-            return await self._push_sync(j, rank, version, grad, n, float(weight), float(loss))
-        await self._run(j, j.apply_async, rank, version, grad, n, float(weight), float(loss))
+            return await self._push_sync(
+                j, rank, version, grad, n, float(weight), float(loss), class_loss
+            )
+        await self._run(
+            j, j.apply_async, rank, version, grad, n, float(weight), float(loss), class_loss
+        )
         self._wake(j)
         if cfg.mode == "ssp":
             await self._ssp_wait(j, rank)
         return self._params_reply(j)
 
-    async def _push_sync(self, j: Job, rank, version, grad, n, weight, loss):
+    async def _push_sync(self, j: Job, rank, version, grad, n, weight, loss, class_loss=None):
         if version < j.version:
             j.dropped += 1  # its round closed without it (a quorum, or it was thought dead)
             return self._params_reply(j, "stale")
@@ -1104,7 +1145,7 @@ class ParameterServer(SchedulerPlugin):
         if rank in j.pending:
             return _error(f"rank {rank} pushed twice for version {version}")
         # copy: an in-process sender may reuse its buffer once it has our reply
-        j.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss)
+        j.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss)
         await self._maybe_finish(j)
         while not fut.done():
             try:

@@ -77,12 +77,26 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",
+                silence_logs=cluster_log_level(args),
             ) as cluster,
             Client(cluster) as client,
         ):
             yield client
     else:
         yield None
+
+
+def cluster_log_level(args: argparse.Namespace) -> int:
+    """The level of distributed's logs (scheduler, nannies, workers) on stderr for a
+    cluster the command starts: only critical ones, or warnings with ``--debug``.
+
+    A failure is reported as one line; distributed's own logs would add tracebacks that
+    say nothing about it (e.g. a worker whose heartbeat meets the scheduler closing as
+    the command exits: "Failed to communicate with scheduler during heartbeat").
+    """
+    import logging
+
+    return logging.WARNING if getattr(args, "debug", False) else logging.CRITICAL
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:

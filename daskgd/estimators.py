@@ -21,7 +21,10 @@ Labels
 Multiclass
     :class:`LogisticRegression` and ``SGDClassifier(loss="log_loss")`` fit one multinomial
     (softmax) model. ``SGDClassifier`` with the other losses (``hinge``, ``squared_hinge``)
-    fits one binary model per class (one-vs-rest), one after the other on the cluster.
+    fits one binary model per class (one-vs-rest), all k in one job: the parameters have one
+    column per class, and each round steps every column, so an epoch is one pass over the
+    data for all classes. The k binary objectives are separable: each column is the model
+    its binary fit alone would give.
 
 The cluster
     ``client`` is a ``distributed.Client``, a scheduler address, or None (the current client,
@@ -171,8 +174,10 @@ class _EarlyStopping:
     """
 
     def __init__(self, held_out: tuple, loss: str, epsilon: float, tol: float | None,
-                 patience: int) -> None:  # fmt: skip
+                 patience: int, one_vs_rest: bool = False) -> None:  # fmt: skip
         self.X, self.y = held_out[0], held_out[1]
+        # one-vs-rest: y holds class indices and the coefficients one column per class
+        self.one_vs_rest = one_vs_rest
         self.sw = held_out[2] if len(held_out) > 2 else None
         self.weight = float(len(self.y) if self.sw is None else np.sum(self.sw))
         self.loss, self.epsilon = loss, epsilon
@@ -194,9 +199,20 @@ class _EarlyStopping:
 
     def __call__(self, row: dict[str, Any]) -> bool:
         coef = np.asarray(row["coef"], dtype=self.X.dtype)
-        total, _, _ = grad_loss(self.X, self.y, coef, row["intercept"], loss=self.loss,
-                                sample_weight=self.sw, epsilon=self.epsilon,
-                                check_input=False)  # fmt: skip
+        if self.one_vs_rest:  # the sum of the k binary losses, the joint job's objective
+            intercept = np.asarray(row["intercept"])
+            total = 0.0
+            for j in range(coef.shape[1]):
+                yj = np.where(self.y == j, 1.0, -1.0).astype(self.X.dtype)
+                part, _, _ = grad_loss(self.X, yj, np.ascontiguousarray(coef[:, j]),
+                                       float(intercept[j]), loss=self.loss,
+                                       sample_weight=self.sw, epsilon=self.epsilon,
+                                       check_input=False)  # fmt: skip
+                total += part
+        else:
+            total, _, _ = grad_loss(self.X, self.y, coef, row["intercept"], loss=self.loss,
+                                    sample_weight=self.sw, epsilon=self.epsilon,
+                                    check_input=False)  # fmt: skip
         held_out_loss = total / self.weight
         if held_out_loss > self.best - self.tol * abs(self.best):
             self.bad += 1
@@ -291,6 +307,7 @@ class _Runner:
             data, stopper = _EarlyStopping.split(
                 data, p["validation_fraction"], _seed(p.get("random_state")), loss=loss,
                 epsilon=extra.get("epsilon", 0.1), tol=tol, patience=p["n_iter_no_change"],
+                one_vs_rest=bool(extra.get("_one_vs_rest")),
             )  # fmt: skip
             tol = None  # the held-out loss, not the training loss, decides when to stop
 
@@ -874,31 +891,41 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             **extra,
         }
         common["partial"] = partial
-        if k == 2 or not self._multinomial(loss):
-            columns = [1] if k == 2 else list(range(k))
-            if k > 2 and getattr(self, "checkpoint", None) is not None and not partial:
+        if k == 2:
+            yj = self._binary_targets(codes, 1, X.dtype, lazy)
+            result = self._run(
+                _pack(X, yj, sample_weight),
+                loss=loss,
+                coef_init=np.asarray(self.coef_[0], dtype=np.float64) if warm else None,
+                intercept_init=float(self.intercept_[0]) if warm else None,
+                desc=type(self).__name__,
+                lazy=lazy,
+                **common,
+            )
+            self.coef_ = np.asarray(result.coef_, dtype=np.float64).reshape(1, -1)
+            self.intercept_ = np.asarray([float(np.ravel(result.intercept_)[0])])
+        elif not self._multinomial(loss):
+            if getattr(self, "checkpoint", None) is not None and not partial:
                 raise ValueError(
                     f"checkpoint= holds one model, and one-vs-rest fits {k} (one per class); "
                     "use LogisticRegression (multinomial) or fit without checkpoint"
                 )
-            coefs, intercepts, results = [], [], []
-            for j in columns:
-                yj = self._binary_targets(codes, j, X.dtype, lazy)
-                row = columns.index(j)
-                result = self._run(
-                    _pack(X, yj, sample_weight),
-                    loss=loss,
-                    coef_init=np.asarray(self.coef_[row], dtype=np.float64) if warm else None,
-                    intercept_init=float(self.intercept_[row]) if warm else None,
-                    desc=f"{type(self).__name__}" + (f" class {self.classes_[j]}" if k > 2 else ""),
-                    lazy=lazy,
-                    **common,
-                )
-                coefs.append(np.asarray(result.coef_, dtype=np.float64).ravel())
-                intercepts.append(float(np.ravel(result.intercept_)[0]))
-                results.append(result)
-            self.coef_ = np.vstack(coefs)
-            self.intercept_ = np.asarray(intercepts)
+            # one-vs-rest as one job: the k binary problems are the k columns of one
+            # parameter matrix, all stepped by each round (one pass over the data per epoch
+            # for all of them, and one round trip per batch instead of k)
+            result = self._run(
+                _pack(X, codes.astype(X.dtype), sample_weight),
+                loss=loss,
+                n_classes=k,
+                _one_vs_rest=True,
+                lazy=lazy,
+                coef_init=np.ascontiguousarray(self.coef_.T, dtype=np.float64) if warm else None,
+                intercept_init=np.asarray(self.intercept_, dtype=np.float64) if warm else None,
+                desc=f"{type(self).__name__} (one-vs-rest, {k} classes)",
+                **common,
+            )
+            self.coef_ = np.ascontiguousarray(np.asarray(result.coef_, dtype=np.float64).T)
+            self.intercept_ = np.asarray(result.intercept_, dtype=np.float64).ravel()
         else:
             yk = codes.astype(X.dtype)
             result = self._run(
@@ -913,13 +940,15 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
             )
             self.coef_ = np.ascontiguousarray(np.asarray(result.coef_, dtype=np.float64).T)
             self.intercept_ = np.asarray(result.intercept_, dtype=np.float64).ravel()
-            results = [result]
-        self.n_iter_ = max(1, max(int(r.n_iter_) for r in results))
-        self.n_updates_ = sum(int(r.n_updates_) for r in results)
-        self.converged_ = all(bool(r.converged_) for r in results)
-        self.history_ = _merge_histories(results, self.classes_ if len(results) > 1 else None)
+        self.n_iter_ = max(1, int(result.n_iter_))
+        self.n_updates_ = int(result.n_updates_)
+        self.converged_ = bool(result.converged_)
+        if k > 2 and not self._multinomial(loss):
+            self.history_ = _one_vs_rest_history(result.history, self.classes_)
+        else:
+            self.history_ = history_to_dict(result.history)
         if not partial:
-            self._warn_unconverged(results, self.tol)
+            self._warn_unconverged([result], self.tol)
         return self
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
@@ -1153,15 +1182,21 @@ def _pack(X: Any, y: Any, sw: Any) -> tuple[Any, ...]:
     return (X, y) if sw is None else (X, y, sw)
 
 
-def _merge_histories(results: list[Any], classes: np.ndarray | None) -> dict[str, list[Any]]:
-    """One history; one-vs-rest fits are concatenated with a ``run`` column (the class)."""
-    if classes is None:
-        return history_to_dict(results[0].history)
-    entries = [
-        {**entry, "run": f"class {label}"}
-        for label, r in zip(classes.tolist(), results, strict=True)
-        for entry in r.history
-    ]
+def _one_vs_rest_history(rows: list[dict[str, Any]], classes: np.ndarray) -> dict[str, list[Any]]:
+    """The joint one-vs-rest job's history, one row per class and epoch, with a ``run``
+    column (``"class <label>"``) and that class's objective as ``loss``.
+
+    The other columns (time, updates, grad_norm, ...) are the joint job's, shared by the
+    classes' rows of an epoch; ``total_loss`` is the sum of the classes' objectives.
+    """
+    entries = []
+    for j, label in enumerate(classes.tolist()):
+        for row in rows:
+            entry = {key: value for key, value in row.items() if key != "class_loss"}
+            entry["total_loss"] = row["loss"]
+            entry["loss"] = float(row["class_loss"][j])
+            entry["run"] = f"class {label}"
+            entries.append(entry)
     return history_to_dict(entries)
 
 
@@ -1170,8 +1205,8 @@ class SGDClassifier(_LinearClassifierBase):
 
     Minimises scikit-learn ``SGDClassifier``'s objective, ``mean_i s_i loss_i / mean(s) +
     alpha * R(coef)``. Two classes: one binary model. More classes: one multinomial (softmax)
-    model for ``loss="log_loss"``; one-vs-rest (one binary model per class, fitted one after
-    the other) for ``hinge`` and ``squared_hinge``.
+    model for ``loss="log_loss"``; one-vs-rest (one binary model per class, all trained in
+    one job, one parameter column per class) for ``hinge`` and ``squared_hinge``.
 
     Parameters
     ----------
@@ -1193,7 +1228,10 @@ class SGDClassifier(_LinearClassifierBase):
     coef_ : ndarray of shape (1, n_features) for two classes, else (n_classes, n_features)
     intercept_ : ndarray of shape (1,) or (n_classes,)
     n_iter_, n_updates_, converged_, history_, n_features_in_
-        As for :class:`SGDRegressor` (one-vs-rest: ``history_`` has a ``run`` column).
+        As for :class:`SGDRegressor`. One-vs-rest: ``history_`` has one row per class and
+        epoch, with a ``run`` column (``"class <label>"``), that class's objective as
+        ``loss``, and ``total_loss``, their sum (the job's objective, which ``tol`` judges);
+        ``n_iter_`` and ``n_updates_`` are the job's (every update steps every class).
     """
 
     def __init__(

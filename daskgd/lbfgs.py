@@ -108,7 +108,7 @@ class LBFGS:
         # short of a tight gradient tolerance. There, as scikit-learn's Newton solvers do,
         # a step is accepted when the gradient's 1-norm decreases.
         eps = 16 * np.finfo(np.float64).eps * max(abs(self._f), 1e-300)
-        return abs(f - self._f) <= eps and float(np.abs(g).sum()) < float(np.abs(g_k).sum())
+        return bool(abs(f - self._f) <= eps) and float(np.abs(g).sum()) < float(np.abs(g_k).sum())
 
     def _accept(self, x: np.ndarray, f: float, g: np.ndarray, first: bool = False) -> np.ndarray:
         self._x, self._f, self._g = x, f, g

@@ -47,6 +47,7 @@ from daskgd.optimizers import make_optimizer
 __all__ = ["FitResult", "fit", "fit_async"]
 
 _SETUP_TIMEOUT = 30.0
+_OVR_LOSSES = ("hinge", "squared_hinge", "log_loss")
 
 
 @dataclass
@@ -136,6 +137,9 @@ class _Settings:
     checkpoint_interval: float | None = None
     resume: bool = False
     auto_lr: bool = False
+    # one-vs-rest (the private ``_one_vs_rest`` fit setting): n_classes binary problems in
+    # one job, one column of the parameters per class, the targets class indices
+    one_vs_rest: bool = False
 
 
 def _scheduler(client: Client) -> Any:
@@ -289,6 +293,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         "mode": s.mode,
         "out_of_core": s.out_of_core,
         "delay": dict(s.delay or {}),
+        "one_vs_rest": s.one_vs_rest,
     }
     futures = []
     try:
@@ -1004,7 +1009,14 @@ def _defaults():
 
 
 def _make_settings(kwargs: dict[str, Any]) -> _Settings:
-    """Settings from ``fit``'s keyword arguments, with the private testing hooks.
+    """Settings from ``fit``'s keyword arguments, with the private hooks.
+
+    ``_one_vs_rest=True`` with ``n_classes=k`` (private, for the estimators): k binary
+    problems (hinge, squared_hinge or log_loss), "class j against the rest", trained as
+    one job: ``y`` holds class indices, the parameters have one column per class, each
+    round steps every column. The objective is the sum of the k binary objectives, which
+    are separable, so each column follows its own binary problem; the history rows carry
+    each class's objective as ``class_loss``.
 
     ``_delay={rank: seconds}`` (private, for tests of stragglers): the training task of
     each listed rank sleeps that long before every push, wherever it runs (a rerun task
@@ -1012,7 +1024,18 @@ def _make_settings(kwargs: dict[str, Any]) -> _Settings:
     """
     kwargs = dict(kwargs)
     delay = kwargs.pop("_delay", None)
+    one_vs_rest = kwargs.pop("_one_vs_rest", False)
+    k = kwargs.pop("n_classes", None) if one_vs_rest else None
     s = _settings(**_split_kwargs(kwargs))
+    if one_vs_rest:
+        if not (isinstance(k, int) and k > 2) or s.loss not in _OVR_LOSSES:
+            raise ValueError(
+                f"one-vs-rest takes n_classes > 2 and a binary loss ({', '.join(_OVR_LOSSES)}); "
+                f"got n_classes={k!r}, loss={s.loss!r}"
+            )
+        if s.checkpoint is not None:
+            raise ValueError("checkpoint= is not available for one-vs-rest fits")
+        s = replace(s, n_classes=k, one_vs_rest=True)
     if delay is None:
         return s
     if not isinstance(delay, dict) or not all(

@@ -26,6 +26,7 @@ the rows within each chunk, per epoch.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -272,6 +273,31 @@ class _Streaming:
             yield X[a:z], y[a:z], None if sw is None else sw[a:z]
 
 
+def _one_vs_rest(
+    X: np.ndarray, y: np.ndarray, sw: np.ndarray | None, params: np.ndarray, spec: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k binary one-vs-rest problems on one piece of rows: (gradient, per-class loss).
+
+    ``y`` holds class indices; column ``j`` of ``params`` (``d + 1`` rows, the intercept
+    last) is the model of class ``j`` against the rest. Returns the float64 gradient of
+    shape ``params.shape`` and the k summed losses.
+    """
+    from daskgd.kernels import grad_loss
+
+    d, k = params.shape[0] - 1, params.shape[1]
+    cols = np.ascontiguousarray(params.T)  # row j: class j's weights, then its intercept
+    out = np.empty(d + 1, dtype=X.dtype)
+    grad = np.empty(params.shape, dtype=np.float64)
+    losses = np.empty(k, dtype=np.float64)
+    for j in range(k):
+        yj = np.where(y == j, 1.0, -1.0).astype(y.dtype, copy=False)
+        losses[j], _, _ = grad_loss(X, yj, cols[j, :d], cols[j, d], loss=spec["loss"],
+                                    sample_weight=sw, out=out, epsilon=spec["epsilon"],
+                                    check_input=False)  # fmt: skip
+        grad[:, j] = out
+    return grad, losses
+
+
 def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str, Any]:
     """Train on one partition until the parameter server says stop.
 
@@ -286,8 +312,10 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         Where the rows come from (see :func:`_load`).
     spec : dict
         ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``,
-        and ``delay`` (optional; a testing hook: rank -> seconds this rank sleeps before
-        each push, to play a straggler).
+        ``one_vs_rest`` (optional: the k columns of the parameters are k binary
+        problems, one per class, and the targets class indices), and ``delay``
+        (optional; a testing hook: rank -> seconds this rank sleeps before each push, to
+        play a straggler).
 
     Returns
     -------
@@ -353,6 +381,10 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             raise ValueError(f"sample_weight of rank {rank}{where} has negative entries")
         return y
 
+    # one-vs-rest: params is (d + 1, k), the targets are class indices, and column j is the
+    # binary problem "class j (+1) against the rest (-1)"; one pass of the binary kernel per
+    # column, all k columns pushed together (one round trip per batch for the k problems)
+    ovr = multinomial and bool(spec.get("one_vs_rest"))
     nb = int(spec["batches_per_epoch"])
     kind = _Streaming if spec.get("out_of_core") else _InMemory
     batches = kind(source, nb, int(spec["seed"]), rank, check)
@@ -360,10 +392,20 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
     buffers: dict[Any, np.ndarray] = {}  # kernel output buffers by dtype, reused
 
-    def gradient(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray | None]:
-        """Summed loss, rows, weight and summed gradient at ``P`` over a batch's pieces."""
+    def gradient(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray | None, Any]:
+        """Summed loss, rows, weight, summed gradient (and, one-vs-rest, each class's
+        summed loss) at ``P`` over a batch's pieces."""
         loss, rows, weight, grad = 0.0, 0, 0.0, None
+        class_loss = None
         for Xp, yp, swp in pieces:
+            if ovr:
+                piece_grad, piece_losses = _one_vs_rest(Xp, yp, swp, P, spec)
+                loss += math.fsum(piece_losses)
+                class_loss = piece_losses if class_loss is None else class_loss + piece_losses
+                rows += len(yp)
+                weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
+                grad = piece_grad if grad is None else grad + piece_grad
+                continue
             out = buffers.get(Xp.dtype)
             if out is None:
                 out = buffers[Xp.dtype] = np.empty(P.shape, dtype=Xp.dtype)
@@ -375,7 +417,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
-        return loss, rows, weight, grad
+        return loss, rows, weight, grad, class_loss
 
     if reply.get("initial") is not None and reply["status"] != "stopped":
         # before any step: the loss and gradient at the job's starting parameters and the
@@ -383,7 +425,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         # gtol_rel tests), and, for learning_rate="auto", the curvature of its rows
         first = _head(batches.pieces(*divmod(position, nb)), _MEASURE_ROWS)
         initial = np.asarray(reply["initial"])
-        loss0, _, weight0, grad0 = gradient(first, initial)
+        loss0, _, weight0, grad0, _ = gradient(first, initial)
         zero = not np.any(initial)
         loss_zero = loss0 if zero else gradient(first, np.zeros_like(initial))[0]
         curvature = gram = None
@@ -406,7 +448,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
         t0 = clock()
-        loss, rows, weight, grad = gradient(batches.pieces(epoch, b), params)
+        loss, rows, weight, grad, class_loss = gradient(batches.pieces(epoch, b), params)
         if pause:
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
@@ -419,6 +461,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             weight=weight,
             loss=loss,
             worker=address,
+            **({"class_loss": ToPickle(class_loss)} if ovr else {}),
         )
         pushes += 1
         seconds["kernel"] += t1 - t0

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # scikit-learn runs its array-API estimator check (numpy namespace) only with this set; it
 # must be set before scipy is first imported.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
+import distributed.utils_test
 import pytest
 from distributed import Client, LocalCluster
+
+_check_process_leak = distributed.utils_test.check_process_leak
+
+
+@contextlib.contextmanager
+def _check_process_leak_if_asked(check: bool = True, **kwargs: Any) -> Iterator[None]:
+    """distributed's ``gen_cluster`` check for leaked processes, only when it is asked for.
+
+    ``gen_cluster`` terminates every child process of the test process before and after
+    each test, even with ``clean_kwargs={"processes": False}``: that killed the session
+    cluster's worker processes whenever a ``gen_cluster`` test ran after a test that had
+    started it; their nannies restarted them, the second sweep then found the restarted
+    ones ("Leaked unkillable children processes") and failed the test, and the tests that
+    followed ran on restarted workers. With ``processes=False`` the test's processes are
+    left alone, as the setting says.
+    """
+    if check:
+        with _check_process_leak(check=check, **kwargs):
+            yield
+    else:
+        yield
+
+
+distributed.utils_test.check_process_leak = _check_process_leak_if_asked
 
 
 @pytest.fixture(scope="session")

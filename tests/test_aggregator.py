@@ -260,3 +260,69 @@ async def test_quorum_is_checked_against_members_and_lbfgs(c, s, a, b):
     reply = await create("d", 1, optimizer=lbfgs)
     assert reply["status"] == "error" and "lbfgs" in reply["message"]
     assert (await create("e", 2, optimizer=lbfgs))["status"] == "OK"
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_one_vs_rest_class_losses_in_the_history(c, s, a, b):
+    """A job with one column per class takes each push's per-class losses; the epoch's row
+    has each class's objective (its mean loss plus its column's penalty), summing to the
+    row's loss. A bad ``class_loss`` is refused and changes nothing."""
+    await c.register_plugin(ParameterServer())
+    ranks = [w.address for w in sorted(s.workers.values(), key=lambda ws: ws.name)]
+    P0 = np.ones((3, 2))  # d = 2, k = 2 classes
+    opt = {**OPT, "alpha": 0.5}  # L2 penalty 0.25 * ||column||^2 (intercept excluded)
+    cfg = {"mode": "async", "n_samples": 20, "max_epochs": 1000, "tol": None}
+    reply = await c.scheduler.daskgd_create(
+        job="o", params=ToPickle(P0), config=cfg, optimizer=opt, ranks=ranks
+    )
+    assert reply["status"] == "OK", reply
+
+    def push(rank, version, class_loss):
+        return c.scheduler.daskgd_push(
+            job="o", rank=rank, version=version, grad=ToPickle(np.zeros((3, 2))), n=10,
+            weight=10.0, loss=float(np.sum(class_loss)), class_loss=ToPickle(class_loss),
+        )  # fmt: skip
+
+    for bad in (np.ones(3), np.ones((2, 1)), np.array([1, 2])):
+        r = await push(0, 0, bad)
+        assert r["status"] == "error" and "class_loss" in r["message"], r
+    assert (await push(0, 0, np.array([1.0, 3.0])))["status"] == "OK"
+    assert (await push(1, 1, np.array([2.0, 4.0])))["status"] == "OK"
+    row = (await c.scheduler.daskgd_status(job="o"))["history"][0]
+    # mean losses [3, 7] / 20, plus each column's penalty 0.25 * ||w||^2 at the epoch's
+    # close, after the first push's step: the weight decay made each weight 1 - 0.5 * 0.5
+    penalty = 0.25 * 2 * 0.75**2
+    np.testing.assert_allclose(row["class_loss"], [3 / 20 + penalty, 7 / 20 + penalty])
+    assert row["loss"] == pytest.approx(sum(row["class_loss"]))
+    # a job with one column has no classes
+    await _create(c, s, job="j1")
+    r = await _push_with_classes(c, "j1", np.ones(1))
+    assert r["status"] == "error" and "one-vs-rest" in r["message"]
+
+
+def _push_with_classes(c, job, class_loss):
+    return c.scheduler.daskgd_push(
+        job=job, rank=0, version=0, grad=ToPickle(np.zeros(4)), n=10, weight=10.0, loss=1.0,
+        class_loss=ToPickle(class_loss),
+    )  # fmt: skip
+
+
+def test_gen_cluster_tests_leave_the_session_cluster_alone(cluster):
+    """A ``gen_cluster`` test (``processes=False``) run while the session cluster is up
+    leaves its worker processes alone (distributed's sweep would kill them; see
+    tests/conftest.py), so the tests after it keep their workers."""
+    import os
+
+    from distributed import Client
+
+    with Client(cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)
+        pids = c.run(os.getpid)
+
+    @gen_cluster(client=True, clean_kwargs=CLEAN)
+    async def in_process_cluster(c, s, a, b):
+        await _create(c, s)
+
+    in_process_cluster()
+    with Client(cluster, set_as_default=False) as c:
+        assert c.run(os.getpid) == pids

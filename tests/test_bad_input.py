@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,17 +190,21 @@ def test_bad_input_client_closed_mid_fit(cluster, tmp_path, reliability):
     before = _digest(path)
     client = Client(cluster, set_as_default=False)
     outcome: dict[str, BaseException | None] = {}
+    started = threading.Event()
 
     def run() -> None:
         try:
-            fit(str(path), client=client, max_epochs=10**6, tol=None, learning_rate=1e-4)
+            fit(str(path), client=client, max_epochs=10**6, tol=None, learning_rate=1e-4,
+                callback=lambda row: started.set())  # fmt: skip
             outcome["error"] = None
         except BaseException as exc:
             outcome["error"] = exc
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(2.0)
+    # close mid-fit: once the first epoch is in (a fixed sleep could land before the fit
+    # started on a loaded machine, or after it failed for another reason)
+    assert started.wait(120) or not t.is_alive(), outcome
     client.close()
     t.join(60)
     assert not t.is_alive(), "fit hung after its client closed"

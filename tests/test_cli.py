@@ -101,3 +101,39 @@ def test_failures_exit_1_with_one_line(tmp_path):
     assert r.returncode == 1 and "not a daskgd model file" in r.stderr
     r = daskgd("--debug", "predict", "bad.json", "d.zarr", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" in r.stderr
+
+
+_LOGGING_SCRIPT = """
+import argparse, logging, sys
+
+from daskgd.cli import _client
+
+
+def main():
+    args = argparse.Namespace(scheduler=None, n_workers=1, debug=sys.argv[1] == "debug")
+    with _client(args) as c:
+        c.run(lambda: logging.getLogger("distributed.worker").error("worker says boom"))
+        logging.getLogger("distributed.scheduler").error("scheduler says boom")
+    print("done")
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_cluster_logs_stay_off_stderr_without_debug(tmp_path, debug):
+    """The command's own cluster logs nothing to stderr but critical errors: a worker's
+    error log (as when a heartbeat meets the scheduler closing at exit) would put a
+    traceback before the one-line error. ``--debug`` shows them."""
+    script = tmp_path / "quiet.py"
+    script.write_text(_LOGGING_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), "debug" if debug else "plain"],
+                       cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=240)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+    if debug:
+        assert "worker says boom" in r.stderr and "scheduler says boom" in r.stderr
+    else:
+        assert r.stderr == "", r.stderr

@@ -179,6 +179,47 @@ def test_ovr_hinge_history_and_plot(tmp_path):
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_ovr_is_one_job_equal_to_one_binary_fit_per_class():
+    """One-vs-rest trains the k binary problems as one job (one column per class): each
+    column, and each class's loss in the history, equals the binary fit of that class
+    against the rest with the same settings (the problems are separable)."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(600, 4)) + np.repeat([[0, 0, 0, 0], [3, 0, 0, 0], [0, 3, 0, 0]], 200, 0)
+    y = np.repeat(["a", "b", "c"], 200)
+    common = {"batch_size": 64, "max_iter": 6, "tol": None, "random_state": 0, "verbose": 0,
+              "learning_rate": "constant", "eta0": 0.05}  # fmt: skip
+    for loss in ("hinge", "squared_hinge"):
+        ovr = SGDClassifier(loss=loss, **common).fit(X, y)
+        assert ovr.n_iter_ == 6 and ovr.coef_.shape == (3, 4)
+        h = ovr.history_
+        assert h["run"] == [f"class {c}" for c in "abc" for _ in range(6)]
+        for j, label in enumerate("abc"):
+            one = SGDClassifier(loss=loss, **common).fit(X, y == label)
+            np.testing.assert_allclose(ovr.coef_[j], one.coef_[0], rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(ovr.intercept_[j], one.intercept_[0], rtol=1e-9,
+                                       atol=1e-12)  # fmt: skip
+            np.testing.assert_allclose(h["loss"][6 * j : 6 * j + 6], one.history_["loss"],
+                                       rtol=1e-9)  # fmt: skip
+        # one job: every class's rows share the job's updates, and the total is their sum
+        assert ovr.n_updates_ == one.n_updates_
+        per_epoch = np.reshape(h["loss"], (3, 6)).sum(axis=0)
+        np.testing.assert_allclose(h["total_loss"][:6], per_epoch, rtol=1e-12)
+
+
+def test_ovr_on_digits_is_as_accurate_as_scikit_learn():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    ours = SGDClassifier(loss="hinge", random_state=0, verbose=0).fit(X, y)
+    theirs = sk.SGDClassifier(loss="hinge", random_state=0).fit(X, y)
+    assert ours.score(X, y) > 0.9 and ours.score(X, y) >= theirs.score(X, y) - 0.05
+    assert set(ours.history_["run"]) == {f"class {c}" for c in range(10)}
+    early = SGDClassifier(loss="hinge", random_state=0, verbose=0, early_stopping=True,
+                          n_iter_no_change=3).fit(X, y)  # fmt: skip
+    assert early.score(X, y) > 0.9 and early.n_iter_ < ours.n_iter_
+
+
 def test_bad_settings_name_the_parameter():
     X, y = np.ones((10, 2)), np.arange(10.0)
     with pytest.raises(ValueError, match="loss must be one of"):

@@ -5,8 +5,13 @@ The fit must finish, reach its tolerance on the whole data set, and never hang. 
 land at seeded random points: while the training tasks load their rows (right after they
 are submitted), or a random delay into training, which falls mid-round (a member waiting
 in the sync barrier or the ssp bound) or mid-push. When every worker is gone for good the
-fit raises :class:`NoWorkersError` after ``worker_timeout``. The session cluster's nannies
-bring killed workers back; the all-gone tests use clusters of their own.
+fit raises :class:`NoWorkersError` after ``worker_timeout``.
+
+Every test that kills a worker has a fresh cluster of its own and waits only for the
+events it checks (the fit's end), never for the nanny to bring the killed worker back:
+how fast a restarted worker registers again depends on the machine's load (on a busy
+machine a nanny sometimes never brought it back in 60 s), and nothing here depends on it.
+A fit does not need it either: the killed worker's task reruns on a surviving worker.
 """
 
 import os
@@ -34,11 +39,26 @@ def _problem(n=2000, d=5, seed=0):
     return X, y, np.linalg.lstsq(A, y, rcond=None)[0]
 
 
+@pytest.fixture
+def pair():
+    """A fresh cluster of 2 worker processes (with nannies) and its client, for one test.
+
+    A test that kills a worker leaves its cluster with fewer workers, or with a nanny
+    still restarting one: no other test shares it.
+    """
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        yield c
+
+
 def _kill(client, how, victim=None):
     victim = victim or sorted(client.scheduler_info()["workers"])[-1]
     if how == "nanny":
-        # distributed's wait for the restarted worker can miss it when it comes back at
-        # once (a known race there): do not fail on that wait, the tests wait for 2 workers
+        # the tests do not need the restarted worker back (its task reruns elsewhere), and
+        # distributed's wait for it can miss it or time out on a loaded machine: do not
+        # fail on that wait
         client.restart_workers([victim], timeout=30, raise_for_error=False)
     else:
         pid = client.run(os.getpid, workers=[victim])[victim]
@@ -55,7 +75,8 @@ def _kill(client, how, victim=None):
         ("async", "kill9", "numpy"),
     ],
 )
-def test_worker_killed_mid_fit(client, tmp_path, reliability, mode, how, source):
+def test_worker_killed_mid_fit(pair, tmp_path, reliability, mode, how, source):
+    client = pair
     X, y, sol = _problem()
     data = (X, y)
     if source == "zarr":
@@ -102,18 +123,16 @@ def test_worker_killed_mid_fit(client, tmp_path, reliability, mode, how, source)
     # worker with another member its partition pushes less often, which biases the fixed
     # point slightly (asynchronous SGD's known behaviour with unequal worker speeds)
     reliability.add("fits completed after a worker kill", 1)
-    client.wait_for_workers(2, timeout=60)
 
 
 def _train_tasks_submitted(dask_scheduler) -> bool:
     return any(str(k).startswith("daskgd-train-") for k in dask_scheduler.tasks)
 
 
-def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None, restore=True):
+def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None):
     """One fit with one worker killed at a seeded random point; checks it and returns it.
 
-    ``restore``: wait, afterwards, for the nanny to bring the killed worker back (the
-    session cluster is shared with the tests that follow).
+    ``client``'s cluster is the test's own: the killed worker is not waited for.
     """
     rng = random.Random(seed)
     when = when or rng.choice(["load", "train"])
@@ -169,8 +188,6 @@ def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None,
     fstar = 0.5 * np.mean((A @ sol - y) ** 2)
     assert (f - fstar) / fstar <= (1e-8 if mode == "sync" else 1e-4), (mode, how, when, seed)
     reliability.add("fits completed after a worker kill", 1)
-    if restore:
-        client.wait_for_workers(2, timeout=60)
     return res
 
 
@@ -183,23 +200,16 @@ def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None,
         ("async", "nanny", "load", 3),
     ],
 )
-def test_worker_killed_at_a_random_point(client, tmp_path, reliability, mode, how, when, seed):
-    _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when)
+def test_worker_killed_at_a_random_point(pair, tmp_path, reliability, mode, how, when, seed):
+    _fit_under_a_kill(pair, tmp_path, reliability, mode, how, seed, when)
 
 
 @pytest.mark.stress
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("how", ["nanny", "kill9"])
 @pytest.mark.parametrize("mode", ["sync", "async", "ssp"])
-def test_worker_killed_at_a_random_point_stress(tmp_path, reliability, mode, how, seed):
-    # a fresh cluster per soak case: after many kills in a row, a nanny of a shared cluster
-    # sometimes never brought its restarted worker back (its worker did not register, 1 to
-    # 2 cases in 30), which failed the wait *after* a fit that had succeeded
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
-        _fit_under_a_kill(c, tmp_path, reliability, mode, how, 100 + seed, restore=False)
+def test_worker_killed_at_a_random_point_stress(pair, tmp_path, reliability, mode, how, seed):
+    _fit_under_a_kill(pair, tmp_path, reliability, mode, how, 100 + seed)
 
 
 @pytest.fixture
@@ -261,3 +271,65 @@ def _jobs(dask_scheduler):
     from daskgd.aggregator import PLUGIN_NAME
 
     return dask_scheduler.plugins[PLUGIN_NAME].jobs
+
+
+def test_worker_joining_mid_fit_gets_no_work_until_a_resume(tmp_path, reliability):
+    """A worker that joins mid-fit gets no partition: the fit ends on the workers it started
+    with, at the exact optimum; resuming from the fit's checkpoint on the grown cluster
+    spreads the partitions over every worker (the remedy the README gives)."""
+    X, y, sol = _problem(n=1200)
+    path = str(tmp_path / "d.zarr")
+    write_zarr(path, X, y, chunk_rows=100)
+    ck = str(tmp_path / "fit.zarr")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        first_worker = set(c.scheduler_info()["workers"])
+        started, joined = threading.Event(), threading.Event()
+        out = {}
+
+        def keep_going(row):
+            # the fit runs until the new worker has joined *and* the optimum is reached,
+            # whatever the machine's speed (no stop rule of its own, see below)
+            started.set()
+            return not (joined.is_set() and row["grad_norm"] <= 1e-8)
+
+        def run():
+            try:
+                out["res"] = fit(
+                    path,
+                    client=c,
+                    learning_rate=0.5,
+                    max_epochs=100_000,
+                    max_time=120,
+                    tol=None,
+                    callback=keep_going,
+                    checkpoint=ck,
+                    checkpoint_every=1000,
+                )
+            except BaseException as exc:  # surfaced below
+                out["exc"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert started.wait(60), out
+        cluster.scale(2)
+        c.wait_for_workers(2, timeout=120)
+        new_worker = set(c.scheduler_info()["workers"]) - first_worker
+        joined.set()
+        t.join(180)
+        assert not t.is_alive(), "fit hung after a worker joined"
+        assert "exc" not in out, out.get("exc")
+        res = out["res"]
+        np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-6)
+        # every round, before and after the join, came from the fit's first worker only
+        assert all(set(h["worker_updates"]) == first_worker for h in res.history)
+        assert len(new_worker) == 1
+        reliability.add("fits completed while a worker joined", 1)
+        # the remedy: resume from the checkpoint; the resumed fit plans over both workers
+        again = fit(path, client=c, learning_rate=0.5, max_epochs=res.n_iter_ + 50, tol=None,
+                    gtol=1e-8, checkpoint=ck, resume=True)  # fmt: skip
+        assert again.n_iter_ > res.n_iter_
+        assert set(again.history[-1]["worker_updates"]) == first_worker | new_worker
+        np.testing.assert_allclose(np.append(again.coef_, again.intercept_), sol, atol=1e-6)
