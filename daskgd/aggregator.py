@@ -163,6 +163,9 @@ class JobConfig:
         reports (see :meth:`Job.auto_step`), set before the first step.
     loss_curvature : float
         Bound on the second derivative of the loss in the margin (``auto_lr``).
+    smooth : bool
+        Whether the loss is differentiable (``hinge`` is not: its gradient need not vanish
+        at the optimum, so a stalled loss is judged as scikit-learn's SGD judges it).
     record_params : bool
         Keep the parameters of each epoch in its history row (``params``), for a
         driver that scores them (early stopping on held-out data).
@@ -188,6 +191,7 @@ class JobConfig:
     divergence_factor: float = 1e3
     auto_lr: bool = False
     loss_curvature: float = 1.0
+    smooth: bool = True
     record_params: bool = False
     sync_quorum: int | None = None
     checkpoint_every: int | None = None
@@ -207,7 +211,7 @@ class JobConfig:
             v = getattr(self, name)
             if not (_is_real(v) and v > 0 and not math.isnan(v)):
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        for name in ("staleness_lr", "record_params", "auto_lr"):
+        for name in ("staleness_lr", "record_params", "auto_lr", "smooth"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_staleness is not None and not (
@@ -622,12 +626,13 @@ class Job:
         gradient is small too: below ``gtol``/``gtol_rel`` when given (which did not hold,
         or that rule would have stopped the fit), else below ``sqrt(tol)`` times its norm
         at the start (near an optimum the loss gap shrinks with the gradient's square).
-        Stochastic fits follow scikit-learn's SGD: the stalled loss is the test.
+        Stochastic fits, and non-smooth losses (whose gradient need not vanish at the
+        optimum), follow scikit-learn's SGD: the stalled loss is the test.
         """
         cfg = self.config
         what = f"loss improved by less than tol={cfg.tol} for {cfg.n_iter_no_change} epochs"
         assert cfg.tol is not None
-        if self.stochastic():
+        if self.stochastic() or not cfg.smooth:
             self.stop(what, converged=True)
             return
         if cfg.gtol is None and cfg.gtol_rel is None and self.g0 is not None:

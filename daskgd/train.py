@@ -786,6 +786,7 @@ def _settings(
         "checkpoint_every": checkpoint_every if checkpoint is not None else None,
         "auto_lr": auto_lr and optimizer != "lbfgs",  # L-BFGS takes no step size
         "loss_curvature": curvature_bound(info.name, bool(n_classes and n_classes > 2)),
+        "smooth": info.name != "hinge",
     }
     JobConfig(**config)
     if random_state is None:

@@ -142,6 +142,20 @@ def test_a_stalled_loss_with_a_large_gradient_is_not_convergence(client):
     assert res.converged_ and "sqrt(tol)" in res.reason
 
 
+def test_a_stalled_hinge_loss_is_convergence_as_in_scikit_learn(client):
+    # the hinge loss has a kink: its gradient need not vanish at the optimum, so a
+    # full-batch fit whose loss stalled has converged (scikit-learn's SGD rule), with no
+    # ConvergenceWarning
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 4))
+    y = np.where(X @ rng.normal(size=4) + 0.5 * rng.normal(size=400) > 0, 1, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = SGDClassifier(loss="hinge", batch_size=None, max_iter=500, tol=1e-4,
+                            random_state=0, verbose=0).fit(X, y)  # fmt: skip
+    assert clf.converged_ and clf.n_iter_ < 500
+
+
 def test_gtol_rel_stops_on_the_gradient_relative_to_its_start(client):
     X, y = _regression(n=600, d=5)
     res = fit((X, y), client=client, tol=None, gtol_rel=1e-8, max_epochs=2000)
