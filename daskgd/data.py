@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from daskgd._cluster import check_scheduler
 from daskgd.errors import DataValidationError, IncompleteDatasetError
 
 __all__ = [
@@ -154,6 +155,23 @@ def _row_block(z: zarr.Array) -> int:
     return int((shards if shards is not None else z.chunks)[0])
 
 
+def _cluster_client(client: Any = None) -> Any:
+    """``client``, else the default distributed client, else None (dask's own scheduler).
+
+    A client's scheduler is checked first: a graph naming daskgd's functions fails on a
+    scheduler without daskgd with an error that does not say so.
+    """
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            return None
+    check_scheduler(client)
+    return client
+
+
 def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
     """Compute dask collections on ``client``, else the default client, else dask's scheduler.
 
@@ -162,13 +180,9 @@ def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
     """
     if not tasks:
         return []
+    client = _cluster_client(client)
     if client is None:
-        from distributed import default_client
-
-        try:
-            client = default_client()
-        except ValueError:
-            return list(dask.compute(*tasks))
+        return list(dask.compute(*tasks))
     futures = client.compute(list(tasks))
     # wait for every task on *this* client (distributed.wait would use the default client,
     # which may be another one or none), then raise the first failure, if any
@@ -1047,6 +1061,8 @@ def write_zarr(
     if wd is not None:
         wd = wd.rechunk({0: chunk_rows}).astype(np.float64)
     in_memory = not any(isinstance(a, da.Array) for a in (X, y, sample_weight))
+    if not in_memory:
+        client = _cluster_client(client)  # checked before anything is removed or written
     if in_memory:
         classes = _classes_in_memory(y)
         if validate:

@@ -46,6 +46,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from daskgd._cluster import check_scheduler, check_tls_address
 from daskgd.data import Dataset, as_dataset
 from daskgd.errors import DataValidationError
 from daskgd.history import history_to_dict
@@ -220,6 +221,26 @@ class _Runner:
             raise ValueError(f"batch_size must be None (full batch) or >= 1, got {bs!r}")
         progress_enabled(p.get("verbose", 0))  # raises on a bad value
 
+    def _check_cluster(self) -> None:
+        """Check the schedulers this fit will use before any work is sent to them.
+
+        The estimator's own passes (classes, the auto step size) run on dask's default
+        client, the training on ``client``: each must be able to import daskgd.
+        """
+        from distributed import default_client
+
+        client = self.client
+        if isinstance(client, str | os.PathLike):
+            check_tls_address(str(client))  # fit connects, then checks the scheduler
+        elif client is not None:
+            check_scheduler(client)
+        try:
+            default = default_client()
+        except ValueError:
+            return
+        if default is not client:
+            check_scheduler(default)
+
     def _eta0(self, X: Any, sw: Any, loss: str, alpha: float, l1_ratio: float) -> float:
         """The step size: ``eta0`` as given, or ``1 / L`` for "auto" (one pass over X).
 
@@ -380,6 +401,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
 
     def _fit(self, X: Any, y: Any, sample_weight: Any, *, partial: bool) -> Any:
         self._check_common()
+        self._check_cluster()
         loss, alpha, l1_ratio, extra = self._objective()
         lazy = _is_lazy(X)
         first = not (partial and hasattr(self, "coef_"))
@@ -812,6 +834,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         self, X: Any, y: Any, sample_weight: Any, *, partial: bool, classes: Any = None
     ) -> Any:
         self._check_common()
+        self._check_cluster()
         lazy = _is_lazy(X)
         first = not (partial and hasattr(self, "coef_"))
         if lazy:

@@ -30,6 +30,7 @@ import numpy as np
 from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 
+from daskgd._cluster import check_scheduler, check_scheduler_async, connect
 from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
 from daskgd.errors import (
     CheckpointError,
@@ -388,9 +389,15 @@ def _lost(client: Client, writer: Any, exc: BaseException) -> SchedulerLostError
             "The fit had no checkpoint; pass checkpoint='path.zarr' to make a fit resumable "
             "with fit(..., checkpoint='path.zarr', resume=True) on a new cluster."
         )
+    # a timeout has no text of its own: say what it means
+    reason = str(exc).strip() or (
+        "the scheduler did not answer in time"
+        if isinstance(exc, TimeoutError)
+        else "no further detail"
+    )
     return SchedulerLostError(
         f"lost the Dask scheduler at {address} during the fit "
-        f"({type(exc).__name__}: {exc}). {where}",
+        f"({type(exc).__name__}: {reason}). {where}",
         checkpoint=None if writer is None else writer.path,
         epoch=None if writer is None else writer.epoch,
     )
@@ -1021,7 +1028,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
     s = _make_settings(kwargs)
     own_cluster = own_client = None
     if isinstance(client, str | os.PathLike):
-        client = own_client = Client(str(client), set_as_default=False)
+        client = own_client = connect(str(client), set_as_default=False)
     elif client is None:
         try:
             from distributed import get_client
@@ -1044,6 +1051,8 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
         from daskgd.data import as_dataset
 
         started = time.perf_counter()
+        if own_cluster is None:  # before the data is opened: its scan runs there too
+            check_scheduler(client)
         n_avail = len(client.scheduler_info()["workers"])
         if s.n_workers:
             n_avail = min(n_avail, s.n_workers)
@@ -1078,6 +1087,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
     from daskgd.data import as_dataset
 
     started = time.perf_counter()
+    await check_scheduler_async(client)
     n_avail = len((await _scheduler(client).identity())["workers"])
     if s.n_workers:
         n_avail = min(n_avail, s.n_workers)
