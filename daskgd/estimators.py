@@ -319,6 +319,7 @@ class _Runner:
                 intercept_init=intercept_init,
                 callback=callback,
                 validate=lazy,
+                _labels_checked=True,  # by the classifiers, up front (see _Settings)
                 **extra,
             )
         finally:
@@ -950,6 +951,13 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         elif partial:
             raise ValueError("classes must be passed on the first call to partial_fit")
         elif isinstance(y, da.Array):
+            if y.dtype.kind == "f" and not bool(da.all(y == da.round(y)).compute()):
+                # scikit-learn refuses continuous targets for numpy input; so do we for dask
+                raise DataValidationError(
+                    f"{type(self).__name__} needs class labels, but y holds continuous "
+                    "(non-integer) values, a regression target; use SGDRegressor or "
+                    "LinearRegression, or integer class labels"
+                )
             found = np.unique(y.compute() if y.size < 1 else da.unique(y).compute())
         else:
             found = np.unique(y)

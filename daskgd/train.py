@@ -126,6 +126,9 @@ class _Settings:
     checkpoint_every: int = 10
     checkpoint_interval: float | None = None
     resume: bool = False
+    # False for the estimators' fits: they checked the labels, and a one-vs-rest target of
+    # a partial_fit batch may hold one class only
+    check_labels: bool = True
 
 
 def _scheduler(client: Client) -> Any:
@@ -201,6 +204,27 @@ def _label_encoding(ds, s: _Settings) -> list | None:
     if k == len(expected) and np.array_equal(classes, expected):
         return None  # already in the kernel's encoding
     return classes.tolist()
+
+
+def _check_classes(ds, s: _Settings, client: Any = None) -> None:
+    """A classification loss needs class labels, of at least two classes (as the estimators).
+
+    Runs before the job is created (on the error path it may take a pass over ``y``).
+    """
+    if not get_loss(s.loss).classification or not s.check_labels:
+        return
+    if ds.classes_ is None:
+        from daskgd.data import _no_classes_reason
+
+        raise DataValidationError(
+            f"loss={s.loss!r} is a classification loss but {_no_classes_reason(ds.y, client)}; "
+            "use loss='squared_error' or 'huber' for a regression target"
+        )
+    if len(ds.classes_) < 2:
+        raise DataValidationError(
+            f"loss={s.loss!r} needs samples of at least 2 classes, but y holds only one: "
+            f"{np.asarray(ds.classes_).tolist()!r}; a classifier cannot learn from one class"
+        )
 
 
 def _chunk_rows(data, n_workers: int) -> int | None:
@@ -982,7 +1006,10 @@ def _make_settings(kwargs: dict[str, Any]) -> _Settings:
     """
     kwargs = dict(kwargs)
     delay = kwargs.pop("_delay", None)
+    labels_checked = kwargs.pop("_labels_checked", False)
     s = _settings(**_split_kwargs(kwargs))
+    if labels_checked:
+        s = replace(s, check_labels=False)
     if delay is None:
         return s
     if not isinstance(delay, dict) or not all(
@@ -1059,6 +1086,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
         ds = as_dataset(
             data, validate=validate, client=client, chunk_rows=_chunk_rows(data, n_avail)
         )
+        _check_classes(ds, s, client)
         opened = time.perf_counter() - started
         return _timed(client.sync(_run_job, client, ds, s), started, opened)
     except Exception as exc:
@@ -1096,7 +1124,9 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
         import dask
 
         with dask.config.set(scheduler="threads"):
-            return as_dataset(data, validate=validate, chunk_rows=_chunk_rows(data, n_avail))
+            ds = as_dataset(data, validate=validate, chunk_rows=_chunk_rows(data, n_avail))
+            _check_classes(ds, s)
+            return ds
 
     ds = await asyncio.to_thread(_open)
     opened = time.perf_counter() - started
