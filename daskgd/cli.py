@@ -294,14 +294,15 @@ def _quiet_distributed(debug: bool) -> Iterator[None]:
     if debug:
         yield
         return
-    logger = logging.getLogger("distributed")
-    level, env = logger.level, os.environ.get("DASK_LOGGING__DISTRIBUTED")
-    logger.setLevel(logging.CRITICAL)
+    # distributed gives its loggers levels of their own (distributed.client: warning), so
+    # a level on the parent logger would not hold them back: disable below CRITICAL instead
+    disabled, env = logging.root.manager.disable, os.environ.get("DASK_LOGGING__DISTRIBUTED")
+    logging.disable(logging.ERROR)
     os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logging.disable(disabled)
         if env is None:
             os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
         else:

@@ -109,6 +109,9 @@ def test_failures_exit_1_with_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" in r.stderr
 
 
+MAKE = ["make-data", "n.zarr", "--n-samples", "9", "--n-features", "2"]
+
+
 @pytest.fixture
 def datasets(tmp_path):
     """A regression and a classification dataset, written in this process."""
@@ -156,10 +159,8 @@ def datasets(tmp_path):
         (["demo", "--plot", "demo.bmp"], "--plot"),
         (["demo", "--n-workers", "0"], "--n-workers"),
         (["demo", "--max-epochs", "0"], "--max-epochs"),
-        (["make-data", "n.zarr", "--n-samples", "9", "--n-features", "2", "--task",
-          "classification", "--n-classes", "1"], "--n-classes"),  # fmt: skip
-        (["make-data", "n.zarr", "--n-samples", "9", "--n-features", "2", "--random-state",
-          "-2"], "--random-state"),  # fmt: skip
+        ([*MAKE, "--task", "classification", "--n-classes", "1"], "--n-classes"),
+        ([*MAKE, "--random-state", "-2"], "--random-state"),
     ],
 )
 def test_argument_errors_exit_2_naming_the_flag_before_any_work(datasets, argv, flag, capsys):

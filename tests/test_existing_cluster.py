@@ -110,7 +110,6 @@ def test_every_entry_point_refuses_a_scheduler_without_daskgd(tmp_path, processe
     from distributed import Client
 
     import daskgd
-    from daskgd.cli import main
 
     _, address = _scheduler(tmp_path, processes, with_daskgd=False)
     rng = np.random.default_rng(0)
