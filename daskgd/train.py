@@ -942,7 +942,8 @@ _DOC_PARAMS = """
     DivergenceError
         When the loss or gradient became non-finite (or exploded).
     SchedulerSetupError
-        When the scheduler or a worker cannot import daskgd.
+        When the scheduler or a worker cannot import daskgd (checked before the data is
+        opened), or a ``tls://`` address comes without TLS credentials.
     TrainingError
         When a training task failed or the job vanished.
     NoWorkersError
