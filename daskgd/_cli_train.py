@@ -303,13 +303,15 @@ def add_verbs(sub: Any) -> None:
         _non_negative_int,
         _positive_float,
         _positive_int,
+        _scheduler_address,
     )
 
     positive_int, non_negative_float = _positive_int, _non_negative_float
 
     def where(p: argparse.ArgumentParser) -> None:
         g = p.add_mutually_exclusive_group()
-        g.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://, tls://)")
+        g.add_argument("--scheduler", type=_scheduler_address,
+                       help="address of a running Dask scheduler (tcp://, tls://)")  # fmt: skip
         g.add_argument("--n-workers", type=positive_int, default=None,
                        help="start a LocalCluster with this many worker processes")  # fmt: skip
 

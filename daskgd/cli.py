@@ -67,6 +67,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _scheduler_address(text: str) -> str:
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(text)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a scheduler address such as tcp://host:8786, got {text!r} ({exc})"
+        ) from None
+    return text
+
+
 class UsageError(Exception):
     """A bad argument found after parsing (it needs the file system or another flag).
 
@@ -263,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-option", type=_storage_option, action="append", default=[],
                    metavar="KEY=VALUE", help="fsspec option for a URL (repeatable)")  # fmt: skip
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", help="address of a running Dask scheduler")
+    where.add_argument("--scheduler", type=_scheduler_address,
+                       help="address of a running Dask scheduler")  # fmt: skip
     where.add_argument("--n-workers", type=_positive_int, default=None,
                        help="start a LocalCluster with this many worker processes")  # fmt: skip
     p.set_defaults(func=_cmd_make_data, check=_check_make_data, parser=p)

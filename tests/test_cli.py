@@ -142,6 +142,8 @@ def datasets(tmp_path):
         (["fit", "r.zarr", "--l1-ratio", "1.5"], "--l1-ratio"),
         (["fit", "r.zarr", "--random-state", "-1"], "--random-state"),
         (["fit", "r.zarr", "--n-workers", "0"], "--n-workers"),
+        (["fit", "r.zarr", "--scheduler", "notanaddress"], "--scheduler"),
+        ([*MAKE, "--scheduler", "tcp://host:port"], "--scheduler"),
         (["fit", "r.zarr", "--output", "model.txt"], "--output"),
         (["fit", "r.zarr", "--output", "no/such/dir/model.json"], "--output"),
         (["fit", "r.zarr", "--plot", "loss.bmp"], "--plot"),

@@ -37,7 +37,10 @@ def test_sparse_input_is_refused_as_not_supported(tmp_path, client, kind):
         fit((X, kind(y[:, None])), client=client, max_epochs=1)
     with pytest.raises(DataValidationError, match=SPARSE):  # a dask array of sparse blocks
         daskgd.as_dataset((da.from_array(Xs.tocsr(), chunks=(100, 3), asarray=False), y))
-    # the estimators refuse it as scikit-learn does (TypeError naming sparse data)
+    Xsd = da.from_array(Xs.tocsr(), chunks=(100, 3), asarray=False)
+    with pytest.raises(DataValidationError, match=SPARSE):
+        daskgd.SGDRegressor(client=client, max_iter=1).fit(Xsd, da.from_array(y, chunks=100))
+    # the estimators refuse numpy-side sparse input as scikit-learn does (a TypeError)
     for est in (daskgd.SGDRegressor(client=client, max_iter=1), daskgd.LinearRegression()):
         with pytest.raises(TypeError, match="Sparse data"):
             est.fit(Xs, y)
