@@ -56,21 +56,43 @@ def save_model(est: Any, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
+def _not_a_model(path: str, why: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a daskgd model file ({why}); pass the file 'daskgd fit --output' "
+        "wrote (model.json or model.zarr)"
+    )
+
+
 def load_model(path: str | os.PathLike[str]) -> Any:
     """Read a model written by :func:`save_model`: a fitted estimator, no cluster needed."""
     import daskgd.estimators as estimators
 
     path = str(path)
-    if path.endswith(".zarr"):
+    if path.endswith(".zarr") or os.path.isdir(path):
         import zarr
 
-        g = zarr.open_group(path, mode="r")
+        try:
+            g = zarr.open_group(path, mode="r")
+        except (FileNotFoundError, ValueError) as exc:  # zarr: not a group
+            raise _not_a_model(path, f"not a Zarr group: {exc}") from exc
         meta: dict[str, Any] = dict(g.attrs)
+        # checked before the arrays are read: a dataset has none of them
+        if meta.get("format") != MODEL_FORMAT:
+            found = "a daskgd dataset" if meta.get("format") == "daskgd" else "a Zarr group"
+            raise _not_a_model(path, f"it is {found}, with no format={MODEL_FORMAT!r}")
+        missing = sorted({"coef", "intercept"} - set(g.array_keys()))
+        if missing:
+            raise _not_a_model(path, f"no array {missing[0]!r}")
         # save_model writes both as arrays; a Group indexes by name only.
         coef = np.asarray(cast("zarr.Array", g["coef"])[...])
         intercept = np.asarray(cast("zarr.Array", g["intercept"])[...])
     else:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _not_a_model(path, f"not JSON: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise _not_a_model(path, f"JSON {type(meta).__name__}, not an object")
         coef, intercept = np.asarray(meta.get("coef")), np.asarray(meta.get("intercept"))
     if meta.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not a daskgd model file (no format={MODEL_FORMAT!r})")
@@ -112,12 +134,38 @@ def _estimator(args: argparse.Namespace, client: Any) -> Any:
     )
 
 
+def check_fit(args: argparse.Namespace) -> None:
+    """Argument errors of ``daskgd fit``, found before any training (exit code 2)."""
+    from daskgd.cli import UsageError, check_exists, check_output, check_plot
+    from daskgd.data import open_zarr
+
+    if args.mode == "ssp" and args.max_staleness is None:
+        raise UsageError("argument --mode: ssp needs --max-staleness N (the bound)")
+    if args.mode != "ssp" and args.max_staleness is not None:
+        raise UsageError("argument --max-staleness: applies to --mode ssp only")
+    if args.output is not None:
+        check_output("--output", args.output, [".json", ".zarr"])
+    if args.plot is not None:
+        check_plot("--plot", args.plot)
+    check_exists("path", args.path, "Zarr dataset")
+    # the dataset's metadata (no pass over the data): is the loss for its kind of target?
+    ds = open_zarr(args.path, validate=False)
+    if args.loss not in _REGRESSION and ds.classes_ is None:
+        raise UsageError(
+            f"argument --loss: {args.loss} is a classification loss, but {args.path} holds "
+            "continuous targets (regression); use --loss squared_error or huber"
+        )
+    if args.loss in _REGRESSION and ds.attrs.get("task") == "classification":
+        raise UsageError(
+            f"argument --loss: {args.loss} is a regression loss, but {args.path} holds "
+            "class labels; use --loss log_loss, hinge or squared_hinge"
+        )
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """``daskgd fit PATH``: train on a Zarr dataset, save the model, print a summary."""
     from daskgd.cli import _client
 
-    if args.mode == "ssp" and args.max_staleness is None:
-        raise ValueError("--mode ssp needs --max-staleness")
     with _client(args) as client:
         est = _estimator(args, client)
         t0 = time.perf_counter()
@@ -139,6 +187,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_predict(args: argparse.Namespace) -> None:
+    """Argument errors of ``daskgd predict``, found before any work (exit code 2)."""
+    from daskgd.cli import check_exists, check_output
+
+    check_exists("model", args.model, "model file")
+    check_exists("path", args.path, "Zarr dataset")
+    if args.output is not None:
+        check_output("--output", args.output, [".npy", ".json"])
+
+
+def check_demo(args: argparse.Namespace) -> None:
+    """Argument errors of ``daskgd demo`` (exit code 2)."""
+    from daskgd.cli import check_plot
+
+    if args.plot:
+        check_plot("--plot", args.plot)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """``daskgd predict MODEL PATH``: predictions for a Zarr dataset (and its score)."""
     from daskgd.cli import _client
@@ -158,10 +224,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out = str(args.output)
         if out.endswith(".npy"):
             np.save(out, values)
-        elif out.endswith(".json"):
+        else:  # .json (check_predict refused anything else)
             Path(out).write_text(json.dumps(_jsonable(values.tolist())), encoding="utf-8")
-        else:
-            raise ValueError(f"--output must end in .npy or .json, got {out!r}")
         print(f"{len(values)} predictions written to {out}")
     else:
         for v in values[: args.head]:
@@ -232,12 +296,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_verbs(sub: Any, positive_int: Any, non_negative_float: Any) -> None:
+def add_verbs(sub: Any) -> None:
     """Register ``demo``, ``fit`` and ``predict`` on the command's subparsers."""
+    from daskgd.cli import (
+        _fraction,
+        _non_negative_float,
+        _non_negative_int,
+        _positive_float,
+        _positive_int,
+        _scheduler_address,
+    )
+
+    positive_int, non_negative_float = _positive_int, _non_negative_float
 
     def where(p: argparse.ArgumentParser) -> None:
         g = p.add_mutually_exclusive_group()
-        g.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://, tls://)")
+        g.add_argument("--scheduler", type=_scheduler_address,
+                       help="address of a running Dask scheduler (tcp://, tls://)")  # fmt: skip
         g.add_argument("--n-workers", type=positive_int, default=None,
                        help="start a LocalCluster with this many worker processes")  # fmt: skip
 
@@ -248,7 +323,7 @@ def add_verbs(sub: Any, positive_int: Any, non_negative_float: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--max-epochs", type=positive_int, default=20)
     p.add_argument("--plot", default="daskgd-demo.png", help="PNG to write ('' for none)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, check=check_demo, parser=p)
 
     p = sub.add_parser("fit", help="train a linear model on a Zarr dataset")
     p.add_argument("path", help="Zarr group (local path or URL) written by make-data/write_zarr")
@@ -257,7 +332,7 @@ def add_verbs(sub: Any, positive_int: Any, non_negative_float: Any) -> None:
     p.add_argument("--mode", choices=["sync", "async", "ssp"], default="sync")
     p.add_argument("--optimizer", default="sgd",
                    choices=["sgd", "momentum", "nesterov", "adagrad", "adam"])  # fmt: skip
-    p.add_argument("--learning-rate", type=float, default=None,
+    p.add_argument("--learning-rate", type=_positive_float, default=None,
                    help="initial step size (default: 1/L, safe for full batch)")  # fmt: skip
     p.add_argument("--lr-schedule", choices=["constant", "invscaling", "step"],
                    default="constant")  # fmt: skip
@@ -265,14 +340,15 @@ def add_verbs(sub: Any, positive_int: Any, non_negative_float: Any) -> None:
     p.add_argument("--max-epochs", type=positive_int, default=100)
     p.add_argument("--tol", type=non_negative_float, default=1e-4)
     p.add_argument("--alpha", type=non_negative_float, default=0.0)
-    p.add_argument("--l1-ratio", type=non_negative_float, default=0.0)
-    p.add_argument("--max-staleness", type=int, default=None, help="bound of --mode ssp")
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--l1-ratio", type=_fraction, default=0.0)
+    p.add_argument("--max-staleness", type=_non_negative_int, default=None,
+                   help="bound of --mode ssp (required there)")  # fmt: skip
+    p.add_argument("--random-state", type=_non_negative_int, default=0)
     p.add_argument("--output", help="model file to write: model.json or model.zarr")
     p.add_argument("--plot", help="convergence plot to write (PNG)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     where(p)
-    p.set_defaults(func=cmd_fit)
+    p.set_defaults(func=cmd_fit, check=check_fit, parser=p)
 
     p = sub.add_parser("predict", help="predict with a saved model on a Zarr dataset")
     p.add_argument("model", help="model file written by 'daskgd fit --output'")
@@ -281,4 +357,4 @@ def add_verbs(sub: Any, positive_int: Any, non_negative_float: Any) -> None:
     p.add_argument("--head", type=positive_int, default=10, help="predictions to print")
     p.add_argument("--no-score", action="store_true", help="skip the score")
     where(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, check=check_predict, parser=p)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -38,6 +40,83 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _scheduler_address(text: str) -> str:
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(text)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected a scheduler address such as tcp://host:8786, got {text!r} ({exc})"
+        ) from None
+    return text
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (it needs the file system or another flag).
+
+    :func:`main` reports it like argparse does: the usage, the message, exit code 2.
+    """
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def check_exists(flag: str, path: str, what: str) -> None:
+    """A local ``path`` given as ``flag`` must exist (URLs are checked when opened)."""
+    if not _is_url(path) and not os.path.exists(path):
+        raise UsageError(f"argument {flag}: no {what} at {path!r}")
+
+
+def check_output(flag: str, path: str, suffixes: Sequence[str]) -> None:
+    """An output file ``path`` must end in one of ``suffixes``, in a folder that exists."""
+    if not path.endswith(tuple(suffixes)):
+        raise UsageError(f"argument {flag}: {path!r} must end in {' or '.join(suffixes)}")
+    if _is_url(path):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"argument {flag}: the folder {folder!r} of {path!r} does not exist")
+
+
+def check_plot(flag: str, path: str) -> None:
+    """A plot file: a format matplotlib writes, in a folder that exists."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    check_output(flag, path, [f".{f}" for f in formats])
+
+
 def _storage_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -64,9 +143,10 @@ def _compressor(name: str) -> Any:
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     """A client for --scheduler, a LocalCluster for --n-workers, else dask's threads."""
     if args.scheduler:
-        from distributed import Client
+        from daskgd._cluster import check_scheduler, connect
 
-        with Client(args.scheduler) as client:
+        with connect(args.scheduler) as client:
+            check_scheduler(client)  # before any work is sent to it
             yield client
     elif args.n_workers:
         from distributed import Client, LocalCluster
@@ -97,6 +177,11 @@ def cluster_log_level(args: argparse.Namespace) -> int:
     import logging
 
     return logging.WARNING if getattr(args, "debug", False) else logging.CRITICAL
+
+
+def _check_make_data(args: argparse.Namespace) -> None:
+    if args.task == "classification" and args.n_classes < 2:
+        raise UsageError(f"argument --n-classes: expected an integer >= 2, got {args.n_classes}")
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
@@ -198,34 +283,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-samples", type=_positive_int, required=True)
     p.add_argument("--n-features", type=_positive_int, required=True)
     p.add_argument("--task", choices=["regression", "classification"], default="regression")
-    p.add_argument("--n-classes", type=_positive_int, default=2, help="classification only")
+    p.add_argument("--n-classes", type=_positive_int, default=2,
+                   help="classification only (>= 2)")  # fmt: skip
     p.add_argument("--noise", type=_non_negative_float, default=0.0, help="regression only")
     p.add_argument("--chunk-rows", type=_positive_int, default=None)
     p.add_argument("--inner-chunk-rows", type=_positive_int, default=None,
                    help="shard each row-chunk into inner chunks of this many rows")  # fmt: skip
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--random-state", type=_non_negative_int, default=0)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--compressor", choices=["zstd", "blosc-lz4", "none"], default="zstd")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--storage-option", type=_storage_option, action="append", default=[],
                    metavar="KEY=VALUE", help="fsspec option for a URL (repeatable)")  # fmt: skip
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", help="address of a running Dask scheduler")
+    where.add_argument("--scheduler", type=_scheduler_address,
+                       help="address of a running Dask scheduler")  # fmt: skip
     where.add_argument("--n-workers", type=_positive_int, default=None,
                        help="start a LocalCluster with this many worker processes")  # fmt: skip
-    p.set_defaults(func=_cmd_make_data)
+    p.set_defaults(func=_cmd_make_data, check=_check_make_data, parser=p)
 
     p = sub.add_parser("info", help="describe a daskgd Zarr dataset")
     p.add_argument("path", help="local path or fsspec URL of the Zarr group")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--storage-option", type=_storage_option, action="append", default=[],
                    metavar="KEY=VALUE", help="fsspec option for a URL (repeatable)")  # fmt: skip
-    p.set_defaults(func=_cmd_info)
+    p.set_defaults(
+        func=_cmd_info, check=lambda a: check_exists("path", a.path, "Zarr dataset"), parser=p
+    )
 
     from daskgd._cli_train import add_verbs
 
-    add_verbs(sub, _positive_int, _non_negative_float)
+    add_verbs(sub)
     return parser
+
+
+@contextlib.contextmanager
+def _quiet_distributed(debug: bool) -> Iterator[None]:
+    """Without ``--debug``, distributed's own log records (a worker's heartbeat traceback as
+    the cluster closes after a failure) stay off stderr, which holds the one-line reason.
+
+    The environment variable reaches the LocalCluster's worker processes; both are restored
+    afterwards (``main`` also runs inside other programs and tests).
+    """
+    if debug:
+        yield
+        return
+    # distributed gives its loggers levels of their own (distributed.client: warning), so
+    # a level on the parent logger would not hold them back: disable below CRITICAL instead
+    disabled, env = logging.root.manager.disable, os.environ.get("DASK_LOGGING__DISTRIBUTED")
+    logging.disable(logging.ERROR)
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "critical"
+    try:
+        yield
+    finally:
+        logging.disable(disabled)
+        if env is None:
+            os.environ.pop("DASK_LOGGING__DISTRIBUTED", None)
+        else:
+            os.environ["DASK_LOGGING__DISTRIBUTED"] = env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,7 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or bad arguments (2)
         return int(exc.code or 0)
     try:
-        return int(args.func(args))
+        with _quiet_distributed(args.debug):
+            check = getattr(args, "check", None)
+            if check is not None:
+                check(args)  # argument errors that need the file system: before any work
+            return int(args.func(args))
+    except UsageError as exc:
+        try:
+            args.parser.error(str(exc))  # the usage and the message on stderr, like argparse
+        except SystemExit as stop:
+            return int(stop.code or 2)
+        return 2  # pragma: no cover - error() always exits
     except KeyboardInterrupt:
         print("daskgd: interrupted", file=sys.stderr)
         return 130
@@ -249,4 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # through the module, not this __main__ copy: the verbs raise daskgd.cli.UsageError
+    from daskgd.cli import main as _main
+
+    raise SystemExit(_main())

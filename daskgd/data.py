@@ -42,6 +42,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from daskgd._cluster import check_scheduler
 from daskgd.errors import DataValidationError, IncompleteDatasetError
 
 __all__ = [
@@ -60,6 +61,8 @@ FORMAT_VERSION = 1
 _TARGET_CHUNK_BYTES = 64 * 2**20
 _ARRAY_NAMES = ("X", "y", "sample_weight")
 _TASKS = ("regression", "classification")
+#: Float ``y`` with more distinct integer values than this is a regression target, not labels.
+MAX_CLASSES = 1000
 
 Task = Literal["regression", "classification"]
 
@@ -214,6 +217,23 @@ def _row_block(z: zarr.Array) -> int:
     return int((shards if shards is not None else z.chunks)[0])
 
 
+def _cluster_client(client: Any = None) -> Any:
+    """``client``, else the default distributed client, else None (dask's own scheduler).
+
+    A client's scheduler is checked first: a graph naming daskgd's functions fails on a
+    scheduler without daskgd with an error that does not say so.
+    """
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            return None
+    check_scheduler(client)
+    return client
+
+
 def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
     """Compute dask collections on ``client``, else the default client, else dask's scheduler.
 
@@ -222,13 +242,9 @@ def _compute(tasks: Sequence[Any], client: Any = None) -> list[Any]:
     """
     if not tasks:
         return []
+    client = _cluster_client(client)
     if client is None:
-        from distributed import default_client
-
-        try:
-            client = default_client()
-        except ValueError:
-            return list(dask.compute(*tasks))
+        return list(dask.compute(*tasks))
     futures = client.compute(list(tasks))
     # wait for every task on *this* client (distributed.wait would use the default client,
     # which may be another one or none), then raise the first failure, if any
@@ -382,8 +398,42 @@ def _validate_values(X: da.Array, y: da.Array, w: da.Array | None, client: Any =
             )
 
 
+def _no_classes_reason(y: Any, client: Any = None) -> str:
+    """Why float ``y`` gave no class labels: non-integer values, or more than MAX_CLASSES.
+
+    Called on the error path only (a pass over a dask ``y``).
+    """
+    if isinstance(y, da.Array):
+        finite = y[da.isfinite(y)]
+        (integral,) = _compute([da.all(finite == da.round(finite))], client)
+        n = None
+        if bool(integral):
+            (uniq,) = _compute([da.unique(finite)], client)
+            n = len(uniq)
+    else:
+        a = np.asarray(y)
+        finite = a[np.isfinite(a)]
+        integral = np.array_equal(finite, np.round(finite))
+        n = len(np.unique(finite)) if integral else None
+    if n is None:
+        return (
+            "y holds continuous (non-integer) values; class labels must be integers or "
+            "integer-valued floats"
+        )
+    return (
+        f"y holds {n} distinct integer values, more than the {MAX_CLASSES} classes daskgd "
+        "accepts in float labels: this looks like a regression target (use "
+        "task='regression' / a regression loss); for real class labels store y as integers"
+    )
+
+
 def _check_labels(
-    task: Task, y_dtype: np.dtype[Any], classes: np.ndarray | None, attrs: Mapping[str, Any]
+    task: Task,
+    y_dtype: np.dtype[Any],
+    classes: np.ndarray | None,
+    attrs: Mapping[str, Any],
+    y: Any = None,
+    client: Any = None,
 ) -> None:
     if task not in _TASKS:
         raise ValueError(f"task must be one of {_TASKS}, got {task!r}")
@@ -401,10 +451,15 @@ def _check_labels(
             )
         return
     if classes is None:
-        raise DataValidationError(
-            "classification was requested but y holds continuous (non-integer) values; "
-            "class labels must be integers or integer-valued floats"
-        )
+        if y is not None:
+            reason = _no_classes_reason(y, client)
+        else:
+            reason = (
+                "y holds continuous (non-integer) values, or more than "
+                f"{MAX_CLASSES} distinct ones; class labels must be integers or "
+                "integer-valued floats"
+            )
+        raise DataValidationError(f"classification was requested but {reason}")
     if len(classes) < 2:
         raise DataValidationError(
             f"classification needs at least 2 classes in y, found {len(classes)}: "
@@ -424,7 +479,7 @@ def _find_classes(y: da.Array, client: Any = None) -> np.ndarray | None:
     (uniq,) = _compute([da.unique(y[da.isfinite(y)])], client)
     uniq = np.asarray(uniq)
     # Too many distinct integer values to be classes: treat as a regression target.
-    return uniq if len(uniq) <= 1000 else None
+    return uniq if len(uniq) <= MAX_CLASSES else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -558,7 +613,7 @@ class Dataset:
             Continuous targets for classification, a single class, class labels (per the
             stored ``task`` attribute or a boolean ``y``) for regression.
         """
-        _check_labels(task, np.dtype(self.y.dtype), self.classes_, self.attrs)
+        _check_labels(task, np.dtype(self.y.dtype), self.classes_, self.attrs, self.y)
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         """Row range ``[start, stop)`` of row-chunk ``i``."""
@@ -817,10 +872,29 @@ def _to_dask(a: Any, name: str, rows: int | tuple[int, ...]) -> da.Array:
     return da.from_array(arr, chunks=chunks)
 
 
+def _is_sparse(a: Any) -> bool:
+    """A scipy.sparse matrix/array, a pydata ``sparse`` array, or a dask array of either."""
+    if isinstance(a, da.Array):
+        a = getattr(a, "_meta", None)
+    module = type(a).__module__ or ""
+    return module.startswith(("scipy.sparse", "sparse"))
+
+
+def _check_dense(X: Any, y: Any, sample_weight: Any) -> None:
+    for name, a in (("X", X), ("y", y), ("sample_weight", sample_weight)):
+        if a is not None and _is_sparse(a):
+            raise DataValidationError(
+                f"{name} is a sparse {type(a).__name__}; daskgd does not support sparse input "
+                f"yet. Pass a dense array ({name}.toarray() for scipy.sparse, when it fits in "
+                "memory), or write it to Zarr in dense row-chunks with write_zarr"
+            )
+
+
 def _from_arrays(
     X: Any, y: Any, sample_weight: Any, chunk_rows: int | None
 ) -> tuple[da.Array, da.Array, da.Array | None]:
     """Numpy or dask arrays -> dask arrays with common row chunks, after structural checks."""
+    _check_dense(X, y, sample_weight)
     shapes = [np.shape(X), np.shape(y), None if sample_weight is None else np.shape(sample_weight)]
     _check_shapes(*shapes)
     Xdt = np.dtype(X.dtype) if hasattr(X, "dtype") else np.asarray(X).dtype
@@ -922,7 +996,7 @@ def _classes_in_memory(y: Any) -> np.ndarray | None:
     if not np.array_equal(finite, np.round(finite)):
         return None
     uniq = np.unique(finite)
-    return uniq if len(uniq) <= 1000 else None
+    return uniq if len(uniq) <= MAX_CLASSES else None
 
 
 def _validate_local(
@@ -1220,6 +1294,8 @@ def write_zarr(
     if wd is not None:
         wd = wd.rechunk({0: chunk_rows}).astype(np.float64)
     in_memory = not any(isinstance(a, da.Array) for a in (X, y, sample_weight))
+    if not in_memory:
+        client = _cluster_client(client)  # checked before anything is removed or written
     if in_memory:
         classes = _classes_in_memory(y)
         if validate:
@@ -1235,11 +1311,11 @@ def write_zarr(
         classes = _find_classes(yd, client)
     if task is None:
         # Integer y means class labels, unless there are too many to be classes.
-        is_labels = yd.dtype.kind in "biu" and classes is not None and len(classes) <= 1000
+        is_labels = yd.dtype.kind in "biu" and classes is not None and len(classes) <= MAX_CLASSES
         task = "classification" if is_labels else "regression"
     if task == "regression" and yd.dtype.kind not in "b":
         classes = None  # integer-valued floats are still regression targets unless asked
-    _check_labels(task, np.dtype(yd.dtype), classes, {})
+    _check_labels(task, np.dtype(yd.dtype), classes, {}, y if in_memory else yd, client)
     attrs: dict[str, Any] = {
         "task": task,
         "feature_names": feature_names,

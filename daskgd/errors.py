@@ -34,7 +34,8 @@ class DivergenceError(DaskgdError, FloatingPointError):
 
 
 class SchedulerSetupError(DaskgdError, RuntimeError):
-    """The Dask scheduler cannot run daskgd's aggregator (daskgd is not installed there)."""
+    """The Dask scheduler cannot run daskgd (daskgd is not installed there), or cannot be
+    reached as configured (a ``tls://`` address without TLS credentials)."""
 
 
 class TrainingError(DaskgdError, RuntimeError):

@@ -51,7 +51,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from daskgd.data import Dataset, as_dataset
+from daskgd._cluster import check_scheduler, check_tls_address
+from daskgd.data import Dataset, _check_dense, as_dataset
 from daskgd.errors import DataValidationError
 from daskgd.history import history_to_dict
 from daskgd.kernels import grad_loss
@@ -112,6 +113,7 @@ def _lazy_inputs(X: Any, y: Any, sample_weight: Any) -> tuple[da.Array, da.Array
         y = ds.y if y is None else y
         sample_weight = ds.sample_weight if sample_weight is None else sample_weight
         X = ds.X
+    _check_dense(X, y, sample_weight)  # a dask array of sparse blocks
     if X.ndim != 2:
         raise DataValidationError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
     if np.dtype(X.dtype).kind in "biu":
@@ -242,6 +244,26 @@ class _Runner:
             raise ValueError(f"batch_size must be None (full batch) or >= 1, got {bs!r}")
         progress_enabled(p.get("verbose", 0))  # raises on a bad value
 
+    def _check_cluster(self) -> None:
+        """Check the schedulers this fit will use before any work is sent to them.
+
+        The estimator's own passes (classes, the auto step size) run on dask's default
+        client, the training on ``client``: each must be able to import daskgd.
+        """
+        from distributed import default_client
+
+        client = self.client
+        if isinstance(client, str | os.PathLike):
+            check_tls_address(str(client))  # fit connects, then checks the scheduler
+        elif client is not None:
+            check_scheduler(client)
+        try:
+            default = default_client()
+        except ValueError:
+            return
+        if default is not client:
+            check_scheduler(default)
+
     def _eta0(self) -> float | str:
         """The step size: ``eta0`` as given, or "auto" (``1 / L``, computed by the workers
         from their rows while they load them; see :func:`daskgd.fit`)."""
@@ -338,6 +360,7 @@ class _Runner:
                 intercept_init=intercept_init,
                 callback=callback,
                 validate=lazy,
+                _labels_checked=True,  # by the classifiers, up front (see _Settings)
                 **extra,
             )
         finally:
@@ -403,6 +426,7 @@ class _LinearRegressorBase(_Runner, RegressorMixin, BaseEstimator):
 
     def _fit(self, X: Any, y: Any, sample_weight: Any, *, partial: bool) -> Any:
         self._check_common()
+        self._check_cluster()
         loss, alpha, l1_ratio, extra = self._objective()
         lazy = _is_lazy(X)
         first = not (partial and hasattr(self, "coef_"))
@@ -847,6 +871,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         self, X: Any, y: Any, sample_weight: Any, *, partial: bool, classes: Any = None
     ) -> Any:
         self._check_common()
+        self._check_cluster()
         lazy = _is_lazy(X)
         first = not (partial and hasattr(self, "coef_"))
         if lazy:
@@ -976,6 +1001,13 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         elif partial:
             raise ValueError("classes must be passed on the first call to partial_fit")
         elif isinstance(y, da.Array):
+            if y.dtype.kind == "f" and not bool(da.all(y == da.round(y)).compute()):
+                # scikit-learn refuses continuous targets for numpy input; so do we for dask
+                raise DataValidationError(
+                    f"{type(self).__name__} needs class labels, but y holds continuous "
+                    "(non-integer) values, a regression target; use SGDRegressor or "
+                    "LinearRegression, or integer class labels"
+                )
             found = np.unique(y.compute() if y.size < 1 else da.unique(y).compute())
         else:
             found = np.unique(y)

@@ -1,6 +1,6 @@
 """Convergence plots: the loss against epoch and against wall time, one line per run.
 
-matplotlib is an optional dependency (``pip install daskgd[plot]``); it is imported only when
+matplotlib is a dependency of daskgd (the demo's plot); it is imported only when
 :func:`plot_history` is called.
 """
 
@@ -89,7 +89,7 @@ def plot_history(
         import numpy as np
     except ImportError as exc:
         raise ImportError(
-            "plot_history needs matplotlib: pip install daskgd[plot] (or pip install matplotlib)"
+            "plot_history needs matplotlib, a dependency of daskgd: pip install matplotlib"
         ) from exc
     runs = _runs(result, labels)
     if ax is None:

@@ -1,8 +1,8 @@
 """The progress bar shown while a fit runs: epoch, loss, updates per second, staleness.
 
 The driver calls :meth:`ProgressBar.update` once per finished epoch with the epoch's history
-entry. tqdm is optional (``pip install daskgd[progress]``): without it, or when switched off,
-the bar does nothing.
+entry. tqdm is optional (``pip install tqdm``, or ``pip install ".[progress]"`` in the
+checkout): without it, or when switched off, the bar does nothing.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from daskgd.data import (
     Dataset,
     DatasetWrite,
     _auto_chunk_rows,
+    _cluster_client,
     _compute,
     _open_group,
     _store_path,
@@ -117,6 +118,7 @@ def _generate(
 ) -> Dataset:
     p = _store_path(path)
     rows = _check_sizes(n_samples, n_features, chunk_rows, dtype)
+    client = _cluster_client(client)  # checked before anything is removed or written
     classes = extra_attrs.get("classes")
     writer = DatasetWrite(
         p,

@@ -30,6 +30,7 @@ import numpy as np
 from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 
+from daskgd._cluster import check_scheduler, check_scheduler_async, connect
 from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
 from daskgd.errors import (
     CheckpointError,
@@ -140,6 +141,9 @@ class _Settings:
     # one-vs-rest (the private ``_one_vs_rest`` fit setting): n_classes binary problems in
     # one job, one column of the parameters per class, the targets class indices
     one_vs_rest: bool = False
+    # False for the estimators' fits: they checked the labels, and a one-vs-rest target of
+    # a partial_fit batch may hold one class only
+    check_labels: bool = True
 
 
 def _scheduler(client: Client) -> Any:
@@ -215,6 +219,27 @@ def _label_encoding(ds, s: _Settings) -> list | None:
     if k == len(expected) and np.array_equal(classes, expected):
         return None  # already in the kernel's encoding
     return classes.tolist()
+
+
+def _check_classes(ds, s: _Settings, client: Any = None) -> None:
+    """A classification loss needs class labels, of at least two classes (as the estimators).
+
+    Runs before the job is created (on the error path it may take a pass over ``y``).
+    """
+    if not get_loss(s.loss).classification or not s.check_labels:
+        return
+    if ds.classes_ is None:
+        from daskgd.data import _no_classes_reason
+
+        raise DataValidationError(
+            f"loss={s.loss!r} is a classification loss but {_no_classes_reason(ds.y, client)}; "
+            "use loss='squared_error' or 'huber' for a regression target"
+        )
+    if len(ds.classes_) < 2:
+        raise DataValidationError(
+            f"loss={s.loss!r} needs samples of at least 2 classes, but y holds only one: "
+            f"{np.asarray(ds.classes_).tolist()!r}; a classifier cannot learn from one class"
+        )
 
 
 def _chunk_rows(data, n_workers: int) -> int | None:
@@ -406,9 +431,15 @@ def _lost(client: Client, writer: Any, exc: BaseException) -> SchedulerLostError
             "The fit had no checkpoint; pass checkpoint='path.zarr' to make a fit resumable "
             "with fit(..., checkpoint='path.zarr', resume=True) on a new cluster."
         )
+    # a timeout has no text of its own: say what it means
+    reason = str(exc).strip() or (
+        "the scheduler did not answer in time"
+        if isinstance(exc, TimeoutError)
+        else "no further detail"
+    )
     return SchedulerLostError(
         f"lost the Dask scheduler at {address} during the fit "
-        f"({type(exc).__name__}: {exc}). {where}",
+        f"({type(exc).__name__}: {reason}). {where}",
         checkpoint=None if writer is None else writer.path,
         epoch=None if writer is None else writer.epoch,
     )
@@ -953,7 +984,8 @@ _DOC_PARAMS = """
         1,000 times its value before the first step (the larger of the loss at the
         starting parameters and at zero), in every mode.
     SchedulerSetupError
-        When the scheduler or a worker cannot import daskgd.
+        When the scheduler or a worker cannot import daskgd (checked before the data is
+        opened), or a ``tls://`` address comes without TLS credentials.
     TrainingError
         When a training task failed or the job vanished.
     NoWorkersError
@@ -1027,6 +1059,7 @@ def _make_settings(kwargs: dict[str, Any]) -> _Settings:
     delay = kwargs.pop("_delay", None)
     one_vs_rest = kwargs.pop("_one_vs_rest", False)
     k = kwargs.pop("n_classes", None) if one_vs_rest else None
+    labels_checked = kwargs.pop("_labels_checked", False)
     s = _settings(**_split_kwargs(kwargs))
     if one_vs_rest:
         if not (isinstance(k, int) and k > 2) or s.loss not in _OVR_LOSSES:
@@ -1037,6 +1070,8 @@ def _make_settings(kwargs: dict[str, Any]) -> _Settings:
         if s.checkpoint is not None:
             raise ValueError("checkpoint= is not available for one-vs-rest fits")
         s = replace(s, n_classes=k, one_vs_rest=True)
+    if labels_checked:
+        s = replace(s, check_labels=False)
     if delay is None:
         return s
     if not isinstance(delay, dict) or not all(
@@ -1082,7 +1117,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
     s = _make_settings(kwargs)
     own_cluster = own_client = None
     if isinstance(client, str | os.PathLike):
-        client = own_client = Client(str(client), set_as_default=False)
+        client = own_client = connect(str(client), set_as_default=False)
     elif client is None:
         try:
             from distributed import get_client
@@ -1105,12 +1140,15 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
         from daskgd.data import as_dataset
 
         started = time.perf_counter()
+        if own_cluster is None:  # before the data is opened: its scan runs there too
+            check_scheduler(client)
         n_avail = len(client.scheduler_info()["workers"])
         if s.n_workers:
             n_avail = min(n_avail, s.n_workers)
         ds = as_dataset(
             data, validate=validate, client=client, chunk_rows=_chunk_rows(data, n_avail)
         )
+        _check_classes(ds, s, client)
         opened = time.perf_counter() - started
         return _timed(client.sync(_run_job, client, ds, s), started, opened)
     except Exception as exc:
@@ -1139,6 +1177,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
     from daskgd.data import as_dataset
 
     started = time.perf_counter()
+    await check_scheduler_async(client)
     n_avail = len((await _scheduler(client).identity())["workers"])
     if s.n_workers:
         n_avail = min(n_avail, s.n_workers)
@@ -1147,7 +1186,9 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
         import dask
 
         with dask.config.set(scheduler="threads"):
-            return as_dataset(data, validate=validate, chunk_rows=_chunk_rows(data, n_avail))
+            ds = as_dataset(data, validate=validate, chunk_rows=_chunk_rows(data, n_avail))
+            _check_classes(ds, s)
+            return ds
 
     ds = await asyncio.to_thread(_open)
     opened = time.perf_counter() - started

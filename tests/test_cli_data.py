@@ -82,9 +82,18 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 def test_failure_exits_1_with_one_line(tmp_path, capsys):
-    assert main(["info", str(tmp_path / "missing.zarr")]) == 1
+    # a missing path is a bad argument: exit 2, the usage and one error line naming it
+    assert main(["info", str(tmp_path / "missing.zarr")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no Zarr dataset" in err and "Traceback" not in err
+    assert err.startswith("usage:") and "Traceback" not in err
+    assert [ln for ln in err.splitlines() if "error:" in ln] == [
+        f"daskgd info: error: argument path: no Zarr dataset at {str(tmp_path / 'missing.zarr')!r}"
+    ]
+    # a folder that is not a dataset: a failure, one line
+    (tmp_path / "empty").mkdir()
+    assert main(["info", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
     path = str(tmp_path / "r.zarr")
     argv = ["make-data", path, "--n-samples", "10", "--n-features", "2"]
     assert main(argv) == 0
@@ -97,7 +106,8 @@ def test_failure_exits_1_with_one_line(tmp_path, capsys):
 
 
 def test_debug_shows_traceback(tmp_path, capsys):
-    assert main(["--debug", "info", str(tmp_path / "missing.zarr")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["--debug", "info", str(tmp_path / "empty")]) == 1
     assert "Traceback" in capsys.readouterr().err
 
 
