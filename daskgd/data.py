@@ -144,7 +144,8 @@ def _open_group(path: str, mode: str, storage_options: dict[str, Any] | None) ->
         if path.startswith("local://"):
             # fsspec's local filesystem does not create parent folders unless asked.
             options.setdefault("auto_mkdir", True)
-        kwargs["storage_options"] = options
+        if options:  # zarr >= 3.2 refuses even empty ones for memory:// URLs
+            kwargs["storage_options"] = options
     return zarr.open_group(path, **kwargs)
 
 
