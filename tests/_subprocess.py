@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import daskgd
@@ -31,3 +35,46 @@ def subprocess_env(*, without_daskgd: Path | None = None) -> dict[str, str]:
     )
     env["PYTHONPATH"] = str(without_daskgd)
     return env
+
+
+#: The ``dask`` command of this environment (``dask scheduler``, ``dask worker``).
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def scheduler_command(scheduler_file: Path) -> list[str]:
+    """``dask scheduler`` on a free loopback port, writing its address to ``scheduler_file``."""
+    return [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+            "--dashboard-address", ":0", "--scheduler-file", str(scheduler_file)]  # fmt: skip
+
+
+def worker_command(scheduler_file: Path, *extra: str) -> list[str]:
+    """``dask worker`` (one thread, 1 GiB) for the scheduler of ``scheduler_file``."""
+    return [DASK, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+            "--host", "127.0.0.1", "--dashboard-address", ":0", "--memory-limit", "1GiB",
+            *extra]  # fmt: skip
+
+
+def scheduler_address(scheduler_file: Path, proc: subprocess.Popen, tries: int = 600) -> str:
+    """Wait (``tries`` x 0.1 s) for a started scheduler to write its address; return it."""
+    for _ in range(tries):
+        if scheduler_file.exists():
+            try:
+                return json.loads(scheduler_file.read_text())["address"]
+            except (ValueError, KeyError):
+                pass  # being written
+        assert proc.poll() is None, "dask scheduler exited"
+        time.sleep(0.1)
+    raise AssertionError("dask scheduler did not start")
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes, newest first, then kill what has not exited."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)

@@ -17,6 +17,7 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import distributed.utils_test
 import pytest
+from _subprocess import stop_processes
 from distributed import Client, LocalCluster
 
 _check_process_leak = distributed.utils_test.check_process_leak
@@ -62,15 +63,7 @@ def processes() -> Iterator[list[subprocess.Popen]]:
     """Subprocesses a test starts (``dask scheduler``, ``dask worker``), stopped after it."""
     procs: list[subprocess.Popen] = []
     yield procs
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+    stop_processes(procs)
 
 
 @pytest.fixture

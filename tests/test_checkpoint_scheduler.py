@@ -7,7 +7,6 @@ from that checkpoint to the least-squares optimum. Separately, processes writing
 checkpoint are SIGKILLed mid-write: the previous checkpoint still loads and resumes.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -20,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _subprocess import subprocess_env
+from _subprocess import scheduler_address, scheduler_command, subprocess_env, worker_command
 from test_faults import _problem
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import write_zarr
 from daskgd.errors import SchedulerLostError
 from daskgd.train import fit
-
-DASK = str(Path(sys.executable).with_name("dask"))
 
 
 def _cluster(folder: Path, processes: list, n_workers: int = 2) -> tuple[subprocess.Popen, str]:
@@ -37,26 +34,10 @@ def _cluster(folder: Path, processes: list, n_workers: int = 2) -> tuple[subproc
     sf = folder / "scheduler.json"
     env = subprocess_env()
     quiet = {"cwd": folder, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    sched = subprocess.Popen(
-        [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
-         "--scheduler-file", str(sf)],
-        **quiet,
-    )  # fmt: skip
+    sched = subprocess.Popen(scheduler_command(sf), **quiet)
     processes.append(sched)
-    address = None
-    for _ in range(600):
-        if sf.exists():
-            try:
-                address = json.loads(sf.read_text())["address"]
-                break
-            except (ValueError, KeyError):
-                pass
-        assert sched.poll() is None, "dask scheduler exited"
-        time.sleep(0.1)
-    assert address, "dask scheduler did not start"
-    worker = [DASK, "worker", "--scheduler-file", str(sf), "--nthreads", "1", "--host",
-              "127.0.0.1", "--dashboard-address", ":0", "--memory-limit", "1GiB",
-              "--death-timeout", "20"]  # fmt: skip
+    address = scheduler_address(sf, sched)
+    worker = worker_command(sf, "--death-timeout", "20")
     for _ in range(n_workers):
         processes.append(subprocess.Popen(worker, **quiet))
     from distributed import Client

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _subprocess import subprocess_env
+from _subprocess import subprocess_env, worker_command
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -239,13 +239,11 @@ def test_a_lost_scheduler_is_one_line_on_stderr(tmp_path, processes):
     """The scheduler dies mid-fit: stderr holds the one-line reason, none of distributed's
     log records (the client's reconnection and heartbeat tracebacks)."""
     from distributed import Client
-    from test_existing_cluster import DASK, _scheduler
+    from test_existing_cluster import _scheduler
 
     sf, address = _scheduler(tmp_path, processes, with_daskgd=True)
     processes.append(subprocess.Popen(
-        [DASK, "worker", "--scheduler-file", str(sf), "--nthreads", "1", "--host",
-         "127.0.0.1", "--dashboard-address", ":0", "--memory-limit", "1GiB"],
-        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
+        worker_command(sf), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ))  # fmt: skip
     scheduler = processes[0]

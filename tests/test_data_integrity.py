@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,13 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from _subprocess import subprocess_env
+from _subprocess import (
+    scheduler_address,
+    scheduler_command,
+    stop_processes,
+    subprocess_env,
+    worker_command,
+)
 from distributed import Client
 
 import daskgd
@@ -34,7 +38,6 @@ from daskgd.errors import DataNotFoundError, DataValidationError
 from daskgd.synthetic import make_regression
 from daskgd.train import fit
 
-DASK = str(Path(sys.executable).with_name("dask"))
 COEF = np.array([1.0, -2.0, 0.5, 3.0])
 
 
@@ -61,68 +64,16 @@ def elsewhere(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     sf = cwd / "scheduler.json"
     env = subprocess_env()
     common = {"cwd": cwd, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [
-        subprocess.Popen(
-            [
-                DASK,
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--dashboard-address",
-                ":0",
-                "--scheduler-file",
-                str(sf),
-            ],
-            **common,
-        )
-    ]
+    procs = [subprocess.Popen(scheduler_command(sf), **common)]
     try:
-        for _ in range(1200):
-            if sf.exists():
-                try:
-                    address = json.loads(sf.read_text())["address"]
-                    break
-                except (ValueError, KeyError):
-                    pass
-            assert procs[0].poll() is None, "dask scheduler exited"
-            time.sleep(0.1)
-        else:
-            raise AssertionError("dask scheduler did not start")
+        address = scheduler_address(sf, procs[0], tries=1200)
         for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        DASK,
-                        "worker",
-                        "--scheduler-file",
-                        str(sf),
-                        "--nthreads",
-                        "1",
-                        "--host",
-                        "127.0.0.1",
-                        "--dashboard-address",
-                        ":0",
-                        "--memory-limit",
-                        "1GiB",
-                    ],
-                    **common,
-                )
-            )
+            procs.append(subprocess.Popen(worker_command(sf), **common))
         with Client(address) as c:
             c.wait_for_workers(2, timeout=120)
         yield address, cwd
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_processes(procs)
 
 
 def test_relative_path_on_a_cluster_with_another_working_directory(

@@ -1,51 +1,24 @@
 """Fit against an existing cluster: real ``dask scheduler`` / ``dask worker`` processes."""
 
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _subprocess import subprocess_env
+from _subprocess import scheduler_address, scheduler_command, subprocess_env, worker_command
 
 from daskgd.errors import SchedulerSetupError
 from daskgd.train import fit
-
-DASK = str(Path(sys.executable).with_name("dask"))
 
 
 def _env(tmp_path: Path, with_daskgd: bool) -> dict:
     return subprocess_env(without_daskgd=None if with_daskgd else tmp_path / "no-daskgd")
 
 
-def _address(scheduler_file: Path, proc: subprocess.Popen) -> str:
-    for _ in range(600):
-        if scheduler_file.exists():
-            try:
-                return json.loads(scheduler_file.read_text())["address"]
-            except (ValueError, KeyError):
-                pass
-        assert proc.poll() is None, "dask scheduler exited"
-        time.sleep(0.1)
-    raise AssertionError("dask scheduler did not start")
-
-
 def _scheduler(tmp_path, processes, with_daskgd):
     sf = tmp_path / "scheduler.json"
-    cmd = [
-        DASK,
-        "scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--dashboard-address",
-        ":0",
-        "--scheduler-file",
-        str(sf),
-    ]
+    cmd = scheduler_command(sf)
     p = subprocess.Popen(
         cmd,
         cwd=tmp_path,
@@ -54,7 +27,7 @@ def _scheduler(tmp_path, processes, with_daskgd):
         stderr=subprocess.DEVNULL,
     )
     processes.append(p)
-    return sf, _address(sf, p)
+    return sf, scheduler_address(sf, p)
 
 
 def test_fit_by_address(tmp_path, processes):
@@ -62,20 +35,7 @@ def test_fit_by_address(tmp_path, processes):
     for _ in range(2):
         processes.append(
             subprocess.Popen(
-                [
-                    DASK,
-                    "worker",
-                    "--scheduler-file",
-                    str(sf),
-                    "--nthreads",
-                    "1",
-                    "--host",
-                    "127.0.0.1",
-                    "--dashboard-address",
-                    ":0",
-                    "--memory-limit",
-                    "1GiB",
-                ],
+                worker_command(sf),
                 cwd=tmp_path,
                 env=_env(tmp_path, True),
                 stdout=subprocess.DEVNULL,
