@@ -39,7 +39,7 @@ def _du(path: str) -> int:
 
 def _read_direct(path: str, chunks: list[int]) -> int:
     """What a training task does now: every chunk straight into one buffer."""
-    from daskgd.chunkio import read_row_chunks
+    from daskgd.data.chunkio import read_row_chunks
 
     X, y, _ = read_row_chunks(path, chunks)
     return X.nbytes + y.nbytes
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "Generate: `make_regression` on the cluster (numpy row: `np.save` of the same arrays). "
         "Persist: `client.persist` of X and y into worker memory as dask chunks (numpy row: "
         "`np.load` in one process). Training-task load: what a training task does, each "
-        "worker reading its half of the chunks into one buffer (`daskgd.chunkio."
+        "worker reading its half of the chunks into one buffer (`daskgd.data.chunkio."
         "read_row_chunks`: raw chunk files by `readinto` when uncompressed, else zarr chunk by "
         "chunk), best of 3; before: zarr chunk by chunk and `np.concatenate`, the previous "
         "path. Validate: the chunk-parallel NaN/inf scan of `open_zarr`. "

@@ -4,7 +4,7 @@ Run ``python bench/bench_digests.py [--quick]``. It writes ``n x 100`` float64 r
 data with :func:`daskgd.make_regression` (row-chunks of 50,000 rows), uncompressed and
 Zstandard level 1, then in this process (one thread, as a training task reads its rows):
 
-1. loads every row-chunk with :func:`daskgd.chunkio.read_row_chunks` as a training task
+1. loads every row-chunk with :func:`daskgd.data.chunkio.read_row_chunks` as a training task
    does, which checks each chunk against its recorded CRC-32C digest;
 2. the same load with the digests' check turned off (the dataset's ``digests`` attribute
    hidden from the reader), every other check (missing chunks, file sizes) kept;
@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import daskgd
-from daskgd import chunkio
+from daskgd.data import chunkio
 
 
 def _best(fn: Callable[[], Any], repeat: int = 3) -> float:

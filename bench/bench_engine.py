@@ -22,8 +22,8 @@ import numpy as np
 from _common import table, write_results
 from distributed import Client, LocalCluster
 
+from daskgd.driver.engine import fit
 from daskgd.kernels import grad_loss
-from daskgd.train import fit
 
 
 def _data(n: int, d: int, seed: int = 0):

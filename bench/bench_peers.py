@@ -91,7 +91,13 @@ def warm_up(client) -> None:
     def imports():
         import importlib
 
-        for name in ("daskgd.worker", "daskgd.kernels", "daskgd.chunkio", "dask_glm", "dask_ml"):
+        for name in (
+            "daskgd.worker.task",
+            "daskgd.kernels",
+            "daskgd.data.chunkio",
+            "dask_glm",
+            "dask_ml",
+        ):
             if importlib.util.find_spec(name.split(".")[0]):
                 importlib.import_module(name)
 

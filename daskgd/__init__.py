@@ -2,15 +2,15 @@
 
 from daskgd._version import __version__
 from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
+from daskgd.data.synthetic import make_classification, make_regression
+from daskgd.driver.engine import FitResult, fit, fit_async
 from daskgd.history import history_from_json, history_to_dict, history_to_json
 from daskgd.plot import plot_history
-from daskgd.synthetic import make_classification, make_regression
-from daskgd.train import FitResult, fit, fit_async
 
 # The estimators import scikit-learn (about a second); workers and the scheduler import
 # daskgd too and never need them, so they load on first access.
 _LAZY = {
-    name: "daskgd.estimators"
+    name: "daskgd.sklearn"
     for name in ("LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor")
 }
 

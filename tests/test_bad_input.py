@@ -19,6 +19,7 @@ from test_existing_cluster import _scheduler
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import FORMAT_VERSION, write_zarr
+from daskgd.driver.engine import fit
 from daskgd.errors import (
     DataValidationError,
     DivergenceError,
@@ -26,7 +27,6 @@ from daskgd.errors import (
     SchedulerSetupError,
     TrainingError,
 )
-from daskgd.train import fit
 
 
 def _xy(n: int = 120, d: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

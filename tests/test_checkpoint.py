@@ -8,9 +8,9 @@ import pytest
 from distributed.utils_test import gen_cluster
 
 from daskgd.checkpoint import load_checkpoint, save_checkpoint
+from daskgd.driver.engine import fit
 from daskgd.errors import CheckpointError
-from daskgd.optimizers import make_optimizer
-from daskgd.train import fit
+from daskgd.objective.optimizers import make_optimizer
 
 
 def _problem(n=600, d=5, seed=0):
@@ -218,7 +218,7 @@ def test_fit_async_checkpoint_and_async_mode_resume(cluster, tmp_path, reliabili
 
     from distributed import Client
 
-    from daskgd.train import fit_async
+    from daskgd.driver.engine import fit_async
 
     X, y, sol = _problem()
     path = str(tmp_path / "a.zarr")
@@ -258,7 +258,7 @@ def test_one_vs_rest_refuses_a_checkpoint(client, tmp_path):
 def test_signature_names_the_checkpoint_settings():
     import inspect
 
-    from daskgd.train import fit_async
+    from daskgd.driver.engine import fit_async
 
     for fn in (fit, fit_async):
         params = inspect.signature(fn).parameters
@@ -274,7 +274,7 @@ _CLEAN = {"processes": False, "threads": False}
 async def test_snapshots_on_the_scheduler_and_bad_resume_messages(c, s, a, b):
     from distributed.protocol import ToPickle
 
-    from daskgd.aggregator import PLUGIN_NAME, ParameterServer
+    from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
 
     await c.register_plugin(ParameterServer())
     opt = {"name": "momentum", "learning_rate": 0.5}

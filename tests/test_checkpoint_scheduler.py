@@ -24,8 +24,8 @@ from test_faults import _problem
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import write_zarr
+from daskgd.driver.engine import fit
 from daskgd.errors import SchedulerLostError
-from daskgd.train import fit
 
 
 def _cluster(folder: Path, processes: list, n_workers: int = 2) -> tuple[subprocess.Popen, str]:

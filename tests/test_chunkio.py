@@ -5,8 +5,8 @@ import pytest
 import zarr
 from zarr.codecs import BytesCodec
 
-from daskgd.chunkio import _direct_folder, read_row_chunks
 from daskgd.data import write_zarr
+from daskgd.data.chunkio import _direct_folder, read_row_chunks
 from daskgd.errors import DataValidationError
 
 

@@ -112,7 +112,7 @@ def test_failures_exit_1_with_one_line(tmp_path):
 _LOGGING_SCRIPT = """
 import argparse, logging, sys
 
-from daskgd.cli import _client
+from daskgd.cli.main import _client
 
 
 def main():
@@ -151,7 +151,7 @@ MAKE = ["make-data", "n.zarr", "--n-samples", "9", "--n-features", "2"]
 @pytest.fixture
 def datasets(tmp_path):
     """A regression and a classification dataset, written in this process."""
-    from daskgd.cli import main
+    from daskgd.cli.main import main
 
     for name, task in (("r.zarr", "regression"), ("c.zarr", "classification")):
         argv = ["make-data", str(tmp_path / name), "--n-samples", "60", "--n-features", "2",
@@ -202,7 +202,7 @@ def datasets(tmp_path):
     ],
 )
 def test_argument_errors_exit_2_naming_the_flag_before_any_work(datasets, argv, flag, capsys):
-    from daskgd.cli import main
+    from daskgd.cli.main import main
 
     (datasets / "m.json").write_text("{}")
     cwd = Path.cwd()

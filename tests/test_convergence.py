@@ -28,8 +28,8 @@ from sklearn.preprocessing import StandardScaler
 
 import daskgd
 from daskgd import LinearRegression, LogisticRegression, SGDClassifier, SGDRegressor
+from daskgd.driver.engine import fit
 from daskgd.errors import DivergenceError
-from daskgd.train import fit
 
 
 def _regression(n=2000, d=10, seed=0, noise=0.1):

@@ -1,4 +1,4 @@
-"""Tests of daskgd.data and daskgd.synthetic against real Zarr stores and a real LocalCluster."""
+"""Tests of daskgd.data and daskgd.data.synthetic on real Zarr stores and a LocalCluster."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from distributed import wait
 
 import daskgd
 from daskgd.data import FORMAT_VERSION, Dataset, as_dataset, load_chunk, open_zarr, write_zarr
+from daskgd.data.synthetic import make_classification, make_regression
 from daskgd.errors import DataValidationError, IncompleteDatasetError
-from daskgd.synthetic import make_classification, make_regression
 
 
 def _xy(n: int = 100, d: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

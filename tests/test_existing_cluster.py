@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from _subprocess import scheduler_address, scheduler_command, subprocess_env, worker_command
 
+from daskgd.driver.engine import fit
 from daskgd.errors import SchedulerSetupError
-from daskgd.train import fit
 
 
 def _env(tmp_path: Path, with_daskgd: bool) -> dict:

@@ -25,8 +25,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskgd.data import write_zarr
+from daskgd.driver.engine import fit
 from daskgd.errors import NoWorkersError
-from daskgd.train import fit
 
 KIND = {"nanny": "nanny restart", "kill9": "kill -9"}
 
@@ -268,7 +268,7 @@ def test_every_worker_gone_fails_clearly(lone_cluster, tmp_path, reliability, mo
 
 
 def _jobs(dask_scheduler):
-    from daskgd.aggregator import PLUGIN_NAME
+    from daskgd.parameter_server.server import PLUGIN_NAME
 
     return dask_scheduler.plugins[PLUGIN_NAME].jobs
 

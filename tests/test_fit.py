@@ -15,8 +15,8 @@ from scipy.optimize import minimize
 
 import daskgd
 from daskgd.data import write_zarr
+from daskgd.driver.engine import fit, fit_async
 from daskgd.errors import DivergenceError
-from daskgd.train import fit, fit_async
 
 
 def _regression(n=400, d=5, seed=0, noise=0.3):

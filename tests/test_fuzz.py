@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from daskgd.aggregator import PLUGIN_NAME, ParameterServer
-from daskgd.train import fit
+from daskgd.driver.engine import fit
+from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
 
 LEGIT = "legit-job"
 FUZZ = "fuzz-job"

@@ -16,7 +16,7 @@ from daskgd.kernels import (
     grad_loss,
     grad_loss_reference,
 )
-from daskgd.losses import LOSSES, link
+from daskgd.objective.losses import LOSSES, link
 
 BUILDS = sorted(available_builds())
 BINARY = [name for name, loss in LOSSES.items() if loss.classification]
@@ -225,7 +225,7 @@ def test_link_functions():
 def test_one_vs_rest_columns_match_the_binary_oracle(loss, dtype):
     """The training task's one-vs-rest step (k binary problems, one per parameter column,
     targets as class indices) against the numpy oracle, column by column."""
-    from daskgd.worker import _one_vs_rest
+    from daskgd.worker.task import _one_vs_rest
 
     rng = np.random.default_rng(11)
     n, d, k = 257, 6, 4

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from daskgd.lbfgs import LBFGS
+from daskgd.objective.lbfgs import LBFGS
 
 
 def _least_squares(seed=0, n=500, d=20, cond=100.0):

@@ -17,7 +17,7 @@ import pytest
 from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 
-from daskgd.aggregator import PLUGIN_NAME, ParameterServer
+from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
 
 N_TASKS = 8
 TARGET = np.array([1.0, -2.0, 3.0, 0.5])

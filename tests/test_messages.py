@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 import daskgd
+from daskgd.driver.engine import _lost, fit
 from daskgd.errors import DataValidationError, SchedulerSetupError
-from daskgd.train import _lost, fit
 
 
 def _xy(n: int = 200, d: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from daskgd.optimizers import OPTIMIZERS, Regularizer, Schedule, make_optimizer, soft_threshold
+from daskgd.objective.optimizers import (
+    OPTIMIZERS,
+    Regularizer,
+    Schedule,
+    make_optimizer,
+    soft_threshold,
+)
 
 
 def _quadratic_min(name, **options):

@@ -17,7 +17,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from daskgd.data import (
+from daskgd.data.dataset import (
     DEFAULT_COMPRESSOR,
     Dataset,
     DatasetWrite,
@@ -71,7 +71,7 @@ def _write_chunk(
 
     Returns the rows written and the chunk's digest in each array.
     """
-    from daskgd.chunkio import chunk_digest
+    from daskgd.data.chunkio import chunk_digest
 
     rng = _rng(params["entropy"], 1, i)
     d = params["n_features"]

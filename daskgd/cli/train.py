@@ -65,7 +65,7 @@ def _not_a_model(path: str, why: str) -> ValueError:
 
 def load_model(path: str | os.PathLike[str]) -> Any:
     """Read a model written by :func:`save_model`: a fitted estimator, no cluster needed."""
-    import daskgd.estimators as estimators
+    import daskgd.sklearn.estimators as estimators
 
     path = str(path)
     if path.endswith(".zarr") or os.path.isdir(path):
@@ -112,7 +112,7 @@ def load_model(path: str | os.PathLike[str]) -> Any:
 
 
 def _estimator(args: argparse.Namespace, client: Any) -> Any:
-    from daskgd.estimators import SGDClassifier, SGDRegressor
+    from daskgd.sklearn.estimators import SGDClassifier, SGDRegressor
 
     cls = SGDRegressor if args.loss in _REGRESSION else SGDClassifier
     return cls(
@@ -136,8 +136,8 @@ def _estimator(args: argparse.Namespace, client: Any) -> Any:
 
 def check_fit(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd fit``, found before any training (exit code 2)."""
-    from daskgd.cli import UsageError, check_exists, check_output, check_plot
-    from daskgd.data import open_zarr
+    from daskgd.cli.main import UsageError, check_exists, check_output, check_plot
+    from daskgd.data.dataset import open_zarr
 
     if args.mode == "ssp" and args.max_staleness is None:
         raise UsageError("argument --mode: ssp needs --max-staleness N (the bound)")
@@ -164,7 +164,7 @@ def check_fit(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """``daskgd fit PATH``: train on a Zarr dataset, save the model, print a summary."""
-    from daskgd.cli import _client
+    from daskgd.cli.main import _client
 
     with _client(args) as client:
         est = _estimator(args, client)
@@ -189,7 +189,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def check_predict(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd predict``, found before any work (exit code 2)."""
-    from daskgd.cli import check_exists, check_output
+    from daskgd.cli.main import check_exists, check_output
 
     check_exists("model", args.model, "model file")
     check_exists("path", args.path, "Zarr dataset")
@@ -199,7 +199,7 @@ def check_predict(args: argparse.Namespace) -> None:
 
 def check_demo(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd demo`` (exit code 2)."""
-    from daskgd.cli import check_plot
+    from daskgd.cli.main import check_plot
 
     if args.plot:
         check_plot("--plot", args.plot)
@@ -207,8 +207,8 @@ def check_demo(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``daskgd predict MODEL PATH``: predictions for a Zarr dataset (and its score)."""
-    from daskgd.cli import _client
-    from daskgd.data import open_zarr
+    from daskgd.cli.main import _client
+    from daskgd.data.dataset import open_zarr
 
     est = load_model(args.model)
     ds = open_zarr(args.path, validate=False)
@@ -253,9 +253,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``daskgd demo``: synthetic Zarr data, an embedded cluster, sync vs async, a plot."""
     from distributed import Client, LocalCluster
 
-    from daskgd.cli import cluster_log_level
-    from daskgd.estimators import SGDRegressor
-    from daskgd.synthetic import make_regression
+    from daskgd.cli.main import cluster_log_level
+    from daskgd.data.synthetic import make_regression
+    from daskgd.sklearn.estimators import SGDRegressor
 
     with tempfile.TemporaryDirectory(prefix="daskgd-demo-") as tmp:
         path = os.path.join(tmp, "demo.zarr")
@@ -298,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_verbs(sub: Any) -> None:
     """Register ``demo``, ``fit`` and ``predict`` on the command's subparsers."""
-    from daskgd.cli import (
+    from daskgd.cli.main import (
         _fraction,
         _non_negative_float,
         _non_negative_int,

@@ -4,7 +4,7 @@
 ``src_ext/_kernels.pyx``: it checks shapes, dtypes and layout, then calls the
 kernel for the array's precision.  :func:`grad_loss_reference` computes the same
 quantities with plain numpy; it is the oracle in the tests and the executable
-definition of every loss (see :mod:`daskgd.losses`).
+definition of every loss (see :mod:`daskgd.objective.losses`).
 
 Instruction sets
 ----------------
@@ -30,7 +30,7 @@ from types import ModuleType
 
 import numpy as np
 
-from daskgd.losses import MAX_DLOSS, check_targets, get_loss
+from daskgd.objective.losses import MAX_DLOSS, check_targets, get_loss
 
 __all__ = ["KERNEL_BUILD", "available_builds", "grad_loss", "grad_loss_reference"]
 

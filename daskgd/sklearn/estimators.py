@@ -3,7 +3,7 @@
 :class:`SGDRegressor`, :class:`SGDClassifier`, :class:`LinearRegression` and
 :class:`LogisticRegression` follow scikit-learn's API (they derive from its ``BaseEstimator``
 and mixins, so ``clone``, ``Pipeline``, ``GridSearchCV`` and ``check_estimator`` work) and
-delegate the optimisation to :func:`daskgd.train.fit`: the data is cut into row-chunks, one
+delegate the optimisation to :func:`daskgd.driver.engine.fit`: the data is cut into row-chunks, one
 training task per Dask worker computes gradients with the compiled kernels, and the parameter
 server on the scheduler applies the updates.
 
@@ -51,8 +51,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from daskgd._cluster import check_scheduler, check_tls_address
-from daskgd.data import Dataset, _check_dense, as_dataset
+from daskgd.cluster import check_scheduler, check_tls_address
+from daskgd.data import Dataset, as_dataset
+from daskgd.data.dataset import _check_dense
 from daskgd.errors import DataValidationError
 from daskgd.history import history_to_dict
 from daskgd.kernels import grad_loss
@@ -150,8 +151,8 @@ def _dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None
 
 
 def _engine_fit(data: Any, **kwargs: Any) -> Any:
-    """Call :func:`daskgd.train.fit` with the estimator's settings."""
-    from daskgd import train
+    """Call :func:`daskgd.driver.engine.fit` with the estimator's settings."""
+    from daskgd.driver import engine as train
 
     return train.fit(data, **kwargs)
 
@@ -1157,7 +1158,7 @@ class _LinearClassifierBase(_Runner, ClassifierMixin, BaseEstimator):
         -------
         numpy.ndarray or dask.array.Array
         """
-        from daskgd.losses import link
+        from daskgd.objective.losses import link
 
         m = self._margins(X)
         k = len(self.classes_)

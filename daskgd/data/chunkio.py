@@ -297,7 +297,7 @@ def read_row_chunks(
     X, y, sample_weight : numpy.ndarray
         The chunks' rows, concatenated; ``sample_weight`` is None when the dataset has none.
     """
-    from daskgd.data import _group_arrays, _open_group, _row_block, _store_path
+    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, _store_path
 
     p = _store_path(path)
     try:

@@ -387,7 +387,7 @@ class Adam(Optimizer):
 
 @dataclass
 class LBFGSOptimizer(Optimizer):
-    """Full-batch L-BFGS with a backtracking line search (:class:`daskgd.lbfgs.LBFGS`).
+    """Full-batch L-BFGS with a backtracking line search (:class:`daskgd.objective.lbfgs.LBFGS`).
 
     Each synchronous round evaluates the objective and its gradient at the
     published parameters; this rule turns them into the next point to evaluate,
@@ -413,7 +413,7 @@ class LBFGSOptimizer(Optimizer):
             raise ValueError(f"memory must be an integer >= 1, got {self.memory!r}")
 
     def init_state(self, params: np.ndarray) -> dict[str, Any]:
-        from daskgd.lbfgs import LBFGS
+        from daskgd.objective.lbfgs import LBFGS
 
         return {"lbfgs": LBFGS(memory=self.memory)}
 

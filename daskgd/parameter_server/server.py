@@ -99,7 +99,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import ToPickle
 
 from daskgd._version import __version__
-from daskgd.optimizers import LBFGSOptimizer, Optimizer, make_optimizer
+from daskgd.objective.optimizers import LBFGSOptimizer, Optimizer, make_optimizer
 
 __all__ = ["MODES", "PLUGIN_NAME", "Job", "JobConfig", "ParameterServer"]
 
@@ -475,7 +475,7 @@ class Job:
             g[-1] = 0.0
         if reg.l1:
             # norm of the proximal gradient mapping (step 1): zero exactly at the optimum
-            from daskgd.optimizers import soft_threshold
+            from daskgd.objective.optimizers import soft_threshold
 
             z = P - g
             z[:-1] = soft_threshold(z[:-1], reg.l1)
@@ -796,7 +796,7 @@ class ParameterServer(SchedulerPlugin):
 
         client.register_plugin(ParameterServer())
 
-    The driver in :mod:`daskgd.train` does this; the handlers are listed in the
+    The driver in :mod:`daskgd.driver.engine` does this; the handlers are listed in the
     module docstring.
     """
 

@@ -130,7 +130,7 @@ def _storage_option(text: str) -> tuple[str, Any]:
 def _compressor(name: str) -> Any:
     from zarr.codecs import BloscCodec
 
-    from daskgd.data import DEFAULT_COMPRESSOR
+    from daskgd.data.dataset import DEFAULT_COMPRESSOR
 
     if name == "zstd":
         return DEFAULT_COMPRESSOR
@@ -143,7 +143,7 @@ def _compressor(name: str) -> Any:
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     """A client for --scheduler, a LocalCluster for --n-workers, else dask's threads."""
     if args.scheduler:
-        from daskgd._cluster import check_scheduler, connect
+        from daskgd.cluster import check_scheduler, connect
 
         with connect(args.scheduler) as client:
             check_scheduler(client)  # before any work is sent to it
@@ -185,7 +185,7 @@ def _check_make_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from daskgd.synthetic import make_classification, make_regression
+    from daskgd.data.synthetic import make_classification, make_regression
 
     common = {
         "chunk_rows": args.chunk_rows,
@@ -212,7 +212,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _info(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    from daskgd.data import _group_arrays, _open_group, _row_block, open_zarr
+    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, open_zarr
 
     ds = open_zarr(path, storage_options=storage_options, validate=False)
     path = ds.path or path  # resolved: a relative path or ~ made absolute
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_info, check=lambda a: check_exists("path", a.path, "Zarr dataset"), parser=p
     )
 
-    from daskgd._cli_train import add_verbs
+    from daskgd.cli.train import add_verbs
 
     add_verbs(sub)
     return parser
@@ -371,10 +371,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         print(f"daskgd: error: {type(exc).__name__}: {reason}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    # through the module, not this __main__ copy: the verbs raise daskgd.cli.UsageError
-    from daskgd.cli import main as _main
-
-    raise SystemExit(_main())

@@ -1,7 +1,7 @@
 """The training task: one long-running task per Dask worker.
 
 :func:`train_partition` loads its rank's row-chunks once (from Zarr with
-:func:`daskgd.chunkio.read_row_chunks`, or as blocks the cluster computed), joins the
+:func:`daskgd.data.chunkio.read_row_chunks`, or as blocks the cluster computed), joins the
 job on the parameter server, then loops: take a mini-batch, compute the summed
 loss and gradient with the compiled kernel (which releases the GIL, so the
 worker's heartbeats go on), push them, continue from the parameters in the
@@ -37,7 +37,7 @@ from distributed.utils import sync
 
 from daskgd._version import __version__
 from daskgd.errors import TrainingError
-from daskgd.losses import check_targets, get_loss
+from daskgd.objective.losses import check_targets, get_loss
 
 __all__ = ["probe", "train_partition"]
 
@@ -60,7 +60,7 @@ def _load(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Concatenate the rank's chunks: ``("zarr", path, chunks, options, sizes)`` or
     ``("blocks", blocks)``."""
     if source[0] == "zarr":
-        from daskgd.chunkio import read_row_chunks
+        from daskgd.data.chunkio import read_row_chunks
 
         _, path, chunks, options, _ = source
         return read_row_chunks(path, chunks, storage_options=options)
@@ -236,7 +236,7 @@ class _Streaming:
         key, arrays = self.held
         if key == (epoch, chunk) and arrays is not None:
             return arrays
-        from daskgd.data import load_chunk
+        from daskgd.data.dataset import load_chunk
 
         self.held = (None, None)  # let the previous chunk go before reading the next
         X, y, sw = load_chunk(self.path, chunk, storage_options=self.options)
@@ -252,7 +252,7 @@ class _Streaming:
         """As :meth:`_InMemory.curvature`, in one pass over the chunks; above
         :data:`GRAM_MAX` parameters the bound is the trace (the weighted sum of squared
         row norms), which needs no second pass."""
-        from daskgd.data import load_chunk
+        from daskgd.data.dataset import load_chunk
 
         g: _Gram | None = None
         for chunk in self.chunks:

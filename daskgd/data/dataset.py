@@ -20,7 +20,7 @@ is built beside its path and renamed into place (:class:`DatasetWrite`), so a fa
 overwrite leaves the old dataset as it was.
 
 Every chunk is written (even one equal to the fill value) with its CRC-32C digest recorded
-in the attribute ``digests``, and every chunk is read through :mod:`daskgd.chunkio`, which
+in the attribute ``digests``, and every chunk is read through :mod:`daskgd.data.chunkio`, which
 refuses a missing, damaged or altered chunk: zarr alone reads a missing chunk as its fill
 value. Local paths are made absolute where they are opened, since the workers that read
 them run in other working directories.
@@ -42,7 +42,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from daskgd._cluster import check_scheduler
+from daskgd.cluster import check_scheduler
 from daskgd.errors import DataValidationError, IncompleteDatasetError
 
 __all__ = [
@@ -710,7 +710,7 @@ def _group_arrays(g: zarr.Group, path: str) -> dict[str, zarr.Array]:
         and "sample_weight" in digests
         and ("sample_weight" not in members)
     ):
-        from daskgd.chunkio import _where
+        from daskgd.data.chunkio import _where
 
         # written with weights, which are gone: reading on without them is a silent change
         raise DataValidationError(
@@ -791,7 +791,7 @@ def open_zarr(
     # come from the write id; a group from another tool has none, so it gets fresh names.
     # Each chunk is read checked (chunkio.CheckedRows): zarr alone reads a missing chunk,
     # or a store a worker cannot see, as fill values.
-    from daskgd.chunkio import CheckedRows, _digests
+    from daskgd.data.chunkio import CheckedRows, _digests
 
     n_chunks = -(-int(n) // rows)
 
@@ -849,7 +849,7 @@ def load_chunk(
         The dataset or one of its arrays is not at ``path`` in this process (on a worker:
         the message names it).
     """
-    from daskgd.chunkio import read_row_chunks
+    from daskgd.data.chunkio import read_row_chunks
 
     return read_row_chunks(path, [i], storage_options=storage_options)
 
@@ -1044,9 +1044,9 @@ def _write_block(
     Returns ``(failure, digest)``: the failure instead of raising it, so that the caller
     can wait for every chunk task to end before it removes a half-written group (a raised
     failure would end the computation while sibling chunks may still be writing), and the
-    chunk's :func:`~daskgd.chunkio.chunk_digest` as stored.
+    chunk's :func:`~daskgd.data.chunkio.chunk_digest` as stored.
     """
-    from daskgd.chunkio import chunk_digest
+    from daskgd.data.chunkio import chunk_digest
 
     try:
         if kind is not None:
@@ -1172,7 +1172,7 @@ class DatasetWrite:
         self, digests: Mapping[str, Sequence[int]], attrs: dict[str, Any] | None = None
     ) -> None:
         """Record the chunks' digests and final attributes, mark complete, move into place."""
-        from daskgd.chunkio import DIGEST_ALGORITHM
+        from daskgd.data.chunkio import DIGEST_ALGORITHM
 
         recorded: dict[str, Any] = {"algorithm": DIGEST_ALGORITHM}
         recorded.update({name: [int(v) for v in d] for name, d in digests.items()})
@@ -1336,7 +1336,7 @@ def write_zarr(
         storage_options=storage_options,
         attrs=attrs,
     )
-    from daskgd.chunkio import chunk_digest
+    from daskgd.data.chunkio import chunk_digest
 
     g = writer.group
     digests: dict[str, list[int]] = {}

@@ -1,9 +1,9 @@
 """The driver: ``fit`` and its async twin ``fit_async``.
 
 One fit: connect to a cluster, install the parameter server on the scheduler
-(:mod:`daskgd.aggregator`, idempotent), create a job, plan which row-chunks
+(:mod:`daskgd.parameter_server.server`, idempotent), create a job, plan which row-chunks
 each worker trains on, submit one training task per worker
-(:mod:`daskgd.worker`), watch the job until it stops, pull the final
+(:mod:`daskgd.worker.task`), watch the job until it stops, pull the final
 parameters and free the job.
 
 The objective (scikit-learn SGD's convention), with ``s_i`` the sample weights::
@@ -30,8 +30,7 @@ import numpy as np
 from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 
-from daskgd._cluster import check_scheduler, check_scheduler_async, connect
-from daskgd.aggregator import JobConfig, ParameterServer, _check_quorum
+from daskgd.cluster import check_scheduler, check_scheduler_async, connect
 from daskgd.errors import (
     CheckpointError,
     DataNotFoundError,
@@ -42,8 +41,9 @@ from daskgd.errors import (
     SchedulerSetupError,
     TrainingError,
 )
-from daskgd.losses import curvature_bound, get_loss
-from daskgd.optimizers import make_optimizer
+from daskgd.objective.losses import curvature_bound, get_loss
+from daskgd.objective.optimizers import make_optimizer
+from daskgd.parameter_server.server import JobConfig, ParameterServer, _check_quorum
 
 __all__ = ["FitResult", "fit", "fit_async"]
 
@@ -163,7 +163,7 @@ async def _setup(client: Client) -> None:
             f"parameter server ({type(exc).__name__}: {exc}). Install daskgd (the same "
             "version) in the scheduler's and every worker's Python environment."
         ) from exc
-    from daskgd.worker import probe
+    from daskgd.worker.task import probe
 
     try:
         await asyncio.wait_for(client.run(probe), _SETUP_TIMEOUT)
@@ -183,7 +183,7 @@ def _sources(client: Client, ds, plan: dict[str, list[int]]) -> dict[str, tuple]
         }
     import dask
 
-    from daskgd.worker import _block
+    from daskgd.worker.task import _block
 
     Xs = ds.X.to_delayed().ravel()
     ys = ds.y.to_delayed().ravel()
@@ -229,7 +229,7 @@ def _check_classes(ds, s: _Settings, client: Any = None) -> None:
     if not get_loss(s.loss).classification or not s.check_labels:
         return
     if ds.classes_ is None:
-        from daskgd.data import _no_classes_reason
+        from daskgd.data.dataset import _no_classes_reason
 
         raise DataValidationError(
             f"loss={s.loss!r} is a classification loss but {_no_classes_reason(ds.y, client)}; "
@@ -594,7 +594,7 @@ def _initial_params_shape(ds, s: _Settings) -> tuple[int, ...]:
 
 
 def _train_entry(job, rank, source, spec):
-    from daskgd.worker import train_partition
+    from daskgd.worker.task import train_partition
 
     return train_partition(job, rank, source, spec)
 
@@ -1137,7 +1137,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
             f"{type(client).__name__}"
         )
     try:
-        from daskgd.data import as_dataset
+        from daskgd.data.dataset import as_dataset
 
         started = time.perf_counter()
         if own_cluster is None:  # before the data is opened: its scan runs there too
@@ -1174,7 +1174,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
     s = _make_settings(kwargs)
     if not isinstance(client, Client) or not getattr(client, "_asynchronous", False):
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
-    from daskgd.data import as_dataset
+    from daskgd.data.dataset import as_dataset
 
     started = time.perf_counter()
     await check_scheduler_async(client)
