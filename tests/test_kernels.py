@@ -54,6 +54,22 @@ def test_matches_reference(build, dtype, loss, weighted):
 
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epsilon", [0.01, 1.0, 5.0])
+def test_huber_width_matches_reference(build, dtype, epsilon):
+    """The Huber loss's epsilon reaches the kernel: residuals on both sides of it."""
+    rng = np.random.default_rng(5)
+    n, d = 203, 9
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = rng.normal(scale=3.0, size=n).astype(dtype)
+    w = rng.normal(size=d).astype(dtype)
+    got = grad_loss(X, y, w, 0.1, loss="huber", epsilon=epsilon, _build=build)
+    want = grad_loss_reference(X, y, w, 0.1, loss="huber", epsilon=epsilon)
+    for g, r in zip(got, want, strict=True):
+        _assert_close(g, r, dtype)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_multinomial_matches_reference(build, dtype, weighted):
     rng = np.random.default_rng(1)

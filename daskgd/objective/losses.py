@@ -254,7 +254,10 @@ def get_loss(name: str) -> Loss:
 def check_targets(
     loss: Loss, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0, name: str = "y"
 ) -> None:
-    """Raise ``ValueError`` when ``y`` lies outside ``loss``'s domain (:meth:`Loss.check_targets`)."""
+    """Raise ``ValueError`` when ``y`` lies outside the domain of ``loss``.
+
+    See :meth:`Loss.check_targets`.
+    """
     loss.check_targets(y, multinomial=multinomial, n_classes=n_classes, name=name)
 
 

@@ -66,5 +66,3 @@ class Schedule:
         if self.name == "invscaling":
             return self.eta0 / (1.0 + t) ** self.power_t
         return self.eta0 * self.gamma ** (epoch // self.step_size)
-
-
