@@ -78,18 +78,20 @@ def _kill(client, how, victim=None):
 
 
 def _assert_killed(client, victim, pid):
-    """The kill happened: the scheduler removed the worker, and its process is gone.
+    """The kill happened: the worker's process is gone and the scheduler removed the worker.
 
-    Waits on the scheduler's own record of the removal, with no deadline of its own (the
-    test's timeout guards against a hang): how soon it comes depends on the machine's load.
+    The process is checked first (a kill -9 is delivered at once, a nanny answers once its
+    process is joined); then the test waits on the scheduler's own record of the removal,
+    with no deadline of its own (the test's timeout guards against a hang): how soon it
+    comes depends on the machine's load.
     """
-    while not any(e.get("action") == "remove-worker" for _, e in client.get_events(victim)):
-        time.sleep(0.05)
     try:
         gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # killed, not yet reaped
     except psutil.NoSuchProcess:
         gone = True
     assert gone, f"worker {victim} (pid {pid}) is still running after its kill"
+    while not any(e.get("action") == "remove-worker" for _, e in client.get_events(victim)):
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ import sys
 import traceback
 from collections.abc import Iterator, Sequence
 
-from daskgd.cli import data_commands, train_commands
 from daskgd.cli.common import UsageError
+from daskgd.cli.data_commands import add_verbs as add_data_verbs
+from daskgd.cli.train_commands import add_verbs as add_train_verbs
 
 __all__ = ["build_parser", "main"]
 
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    data_commands.add_verbs(sub)
-    train_commands.add_verbs(sub)
+    add_data_verbs(sub)
+    add_train_verbs(sub)
     return parser
 
 
