@@ -143,13 +143,18 @@ def test_huge_margins_stay_finite(loss):
     np.testing.assert_allclose(g, ref[1], rtol=1e-12)
 
 
-def test_log_loss_stable_for_any_margin():
-    X = np.array([[1.0]] * 4)
-    y = np.array([1.0, -1.0, 1.0, -1.0])
-    for w in (1e4, -1e4, 800.0, -800.0):
-        total, g, _gb = grad_loss(X, y, [w], loss="log_loss")
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_loss_stable_for_any_margin(build, dtype):
+    # float32 too: exp(800) overflows float64, exp(100) already overflows float32
+    X = np.array([[1.0]] * 4, dtype=dtype)
+    y = np.array([1.0, -1.0, 1.0, -1.0], dtype=dtype)
+    for w in (1e4, -1e4, 800.0, -800.0, 100.0, -100.0):
+        total, g, _gb = grad_loss(X, y, [w], loss="log_loss", _build=build)
         assert np.isfinite(total) and np.isfinite(g).all()
         np.testing.assert_allclose(total, 2 * abs(w), rtol=1e-12)
+        np.testing.assert_allclose(g, grad_loss_reference(X, y, [w], loss="log_loss")[1],
+                                   rtol=RTOL[dtype])  # fmt: skip
 
 
 def test_out_buffer_is_reused():
