@@ -5,6 +5,7 @@ from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
 from daskgd.data.synthetic import make_classification, make_regression
 from daskgd.driver.engine import FitResult, fit, fit_async
 from daskgd.history import history_from_json, history_to_dict, history_to_json
+from daskgd.io import load_model, save_model
 from daskgd.plot import plot_history
 
 # The estimators import scikit-learn (about a second); workers and the scheduler import
@@ -38,9 +39,11 @@ __all__ = [
     "history_to_dict",
     "history_to_json",
     "load_chunk",
+    "load_model",
     "make_classification",
     "make_regression",
     "open_zarr",
     "plot_history",
+    "save_model",
     "write_zarr",
 ]

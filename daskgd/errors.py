@@ -70,3 +70,8 @@ class SchedulerLostError(TrainingError):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.epoch = epoch
+
+
+class ModelFileError(DaskgdError, ValueError):
+    """A file given as a saved model is not one (:func:`daskgd.load_model`), or names an
+    estimator this daskgd does not have."""

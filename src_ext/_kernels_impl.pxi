@@ -32,7 +32,7 @@ cdef extern from *:
     """
     void DASKGD_PREFETCH(const void* p) noexcept nogil
 
-# Loss codes: must agree with daskgd.losses.
+# Loss codes: must agree with the families in daskgd.objective.losses (Loss.code).
 cdef enum:
     SQUARED_ERROR = 0
     HUBER = 1

@@ -112,12 +112,12 @@ def test_failures_exit_1_with_one_line(tmp_path):
 _LOGGING_SCRIPT = """
 import argparse, logging, sys
 
-from daskgd.cli.main import _client
+from daskgd.cli.common import client_for
 
 
 def main():
     args = argparse.Namespace(scheduler=None, n_workers=1, debug=sys.argv[1] == "debug")
-    with _client(args) as c:
+    with client_for(args) as c:
         c.run(lambda: logging.getLogger("distributed.worker").error("worker says boom"))
         logging.getLogger("distributed.scheduler").error("scheduler says boom")
     print("done")

@@ -12,6 +12,8 @@ events it checks (the fit's end), never for the nanny to bring the killed worker
 how fast a restarted worker registers again depends on the machine's load (on a busy
 machine a nanny sometimes never brought it back in 60 s), and nothing here depends on it.
 A fit does not need it either: the killed worker's task reruns on a surviving worker.
+Each test asserts that its kill happened (the scheduler removed the worker and its process
+is gone) before it judges the fit.
 """
 
 import os
@@ -21,6 +23,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 from distributed import Client, LocalCluster
 
@@ -53,17 +56,42 @@ def pair():
         yield c
 
 
+async def _nanny_kill(victim, dask_scheduler=None):
+    # the nanny stops its worker process (gracefully, then SIGKILL) and answers once the
+    # process is joined; it then starts a new one, which nothing here waits for
+    return await dask_scheduler.restart_workers(
+        [victim], timeout=120, wait_for_workers=False, on_error="return",
+        stimulus_id="test-faults-nanny-kill",
+    )  # fmt: skip
+
+
 def _kill(client, how, victim=None):
+    """Kill ``victim``'s worker process; return its address and the process id it had."""
     victim = victim or sorted(client.scheduler_info()["workers"])[-1]
+    pid = client.run(os.getpid, workers=[victim])[victim]
     if how == "nanny":
-        # the tests do not need the restarted worker back (its task reruns elsewhere), and
-        # distributed's wait for it can miss it or time out on a loaded machine: do not
-        # fail on that wait
-        client.restart_workers([victim], timeout=30, raise_for_error=False)
+        status = client.run_on_scheduler(_nanny_kill, victim)
+        assert status == {victim: "OK"}, status  # the nanny confirms the process is down
     else:
-        pid = client.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
-    return victim
+    return victim, pid
+
+
+def _assert_killed(client, victim, pid):
+    """The kill happened: the worker's process is gone and the scheduler removed the worker.
+
+    The process is checked first (a kill -9 is delivered at once, a nanny answers once its
+    process is joined); then the test waits on the scheduler's own record of the removal,
+    with no deadline of its own (the test's timeout guards against a hang): how soon it
+    comes depends on the machine's load.
+    """
+    try:
+        gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # killed, not yet reaped
+    except psutil.NoSuchProcess:
+        gone = True
+    assert gone, f"worker {victim} (pid {pid}) is still running after its kill"
+    while not any(e.get("action") == "remove-worker" for _, e in client.get_events(victim)):
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -106,10 +134,11 @@ def test_worker_killed_mid_fit(pair, tmp_path, reliability, mode, how, source):
     t = threading.Thread(target=run)
     t.start()
     assert started.wait(60)
-    _kill(client, how)
+    victim, pid = _kill(client, how)
     reliability.add(f"worker kills ({KIND[how]}), {mode}", 1)
     t.join(180)
     assert not t.is_alive(), "fit hung after a worker died"
+    _assert_killed(client, victim, pid)
     assert "exc" not in out, out.get("exc")
     res = out["res"]
     assert res.converged_, res.reason
@@ -175,11 +204,14 @@ def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None)
     else:
         assert started.wait(60), out
         time.sleep(rng.uniform(0.0, 0.5))
-    if t.is_alive():
-        _kill(client, how, victim)
-        reliability.add(f"worker kills ({KIND[how]}), {mode}", 1)
+    # a fit takes hundreds of rounds (learning_rate=0.02 to gtol=1e-8): it is still
+    # running here, and a test whose kill fell after the fit would have tested nothing
+    assert t.is_alive(), f"the fit ended before the kill ({mode}, {how}, {when}, {seed}): {out}"
+    _, pid = _kill(client, how, victim)
+    reliability.add(f"worker kills ({KIND[how]}), {mode}", 1)
     t.join(180)
     assert not t.is_alive(), f"fit hung after a worker died ({mode}, {how}, {when}, {seed})"
+    _assert_killed(client, victim, pid)
     assert "exc" not in out, out.get("exc")
     res = out["res"]
     assert res.converged_, res.reason

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskgd.kernels import (
-    KERNEL_BUILD,
-    _loss_and_derivative,
-    available_builds,
-    grad_loss,
-    grad_loss_reference,
-)
-from daskgd.objective.losses import LOSSES, link
+from daskgd.kernels import KERNEL_BUILD, available_builds, grad_loss, grad_loss_reference
+from daskgd.objective import LOSSES, get_loss, link
 
 BUILDS = sorted(available_builds())
 BINARY = [name for name, loss in LOSSES.items() if loss.classification]
@@ -52,6 +48,22 @@ def test_matches_reference(build, dtype, loss, weighted):
     sw = rng.random(n).astype(dtype) if weighted else None
     got = grad_loss(X, y, w, 0.25, loss=loss, sample_weight=sw, _build=build)
     want = grad_loss_reference(X, y, w, 0.25, loss=loss, sample_weight=sw)
+    for g, r in zip(got, want, strict=True):
+        _assert_close(g, r, dtype)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("epsilon", [0.01, 1.0, 5.0])
+def test_huber_width_matches_reference(build, dtype, epsilon):
+    """The Huber loss's epsilon reaches the kernel: residuals on both sides of it."""
+    rng = np.random.default_rng(5)
+    n, d = 203, 9
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = rng.normal(scale=3.0, size=n).astype(dtype)
+    w = rng.normal(size=d).astype(dtype)
+    got = grad_loss(X, y, w, 0.1, loss="huber", epsilon=epsilon, _build=build)
+    want = grad_loss_reference(X, y, w, 0.1, loss="huber", epsilon=epsilon)
     for g, r in zip(got, want, strict=True):
         _assert_close(g, r, dtype)
 
@@ -107,7 +119,7 @@ def test_hypothesis_random_blocks(case):
     # widened inputs, so even for float32 only rounding of the outputs differs.
     X64 = X.astype(np.float64)
     p = X64 @ w.astype(np.float64) + b
-    _, dloss = _loss_and_derivative(loss, p, y.astype(np.float64), 0.1)
+    _, dloss = get_loss(loss).reference(p, y.astype(np.float64), 0.1)
     dloss = np.abs(dloss) * (1.0 if sw is None else sw.astype(np.float64))
     # Outputs are stored in X's dtype: below its smallest normal number they underflow.
     rtol, tiny = RTOL[dtype], float(np.finfo(dtype).tiny)
@@ -131,13 +143,18 @@ def test_huge_margins_stay_finite(loss):
     np.testing.assert_allclose(g, ref[1], rtol=1e-12)
 
 
-def test_log_loss_stable_for_any_margin():
-    X = np.array([[1.0]] * 4)
-    y = np.array([1.0, -1.0, 1.0, -1.0])
-    for w in (1e4, -1e4, 800.0, -800.0):
-        total, g, _gb = grad_loss(X, y, [w], loss="log_loss")
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_loss_stable_for_any_margin(build, dtype):
+    # float32 too: exp(800) overflows float64, exp(100) already overflows float32
+    X = np.array([[1.0]] * 4, dtype=dtype)
+    y = np.array([1.0, -1.0, 1.0, -1.0], dtype=dtype)
+    for w in (1e4, -1e4, 800.0, -800.0, 100.0, -100.0):
+        total, g, _gb = grad_loss(X, y, [w], loss="log_loss", _build=build)
         assert np.isfinite(total) and np.isfinite(g).all()
         np.testing.assert_allclose(total, 2 * abs(w), rtol=1e-12)
+        np.testing.assert_allclose(g, grad_loss_reference(X, y, [w], loss="log_loss")[1],
+                                   rtol=RTOL[dtype])  # fmt: skip
 
 
 def test_out_buffer_is_reused():
@@ -167,6 +184,101 @@ def test_gil_released_two_threads_agree():
         t.join()
     for i in range(2):
         np.testing.assert_allclose(results[i][1], grad_loss_reference(X[i], y[i], w)[1], rtol=1e-12)
+
+
+class _Counter(threading.Thread):
+    """Counts loop iterations in Python, which needs the GIL, from the moment it is let go.
+
+    It stops on its own after ``limit`` iterations: with the switch interval raised (see
+    below) nothing else makes it give the GIL back.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.go = threading.Event()
+        self.limit = limit
+        self.count = 0
+
+    def run(self) -> None:
+        self.go.wait()
+        while self.count < self.limit:
+            self.count += 1
+
+
+def _progress_during(call, limit: int = 20_000) -> int:
+    """Iterations another Python thread made while ``call()`` ran in this one.
+
+    The interpreter normally takes the GIL from a thread every 5 ms, even inside a C call
+    that holds it; with a switch interval of 100 s it never does in this test, so the
+    counting thread can run during ``call`` only if ``call`` releases the GIL. The count
+    is read right after ``call`` returns, before this thread runs any other code that
+    could let go of the GIL.
+    """
+    counter = _Counter(limit)
+    counter.start()
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        # Another thread of the process (a cluster's event loop) that began waiting for
+        # the GIL before the change would still take it after 5 ms: let such waits end
+        # now (a sleep releases the GIL), so that they do not fall in the measurement.
+        time.sleep(0.01)
+        counter.go.set()  # the counter wakes, then waits for the GIL this thread holds
+        call()
+        count = counter.count
+    finally:
+        sys.setswitchinterval(old)
+    counter.join()
+    return count
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["linear", "multinomial"])
+def test_kernels_release_the_gil(build, dtype, kind):
+    """Another Python thread makes progress while a compiled kernel runs on a large block,
+    and none while a C call that holds the GIL does (the comparison that shows the count
+    can be zero).
+
+    The compiled functions are called directly: ``grad_loss``'s checks use numpy, which
+    may release the GIL itself and would let the counter run whatever the kernel does.
+    """
+    rng = np.random.default_rng(4)
+    n, d, k = (200_000, 50, 1) if kind == "linear" else (20_000, 50, 5)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = (rng.integers(0, k, size=n) if kind == "multinomial" else rng.normal(size=n)).astype(dtype)
+    kernels = available_builds()[build]
+    if kind == "linear":
+        w, out = rng.normal(size=d).astype(dtype), np.empty(d + 1, dtype=dtype)
+
+        def kernel():
+            kernels.grad_loss_linear(X, y, w, 0.5, None, out, LOSSES["squared_error"].code, 0.1)
+
+    else:
+        W, b = rng.normal(size=(d, k)).astype(dtype), np.zeros(k, dtype=dtype)
+        out = np.empty((d + 1, k), dtype=dtype)
+
+        def kernel():
+            kernels.grad_loss_multinomial(X, y, W, b, None, out)
+
+    # A C loop that holds the GIL throughout: numpy's sum of Python objects (each addition
+    # is a call into the interpreter's C API, never a release).
+    objects = X[:2_000].ravel().astype(object)
+    assert _progress_during(lambda: objects.sum()) == 0
+    # Released, the counter runs as soon as it is scheduled; on a busy machine it may not
+    # be within one call, so a few calls are allowed. A kernel that held the GIL would
+    # leave the count at 0 every time, as above.
+    counts = []
+    for _ in range(20):
+        counts.append(_progress_during(kernel))
+        if counts[-1] > 0:
+            break
+    assert counts[-1] > 0, counts
+    np.testing.assert_allclose(
+        out[:d], grad_loss_reference(X, y, *((w, 0.5) if kind == "linear" else (W, b)),
+                                     loss="squared_error" if kind == "linear" else "log_loss")[1],
+        rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10 * np.abs(out).max(),
+    )  # fmt: skip
 
 
 def test_default_build_is_the_fastest_available():

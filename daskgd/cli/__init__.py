@@ -1,5 +1,11 @@
-"""The ``daskgd`` command line."""
+"""The ``daskgd`` command line.
 
-from daskgd.cli.main import UsageError, build_parser, main
+Modules, lowest first: :mod:`~daskgd.cli.common` (argument types, checks, the cluster),
+the verbs (:mod:`~daskgd.cli.data_commands`, :mod:`~daskgd.cli.train_commands`) and
+:mod:`~daskgd.cli.main` (the parser and :func:`main`).
+"""
+
+from daskgd.cli.common import UsageError
+from daskgd.cli.main import build_parser, main
 
 __all__ = ["UsageError", "build_parser", "main"]

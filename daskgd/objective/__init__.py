@@ -1,10 +1,25 @@
-"""The objective: losses as families, regularizers, step schedules and optimizers (L-BFGS)."""
+"""The objective: losses as families, regularizers, step schedules and optimizers (L-BFGS).
+
+Plain numpy throughout: the scheduler imports this package (through the parameter server)
+and never needs the compiled kernels.
+
+Modules, lowest first: :mod:`~daskgd.objective.losses` (each loss with its kernel code,
+numpy reference, link, curvature bound and target checks),
+:mod:`~daskgd.objective.regularizers`, :mod:`~daskgd.objective.schedules`,
+:mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine) and
+:mod:`~daskgd.objective.optimizers` (the update rules and their registry).
+"""
 
 from daskgd.objective.lbfgs import LBFGS
 from daskgd.objective.losses import (
     LOSSES,
     MAX_DLOSS,
+    Hinge,
+    Huber,
+    LogLoss,
     Loss,
+    SquaredError,
+    SquaredHinge,
     check_targets,
     curvature_bound,
     get_loss,
@@ -12,14 +27,16 @@ from daskgd.objective.losses import (
 )
 from daskgd.objective.optimizers import (
     OPTIMIZERS,
-    SCHEDULES,
+    AdaGrad,
+    Adam,
     LBFGSOptimizer,
+    Momentum,
+    Nesterov,
     Optimizer,
-    Regularizer,
-    Schedule,
     make_optimizer,
-    soft_threshold,
 )
+from daskgd.objective.regularizers import Regularizer, soft_threshold
+from daskgd.objective.schedules import SCHEDULES, Schedule
 
 __all__ = [
     "LBFGS",
@@ -27,11 +44,20 @@ __all__ = [
     "MAX_DLOSS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "AdaGrad",
+    "Adam",
+    "Hinge",
+    "Huber",
     "LBFGSOptimizer",
+    "LogLoss",
     "Loss",
+    "Momentum",
+    "Nesterov",
     "Optimizer",
     "Regularizer",
     "Schedule",
+    "SquaredError",
+    "SquaredHinge",
     "check_targets",
     "curvature_bound",
     "get_loss",

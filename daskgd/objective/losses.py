@@ -1,8 +1,9 @@
-"""The losses daskgd can minimise: names, kernel codes, label domains, links.
+"""The losses daskgd can minimise, each one family: kernel code, reference, link, curvature.
 
 Every loss is a function of the margin ``p = x @ w + b`` and the target ``y``.
-The definitions (which the numpy reference in :mod:`daskgd.kernels` spells out
-and the compiled kernels implement) follow scikit-learn's SGD losses:
+The definitions follow scikit-learn's SGD losses; each :class:`Loss` below is the
+executable definition (:meth:`Loss.reference`, in numpy) that the compiled kernels in
+``src_ext/`` implement and that the tests compare them with:
 
 ===================  =========================================  ==============
 name                 loss(p, y)                                 targets
@@ -16,47 +17,218 @@ name                 loss(p, y)                                 targets
 ``log_loss`` (2-D    ``logsumexp(p) - p[y]`` (softmax)          ``0 .. k-1``
 weights ``d x k``)
 ===================  =========================================  ==============
+
+Everything here is plain numpy: the scheduler imports it (curvature bounds for the
+default step size) and must not need the compiled kernels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+__all__ = [
+    "LOSSES",
+    "MAX_DLOSS",
+    "Hinge",
+    "Huber",
+    "LogLoss",
+    "Loss",
+    "SquaredError",
+    "SquaredHinge",
+    "check_targets",
+    "curvature_bound",
+    "get_loss",
+    "link",
+]
 
-@dataclass(frozen=True)
+#: Largest absolute loss derivative, as in scikit-learn's SGD.
+MAX_DLOSS = 1e12
+
+
 class Loss:
-    """A loss known to the kernels.
+    """A loss known to the kernels, with everything that depends on which loss it is.
 
     Attributes
     ----------
     name : str
         The public name, as passed to ``loss=``.
     code : int
-        The integer the compiled kernel dispatches on.
+        The integer the compiled kernel dispatches on (``src_ext/_kernels_impl.pxi``).
     classification : bool
         True when targets are class labels (``-1``/``+1`` for binary losses).
+    curvature : float
+        A bound on the second derivative of the loss in the margin (for ``1 / L`` steps).
     """
 
-    name: str
-    code: int
-    classification: bool
+    name: ClassVar[str]
+    code: ClassVar[int]
+    classification: ClassVar[bool] = False
+    curvature: ClassVar[float] = 1.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def reference(
+        self, p: np.ndarray, y: np.ndarray, epsilon: float = 0.1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row loss and its derivative in the margin, in numpy (the kernels' oracle).
+
+        Parameters
+        ----------
+        p : ndarray of shape (n,)
+            Margins.
+        y : ndarray of shape (n,)
+            Targets.
+        epsilon : float, default=0.1
+            Width of the Huber loss's quadratic zone (other losses ignore it).
+
+        Returns
+        -------
+        loss, dloss : ndarray of shape (n,)
+            Not clipped: the callers clip ``dloss`` to :data:`MAX_DLOSS`, as the kernels do.
+        """
+        raise NotImplementedError  # pragma: no cover - every loss below defines it
+
+    def link(self, margin: np.ndarray) -> np.ndarray:
+        """Map margins to predictions (identity unless the loss is a likelihood)."""
+        return margin
+
+    def check_targets(
+        self, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0, name: str = "y"
+    ) -> None:
+        """Raise ``ValueError`` when ``y`` lies outside the loss's domain.
+
+        Binary classification losses take ``-1``/``+1``; the multinomial loss takes class
+        indices ``0 .. n_classes - 1``; regression losses take any finite value.
+        """
+        if multinomial:
+            bad = (y < 0) | (y >= n_classes) | (y != np.floor(y))
+            if np.any(bad):
+                first = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"{name} must hold class indices 0..{n_classes - 1} for the multinomial "
+                    f"loss; found {y[first]!r} at position {first}. Encode labels first "
+                    "(e.g. numpy.unique(labels, return_inverse=True))."
+                )
+        elif self.classification:
+            bad = (y != 1) & (y != -1)
+            if np.any(bad):
+                first = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"{name} must hold -1/+1 labels for loss {self.name!r}; found "
+                    f"{y[first]!r} at position {first}. For 0/1 labels pass 2 * y - 1."
+                )
+
+
+class SquaredError(Loss):
+    """``0.5 * (p - y)**2``; curvature 1."""
+
+    name = "squared_error"
+    code = 0
+
+    def reference(self, p, y, epsilon=0.1):
+        r = p - y
+        return 0.5 * r * r, r
+
+
+class Huber(Loss):
+    """Quadratic within ``epsilon`` of the target, linear beyond; curvature 1."""
+
+    name = "huber"
+    code = 1
+
+    def reference(self, p, y, epsilon=0.1):
+        r = p - y
+        inside = np.abs(r) <= epsilon
+        loss = np.where(inside, 0.5 * r * r, epsilon * np.abs(r) - 0.5 * epsilon**2)
+        return loss, np.clip(r, -epsilon, epsilon)
+
+
+class LogLoss(Loss):
+    """``log(1 + exp(-y p))`` for -1/+1 labels, or the softmax cross-entropy for 2-D margins.
+
+    Curvature 1/4 (binary) or 1/2 (the softmax Hessian ``diag(p) - p p^T`` has eigenvalues
+    at most 1/2); its link is the logistic sigmoid (softmax over the last axis in 2-D).
+    """
+
+    name = "log_loss"
+    code = 2
+    classification = True
+    curvature = 0.25
+    #: :attr:`curvature` of the multinomial (softmax) form.
+    curvature_multinomial: ClassVar[float] = 0.5
+
+    def reference(self, p, y, epsilon=0.1):
+        z = p * y
+        # log(1 + exp(-z)) = logaddexp(0, -z); derivative -y * sigmoid(-z)
+        sig = np.exp(-np.logaddexp(0.0, z))
+        return np.logaddexp(0.0, -z), -y * sig
+
+    def reference_multinomial(
+        self, P: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row softmax cross-entropy of margins ``P`` (n, k) against class indices.
+
+        Returns
+        -------
+        loss : ndarray of shape (n,)
+        dloss : ndarray of shape (n, k)
+            Its derivative in each margin: ``softmax(P) - onehot(labels)``.
+        """
+        n = P.shape[0]
+        m = P.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(P - m).sum(axis=1))
+        labels = np.asarray(labels).astype(np.intp)
+        loss = lse - P[np.arange(n), labels]
+        D = np.exp(P - lse[:, None])
+        D[np.arange(n), labels] -= 1.0
+        return loss, D
+
+    def link(self, margin: np.ndarray) -> np.ndarray:
+        """Probabilities: the stable logistic sigmoid, or the softmax for 2-D margins."""
+        if margin.ndim == 2:
+            z = margin - margin.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        out = np.empty_like(margin, dtype=np.result_type(margin, np.float64))
+        pos = margin >= 0
+        out[pos] = 1.0 / (1.0 + np.exp(-margin[pos]))
+        e = np.exp(margin[~pos])
+        out[~pos] = e / (1.0 + e)
+        return out
+
+
+class Hinge(Loss):
+    """``max(0, 1 - y p)``; it has no curvature, and is given 1, the scale of its neighbours."""
+
+    name = "hinge"
+    code = 3
+    classification = True
+
+    def reference(self, p, y, epsilon=0.1):
+        z = p * y
+        active = z <= 1.0
+        return np.where(active, 1.0 - z, 0.0), np.where(active, -y, 0.0)
+
+
+class SquaredHinge(Loss):
+    """``max(0, 1 - y p)**2``; curvature 2."""
+
+    name = "squared_hinge"
+    code = 4
+    classification = True
+    curvature = 2.0
+
+    def reference(self, p, y, epsilon=0.1):
+        m = np.maximum(1.0 - p * y, 0.0)
+        return m * m, -2.0 * y * m
 
 
 LOSSES: dict[str, Loss] = {
-    loss.name: loss
-    for loss in (
-        Loss("squared_error", 0, classification=False),
-        Loss("huber", 1, classification=False),
-        Loss("log_loss", 2, classification=True),
-        Loss("hinge", 3, classification=True),
-        Loss("squared_hinge", 4, classification=True),
-    )
+    loss.name: loss for loss in (SquaredError(), Huber(), LogLoss(), Hinge(), SquaredHinge())
 }
-
-#: Largest absolute loss derivative, as in scikit-learn's SGD.
-MAX_DLOSS = 1e12
 
 
 def get_loss(name: str) -> Loss:
@@ -66,6 +238,11 @@ def get_loss(name: str) -> Loss:
     ------
     ValueError
         If no loss has that name; the message lists the known ones.
+
+    Examples
+    --------
+    >>> get_loss("huber").code
+    1
     """
     try:
         return LOSSES[name]
@@ -77,59 +254,38 @@ def get_loss(name: str) -> Loss:
 def check_targets(
     loss: Loss, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0, name: str = "y"
 ) -> None:
-    """Raise ``ValueError`` when ``y`` lies outside the loss's domain.
+    """Raise ``ValueError`` when ``y`` lies outside the domain of ``loss``.
 
-    Binary classification losses take ``-1``/``+1``; the multinomial loss takes
-    class indices ``0 .. n_classes - 1``; regression losses take any finite value.
+    See :meth:`Loss.check_targets`.
     """
-    if multinomial:
-        bad = (y < 0) | (y >= n_classes) | (y != np.floor(y))
-        if np.any(bad):
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"{name} must hold class indices 0..{n_classes - 1} for the multinomial "
-                f"loss; found {y[first]!r} at position {first}. Encode labels first "
-                "(e.g. numpy.unique(labels, return_inverse=True))."
-            )
-    elif loss.classification:
-        bad = (y != 1) & (y != -1)
-        if np.any(bad):
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"{name} must hold -1/+1 labels for loss {loss.name!r}; found {y[first]!r} "
-                f"at position {first}. For 0/1 labels pass 2 * y - 1."
-            )
+    loss.check_targets(y, multinomial=multinomial, n_classes=n_classes, name=name)
 
 
 def link(loss_name: str, margin: np.ndarray) -> np.ndarray:
     """Map margins to predictions: identity for regression, probabilities for log loss.
 
     For 2-D margins (multinomial) the softmax over the last axis is returned.
+
+    Examples
+    --------
+    >>> link("log_loss", np.array([0.0])).tolist()
+    [0.5]
     """
-    loss = get_loss(loss_name)
-    if loss.name != "log_loss":
-        return margin
-    if margin.ndim == 2:
-        z = margin - margin.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    # numerically stable logistic sigmoid
-    out = np.empty_like(margin, dtype=np.result_type(margin, np.float64))
-    pos = margin >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-margin[pos]))
-    e = np.exp(margin[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
+    return get_loss(loss_name).link(margin)
 
 
 def curvature_bound(loss_name: str, multinomial: bool = False) -> float:
     """A bound on the second derivative of the loss in the margin (for ``1 / L`` steps).
 
-    ``squared_error`` and ``huber``: 1; ``log_loss``: 1/4 (binary) or 1/2 (the softmax
-    Hessian ``diag(p) - p p^T`` has eigenvalues at most 1/2); ``squared_hinge``: 2;
-    ``hinge``, which has no curvature, is given 1, the scale of its smooth neighbours.
+    ``squared_error`` and ``huber``: 1; ``log_loss``: 1/4 (binary) or 1/2 (multinomial);
+    ``squared_hinge``: 2; ``hinge``, which has no curvature, is given 1.
+
+    Examples
+    --------
+    >>> curvature_bound("log_loss"), curvature_bound("log_loss", multinomial=True)
+    (0.25, 0.5)
     """
-    name = get_loss(loss_name).name
-    if name == "log_loss":
-        return 0.5 if multinomial else 0.25
-    return 2.0 if name == "squared_hinge" else 1.0
+    loss = get_loss(loss_name)
+    if multinomial and isinstance(loss, LogLoss):
+        return loss.curvature_multinomial
+    return loss.curvature

@@ -1,32 +1,28 @@
-"""Update rules the aggregator applies: optimizers, learning-rate schedules, regularisation.
+"""Update rules the parameter server applies: plain, momentum, Nesterov, AdaGrad, Adam, L-BFGS.
 
-Everything here is plain numpy and runs on the scheduler (inside the
-aggregator's one-thread executor), so it must not import the compiled kernels.
+Everything here is plain numpy and runs on the scheduler (inside the parameter
+server's one-thread executor), so it must not import the compiled kernels.
 
 Parameters are one array ``P`` of shape ``(d + 1,)`` (or ``(d + 1, k)`` for the
 multinomial loss): the coefficients in ``P[:d]`` and the intercept in ``P[d]``,
-the same layout as the kernel's gradient buffer.
+the same layout as the kernel's gradient buffer. The objective and its penalty are
+described in :mod:`daskgd.objective.regularizers`; the learning rate comes from a
+:class:`~daskgd.objective.schedules.Schedule`.
 
-The objective (scikit-learn SGD's convention) is::
-
-    F(w, b) = (1 / sum_i s_i) * sum_i s_i * loss(x_i @ w + b, y_i)
-              + alpha * ((1 - l1_ratio) / 2 * ||w||_2^2 + l1_ratio * ||w||_1)
-
-with ``s_i`` the sample weights (1 when absent). The intercept is never
-penalised. The L2 part enters the gradient; the L1 part is applied after each
-step as a proximal (soft-threshold) step, so L1 produces exact zeros.
-
-Optimizers are kept in a name -> class registry (:data:`OPTIMIZERS`), and so are
-the schedules (:data:`SCHEDULES`).
+Optimizers are kept in a name -> class registry (:data:`OPTIMIZERS`);
+:func:`make_optimizer` builds one from plain values.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
+from daskgd.objective.lbfgs import LBFGS
+from daskgd.objective.regularizers import Regularizer, soft_threshold
+from daskgd.objective.schedules import SCHEDULES, Schedule
 
 __all__ = [
     "OPTIMIZERS",
@@ -42,123 +38,6 @@ __all__ = [
     "make_optimizer",
     "soft_threshold",
 ]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A learning-rate schedule.
-
-    Parameters
-    ----------
-    name : {"constant", "invscaling", "step"}
-        ``constant``: ``eta0``; ``invscaling``: ``eta0 / (1 + t) ** power_t`` with
-        ``t`` the number of updates applied so far; ``step``: ``eta0 * gamma **
-        (epoch // step_size)``.
-    eta0 : float
-        Initial learning rate, positive.
-    power_t : float, default=0.25
-        Exponent of ``invscaling``.
-    step_size : int, default=10
-        Epochs between two decays of ``step``.
-    gamma : float, default=0.5
-        Decay factor of ``step``, in (0, 1].
-
-    Examples
-    --------
-    >>> Schedule("step", 1.0, step_size=2, gamma=0.5)(t=0, epoch=5)
-    0.25
-    """
-
-    name: str
-    eta0: float
-    power_t: float = 0.25
-    step_size: int = 10
-    gamma: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ValueError(
-                f"unknown lr_schedule {self.name!r}; choose one of: {', '.join(SCHEDULES)}"
-            )
-        if not (isinstance(self.eta0, int | float) and math.isfinite(self.eta0) and self.eta0 > 0):
-            raise ValueError(f"learning_rate must be a positive finite number, got {self.eta0!r}")
-        if not self.power_t >= 0:
-            raise ValueError(f"power_t must be >= 0, got {self.power_t!r}")
-        if not (isinstance(self.step_size, int) and self.step_size >= 1):
-            raise ValueError(f"step_size must be a positive integer, got {self.step_size!r}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma!r}")
-
-    def __call__(self, t: int, epoch: int) -> float:
-        """Learning rate for update number ``t`` (0-based) during epoch ``epoch``."""
-        if self.name == "constant":
-            return self.eta0
-        if self.name == "invscaling":
-            return self.eta0 / (1.0 + t) ** self.power_t
-        return self.eta0 * self.gamma ** (epoch // self.step_size)
-
-
-SCHEDULES = ("constant", "invscaling", "step")
-
-
-def soft_threshold(x: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
-    """The proximal operator of ``threshold * ||x||_1``: shrink towards zero, exact zeros.
-
-    Examples
-    --------
-    >>> soft_threshold(np.array([-2.0, 0.5, 3.0]), 1.0).tolist()
-    [-1.0, 0.0, 2.0]
-    """
-    return np.sign(x) * np.maximum(np.abs(x) - threshold, 0.0)
-
-
-@dataclass(frozen=True)
-class Regularizer:
-    """Elastic-net penalty ``alpha * ((1 - l1_ratio)/2 ||w||^2 + l1_ratio ||w||_1)``.
-
-    Parameters
-    ----------
-    alpha : float
-        Overall strength, >= 0.
-    l1_ratio : float
-        Share of L1 in [0, 1]: 0 is ridge (L2), 1 is lasso (L1).
-    """
-
-    alpha: float = 0.0
-    l1_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-        if not 0 <= self.l1_ratio <= 1:
-            raise ValueError(f"l1_ratio must lie in [0, 1], got {self.l1_ratio!r}")
-
-    @property
-    def l2(self) -> float:
-        """Coefficient of the smooth part's gradient, ``alpha * (1 - l1_ratio)``."""
-        return self.alpha * (1.0 - self.l1_ratio)
-
-    @property
-    def l1(self) -> float:
-        """Coefficient of the L1 norm, ``alpha * l1_ratio``."""
-        return self.alpha * self.l1_ratio
-
-    def penalty(self, params: np.ndarray) -> float:
-        """Value of the penalty at ``params`` (intercept row excluded)."""
-        w = params[:-1]
-        return float(0.5 * self.l2 * np.sum(w * w) + self.l1 * np.sum(np.abs(w)))
-
-    def add_gradient(self, params: np.ndarray, grad: np.ndarray) -> None:
-        """Add the L2 part's gradient to ``grad`` in place (intercept row excluded)."""
-        if self.l2:
-            grad[:-1] += self.l2 * params[:-1]
-
-    def prox(self, params: np.ndarray, step: np.ndarray | float) -> None:
-        """Apply the L1 proximal step in place; ``step`` is the (per-coordinate) step size."""
-        if self.l1:
-            if isinstance(step, np.ndarray):
-                step = step[:-1]
-            params[:-1] = soft_threshold(params[:-1], step * self.l1)
 
 
 @dataclass
@@ -387,7 +266,7 @@ class Adam(Optimizer):
 
 @dataclass
 class LBFGSOptimizer(Optimizer):
-    """Full-batch L-BFGS with a backtracking line search (:class:`daskgd.objective.lbfgs.LBFGS`).
+    """Full-batch L-BFGS with a backtracking line search (:class:`~daskgd.objective.lbfgs.LBFGS`).
 
     Each synchronous round evaluates the objective and its gradient at the
     published parameters; this rule turns them into the next point to evaluate,
@@ -413,8 +292,7 @@ class LBFGSOptimizer(Optimizer):
             raise ValueError(f"memory must be an integer >= 1, got {self.memory!r}")
 
     def init_state(self, params: np.ndarray) -> dict[str, Any]:
-        from daskgd.objective.lbfgs import LBFGS
-
+        """A fresh :class:`~daskgd.objective.lbfgs.LBFGS` state machine."""
         return {"lbfgs": LBFGS(memory=self.memory)}
 
     def export_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -1,8 +1,7 @@
-"""The ``daskgd demo``, ``fit`` and ``predict`` verbs, and the model file they share.
+"""The ``daskgd demo``, ``fit`` and ``predict`` verbs.
 
-A model file is JSON (``.json``) or a Zarr group (``.zarr``) holding the estimator's class,
-its parameters, ``coef_``, ``intercept_``, ``classes_`` and the training history, so that
-``daskgd predict`` (or :func:`load_model`) rebuilds a fitted estimator without the cluster.
+``fit --output`` writes a model file and ``predict`` reads one, through the public
+:func:`daskgd.io.save_model` and :func:`daskgd.io.load_model`.
 """
 
 from __future__ import annotations
@@ -13,106 +12,36 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from daskgd.history import _jsonable
+from daskgd.cli.common import (
+    UsageError,
+    add_cluster_options,
+    check_exists,
+    check_output,
+    check_plot,
+    client_for,
+    cluster_log_level,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from daskgd.history import to_jsonable
+from daskgd.io import load_model, save_model
+from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES
 
-MODEL_FORMAT = "daskgd-model"
-_REGRESSION = ("squared_error", "huber")
-_SAVED_PARAMS = ("loss", "fit_intercept", "alpha", "l1_ratio", "penalty", "mode", "optimizer")
+__all__ = ["add_verbs", "check_demo", "check_fit", "check_predict", "cmd_demo", "cmd_fit",
+           "cmd_predict"]  # fmt: skip
 
-
-def save_model(est: Any, path: str | os.PathLike[str]) -> None:
-    """Write a fitted daskgd estimator to ``path`` (``.json`` or ``.zarr``)."""
-    path = str(path)
-    meta = {
-        "format": MODEL_FORMAT,
-        "format_version": 1,
-        "estimator": type(est).__name__,
-        "params": _jsonable({k: v for k, v in est.get_params().items() if k in _SAVED_PARAMS}),
-        "n_features_in": int(est.n_features_in_),
-        "n_iter": int(est.n_iter_),
-        "history": _jsonable(est.history_),
-    }
-    classes = getattr(est, "classes_", None)
-    if path.endswith(".zarr"):
-        import zarr
-
-        g = zarr.open_group(path, mode="w")
-        g.create_array("coef", data=np.asarray(est.coef_, dtype=np.float64))
-        g.create_array("intercept", data=np.asarray(est.intercept_, dtype=np.float64))
-        if classes is not None:
-            meta["classes"] = _jsonable(classes.tolist())
-        g.attrs.update(meta)
-        return
-    if not path.endswith(".json"):
-        raise ValueError(f"--output must end in .json or .zarr, got {path!r}")
-    meta["coef"] = np.asarray(est.coef_).tolist()
-    meta["intercept"] = np.asarray(est.intercept_).tolist()
-    if classes is not None:
-        meta["classes"] = _jsonable(classes.tolist())
-    Path(path).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-
-
-def _not_a_model(path: str, why: str) -> ValueError:
-    return ValueError(
-        f"{path} is not a daskgd model file ({why}); pass the file 'daskgd fit --output' "
-        "wrote (model.json or model.zarr)"
-    )
-
-
-def load_model(path: str | os.PathLike[str]) -> Any:
-    """Read a model written by :func:`save_model`: a fitted estimator, no cluster needed."""
-    import daskgd.sklearn.estimators as estimators
-
-    path = str(path)
-    if path.endswith(".zarr") or os.path.isdir(path):
-        import zarr
-
-        try:
-            g = zarr.open_group(path, mode="r")
-        except (FileNotFoundError, ValueError) as exc:  # zarr: not a group
-            raise _not_a_model(path, f"not a Zarr group: {exc}") from exc
-        meta: dict[str, Any] = dict(g.attrs)
-        # checked before the arrays are read: a dataset has none of them
-        if meta.get("format") != MODEL_FORMAT:
-            found = "a daskgd dataset" if meta.get("format") == "daskgd" else "a Zarr group"
-            raise _not_a_model(path, f"it is {found}, with no format={MODEL_FORMAT!r}")
-        missing = sorted({"coef", "intercept"} - set(g.array_keys()))
-        if missing:
-            raise _not_a_model(path, f"no array {missing[0]!r}")
-        # save_model writes both as arrays; a Group indexes by name only.
-        coef = np.asarray(cast("zarr.Array", g["coef"])[...])
-        intercept = np.asarray(cast("zarr.Array", g["intercept"])[...])
-    else:
-        try:
-            meta = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _not_a_model(path, f"not JSON: {exc}") from exc
-        if not isinstance(meta, dict):
-            raise _not_a_model(path, f"JSON {type(meta).__name__}, not an object")
-        coef, intercept = np.asarray(meta.get("coef")), np.asarray(meta.get("intercept"))
-    if meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a daskgd model file (no format={MODEL_FORMAT!r})")
-    cls = getattr(estimators, meta["estimator"], None)
-    if cls is None:
-        raise ValueError(f"{path}: unknown estimator {meta['estimator']!r}")
-    params = {k: v for k, v in meta["params"].items() if k in cls().get_params()}
-    est = cls(**params)
-    est.coef_ = np.asarray(coef, dtype=np.float64)
-    est.intercept_ = np.atleast_1d(np.asarray(intercept, dtype=np.float64))
-    est.n_features_in_ = int(meta["n_features_in"])
-    est.n_iter_ = int(meta["n_iter"])
-    est.history_ = meta.get("history", {})
-    if "classes" in meta:
-        est.classes_ = np.asarray(meta["classes"])
-    return est
+_REGRESSION = tuple(name for name, loss in LOSSES.items() if not loss.classification)
 
 
 def _estimator(args: argparse.Namespace, client: Any) -> Any:
-    from daskgd.sklearn.estimators import SGDClassifier, SGDRegressor
+    from daskgd.sklearn import SGDClassifier, SGDRegressor
 
     cls = SGDRegressor if args.loss in _REGRESSION else SGDClassifier
     return cls(
@@ -136,8 +65,7 @@ def _estimator(args: argparse.Namespace, client: Any) -> Any:
 
 def check_fit(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd fit``, found before any training (exit code 2)."""
-    from daskgd.cli.main import UsageError, check_exists, check_output, check_plot
-    from daskgd.data.dataset import open_zarr
+    from daskgd.data import open_zarr
 
     if args.mode == "ssp" and args.max_staleness is None:
         raise UsageError("argument --mode: ssp needs --max-staleness N (the bound)")
@@ -164,9 +92,7 @@ def check_fit(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """``daskgd fit PATH``: train on a Zarr dataset, save the model, print a summary."""
-    from daskgd.cli.main import _client
-
-    with _client(args) as client:
+    with client_for(args) as client:
         est = _estimator(args, client)
         t0 = time.perf_counter()
         est.fit(args.path)
@@ -189,8 +115,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def check_predict(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd predict``, found before any work (exit code 2)."""
-    from daskgd.cli.main import check_exists, check_output
-
     check_exists("model", args.model, "model file")
     check_exists("path", args.path, "Zarr dataset")
     if args.output is not None:
@@ -199,20 +123,17 @@ def check_predict(args: argparse.Namespace) -> None:
 
 def check_demo(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd demo`` (exit code 2)."""
-    from daskgd.cli.main import check_plot
-
     if args.plot:
         check_plot("--plot", args.plot)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``daskgd predict MODEL PATH``: predictions for a Zarr dataset (and its score)."""
-    from daskgd.cli.main import _client
-    from daskgd.data.dataset import open_zarr
+    from daskgd.data import open_zarr
 
     est = load_model(args.model)
     ds = open_zarr(args.path, validate=False)
-    with _client(args) as client:
+    with client_for(args) as client:
         pred = est.predict(ds.X)
         compute = client.compute if client is not None else None
         values = compute(pred).result() if compute else pred.compute()
@@ -225,7 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if out.endswith(".npy"):
             np.save(out, values)
         else:  # .json (check_predict refused anything else)
-            Path(out).write_text(json.dumps(_jsonable(values.tolist())), encoding="utf-8")
+            Path(out).write_text(json.dumps(to_jsonable(values.tolist())), encoding="utf-8")
         print(f"{len(values)} predictions written to {out}")
     else:
         for v in values[: args.head]:
@@ -253,9 +174,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``daskgd demo``: synthetic Zarr data, an embedded cluster, sync vs async, a plot."""
     from distributed import Client, LocalCluster
 
-    from daskgd.cli.main import cluster_log_level
     from daskgd.data.synthetic import make_regression
-    from daskgd.sklearn.estimators import SGDRegressor
+    from daskgd.sklearn import SGDRegressor
 
     with tempfile.TemporaryDirectory(prefix="daskgd-demo-") as tmp:
         path = os.path.join(tmp, "demo.zarr")
@@ -298,24 +218,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_verbs(sub: Any) -> None:
     """Register ``demo``, ``fit`` and ``predict`` on the command's subparsers."""
-    from daskgd.cli.main import (
-        _fraction,
-        _non_negative_float,
-        _non_negative_int,
-        _positive_float,
-        _positive_int,
-        _scheduler_address,
-    )
-
-    positive_int, non_negative_float = _positive_int, _non_negative_float
-
-    def where(p: argparse.ArgumentParser) -> None:
-        g = p.add_mutually_exclusive_group()
-        g.add_argument("--scheduler", type=_scheduler_address,
-                       help="address of a running Dask scheduler (tcp://, tls://)")  # fmt: skip
-        g.add_argument("--n-workers", type=positive_int, default=None,
-                       help="start a LocalCluster with this many worker processes")  # fmt: skip
-
     p = sub.add_parser("demo", help="fit sync and async on synthetic data; print and plot")
     p.add_argument("--n-samples", type=positive_int, default=20_000)
     p.add_argument("--n-features", type=positive_int, default=20)
@@ -327,27 +229,27 @@ def add_verbs(sub: Any) -> None:
 
     p = sub.add_parser("fit", help="train a linear model on a Zarr dataset")
     p.add_argument("path", help="Zarr group (local path or URL) written by make-data/write_zarr")
-    losses = ["squared_error", "huber", "log_loss", "hinge", "squared_hinge"]
-    p.add_argument("--loss", default="squared_error", choices=losses)
+    p.add_argument("--loss", default="squared_error", choices=list(LOSSES))
     p.add_argument("--mode", choices=["sync", "async", "ssp"], default="sync")
-    p.add_argument("--optimizer", default="sgd",
-                   choices=["sgd", "momentum", "nesterov", "adagrad", "adam"])  # fmt: skip
-    p.add_argument("--learning-rate", type=_positive_float, default=None,
+    # L-BFGS is offered by the estimators that choose it (LinearRegression,
+    # LogisticRegression); the command trains SGD estimators
+    optimizers = [name for name in OPTIMIZERS if name != "lbfgs"]
+    p.add_argument("--optimizer", default="sgd", choices=optimizers)
+    p.add_argument("--learning-rate", type=positive_float, default=None,
                    help="initial step size (default: 1/L, safe for full batch)")  # fmt: skip
-    p.add_argument("--lr-schedule", choices=["constant", "invscaling", "step"],
-                   default="constant")  # fmt: skip
+    p.add_argument("--lr-schedule", choices=list(SCHEDULES), default="constant")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: full batch")
     p.add_argument("--max-epochs", type=positive_int, default=100)
     p.add_argument("--tol", type=non_negative_float, default=1e-4)
     p.add_argument("--alpha", type=non_negative_float, default=0.0)
-    p.add_argument("--l1-ratio", type=_fraction, default=0.0)
-    p.add_argument("--max-staleness", type=_non_negative_int, default=None,
+    p.add_argument("--l1-ratio", type=fraction, default=0.0)
+    p.add_argument("--max-staleness", type=non_negative_int, default=None,
                    help="bound of --mode ssp (required there)")  # fmt: skip
-    p.add_argument("--random-state", type=_non_negative_int, default=0)
+    p.add_argument("--random-state", type=non_negative_int, default=0)
     p.add_argument("--output", help="model file to write: model.json or model.zarr")
     p.add_argument("--plot", help="convergence plot to write (PNG)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    where(p)
+    add_cluster_options(p)
     p.set_defaults(func=cmd_fit, check=check_fit, parser=p)
 
     p = sub.add_parser("predict", help="predict with a saved model on a Zarr dataset")
@@ -356,5 +258,5 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--output", help="write the predictions to a .npy or .json file")
     p.add_argument("--head", type=positive_int, default=10, help="predictions to print")
     p.add_argument("--no-score", action="store_true", help="skip the score")
-    where(p)
+    add_cluster_options(p)
     p.set_defaults(func=cmd_predict, check=check_predict, parser=p)

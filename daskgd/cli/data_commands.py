@@ -1,0 +1,161 @@
+"""The ``daskgd make-data`` and ``info`` verbs: write a synthetic dataset, describe one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from daskgd.cli.common import (
+    UsageError,
+    add_cluster_options,
+    check_exists,
+    client_for,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    storage_option,
+)
+
+__all__ = ["add_verbs", "check_make_data", "cmd_info", "cmd_make_data", "dataset_info"]
+
+
+def _compressor(name: str) -> Any:
+    from zarr.codecs import BloscCodec
+
+    from daskgd.data import DEFAULT_COMPRESSOR
+
+    if name == "zstd":
+        return DEFAULT_COMPRESSOR
+    if name == "blosc-lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    return None
+
+
+def check_make_data(args: argparse.Namespace) -> None:
+    """Argument errors of ``daskgd make-data`` (exit code 2)."""
+    if args.task == "classification" and args.n_classes < 2:
+        raise UsageError(f"argument --n-classes: expected an integer >= 2, got {args.n_classes}")
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    """``daskgd make-data PATH``: write a synthetic regression or classification dataset."""
+    from daskgd.data.synthetic import make_classification, make_regression
+
+    common = {
+        "chunk_rows": args.chunk_rows,
+        "random_state": args.random_state,
+        "dtype": args.dtype,
+        "compressor": _compressor(args.compressor),
+        "inner_chunk_rows": args.inner_chunk_rows,
+        "overwrite": args.overwrite,
+        "storage_options": dict(args.storage_option) or None,
+    }
+    with client_for(args) as client:
+        if args.task == "regression":
+            ds = make_regression(
+                args.path, args.n_samples, args.n_features, noise=args.noise,
+                client=client, **common,
+            )  # fmt: skip
+        else:
+            ds = make_classification(
+                args.path, args.n_samples, args.n_features, n_classes=args.n_classes,
+                client=client, **common,
+            )  # fmt: skip
+    print(f"wrote {ds!r}")
+    return 0
+
+
+def dataset_info(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``daskgd info`` prints: the dataset's shape, arrays, codecs, sizes, attributes."""
+    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, open_zarr
+
+    ds = open_zarr(path, storage_options=storage_options, validate=False)
+    path = ds.path or path  # resolved: a relative path or ~ made absolute
+    g = _open_group(path, "r", storage_options)
+    arrays = {}
+    for name, z in _group_arrays(g, path).items():
+        arrays[name] = {
+            "shape": list(z.shape),
+            "dtype": str(z.dtype),
+            "row_chunk": _row_block(z),
+            "chunks": list(z.chunks),
+            "shards": None if z.shards is None else list(z.shards),
+            "codecs": [repr(c) for c in z.compressors] or ["uncompressed"],
+            "bytes": int(z.nbytes),
+            "bytes_on_disk": int(z.nbytes_stored()),
+        }
+    return {
+        "path": path,
+        "n_samples": ds.n_samples,
+        "n_features": ds.n_features,
+        "dtype": str(ds.dtype),
+        "n_chunks": ds.n_chunks,
+        "classes": None if ds.classes_ is None else ds.classes_.tolist(),
+        "arrays": arrays,
+        "bytes_on_disk": sum(a["bytes_on_disk"] for a in arrays.values()),
+        "attrs": ds.attrs,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``daskgd info PATH``: describe a dataset (``--json`` for machines)."""
+    info = dataset_info(args.path, dict(args.storage_option) or None)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    mib = info["bytes_on_disk"] / 2**20
+    print(
+        f"{info['path']}: {info['n_samples']} x {info['n_features']} {info['dtype']}, "
+        f"{info['n_chunks']} row-chunks, {mib:.1f} MiB on disk"
+    )
+    if info["classes"] is not None:
+        print(f"classes: {info['classes']}")
+    for name, a in info["arrays"].items():
+        shards = f", shards {a['shards']}" if a["shards"] else ""
+        print(f"  {name}: shape {a['shape']} {a['dtype']}, chunks {a['chunks']}{shards}, "
+              f"codecs {', '.join(a['codecs'])}, {a['bytes_on_disk'] / 2**20:.1f} MiB on disk "
+              f"({a['bytes'] / 2**20:.1f} MiB raw)")  # fmt: skip
+    print("attributes:")
+    for key, value in info["attrs"].items():
+        if key == "digests" and isinstance(value, dict):
+            arrays = ", ".join(k for k in value if k != "algorithm")
+            print(f"  digests: {value.get('algorithm')} of every row-chunk of {arrays}")
+            continue
+        text = json.dumps(value, default=str)
+        print(f"  {key}: {text if len(text) <= 80 else text[:77] + '...'}")
+    return 0
+
+
+def _check_info(args: argparse.Namespace) -> None:
+    check_exists("path", args.path, "Zarr dataset")
+
+
+def add_verbs(sub: Any) -> None:
+    """Register ``make-data`` and ``info`` on the command's subparsers."""
+    p = sub.add_parser("make-data", help="write a synthetic dataset to Zarr")
+    p.add_argument("path", help="local path or fsspec URL of the new Zarr group")
+    p.add_argument("--n-samples", type=positive_int, required=True)
+    p.add_argument("--n-features", type=positive_int, required=True)
+    p.add_argument("--task", choices=["regression", "classification"], default="regression")
+    p.add_argument("--n-classes", type=positive_int, default=2,
+                   help="classification only (>= 2)")  # fmt: skip
+    p.add_argument("--noise", type=non_negative_float, default=0.0, help="regression only")
+    p.add_argument("--chunk-rows", type=positive_int, default=None)
+    p.add_argument("--inner-chunk-rows", type=positive_int, default=None,
+                   help="shard each row-chunk into inner chunks of this many rows")  # fmt: skip
+    p.add_argument("--random-state", type=non_negative_int, default=0)
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--compressor", choices=["zstd", "blosc-lz4", "none"], default="zstd")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="fsspec option for a URL (repeatable)")  # fmt: skip
+    add_cluster_options(p)
+    p.set_defaults(func=cmd_make_data, check=check_make_data, parser=p)
+
+    p = sub.add_parser("info", help="describe a daskgd Zarr dataset")
+    p.add_argument("path", help="local path or fsspec URL of the Zarr group")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="fsspec option for a URL (repeatable)")  # fmt: skip
+    p.set_defaults(func=cmd_info, check=_check_info, parser=p)
