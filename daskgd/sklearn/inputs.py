@@ -35,6 +35,7 @@ __all__ = [
     "in_memory_dataset",
     "is_dask_frame",
     "is_lazy",
+    "lazy_features",
     "lazy_inputs",
     "sample_weight_array",
 ]
@@ -116,8 +117,19 @@ def lazy_inputs(X: Any, y: Any, sample_weight: Any, client: Any = None) -> LazyD
     """X, y and weights from dask arrays or frames, a Dataset or a Zarr path.
 
     A path is opened once (its classes, when the store does not record them, are found on
-    ``client``); y and weights default to the dataset's.
+    ``client``); y and weights default to the dataset's. Frames' row counts are found on
+    ``client``: training needs known chunk sizes.
     """
+    return _lazy(X, y, sample_weight, client, known_rows=True)
+
+
+def lazy_features(X: Any) -> da.Array:
+    """The features of lazy input for prediction: no pass over the data (a frame's row
+    chunks may stay unknown; the prediction is lazy anyway)."""
+    return _lazy(X, None, None, None, known_rows=False).X
+
+
+def _lazy(X: Any, y: Any, sample_weight: Any, client: Any, *, known_rows: bool) -> LazyData:
     ds = None
     if isinstance(X, str | os.PathLike):
         X = as_dataset(X, validate=False, client=client)
@@ -126,7 +138,10 @@ def lazy_inputs(X: Any, y: Any, sample_weight: Any, client: Any = None) -> LazyD
         y = X.y if y is None else y
         sample_weight = X.sample_weight if sample_weight is None else sample_weight
         X = X.X
-    X, y, sample_weight = frames_to_arrays(X, y, sample_weight, client)
+    if known_rows:
+        X, y, sample_weight = frames_to_arrays(X, y, sample_weight, client)
+    elif is_dask_frame(X):
+        X = X.to_dask_array()
     _check_dense(X, y, sample_weight)  # a dask array of sparse blocks
     if X.ndim != 2:
         raise DataValidationError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
@@ -134,7 +149,7 @@ def lazy_inputs(X: Any, y: Any, sample_weight: Any, client: Any = None) -> LazyD
         X, ds = X.astype(np.float64), None
     elif np.dtype(X.dtype) not in (np.float32, np.float64):
         raise DataValidationError(f"X must be float32 or float64, got {X.dtype}")
-    if any(math.isnan(c) for c in X.chunks[0]):
+    if known_rows and any(math.isnan(c) for c in X.chunks[0]):
         raise DataValidationError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
     if len(X.chunks[1]) != 1:
         X, ds = X.rechunk({1: -1}), None

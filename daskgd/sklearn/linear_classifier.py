@@ -21,7 +21,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from daskgd.data import Dataset
 from daskgd.sklearn.base import LinearModel, fit_client
-from daskgd.sklearn.inputs import dask_map, is_lazy, lazy_inputs, sample_weight_array
+from daskgd.sklearn.inputs import (
+    dask_map,
+    is_lazy,
+    lazy_features,
+    lazy_inputs,
+    sample_weight_array,
+)
 from daskgd.sklearn.labels import (
     apply_class_weight,
     binary_targets,
@@ -181,7 +187,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         if is_lazy(X):
             self._check_frame_names(X, reset=False)
-            return self._block_margins(lazy_inputs(X, None, None).X)
+            return self._block_margins(lazy_features(X))
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return self._block_margins(X)
 

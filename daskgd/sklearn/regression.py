@@ -11,7 +11,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from daskgd.data import Dataset
 from daskgd.sklearn.base import LinearModel, fit_client
-from daskgd.sklearn.inputs import dask_map, is_lazy, lazy_inputs, sample_weight_array
+from daskgd.sklearn.inputs import (
+    dask_map,
+    is_lazy,
+    lazy_features,
+    lazy_inputs,
+    sample_weight_array,
+)
 from daskgd.sklearn.params import (
     COMMON,
     NON_NEGATIVE,
@@ -104,7 +110,7 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
         coef, b = self.coef_, float(self.intercept_[0])
         if is_lazy(X):
             self._check_frame_names(X, reset=False)
-            return self._lazy_decision(lazy_inputs(X, None, None).X)
+            return self._lazy_decision(lazy_features(X))
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return X @ coef.astype(X.dtype) + b
 
