@@ -122,7 +122,7 @@ class LinearModel:
             else:
                 self.feature_names_in_ = names
             return
-        fitted = getattr(self, "feature_names_in_", None)
+        fitted: Any = getattr(self, "feature_names_in_", None)
         est = type(self).__name__
         if names is not None and fitted is None:
             warnings.warn(f"X has feature names, but {est} was fitted without feature names",
@@ -209,6 +209,7 @@ class LinearModel:
                     "early_stopping=True holds out a share of in-memory data: pass numpy "
                     "arrays, or use early_stopping=False with dask arrays and Zarr data"
                 )
+            assert isinstance(data, tuple)  # numpy input (a Dataset was refused above)
             data, stopper = EarlyStopping.split(
                 data, p["validation_fraction"], engine_seed(p.get("random_state")), loss=loss,
                 epsilon=extra.get("epsilon", 0.1), tol=tol, patience=p["n_iter_no_change"],

@@ -261,9 +261,11 @@ class LogisticRegression(LinearClassifier):
         return "log_loss"
 
     def _objective(self, total_weight: Callable[[], float]) -> tuple[float, float, dict]:
-        if self.penalty == "elasticnet" and self.l1_ratio is None:
-            raise ValueError("penalty='elasticnet' needs l1_ratio, a number in [0, 1]")
-        ratio = self.l1_ratio if self.penalty == "elasticnet" else 0.0
+        ratio = 0.0
+        if self.penalty == "elasticnet":
+            if self.l1_ratio is None:
+                raise ValueError("penalty='elasticnet' needs l1_ratio, a number in [0, 1]")
+            ratio = float(self.l1_ratio)
         _, l1_ratio = sgd_penalty(self.penalty, 0.0, ratio)
         # the weight sum (a pass over dask weights) only where the penalty needs it
         alpha = 0.0 if self.penalty is None else 1.0 / (self.C * total_weight())

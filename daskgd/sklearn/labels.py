@@ -70,7 +70,7 @@ def encode(y: Any, classes: np.ndarray) -> Any:
         return idx.astype(np.int64)
 
     if isinstance(y, da.Array):
-        return y.map_blocks(codes, dtype=np.int64, meta=np.empty((0,), dtype=np.int64))
+        return da.map_blocks(codes, y, dtype=np.int64, meta=np.empty((0,), dtype=np.int64))
     return codes(np.asarray(y))
 
 

@@ -101,10 +101,11 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
             k = len(self.classes_)
             ovr = k > 2 and loss != "log_loss"
             cw = getattr(self, "class_weight", None)
-            data: tuple[np.ndarray, ...] | Dataset | None = _direct(ds, self.classes_, cw)
+            direct = _direct(ds, self.classes_, cw)
+            data: tuple[np.ndarray, ...] | Dataset
             enc: np.ndarray | None = None  # the classes of the targets handed to the engine
-            if data is not None:
-                sample_weight = data.sample_weight
+            if direct is not None:
+                data, sample_weight = direct, direct.sample_weight
             else:
                 codes = encode(y, self.classes_)
                 sample_weight = apply_class_weight(cw, self.classes_, codes, sample_weight,
