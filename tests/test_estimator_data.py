@@ -224,3 +224,18 @@ def test_parameters_are_checked_once_at_fit_before_any_cluster(est, message, mon
     target = y if "Regress" in type(est).__name__ else y > y.mean()
     with pytest.raises(ValueError, match=message):
         est.fit(X, target)
+
+
+def test_partial_fit_batches_may_miss_classes(own_client):
+    """A batch of a multiclass partial_fit need not hold every class: the engine is told
+    the classes of the whole problem, not those of the batch."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 2)) + np.repeat([[0, 0], [4, 0], [0, 4]], 100, axis=0)
+    y = np.repeat(["x", "y", "z"], 100)
+    for loss in ("hinge", "log_loss"):  # one-vs-rest, multinomial
+        clf = SGDClassifier(loss=loss, verbose=0, random_state=0, client=own_client)
+        clf.partial_fit(X[:200], y[:200], classes=["x", "y", "z"])  # no "z" rows
+        clf.partial_fit(X[100:], y[100:])  # no "x" rows
+        for _ in range(10):
+            clf.partial_fit(X, y)
+        assert clf.coef_.shape == (3, 2) and (clf.predict(X) == y).mean() > 0.8

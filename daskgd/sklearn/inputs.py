@@ -22,8 +22,8 @@ import numpy as np
 
 from daskgd.data import Dataset, as_dataset
 
-# TODO(data): ``check_dense`` is to become public in daskgd.data; until then this is the
-# one private import of the package (the same sparse-input check the engine makes).
+# The one private import of this package: the sparse-input check the engine makes too,
+# private to daskgd.data until it is made public there.
 from daskgd.data.dataset import _check_dense
 from daskgd.errors import DataValidationError
 
