@@ -1,10 +1,29 @@
-"""scikit-learn estimators trained by daskgd."""
+"""scikit-learn estimators trained by daskgd's distributed engine.
 
-from daskgd.sklearn.estimators import (
-    LinearRegression,
-    LogisticRegression,
-    SGDClassifier,
-    SGDRegressor,
-)
+:class:`SGDRegressor`, :class:`SGDClassifier`, :class:`LinearRegression` and
+:class:`LogisticRegression` follow scikit-learn's API (they derive from its ``BaseEstimator``
+and mixins, so ``clone``, ``Pipeline``, ``GridSearchCV`` and ``check_estimator`` work) and
+delegate the optimisation to :func:`daskgd.driver.fit`: the data is cut into row-chunks, one
+training task per Dask worker computes gradients with the compiled kernels, and the parameter
+server on the scheduler applies the updates.
+
+Input kinds
+    ``fit`` takes numpy arrays and pandas DataFrames (validated like scikit-learn does),
+    dask arrays and dask DataFrames, a :class:`daskgd.Dataset` or a Zarr path/URL (then
+    ``y`` may be omitted: the stored targets and weights are used). ``feature_names_in_``
+    comes from any frame. ``predict``, ``predict_proba``, ``decision_function`` and
+    ``score`` return numpy for in-memory input and lazy dask arrays for dask/Dataset/Zarr
+    input.
+
+The modules
+    :mod:`~daskgd.sklearn.base` (the cluster, the engine call, fitted attributes),
+    :mod:`~daskgd.sklearn.params` (declared parameter constraints),
+    :mod:`~daskgd.sklearn.inputs` (data intake), :mod:`~daskgd.sklearn.regression`,
+    :mod:`~daskgd.sklearn.classification`, :mod:`~daskgd.sklearn.labels`,
+    :mod:`~daskgd.sklearn.early_stopping`.
+"""
+
+from daskgd.sklearn.classification import LogisticRegression, SGDClassifier
+from daskgd.sklearn.regression import LinearRegression, SGDRegressor
 
 __all__ = ["LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor"]
