@@ -104,7 +104,8 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def _local(path: str | os.PathLike) -> Path:
+def local_path(path: str | os.PathLike) -> Path:
+    """``path`` as a local path (``file://`` stripped); a URL of another scheme is refused."""
     p = os.fspath(path)
     if p.startswith("file://"):
         p = p[len("file://") :]
@@ -248,7 +249,7 @@ def save_checkpoint(
     """
     if not (isinstance(keep, int) and keep >= 1):
         raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
-    root = _local(path)
+    root = local_path(path)
     _ensure_root(root)
     entries = _entries(root)
     number = entries[0][0] + 1 if entries else 1
@@ -354,7 +355,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     CheckpointError
         When ``path`` exists but is not a daskgd checkpoint.
     """
-    root = _local(path)
+    root = local_path(path)
     meta = root / "zarr.json"
     if meta.exists():
         try:

@@ -16,6 +16,13 @@ class DataValidationError(DaskgdError, ValueError):
     """The data is malformed: wrong shape, dtype, chunks, NaN/inf, bad labels or weights."""
 
 
+class InvalidSettingError(DaskgdError, ValueError, TypeError):
+    """A fit setting has the wrong type or value, or settings contradict each other.
+
+    Both a ``ValueError`` and a ``TypeError``, as scikit-learn's ``InvalidParameterError``.
+    """
+
+
 class IncompleteDatasetError(DataValidationError):
     """A Zarr group is not a complete daskgd dataset (a write failed or is under way)."""
 

@@ -8,7 +8,7 @@ import pytest
 from distributed.utils_test import gen_cluster
 
 from daskgd.checkpoint import load_checkpoint, save_checkpoint
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import CheckpointError
 from daskgd.objective.optimizers import make_optimizer
 
@@ -218,7 +218,7 @@ def test_fit_async_checkpoint_and_async_mode_resume(cluster, tmp_path, reliabili
 
     from distributed import Client
 
-    from daskgd.driver.engine import fit_async
+    from daskgd.driver import fit_async
 
     X, y, sol = _problem()
     path = str(tmp_path / "a.zarr")
@@ -258,7 +258,7 @@ def test_one_vs_rest_refuses_a_checkpoint(client, tmp_path):
 def test_signature_names_the_checkpoint_settings():
     import inspect
 
-    from daskgd.driver.engine import fit_async
+    from daskgd.driver import fit_async
 
     for fn in (fit, fit_async):
         params = inspect.signature(fn).parameters

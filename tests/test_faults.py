@@ -25,7 +25,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskgd.data import write_zarr
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import NoWorkersError
 
 KIND = {"nanny": "nanny restart", "kill9": "kill -9"}

@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 
 import daskgd
 from daskgd.data import write_zarr
-from daskgd.driver.engine import fit, fit_async
+from daskgd.driver import fit, fit_async
 from daskgd.errors import DivergenceError
 
 

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
 
 LEGIT = "legit-job"

@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 from distributed.security import Security
 
-from daskgd.driver.engine import fit, fit_async
+from daskgd.driver import fit, fit_async
 from daskgd.parameter_server.server import ParameterServer
 
 

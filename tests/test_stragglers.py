@@ -8,7 +8,7 @@ rank's training task sleeps before every push. Timings are only compared with ea
 import numpy as np
 import pytest
 
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 
 DELAY = 0.15  # seconds per step of the slowed rank
 EPOCHS = 30

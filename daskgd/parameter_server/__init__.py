@@ -8,6 +8,7 @@ from daskgd.parameter_server.server import (
     Job,
     JobConfig,
     ParameterServer,
+    check_quorum,
 )
 
-__all__ = ["INLINE_MAX_PARAMS", "MODES", "PLUGIN_NAME", "Job", "JobConfig", "ParameterServer"]
+__all__ = ["INLINE_MAX_PARAMS", "MODES", "PLUGIN_NAME", "Job", "JobConfig", "ParameterServer", "check_quorum"]

@@ -727,7 +727,7 @@ class Job:
         return out
 
 
-def _check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
+def check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
     """Refuse a ``sync_quorum`` larger than the job or one L-BFGS cannot work with."""
     q = cfg.sync_quorum
     if q is None:
@@ -988,7 +988,7 @@ class ParameterServer(SchedulerPlugin):
             return _error(bad)
         try:
             cfg, opt = self._make(params, config, optimizer)
-            _check_quorum(cfg, opt, len(ranks))
+            check_quorum(cfg, opt, len(ranks))
         except (TypeError, ValueError, ArithmeticError) as exc:
             return _error(f"bad job settings: {exc}")
         j = Job(job, params.astype(np.float64), cfg, opt, list(ranks), client)

@@ -3,7 +3,7 @@
 :class:`SGDRegressor`, :class:`SGDClassifier`, :class:`LinearRegression` and
 :class:`LogisticRegression` follow scikit-learn's API (they derive from its ``BaseEstimator``
 and mixins, so ``clone``, ``Pipeline``, ``GridSearchCV`` and ``check_estimator`` work) and
-delegate the optimisation to :func:`daskgd.driver.engine.fit`: the data is cut into row-chunks, one
+delegate the optimisation to :func:`daskgd.driver.fit`: the data is cut into row-chunks, one
 training task per Dask worker computes gradients with the compiled kernels, and the parameter
 server on the scheduler applies the updates.
 
@@ -150,11 +150,12 @@ def _dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None
 # --------------------------------------------------------------------------------------------
 
 
-def _engine_fit(data: Any, **kwargs: Any) -> Any:
-    """Call :func:`daskgd.driver.engine.fit` with the estimator's settings."""
-    from daskgd.driver import engine as train
+def _engine_fit(data: Any, *, client: Any = None, validate: bool = True, **kwargs: Any) -> Any:
+    """Call :func:`daskgd.driver.fit_with_settings` with the estimator's settings."""
+    from daskgd.driver import FitSettings, fit_with_settings  # (the hooks _x are fields x)
 
-    return train.fit(data, **kwargs)
+    settings = FitSettings(**{k.removeprefix("_"): v for k, v in kwargs.items()})
+    return fit_with_settings(data, settings, client=client, validate=validate)
 
 
 def _resolve_optimizer(params: dict[str, Any], alpha: float, l1_ratio: float) -> str:
