@@ -1,17 +1,23 @@
 """Stragglers: backup workers (``sync_quorum``) and a worker slowed on purpose.
 
-The slow worker is played by the private ``_delay={rank: seconds}`` fit setting: that
-rank's training task sleeps before every push. Timings are only compared with each other
+The slow worker is played by the ``delay={rank: seconds}`` setting of
+:class:`~daskgd.driver.FitSettings` (not a parameter of ``fit``): that rank's training task
+sleeps before every push. Timings are only compared with each other
 (relative order, a wide margin), never with a number of seconds.
 """
 
 import numpy as np
 import pytest
 
-from daskgd.driver import fit
+from daskgd.driver import FitSettings, fit, fit_with_settings
 
 DELAY = 0.15  # seconds per step of the slowed rank
 EPOCHS = 30
+
+
+def _fit_delayed(data, *, client, _delay, **settings):
+    """``fit`` with the stragglers' hook, which only the settings object takes."""
+    return fit_with_settings(data, FitSettings(delay=_delay, **settings), client=client)
 
 
 def _problem(n, d=5, seed=0):
@@ -39,14 +45,15 @@ def _gap(res, A, y, sol):
         ({"sync_quorum": 1, "optimizer": "lbfgs"}, "lbfgs", ValueError),
         ({"worker_timeout": 0}, "worker_timeout must be", ValueError),
         ({"worker_timeout": float("inf")}, "worker_timeout must be", ValueError),
-        ({"_delay": {"0": 1.0}}, "_delay must be", ValueError),
+        ({"_delay": {"0": 1.0}}, "delay must be", ValueError),
         ({"delay": {0: 1.0}}, "unexpected keyword", TypeError),  # the hook is private
     ],
 )
 def test_quorum_and_timeout_settings_are_checked(client, kwargs, match, error):
     X, y, _, _ = _problem(200)
+    run = _fit_delayed if "_delay" in kwargs else fit
     with pytest.raises(error, match=match):
-        fit((X, y), client=client, max_epochs=2, **kwargs)
+        run((X, y), client=client, max_epochs=2, **kwargs)
 
 
 def test_quorum_full_batch_converges_and_counts_dropped_gradients(client, reliability):
@@ -94,7 +101,7 @@ def test_stragglers_hold_back_only_plain_sync(client, reliability):
     }
     took = {}
     for name, kw in runs.items():
-        res = fit((X, y), client=client, _delay={1: DELAY}, **common, **kw)
+        res = _fit_delayed((X, y), client=client, _delay={1: DELAY}, **common, **kw)
         assert res.n_iter_ == EPOCHS, (name, res.reason)
         # the slow partition contributes rarely (or, with the quorum, never once it is
         # late): the fixed point is close to the fast partition's optimum, which is close
