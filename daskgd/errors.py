@@ -77,3 +77,42 @@ class SchedulerLostError(TrainingError):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.epoch = epoch
+
+
+class ParameterServerError(TrainingError):
+    """The parameter server refused a call (its reply had ``status == "error"``).
+
+    Attributes
+    ----------
+    op : str
+        The operation (``"push"``, ``"create"``...).
+    kind : str
+        The reply's error kind (``"bad_message"``, ``"unknown_job"``, ``"internal"``...).
+    """
+
+    def __init__(self, message: str, op: str = "", kind: str = "internal") -> None:
+        super().__init__(message)
+        self.op = op
+        self.kind = kind
+
+
+class UnknownJobError(ParameterServerError):
+    """The job is not on the scheduler: finished, closed, freed, or never created."""
+
+
+class BadMessageError(ParameterServerError, ValueError):
+    """A message the parameter server refused as malformed (bad settings, shapes, ranges);
+    it changed nothing there."""
+
+
+class SupersededError(ParameterServerError):
+    """A newer run of this training task (a rerun after its worker was thought lost) joined
+    the job: this run's pushes are refused and it must end."""
+
+
+class ParameterServerTimeoutError(ParameterServerError):
+    """The parameter server did not answer a call in time."""
+
+
+class ResumeRejectedError(ParameterServerError, CheckpointError):
+    """The parameter server refused to resume from a checkpoint that does not fit the job."""

@@ -174,6 +174,10 @@ class JobConfig:
         None waits for every live member. At most the number of members.
     checkpoint_every : int or None
         Take a snapshot for a checkpoint every this many epochs (None: never).
+    member_timeout : float
+        Seconds a member may stay silent (no push, join or ready) while a sync round or
+        an ``auto_lr`` start waits for it; after that it leaves the live set until it
+        calls again, so a member that hangs cannot stall the others forever.
     """
 
     mode: str = "sync"
@@ -195,6 +199,7 @@ class JobConfig:
     record_params: bool = False
     sync_quorum: int | None = None
     checkpoint_every: int | None = None
+    member_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -207,7 +212,7 @@ class JobConfig:
             v = getattr(self, name)
             if v is not None and not (_is_real(v) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be None or a finite number >= 0, got {v!r}")
-        for name in ("ssp_timeout", "divergence_factor", "loss_curvature"):
+        for name in ("ssp_timeout", "divergence_factor", "loss_curvature", "member_timeout"):
             v = getattr(self, name)
             if not (_is_real(v) and v > 0 and not math.isnan(v)):
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
@@ -244,6 +249,7 @@ class _Rank:
     joined: bool = False
     clock: int = 0
     updates: int = 0
+    incarnation: str | None = None  # the run of the training task that joined last
 
 
 @dataclass
@@ -288,6 +294,7 @@ class Job:
         self.start = time.time()
         self.epochs = 0
         self.history: list[dict[str, Any]] = []
+        self.params_kept = 0  # rows before this one have dropped their parameters
         self.stats = _EpochStats()
         self.best_loss = math.inf
         self.first_loss: float | None = None
@@ -704,6 +711,12 @@ class Job:
         self._maybe_snapshot()
         return staleness
 
+    def forget_params(self, below: int) -> None:
+        """Drop the parameter vectors of history rows before ``below``: the driver has them."""
+        for h in self.history[self.params_kept : below]:
+            h.pop("params", None)
+        self.params_kept = max(self.params_kept, min(below, len(self.history)))
+
     def summary(self, since: int = 0, params: bool = False, live=()) -> dict[str, Any]:
         """The reply of ``daskgd_status``."""
         out: dict[str, Any] = {
@@ -896,6 +909,22 @@ class ParameterServer(SchedulerPlugin):
             return f"rank must be an integer in [0, {len(job.ranks)}), got {rank!r}"
         return None
 
+    @staticmethod
+    def _check_incarnation(job: Job, rank: int, incarnation: Any) -> dict | str | None:
+        """A call from an older run of the rank than the one that joined last is refused."""
+        if incarnation is None:
+            return None
+        if not isinstance(incarnation, str):
+            return f"incarnation must be None or a string, got {incarnation!r}"
+        current = job.ranks[rank].incarnation
+        if current is not None and incarnation != current:
+            return _error(
+                f"rank {rank}: a newer run of this training task joined the job; this run "
+                "(its worker was thought lost) must end",
+                kind="superseded",
+            )
+        return None
+
     def _check_push(self, job: Job, rank, version, grad, n, weight, loss, worker) -> str | None:
         bad = self._check_rank(job, rank)
         if bad:
@@ -996,11 +1025,11 @@ class ParameterServer(SchedulerPlugin):
             try:
                 j.restore(resume)
             except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
-                return _error(f"cannot resume from this checkpoint: {exc}")
+                return _error(f"cannot resume from this checkpoint: {exc}", kind="bad_resume")
         self.jobs[job] = j
         return {"status": "OK", "version": j.version}
 
-    async def join(self, job, rank, worker):
+    async def join(self, job, rank, worker, incarnation=None):
         """A training task (new or rerun) joins: mark it live, send it the current state."""
         j = self._get(job)
         if isinstance(j, dict):
@@ -1010,8 +1039,12 @@ class ParameterServer(SchedulerPlugin):
             return _error(bad)
         if not isinstance(worker, str):
             return _error(f"worker must be an address string, got {type(worker).__name__}")
+        if incarnation is not None and not isinstance(incarnation, str):
+            return _error(f"incarnation must be None or a string, got {incarnation!r}")
         r = j.ranks[rank]
         r.address, r.active, r.joined = worker, True, True
+        if incarnation is not None:
+            r.incarnation = incarnation
         if j.config.mode == "sync":
             position = j.version
         else:
@@ -1022,13 +1055,15 @@ class ParameterServer(SchedulerPlugin):
         self._wake(j)
         out = self._params_reply(j)
         out["position"] = position
+        out["wait_bound"] = j.config.member_timeout + j.config.ssp_timeout
         if rank not in j.reports:
             out["initial"] = ToPickle(j.initial)
         return out
 
     async def ready(
-        self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None, gram=None
-    ):
+        self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None, gram=None,
+        incarnation=None,
+    ):  # fmt: skip
         """A rank loaded its rows: keep what it measured before its first step.
 
         With ``auto_lr`` the reply waits until every live rank reported and the step size
@@ -1037,7 +1072,9 @@ class ParameterServer(SchedulerPlugin):
         j = self._get(job)
         if isinstance(j, dict):
             return j
-        bad = self._check_rank(j, rank)
+        bad = self._check_rank(j, rank) or self._check_incarnation(j, rank, incarnation)
+        if isinstance(bad, dict):
+            return bad
         if bad is None and not isinstance(worker, str):
             bad = f"worker must be an address string, got {type(worker).__name__}"
         for name, v in (("loss0", loss0), ("loss_zero", loss_zero), ("weight", weight)):
@@ -1089,11 +1126,17 @@ class ParameterServer(SchedulerPlugin):
             j.auto_step(j.live(self._workers()))
         return self._params_reply(j)
 
-    async def push(self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None):
+    async def push(
+        self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None,
+        incarnation=None,
+    ):  # fmt: skip
         """Take a gradient; see the module docstring."""
         j = self._get(job)
         if isinstance(j, dict):
             return j
+        bad = self._check_rank(j, rank) or self._check_incarnation(j, rank, incarnation)
+        if bad:
+            return bad if isinstance(bad, dict) else _error(bad)
         if j.stopped:
             return self._params_reply(j)
         bad = self._check_push(j, rank, version, grad, n, weight, loss, worker)
@@ -1217,6 +1260,7 @@ class ParameterServer(SchedulerPlugin):
             return _error(bad)
         if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 60:
             return _error(f"wait must be a number of seconds in [0, 60], got {wait!r}")
+        j.forget_params(since)
         if wait > 0 and not j.stopped and len(j.history) <= since:
             try:
                 await asyncio.wait_for(j.progress.wait(), wait)
@@ -1244,15 +1288,19 @@ class ParameterServer(SchedulerPlugin):
         self._wake(j)
         return j.summary(live=j.live(self._workers()))
 
-    async def close_job(self, job):
-        """Stop a job, free its state and return its final status with the parameters."""
+    async def close_job(self, job, since=0):
+        """Stop a job, free its state and return its final status with the parameters and
+        the history rows from ``since`` (the driver holds the earlier ones)."""
         j = self._get(job)
         if isinstance(j, dict):
             return j
+        bad = self._check_status(since, False)
+        if bad:
+            return _error(bad)
         if not j.stopped:
             j.stop("closed by the driver")
         self._wake(j)
-        out = j.summary(params=True, live=j.live(self._workers()))
+        out = j.summary(since, params=True, live=j.live(self._workers()))
         del self.jobs[job]
         return out
 

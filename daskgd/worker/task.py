@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 from distributed import get_worker, secede
-from distributed.protocol import ToPickle
-from distributed.utils import sync
 
 from daskgd._version import __version__
-from daskgd.errors import TrainingError
+from daskgd.errors import ParameterServerError, TrainingError, UnknownJobError
 from daskgd.objective.losses import check_targets, get_loss
+from daskgd.parameter_server import ParameterServerClient
 
 __all__ = ["probe", "train_partition"]
 
@@ -336,23 +335,25 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     worker = get_worker()
     secede()
     address = worker.address
+    ps = ParameterServerClient.from_worker(job, worker, float(spec.get("timeout") or 60.0))
 
     def call(op: str, **kwargs: Any) -> dict[str, Any]:
-        reply = sync(worker.loop, getattr(worker.scheduler, op), job=job, **kwargs)
-        if op != "daskgd_join" and reply.get("kind") == "unknown_job":
+        try:
+            return ps.call_sync(op, **kwargs)
+        except UnknownJobError:
+            if op == "join":
+                raise
             # the job existed when this task joined: the driver closed it (the fit ended)
             # while this push was on its way
             return {"status": "stopped"}
-        if reply.get("status") == "error":
+        except ParameterServerError as exc:
             raise TrainingError(
-                f"the parameter server rejected {op} from rank {rank} on {address}: "
-                f"{reply.get('message')}"
-            )
-        return reply
+                f"the parameter server rejected {op} from rank {rank} on {address}: {exc}"
+            ) from exc
 
     clock = time.perf_counter
     started = clock()
-    reply = call("daskgd_join", rank=rank, worker=address)
+    reply = call("join", rank=rank, worker=address)
     params, version, position = reply["params"], reply["version"], reply["position"]
     d = params.shape[0] - 1
     multinomial = params.ndim == 2
@@ -433,10 +434,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             *curvature, gram = batches.curvature(bool(spec["curvature"]["intercept"]),
                                                  int(spec["seed"]))  # fmt: skip
             curvature = tuple(curvature)
-        reply = call("daskgd_ready", rank=rank, worker=address, loss0=loss0,
-                     loss_zero=loss_zero, grad0=ToPickle(grad0), weight=weight0,
-                     curvature=curvature,
-                     gram=None if gram is None else ToPickle(gram))  # fmt: skip
+        reply = call("ready", rank=rank, worker=address, loss0=loss0, loss_zero=loss_zero,
+                     grad0=grad0, weight=weight0, curvature=curvature, gram=gram)  # fmt: skip
         if reply["status"] != "stopped":
             params, version = reply["params"], reply["version"]
             if spec["mode"] == "sync":
@@ -453,15 +452,15 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
         reply = call(
-            "daskgd_push",
+            "push",
             rank=rank,
             version=version,
-            grad=ToPickle(grad),
+            grad=grad,
             n=rows,
             weight=weight,
             loss=loss,
             worker=address,
-            **({"class_loss": ToPickle(class_loss)} if ovr else {}),
+            class_loss=class_loss if ovr else None,
         )
         pushes += 1
         seconds["kernel"] += t1 - t0
