@@ -20,6 +20,7 @@ from daskgd.data import Dataset
 from daskgd.driver.connection import call
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import CheckpointError
+from daskgd.parameter_server import ParameterServerClient
 
 __all__ = ["checkpoint_tick", "final_checkpoint", "setup_checkpoint"]
 
@@ -81,7 +82,11 @@ def _check_compatible(ck: Checkpoint, cfg: dict[str, Any]) -> None:
 
 
 async def checkpoint_tick(
-    client: Client, job: str, st: dict[str, Any], s: FitSettings, writer: CheckpointWriter
+    client: Client,
+    ps: ParameterServerClient,
+    st: dict[str, Any],
+    s: FitSettings,
+    writer: CheckpointWriter,
 ) -> None:
     """Start writing the job's newest snapshot, unless a write is still in flight."""
     if writer.busy:
@@ -92,21 +97,19 @@ async def checkpoint_tick(
     )
     if not fresh and st.get("snapshot_seq", 0) <= writer.seq:
         return
-    reply = await call(
-        client, writer, "daskgd_snapshot", job=job, fresh=fresh, since=len(writer.rows)
-    )
+    reply = await call(client, writer, ps.snapshot, fresh=fresh, since=len(writer.rows))
     if reply["status"] == "OK" and reply["snapshot"] is not None and reply["seq"] > writer.seq:
         writer.start(reply)
 
 
-async def final_checkpoint(client: Client, job: str, writer: CheckpointWriter) -> None:
+async def final_checkpoint(
+    client: Client, ps: ParameterServerClient, writer: CheckpointWriter
+) -> None:
     """When the fit ends: wait for the write in flight, then write the final state.
 
     A failed (diverged) job has no final state worth resuming: its last periodic
     checkpoint stays the newest.
     """
     await writer.flush()  # first: its rows are in writer.rows
-    reply = await call(
-        client, writer, "daskgd_snapshot", job=job, fresh=True, since=len(writer.rows)
-    )
+    reply = await call(client, writer, ps.snapshot, fresh=True, since=len(writer.rows))
     await writer.flush(reply if reply["status"] == "OK" else None)

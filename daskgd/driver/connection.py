@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from distributed import Client
 
-from daskgd.errors import NoWorkersError, SchedulerLostError, TrainingError
+from daskgd.errors import (
+    NoWorkersError,
+    ParameterServerTimeoutError,
+    SchedulerLostError,
+    TrainingError,
+)
 
 __all__ = [
     "RPC_TIMEOUT",
@@ -103,18 +109,29 @@ def no_workers_error(gone_for: float, timeout: float) -> NoWorkersError:
     )
 
 
-async def call(client: Client, writer: CheckpointState | None, op: str, **kwargs: Any) -> Any:
-    """Call the scheduler's handler ``op``; a scheduler that does not answer for
-    :data:`SCHEDULER_GRACE` seconds is lost."""
+async def call(
+    client: Client,
+    writer: CheckpointState | None,
+    request: Callable[..., Awaitable[dict[str, Any]]],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Make a :class:`~daskgd.parameter_server.ParameterServerClient` call, ``request``
+    (a bound method: ``ps.status``...), that outlives a short outage.
+
+    A connection that keeps failing for :data:`SCHEDULER_GRACE` seconds, or a call with no
+    answer for :data:`RPC_TIMEOUT`, means the scheduler is lost: raise
+    :class:`~daskgd.errors.SchedulerLostError`, naming the last checkpoint.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SCHEDULER_GRACE
     timeout = RPC_TIMEOUT
     while True:
         try:
-            return await asyncio.wait_for(getattr(scheduler(client), op)(**kwargs), timeout)
-        except (OSError, TimeoutError) as exc:  # CommClosedError is an OSError
-            # after a failure, a reconnection may hang in connect (distributed retries
-            # refused connections for its whole connect timeout): bound it by the grace
+            return await asyncio.wait_for(request(**kwargs), timeout)
+        except (OSError, TimeoutError, ParameterServerTimeoutError) as exc:
+            # (CommClosedError is an OSError.) After a failure, a reconnection may hang in
+            # connect (distributed retries refused connections for its whole connect
+            # timeout): bound it by the grace
             timeout = max(0.5, min(RPC_TIMEOUT, deadline - loop.time()))
             if "wait" in kwargs:  # a retried status must answer at once, within the grace
                 kwargs["wait"] = 0.0

@@ -9,11 +9,10 @@ import uuid
 from typing import Any
 
 from distributed import Client, Future
-from distributed.protocol import ToPickle
 
 from daskgd.data import Dataset
 from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
-from daskgd.driver.connection import call, scheduler, some_workers
+from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
 from daskgd.driver.monitor import abort, drain, watch
 from daskgd.driver.placement import initial_params, label_encoding, plan_placement, sources
 from daskgd.driver.result import FitResult, build_result
@@ -21,12 +20,17 @@ from daskgd.driver.settings import FitSettings
 from daskgd.errors import (
     CheckpointError,
     InvalidSettingError,
+    ResumeRejectedError,
     SchedulerLostError,
     SchedulerSetupError,
-    TrainingError,
 )
 from daskgd.objective import make_optimizer
-from daskgd.parameter_server import JobConfig, ParameterServer, check_quorum
+from daskgd.parameter_server import (
+    JobConfig,
+    ParameterServer,
+    ParameterServerClient,
+    check_quorum,
+)
 from daskgd.worker import probe, train_partition
 
 __all__ = ["SETUP_TIMEOUT", "install", "run_job"]
@@ -81,19 +85,11 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     if resume is not None:
         P0 = resume["params"]
     job = f"daskgd-{uuid.uuid4().hex}"
-    reply = await scheduler(client).daskgd_create(
-        job=job,
-        params=ToPickle(P0),
-        config=config,
-        optimizer=s.optimizer_spec(),
-        ranks=ranks,
-        client=client.id,
-        resume=None if resume is None else ToPickle(resume),
-    )
-    if reply["status"] != "OK":
-        if resume is not None and "resume" in str(reply.get("message")):
-            raise CheckpointError(f"{s.checkpoint}: {reply['message']}")
-        raise ValueError(reply["message"])
+    ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
+    try:
+        await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id, resume=resume)
+    except ResumeRejectedError as exc:
+        raise CheckpointError(f"{s.checkpoint}: {exc}") from exc
     futures: list[Future] = []
     try:
         where = sources(client, ds, plan)
@@ -112,12 +108,11 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
                 )
             )
         setup = time.perf_counter() - started
-        history = await watch(client, job, futures, s, writer)
+        history = await watch(client, ps, futures, s, writer)
         if writer is not None:
-            await final_checkpoint(client, job, writer)
-        final = await call(client, writer, "daskgd_close", job=job)
-        if final.get("status") != "OK":
-            raise TrainingError(f"the job vanished from the scheduler: {final.get('message')}")
+            await final_checkpoint(client, ps, writer)
+        # the rows after those the driver holds (the job may have stopped mid-poll)
+        final = await call(client, writer, ps.close, since=len(history))
         tasks = await drain(client, futures)
     except SchedulerLostError:
         raise  # nothing to clean up on a scheduler that is gone
@@ -127,9 +122,9 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
                 await writer.flush()
             except Exception:
                 pass
-        await abort(client, job, futures)
+        await abort(client, ps, futures)
         raise
-    history += list(final["history"][len(history) :])
+    history += list(final["history"])
     if writer is not None:
         history = writer.prior + history
     timings: dict[str, Any] = {

@@ -12,16 +12,17 @@ from distributed import Client, Future
 
 from daskgd.checkpoint import CheckpointWriter
 from daskgd.driver.checkpointing import checkpoint_tick
-from daskgd.driver.connection import RPC_TIMEOUT, call, no_workers_error, scheduler
+from daskgd.driver.connection import RPC_TIMEOUT, call, no_workers_error
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import DataNotFoundError, DataValidationError, TrainingError
+from daskgd.parameter_server import ParameterServerClient
 
 __all__ = ["abort", "drain", "watch"]
 
 
 async def watch(
     client: Client,
-    job: str,
+    ps: ParameterServerClient,
     futures: list[Future],
     s: FitSettings,
     writer: CheckpointWriter | None = None,
@@ -43,12 +44,9 @@ async def watch(
         bar = tqdm(total=s.max_epochs, unit="epoch", desc="daskgd")
     try:
         while True:
-            st = await call(client, writer, "daskgd_status", job=job, since=len(history),
-                            wait=wait)  # fmt: skip
-            if st["status"] != "OK":
-                raise TrainingError(f"the job vanished from the scheduler: {st.get('message')}")
+            st = await call(client, writer, ps.status, since=len(history), wait=wait)
             if writer is not None and not st["stopped"]:
-                await checkpoint_tick(client, job, st, s, writer)
+                await checkpoint_tick(client, ps, st, s, writer)
             for h in st["history"]:
                 params = h.pop("params", None)
                 history.append(dict(h))
@@ -58,8 +56,7 @@ async def watch(
                     bar.update(1)
                     bar.set_postfix(loss=f"{h['loss']:.6g}")
                 if s.callback is not None and s.callback(dict(h)) is False:
-                    await call(client, writer, "daskgd_stop", job=job,
-                               reason="stopped by the callback")  # fmt: skip
+                    await call(client, writer, ps.stop, reason="stopped by the callback")
             if st["stopped"]:
                 return history
             # every worker gone: no member alive and none to rerun a task on (a rerun
@@ -73,7 +70,7 @@ async def watch(
             await _check_tasks(futures)
             if all(f.status == "finished" for f in futures):
                 # the job may have stopped between our poll and the tasks' exit
-                st = await call(client, writer, "daskgd_status", job=job)
+                st = await call(client, writer, ps.status)
                 if not st.get("stopped"):
                     raise TrainingError("every training task ended before the job stopped")
     finally:
@@ -106,10 +103,10 @@ async def drain(client: Client, futures: list[Future], timeout: float = 30.0) ->
     return results
 
 
-async def abort(client: Client, job: str, futures: list[Future]) -> None:
+async def abort(client: Client, ps: ParameterServerClient, futures: list[Future]) -> None:
     """Free the job and cancel its tasks, best effort: the error that got us here wins."""
     try:
-        await asyncio.wait_for(scheduler(client).daskgd_close(job=job), 5.0)
+        await asyncio.wait_for(ps.close(), 5.0)
     except Exception:
         pass
     try:
