@@ -90,6 +90,10 @@ FIT_PARAMETERS = """
         Scan the data for non-finite values first.
     progress : bool, default=False
         Show a progress bar (needs tqdm).
+    poll_interval : float, default=0.05
+        Longest time in seconds the driver waits on the scheduler for news of the job
+        before it checks its training tasks again (the scheduler answers at once when an
+        epoch ends or the job stops).
     callback : callable, optional
         Called with each epoch's history row; returning False stops the fit.
     callback_params : bool, default=False
