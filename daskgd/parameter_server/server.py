@@ -206,7 +206,7 @@ class JobConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("n_samples", "batches_per_epoch", "max_epochs", "n_iter_no_change"):
             v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
+            if not (_is_index(v) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         for name in ("tol", "gtol", "gtol_rel", "max_time"):
             v = getattr(self, name)
@@ -220,13 +220,13 @@ class JobConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_staleness is not None and not (
-            isinstance(self.max_staleness, int) and self.max_staleness >= 0
+            _is_index(self.max_staleness) and self.max_staleness >= 0
         ):
             raise ValueError(
                 f"max_staleness must be None or an integer >= 0, got {self.max_staleness!r}"
             )
         if self.mode == "ssp" and not (
-            isinstance(self.max_staleness, int) and self.max_staleness >= 0
+            _is_index(self.max_staleness) and self.max_staleness >= 0
         ):
             raise ValueError(
                 f"mode='ssp' needs max_staleness, an integer >= 0; got {self.max_staleness!r}"

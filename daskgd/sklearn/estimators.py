@@ -152,7 +152,7 @@ def _dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None
 
 def _engine_fit(data: Any, *, client: Any = None, validate: bool = True, **kwargs: Any) -> Any:
     """Call :func:`daskgd.driver.fit_with_settings` with the estimator's settings."""
-    from daskgd.driver import FitSettings, fit_with_settings  # (the hooks _x are fields x)
+    from daskgd.driver import FitSettings, fit_with_settings  # private hooks: its fields
 
     settings = FitSettings(**{k.removeprefix("_"): v for k, v in kwargs.items()})
     return fit_with_settings(data, settings, client=client, validate=validate)
