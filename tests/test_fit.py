@@ -429,6 +429,7 @@ def test_timings_account_for_the_fit(client, tmp_path):
 
 def _incoming_keys(client):
     """Per worker, the keys it has received from other workers so far."""
+
     def keys(dask_worker):
         return [str(k) for entry in dask_worker.transfer_incoming_log for k in entry["keys"]]
 

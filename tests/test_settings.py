@@ -173,9 +173,14 @@ def test_settings_are_frozen():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_epochs": True}, {"n_iter_no_change": True}, {"batches_per_epoch": True},
-     {"mode": "ssp", "max_staleness": False}, {"sync_quorum": True},
-     {"checkpoint_every": True}],  # fmt: skip
+    [
+        {"max_epochs": True},
+        {"n_iter_no_change": True},
+        {"batches_per_epoch": True},
+        {"mode": "ssp", "max_staleness": False},
+        {"sync_quorum": True},
+        {"checkpoint_every": True},
+    ],
 )
 def test_the_scheduler_refuses_bools_for_integers_too(kwargs):
     # what a driver of another version (or a hand-made message) could send

@@ -66,9 +66,7 @@ class Integer(Constraint):
 
     def accepts(self, value: Any) -> bool:
         return (
-            isinstance(value, numbers.Integral)
-            and not _is_bool(value)
-            and int(value) >= self.low
+            isinstance(value, numbers.Integral) and not _is_bool(value) and int(value) >= self.low
         )
 
     def describe(self) -> str:

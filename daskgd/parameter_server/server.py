@@ -226,7 +226,7 @@ class JobConfig:
                 f"max_staleness must be None or an integer >= 0, got {self.max_staleness!r}"
             )
         if self.mode == "ssp" and not (
-            _is_index(self.max_staleness) and self.max_staleness >= 0
+            isinstance(self.max_staleness, int) and self.max_staleness >= 0
         ):
             raise ValueError(
                 f"mode='ssp' needs max_staleness, an integer >= 0; got {self.max_staleness!r}"
