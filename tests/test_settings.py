@@ -162,6 +162,10 @@ def test_the_derived_settings_are_valid_where_they_go():
     assert auto.auto_lr and auto.worker_spec(classes=None, batches_per_epoch=1)["curvature"]
     assert not FitSettings(optimizer="lbfgs").auto_lr  # L-BFGS takes no step size
     assert FitSettings(random_state=np.int64(3)).seed == 3
+    # numpy numbers are plain Python numbers once checked (a numpy step is not "auto")
+    s = FitSettings(learning_rate=np.float64(0.2), max_epochs=np.int32(4))
+    assert type(s.learning_rate) is float and type(s.max_epochs) is int and not s.auto_lr
+    assert JobConfig(**s.job_config(n_samples=10, batches_per_epoch=1)).auto_lr is False
     assert isinstance(FitSettings().seed, int)
 
 

@@ -183,6 +183,8 @@ class FitSettings:
                 object.__setattr__(self, f.name, bool(v))
             elif isinstance(v, np.integer):
                 object.__setattr__(self, f.name, int(v))
+            elif isinstance(v, np.floating):
+                object.__setattr__(self, f.name, float(v))
         if self.checkpoint is not None:
             try:
                 path = os.fspath(local_path(self.checkpoint))
@@ -244,7 +246,7 @@ class FitSettings:
     def auto_lr(self) -> bool:
         """The parameter server sets the step once the workers measured the data (L-BFGS
         takes no step size)."""
-        return self.learning_rate == "auto" and self.optimizer != "lbfgs"
+        return isinstance(self.learning_rate, str) and self.optimizer != "lbfgs"
 
     @property
     def multinomial(self) -> bool:
@@ -267,7 +269,7 @@ class FitSettings:
         return {
             "name": self.optimizer,
             # "auto": a placeholder the parameter server replaces before the first step
-            "learning_rate": 1.0 if self.learning_rate == "auto" else float(self.learning_rate),
+            "learning_rate": 1.0 if isinstance(self.learning_rate, str) else self.learning_rate,
             "lr_schedule": self.lr_schedule,
             "power_t": self.power_t,
             "step_size": self.step_size,
