@@ -204,7 +204,7 @@ class FitSettings:
 
         The rules the parameter server enforces too are its own, called here:
         :class:`~daskgd.parameter_server.JobConfig` (``ssp`` needs ``max_staleness``,
-        ``sync_quorum`` is for sync mode) and :func:`~daskgd.optimizer.make_optimizer`
+        ``sync_quorum`` is for sync mode) and :func:`~daskgd.objective.make_optimizer`
         (L-BFGS needs a smooth objective).
         """
         if self.one_vs_rest:
