@@ -19,7 +19,7 @@ the next save. Each array's digest (BLAKE2b) is stored with it and checked on lo
 a lost or torn chunk (which Zarr would read as fill values) is caught too.
 
 **Where checkpoints are written: by the driver, off every event loop.** The parameter
-server on the scheduler (:mod:`daskgd.parameter_server.server`) takes a *snapshot* every
+server on the scheduler (:mod:`daskgd.parameter_server`) takes a *snapshot* every
 ``checkpoint_every`` epochs, right after the step that closed such an epoch, in the same
 place the step runs (its one-thread executor for large models), so the snapshot is
 consistent: parameters, optimizer state (copied), version and epoch all belong to the

@@ -8,7 +8,7 @@ import pytest
 from distributed.protocol import ToPickle
 from distributed.utils_test import gen_cluster
 
-from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
+from daskgd.parameter_server import PLUGIN_NAME, ParameterServer
 
 OPT = {"name": "sgd", "learning_rate": 0.5}
 # the session's LocalCluster (tests/conftest.py) may already be running: its worker

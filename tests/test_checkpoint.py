@@ -274,7 +274,7 @@ _CLEAN = {"processes": False, "threads": False}
 async def test_snapshots_on_the_scheduler_and_bad_resume_messages(c, s, a, b):
     from distributed.protocol import ToPickle
 
-    from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
+    from daskgd.parameter_server import PLUGIN_NAME, ParameterServer
 
     await c.register_plugin(ParameterServer())
     opt = {"name": "momentum", "learning_rate": 0.5}

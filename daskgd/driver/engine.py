@@ -1,7 +1,7 @@
 """The driver: ``fit`` and its async twin ``fit_async``.
 
 One fit: connect to a cluster, install the parameter server on the scheduler
-(:mod:`daskgd.parameter_server.server`, idempotent), create a job, plan which row-chunks
+(:mod:`daskgd.parameter_server`, idempotent), create a job, plan which row-chunks
 each worker trains on, submit one training task per worker
 (:mod:`daskgd.worker.task`), watch the job until it stops, pull the final
 parameters and free the job.
@@ -43,7 +43,7 @@ from daskgd.errors import (
 )
 from daskgd.objective.losses import curvature_bound, get_loss
 from daskgd.objective.optimizers import make_optimizer
-from daskgd.parameter_server.server import JobConfig, ParameterServer, _check_quorum
+from daskgd.parameter_server import JobConfig, ParameterServer, check_quorum
 
 __all__ = ["FitResult", "fit", "fit_async"]
 
@@ -289,7 +289,7 @@ async def _run_job(client: Client, ds, s: _Settings) -> FitResult:
         nb = min(nb, min(rows))
     config = dict(s.config, n_samples=int(ds.n_samples), batches_per_epoch=int(nb))
     # raise here, not on the scheduler
-    _check_quorum(JobConfig(**config), make_optimizer(**s.optimizer), len(ranks))
+    check_quorum(JobConfig(**config), make_optimizer(**s.optimizer), len(ranks))
     P0 = _initial_params(ds, s)
     writer, resume = await _checkpoint_setup(ds, s, config, len(ranks))
     if resume is not None:
