@@ -3,10 +3,20 @@
 A checkpoint path names a Zarr v3 group on a local (or mounted shared) filesystem that
 holds numbered checkpoints, each a complete group of its own::
 
-    path.zarr/                 attrs: format="daskgd-checkpoint", format_version=1
+    path.zarr/                 attrs: format="daskgd-checkpoint", format_version=2
+    path.zarr/history-<id>.jsonl   the history, one JSON row a line, appended to
     path.zarr/v00000007/       arrays: params, state/<name> (the optimizer's state)
-                               attrs: complete=true, epoch, version, history, config,
+                               attrs: complete=true, epoch, version, history_log
+                               (its log file, row count and byte length), config,
                                progress (stop-rule counters, worker clocks, elapsed time)
+
+**History appended, not rewritten.** A checkpoint names the history log and how many
+rows (and bytes) of it are its own; the next checkpoint of the same fit appends only the
+rows since, so a fit's checkpoints write O(epochs) bytes of history in all, not
+O(epochs^2). Bytes past the newest checkpoint's length (a write that crashed) are cut
+before appending; a history that does not continue the log (another fit on the same
+path) starts a new log file, so older checkpoints keep theirs. Checkpoints of format 1
+(the history in each checkpoint's attributes) still load.
 
 **Atomic writes.** :func:`save_checkpoint` writes a new checkpoint into a temporary
 sibling group (``path.zarr/.tmp-...``), sets its ``complete`` attribute last, then
@@ -64,7 +74,8 @@ from daskgd.errors import CheckpointError
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "daskgd-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_LOG_PREFIX = "history-"
 _ENTRY = re.compile(r"^v(\d{8})$")
 _TMP_PREFIX = ".tmp-"
 
@@ -157,6 +168,88 @@ def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> str:
     arr = group.create_array(name, shape=a.shape, dtype="f8", chunks=chunks)
     arr[...] = a
     return _digest(a)
+
+
+def _row_line(row: dict[str, Any]) -> bytes:
+    return (json.dumps(_json_safe(row), sort_keys=True) + "\n").encode()
+
+
+def _row_digest(line: bytes) -> str:
+    return hashlib.blake2b(line, digest_size=16).hexdigest()
+
+
+def _attrs(entry: Path) -> dict[str, Any]:
+    return json.loads((entry / "zarr.json").read_text()).get("attributes", {})
+
+
+def _newest_log(root: Path) -> dict[str, Any] | None:
+    """The history log of the newest complete checkpoint (None: none, or format 1)."""
+    for _, entry in _entries(root):
+        try:
+            attrs = _attrs(entry)
+        except (OSError, ValueError):
+            continue
+        if attrs.get("complete") is True:
+            log = attrs.get("history_log")
+            return log if isinstance(log, dict) else None
+    return None
+
+
+def _append_history(root: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Append the rows of ``history`` that the newest checkpoint's log lacks (or start a
+    new log when ``history`` does not continue it); returns the new checkpoint's
+    ``history_log`` attribute."""
+    prev = _newest_log(root)
+    n0 = int(prev["rows"]) if prev else 0
+    path = root / prev["file"] if prev else None
+    extend = (
+        prev is not None
+        and path is not None
+        and len(history) >= n0
+        and path.is_file()
+        and path.stat().st_size >= int(prev["bytes"])
+        and (n0 == 0 or _row_digest(_row_line(history[n0 - 1])) == prev.get("tail"))
+    )
+    if extend:
+        assert prev is not None and path is not None
+        new, start = path, n0
+        with open(new, "r+b") as f:
+            f.truncate(int(prev["bytes"]))  # cut what a crashed write appended
+    else:
+        new, start = root / f"{_LOG_PREFIX}{uuid.uuid4().hex}.jsonl", 0
+    last = None
+    with open(new, "ab") as f:
+        for row in history[start:]:
+            last = _row_line(row)
+            f.write(last)
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+    tail = _row_digest(last) if last is not None else (prev.get("tail") if extend else None)
+    return {"file": new.name, "rows": len(history), "bytes": size, "tail": tail}
+
+
+def _read_history(root: Path, log: dict[str, Any]) -> list[dict[str, Any]]:
+    with open(root / log["file"], "rb") as f:
+        data = f.read(int(log["bytes"]))
+    lines = data.splitlines()
+    if len(data) != int(log["bytes"]) or len(lines) != int(log["rows"]):
+        raise CheckpointError(f"the history log {log['file']} is shorter than recorded")
+    return [json.loads(line) for line in lines]
+
+
+def _drop_unused_logs(root: Path) -> None:
+    used = set()
+    for _, entry in _entries(root):
+        try:
+            log = _attrs(entry).get("history_log")
+        except (OSError, ValueError):
+            continue
+        if isinstance(log, dict):
+            used.add(log.get("file"))
+    for name in os.listdir(root):
+        if name.startswith(_LOG_PREFIX) and name not in used:
+            (root / name).unlink(missing_ok=True)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -255,6 +348,7 @@ def save_checkpoint(
     final = root / f"v{number:08d}"
     tmp = root / f"{_TMP_PREFIX}{number:08d}-{uuid.uuid4().hex}"
     try:
+        log = _append_history(root, list(history))
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         digests = {"params": _write_array(g, "params", params)}
         sg = g.create_group("state")
@@ -265,7 +359,7 @@ def save_checkpoint(
                 {
                     "epoch": int(epoch),
                     "version": int(version),
-                    "history": list(history),
+                    "history_log": log,
                     "config": dict(config),
                     "progress": dict(progress or {}),
                     "state_names": sorted(state),
@@ -289,6 +383,7 @@ def save_checkpoint(
     for name in os.listdir(root):
         if name.startswith(_TMP_PREFIX):
             shutil.rmtree(root / name, ignore_errors=True)  # left by a crashed write
+    _drop_unused_logs(root)
     return str(final)
 
 
@@ -319,13 +414,17 @@ def _read(entry: Path) -> Checkpoint:
     digests = dict(attrs.get("digests") or {})
     names = attrs["state_names"]
     state = {n: _array(g, f"state/{n}", digests.get(f"state/{n}")) for n in names}
+    if isinstance(attrs.get("history_log"), dict):
+        history = _read_history(entry.parent, attrs["history_log"])
+    else:  # format 1: the history in the attributes
+        history = list(attrs.get("history") or [])
     return Checkpoint(
         path=str(entry),
         params=_array(g, "params", digests.get("params")),
         state=state,
         version=int(attrs["version"]),
         epoch=int(attrs["epoch"]),
-        history=list(attrs.get("history") or []),
+        history=history,
         config=dict(attrs.get("config") or {}),
         progress=dict(attrs.get("progress") or {}),
     )
@@ -363,6 +462,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{root} is not a daskgd checkpoint: {exc}") from exc
         if attrs.get("format") != FORMAT:
             raise CheckpointError(f"{root} is not a daskgd checkpoint (format={FORMAT!r})")
+        if int(attrs.get("format_version") or 1) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{root} was written by a newer daskgd (checkpoint format "
+                f"{attrs.get('format_version')}, this one reads up to {FORMAT_VERSION}); "
+                "upgrade daskgd to resume from it"
+            )
     problems = []
     for _, entry in _entries(root):
         try:
