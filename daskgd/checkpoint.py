@@ -55,9 +55,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import time
 import uuid
@@ -69,14 +67,19 @@ import numpy as np
 import zarr
 
 from daskgd._version import __version__
+from daskgd.checkpoint_log import (
+    append_history,
+    drop_unused_logs,
+    entries,
+    json_safe,
+    read_history,
+)
 from daskgd.errors import CheckpointError
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "daskgd-checkpoint"
 FORMAT_VERSION = 2
-_LOG_PREFIX = "history-"
-_ENTRY = re.compile(r"^v(\d{8})$")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -127,31 +130,6 @@ def _local(path: str | os.PathLike) -> Path:
     return Path(p)
 
 
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON: non-finite floats become None, numpy scalars Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _entries(root: Path) -> list[tuple[int, Path]]:
-    """The numbered checkpoints under ``root``, newest first."""
-    if not root.is_dir():
-        return []
-    out = []
-    for name in os.listdir(root):
-        m = _ENTRY.match(name)
-        if m:
-            out.append((int(m.group(1)), root / name))
-    return sorted(out, reverse=True)
-
-
 def _digest(a: np.ndarray) -> str:
     return hashlib.blake2b(
         np.array(a, dtype=np.float64, order="C").tobytes(), digest_size=16
@@ -168,88 +146,6 @@ def _write_array(group: zarr.Group, name: str, value: np.ndarray) -> str:
     arr = group.create_array(name, shape=a.shape, dtype="f8", chunks=chunks)
     arr[...] = a
     return _digest(a)
-
-
-def _row_line(row: dict[str, Any]) -> bytes:
-    return (json.dumps(_json_safe(row), sort_keys=True) + "\n").encode()
-
-
-def _row_digest(line: bytes) -> str:
-    return hashlib.blake2b(line, digest_size=16).hexdigest()
-
-
-def _attrs(entry: Path) -> dict[str, Any]:
-    return json.loads((entry / "zarr.json").read_text()).get("attributes", {})
-
-
-def _newest_log(root: Path) -> dict[str, Any] | None:
-    """The history log of the newest complete checkpoint (None: none, or format 1)."""
-    for _, entry in _entries(root):
-        try:
-            attrs = _attrs(entry)
-        except (OSError, ValueError):
-            continue
-        if attrs.get("complete") is True:
-            log = attrs.get("history_log")
-            return log if isinstance(log, dict) else None
-    return None
-
-
-def _append_history(root: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Append the rows of ``history`` that the newest checkpoint's log lacks (or start a
-    new log when ``history`` does not continue it); returns the new checkpoint's
-    ``history_log`` attribute."""
-    prev = _newest_log(root)
-    n0 = int(prev["rows"]) if prev else 0
-    path = root / prev["file"] if prev else None
-    extend = (
-        prev is not None
-        and path is not None
-        and len(history) >= n0
-        and path.is_file()
-        and path.stat().st_size >= int(prev["bytes"])
-        and (n0 == 0 or _row_digest(_row_line(history[n0 - 1])) == prev.get("tail"))
-    )
-    if extend:
-        assert prev is not None and path is not None
-        new, start = path, n0
-        with open(new, "r+b") as f:
-            f.truncate(int(prev["bytes"]))  # cut what a crashed write appended
-    else:
-        new, start = root / f"{_LOG_PREFIX}{uuid.uuid4().hex}.jsonl", 0
-    last = None
-    with open(new, "ab") as f:
-        for row in history[start:]:
-            last = _row_line(row)
-            f.write(last)
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.tell()
-    tail = _row_digest(last) if last is not None else (prev.get("tail") if extend else None)
-    return {"file": new.name, "rows": len(history), "bytes": size, "tail": tail}
-
-
-def _read_history(root: Path, log: dict[str, Any]) -> list[dict[str, Any]]:
-    with open(root / log["file"], "rb") as f:
-        data = f.read(int(log["bytes"]))
-    lines = data.splitlines()
-    if len(data) != int(log["bytes"]) or len(lines) != int(log["rows"]):
-        raise CheckpointError(f"the history log {log['file']} is shorter than recorded")
-    return [json.loads(line) for line in lines]
-
-
-def _drop_unused_logs(root: Path) -> None:
-    used = set()
-    for _, entry in _entries(root):
-        try:
-            log = _attrs(entry).get("history_log")
-        except (OSError, ValueError):
-            continue
-        if isinstance(log, dict):
-            used.add(log.get("file"))
-    for name in os.listdir(root):
-        if name.startswith(_LOG_PREFIX) and name not in used:
-            (root / name).unlink(missing_ok=True)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -343,19 +239,19 @@ def save_checkpoint(
         raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
     root = _local(path)
     _ensure_root(root)
-    entries = _entries(root)
-    number = entries[0][0] + 1 if entries else 1
+    existing = entries(root)
+    number = existing[0][0] + 1 if existing else 1
     final = root / f"v{number:08d}"
     tmp = root / f"{_TMP_PREFIX}{number:08d}-{uuid.uuid4().hex}"
     try:
-        log = _append_history(root, list(history))
+        log = append_history(root, list(history))
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         digests = {"params": _write_array(g, "params", params)}
         sg = g.create_group("state")
         for name, value in state.items():
             digests[f"state/{name}"] = _write_array(sg, name, value)
         g.attrs.update(
-            _json_safe(
+            json_safe(
                 {
                     "epoch": int(epoch),
                     "version": int(version),
@@ -375,7 +271,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     complete = 1
-    for _, old in _entries(root)[1:]:  # keep the newest ``keep`` complete ones
+    for _, old in entries(root)[1:]:  # keep the newest ``keep`` complete ones
         if complete < keep and _is_complete(old):
             complete += 1
         else:
@@ -383,7 +279,7 @@ def save_checkpoint(
     for name in os.listdir(root):
         if name.startswith(_TMP_PREFIX):
             shutil.rmtree(root / name, ignore_errors=True)  # left by a crashed write
-    _drop_unused_logs(root)
+    drop_unused_logs(root)
     return str(final)
 
 
@@ -415,7 +311,7 @@ def _read(entry: Path) -> Checkpoint:
     names = attrs["state_names"]
     state = {n: _array(g, f"state/{n}", digests.get(f"state/{n}")) for n in names}
     if isinstance(attrs.get("history_log"), dict):
-        history = _read_history(entry.parent, attrs["history_log"])
+        history = read_history(entry.parent, attrs["history_log"])
     else:  # format 1: the history in the attributes
         history = list(attrs.get("history") or [])
     return Checkpoint(
@@ -469,7 +365,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 "upgrade daskgd to resume from it"
             )
     problems = []
-    for _, entry in _entries(root):
+    for _, entry in entries(root):
         try:
             return _read(entry)
         except Exception as exc:  # an interrupted or damaged write: try the one before
