@@ -183,7 +183,7 @@ def _sources(client: Client, ds, plan: dict[str, list[int]]) -> dict[str, tuple]
         }
     import dask
 
-    from daskgd.worker.task import _block
+    from daskgd.worker import contiguous_block
 
     Xs = ds.X.to_delayed().ravel()
     ys = ds.y.to_delayed().ravel()
@@ -191,7 +191,7 @@ def _sources(client: Client, ds, plan: dict[str, list[int]]) -> dict[str, tuple]
     out = {}
     for w, chunks in plan.items():
         blocks = [
-            dask.delayed(_block, pure=True)(Xs[i], ys[i], None if ws is None else ws[i])
+            dask.delayed(contiguous_block, pure=True)(Xs[i], ys[i], None if ws is None else ws[i])
             for i in chunks
         ]
         out[w] = ("blocks", client.compute(blocks, workers=[w], allow_other_workers=True))
