@@ -164,3 +164,20 @@ async def test_close_sends_only_the_rows_the_driver_lacks(c, s, a, b):
     assert [h["epoch"] for h in final["history"]] == [4]
     bad = await c.scheduler.daskgd_close(job="nope", since=ToPickle(-1))
     assert bad["status"] == "error"
+
+
+@pytest.mark.parametrize("inline", [16_384, 0], ids=["on-loop", "threads"])
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_a_failing_step_stops_the_job_loudly(c, s, a, b, inline):
+    """A step that raises (a bug) stops the job with an error its members hear, instead of
+    leaving them waiting for a round that never closes."""
+    ps = await _create(c, "j", [a.address], mode="sync", inline_max_params=inline)
+    job = s.plugins[PLUGIN_NAME].jobs["j"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in a step")
+
+    job.optimizer.step = broken
+    reply = await asyncio.wait_for(ps.push(0, 0, np.ones(4), 10, 10.0, 1.0), 60)
+    assert reply["status"] == "stopped" and reply["error_kind"] == "training"
+    assert "a bug in a step" in reply["error"]

@@ -134,7 +134,7 @@ class MemberHandlers(JobRunner):
             )
         except Exception as exc:  # a bug must fail the job loudly, not hang its members
             logger.exception("daskgd: a sync step of job %s failed", j.id)
-            j.stop("aggregator error", error=f"the aggregator failed: {exc!r}", kind="training")
+            await self.fail(j, exc)
             outcome = "stopped"
         self.wake(j)
         if outcome == "twice":

@@ -67,6 +67,14 @@ class JobRunner:
         await self.exclusive(j, functools.partial(j.stop, reason, error=message, kind="training"))
         self.wake(j)
 
+    async def fail(self, j: Job, exc: BaseException) -> None:
+        """A step raised (a bug): stop the job loudly, as its owner, rather than hang its
+        members."""
+        stop = functools.partial(
+            j.stop, "aggregator error", error=f"the aggregator failed: {exc!r}", kind="training"
+        )
+        await self.exclusive(j, stop)
+
     def wake(self, job: Job) -> None:
         job.tick.set()
         job.tick = asyncio.Event()
@@ -117,5 +125,5 @@ class JobRunner:
             await self.exclusive(j, j.try_close_round, self.workers(), heavy=True)
         except Exception as exc:
             logger.exception("daskgd: closing a round of job %s failed", j.id)
-            j.stop("aggregator error", error=f"the aggregator failed: {exc!r}", kind="training")
+            await self.fail(j, exc)
         self.wake(j)
