@@ -267,7 +267,7 @@ def test_every_worker_gone_fails_clearly(lone_cluster, tmp_path, reliability, mo
 
 
 def _jobs(dask_scheduler):
-    from daskgd.parameter_server.server import PLUGIN_NAME
+    from daskgd.parameter_server import PLUGIN_NAME
 
     return dask_scheduler.plugins[PLUGIN_NAME].jobs
 

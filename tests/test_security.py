@@ -11,7 +11,7 @@ from distributed.protocol import ToPickle
 from distributed.security import Security
 
 from daskgd.driver import fit, fit_async
-from daskgd.parameter_server.server import ParameterServer
+from daskgd.parameter_server import ParameterServer
 
 
 def _problem():

@@ -111,3 +111,40 @@ def test_stragglers_hold_back_only_plain_sync(client, reliability):
         reliability.add(f"fits with a slowed worker, {name}", 1)
     for name in ("quorum", "async", "ssp"):
         assert took[name] * 2 < took["sync"], took
+
+
+def test_ssp_bound_holds_in_a_fit(client, reliability):
+    """ssp with a slowed worker: at every epoch's close, the fast member is at most
+    ``max_staleness + 1`` pushes ahead of the slow one (it may push once past the bound,
+    then it waits), counted from the history's per-worker updates."""
+    X, y, _, _ = _problem(2_000)
+    client.wait_for_workers(2, timeout=60)
+    s = 2
+    res = fit((X, y), client=client, mode="ssp", max_staleness=s, batch_size=100,
+              learning_rate=0.05, max_epochs=4, tol=None, _delay={1: 0.05},
+              random_state=0)  # fmt: skip
+    assert res.n_iter_ == 4
+    clocks: dict[str, int] = {}
+    leads = []
+    for h in res.history:
+        for w, k in h["worker_updates"].items():
+            clocks[w] = clocks.get(w, 0) + k
+        if len(clocks) == 2:
+            leads.append(max(clocks.values()) - min(clocks.values()))
+    assert leads and max(leads) <= s + 1, leads
+    reliability.add("ssp fits with the bound checked", 1)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_no_step_after_the_stop_on_a_large_model(client, attempt, reliability):
+    """A 40,000-parameter async fit (its steps run off the scheduler's event loop) stops
+    at max_epochs=2 and applies nothing after: every update is in the history."""
+    rng = np.random.default_rng(attempt)
+    X = rng.standard_normal((60, 40_000)).astype(np.float32)
+    y = (X[:, :10].sum(axis=1) > 0).astype(np.float32)
+    client.wait_for_workers(2, timeout=60)
+    res = fit((X, y), client=client, mode="async", loss="squared_error", batch_size=10,
+              learning_rate=1e-4, max_epochs=2, tol=None, random_state=attempt)  # fmt: skip
+    assert len(res.history) == 2 and res.reason.startswith("reached max_epochs")
+    assert res.n_updates_ == sum(h["updates"] for h in res.history)
+    reliability.add("large-model fits checked for steps after the stop", 1)

@@ -24,12 +24,11 @@ from daskgd.errors import (
     SchedulerLostError,
     SchedulerSetupError,
 )
-from daskgd.objective import make_optimizer
 from daskgd.parameter_server import (
-    JobConfig,
     ParameterServer,
     ParameterServerClient,
     check_quorum,
+    make_settings,
 )
 from daskgd.worker import probe, train_partition
 
@@ -74,13 +73,13 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     ranks = list(plan)
     nb = s.batches_per_epoch(ds.n_samples, [sum(ds.chunks[i] for i in plan[w]) for w in ranks])
     config = s.job_config(n_samples=ds.n_samples, batches_per_epoch=nb)
-    # the parameter server's rule, raised here rather than on the scheduler
+    P0 = initial_params(ds, s)
+    # the parameter server's rules, raised here rather than on the scheduler
     try:
-        check_quorum(JobConfig(**config), make_optimizer(**s.optimizer_spec()), len(ranks))
+        check_quorum(*make_settings(P0, config, s.optimizer_spec()), len(ranks))
     except ValueError as exc:
         raise InvalidSettingError(str(exc)) from None
     spec = s.worker_spec(classes=label_encoding(ds, s), batches_per_epoch=nb)
-    P0 = initial_params(ds, s)
     writer, resume = await setup_checkpoint(ds, s, config)
     if resume is not None:
         P0 = resume["params"]

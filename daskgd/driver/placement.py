@@ -19,10 +19,10 @@ from daskgd.data import Dataset
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import DataValidationError
 from daskgd.objective import get_loss
+from daskgd.worker import contiguous_block
 
 __all__ = [
     "chunk_rows_for",
-    "contiguous_block",
     "initial_params",
     "label_encoding",
     "plan_placement",
@@ -38,15 +38,6 @@ async def plan_placement(client: Client, ds: Dataset, workers: list[str]) -> dic
     """
     plan = await asyncio.to_thread(ds.partition, workers, client)
     return {w: c for w, c in plan.items() if c}
-
-
-def contiguous_block(X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple:
-    """One row-chunk as C-contiguous arrays (runs on the worker that will train on it)."""
-    return (
-        np.ascontiguousarray(X),
-        np.ascontiguousarray(y),
-        None if w is None else np.ascontiguousarray(w),
-    )
 
 
 def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str, tuple]:

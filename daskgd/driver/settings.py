@@ -6,7 +6,7 @@ the rules that tie settings together (:meth:`FitSettings.check_rules`). The para
 server's job settings (:meth:`~FitSettings.job_config`), the optimizer's
 (:meth:`~FitSettings.optimizer_spec`) and the training tasks' (:meth:`~FitSettings.worker_spec`)
 are derived from it here and nowhere else; the parameter server's own rules
-(:class:`~daskgd.parameter_server.JobConfig`, :func:`~daskgd.parameter_server.check_quorum`)
+(:func:`~daskgd.parameter_server.make_settings`, :func:`~daskgd.parameter_server.check_quorum`)
 are called, not copied.
 
 Adding a setting: a field here (with its default and constraint), the parameter in
@@ -40,8 +40,8 @@ from daskgd.driver.constraints import (
     validate,
 )
 from daskgd.errors import InvalidSettingError
-from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES, curvature_bound, make_optimizer
-from daskgd.parameter_server import MODES, JobConfig
+from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES, curvature_bound
+from daskgd.parameter_server import MODES, make_settings
 
 __all__ = ["CONSTRAINTS", "OVR_LOSSES", "FitSettings"]
 
@@ -203,9 +203,8 @@ class FitSettings:
         """Refuse settings that contradict each other.
 
         The rules the parameter server enforces too are its own, called here:
-        :class:`~daskgd.parameter_server.JobConfig` (``ssp`` needs ``max_staleness``,
-        ``sync_quorum`` is for sync mode) and :func:`~daskgd.objective.make_optimizer`
-        (L-BFGS needs a smooth objective).
+        :func:`~daskgd.parameter_server.make_settings` (``ssp`` needs ``max_staleness``,
+        ``sync_quorum`` is for sync mode, L-BFGS needs a smooth objective...).
         """
         if self.one_vs_rest:
             if not (self.n_classes is not None and self.n_classes > 2) or (
@@ -234,8 +233,8 @@ class FitSettings:
                 "resume=True needs checkpoint=<the path the earlier fit wrote>"
             )
         try:
-            make_optimizer(**self.optimizer_spec())
-            JobConfig(**self.job_config(n_samples=1, batches_per_epoch=1))
+            config = self.job_config(n_samples=1, batches_per_epoch=1)
+            make_settings(np.zeros(self.params_shape(1)), config, self.optimizer_spec())
         except InvalidSettingError:
             raise
         except ValueError as exc:  # the lower layers' rules, in their words
