@@ -120,7 +120,7 @@ def test_ssp_bound_holds_in_a_fit(client, reliability):
     X, y, _, _ = _problem(2_000)
     client.wait_for_workers(2, timeout=60)
     s = 2
-    res = fit((X, y), client=client, mode="ssp", max_staleness=s, batch_size=100,
+    res = _fit_delayed((X, y), client=client, mode="ssp", max_staleness=s, batch_size=100,
               learning_rate=0.05, max_epochs=4, tol=None, _delay={1: 0.05},
               random_state=0)  # fmt: skip
     assert res.n_iter_ == 4
