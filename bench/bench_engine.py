@@ -22,7 +22,7 @@ import numpy as np
 from _common import table, write_results
 from distributed import Client, LocalCluster
 
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.kernels import grad_loss
 
 

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import daskgd.driver.engine
 import numpy as np
 from distributed import Client, LocalCluster
 
 import daskgd
 import daskgd.driver
-import daskgd.driver.engine
 
 
 def _capture() -> list[Any]:

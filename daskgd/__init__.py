@@ -3,7 +3,7 @@
 from daskgd._version import __version__
 from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
 from daskgd.data.synthetic import make_classification, make_regression
-from daskgd.driver.engine import FitResult, fit, fit_async
+from daskgd.driver import FitResult, FitSettings, fit, fit_async
 from daskgd.history import history_from_json, history_to_dict, history_to_json
 from daskgd.io import load_model, save_model
 from daskgd.plot import plot_history
@@ -27,6 +27,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Dataset",
     "FitResult",
+    "FitSettings",
     "LinearRegression",
     "LogisticRegression",
     "SGDClassifier",

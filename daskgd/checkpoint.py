@@ -3,10 +3,20 @@
 A checkpoint path names a Zarr v3 group on a local (or mounted shared) filesystem that
 holds numbered checkpoints, each a complete group of its own::
 
-    path.zarr/                 attrs: format="daskgd-checkpoint", format_version=1
+    path.zarr/                 attrs: format="daskgd-checkpoint", format_version=2
+    path.zarr/history-<id>.jsonl   the history, one JSON row a line, appended to
     path.zarr/v00000007/       arrays: params, state/<name> (the optimizer's state)
-                               attrs: complete=true, epoch, version, history, config,
+                               attrs: complete=true, epoch, version, history_log
+                               (its log file, row count and byte length), config,
                                progress (stop-rule counters, worker clocks, elapsed time)
+
+**History appended, not rewritten.** A checkpoint names the history log and how many
+rows (and bytes) of it are its own; the next checkpoint of the same fit appends only the
+rows since, so a fit's checkpoints write O(epochs) bytes of history in all, not
+O(epochs^2). Bytes past the newest checkpoint's length (a write that crashed) are cut
+before appending; a history that does not continue the log (another fit on the same
+path) starts a new log file, so older checkpoints keep theirs. Checkpoints of format 1
+(the history in each checkpoint's attributes) still load.
 
 **Atomic writes.** :func:`save_checkpoint` writes a new checkpoint into a temporary
 sibling group (``path.zarr/.tmp-...``), sets its ``complete`` attribute last, then
@@ -19,7 +29,7 @@ the next save. Each array's digest (BLAKE2b) is stored with it and checked on lo
 a lost or torn chunk (which Zarr would read as fill values) is caught too.
 
 **Where checkpoints are written: by the driver, off every event loop.** The parameter
-server on the scheduler (:mod:`daskgd.parameter_server.server`) takes a *snapshot* every
+server on the scheduler (:mod:`daskgd.parameter_server`) takes a *snapshot* every
 ``checkpoint_every`` epochs, right after the step that closed such an epoch, in the same
 place the step runs (its one-thread executor for large models), so the snapshot is
 consistent: parameters, optimizer state (copied), version and epoch all belong to the
@@ -45,9 +55,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import time
 import uuid
@@ -59,13 +67,19 @@ import numpy as np
 import zarr
 
 from daskgd._version import __version__
+from daskgd.checkpoint_log import (
+    append_history,
+    drop_unused_logs,
+    entries,
+    json_safe,
+    read_history,
+)
 from daskgd.errors import CheckpointError
 
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "daskgd-checkpoint"
-FORMAT_VERSION = 1
-_ENTRY = re.compile(r"^v(\d{8})$")
+FORMAT_VERSION = 2
 _TMP_PREFIX = ".tmp-"
 
 
@@ -104,7 +118,8 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def _local(path: str | os.PathLike) -> Path:
+def local_path(path: str | os.PathLike) -> Path:
+    """``path`` as a local path (``file://`` stripped); a URL of another scheme is refused."""
     p = os.fspath(path)
     if p.startswith("file://"):
         p = p[len("file://") :]
@@ -114,31 +129,6 @@ def _local(path: str | os.PathLike) -> Path:
             "its writes rely on an atomic folder rename, which object stores lack"
         )
     return Path(p)
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON: non-finite floats become None, numpy scalars Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _entries(root: Path) -> list[tuple[int, Path]]:
-    """The numbered checkpoints under ``root``, newest first."""
-    if not root.is_dir():
-        return []
-    out = []
-    for name in os.listdir(root):
-        m = _ENTRY.match(name)
-        if m:
-            out.append((int(m.group(1)), root / name))
-    return sorted(out, reverse=True)
 
 
 def _digest(a: np.ndarray) -> str:
@@ -248,24 +238,25 @@ def save_checkpoint(
     """
     if not (isinstance(keep, int) and keep >= 1):
         raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
-    root = _local(path)
+    root = local_path(path)
     _ensure_root(root)
-    entries = _entries(root)
-    number = entries[0][0] + 1 if entries else 1
+    existing = entries(root)
+    number = existing[0][0] + 1 if existing else 1
     final = root / f"v{number:08d}"
     tmp = root / f"{_TMP_PREFIX}{number:08d}-{uuid.uuid4().hex}"
     try:
+        log = append_history(root, list(history))
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         digests = {"params": _write_array(g, "params", params)}
         sg = g.create_group("state")
         for name, value in state.items():
             digests[f"state/{name}"] = _write_array(sg, name, value)
         g.attrs.update(
-            _json_safe(
+            json_safe(
                 {
                     "epoch": int(epoch),
                     "version": int(version),
-                    "history": list(history),
+                    "history_log": log,
                     "config": dict(config),
                     "progress": dict(progress or {}),
                     "state_names": sorted(state),
@@ -281,7 +272,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     complete = 1
-    for _, old in _entries(root)[1:]:  # keep the newest ``keep`` complete ones
+    for _, old in entries(root)[1:]:  # keep the newest ``keep`` complete ones
         if complete < keep and _is_complete(old):
             complete += 1
         else:
@@ -289,6 +280,7 @@ def save_checkpoint(
     for name in os.listdir(root):
         if name.startswith(_TMP_PREFIX):
             shutil.rmtree(root / name, ignore_errors=True)  # left by a crashed write
+    drop_unused_logs(root)
     return str(final)
 
 
@@ -319,13 +311,17 @@ def _read(entry: Path) -> Checkpoint:
     digests = dict(attrs.get("digests") or {})
     names = attrs["state_names"]
     state = {n: _array(g, f"state/{n}", digests.get(f"state/{n}")) for n in names}
+    if isinstance(attrs.get("history_log"), dict):
+        history = read_history(entry.parent, attrs["history_log"])
+    else:  # format 1: the history in the attributes
+        history = list(attrs.get("history") or [])
     return Checkpoint(
         path=str(entry),
         params=_array(g, "params", digests.get("params")),
         state=state,
         version=int(attrs["version"]),
         epoch=int(attrs["epoch"]),
-        history=list(attrs.get("history") or []),
+        history=history,
         config=dict(attrs.get("config") or {}),
         progress=dict(attrs.get("progress") or {}),
     )
@@ -354,7 +350,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     CheckpointError
         When ``path`` exists but is not a daskgd checkpoint.
     """
-    root = _local(path)
+    root = local_path(path)
     meta = root / "zarr.json"
     if meta.exists():
         try:
@@ -363,8 +359,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{root} is not a daskgd checkpoint: {exc}") from exc
         if attrs.get("format") != FORMAT:
             raise CheckpointError(f"{root} is not a daskgd checkpoint (format={FORMAT!r})")
+        if int(attrs.get("format_version") or 1) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{root} was written by a newer daskgd (checkpoint format "
+                f"{attrs.get('format_version')}, this one reads up to {FORMAT_VERSION}); "
+                "upgrade daskgd to resume from it"
+            )
     problems = []
-    for _, entry in _entries(root):
+    for _, entry in entries(root):
         try:
             return _read(entry)
         except Exception as exc:  # an interrupted or damaged write: try the one before

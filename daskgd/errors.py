@@ -16,6 +16,13 @@ class DataValidationError(DaskgdError, ValueError):
     """The data is malformed: wrong shape, dtype, chunks, NaN/inf, bad labels or weights."""
 
 
+class InvalidSettingError(DaskgdError, ValueError, TypeError):
+    """A fit setting has the wrong type or value, or settings contradict each other.
+
+    Both a ``ValueError`` and a ``TypeError``, as scikit-learn's ``InvalidParameterError``.
+    """
+
+
 class IncompleteDatasetError(DataValidationError):
     """A Zarr group is not a complete daskgd dataset (a write failed or is under way)."""
 
@@ -75,3 +82,42 @@ class SchedulerLostError(TrainingError):
 class ModelFileError(DaskgdError, ValueError):
     """A file given as a saved model is not one (:func:`daskgd.load_model`), or names an
     estimator this daskgd does not have."""
+
+
+class ParameterServerError(TrainingError):
+    """The parameter server refused a call (its reply had ``status == "error"``).
+
+    Attributes
+    ----------
+    op : str
+        The operation (``"push"``, ``"create"``...).
+    kind : str
+        The reply's error kind (``"bad_message"``, ``"unknown_job"``, ``"internal"``...).
+    """
+
+    def __init__(self, message: str, op: str = "", kind: str = "internal") -> None:
+        super().__init__(message)
+        self.op = op
+        self.kind = kind
+
+
+class UnknownJobError(ParameterServerError):
+    """The job is not on the scheduler: finished, closed, freed, or never created."""
+
+
+class BadMessageError(ParameterServerError, ValueError):
+    """A message the parameter server refused as malformed (bad settings, shapes, ranges);
+    it changed nothing there."""
+
+
+class SupersededError(ParameterServerError):
+    """A newer run of this training task (a rerun after its worker was thought lost) joined
+    the job: this run's pushes are refused and it must end."""
+
+
+class ParameterServerTimeoutError(ParameterServerError):
+    """The parameter server did not answer a call in time."""
+
+
+class ResumeRejectedError(ParameterServerError, CheckpointError):
+    """The parameter server refused to resume from a checkpoint that does not fit the job."""

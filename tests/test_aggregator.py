@@ -1,4 +1,8 @@
-"""The parameter server's handlers, driven from a client against an in-process scheduler."""
+"""The parameter server's handlers, driven from a client against an in-process scheduler.
+
+Every test runs on both paths of the server: steps on the event loop (small models) and
+in its threads (``inline_max_params=0``, the path of models above the threshold).
+"""
 
 import asyncio
 import time
@@ -8,19 +12,28 @@ import pytest
 from distributed.protocol import ToPickle
 from distributed.utils_test import gen_cluster
 
-from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
+from daskgd.parameter_server import PLUGIN_NAME, ParameterServer
 
 OPT = {"name": "sgd", "learning_rate": 0.5}
 # the session's LocalCluster (tests/conftest.py) may already be running: its worker
 # processes and threads are not this test's leak
 CLEAN = {"processes": False, "threads": False}
+# the jobs' inline_max_params, set per test by the ``path`` fixture
+SETTINGS = {"inline_max_params": 16_384}
+
+
+@pytest.fixture(autouse=True, params=[16_384, 0], ids=["on-loop", "threads"])
+def path(request, monkeypatch):
+    """Run the test with the jobs' steps on the event loop, then in the server's threads."""
+    monkeypatch.setitem(SETTINGS, "inline_max_params", request.param)
 
 
 async def _create(c, s, job="j", mode="sync", d=3, ranks=None, **config):
     await c.register_plugin(ParameterServer())
     # rank i runs on gen_cluster's worker named i (a, b): registration order varies under load
     ranks = ranks or [w.address for w in sorted(s.workers.values(), key=lambda ws: ws.name)]
-    cfg = {"mode": mode, "n_samples": 10 * len(ranks), "max_epochs": 1000, "tol": None, **config}
+    cfg = {"mode": mode, "n_samples": 10 * len(ranks), "max_epochs": 1000, "tol": None,
+           **SETTINGS, **config}  # fmt: skip
     reply = await c.scheduler.daskgd_create(
         job=job, params=ToPickle(np.zeros(d + 1)), config=cfg, optimizer=OPT, ranks=ranks
     )
@@ -245,7 +258,7 @@ async def test_quorum_is_checked_against_members_and_lbfgs(c, s, a, b):
     ranks = [a.address, b.address]
 
     async def create(job, quorum, optimizer=OPT, mode="sync"):
-        cfg = {"mode": mode, "n_samples": 20, "sync_quorum": quorum}
+        cfg = {"mode": mode, "n_samples": 20, "sync_quorum": quorum, **SETTINGS}
         return await c.scheduler.daskgd_create(
             job=job, params=ToPickle(np.zeros(4)), config=cfg, optimizer=optimizer, ranks=ranks
         )
@@ -271,7 +284,7 @@ async def test_one_vs_rest_class_losses_in_the_history(c, s, a, b):
     ranks = [w.address for w in sorted(s.workers.values(), key=lambda ws: ws.name)]
     P0 = np.ones((3, 2))  # d = 2, k = 2 classes
     opt = {**OPT, "alpha": 0.5}  # L2 penalty 0.25 * ||column||^2 (intercept excluded)
-    cfg = {"mode": "async", "n_samples": 20, "max_epochs": 1000, "tol": None}
+    cfg = {"mode": "async", "n_samples": 20, "max_epochs": 1000, "tol": None, **SETTINGS}
     reply = await c.scheduler.daskgd_create(
         job="o", params=ToPickle(P0), config=cfg, optimizer=opt, ranks=ranks
     )

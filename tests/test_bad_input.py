@@ -19,7 +19,7 @@ from test_existing_cluster import _scheduler
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import FORMAT_VERSION, write_zarr
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import (
     DataValidationError,
     DivergenceError,

@@ -2,13 +2,14 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 from distributed.utils_test import gen_cluster
 
 from daskgd.checkpoint import load_checkpoint, save_checkpoint
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import CheckpointError
 from daskgd.objective.optimizers import make_optimizer
 
@@ -47,9 +48,59 @@ def test_save_load_roundtrip_keeps_the_newest(tmp_path):
     assert [h["epoch"] for h in ck.history] == [1, 2, 3]
     assert ck.config == {"n_features": 3}
     # keep=2: the previous checkpoint survives, the one before is removed
-    assert sorted(os.listdir(path)) == ["v00000002", "v00000003", "zarr.json"]
+    names = sorted(os.listdir(path))
+    logs = [n for n in names if n.startswith("history-")]
+    assert [n for n in names if n not in logs] == ["v00000002", "v00000003", "zarr.json"]
+    assert len(logs) == 1 and logs[0].endswith(".jsonl")  # one history log, appended to
     root = json.loads((path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["attributes"]["format"] == "daskgd-checkpoint"
+
+
+def test_history_is_appended_not_rewritten(tmp_path):
+    """Checkpoints of one fit write each history row once (O(epochs) bytes in all); a
+    crashed append is cut; a history that does not continue the log starts a new log,
+    and the older checkpoint keeps its own."""
+    path = tmp_path / "c.zarr"
+    for epoch in range(1, 21):
+        _save(path, epoch)
+    (log,) = [p for p in path.iterdir() if p.name.startswith("history-")]
+    rows = [{"epoch": e, "loss": 1.0 / e} for e in range(1, 21)]
+    assert [json.loads(line) for line in log.read_bytes().splitlines()] == rows  # once each
+    with open(log, "ab") as f:
+        f.write(b'{"epoch": 99, "lo')  # a write that crashed mid-append
+    _save(path, 21)
+    assert load_checkpoint(path).history == [*rows, {"epoch": 21, "loss": 1.0 / 21}]
+    assert log.read_bytes().count(b"\n") == 21 and b"99" not in log.read_bytes()
+    # another fit on the same path: a new log; the previous checkpoint still loads its own
+    save_checkpoint(path, params=np.zeros(4), state={}, version=1, epoch=1,
+                    history=[{"epoch": 1, "loss": 7.0}], config={})  # fmt: skip
+    assert load_checkpoint(path).history == [{"epoch": 1, "loss": 7.0}]
+    assert len([p for p in path.iterdir() if p.name.startswith("history-")]) == 2
+    shutil.rmtree(sorted(path.glob("v*"))[-1])  # the new fit's checkpoint is gone
+    assert len(load_checkpoint(path).history) == 21
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    """A checkpoint of format 1 (the history in its attributes) loads, and a newer
+    checkpoint can follow it on the same path."""
+    path = tmp_path / "c.zarr"
+    entry = _save(path, 2)
+    meta = os.path.join(entry, "zarr.json")
+    doc = json.loads(open(meta).read())
+    doc["attributes"].pop("history_log")
+    doc["attributes"]["history"] = [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]
+    open(meta, "w").write(json.dumps(doc))
+    root = path / "zarr.json"
+    top = json.loads(root.read_text())
+    top["attributes"]["format_version"] = 1
+    root.write_text(json.dumps(top))
+    assert [h["epoch"] for h in load_checkpoint(path).history] == [1, 2]
+    _save(path, 3)
+    assert [h["epoch"] for h in load_checkpoint(path).history] == [1, 2, 3]
+    top["attributes"]["format_version"] = 3  # from a newer daskgd: refused, clearly
+    root.write_text(json.dumps(top))
+    with pytest.raises(CheckpointError, match="newer daskgd"):
+        load_checkpoint(path)
 
 
 def test_incomplete_or_damaged_newest_falls_back(tmp_path, reliability):
@@ -218,7 +269,7 @@ def test_fit_async_checkpoint_and_async_mode_resume(cluster, tmp_path, reliabili
 
     from distributed import Client
 
-    from daskgd.driver.engine import fit_async
+    from daskgd.driver import fit_async
 
     X, y, sol = _problem()
     path = str(tmp_path / "a.zarr")
@@ -258,7 +309,7 @@ def test_one_vs_rest_refuses_a_checkpoint(client, tmp_path):
 def test_signature_names_the_checkpoint_settings():
     import inspect
 
-    from daskgd.driver.engine import fit_async
+    from daskgd.driver import fit_async
 
     for fn in (fit, fit_async):
         params = inspect.signature(fn).parameters
@@ -274,7 +325,7 @@ _CLEAN = {"processes": False, "threads": False}
 async def test_snapshots_on_the_scheduler_and_bad_resume_messages(c, s, a, b):
     from distributed.protocol import ToPickle
 
-    from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
+    from daskgd.parameter_server import PLUGIN_NAME, ParameterServer
 
     await c.register_plugin(ParameterServer())
     opt = {"name": "momentum", "learning_rate": 0.5}

@@ -24,7 +24,7 @@ from test_faults import _problem
 
 from daskgd.checkpoint import load_checkpoint
 from daskgd.data import write_zarr
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import SchedulerLostError
 
 

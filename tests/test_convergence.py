@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 import daskgd
 from daskgd import LinearRegression, LogisticRegression, SGDClassifier, SGDRegressor
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import DivergenceError
 
 

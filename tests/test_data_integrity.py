@@ -35,7 +35,7 @@ from daskgd.cli import main as cli_main
 from daskgd.data import load_chunk, open_zarr, write_zarr
 from daskgd.data.chunkio import chunk_digest, read_row_chunks
 from daskgd.data.synthetic import make_regression
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import DataNotFoundError, DataValidationError
 
 COEF = np.array([1.0, -2.0, 0.5, 3.0])

@@ -5,6 +5,8 @@ cluster (never on dask's default scheduler), one-vs-rest starts one cluster, and
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask
 import dask.array as da
 import distributed
@@ -43,15 +45,17 @@ def own_client(cluster):
 
 @pytest.fixture
 def engine_calls(monkeypatch):
-    """What the estimators hand the engine: a spy around daskgd.driver.fit (it still runs)."""
+    """What the estimators hand the engine: a spy around daskgd.driver.fit_with_settings
+    (it still runs); each call is recorded as ``(data, settings and keywords as one dict)``."""
     calls = []
-    real = daskgd.driver.fit
+    real = daskgd.driver.fit_with_settings
 
-    def spy(data, **kwargs):
-        calls.append((data, kwargs))
-        return real(data, **kwargs)
+    def spy(data, settings, **kwargs):
+        fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+        calls.append((data, {**fields, **kwargs}))
+        return real(data, settings, **kwargs)
 
-    monkeypatch.setattr(daskgd.driver, "fit", spy)
+    monkeypatch.setattr(daskgd.driver, "fit_with_settings", spy)
     return calls
 
 
@@ -84,7 +88,7 @@ def test_a_path_reaches_the_engine_as_its_dataset(tmp_path, own_client, engine_c
     write_zarr(mpath, X, three, chunk_rows=100)
     ovr = SGDClassifier(verbose=0, max_iter=20, random_state=0, client=own_client).fit(mpath)
     data, kwargs = engine_calls[-1]
-    assert data.path == mpath and kwargs["n_classes"] == 3 and kwargs["_one_vs_rest"]
+    assert data.path == mpath and kwargs["n_classes"] == 3 and kwargs["one_vs_rest"]
     assert ovr.coef_.shape == (3, 3)
 
 

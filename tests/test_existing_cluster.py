@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _subprocess import scheduler_address, scheduler_command, subprocess_env, worker_command
 
-from daskgd.driver.engine import fit
+from daskgd.driver import fit
 from daskgd.errors import SchedulerSetupError
 
 

@@ -28,7 +28,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskgd.data import write_zarr
-from daskgd.driver.engine import fit
+from daskgd.driver import FitSettings, fit, fit_with_settings
 from daskgd.errors import NoWorkersError
 
 KIND = {"nanny": "nanny restart", "kill9": "kill -9"}
@@ -265,18 +265,17 @@ def test_every_worker_gone_fails_clearly(lone_cluster, tmp_path, reliability, mo
 
     def run():
         try:
-            out["res"] = fit(
-                path,
-                client=c,
+            settings = FitSettings(
                 mode=mode,
                 **({"max_staleness": 1} if mode == "ssp" else {}),
                 max_epochs=100_000,
                 tol=None,
                 max_time=120,
                 worker_timeout=1.0,
-                _delay={0: 0.01},
+                delay={0: 0.01},
                 callback=lambda row: started.set(),
             )
+            out["res"] = fit_with_settings(path, settings, client=c)
         except BaseException as exc:  # surfaced below
             out["exc"] = exc
 
@@ -300,7 +299,7 @@ def test_every_worker_gone_fails_clearly(lone_cluster, tmp_path, reliability, mo
 
 
 def _jobs(dask_scheduler):
-    from daskgd.parameter_server.server import PLUGIN_NAME
+    from daskgd.parameter_server import PLUGIN_NAME
 
     return dask_scheduler.plugins[PLUGIN_NAME].jobs
 

@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 
 import daskgd
 from daskgd.data import write_zarr
-from daskgd.driver.engine import fit, fit_async
+from daskgd.driver import fit, fit_async
 from daskgd.errors import DivergenceError
 
 
@@ -425,3 +425,91 @@ def test_timings_account_for_the_fit(client, tmp_path):
         assert all(v >= 0 for v in rank.values())
         assert sum(rank.values()) <= t["wall"]
     assert t["open"] + t["setup"] <= t["wall"]
+
+
+def _incoming_keys(client):
+    """Per worker, the keys it has received from other workers so far."""
+
+    def keys(dask_worker):
+        return [str(k) for entry in dask_worker.transfer_incoming_log for k in entry["keys"]]
+
+    return client.run(keys)
+
+
+def test_dask_chunks_are_trained_where_they_live(client):
+    """Chunks persisted on a worker are trained by that worker, with no transfer of them:
+    the plan (``plan_``) follows ``who_has``, not a contiguous split."""
+    import dask.array as da
+    from distributed import wait
+
+    client.wait_for_workers(2, timeout=60)
+    a, b = sorted(client.scheduler_info()["workers"])
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((400, 4))
+    y = X @ np.array([1.0, -1.0, 2.0, 0.5]) + 0.3 + 0.2 * rng.standard_normal(400)
+    # chunks 0 and 2 on a, 1 and 3 on b: a contiguous plan would give a chunks 0 and 1
+    home = [a, b, a, b]
+    Xs = [client.persist(da.from_array(X[i * 100:(i + 1) * 100], chunks=(100, 4)),
+                         workers=[w]) for i, w in enumerate(home)]  # fmt: skip
+    ys = [client.persist(da.from_array(y[i * 100:(i + 1) * 100], chunks=100), workers=[w])
+          for i, w in enumerate(home)]  # fmt: skip
+    Xd, yd = client.persist([da.concatenate(Xs), da.concatenate(ys)])
+    wait([Xd, yd])
+    who = client.who_has(Xd)
+    held = {w: [i for i, (k,) in enumerate(Xd.__dask_keys__()) if w in who[k]] for w in (a, b)}
+    assert held == {a: [0, 2], b: [1, 3]}  # the setup: each chunk computed where its piece is
+    before = _incoming_keys(client)
+    res = fit((Xd, yd), client=client, learning_rate=0.5, max_epochs=200, tol=None, gtol=1e-9)
+    assert res.plan_ == held
+    after = _incoming_keys(client)
+    chunk_keys = {str(k) for k in Xd.__dask_keys__()} | {str(k) for k in yd.__dask_keys__()}
+    moved = [k for w in after for k in after[w][len(before[w]):]
+             if k in chunk_keys or k.startswith("contiguous_block")]  # fmt: skip
+    assert moved == []
+    assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-8
+
+
+def test_zarr_plan_is_in_the_result(client, tmp_path):
+    X, y = _regression(n=400)
+    path = str(tmp_path / "plan.zarr")
+    write_zarr(path, X, y, chunk_rows=100)
+    res = fit(path, client=client, max_epochs=2, tol=None)
+    assert sorted(i for c in res.plan_.values() for i in c) == [0, 1, 2, 3]
+    assert len(res.plan_) == 2 and all(len(c) == 2 for c in res.plan_.values())
+
+
+def test_float32_zarr_fit_end_to_end_matches_the_closed_form(client, tmp_path):
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((600, 5)).astype(np.float32)
+    y = (X @ rng.standard_normal(5) + 1.5 + 0.1 * rng.standard_normal(600)).astype(np.float32)
+    path = str(tmp_path / "f32.zarr")
+    ds = write_zarr(path, X, y, chunk_rows=150)
+    assert ds.dtype == np.float32
+    res = fit(path, client=client, max_epochs=500, tol=None, gtol_rel=1e-5)
+    X64, y64 = X.astype(np.float64), y.astype(np.float64)
+    A = np.column_stack([X64, np.ones(len(X64))])
+    sol = np.linalg.lstsq(A, y64, rcond=None)[0]
+    assert res.coef_.dtype == np.float64
+    np.testing.assert_allclose(res.coef_, sol[:-1], rtol=0, atol=1e-3)
+    assert res.intercept_ == pytest.approx(sol[-1], abs=1e-3)
+    assert _rel(_lsq_objective(X64, y64, res.coef_, res.intercept_),
+                _lsq_optimum(X64, y64)) <= 1e-6  # fmt: skip
+
+
+def test_auto_learning_rate_on_a_path_and_on_arrays(client, tmp_path):
+    """``learning_rate="auto"`` (the default): the workers bound the curvature while they
+    load, for Zarr input and for arrays alike; full-batch descent then converges."""
+    X, y = _regression(n=500)
+    path = str(tmp_path / "auto.zarr")
+    write_zarr(path, X, y, chunk_rows=125)
+    rates = []
+    for data in (path, (X, y)):
+        res = fit(data, client=client, max_epochs=2000, tol=None, gtol=1e-9)
+        assert res.converged_, res.reason
+        assert _rel(_lsq_objective(X, y, res.coef_, res.intercept_), _lsq_optimum(X, y)) <= 1e-8
+        assert res.learning_rate_ is not None and 0 < res.learning_rate_ < np.inf
+        rates.append(res.learning_rate_)
+    # 1 / L with L the largest eigenvalue of A^T A / n (exact at this size): the same data
+    A = np.column_stack([X, np.ones(len(X))])
+    L = np.linalg.eigvalsh(A.T @ A / len(X))[-1]
+    assert rates == pytest.approx([1 / L, 1 / L], rel=1e-6)

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from daskgd.driver.engine import fit
-from daskgd.parameter_server.server import PLUGIN_NAME, ParameterServer
+from daskgd.driver import fit
+from daskgd.parameter_server import PLUGIN_NAME, ParameterServer
 
 LEGIT = "legit-job"
 FUZZ = "fuzz-job"
@@ -37,7 +37,7 @@ D1 = 4  # parameters of the legitimate and the fuzzed job (3 features + intercep
 FAKE_RANKS = ["tcp://10.255.255.1:1", "tcp://10.255.255.2:1"]
 ARGS: dict[str, tuple[str, ...]] = {
     "create": ("job", "params", "config", "optimizer", "ranks", "client", "resume"),
-    "join": ("job", "rank", "worker"),
+    "join": ("job", "rank", "worker", "incarnation"),
     "ready": (
         "job",
         "rank",
@@ -48,12 +48,13 @@ ARGS: dict[str, tuple[str, ...]] = {
         "weight",
         "curvature",
         "gram",
+        "incarnation",
     ),
-    "push": ("job", "rank", "version", "grad", "n", "weight", "loss", "worker"),
+    "push": ("job", "rank", "version", "grad", "n", "weight", "loss", "worker", "incarnation"),
     "pull": ("job",),
     "status": ("job", "since", "params", "wait"),
     "stop": ("job", "reason"),
-    "close": ("job",),
+    "close": ("job", "since"),
     "snapshot": ("job", "fresh", "since"),
     "info": (),
 }
@@ -99,11 +100,13 @@ def server() -> Iterator[tuple[Client, LocalCluster, _ErrorLog]]:
         lg.removeHandler(errors)
 
 
-def _legit_create(job: str = LEGIT, mode: str = "async") -> dict[str, Any]:
+def _legit_create(job: str = LEGIT, mode: str = "async", inline: int = 16384) -> dict[str, Any]:
+    # inline_max_params=0: the job takes the large-model path (steps in a worker thread)
+    config = {"mode": mode, "n_samples": 10**6, "max_epochs": 10, "tol": None}
     return {
         "job": job,
         "params": ToPickle(np.arange(D1, dtype=np.float64) / 10),
-        "config": {"mode": mode, "n_samples": 10**6, "max_epochs": 10, "tol": None},
+        "config": {**config, "inline_max_params": inline},
         "optimizer": {"name": "sgd", "learning_rate": LR},
         "ranks": FAKE_RANKS,
     }
@@ -127,7 +130,8 @@ def _check_reply(op: str, msg: dict[str, Any], reply: Any) -> None:
     assert reply.get("status") in ("OK", "stale", "stopped", "error"), (op, msg, reply)
     if reply["status"] == "error":
         assert isinstance(reply.get("message"), str) and reply["message"], reply
-        assert reply.get("kind") in ("bad_message", "unknown_job"), (op, msg, reply)
+        kinds = ("bad_message", "unknown_job", "superseded", "bad_resume")
+        assert reply.get("kind") in kinds, (op, msg, reply)
     if "params" in reply:
         assert isinstance(reply["params"], np.ndarray)
     if "version" in reply and op != "info":
@@ -199,6 +203,8 @@ _config = st.fixed_dictionaries(
             "ssp_timeout": st.floats(allow_nan=True),
             "divergence_factor": st.floats(allow_nan=True),
             "record_params": st.booleans(),
+            "member_timeout": st.floats(allow_nan=True),
+            "inline_max_params": _small_ints,
             "no_such_setting": st.integers(),
         }.items()
     },
@@ -247,6 +253,7 @@ PLAUSIBLE: dict[str, Any] = {
     | st.builds(ToPickle, hnp.arrays(np.float64, st.sampled_from([(D1, D1), (D1 - 1, D1 - 1)])))
     | st.builds(ToPickle, _arrays),
     "since": _small_ints,
+    "incarnation": st.none() | st.text(max_size=6),
     "reason": st.text(max_size=20),
     # a valid wait blocks the call until the next epoch: keep valid ones short, so the
     # run stays bounded, and try every kind of invalid one
@@ -320,7 +327,7 @@ def _fuzz(server: tuple[Client, LocalCluster, _ErrorLog], op: str, n: int, relia
         # a fresh victim for the mutating handlers: sync, async or ssp
         _call(client, "close", {"job": FUZZ})
         mode = data.draw(st.sampled_from(["sync", "async", "ssp"]))
-        cfg = _legit_create(FUZZ, mode)
+        cfg = _legit_create(FUZZ, mode, data.draw(st.sampled_from([0, 16384])))
         if mode == "ssp":
             cfg["config"]["max_staleness"] = 1
         assert _call(client, "create", cfg)["status"] == "OK"
@@ -368,6 +375,8 @@ _MALFORMED_FOR_LEGIT = [
     ("push", {"loss": "1.0"}),
     ("push", {"worker": ToPickle(["x"])}),
     ("push", {"surprise": 1}),
+    ("push", {"incarnation": 3}),
+    ("join", {"incarnation": ToPickle(["x"])}),
     ("join", {"rank": 5}),
     ("ready", {"rank": 7}),
     ("ready", {"loss0": -1.0}),

@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 import daskgd
-from daskgd.driver.engine import _lost, fit
+from daskgd.driver import fit
+from daskgd.driver.connection import scheduler_lost_error
 from daskgd.errors import DataValidationError, SchedulerSetupError
 
 
@@ -101,7 +102,7 @@ def test_tls_address_without_credentials(client):
 
 
 def test_scheduler_lost_message_says_what_a_timeout_means(client):
-    message = str(_lost(client, None, TimeoutError()))
+    message = str(scheduler_lost_error(client, None, TimeoutError()))
     assert "(TimeoutError: the scheduler did not answer in time)" in message
     assert "TimeoutError: )" not in message
-    assert "(OSError: refused)" in str(_lost(client, None, OSError("refused")))
+    assert "(OSError: refused)" in str(scheduler_lost_error(client, None, OSError("refused")))

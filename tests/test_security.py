@@ -10,8 +10,8 @@ from distributed import Client, LocalCluster
 from distributed.protocol import ToPickle
 from distributed.security import Security
 
-from daskgd.driver.engine import fit, fit_async
-from daskgd.parameter_server.server import ParameterServer
+from daskgd.driver import fit, fit_async
+from daskgd.parameter_server import ParameterServer
 
 
 def _problem():

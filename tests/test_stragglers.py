@@ -1,17 +1,23 @@
 """Stragglers: backup workers (``sync_quorum``) and a worker slowed on purpose.
 
-The slow worker is played by the private ``_delay={rank: seconds}`` fit setting: that
-rank's training task sleeps before every push. Timings are only compared with each other
+The slow worker is played by the ``delay={rank: seconds}`` setting of
+:class:`~daskgd.driver.FitSettings` (not a parameter of ``fit``): that rank's training task
+sleeps before every push. Timings are only compared with each other
 (relative order, a wide margin), never with a number of seconds.
 """
 
 import numpy as np
 import pytest
 
-from daskgd.driver.engine import fit
+from daskgd.driver import FitSettings, fit, fit_with_settings
 
 DELAY = 0.15  # seconds per step of the slowed rank
 EPOCHS = 30
+
+
+def _fit_delayed(data, *, client, _delay, **settings):
+    """``fit`` with the stragglers' hook, which only the settings object takes."""
+    return fit_with_settings(data, FitSettings(delay=_delay, **settings), client=client)
 
 
 def _problem(n, d=5, seed=0):
@@ -39,14 +45,15 @@ def _gap(res, A, y, sol):
         ({"sync_quorum": 1, "optimizer": "lbfgs"}, "lbfgs", ValueError),
         ({"worker_timeout": 0}, "worker_timeout must be", ValueError),
         ({"worker_timeout": float("inf")}, "worker_timeout must be", ValueError),
-        ({"_delay": {"0": 1.0}}, "_delay must be", ValueError),
+        ({"_delay": {"0": 1.0}}, "delay must be", ValueError),
         ({"delay": {0: 1.0}}, "unexpected keyword", TypeError),  # the hook is private
     ],
 )
 def test_quorum_and_timeout_settings_are_checked(client, kwargs, match, error):
     X, y, _, _ = _problem(200)
+    run = _fit_delayed if "_delay" in kwargs else fit
     with pytest.raises(error, match=match):
-        fit((X, y), client=client, max_epochs=2, **kwargs)
+        run((X, y), client=client, max_epochs=2, **kwargs)
 
 
 def test_quorum_full_batch_converges_and_counts_dropped_gradients(client, reliability):
@@ -94,7 +101,7 @@ def test_stragglers_hold_back_only_plain_sync(client, reliability):
     }
     took = {}
     for name, kw in runs.items():
-        res = fit((X, y), client=client, _delay={1: DELAY}, **common, **kw)
+        res = _fit_delayed((X, y), client=client, _delay={1: DELAY}, **common, **kw)
         assert res.n_iter_ == EPOCHS, (name, res.reason)
         # the slow partition contributes rarely (or, with the quorum, never once it is
         # late): the fixed point is close to the fast partition's optimum, which is close
@@ -104,3 +111,40 @@ def test_stragglers_hold_back_only_plain_sync(client, reliability):
         reliability.add(f"fits with a slowed worker, {name}", 1)
     for name in ("quorum", "async", "ssp"):
         assert took[name] * 2 < took["sync"], took
+
+
+def test_ssp_bound_holds_in_a_fit(client, reliability):
+    """ssp with a slowed worker: at every epoch's close, the fast member is at most
+    ``max_staleness + 1`` pushes ahead of the slow one (it may push once past the bound,
+    then it waits), counted from the history's per-worker updates."""
+    X, y, _, _ = _problem(2_000)
+    client.wait_for_workers(2, timeout=60)
+    s = 2
+    res = _fit_delayed((X, y), client=client, mode="ssp", max_staleness=s, batch_size=100,
+              learning_rate=0.05, max_epochs=4, tol=None, _delay={1: 0.05},
+              random_state=0)  # fmt: skip
+    assert res.n_iter_ == 4
+    clocks: dict[str, int] = {}
+    leads = []
+    for h in res.history:
+        for w, k in h["worker_updates"].items():
+            clocks[w] = clocks.get(w, 0) + k
+        if len(clocks) == 2:
+            leads.append(max(clocks.values()) - min(clocks.values()))
+    assert leads and max(leads) <= s + 1, leads
+    reliability.add("ssp fits with the bound checked", 1)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_no_step_after_the_stop_on_a_large_model(client, attempt, reliability):
+    """A 40,000-parameter async fit (its steps run off the scheduler's event loop) stops
+    at max_epochs=2 and applies nothing after: every update is in the history."""
+    rng = np.random.default_rng(attempt)
+    X = rng.standard_normal((60, 40_000)).astype(np.float32)
+    y = (X[:, :10].sum(axis=1) > 0).astype(np.float32)
+    client.wait_for_workers(2, timeout=60)
+    res = fit((X, y), client=client, mode="async", loss="squared_error", batch_size=10,
+              learning_rate=1e-4, max_epochs=2, tol=None, random_state=attempt)  # fmt: skip
+    assert len(res.history) == 2 and res.reason.startswith("reached max_epochs")
+    assert res.n_updates_ == sum(h["updates"] for h in res.history)
+    reliability.add("large-model fits checked for steps after the stop", 1)

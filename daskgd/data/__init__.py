@@ -11,6 +11,7 @@ from daskgd.data.dataset import (
     DatasetWrite,
     as_dataset,
     load_chunk,
+    no_classes_reason,
     open_zarr,
     write_zarr,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "DatasetWrite",
     "as_dataset",
     "load_chunk",
+    "no_classes_reason",
     "open_zarr",
     "write_zarr",
 ]

@@ -399,7 +399,7 @@ def _validate_values(X: da.Array, y: da.Array, w: da.Array | None, client: Any =
             )
 
 
-def _no_classes_reason(y: Any, client: Any = None) -> str:
+def no_classes_reason(y: Any, client: Any = None) -> str:
     """Why float ``y`` gave no class labels: non-integer values, or more than MAX_CLASSES.
 
     Called on the error path only (a pass over a dask ``y``).
@@ -453,7 +453,7 @@ def _check_labels(
         return
     if classes is None:
         if y is not None:
-            reason = _no_classes_reason(y, client)
+            reason = no_classes_reason(y, client)
         else:
             reason = (
                 "y holds continuous (non-integer) values, or more than "

@@ -213,7 +213,7 @@ class LinearModel:
             data, stopper = EarlyStopping.split(
                 data, p["validation_fraction"], engine_seed(p.get("random_state")), loss=loss,
                 epsilon=extra.get("epsilon", 0.1), tol=tol, patience=p["n_iter_no_change"],
-                one_vs_rest=bool(extra.get("_one_vs_rest")),
+                one_vs_rest=bool(extra.get("one_vs_rest")),
             )  # fmt: skip
             tol = None  # the held-out loss, not the training loss, decides when to stop
 
@@ -226,8 +226,7 @@ class LinearModel:
         if not isinstance(data, Dataset):
             data = in_memory_dataset(data, n_workers(client), classes)
         try:
-            result = driver.fit(
-                data,
+            settings = driver.FitSettings(
                 loss=loss,
                 mode=p.get("mode", "sync"),
                 optimizer=resolve_optimizer(p, alpha, l1_ratio),
@@ -240,15 +239,14 @@ class LinearModel:
                 l1_ratio=l1_ratio,
                 fit_intercept=p["fit_intercept"],
                 max_staleness=p.get("max_staleness"),
-                client=client,
                 random_state=engine_seed(p.get("random_state")),
                 coef_init=coef_init,
                 intercept_init=intercept_init,
                 callback=callback,
-                validate=lazy,
-                _labels_checked=True,  # by the classifiers, up front
+                labels_checked=True,  # by the classifiers, up front
                 **extra,
             )
+            result = driver.fit_with_settings(data, settings, client=client, validate=lazy)
         finally:
             bar.close()
         if stopper is not None and stopper.stopped:

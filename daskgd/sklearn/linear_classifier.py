@@ -135,7 +135,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
                 # epoch for all of them, and one round trip per batch instead of k)
                 extra["n_classes"] = k
                 if ovr:
-                    extra["_one_vs_rest"] = True
+                    extra["one_vs_rest"] = True
                 coef_init = np.ascontiguousarray(self.coef_.T, dtype=np.float64) if warm else None
                 intercept_init = np.asarray(self.intercept_, dtype=np.float64) if warm else None
             result = self._run(

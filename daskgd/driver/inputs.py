@@ -1,0 +1,50 @@
+"""The one route from what the user passes to a checked :class:`~daskgd.data.Dataset`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from distributed import Client
+
+from daskgd.data import Dataset, as_dataset, no_classes_reason
+from daskgd.driver.placement import chunk_rows_for
+from daskgd.driver.settings import FitSettings
+from daskgd.errors import DataValidationError
+from daskgd.objective import get_loss
+
+__all__ = ["check_classes", "open_data"]
+
+
+def open_data(
+    data: Any, s: FitSettings, client: Client, *, validate: bool, n_workers: int
+) -> Dataset:
+    """Open ``data`` (a Dataset, a Zarr path, arrays) and check its labels against ``s``.
+
+    Blocking: the driver runs it in a thread. The scan (``validate``) of dask input runs
+    on the cluster of ``client``; numpy input is cut into one chunk per worker.
+    """
+    ds = as_dataset(
+        data, validate=validate, client=client, chunk_rows=chunk_rows_for(data, n_workers)
+    )
+    check_classes(ds, s, client)
+    return ds
+
+
+def check_classes(ds: Dataset, s: FitSettings, client: Client | None = None) -> None:
+    """A classification loss needs class labels, of at least two classes (as the estimators).
+
+    Runs before the job is created (on the error path it may take a pass over ``y``).
+    """
+    if not get_loss(s.loss).classification or s.labels_checked:
+        return
+    if ds.classes_ is None:
+        raise DataValidationError(
+            f"loss={s.loss!r} is a classification loss but {no_classes_reason(ds.y, client)}; "
+            "use loss='squared_error' or 'huber' for a regression target"
+        )
+    if len(ds.classes_) < 2:
+        raise DataValidationError(
+            f"loss={s.loss!r} needs samples of at least 2 classes, but y holds only one: "
+            f"{np.asarray(ds.classes_).tolist()!r}; a classifier cannot learn from one class"
+        )

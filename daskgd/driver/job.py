@@ -1,0 +1,140 @@
+"""One job on the parameter server: install it, create the job, submit one training task per
+worker of the plan, watch it to the end and build the result; abort it on an error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from distributed import Client, Future
+
+from daskgd.data import Dataset
+from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
+from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
+from daskgd.driver.monitor import abort, drain, watch
+from daskgd.driver.placement import initial_params, label_encoding, plan_placement, sources
+from daskgd.driver.result import FitResult, build_result
+from daskgd.driver.settings import FitSettings
+from daskgd.errors import (
+    CheckpointError,
+    InvalidSettingError,
+    ResumeRejectedError,
+    SchedulerLostError,
+    SchedulerSetupError,
+)
+from daskgd.parameter_server import (
+    ParameterServer,
+    ParameterServerClient,
+    check_quorum,
+    make_settings,
+)
+from daskgd.worker import probe, train_partition
+
+__all__ = ["SETUP_TIMEOUT", "install", "run_job"]
+
+#: Seconds the scheduler and the workers have to answer the setup.
+SETUP_TIMEOUT = 30.0
+
+
+async def install(client: Client) -> None:
+    """Install the parameter server (idempotent) and check daskgd imports on every worker."""
+    try:
+        await asyncio.wait_for(client.register_plugin(ParameterServer()), SETUP_TIMEOUT)
+    except Exception as exc:
+        raise SchedulerSetupError(
+            f"the Dask scheduler at {scheduler(client).address} cannot run daskgd's "
+            f"parameter server ({type(exc).__name__}: {exc}). Install daskgd (the same "
+            "version) in the scheduler's and every worker's Python environment."
+        ) from exc
+    try:
+        await asyncio.wait_for(client.run(probe), SETUP_TIMEOUT)
+    except Exception as exc:
+        raise SchedulerSetupError(
+            f"a Dask worker cannot import daskgd ({type(exc).__name__}: {exc}). Install "
+            "daskgd in every worker's Python environment."
+        ) from exc
+
+
+async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
+    """Train on ``ds`` with the settings ``s``; the parameter server's job is freed after."""
+    started = time.perf_counter()
+    await install(client)
+    workers = await some_workers(client, s.worker_timeout)
+    if s.n_workers is not None:
+        workers = workers[: s.n_workers]
+    if s.out_of_core and ds.path is None:
+        raise InvalidSettingError(
+            "out_of_core=True streams row-chunks from a Zarr store; pass a Zarr path, or "
+            "write the arrays with daskgd.write_zarr first"
+        )
+    plan = await plan_placement(client, ds, workers)
+    ranks = list(plan)
+    nb = s.batches_per_epoch(ds.n_samples, [sum(ds.chunks[i] for i in plan[w]) for w in ranks])
+    config = s.job_config(n_samples=ds.n_samples, batches_per_epoch=nb)
+    P0 = initial_params(ds, s)
+    # the parameter server's rules, raised here rather than on the scheduler
+    try:
+        check_quorum(*make_settings(P0, config, s.optimizer_spec()), len(ranks))
+    except ValueError as exc:
+        raise InvalidSettingError(str(exc)) from None
+    spec = s.worker_spec(classes=label_encoding(ds, s), batches_per_epoch=nb)
+    writer, resume = await setup_checkpoint(ds, s, config)
+    if resume is not None:
+        P0 = resume["params"]
+    job = f"daskgd-{uuid.uuid4().hex}"
+    ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
+    try:
+        await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id, resume=resume)
+    except ResumeRejectedError as exc:
+        raise CheckpointError(f"{s.checkpoint}: {exc}") from exc
+    futures: list[Future] = []
+    try:
+        where = sources(client, ds, plan)
+        for rank, w in enumerate(ranks):
+            futures.append(
+                client.submit(
+                    train_partition,
+                    job,
+                    rank,
+                    where[w],
+                    spec,
+                    workers=[w],
+                    allow_other_workers=True,
+                    pure=False,
+                    key=f"daskgd-train-{rank}-{job}",
+                )
+            )
+        setup = time.perf_counter() - started
+        history = await watch(client, ps, futures, s, writer)
+        if writer is not None:
+            await final_checkpoint(client, ps, writer)
+        # the rows after those the driver holds (the job may have stopped mid-poll)
+        final = await call(client, writer, ps.close, since=len(history))
+        tasks = await drain(client, futures)
+    except SchedulerLostError:
+        raise  # nothing to clean up on a scheduler that is gone
+    except BaseException:
+        if writer is not None:  # a write in flight ends before the caller can resume
+            try:
+                await writer.flush()
+            except Exception:
+                pass
+        await abort(client, ps, futures)
+        raise
+    history += list(final["history"])
+    if writer is not None:
+        history = writer.prior + history
+    timings: dict[str, Any] = {
+        "setup": setup,
+        "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
+    }
+    return build_result(
+        final,
+        history,
+        n_features=ds.n_features,
+        lbfgs=s.optimizer == "lbfgs",
+        timings=timings,
+        plan=plan,
+    )

@@ -1,0 +1,113 @@
+"""Which row-chunks each worker trains on, and where each training task reads them from.
+
+The plan comes from :meth:`daskgd.data.Dataset.partition` with the client: a chunk of dask
+input already in a worker's memory (``client.who_has``) stays with that worker, so it is
+trained where it lives instead of being moved; Zarr chunks are balanced in contiguous runs
+(sequential reads). The plan is returned with the result (``FitResult.plan_``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import dask
+import numpy as np
+from distributed import Client
+
+from daskgd.data import Dataset
+from daskgd.driver.settings import FitSettings
+from daskgd.errors import DataValidationError
+from daskgd.objective import get_loss
+from daskgd.worker import contiguous_block
+
+__all__ = [
+    "chunk_rows_for",
+    "initial_params",
+    "label_encoding",
+    "plan_placement",
+    "sources",
+]
+
+
+async def plan_placement(client: Client, ds: Dataset, workers: list[str]) -> dict[str, list[int]]:
+    """Per worker, the row-chunks it trains on (workers without any left out).
+
+    Runs in a thread: finding where the chunks of ``ds.X`` live asks the scheduler
+    (``who_has``) through the client's blocking API.
+    """
+    plan = await asyncio.to_thread(ds.partition, workers, client)
+    return {w: c for w, c in plan.items() if c}
+
+
+def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str, tuple]:
+    """Per worker, what its training task reads: ``("zarr", path, chunks, options, sizes)``
+    (read there) or ``("blocks", futures)`` (dask input, computed there)."""
+    if ds.path is not None:
+        return {
+            w: ("zarr", ds.path, c, ds.storage_options, [ds.chunks[i] for i in c])
+            for w, c in plan.items()
+        }
+    Xs = ds.X.to_delayed().ravel()
+    ys = ds.y.to_delayed().ravel()
+    ws = None if ds.sample_weight is None else ds.sample_weight.to_delayed().ravel()
+    out = {}
+    for w, chunks in plan.items():
+        blocks = [
+            dask.delayed(contiguous_block, pure=True)(Xs[i], ys[i], None if ws is None else ws[i])
+            for i in chunks
+        ]
+        out[w] = ("blocks", client.compute(blocks, workers=[w], allow_other_workers=True))
+    return out
+
+
+def chunk_rows_for(data: Any, n_workers: int) -> int | None:
+    """For in-memory numpy input: one chunk per worker, so every worker gets rows."""
+    if not isinstance(data, tuple | list) or not data:
+        return None
+    X = data[0]
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[0] == 0:
+        return None
+    return max(1, -(-X.shape[0] // max(1, n_workers)))
+
+
+def label_encoding(ds: Dataset, s: FitSettings) -> list | None:
+    """The dataset's sorted class labels when the workers must encode them, else None.
+
+    Binary classification losses take -1/+1 and the multinomial (and one-vs-rest) loss
+    takes 0..k-1; a dataset that records other labels (0/1, strings of numbers) is
+    encoded as it is read.
+    """
+    if not get_loss(s.loss).classification or ds.classes_ is None:
+        return None
+    classes = np.sort(np.asarray(ds.classes_))
+    k = len(classes)
+    n = s.n_columns
+    if n is None and k > 2:
+        raise DataValidationError(
+            f"loss={s.loss!r} is binary but the data has {k} classes; pass n_classes={k} "
+            "with loss='log_loss' (multinomial), or use SGDClassifier (one-vs-rest)"
+        )
+    if n is not None and k != n:
+        raise DataValidationError(f"n_classes={n} but the data has {k} classes")
+    expected = np.arange(k) if n is not None else np.array([-1, 1][-k:])
+    if k == len(expected) and np.array_equal(classes, expected):
+        return None  # already in the kernel's encoding
+    return classes.tolist()
+
+
+def initial_params(ds: Dataset, s: FitSettings) -> np.ndarray:
+    """The starting parameters: ``coef_init``/``intercept_init``, else zeros."""
+    d = ds.n_features
+    shape = s.params_shape(d)
+    P = np.zeros(shape)
+    if s.coef_init is not None:
+        coef = np.asarray(s.coef_init, dtype=np.float64)
+        if coef.shape != (d, *shape[1:]):
+            raise ValueError(f"coef_init has shape {coef.shape}; expected {(d, *shape[1:])}")
+        P[:d] = coef
+    if s.intercept_init is not None:
+        P[d] = np.asarray(s.intercept_init, dtype=np.float64)
+    if not np.all(np.isfinite(P)):
+        raise ValueError("coef_init and intercept_init must be finite")
+    return P

@@ -1,0 +1,155 @@
+"""Checks of the messages the parameter server's handlers receive.
+
+Each check returns None for a good message, else the text of the error reply; a check
+changes nothing. They look at types, shapes, dtypes and ranges only (O(1) in the size of
+the model): the O(d) tests of a large array's values (finiteness) run where the job's
+steps run, off the event loop (see :mod:`daskgd.parameter_server.rounds`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from daskgd.parameter_server.config import is_index, is_real
+from daskgd.parameter_server.job import Job
+
+__all__ = [
+    "check_class_loss",
+    "check_create",
+    "check_incarnation",
+    "check_push",
+    "check_rank",
+    "check_ready",
+    "check_status",
+    "error",
+]
+
+
+def error(message: str, kind: str = "bad_message") -> dict[str, str]:
+    """An error reply (``kind``: see :data:`daskgd.parameter_server.client.ERRORS`)."""
+    return {"status": "error", "message": message, "kind": kind}
+
+
+def check_rank(job: Job, rank: Any) -> str | None:
+    """``rank`` is one of the job's."""
+    if not is_index(rank) or not 0 <= rank < len(job.ranks):
+        return f"rank must be an integer in [0, {len(job.ranks)}), got {rank!r}"
+    return None
+
+
+def check_incarnation(job: Job, rank: int, incarnation: Any) -> dict[str, str] | None:
+    """The error reply for a call from an older run of the rank than the one that joined
+    last (kind ``superseded``), or for a malformed id; None when the call may go on."""
+    if incarnation is None:
+        return None
+    if not isinstance(incarnation, str):
+        return error(f"incarnation must be None or a string, got {incarnation!r}")
+    current = job.ranks[rank].incarnation
+    if current is not None and incarnation != current:
+        return error(
+            f"rank {rank}: a newer run of this training task joined the job; this run "
+            "(its worker was thought lost) must end",
+            kind="superseded",
+        )
+    return None
+
+
+def check_push(job: Job, version, grad, n, weight, loss, worker) -> str | None:
+    """A push's arguments (the rank is checked already)."""
+    if not is_index(version) or version < 0:
+        return f"version must be an integer >= 0, got {version!r}"
+    if version > job.version:
+        return f"version {version} is from the future (current version {job.version})"
+    if not isinstance(grad, np.ndarray):
+        return f"grad must be a numpy array, got {type(grad).__name__}"
+    if grad.shape != job.params.shape:
+        return f"grad has shape {grad.shape}; this job's parameters have {job.params.shape}"
+    if grad.dtype not in (np.float32, np.float64):
+        return f"grad must be float32 or float64, got {grad.dtype}"
+    if not is_index(n) or n < 1:
+        return f"n (rows in the batch) must be a positive integer, got {n!r}"
+    if not (is_real(weight) and math.isfinite(weight) and weight >= 0):
+        return f"weight must be a finite number >= 0, got {weight!r}"
+    if not is_real(loss):
+        return f"loss must be a real number, got {loss!r}"
+    if worker is not None and not isinstance(worker, str):
+        return f"worker must be None or an address string, got {type(worker).__name__}"
+    return None
+
+
+def check_class_loss(job: Job, class_loss: Any) -> str | None:
+    """One-vs-rest jobs: ``class_loss`` holds one float per class."""
+    k = job.params.shape[1] if job.params.ndim == 2 else None
+    if k is None:
+        return "class_loss is for one-vs-rest jobs (2-D parameters) only"
+    if not (isinstance(class_loss, np.ndarray) and class_loss.shape == (k,)):
+        shape = getattr(class_loss, "shape", type(class_loss).__name__)
+        return f"class_loss must be a numpy array of shape ({k},), got {shape}"
+    if class_loss.dtype.kind != "f":
+        return f"class_loss must be a float array, got {class_loss.dtype}"
+    return None
+
+
+def check_create(params, config, optimizer, ranks, client) -> str | None:
+    """A new job's arguments (the values of ``params`` are checked by the caller)."""
+    if (
+        not isinstance(params, np.ndarray)
+        or params.ndim not in (1, 2)
+        or params.dtype.kind not in "iuf"
+        or params.size < 1
+    ):
+        return "params must be a real numpy array of shape (d + 1,) or (d + 1, k)"
+    if (
+        not isinstance(ranks, list | tuple)
+        or not ranks
+        or not all(isinstance(a, str) for a in ranks)
+    ):
+        return "ranks must be a non-empty list of worker address strings"
+    if client is not None and not isinstance(client, str):
+        return f"client must be None or a client id string, got {type(client).__name__}"
+    for name, value in (("config", config), ("optimizer", optimizer)):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return f"{name} must be a dict with string keys, got {type(value).__name__}"
+    return None
+
+
+def check_status(since: Any, params: Any) -> str | None:
+    """``since`` and ``params`` of a status, close or snapshot call."""
+    if not is_index(since) or since < 0:
+        return f"since must be an integer >= 0, got {since!r}"
+    if not isinstance(params, bool):
+        return f"params must be True or False, got {params!r}"
+    return None
+
+
+def check_ready(job: Job, worker, loss0, loss_zero, grad0, weight, curvature, gram) -> str | None:
+    """A ``ready`` report's arguments (the rank is checked already)."""
+    if not isinstance(worker, str):
+        return f"worker must be an address string, got {type(worker).__name__}"
+    for name, v in (("loss0", loss0), ("loss_zero", loss_zero), ("weight", weight)):
+        # non-finite losses are divergence, answered by the job; negative ones are malformed
+        finite = name != "weight" or (is_real(v) and math.isfinite(v))
+        if not is_real(v) or v < 0 or not finite:
+            return f"{name} must be a real number >= 0, got {v!r}"
+    if not (
+        isinstance(grad0, np.ndarray)
+        and grad0.shape == job.params.shape
+        and grad0.dtype in (np.float32, np.float64)
+    ):
+        return f"grad0 must be a float array of shape {job.params.shape}"
+    if curvature is not None and not (
+        isinstance(curvature, tuple | list) and len(curvature) == 3
+        and all(is_real(c) and math.isfinite(c) and c >= 0 for c in curvature)
+    ):  # fmt: skip
+        return "curvature must be None or three finite numbers >= 0"
+    # A^T W A: with the intercept's column of ones when the intercept is fitted
+    n = job.params.shape[0] - (0 if job.optimizer.fit_intercept else 1)
+    if gram is not None and not (
+        curvature is not None and isinstance(gram, np.ndarray) and gram.shape == (n, n)
+        and gram.dtype == np.float64 and bool(np.all(np.isfinite(gram)))
+    ):  # fmt: skip
+        return f"gram must be None or a finite float64 array of shape ({n}, {n})"
+    return None

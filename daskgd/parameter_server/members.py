@@ -1,0 +1,158 @@
+"""The handlers the training tasks call: ``join``, ``ready`` and ``push``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from distributed.protocol import ToPickle
+
+from daskgd.parameter_server.checks import (
+    check_class_loss,
+    check_incarnation,
+    check_push,
+    check_rank,
+    check_ready,
+    error,
+)
+from daskgd.parameter_server.job import Job
+from daskgd.parameter_server.runner import JobRunner
+
+__all__ = ["MemberHandlers"]
+
+logger = logging.getLogger(__name__)
+
+
+class MemberHandlers(JobRunner):
+    """The members' handlers (a base of the plugin); see :mod:`daskgd.parameter_server`."""
+
+    async def join(self, job, rank, worker, incarnation=None):
+        """A training task (new or rerun) joins: mark it live, send it the current state."""
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        bad = check_rank(j, rank)
+        if bad is None and not isinstance(worker, str):
+            bad = f"worker must be an address string, got {type(worker).__name__}"
+        if bad is None and incarnation is not None and not isinstance(incarnation, str):
+            bad = f"incarnation must be None or a string, got {incarnation!r}"
+        if bad:
+            return error(bad)
+        position = await self.exclusive(j, j.join, rank, worker, incarnation, self.workers())
+        self.wake(j)
+        out = self.params_reply(j)
+        out["position"] = position
+        out["wait_bound"] = j.config.member_timeout + j.config.ssp_timeout
+        if rank not in j.reports:
+            out["initial"] = ToPickle(j.initial)
+        return out
+
+    async def ready(
+        self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None, gram=None,
+        incarnation=None,
+    ):  # fmt: skip
+        """A rank loaded its rows: keep what it measured before its first step.
+
+        With ``auto_lr`` the reply waits until every live rank reported and the step size
+        is set (or the job stopped), so no step is taken before it is known.
+        """
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        bad = check_rank(j, rank)
+        if bad:
+            return error(bad)
+        refused = check_incarnation(j, rank, incarnation)
+        if refused:
+            return refused
+        bad = check_ready(j, worker, loss0, loss_zero, grad0, weight, curvature, gram)
+        if bad:
+            return error(bad)
+        j.touch(rank)
+        await self.exclusive(j, j.take_report, rank, worker, loss0, loss_zero, grad0, weight,
+                             curvature, gram, self.workers(), heavy=True)  # fmt: skip
+        self.wake(j)
+        if j.config.auto_lr:
+
+            async def retry() -> None:  # a rank that died or went silent leaves the live set
+                await self.exclusive(j, j.auto_step, j.live(self.workers()))
+
+            await self.wait_member(j, rank, lambda: j.eta is not None, retry)
+        return self.params_reply(j)
+
+    async def push(
+        self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None,
+        incarnation=None,
+    ):  # fmt: skip
+        """Take a gradient; see :mod:`daskgd.parameter_server`."""
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        bad = check_rank(j, rank)
+        if bad:
+            return error(bad)
+        refused = check_incarnation(j, rank, incarnation)
+        if refused:
+            return refused
+        if j.stopped:
+            return self.params_reply(j)
+        bad = check_push(j, version, grad, n, weight, loss, worker)
+        if bad is None and class_loss is not None:
+            bad = check_class_loss(j, class_loss)
+        if bad:
+            return error(bad)
+        if class_loss is not None:
+            class_loss = np.array(class_loss, dtype=np.float64)
+        r = j.ranks[rank]
+        j.touch(rank)
+        if worker is not None:
+            r.address = worker
+        r.active = True
+        if await self.exclusive(j, j.over_time):
+            self.wake(j)
+            return self.params_reply(j)
+        if j.config.auto_lr and j.eta is None:
+            # a training task that skipped ``ready``: the step is not known yet; fix it
+            # from the reports so far rather than stepping with the placeholder
+            if not j.reports:
+                return error("auto_lr: a push came before any rank reported ready")
+            await self.exclusive(j, j.auto_step, list(j.reports))
+        args = (rank, version, grad, n, float(weight), float(loss), class_loss)
+        if j.config.mode == "sync":
+            return await self._push_sync(j, *args)
+        await self.exclusive(j, j.apply_async, *args, heavy=True)
+        self.wake(j)
+        if j.config.mode == "ssp":
+            await self._ssp_wait(j, rank)
+        return self.params_reply(j)
+
+    async def _push_sync(self, j: Job, rank, version, *rest):
+        try:
+            outcome = await self.exclusive(
+                j, j.arrive_sync, rank, version, *rest, self.workers(), heavy=True
+            )
+        except Exception as exc:  # a bug must fail the job loudly, not hang its members
+            logger.exception("daskgd: a sync step of job %s failed", j.id)
+            await self.fail(j, exc)
+            outcome = "stopped"
+        self.wake(j)
+        if outcome == "twice":
+            return error(f"rank {rank} pushed twice for version {version}")
+        if outcome == "stale":
+            return self.params_reply(j, "stale")
+        await self.wait_member(j, rank, lambda: j.version > version, lambda: self.maybe_finish(j))
+        return self.params_reply(j)
+
+    async def _ssp_wait(self, j: Job, rank: int) -> None:
+        s = j.config.max_staleness
+        assert s is not None  # JobConfig requires it in ssp mode
+        me = j.ranks[rank]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + j.config.ssp_timeout
+
+        def caught_up() -> bool:
+            others = [j.ranks[i].clock for i in j.live(self.workers()) if i != rank]
+            return not others or me.clock - min(others) <= s or loop.time() >= deadline
+
+        await self.wait_member(j, rank, caught_up)

@@ -1,0 +1,264 @@
+"""The parameter server's scheduler plugin: its handlers, and who runs a job's changes.
+
+The protocol (handlers, replies, modes, leases, incarnations, the threading model) is
+described in :mod:`daskgd.parameter_server`. This module must stay importable without
+the compiled kernels: the scheduler imports only this package, the objective and numpy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol import ToPickle
+
+from daskgd._version import __version__
+from daskgd.parameter_server.checks import check_create, check_status, error
+from daskgd.parameter_server.config import (
+    INLINE_MAX_PARAMS,
+    PLUGIN_NAME,
+    check_quorum,
+    is_index,
+    make_settings,
+)
+from daskgd.parameter_server.job import Job
+from daskgd.parameter_server.members import MemberHandlers
+from daskgd.parameter_server.runner import STEP_THREADS
+
+__all__ = ["ParameterServer"]
+
+logger = logging.getLogger(__name__)
+
+# handler name suffix -> method name (``close`` is taken by the plugin hook)
+_OPS = {
+    "create": "create",
+    "join": "join",
+    "ready": "ready",
+    "push": "push",
+    "pull": "pull",
+    "status": "status",
+    "stop": "stop",
+    "close": "close_job",
+    "info": "info",
+    "snapshot": "snapshot",
+}
+
+
+def _guard(op: str, method: Any) -> Any:
+    """Wrap a handler: bad argument sets and unexpected failures become error replies.
+
+    A message with a missing or unknown key would otherwise raise ``TypeError`` in the
+    scheduler's comm loop; a bug in a handler is logged here (with its traceback) and
+    answered with an error of kind ``"internal"`` instead of an uncaught exception.
+    """
+    sig = inspect.signature(method)
+
+    @functools.wraps(method)
+    async def handler(**msg: Any) -> Any:
+        try:
+            sig.bind(**msg)
+        except TypeError as exc:
+            return error(f"daskgd_{op}: {exc}")
+        try:
+            return await method(**msg)
+        except Exception as exc:
+            logger.exception("daskgd_%s failed", op)
+            return error(f"daskgd_{op} failed on the scheduler: {exc!r}", kind="internal")
+
+    return handler
+
+
+class ParameterServer(MemberHandlers, SchedulerPlugin):
+    """The daskgd parameter server, installed on the scheduler as a plugin.
+
+    Register it once per scheduler (registration is idempotent, by name)::
+
+        client.register_plugin(ParameterServer())
+
+    The driver does this; the handlers are listed in :mod:`daskgd.parameter_server`.
+    """
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __getstate__(self) -> dict:
+        # only the class travels to the scheduler; state is created by ``start``
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    # -- plugin hooks ----------------------------------------------------------
+    async def start(self, scheduler) -> None:
+        """Install the ``daskgd_*`` handlers on ``scheduler``."""
+        self.scheduler = scheduler
+        self._executor = ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="daskgd-ps")
+        scheduler.handlers.update(
+            {f"daskgd_{op}": _guard(op, getattr(self, m)) for op, m in _OPS.items()}
+        )
+
+    async def close(self) -> None:
+        """Remove the handlers, stop every job and release the threads."""
+        if self.scheduler is not None:
+            for op in _OPS:
+                self.scheduler.handlers.pop(f"daskgd_{op}", None)
+        jobs, self.jobs = list(self.jobs.values()), {}
+        for job in jobs:
+            await self.stop_job(job, "the parameter server closed", "the scheduler closed")
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
+        """Deactivate the ranks that ran on ``worker`` and re-check open rounds."""
+        for job in self.jobs.values():
+            hit = False
+            for r in job.ranks:
+                if r.address == worker and r.active:
+                    r.active, hit = False, True
+            if hit:
+                self.spawn(self.maybe_finish(job))
+                self.wake(job)
+
+    def remove_client(self, scheduler, client: str) -> None:
+        """Free the jobs of a driver that disconnected without closing them."""
+        for job_id in [k for k, j in self.jobs.items() if j.client == client]:
+            job = self.jobs.pop(job_id)
+            self.spawn(self.stop_job(job, "the driver disconnected", "the driver disconnected"))
+
+    # -- handlers --------------------------------------------------------------
+    async def create(self, job, params, config, optimizer, ranks, client=None, resume=None):
+        """Create a job; see :mod:`daskgd.parameter_server`."""
+        if not isinstance(job, str) or not job:
+            return error(f"job must be a non-empty string, got {job!r}")
+        if job in self.jobs:
+            return error(f"job {job!r} exists already")
+        bad = check_create(params, config, optimizer, ranks, client)
+        if bad:
+            return error(bad)
+        limit = config.get("inline_max_params", INLINE_MAX_PARAMS)
+
+        def settings():  # O(d): off the loop for a large model
+            if not np.all(np.isfinite(params)):
+                return "params must be finite"
+            try:
+                cfg, opt = make_settings(params, config, optimizer)
+                check_quorum(cfg, opt, len(ranks))
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                return f"bad job settings: {exc}"
+            return cfg, opt, params.astype(np.float64)
+
+        if is_index(limit) and params.size <= limit:
+            made = settings()
+        else:
+            made = await asyncio.get_running_loop().run_in_executor(self._executor, settings)
+        if isinstance(made, str):
+            return error(made)
+        if job in self.jobs:  # created meanwhile by another call
+            return error(f"job {job!r} exists already")
+        cfg, opt, p = made
+        j = Job(job, p, cfg, opt, list(ranks), client)
+        if resume is not None:
+            try:
+                j.restore(resume)
+            except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+                return error(f"cannot resume from this checkpoint: {exc}", kind="bad_resume")
+        self.jobs[job] = j
+        return {"status": "OK", "version": j.version}
+
+    async def pull(self, job):
+        """Current parameters and version."""
+        j = self.get_job(job)
+        return j if isinstance(j, dict) else self.params_reply(j)
+
+    async def status(self, job, since=0, params=False, wait=0.0):
+        """Progress: stop state, history from epoch ``since``, optionally the parameters.
+
+        With ``wait`` > 0 (seconds, at most 60), a call that has nothing new to report
+        waits up to that long for the next epoch or the stop, so that a driver hears of
+        them at once instead of at its next poll. The rows before ``since`` drop their
+        parameter vectors here: the caller has them.
+        """
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        bad = check_status(since, params)
+        if bad:
+            return error(bad)
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 60:
+            return error(f"wait must be a number of seconds in [0, 60], got {wait!r}")
+        if wait > 0 and not j.stopped and len(j.history) <= since:
+            try:
+                await asyncio.wait_for(j.progress.wait(), wait)
+            except TimeoutError:
+                pass
+            j = self.get_job(job)  # closed meanwhile?
+            if isinstance(j, dict):
+                return j
+        out = await self.exclusive(j, j.report_status, since, params, self.workers())
+        if j.stopped:
+            self.wake(j)
+        out["n_workers"] = len(self.workers())  # the driver's "every worker is gone" check
+        return out
+
+    async def stop(self, job, reason="stopped by the user"):
+        """Stop a job; its members get ``stopped`` at their next push."""
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        if not isinstance(reason, str):
+            return error(f"reason must be a string, got {type(reason).__name__}")
+        await self.exclusive(j, j.stop, reason)
+        self.wake(j)
+        return await self.exclusive(j, j.summary, 0, False, j.live(self.workers()))
+
+    async def close_job(self, job, since=0):
+        """Stop a job, free its state and return its final status with the parameters and
+        the history rows from ``since`` (the driver holds the earlier ones). Steps queued
+        behind the job's lock run first and, finding the job stopped, change nothing."""
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        bad = check_status(since, False)
+        if bad:
+            return error(bad)
+        out = await self.exclusive(j, j.close, since, self.workers())
+        self.wake(j)
+        self.jobs.pop(job, None)
+        return out
+
+    async def snapshot(self, job, fresh=False, since=0):
+        """The latest checkpoint snapshot of ``job`` (None before the first), or a new one.
+
+        A fresh snapshot is taken where steps run, so it never sees half a step; a failed
+        job gives none.
+        """
+        j = self.get_job(job)
+        if isinstance(j, dict):
+            return j
+        if not isinstance(fresh, bool):
+            return error(f"fresh must be True or False, got {fresh!r}")
+        bad = check_status(since, False)
+        if bad:
+            return error(bad)
+        if fresh:
+            await self.exclusive(j, j.fresh_snapshot, heavy=True)
+        seq, snap = j.snapshot_seq, j.snapshot
+        if snap is None or (fresh and j.error is not None):
+            return {"status": "OK", "seq": seq, "snapshot": None, "history": []}
+        rows = j.history[since : snap["history_len"]]
+        return {
+            "status": "OK",
+            "seq": seq,
+            "snapshot": ToPickle(snap),
+            "history": [{k: v for k, v in h.items() if k != "params"} for h in rows],
+        }
+
+    async def info(self):
+        """Jobs on this scheduler and the daskgd version running it."""
+        return {"status": "OK", "jobs": sorted(self.jobs), "version": __version__}

@@ -1,0 +1,190 @@
+"""How a job applies gradients: sync rounds, async and ssp pushes.
+
+:class:`Steps` is the part of :class:`daskgd.parameter_server.job.Job` that takes a
+gradient and steps. Its methods are the job's mutations: the plugin runs them one at a
+time per job (on the event loop for small models, in a worker thread under the job's lock
+for large ones, see :attr:`JobConfig.inline_max_params`), and each checks first that the
+job has not stopped, so no step is ever applied after the stop, however the calls were
+queued. A step publishes ``(version, params)`` as one new pair; a published array is never
+mutated. The O(d) checks of a gradient's values happen here too, off the event loop for
+large models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Container
+from typing import Any
+
+import numpy as np
+
+from daskgd.parameter_server.stats import EpochRules
+
+__all__ = ["Steps"]
+
+
+def _finite(grad: np.ndarray, loss: float, class_loss: np.ndarray | None) -> bool:
+    if not math.isfinite(loss) or not np.all(np.isfinite(grad)):
+        return False
+    return class_loss is None or bool(np.all(np.isfinite(class_loss)))
+
+
+class Steps(EpochRules):
+    """Gradient steps of a job (a base of ``Job``)."""
+
+    pending: dict[int, tuple]
+    opt_state: Any
+
+    def live(self, workers: Container[str]) -> list[int]:
+        """Ranks that are active, on a worker the scheduler knows, and not silent.
+
+        A rank is silent when it has not called for ``member_timeout`` seconds (its
+        lease ran out) and is not waiting in the open sync round.
+        """
+        limit = self.config.member_timeout
+        now = time.monotonic()
+        return [
+            i
+            for i, r in enumerate(self.ranks)
+            if r.active
+            and r.address in workers
+            and (i in self.pending or now - r.last_seen <= limit)
+        ]
+
+    def _step(
+        self, mean_grad: np.ndarray, lr_scale: float = 1.0, loss: float | None = None
+    ) -> None:
+        P, v = self.params, self.version
+        new = self.optimizer.step(P, mean_grad, self.opt_state, v, self.epochs, lr_scale, loss)
+        if not np.all(np.isfinite(new)):
+            self.diverged(f"the parameters became non-finite at update {v + 1}")
+            return
+        self.published = (v + 1, new)  # readers keep the old pair, which is never mutated
+
+    def _reject(self, rank: int, version: int) -> None:
+        self.diverged(
+            f"worker {self.ranks[rank].address} (rank {rank}) computed a non-finite loss or "
+            f"gradient at version {version}"
+        )
+
+    def arrive_sync(
+        self, rank: int, version: int, grad: np.ndarray, n: int, weight: float, loss: float,
+        class_loss: np.ndarray | None, workers: Container[str],
+    ) -> str:  # fmt: skip
+        """Sync mode: take a rank's gradient for the open round, and close the round when
+        it is complete. Returns ``"stopped"``, ``"stale"`` (its round closed without it:
+        dropped and counted), ``"twice"`` or ``"OK"`` (the caller waits for the round)."""
+        if self.stopped:
+            return "stopped"
+        if not _finite(grad, loss, class_loss):
+            self._reject(rank, version)
+            return "stopped"
+        if version < self.version:
+            self.dropped += 1  # its round closed without it (a quorum, or it was thought dead)
+            return "stale"
+        if rank in self.pending:
+            return "twice"
+        # a copy: an in-process sender may reuse its buffer once it has our reply
+        self.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss)
+        self.try_close_round(workers)
+        return "OK"
+
+    def try_close_round(self, workers: Container[str]) -> bool:
+        """Sync mode: close the open round if every live member (or the quorum) pushed."""
+        if self.config.mode != "sync" or not self.pending or self.stopped:
+            return False
+        live = set(self.live(workers))
+        quorum = self.config.sync_quorum
+        if not (live <= set(self.pending) or (quorum is not None and len(self.pending) >= quorum)):
+            return False
+        pending, self.pending = self.pending, {}
+        self.finish_round(pending)
+        return True
+
+    def finish_round(self, pending: dict[int, tuple]) -> None:
+        """Sync mode: one step with the row-weighted mean of the round's gradients."""
+        order = sorted(pending)  # rank order: the sum is bitwise reproducible
+        grad_sum = pending[order[0]][0].astype(np.float64, copy=True)
+        for r in order[1:]:
+            grad_sum += pending[r][0]
+        rows = [pending[r][1] for r in order]
+        weight = math.fsum(pending[r][2] for r in order)
+        loss_sum = math.fsum(pending[r][3] for r in order)
+        class_loss = None
+        if all(pending[r][4] is not None for r in order):
+            class_loss = np.sum([pending[r][4] for r in order], axis=0)
+        for r in order:
+            self.ranks[r].updates += 1
+        self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
+        if self.error is None and weight > 0:
+            self._step(grad_sum / weight, loss=loss_sum / weight)
+        elif self.error is None:
+            self.published = (self.version + 1, self.params)
+        self.maybe_snapshot()
+
+    def apply_async(
+        self, rank: int, version: int, grad: np.ndarray, n: int, weight: float, loss: float,
+        class_loss: np.ndarray | None = None,
+    ) -> int | None:  # fmt: skip
+        """Async/ssp mode: apply one push now; returns its staleness (None: not applied,
+        the job stopped)."""
+        if self.stopped:
+            return None
+        if not _finite(grad, loss, class_loss):
+            self._reject(rank, version)
+            return None
+        staleness = self.version - version
+        r = self.ranks[rank]
+        r.clock += 1
+        r.updates += 1
+        g = grad.astype(np.float64, copy=False)
+        self.account(([rank], [n]), loss, weight, g, [staleness], class_loss)
+        if self.error is None:
+            scale = 1.0 / max(1, staleness) if self.config.staleness_lr else 1.0
+            if weight > 0:
+                self._step(g / weight, scale)
+            else:
+                self.published = (self.version + 1, self.params)
+        self.maybe_snapshot()
+        return staleness
+
+    # -- checkpoints -------------------------------------------------------------------
+    snapshot: dict[str, Any] | None
+    snapshot_seq: int
+
+    def take_snapshot(self) -> dict[str, Any]:
+        """This job's state for a checkpoint, copied (run where steps run: consistent)."""
+        version, params = self.published
+        return {
+            "params": params,  # published: never mutated
+            "state": self.optimizer.export_state(self.opt_state),
+            "version": version,
+            "epochs": self.epochs,
+            "history_len": len(self.history),  # rows are sent by ``snapshot``, O(new rows)
+            "progress": {
+                "best_loss": self.best_loss,
+                "no_improve": self.no_improve,
+                "first_loss": self.first_loss,
+                "ref_loss": self.ref_loss,
+                "g0": self.g0,
+                "eta": self.eta,
+                "clocks": [r.clock for r in self.ranks],
+                "elapsed": time.time() - self.start + self.time_offset,
+            },
+        }
+
+    def maybe_snapshot(self) -> None:
+        """After a step: keep a snapshot if an epoch due for a checkpoint just closed."""
+        if self._snapshot_due and self.error is None:
+            self.snapshot = self.take_snapshot()
+            self.snapshot_seq += 1
+        self._snapshot_due = False
+
+    def fresh_snapshot(self) -> None:
+        """Take a snapshot now (the driver's last checkpoint): the snapshot and its
+        sequence number change together, so a newer snapshot is never overwritten by an
+        older one under a higher number."""
+        if self.error is None:
+            self.snapshot = self.take_snapshot()
+            self.snapshot_seq += 1

@@ -1,0 +1,122 @@
+"""The job state machine of the parameter server, without RPC: steps, rounds, stop,
+incarnations, leases, snapshots and the history's parameter vectors."""
+
+import time
+
+import numpy as np
+import pytest
+
+from daskgd.objective.optimizers import make_optimizer
+from daskgd.parameter_server import Job, JobConfig
+
+WORKERS = {"w0", "w1"}
+
+
+def _job(mode="async", d=3, **config) -> Job:
+    cfg = JobConfig(**{"mode": mode, "n_samples": 20, "max_epochs": 1000, "tol": None, **config})
+    opt = make_optimizer(name="sgd", learning_rate=0.5)
+    return Job("j", np.zeros(d + 1), cfg, opt, ["w0", "w1"], None)
+
+
+def test_published_pair_is_replaced_never_mutated():
+    j = _job()
+    before = j.published
+    v0, p0 = before
+    j.apply_async(0, 0, np.ones(4), 10, 10.0, 1.0)
+    assert j.published is not before and j.version == 1
+    assert v0 == 0 and np.all(p0 == 0.0)  # the old pair is untouched
+    np.testing.assert_allclose(j.params, -0.05)
+
+
+def test_no_step_after_the_stop():
+    j = _job()
+    j.stop("enough")
+    assert j.apply_async(0, 0, np.ones(4), 10, 10.0, 1.0) is None
+    assert j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS) == "stopped"
+    assert j.version == 0 and j.ranks[0].updates == 0 and j.stats.updates == 0
+    j.stop("again", converged=True)  # the first reason wins
+    assert j.reason == "enough" and not j.converged
+
+
+def test_the_push_that_reaches_max_epochs_is_the_last():
+    j = _job(max_epochs=1)
+    j.apply_async(0, 0, np.ones(4), 10, 10.0, 1.0)
+    j.apply_async(1, 1, np.ones(4), 10, 10.0, 1.0)  # closes epoch 1: stop
+    assert j.stopped and "max_epochs" in j.reason
+    assert j.apply_async(0, 2, np.ones(4), 10, 10.0, 1.0) is None
+    assert j.version == sum(h["updates"] for h in j.history) == 2
+
+
+def test_sync_round_closes_when_every_live_member_pushed():
+    j = _job(mode="sync")
+    assert j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS) == "OK"
+    assert j.version == 0 and 0 in j.pending
+    assert j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS) == "twice"
+    assert j.arrive_sync(1, 0, 3 * np.ones(4), 10, 30.0, 1.0, None, WORKERS) == "OK"
+    assert j.version == 1 and not j.pending
+    np.testing.assert_allclose(j.params, -0.5 * 4 / 40)
+    assert j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS) == "stale"
+    assert j.dropped == 1
+    # a member whose worker is gone is not waited for
+    assert j.arrive_sync(0, 1, np.ones(4), 10, 10.0, 1.0, None, {"w0"}) == "OK"
+    assert j.version == 2
+
+
+def test_a_silent_member_leaves_the_live_set_after_member_timeout():
+    j = _job(mode="sync", member_timeout=30.0)
+    assert j.live(WORKERS) == [0, 1]
+    j.ranks[1].last_seen = time.monotonic() - 31.0  # its lease ran out
+    assert j.live(WORKERS) == [0]
+    j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS)
+    assert j.version == 1  # the round closed without the silent member
+    j.touch(1)  # rank 1 calls again: its lease is renewed
+    assert j.live(WORKERS) == [0, 1]
+    # rank 0 waits in the open round: silent, but waiting on the server, so live
+    j.arrive_sync(0, 1, np.ones(4), 10, 10.0, 1.0, None, WORKERS)
+    j.ranks[0].last_seen = time.monotonic() - 31.0
+    assert j.live(WORKERS) == [0, 1] and j.version == 1
+    with pytest.raises(ValueError, match="member_timeout"):
+        JobConfig(member_timeout=0)
+
+
+def test_a_new_incarnation_replaces_the_old_runs_waiting_gradient():
+    j = _job(mode="sync")
+    j.join(0, "w0", "run-1", WORKERS)
+    j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS)
+    assert 0 in j.pending
+    j.join(0, "w1", "run-2", WORKERS)  # the rerun: the zombie's gradient is dropped
+    assert 0 not in j.pending and j.ranks[0].incarnation == "run-2"
+    assert j.arrive_sync(0, 0, np.ones(4), 10, 10.0, 1.0, None, WORKERS) == "OK"
+    j.join(0, "w1", "run-2", WORKERS)  # the same run joining again keeps its gradient
+    assert 0 in j.pending
+
+
+def test_snapshot_and_its_sequence_number_change_together():
+    j = _job(checkpoint_every=1)
+    j.apply_async(0, 0, np.ones(4), 10, 10.0, 1.0)
+    j.apply_async(1, 1, np.ones(4), 10, 10.0, 1.0)  # epoch 1 closes: a snapshot
+    assert j.snapshot_seq == 1 and j.snapshot is not None
+    assert j.snapshot["version"] == 2
+    j.apply_async(0, 2, np.ones(4), 10, 10.0, 1.0)
+    j.fresh_snapshot()
+    assert j.snapshot_seq == 2 and j.snapshot["version"] == 3
+
+
+def test_history_rows_drop_their_parameters_once_the_driver_has_them():
+    j = _job(record_params=True)
+    for v in range(6):
+        j.apply_async(v % 2, v, np.ones(4), 10, 10.0, 1.0)
+    assert len(j.history) == 3 and all("params" in h for h in j.history)
+    out = j.report_status(2, False, WORKERS)  # the driver holds rows 0 and 1
+    assert [h["epoch"] for h in out["history"]] == [3]
+    assert ["params" in h for h in j.history] == [False, False, True]
+    final = j.close(2, WORKERS)
+    assert final["stopped"] and [h["epoch"] for h in final["history"]] == [3]
+    assert "params" in final
+
+
+def test_inline_threshold_is_a_job_setting():
+    assert _job(d=3).inline
+    assert not _job(d=3, inline_max_params=0).inline
+    with pytest.raises(ValueError, match="inline_max_params"):
+        JobConfig(inline_max_params=-1)
