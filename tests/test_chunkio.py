@@ -6,7 +6,7 @@ import zarr
 from zarr.codecs import BytesCodec
 
 from daskgd.data import write_zarr
-from daskgd.data.chunkio import _direct_folder, read_row_chunks
+from daskgd.data.chunkio import direct_folder, read_row_chunks
 from daskgd.errors import DataValidationError
 
 
@@ -50,7 +50,7 @@ def test_matches_zarr(tmp_path, dtype, compressor):
     np.testing.assert_array_equal(yr, ey)
     np.testing.assert_array_equal(wr, _expected(X, w, 100, chunks)[1])
     g = zarr.open_group(path, mode="r")
-    assert (_direct_folder(g["X"]) is not None) == (compressor is None)
+    assert (direct_folder(g["X"]) is not None) == (compressor is None)
 
 
 def test_sharded_reads_whole_shards(tmp_path):
@@ -96,8 +96,8 @@ def test_layouts_zarr_must_read(tmp_path):
         np.testing.assert_array_equal(
             read_row_chunks(str(tmp_path / f"{name}.zarr"), [2])[0], X[200:]
         )
-    assert _direct_folder(zarr.open_group(str(tmp_path / "missing.zarr"))["X"]) is not None
-    assert _direct_folder(zarr.open_group(str(tmp_path / "endian.zarr"))["X"]) is None
+    assert direct_folder(zarr.open_group(str(tmp_path / "missing.zarr"))["X"]) is not None
+    assert direct_folder(zarr.open_group(str(tmp_path / "endian.zarr"))["X"]) is None
 
 
 def test_chunk_out_of_range(tmp_path):

@@ -130,7 +130,7 @@ def _storage_option(text: str) -> tuple[str, Any]:
 def _compressor(name: str) -> Any:
     from zarr.codecs import BloscCodec
 
-    from daskgd.data.dataset import DEFAULT_COMPRESSOR
+    from daskgd.data import DEFAULT_COMPRESSOR
 
     if name == "zstd":
         return DEFAULT_COMPRESSOR
@@ -212,17 +212,17 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _info(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, open_zarr
+    from daskgd.data import group_arrays, open_group, open_zarr, rows_per_chunk
 
     ds = open_zarr(path, storage_options=storage_options, validate=False)
     path = ds.path or path  # resolved: a relative path or ~ made absolute
-    g = _open_group(path, "r", storage_options)
+    g = open_group(path, "r", storage_options)
     arrays = {}
-    for name, z in _group_arrays(g, path).items():
+    for name, z in group_arrays(g, path).items():
         arrays[name] = {
             "shape": list(z.shape),
             "dtype": str(z.dtype),
-            "row_chunk": _row_block(z),
+            "row_chunk": rows_per_chunk(z),
             "chunks": list(z.chunks),
             "shards": None if z.shards is None else list(z.shards),
             "codecs": [repr(c) for c in z.compressors] or ["uncompressed"],

@@ -137,7 +137,7 @@ def _estimator(args: argparse.Namespace, client: Any) -> Any:
 def check_fit(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd fit``, found before any training (exit code 2)."""
     from daskgd.cli.main import UsageError, check_exists, check_output, check_plot
-    from daskgd.data.dataset import open_zarr
+    from daskgd.data import open_zarr
 
     if args.mode == "ssp" and args.max_staleness is None:
         raise UsageError("argument --mode: ssp needs --max-staleness N (the bound)")
@@ -208,7 +208,7 @@ def check_demo(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``daskgd predict MODEL PATH``: predictions for a Zarr dataset (and its score)."""
     from daskgd.cli.main import _client
-    from daskgd.data.dataset import open_zarr
+    from daskgd.data import open_zarr
 
     est = load_model(args.model)
     ds = open_zarr(args.path, validate=False)

@@ -35,9 +35,25 @@ from typing import Any
 import numpy as np
 import zarr
 
+from daskgd.data.store import (
+    group_arrays,
+    open_group,
+    rows_per_chunk,
+    store_path,
+    worker_suffix,
+)
 from daskgd.errors import DataNotFoundError, DataValidationError
 
-__all__ = ["chunk_digest", "read_row_chunks"]
+__all__ = [
+    "DIGEST_ALGORITHM",
+    "CheckedRows",
+    "chunk_digest",
+    "direct_folder",
+    "load_chunk",
+    "read_chunk",
+    "read_row_chunks",
+    "recorded_digests",
+]
 
 #: The digest of a row-chunk recorded in a dataset's ``digests`` attribute.
 DIGEST_ALGORITHM = "crc32c"
@@ -58,16 +74,6 @@ def chunk_digest(a: np.ndarray) -> int:
     flat = a.reshape(-1).view(np.uint8)
     flat.flags.writeable = False  # google_crc32c reads only read-only buffers
     return int(google_crc32c.value(flat))
-
-
-def _where() -> str:
-    """`` on worker ADDRESS`` when this runs on a Dask worker, else nothing."""
-    try:
-        from distributed import get_worker
-
-        return f" on worker {get_worker().address}"
-    except (ImportError, ValueError):
-        return ""
 
 
 def _location(z: zarr.Array, key: str) -> str:
@@ -96,7 +102,7 @@ def _chunk_keys(z: zarr.Array, i: int) -> list[str]:
 
 def _missing(z: zarr.Array, name: str, dataset: str, i: int, rows: int, key: str) -> Exception:
     """The error for row-chunk ``i`` of ``z`` not being in the store."""
-    where = _where()
+    where = worker_suffix()
     root = getattr(z.store, "root", None)
     if root is not None and not os.path.isdir(str(root)):
         return DataNotFoundError(
@@ -122,7 +128,7 @@ def _missing(z: zarr.Array, name: str, dataset: str, i: int, rows: int, key: str
     )
 
 
-def _direct_folder(z: zarr.Array) -> str | None:
+def direct_folder(z: zarr.Array) -> str | None:
     """The folder whose files hold ``z``'s raw chunks, when they can be read as-is; else None."""
     from zarr.codecs import BytesCodec
     from zarr.storage import LocalStore
@@ -154,7 +160,7 @@ def read_chunk(
 ) -> None:
     """Fill ``out`` (C-contiguous) with row-chunk ``i`` of ``z``, whose row-chunks hold ``rows``.
 
-    ``folder`` is :func:`_direct_folder` of ``z`` (None: read through zarr); ``digest`` the
+    ``folder`` is :func:`direct_folder` of ``z`` (None: read through zarr); ``digest`` the
     chunk's recorded :func:`chunk_digest`, if any.
 
     Raises
@@ -184,8 +190,8 @@ def read_chunk(
                     got += k
             if size != expected or got != view.nbytes:
                 raise DataValidationError(
-                    f"chunk {i} of array {name!r} of the dataset {dataset}{_where()} has the "
-                    f"wrong size: {path} holds {size if got == 0 else got} bytes, an "
+                    f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} has "
+                    f"the wrong size: {path} holds {size if got == 0 else got} bytes, an "
                     f"uncompressed chunk of shape {tuple(z.chunks)} {z.dtype} has {expected}. "
                     "The file is truncated or damaged: write the dataset again"
                 )
@@ -200,20 +206,20 @@ def read_chunk(
             raise  # the store itself failed (permissions, network): its own message says so
         except Exception as exc:
             raise DataValidationError(
-                f"chunk {i} of array {name!r} of the dataset {dataset}{_where()} cannot be "
+                f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} cannot be "
                 f"decoded ({type(exc).__name__}: {exc}): {_location(z, key)} is damaged. "
                 "Write the dataset again"
             ) from exc
     if digest is not None and (found := chunk_digest(out)) != digest:
         raise DataValidationError(
-            f"chunk {i} of array {name!r} of the dataset {dataset}{_where()} does not match "
+            f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} does not match "
             f"its digest ({DIGEST_ALGORITHM} {found:#010x}, recorded {int(digest):#010x}): "
             f"{_location(z, key)} was altered or torn after it was written. Write the dataset "
             "again"
         )
 
 
-def _digests(attrs: Mapping[str, Any], name: str, n_chunks: int) -> list[int] | None:
+def recorded_digests(attrs: Mapping[str, Any], name: str, n_chunks: int) -> list[int] | None:
     """The recorded digests of array ``name``'s row-chunks, or None when there are none."""
     recorded = attrs.get("digests")
     if not isinstance(recorded, Mapping) or recorded.get("algorithm") != DIGEST_ALGORITHM:
@@ -251,7 +257,7 @@ class CheckedRows:
         """Row-chunk ``i``, read and checked."""
         n = self.shape[0]
         out = np.empty((min(self.rows, n - i * self.rows), *self.shape[1:]), dtype=self.dtype)
-        folder = _direct_folder(self.z) if int(self.z.chunks[0]) == self.rows else None
+        folder = direct_folder(self.z) if int(self.z.chunks[0]) == self.rows else None
         digest = None if self.digests is None else self.digests[i]
         read_chunk(self.z, self.name, self.dataset, i, self.rows, out, folder=folder,
                    digest=digest)  # fmt: skip
@@ -297,21 +303,19 @@ def read_row_chunks(
     X, y, sample_weight : numpy.ndarray
         The chunks' rows, concatenated; ``sample_weight`` is None when the dataset has none.
     """
-    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, _store_path
-
-    p = _store_path(path)
+    p = store_path(path)
     try:
-        g = _open_group(p, "r", storage_options)
+        g = open_group(p, "r", storage_options)
     except FileNotFoundError as exc:
         raise DataNotFoundError(
-            f"the dataset {p} does not exist{_where()} ({exc}): it was opened where it exists, "
-            "but this process cannot see it (or it was moved or deleted since). Keep the "
+            f"the dataset {p} does not exist{worker_suffix()} ({exc}): it was opened where it "
+            "exists, but this process cannot see it (or it was moved or deleted since). Keep the "
             "dataset on a filesystem that every worker mounts at the same path, or use a URL "
             "every worker can read (s3://..., gs://...)"
         ) from exc
     attrs = dict(g.attrs)
-    arrays = _group_arrays(g, p)
-    rows, n = _row_block(arrays["X"]), int(arrays["X"].shape[0])
+    arrays = group_arrays(g, p)
+    rows, n = rows_per_chunk(arrays["X"]), int(arrays["X"].shape[0])
     n_chunks = -(-n // rows)
     for i in chunks:
         if not 0 <= i < n_chunks:
@@ -320,8 +324,8 @@ def read_row_chunks(
     out: dict[str, np.ndarray] = {}
     for name, z in arrays.items():
         buf = np.empty((sum(sizes), *z.shape[1:]), dtype=z.dtype)
-        folder = _direct_folder(z) if int(z.chunks[0]) == rows else None
-        digests = _digests(attrs, name, n_chunks)
+        folder = direct_folder(z) if int(z.chunks[0]) == rows else None
+        digests = recorded_digests(attrs, name, n_chunks)
         at = 0
         for i, size in zip(chunks, sizes, strict=True):
             read_chunk(z, name, p, i, rows, buf[at : at + size], folder=folder,
@@ -329,3 +333,38 @@ def read_row_chunks(
             at += size
         out[name] = buf
     return out["X"], out["y"], out.get("sample_weight")
+
+
+def load_chunk(
+    path: str | os.PathLike[str],
+    i: int,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read row-chunk ``i`` of a dataset straight from Zarr (for out-of-core training).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The dataset, as for :func:`open_zarr`.
+    i : int
+        Row-chunk index, ``0 <= i < n_chunks``.
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    X, y, sample_weight : numpy.ndarray
+        C-contiguous arrays of the chunk's rows; ``sample_weight`` is None when the
+        dataset has none.
+
+    Raises
+    ------
+    DataValidationError
+        The chunk is missing in an array, its raw file has the wrong size, it cannot be
+        decoded or does not match its recorded digest (naming array, chunk and file).
+    DataNotFoundError
+        The dataset or one of its arrays is not at ``path`` in this process (on a worker:
+        the message names it).
+    """
+    return read_row_chunks(path, [i], storage_options=storage_options)

@@ -17,18 +17,18 @@ from typing import Any
 import dask
 import numpy as np
 
-from daskgd.data.dataset import (
-    DEFAULT_COMPRESSOR,
-    Dataset,
-    DatasetWrite,
-    _auto_chunk_rows,
-    _cluster_client,
-    _compute,
-    _open_group,
-    _store_path,
-    _writable,
-    open_zarr,
+from daskgd.data.chunkio import chunk_digest
+from daskgd.data.dataset import Dataset
+from daskgd.data.opening import open_zarr
+from daskgd.data.store import (
+    auto_chunk_rows,
+    cluster_client,
+    compute_on_cluster,
+    open_group,
+    store_path,
+    writable_array,
 )
+from daskgd.data.write import DEFAULT_COMPRESSOR, DatasetWrite
 
 __all__ = ["make_classification", "make_regression"]
 
@@ -53,7 +53,7 @@ def _check_sizes(n_samples: int, n_features: int, chunk_rows: int | None, dtype:
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if chunk_rows is None:
-        return _auto_chunk_rows(n_samples, n_features, np.dtype(dtype).itemsize)
+        return auto_chunk_rows(n_samples, n_features, np.dtype(dtype).itemsize)
     if not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     return min(int(chunk_rows), n_samples)
@@ -71,8 +71,6 @@ def _write_chunk(
 
     Returns the rows written and the chunk's digest in each array.
     """
-    from daskgd.data.chunkio import chunk_digest
-
     rng = _rng(params["entropy"], 1, i)
     d = params["n_features"]
     dtype = np.dtype(params["dtype"])
@@ -87,10 +85,10 @@ def _write_chunk(
         y = (rng.random(rows) < p).astype(np.int32)
     else:  # multinomial: labels drawn from the softmax model (Gumbel-max trick)
         y = np.argmax(margin + rng.gumbel(size=margin.shape), axis=1).astype(np.int32)
-    g = _open_group(path, "r+", storage_options)
+    g = open_group(path, "r+", storage_options)
     digests = {}
     for name, values in (("X", X), ("y", y)):
-        z = _writable(g, name)
+        z = writable_array(g, name)
         values = np.ascontiguousarray(values, dtype=z.dtype)
         z[start : start + rows] = values
         digests[name] = chunk_digest(values)
@@ -116,9 +114,9 @@ def _generate(
     entropy: int,
     extra_attrs: dict[str, Any],
 ) -> Dataset:
-    p = _store_path(path)
+    p = store_path(path)
     rows = _check_sizes(n_samples, n_features, chunk_rows, dtype)
-    client = _cluster_client(client)  # checked before anything is removed or written
+    client = cluster_client(client)  # checked before anything is removed or written
     classes = extra_attrs.get("classes")
     writer = DatasetWrite(
         p,
@@ -166,7 +164,7 @@ def _generate(
         for i, start in enumerate(range(0, n_samples, rows))
     ]
     try:
-        written = _compute(tasks, client)
+        written = compute_on_cluster(tasks, client)
         if sum(r for r, _ in written) != n_samples:  # pragma: no cover - a broken store
             raise RuntimeError(f"wrote {sum(r for r, _ in written)} rows, expected {n_samples}")
         writer.finish({name: [d[name] for _, d in written] for name in ("X", "y")})

@@ -229,10 +229,10 @@ def _check_classes(ds, s: _Settings, client: Any = None) -> None:
     if not get_loss(s.loss).classification or not s.check_labels:
         return
     if ds.classes_ is None:
-        from daskgd.data.dataset import _no_classes_reason
+        from daskgd.data import no_classes_reason
 
         raise DataValidationError(
-            f"loss={s.loss!r} is a classification loss but {_no_classes_reason(ds.y, client)}; "
+            f"loss={s.loss!r} is a classification loss but {no_classes_reason(ds.y, client)}; "
             "use loss='squared_error' or 'huber' for a regression target"
         )
     if len(ds.classes_) < 2:
@@ -1137,7 +1137,7 @@ def fit(data, *, client=None, validate: bool = True, **kwargs: Any) -> FitResult
             f"{type(client).__name__}"
         )
     try:
-        from daskgd.data.dataset import as_dataset
+        from daskgd.data import as_dataset
 
         started = time.perf_counter()
         if own_cluster is None:  # before the data is opened: its scan runs there too
@@ -1174,7 +1174,7 @@ async def fit_async(data, *, client: Client, validate: bool = True, **kwargs: An
     s = _make_settings(kwargs)
     if not isinstance(client, Client) or not getattr(client, "_asynchronous", False):
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
-    from daskgd.data.dataset import as_dataset
+    from daskgd.data import as_dataset
 
     started = time.perf_counter()
     await check_scheduler_async(client)

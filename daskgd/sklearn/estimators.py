@@ -52,8 +52,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from daskgd.cluster import check_scheduler, check_tls_address
-from daskgd.data import Dataset, as_dataset
-from daskgd.data.dataset import _check_dense
+from daskgd.data import Dataset, as_dataset, check_dense
 from daskgd.errors import DataValidationError
 from daskgd.history import history_to_dict
 from daskgd.kernels import grad_loss
@@ -114,7 +113,7 @@ def _lazy_inputs(X: Any, y: Any, sample_weight: Any) -> tuple[da.Array, da.Array
         y = ds.y if y is None else y
         sample_weight = ds.sample_weight if sample_weight is None else sample_weight
         X = ds.X
-    _check_dense(X, y, sample_weight)  # a dask array of sparse blocks
+    check_dense(X, y, sample_weight)  # a dask array of sparse blocks
     if X.ndim != 2:
         raise DataValidationError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
     if np.dtype(X.dtype).kind in "biu":
