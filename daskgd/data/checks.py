@@ -150,26 +150,6 @@ def block_stats(block: np.ndarray, kind: str) -> tuple[int, int, float]:
     return n_bad, first, total
 
 
-def _scan(arrays: Mapping[str, Any], client: Any = None) -> dict[str, list[tuple[int, int, float]]]:
-    """Run :func:`block_stats` on every row-chunk of every array in one compute."""
-    out: dict[str, list[tuple[int, int, float]]] = {}
-    tasks: list[Any] = []
-    names: list[tuple[str, int]] = []
-    for name, a in arrays.items():
-        # integer arrays too: their values are always finite, but reading them checks
-        # that every chunk is there and matches its digest
-        kind = "weight" if name == "sample_weight" else "value"
-        blocks = a.to_delayed().ravel()
-        stat = dask.delayed(block_stats, pure=True)
-        for i, b in enumerate(blocks):
-            tasks.append(stat(b, kind, dask_key_name=f"daskgd-check-{a.name}-{i}"))
-            names.append((name, i))
-    results = compute_on_cluster(tasks, client)
-    for (name, _i), r in zip(names, results, strict=True):
-        out.setdefault(name, []).append(r)
-    return out
-
-
 def report_bad(name: str, stats: list[tuple[int, int, float]], chunks: Sequence[int]) -> None:
     offsets = np.concatenate([[0], np.cumsum(chunks)])
     for i, (n_bad, first, _total) in enumerate(stats):
@@ -183,20 +163,90 @@ def report_bad(name: str, stats: list[tuple[int, int, float]], chunks: Sequence[
             )
 
 
-def validate_values(X: da.Array, y: da.Array, w: da.Array | None, client: Any = None) -> None:
-    arrays: dict[str, da.Array] = {"X": X, "y": y}
-    if w is not None:
-        arrays["sample_weight"] = w
-    stats = _scan(arrays, client)
-    for name in arrays:
-        if name in stats:
-            report_bad(name, stats[name], arrays[name].chunks[0])
-    if w is not None:
-        total = sum(s[2] for s in stats["sample_weight"])
-        if total <= 0:
-            raise DataValidationError(
-                "sample_weight sums to zero: at least one row needs a positive weight"
-            )
+def _labels_of(y: np.ndarray) -> np.ndarray | None:
+    """Sorted distinct labels of one block of ``y``; None when it holds non-integer values."""
+    if y.dtype.kind in "biu":
+        return np.unique(y)
+    finite = y[np.isfinite(y)]
+    if not np.array_equal(finite, np.round(finite)):
+        return None
+    return np.unique(finite)
+
+
+def _chunk_check(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, labels: bool
+) -> tuple[tuple[int, int, float], ...] | tuple[Any, ...]:
+    """Check one row-chunk of every array at once (one task per chunk, on a worker).
+
+    Returns the :func:`block_stats` of ``X``, ``y`` and ``w`` (None without weights) and,
+    when ``labels``, the chunk's distinct labels (None: not class labels): the pass that
+    finds the classes reads ``y`` while it is already in memory.
+    """
+    found = _labels_of(np.asarray(y)) if labels else None
+    return (
+        block_stats(X, "value"),
+        block_stats(y, "value"),
+        None if w is None else block_stats(w, "weight"),
+        found,
+    )
+
+
+def validate_values(
+    X: da.Array,
+    y: da.Array,
+    w: da.Array | None,
+    client: Any = None,
+    *,
+    find_labels: bool = False,
+) -> np.ndarray | None:
+    """Scan every row-chunk for NaN/inf (X, y) and bad weights: one task per row-chunk.
+
+    Parameters
+    ----------
+    X, y, w : dask.array.Array
+        The dataset's arrays, with the same row-chunks (``w`` may be None).
+    client : distributed.Client, optional
+        Where the scan runs; default: the default client, else dask's scheduler.
+    find_labels : bool, default False
+        Also find the class labels of ``y`` in the same pass (only for classification:
+        a regression target is never scanned for them).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        With ``find_labels``, the sorted class labels (None: ``y`` holds no labels, as
+        :func:`find_classes`); else None.
+
+    Raises
+    ------
+    DataValidationError
+        Naming the array, the chunk and its rows.
+    """
+    check = dask.delayed(_chunk_check, pure=True)
+    Xs, ys = X.to_delayed().ravel(), y.to_delayed().ravel()
+    ws = [None] * len(Xs) if w is None else list(w.to_delayed().ravel())
+    tasks = [
+        check(Xs[i], ys[i], ws[i], find_labels, dask_key_name=f"daskgd-check-{X.name}-{i}")
+        for i in range(len(Xs))
+    ]
+    results = compute_on_cluster(tasks, client)
+    arrays: dict[str, Any] = {"X": X, "y": y, "sample_weight": w}
+    for j, name in enumerate(arrays):
+        if arrays[name] is not None:
+            report_bad(name, [r[j] for r in results], X.chunks[0])
+    if w is not None and sum(r[2][2] for r in results) <= 0:
+        raise DataValidationError(
+            "sample_weight sums to zero: at least one row needs a positive weight"
+        )
+    if not find_labels:
+        return None
+    parts = [r[3] for r in results]
+    if any(p is None for p in parts):
+        return None
+    uniq = np.unique(np.concatenate(parts))
+    if y.dtype.kind not in "biu" and len(uniq) > MAX_CLASSES:
+        return None  # too many distinct integer values to be classes: a regression target
+    return uniq
 
 
 def validate_local(

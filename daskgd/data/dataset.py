@@ -21,14 +21,26 @@ from daskgd.data.checks import (
     check_dtype_X,
     check_labels,
     check_shapes,
+    find_classes,
     validate_values,
 )
 from daskgd.errors import DataValidationError
 
 __all__ = ["Dataset"]
 
+
+class _Unknown:
+    """The type of ``_UNKNOWN``: one instance, kept by pickling (by its name)."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+    def __reduce__(self) -> str:
+        return "_UNKNOWN"
+
+
 #: ``classes=`` of a Dataset whose labels are found when first asked for.
-_UNKNOWN: Any = object()
+_UNKNOWN: Any = _Unknown()
 
 
 class Dataset:
@@ -42,14 +54,24 @@ class Dataset:
         Targets or class labels, ``(n_samples,)``, same row chunks as ``X``.
     sample_weight : dask.array.Array or None
         Non-negative row weights, same row chunks as ``X``.
-    classes : array-like or None
-        Sorted class labels for classification data, None for regression.
+    classes : array-like or None, optional
+        Sorted class labels for classification data, None for regression. Not given: found
+        from ``y`` (one pass over it) when :attr:`classes_` is first read, so a regression
+        target is never scanned for labels.
     path : str or None
         The Zarr group backing the arrays, if any.
     storage_options : dict or None
         fsspec options used to open ``path``.
     attrs : dict or None
         The group attributes (or metadata of an in-memory dataset).
+    feature_names : sequence of str, optional
+        The names of the columns of ``X`` (from a DataFrame, or the group's
+        ``feature_names`` attribute); length ``n_features``.
+    values_checked : bool, default False
+        Whether the values were checked already (a scan, or the trusted record of one):
+        :func:`~daskgd.data.as_dataset` does not check them again.
+    client : distributed.Client, optional
+        Where the pass that finds the classes runs; default: dask's current scheduler.
 
     Attributes
     ----------
@@ -57,11 +79,16 @@ class Dataset:
         As given.
     classes_ : numpy.ndarray or None
         Sorted class labels, None for regression data.
+    feature_names : list of str or None
+        The names of the features, if known.
+    values_checked : bool
+        True once the values passed a check (:meth:`validate`).
 
     Examples
     --------
     >>> import numpy as np
-    >>> ds = as_dataset((np.ones((10, 2)), np.arange(10.0)), validate=False)
+    >>> import dask.array as da
+    >>> ds = Dataset(da.ones((10, 2), chunks=(10, 2)), da.arange(10.0, chunks=10))
     >>> ds.n_samples, ds.n_features, ds.n_chunks
     (10, 2, 1)
     """
@@ -72,10 +99,13 @@ class Dataset:
         y: da.Array,
         sample_weight: da.Array | None = None,
         *,
-        classes: Any = None,
+        classes: Any = _UNKNOWN,
         path: str | None = None,
         storage_options: dict[str, Any] | None = None,
         attrs: dict[str, Any] | None = None,
+        feature_names: Sequence[str] | None = None,
+        values_checked: bool = False,
+        client: Any = None,
     ) -> None:
         check_shapes(X.shape, y.shape, None if sample_weight is None else sample_weight.shape)
         check_dtype_X(X.dtype)
@@ -97,10 +127,44 @@ class Dataset:
         self.X = X
         self.y = y
         self.sample_weight = sample_weight
-        self.classes_ = None if classes is None else np.asarray(classes)
+        self._classes: Any = _UNKNOWN
+        if classes is not _UNKNOWN:
+            self.classes_ = classes
+        self._client = client
         self.path = path
         self.storage_options = storage_options
         self.attrs: dict[str, Any] = dict(attrs or {})
+        if feature_names is not None:
+            feature_names = [str(f) for f in feature_names]
+            if len(feature_names) != X.shape[1]:
+                raise DataValidationError(
+                    f"feature_names has {len(feature_names)} names but X has {X.shape[1]} features"
+                )
+        self.feature_names: list[str] | None = feature_names
+        self.values_checked = bool(values_checked)
+
+    @property
+    def classes_(self) -> np.ndarray | None:
+        """Sorted class labels, None when ``y`` holds no class labels (a regression target).
+
+        Found from ``y`` the first time it is read, when not known (one pass over ``y``).
+        """
+        if self._classes is _UNKNOWN:
+            self._classes = find_classes(self.y, self._client)
+        return self._classes  # type: ignore[no-any-return]
+
+    @classes_.setter
+    def classes_(self, classes: Any) -> None:
+        self._classes = None if classes is None else np.asarray(classes)
+
+    @property
+    def classes_known(self) -> bool:
+        """Whether :attr:`classes_` is known without a pass over ``y``."""
+        return self._classes is not _UNKNOWN
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a client does not travel (it is only where the labels pass runs)
+        return {**self.__dict__, "_client": None}
 
     @property
     def n_samples(self) -> int:
@@ -135,7 +199,7 @@ class Dataset:
             f"{' weighted' if self.sample_weight is not None else ''}{where}>"
         )
 
-    def validate(self, client: Any = None) -> None:
+    def validate(self, client: Any = None, *, find_labels: bool = False) -> None:
         """Scan the data for NaN/inf (X, y) and negative or non-finite weights.
 
         The scan runs one task per row-chunk, on ``client`` if given, else on dask's
@@ -146,7 +210,10 @@ class Dataset:
         DataValidationError
             Naming the array, the chunk and its rows.
         """
-        validate_values(self.X, self.y, self.sample_weight, client)
+        found = validate_values(self.X, self.y, self.sample_weight, client, find_labels=find_labels)
+        if find_labels:
+            self._classes = found
+        self.values_checked = True
 
     def check_task(self, task: Task) -> None:
         """Check that ``y`` fits ``task`` (``"regression"`` or ``"classification"``).
@@ -157,7 +224,9 @@ class Dataset:
             Continuous targets for classification, a single class, class labels (per the
             stored ``task`` attribute or a boolean ``y``) for regression.
         """
-        check_labels(task, np.dtype(self.y.dtype), self.classes_, self.attrs, self.y)
+        # a regression target is never scanned for class labels
+        classes = self.classes_ if task == "classification" else None
+        check_labels(task, np.dtype(self.y.dtype), classes, self.attrs, self.y)
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         """Row range ``[start, stop)`` of row-chunk ``i``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import dask
 import dask.array as da
@@ -23,7 +23,6 @@ from daskgd.data.checks import (
     check_dtype_X,
     check_format_attrs,
     check_shapes,
-    find_classes,
 )
 from daskgd.data.chunkio import CheckedRows, recorded_digests
 from daskgd.data.dataset import Dataset
@@ -35,6 +34,7 @@ from daskgd.data.store import (
     store_exists,
     store_path,
 )
+from daskgd.data.trust import trusted_record
 from daskgd.errors import DataValidationError
 
 __all__ = ["open_zarr"]
@@ -44,7 +44,7 @@ def open_zarr(
     path: str | os.PathLike[str],
     *,
     storage_options: dict[str, Any] | None = None,
-    validate: bool = True,
+    validate: bool | Literal["full"] = True,
     task: Task | None = None,
     client: Any = None,
 ) -> Dataset:
@@ -56,11 +56,18 @@ def open_zarr(
         A local path or an fsspec URL (``file://``, ``s3://``, ...).
     storage_options : dict, optional
         fsspec options for a URL (not allowed with a local path).
-    validate : bool, default True
-        Scan the data for NaN/inf and bad weights, one task per chunk. Shapes,
-        dtypes, chunks, completeness and the format version are always checked.
+    validate : bool or "full", default True
+        Check the values: NaN/inf in ``X`` and ``y``, negative, non-finite or all-zero
+        weights. A group that daskgd wrote (:func:`~daskgd.data.write_zarr`, the synthetic
+        generators) records the check it passed when written (attribute ``checked``), and
+        that record is trusted while the group is unchanged (:mod:`daskgd.data.trust`):
+        nothing is read. Any other group is scanned, one task per row-chunk. ``"full"``
+        scans whatever the record says; False checks nothing. Shapes, dtypes, chunks,
+        completeness and the format version are always checked.
     task : {"regression", "classification"}, optional
-        Also check that ``y`` fits this task.
+        Also check that ``y`` fits this task. With "classification" and a scan, the class
+        labels are found in the same pass; with "regression" (or none) ``y`` is never
+        scanned for labels (:attr:`Dataset.classes_` finds them when first read).
     client : distributed.Client, optional
         Where the scan runs; default: dask's current scheduler.
 
@@ -75,8 +82,8 @@ def open_zarr(
         The group's write did not finish.
     DataValidationError
         Missing arrays, a newer format version, bad shapes/dtypes/chunks or values; with
-        ``validate``, a missing, damaged or altered chunk (every chunk is read, on the
-        cluster, and the dataset's arrays refuse such a chunk whenever they are read).
+        a scan, a missing, damaged or altered chunk (every chunk is read, on the cluster;
+        the dataset's arrays refuse such a chunk whenever they are read, trusted or not).
     FileNotFoundError
         Nothing at ``path``. A relative path, ``~`` or ``file://`` URL is made absolute
         here: the workers read the same folder whatever their working directory.
@@ -123,13 +130,21 @@ def open_zarr(
     if zw is not None:
         check_dtype_1d("sample_weight", np.dtype(zw.dtype))
         w = da.from_array(checked(zw, "sample_weight"), chunks=(rows,), name=f"daskgd-w-{token}")
+    extra: dict[str, Any] = {}
     if "classes" in attrs:
-        classes = None if attrs["classes"] is None else np.asarray(attrs["classes"])
-    else:
-        classes = find_classes(y, client)
-    ds = Dataset(X, y, w, classes=classes, path=p, storage_options=storage_options, attrs=attrs)
-    if validate:
-        ds.validate(client)
+        extra["classes"] = None if attrs["classes"] is None else np.asarray(attrs["classes"])
+    names = attrs.get("feature_names")
+    if isinstance(names, list) and len(names) == d and all(isinstance(f, str) for f in names):
+        extra["feature_names"] = names
+    ds = Dataset(
+        X, y, w, path=p, storage_options=storage_options, attrs=attrs, client=client, **extra
+    )
+    if validate not in (True, False, "full"):
+        raise ValueError(f"validate must be True, False or 'full', got {validate!r}")
+    if validate == "full" or (validate and trusted_record(arrays, attrs) is None):
+        ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
+    elif validate:
+        ds.values_checked = True  # the record of the check at write time, still true
     if task is not None:
         ds.check_task(task)
     return ds

@@ -17,6 +17,7 @@ from typing import Any
 import dask
 import numpy as np
 
+from daskgd.data.checks import block_stats
 from daskgd.data.chunkio import chunk_digest
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
@@ -66,10 +67,11 @@ def _write_chunk(
     rows: int,
     start: int,
     params: dict[str, Any],
-) -> tuple[int, dict[str, int]]:
+) -> tuple[int, dict[str, int], bool]:
     """Generate row-chunk ``i`` and write it into the pre-created arrays (runs on a worker).
 
-    Returns the rows written and the chunk's digest in each array.
+    Returns the rows written, the chunk's digest in each array, and whether its values
+    are all finite (checked here, in memory, for the record of the check).
     """
     rng = _rng(params["entropy"], 1, i)
     d = params["n_features"]
@@ -87,12 +89,14 @@ def _write_chunk(
         y = np.argmax(margin + rng.gumbel(size=margin.shape), axis=1).astype(np.int32)
     g = open_group(path, "r+", storage_options)
     digests = {}
+    finite = True
     for name, values in (("X", X), ("y", y)):
         z = writable_array(g, name)
         values = np.ascontiguousarray(values, dtype=z.dtype)
+        finite = finite and block_stats(values, "value")[0] == 0
         z[start : start + rows] = values
         digests[name] = chunk_digest(values)
-    return rows, digests
+    return rows, digests, finite
 
 
 def _generate(
@@ -165,13 +169,17 @@ def _generate(
     ]
     try:
         written = compute_on_cluster(tasks, client)
-        if sum(r for r, _ in written) != n_samples:  # pragma: no cover - a broken store
-            raise RuntimeError(f"wrote {sum(r for r, _ in written)} rows, expected {n_samples}")
-        writer.finish({name: [d[name] for _, d in written] for name in ("X", "y")})
+        if sum(r for r, _, _ in written) != n_samples:  # pragma: no cover - a broken store
+            raise RuntimeError(f"wrote {sum(r for r, _, _ in written)} rows, expected {n_samples}")
+        finite = all(ok for _, _, ok in written)
+        writer.finish({name: [d[name] for _, d, _ in written] for name in ("X", "y")},
+                      checked=finite)  # fmt: skip
     except BaseException:
         writer.abort()
         raise
-    return open_zarr(p, storage_options=storage_options, validate=False, client=client)
+    ds = open_zarr(p, storage_options=storage_options, validate=False, client=client)
+    ds.values_checked = finite
+    return ds
 
 
 def make_regression(

@@ -28,11 +28,13 @@ from daskgd.data.checks import (
     validate_local,
 )
 from daskgd.data.chunkio import DIGEST_ALGORITHM, chunk_digest
-from daskgd.data.convert import arrays_to_dask
+from daskgd.data.convert import arrays_to_dask, frames_to_arrays
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
 from daskgd.data.store import (
+    ARRAY_NAMES,
     FORMAT_VERSION,
+    array_member,
     auto_chunk_rows,
     check_storage_options,
     cluster_client,
@@ -45,6 +47,7 @@ from daskgd.data.store import (
     store_path,
     writable_array,
 )
+from daskgd.data.trust import RECORD_ATTR, make_record
 from daskgd.errors import DataValidationError
 
 __all__ = ["DEFAULT_COMPRESSOR", "DatasetWrite", "write_zarr"]
@@ -71,35 +74,41 @@ def _compressors(compressor: Any) -> Any:
     return (compressor,)
 
 
-def _check_block(block: np.ndarray, name: str, kind: str, i: int, start: int) -> None:
-    """Refuse NaN/inf (and negative weights) in chunk ``i`` of ``name``, rows from ``start``."""
-    n_bad, first, _ = block_stats(block, kind)
+def _check_block(block: np.ndarray, name: str, kind: str, i: int, start: int) -> float:
+    """Refuse NaN/inf (and negative weights) in chunk ``i`` of ``name``, rows from ``start``.
+
+    Returns the block's sum when it holds weights (for the record of the check).
+    """
+    n_bad, first, total = block_stats(block, kind)
     if n_bad:
         what = "negative, NaN or inf" if kind == "weight" else "NaN or inf"
         raise DataValidationError(
             f"{name} contains {what} values in chunk {i} (first bad row {start + first}); "
             "clean the data, or pass validate=False to skip this check"
         )
+    return total
 
 
 def _write_block(
     target: Any, block: np.ndarray, name: str, kind: str | None, i: int, start: int
-) -> tuple[Exception | None, int | None]:
+) -> tuple[Exception | None, int | None, float]:
     """Write one row-chunk to Zarr (checked first when ``kind`` is given).
 
-    Returns ``(failure, digest)``: the failure instead of raising it, so that the caller
+    Returns ``(failure, digest, weight sum)``: the failure instead of raising it, so that the caller
     can wait for every chunk task to end before it removes a half-written group (a raised
     failure would end the computation while sibling chunks may still be writing), and the
-    chunk's :func:`~daskgd.data.chunkio.chunk_digest` as stored.
+    chunk's :func:`~daskgd.data.chunkio.chunk_digest` as stored, and the sum of a checked
+    block of weights (0 otherwise).
     """
+    total = 0.0
     try:
         if kind is not None:
-            _check_block(block, name, kind, i, start)
+            total = _check_block(block, name, kind, i, start)
         values = np.ascontiguousarray(block, dtype=target.dtype)
         target[start : start + values.shape[0]] = values
     except Exception as exc:
-        return exc, None
-    return None, chunk_digest(values)
+        return exc, None, 0.0
+    return None, chunk_digest(values), total
 
 
 class DatasetWrite:
@@ -215,12 +224,36 @@ class DatasetWrite:
         return g
 
     def finish(
-        self, digests: Mapping[str, Sequence[int]], attrs: dict[str, Any] | None = None
+        self,
+        digests: Mapping[str, Sequence[int]],
+        attrs: dict[str, Any] | None = None,
+        *,
+        checked: bool = False,
+        weight_sum: float | None = None,
     ) -> None:
-        """Record the chunks' digests and final attributes, mark complete, move into place."""
+        """Record the chunks' digests and final attributes, mark complete, move into place.
+
+        Parameters
+        ----------
+        digests : mapping of str to sequence of int
+            Each array's row-chunk digests, in order.
+        attrs : dict, optional
+            More group attributes.
+        checked : bool, default False
+            Every value was checked as it was written and found good: record that check
+            (:mod:`daskgd.data.trust`), so that opening the dataset does not scan it again.
+        weight_sum : float, optional
+            The sum of the weights, with ``checked`` and a ``sample_weight`` array.
+        """
         recorded: dict[str, Any] = {"algorithm": DIGEST_ALGORITHM}
         recorded.update({name: [int(v) for v in d] for name, d in digests.items()})
-        self.group.attrs.update({**(attrs or {}), "digests": recorded, "complete": True})
+        final = {**(attrs or {}), "digests": recorded, "complete": True}
+        if checked:
+            arrays = {n: array_member(self.group, n) for n in ARRAY_NAMES if n in digests}
+            record = make_record(arrays, {**self.group.attrs, **final}, weight_sum)
+            if record is not None:
+                final[RECORD_ATTR] = record
+        self.group.attrs.update(final)
         if self.path == self.final:
             return
         local = local_dir(self.final)
@@ -297,7 +330,9 @@ def write_zarr(
         Shard the arrays: each row-chunk becomes one shard of inner chunks of this many
         rows (must divide ``chunk_rows``).
     feature_names : sequence of str, optional
-        Stored in the attributes; length ``n_features``.
+        Stored in the attributes; length ``n_features``. Default: the column names of a
+        DataFrame ``X`` (pandas and dask DataFrames are taken as by
+        :func:`~daskgd.data.as_dataset`).
     task : {"regression", "classification"}, optional
         Stored in the attributes and checked against ``y``; default: classification
         when ``y`` has an integer dtype, else regression.
@@ -320,6 +355,9 @@ def write_zarr(
         Bad shapes, dtypes or values; nothing that looks complete is left behind.
     """
     p = store_path(path)
+    X, y, sample_weight, names = frames_to_arrays(X, y, sample_weight)
+    if feature_names is None:
+        feature_names = names  # a DataFrame's column names
     Xd, yd, wd = arrays_to_dask(X, y, sample_weight, None)
     n, d = Xd.shape
     if chunk_rows is None:
@@ -382,6 +420,7 @@ def write_zarr(
     )
     g = writer.group
     digests: dict[str, list[int]] = {}
+    weight_sum = 0.0
     try:
         if in_memory:
             offsets = np.cumsum((0, *Xd.chunks[0]))
@@ -390,6 +429,8 @@ def write_zarr(
                 if a is None:
                     continue
                 values = np.ascontiguousarray(a, dtype=dt)
+                if name == "sample_weight":
+                    weight_sum = float(values.sum())
                 writable_array(g, name)[:] = values
                 digests[name] = [
                     chunk_digest(values[offsets[i] : offsets[i + 1]])
@@ -410,13 +451,17 @@ def write_zarr(
                     tasks.append(write(target, block, name, kind, i, int(starts[i])))
                     names.append(name)
             results = compute_on_cluster(tasks, client)
-            failures = [f for f, _ in results if f is not None]
+            failures = [f for f, _, _ in results if f is not None]
             if failures:
                 raise failures[0]
-            for name, (_, digest) in zip(names, results, strict=True):
+            for name, (_, digest, total) in zip(names, results, strict=True):
                 digests.setdefault(name, []).append(digest)
-        writer.finish(digests)
+                if name == "sample_weight":
+                    weight_sum += total
+        writer.finish(digests, checked=validate, weight_sum=weight_sum)
     except BaseException:
         writer.abort()
         raise
-    return open_zarr(p, storage_options=storage_options, validate=False, client=client)
+    ds = open_zarr(p, storage_options=storage_options, validate=False, client=client)
+    ds.values_checked = validate
+    return ds

@@ -226,16 +226,16 @@ def _check_classes(ds, s: _Settings, client: Any = None) -> None:
 
     Runs before the job is created (on the error path it may take a pass over ``y``).
     """
-    if not get_loss(s.loss).classification or not s.check_labels:
-        return
-    if ds.classes_ is None:
+    if not get_loss(s.loss).classification:
+        return  # a regression target is never scanned for labels
+    if ds.classes_ is None and s.check_labels:  # classes_ found here, off the event loop
         from daskgd.data import no_classes_reason
 
         raise DataValidationError(
             f"loss={s.loss!r} is a classification loss but {no_classes_reason(ds.y, client)}; "
             "use loss='squared_error' or 'huber' for a regression target"
         )
-    if len(ds.classes_) < 2:
+    if s.check_labels and len(ds.classes_) < 2:
         raise DataValidationError(
             f"loss={s.loss!r} needs samples of at least 2 classes, but y holds only one: "
             f"{np.asarray(ds.classes_).tolist()!r}; a classifier cannot learn from one class"
