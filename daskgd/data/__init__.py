@@ -6,7 +6,8 @@ lowest first: :mod:`~daskgd.data.store` (paths, groups, running on a cluster),
 and values), :mod:`~daskgd.data.trust` (the record of a check), :mod:`~daskgd.data.dataset`
 (:class:`Dataset`), :mod:`~daskgd.data.opening` (:func:`open_zarr`),
 :mod:`~daskgd.data.convert` (:func:`as_dataset`), :mod:`~daskgd.data.write`
-(:func:`write_zarr`), :mod:`~daskgd.data.synthetic`.
+(:func:`write_zarr`; :mod:`~daskgd.data.staging`, the atomic write of a group),
+:mod:`~daskgd.data.synthetic`.
 """
 
 from daskgd.data.checks import MAX_CLASSES, check_dense, no_classes_reason
@@ -14,6 +15,7 @@ from daskgd.data.chunkio import load_chunk, read_row_chunks
 from daskgd.data.convert import as_dataset
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
+from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
 from daskgd.data.store import (
     FORMAT_VERSION,
     auto_chunk_rows,
@@ -24,7 +26,7 @@ from daskgd.data.store import (
     rows_per_chunk,
     store_path,
 )
-from daskgd.data.write import DEFAULT_COMPRESSOR, DatasetWrite, write_zarr
+from daskgd.data.write import write_zarr
 
 __all__ = [
     "DEFAULT_COMPRESSOR",

@@ -21,6 +21,7 @@ from daskgd.data.checks import block_stats
 from daskgd.data.chunkio import chunk_digest
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
+from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
 from daskgd.data.store import (
     auto_chunk_rows,
     cluster_client,
@@ -29,7 +30,6 @@ from daskgd.data.store import (
     store_path,
     writable_array,
 )
-from daskgd.data.write import DEFAULT_COMPRESSOR, DatasetWrite
 
 __all__ = ["make_classification", "make_regression"]
 
