@@ -105,3 +105,31 @@ def test_chunk_out_of_range(tmp_path):
     write_zarr(path, np.ones((10, 2)), np.ones(10), chunk_rows=5)
     with pytest.raises(IndexError, match="2 row-chunks"):
         read_row_chunks(path, [2])
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_zstd_chunks_are_decoded_in_place_like_zarr(tmp_path, checksum):
+    """Zstandard chunk files are decompressed by numcodecs into their rows: same values."""
+    from zarr.codecs import ZstdCodec
+
+    from daskgd.data.chunkio import direct_reader
+
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((250, 3)), rng.standard_normal(250)
+    codec = ZstdCodec(level=3, checksum=checksum)
+    write_zarr(tmp_path / "z.zarr", X, y, chunk_rows=100, compressor=codec)
+    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="r")
+    folder, decoder = direct_reader(g["X"], 100)
+    assert folder is not None and type(decoder).__name__ == "Zstd"
+    assert direct_reader(g["X"], 50) == (None, None)  # rows that are not whole chunks
+    Xr, yr, _ = read_row_chunks(tmp_path / "z.zarr", [2, 0, 1])  # the edge chunk first
+    np.testing.assert_array_equal(Xr, np.concatenate([X[200:], X[:200]]))
+    np.testing.assert_array_equal(yr, np.concatenate([y[200:], y[:200]]))
+    # a plain zarr group (zarr's default codecs: bytes + zstd) takes the same path
+    p = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=3)
+    p.create_array("X", data=X, chunks=(100, 3))
+    assert direct_reader(p["X"], 100)[1] is not None
+    # sharded or otherwise compressed arrays go through zarr
+    write_zarr(tmp_path / "s.zarr", X, y, chunk_rows=100, inner_chunk_rows=50)
+    s = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert direct_reader(s["X"], 100) == (None, None)
