@@ -106,3 +106,14 @@ def test_fit_on_frames(client):
     for data in ((X, y), (dd.from_pandas(X, npartitions=2), dd.from_pandas(y, npartitions=2))):
         res = daskgd.fit(data, client=client, optimizer="lbfgs", max_epochs=200)
         np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-4)
+
+
+def test_feature_names_must_match_the_columns():
+    import dask.array as da
+
+    from daskgd.data import Dataset
+
+    X, y = da.ones((10, 2), chunks=5), da.ones(10, chunks=5)
+    assert Dataset(X, y, feature_names=("u", "v")).feature_names == ["u", "v"]
+    with pytest.raises(DataValidationError, match="feature_names has 1 names but X has 2"):
+        Dataset(X, y, feature_names=["u"])

@@ -151,7 +151,7 @@ class Dataset:
         """
         if self._classes is _UNKNOWN:
             self._classes = find_classes(self.y, self._client)
-        return self._classes  # type: ignore[no-any-return]
+        return self._classes
 
     @classes_.setter
     def classes_(self, classes: Any) -> None:

@@ -90,6 +90,8 @@ def open_zarr(
     DataNotFoundError
         With ``validate``: a worker cannot see the dataset at that path.
     """
+    if validate not in (True, False, "full"):
+        raise ValueError(f"validate must be True, False or 'full', got {validate!r}")
     p = store_path(path)
     check_storage_options(p, storage_options)
     if not store_exists(p, storage_options):
@@ -139,8 +141,6 @@ def open_zarr(
     ds = Dataset(
         X, y, w, path=p, storage_options=storage_options, attrs=attrs, client=client, **extra
     )
-    if validate not in (True, False, "full"):
-        raise ValueError(f"validate must be True, False or 'full', got {validate!r}")
     if validate == "full" or (validate and trusted_record(arrays, attrs) is None):
         ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
     elif validate:
