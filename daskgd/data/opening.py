@@ -28,6 +28,7 @@ from daskgd.data.chunkio import CheckedRows, recorded_digests
 from daskgd.data.dataset import Dataset
 from daskgd.data.store import (
     check_storage_options,
+    cluster_client,
     group_arrays,
     open_group,
     rows_per_chunk,
@@ -145,6 +146,10 @@ def open_zarr(
         ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
     elif validate:
         ds.values_checked = True  # the record of the check at write time, still true
+        if client is not None:
+            # the scan would have run there, and the dataset's later passes will: a
+            # scheduler without daskgd is refused here, clearly (one round trip)
+            cluster_client(client)
     if task is not None:
         ds.check_task(task)
     return ds
