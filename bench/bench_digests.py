@@ -55,12 +55,12 @@ def _load(path: str, n_chunks: int, digests: bool) -> None:
     if digests:
         chunkio.read_row_chunks(path, list(range(n_chunks)))
         return
-    original = chunkio._digests
-    chunkio._digests = lambda *args: None  # type: ignore[assignment]
+    original = chunkio.recorded_digests
+    chunkio.recorded_digests = lambda *args: None  # type: ignore[assignment]
     try:
         chunkio.read_row_chunks(path, list(range(n_chunks)))
     finally:
-        chunkio._digests = original  # type: ignore[assignment]
+        chunkio.recorded_digests = original  # type: ignore[assignment]
 
 
 def _hashes(X: np.ndarray) -> dict[str, float]:

@@ -6,7 +6,7 @@ import zarr
 from zarr.codecs import BytesCodec
 
 from daskgd.data import write_zarr
-from daskgd.data.chunkio import _direct_folder, read_row_chunks
+from daskgd.data.chunkio import direct_folder, read_row_chunks
 from daskgd.errors import DataValidationError
 
 
@@ -50,7 +50,7 @@ def test_matches_zarr(tmp_path, dtype, compressor):
     np.testing.assert_array_equal(yr, ey)
     np.testing.assert_array_equal(wr, _expected(X, w, 100, chunks)[1])
     g = zarr.open_group(path, mode="r")
-    assert (_direct_folder(g["X"]) is not None) == (compressor is None)
+    assert (direct_folder(g["X"]) is not None) == (compressor is None)
 
 
 def test_sharded_reads_whole_shards(tmp_path):
@@ -96,8 +96,8 @@ def test_layouts_zarr_must_read(tmp_path):
         np.testing.assert_array_equal(
             read_row_chunks(str(tmp_path / f"{name}.zarr"), [2])[0], X[200:]
         )
-    assert _direct_folder(zarr.open_group(str(tmp_path / "missing.zarr"))["X"]) is not None
-    assert _direct_folder(zarr.open_group(str(tmp_path / "endian.zarr"))["X"]) is None
+    assert direct_folder(zarr.open_group(str(tmp_path / "missing.zarr"))["X"]) is not None
+    assert direct_folder(zarr.open_group(str(tmp_path / "endian.zarr"))["X"]) is None
 
 
 def test_chunk_out_of_range(tmp_path):
@@ -105,3 +105,31 @@ def test_chunk_out_of_range(tmp_path):
     write_zarr(path, np.ones((10, 2)), np.ones(10), chunk_rows=5)
     with pytest.raises(IndexError, match="2 row-chunks"):
         read_row_chunks(path, [2])
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_zstd_chunks_are_decoded_in_place_like_zarr(tmp_path, checksum):
+    """Zstandard chunk files are decompressed by numcodecs into their rows: same values."""
+    from zarr.codecs import ZstdCodec
+
+    from daskgd.data.chunkio import direct_reader
+
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((250, 3)), rng.standard_normal(250)
+    codec = ZstdCodec(level=3, checksum=checksum)
+    write_zarr(tmp_path / "z.zarr", X, y, chunk_rows=100, compressor=codec)
+    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="r")
+    folder, decoder = direct_reader(g["X"], 100)
+    assert folder is not None and type(decoder).__name__ == "Zstd"
+    assert direct_reader(g["X"], 50) == (None, None)  # rows that are not whole chunks
+    Xr, yr, _ = read_row_chunks(tmp_path / "z.zarr", [2, 0, 1])  # the edge chunk first
+    np.testing.assert_array_equal(Xr, np.concatenate([X[200:], X[:200]]))
+    np.testing.assert_array_equal(yr, np.concatenate([y[200:], y[:200]]))
+    # a plain zarr group (zarr's default codecs: bytes + zstd) takes the same path
+    p = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=3)
+    p.create_array("X", data=X, chunks=(100, 3))
+    assert direct_reader(p["X"], 100)[1] is not None
+    # sharded or otherwise compressed arrays go through zarr
+    write_zarr(tmp_path / "s.zarr", X, y, chunk_rows=100, inner_chunk_rows=50)
+    s = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert direct_reader(s["X"], 100) == (None, None)

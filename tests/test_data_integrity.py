@@ -193,8 +193,10 @@ def test_missing_chunk_is_an_error_naming_array_and_chunk(client, tmp_path, layo
     _dataset(path, layout)
     os.remove(_chunk_file(path, name, 2))
     expect = rf"array '{name}' of the dataset {path} has no chunk 2 \(rows 200-299\)"
+    # a scan reads every chunk; validate=True trusts the record of the write's check (see
+    # test_data_trust.py), and then the first read refuses the chunk, as below
     with pytest.raises(DataValidationError, match=expect):
-        open_zarr(path, validate=True)
+        open_zarr(path, validate="full")
     with pytest.raises(DataValidationError, match=expect):
         load_chunk(path, 2)
     with pytest.raises(DataValidationError, match=expect + " on worker tcp://"):
@@ -285,7 +287,9 @@ def test_raw_chunk_file_of_the_wrong_size(client, tmp_path):
     with pytest.raises(DataValidationError, match=expect):
         load_chunk(path, 1)
     with pytest.raises(DataValidationError, match=expect):
-        open_zarr(path)
+        open_zarr(path, validate="full")
+    with pytest.raises(DataValidationError, match=expect):
+        open_zarr(path).X.compute()  # trusted, then read
     with pytest.raises(DataValidationError, match=expect):
         fit(str(path), client=client, validate=False, max_epochs=2)
     f.write_bytes(data + b"\0" * 64)  # oversized: once read as its first bytes
@@ -313,7 +317,9 @@ def test_corrupt_compressed_chunk_names_array_chunk_and_file(client, tmp_path, d
     with pytest.raises(DataValidationError, match=expect):
         load_chunk(path, 3)
     with pytest.raises(DataValidationError, match=expect):
-        open_zarr(path)
+        open_zarr(path, validate="full")
+    with pytest.raises(DataValidationError, match=expect):
+        open_zarr(path).y.compute()  # trusted, then read
     with pytest.raises(DataValidationError, match=expect):
         fit(str(path), client=client, validate=False, max_epochs=2)
 
@@ -336,7 +342,9 @@ def test_altered_chunk_does_not_match_its_digest(client, tmp_path, layout):
     with pytest.raises(DataValidationError, match=expect):
         load_chunk(path, 2)
     with pytest.raises(DataValidationError, match=expect):
-        open_zarr(path)
+        open_zarr(path, validate="full")
+    with pytest.raises(DataValidationError, match=expect):
+        open_zarr(path).X.compute()  # trusted, then read
     with pytest.raises(DataValidationError, match=expect):
         fit(str(path), client=client, validate=False, max_epochs=2)
 
@@ -349,7 +357,7 @@ def test_digests_match_what_is_read(client, tmp_path):
             assert ds.attrs["digests"]["X"][i] == chunk_digest(X[lo : lo + 100].astype("f4"))
             assert ds.attrs["digests"]["y"][i] == chunk_digest(y[lo : lo + 100])
     ds = make_regression(tmp_path / "m.zarr", 250, 3, chunk_rows=100, random_state=0)
-    open_zarr(ds.path)  # validates: reads every chunk against its digest
+    open_zarr(ds.path, validate="full")  # reads every chunk against its digest
     assert chunk_digest(np.arange(3, dtype=">f8")) == chunk_digest(np.arange(3, dtype="<f8"))
 
 

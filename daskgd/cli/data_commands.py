@@ -68,17 +68,17 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 def dataset_info(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """What ``daskgd info`` prints: the dataset's shape, arrays, codecs, sizes, attributes."""
-    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, open_zarr
+    from daskgd.data import group_arrays, open_group, open_zarr, rows_per_chunk
 
     ds = open_zarr(path, storage_options=storage_options, validate=False)
     path = ds.path or path  # resolved: a relative path or ~ made absolute
-    g = _open_group(path, "r", storage_options)
+    g = open_group(path, "r", storage_options)
     arrays = {}
-    for name, z in _group_arrays(g, path).items():
+    for name, z in group_arrays(g, path).items():
         arrays[name] = {
             "shape": list(z.shape),
             "dtype": str(z.dtype),
-            "row_chunk": _row_block(z),
+            "row_chunk": rows_per_chunk(z),
             "chunks": list(z.chunks),
             "shards": None if z.shards is None else list(z.shards),
             "codecs": [repr(c) for c in z.compressors] or ["uncompressed"],

@@ -9,8 +9,10 @@ profiling showed the load of a 1,000,000 x 100 problem spending most of its time
 * an **uncompressed chunk on a local store** (codecs: ``bytes`` alone, in this machine's
   byte order, so its bytes are the C-order rows) is located with zarr's own metadata
   (``encode_chunk_key``) and read with ``readinto``: one copy, from the page cache;
-* **anything else** (compression, sharding, remote stores) goes through zarr, one chunk at
-  a time, into the same buffer.
+* a **Zstandard chunk on a local store** (``bytes`` then ``zstd``: zarr's default codecs,
+  and daskgd's) is decompressed by numcodecs straight into its rows;
+* **anything else** (other compression, sharding, remote stores) goes through zarr, one
+  chunk at a time, into the same buffer.
 
 Every read is checked, because zarr itself reads a chunk that is not there as its fill
 value, silently: a chunk whose file is missing (or a whole array, or the whole store, as
@@ -35,9 +37,26 @@ from typing import Any
 import numpy as np
 import zarr
 
+from daskgd.data.store import (
+    group_arrays,
+    open_group,
+    rows_per_chunk,
+    store_path,
+    worker_suffix,
+)
 from daskgd.errors import DataNotFoundError, DataValidationError
 
-__all__ = ["chunk_digest", "read_row_chunks"]
+__all__ = [
+    "DIGEST_ALGORITHM",
+    "CheckedRows",
+    "chunk_digest",
+    "direct_folder",
+    "direct_reader",
+    "load_chunk",
+    "read_chunk",
+    "read_row_chunks",
+    "recorded_digests",
+]
 
 #: The digest of a row-chunk recorded in a dataset's ``digests`` attribute.
 DIGEST_ALGORITHM = "crc32c"
@@ -58,16 +77,6 @@ def chunk_digest(a: np.ndarray) -> int:
     flat = a.reshape(-1).view(np.uint8)
     flat.flags.writeable = False  # google_crc32c reads only read-only buffers
     return int(google_crc32c.value(flat))
-
-
-def _where() -> str:
-    """`` on worker ADDRESS`` when this runs on a Dask worker, else nothing."""
-    try:
-        from distributed import get_worker
-
-        return f" on worker {get_worker().address}"
-    except (ImportError, ValueError):
-        return ""
 
 
 def _location(z: zarr.Array, key: str) -> str:
@@ -96,7 +105,7 @@ def _chunk_keys(z: zarr.Array, i: int) -> list[str]:
 
 def _missing(z: zarr.Array, name: str, dataset: str, i: int, rows: int, key: str) -> Exception:
     """The error for row-chunk ``i`` of ``z`` not being in the store."""
-    where = _where()
+    where = worker_suffix()
     root = getattr(z.store, "root", None)
     if root is not None and not os.path.isdir(str(root)):
         return DataNotFoundError(
@@ -122,8 +131,10 @@ def _missing(z: zarr.Array, name: str, dataset: str, i: int, rows: int, key: str
     )
 
 
-def _direct_folder(z: zarr.Array) -> str | None:
-    """The folder whose files hold ``z``'s raw chunks, when they can be read as-is; else None."""
+def _local_chunks(z: zarr.Array) -> tuple[str, tuple[Any, ...]] | None:
+    """The folder of ``z``'s chunk files and the codecs after ``bytes``, when its chunks are
+    whole rows of native-endian bytes (then further encoded by those codecs) in local files.
+    """
     from zarr.codecs import BytesCodec
     from zarr.storage import LocalStore
 
@@ -131,14 +142,44 @@ def _direct_folder(z: zarr.Array) -> str | None:
     if getattr(meta, "zarr_format", None) != 3 or not isinstance(z.store, LocalStore):
         return None
     codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
-    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+    if not codecs or not isinstance(codecs[0], BytesCodec):
         return None
     endian = getattr(codecs[0].endian, "value", codecs[0].endian)  # an Enum before zarr 3.2
     if z.dtype.itemsize > 1 and endian != sys.byteorder:
         return None
     if tuple(z.chunks[1:]) != tuple(z.shape[1:]):  # columns split over chunks
         return None
-    return os.path.join(str(z.store.root), z.path)
+    return os.path.join(str(z.store.root), z.path), codecs[1:]
+
+
+def direct_folder(z: zarr.Array) -> str | None:
+    """The folder whose files hold ``z``'s raw chunks, when they can be read as-is; else None."""
+    found = _local_chunks(z)
+    return found[0] if found is not None and not found[1] else None
+
+
+def direct_reader(z: zarr.Array, rows: int) -> tuple[str | None, Any]:
+    """How :func:`read_chunk` reads ``z``'s row-chunks of ``rows`` rows without zarr.
+
+    Returns ``(folder, decoder)``: raw chunk files are read into place (decoder None);
+    Zstandard frames of raw bytes (zarr's and daskgd's default codecs) are decompressed
+    straight into place by numcodecs' ``Zstd``, which saves zarr's intermediate buffer and
+    copy (a third of the read time, measured on 80 MB chunks). ``(None, None)``: through
+    zarr (sharding, other codecs, remote stores).
+    """
+    from zarr.codecs import ZstdCodec
+
+    found = _local_chunks(z)
+    if found is None or int(z.chunks[0]) != rows:
+        return None, None
+    folder, rest = found
+    if not rest:
+        return folder, None
+    if len(rest) == 1 and isinstance(rest[0], ZstdCodec):
+        from numcodecs import Zstd
+
+        return folder, Zstd(level=rest[0].level, checksum=rest[0].checksum)
+    return None, None
 
 
 def read_chunk(
@@ -150,12 +191,13 @@ def read_chunk(
     out: np.ndarray,
     *,
     folder: str | None = None,
+    decoder: Any = None,
     digest: int | None = None,
 ) -> None:
     """Fill ``out`` (C-contiguous) with row-chunk ``i`` of ``z``, whose row-chunks hold ``rows``.
 
-    ``folder`` is :func:`_direct_folder` of ``z`` (None: read through zarr); ``digest`` the
-    chunk's recorded :func:`chunk_digest`, if any.
+    ``folder`` and ``decoder`` are :func:`direct_reader`'s for ``z`` (folder None: read
+    through zarr); ``digest`` the chunk's recorded :func:`chunk_digest`, if any.
 
     Raises
     ------
@@ -167,7 +209,9 @@ def read_chunk(
     """
     keys = _chunk_keys(z, i)
     key = keys[0]
-    if folder is not None:
+    if folder is not None and decoder is not None:
+        _decode_file(z, name, dataset, i, rows, out, os.path.join(folder, key), decoder)
+    elif folder is not None:
         path = os.path.join(folder, key)
         try:
             f = open(path, "rb", 0)
@@ -184,8 +228,8 @@ def read_chunk(
                     got += k
             if size != expected or got != view.nbytes:
                 raise DataValidationError(
-                    f"chunk {i} of array {name!r} of the dataset {dataset}{_where()} has the "
-                    f"wrong size: {path} holds {size if got == 0 else got} bytes, an "
+                    f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} has "
+                    f"the wrong size: {path} holds {size if got == 0 else got} bytes, an "
                     f"uncompressed chunk of shape {tuple(z.chunks)} {z.dtype} has {expected}. "
                     "The file is truncated or damaged: write the dataset again"
                 )
@@ -200,20 +244,46 @@ def read_chunk(
             raise  # the store itself failed (permissions, network): its own message says so
         except Exception as exc:
             raise DataValidationError(
-                f"chunk {i} of array {name!r} of the dataset {dataset}{_where()} cannot be "
+                f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} cannot be "
                 f"decoded ({type(exc).__name__}: {exc}): {_location(z, key)} is damaged. "
                 "Write the dataset again"
             ) from exc
     if digest is not None and (found := chunk_digest(out)) != digest:
         raise DataValidationError(
-            f"chunk {i} of array {name!r} of the dataset {dataset}{_where()} does not match "
+            f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} does not match "
             f"its digest ({DIGEST_ALGORITHM} {found:#010x}, recorded {int(digest):#010x}): "
             f"{_location(z, key)} was altered or torn after it was written. Write the dataset "
             "again"
         )
 
 
-def _digests(attrs: Mapping[str, Any], name: str, n_chunks: int) -> list[int] | None:
+def _decode_file(
+    z: zarr.Array, name: str, dataset: str, i: int, rows: int, out: np.ndarray, path: str,
+    decoder: Any,
+) -> None:  # fmt: skip
+    """Decompress the chunk file ``path`` into ``out`` (through a buffer for an edge chunk)."""
+    key = _chunk_keys(z, i)[0]
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise _missing(z, name, dataset, i, rows, key) from None
+    # an edge chunk is stored at full chunk size: its first rows are ours
+    full = out.size == int(np.prod(z.chunks))
+    target = out if full else np.empty(tuple(z.chunks), dtype=z.dtype)
+    try:
+        decoder.decode(data, out=target)
+    except Exception as exc:  # numcodecs: RuntimeError for bad frames or sizes
+        raise DataValidationError(
+            f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} cannot be "
+            f"decoded ({type(exc).__name__}: {exc}): {_location(z, key)} is damaged. "
+            "Write the dataset again"
+        ) from exc
+    if not full:
+        out[...] = target[: out.shape[0]]
+
+
+def recorded_digests(attrs: Mapping[str, Any], name: str, n_chunks: int) -> list[int] | None:
     """The recorded digests of array ``name``'s row-chunks, or None when there are none."""
     recorded = attrs.get("digests")
     if not isinstance(recorded, Mapping) or recorded.get("algorithm") != DIGEST_ALGORITHM:
@@ -251,10 +321,10 @@ class CheckedRows:
         """Row-chunk ``i``, read and checked."""
         n = self.shape[0]
         out = np.empty((min(self.rows, n - i * self.rows), *self.shape[1:]), dtype=self.dtype)
-        folder = _direct_folder(self.z) if int(self.z.chunks[0]) == self.rows else None
+        folder, decoder = direct_reader(self.z, self.rows)
         digest = None if self.digests is None else self.digests[i]
         read_chunk(self.z, self.name, self.dataset, i, self.rows, out, folder=folder,
-                   digest=digest)  # fmt: skip
+                   decoder=decoder, digest=digest)  # fmt: skip
         return out
 
     def __getitem__(self, sel: Any) -> np.ndarray:
@@ -297,21 +367,19 @@ def read_row_chunks(
     X, y, sample_weight : numpy.ndarray
         The chunks' rows, concatenated; ``sample_weight`` is None when the dataset has none.
     """
-    from daskgd.data.dataset import _group_arrays, _open_group, _row_block, _store_path
-
-    p = _store_path(path)
+    p = store_path(path)
     try:
-        g = _open_group(p, "r", storage_options)
+        g = open_group(p, "r", storage_options)
     except FileNotFoundError as exc:
         raise DataNotFoundError(
-            f"the dataset {p} does not exist{_where()} ({exc}): it was opened where it exists, "
-            "but this process cannot see it (or it was moved or deleted since). Keep the "
+            f"the dataset {p} does not exist{worker_suffix()} ({exc}): it was opened where it "
+            "exists, but this process cannot see it (or it was moved or deleted since). Keep the "
             "dataset on a filesystem that every worker mounts at the same path, or use a URL "
             "every worker can read (s3://..., gs://...)"
         ) from exc
     attrs = dict(g.attrs)
-    arrays = _group_arrays(g, p)
-    rows, n = _row_block(arrays["X"]), int(arrays["X"].shape[0])
+    arrays = group_arrays(g, p)
+    rows, n = rows_per_chunk(arrays["X"]), int(arrays["X"].shape[0])
     n_chunks = -(-n // rows)
     for i in chunks:
         if not 0 <= i < n_chunks:
@@ -320,12 +388,48 @@ def read_row_chunks(
     out: dict[str, np.ndarray] = {}
     for name, z in arrays.items():
         buf = np.empty((sum(sizes), *z.shape[1:]), dtype=z.dtype)
-        folder = _direct_folder(z) if int(z.chunks[0]) == rows else None
-        digests = _digests(attrs, name, n_chunks)
+        folder, decoder = direct_reader(z, rows)
+        digests = recorded_digests(attrs, name, n_chunks)
         at = 0
         for i, size in zip(chunks, sizes, strict=True):
             read_chunk(z, name, p, i, rows, buf[at : at + size], folder=folder,
+                       decoder=decoder,
                        digest=None if digests is None else digests[i])  # fmt: skip
             at += size
         out[name] = buf
     return out["X"], out["y"], out.get("sample_weight")
+
+
+def load_chunk(
+    path: str | os.PathLike[str],
+    i: int,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read row-chunk ``i`` of a dataset straight from Zarr (for out-of-core training).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The dataset, as for :func:`open_zarr`.
+    i : int
+        Row-chunk index, ``0 <= i < n_chunks``.
+    storage_options : dict, optional
+        fsspec options for a URL.
+
+    Returns
+    -------
+    X, y, sample_weight : numpy.ndarray
+        C-contiguous arrays of the chunk's rows; ``sample_weight`` is None when the
+        dataset has none.
+
+    Raises
+    ------
+    DataValidationError
+        The chunk is missing in an array, its raw file has the wrong size, it cannot be
+        decoded or does not match its recorded digest (naming array, chunk and file).
+    DataNotFoundError
+        The dataset or one of its arrays is not at ``path`` in this process (on a worker:
+        the message names it).
+    """
+    return read_row_chunks(path, [i], storage_options=storage_options)

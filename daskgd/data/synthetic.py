@@ -17,17 +17,18 @@ from typing import Any
 import dask
 import numpy as np
 
-from daskgd.data.dataset import (
-    DEFAULT_COMPRESSOR,
-    Dataset,
-    DatasetWrite,
-    _auto_chunk_rows,
-    _cluster_client,
-    _compute,
-    _open_group,
-    _store_path,
-    _writable,
-    open_zarr,
+from daskgd.data.checks import block_stats
+from daskgd.data.chunkio import chunk_digest
+from daskgd.data.dataset import Dataset
+from daskgd.data.opening import open_zarr
+from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
+from daskgd.data.store import (
+    auto_chunk_rows,
+    cluster_client,
+    compute_on_cluster,
+    open_group,
+    store_path,
+    writable_array,
 )
 
 __all__ = ["make_classification", "make_regression"]
@@ -53,7 +54,7 @@ def _check_sizes(n_samples: int, n_features: int, chunk_rows: int | None, dtype:
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     if chunk_rows is None:
-        return _auto_chunk_rows(n_samples, n_features, np.dtype(dtype).itemsize)
+        return auto_chunk_rows(n_samples, n_features, np.dtype(dtype).itemsize)
     if not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     return min(int(chunk_rows), n_samples)
@@ -66,13 +67,12 @@ def _write_chunk(
     rows: int,
     start: int,
     params: dict[str, Any],
-) -> tuple[int, dict[str, int]]:
+) -> tuple[int, dict[str, int], bool]:
     """Generate row-chunk ``i`` and write it into the pre-created arrays (runs on a worker).
 
-    Returns the rows written and the chunk's digest in each array.
+    Returns the rows written, the chunk's digest in each array, and whether its values
+    are all finite (checked here, in memory, for the record of the check).
     """
-    from daskgd.data.chunkio import chunk_digest
-
     rng = _rng(params["entropy"], 1, i)
     d = params["n_features"]
     dtype = np.dtype(params["dtype"])
@@ -87,14 +87,16 @@ def _write_chunk(
         y = (rng.random(rows) < p).astype(np.int32)
     else:  # multinomial: labels drawn from the softmax model (Gumbel-max trick)
         y = np.argmax(margin + rng.gumbel(size=margin.shape), axis=1).astype(np.int32)
-    g = _open_group(path, "r+", storage_options)
+    g = open_group(path, "r+", storage_options)
     digests = {}
+    finite = True
     for name, values in (("X", X), ("y", y)):
-        z = _writable(g, name)
+        z = writable_array(g, name)
         values = np.ascontiguousarray(values, dtype=z.dtype)
+        finite = finite and block_stats(values, "value")[0] == 0
         z[start : start + rows] = values
         digests[name] = chunk_digest(values)
-    return rows, digests
+    return rows, digests, finite
 
 
 def _generate(
@@ -116,9 +118,9 @@ def _generate(
     entropy: int,
     extra_attrs: dict[str, Any],
 ) -> Dataset:
-    p = _store_path(path)
+    p = store_path(path)
     rows = _check_sizes(n_samples, n_features, chunk_rows, dtype)
-    client = _cluster_client(client)  # checked before anything is removed or written
+    client = cluster_client(client)  # checked before anything is removed or written
     classes = extra_attrs.get("classes")
     writer = DatasetWrite(
         p,
@@ -166,14 +168,18 @@ def _generate(
         for i, start in enumerate(range(0, n_samples, rows))
     ]
     try:
-        written = _compute(tasks, client)
-        if sum(r for r, _ in written) != n_samples:  # pragma: no cover - a broken store
-            raise RuntimeError(f"wrote {sum(r for r, _ in written)} rows, expected {n_samples}")
-        writer.finish({name: [d[name] for _, d in written] for name in ("X", "y")})
+        written = compute_on_cluster(tasks, client)
+        if sum(r for r, _, _ in written) != n_samples:  # pragma: no cover - a broken store
+            raise RuntimeError(f"wrote {sum(r for r, _, _ in written)} rows, expected {n_samples}")
+        finite = all(ok for _, _, ok in written)
+        writer.finish({name: [d[name] for _, d, _ in written] for name in ("X", "y")},
+                      checked=finite)  # fmt: skip
     except BaseException:
         writer.abort()
         raise
-    return open_zarr(p, storage_options=storage_options, validate=False, client=client)
+    ds = open_zarr(p, storage_options=storage_options, validate=False, client=client)
+    ds.values_checked = finite
+    return ds
 
 
 def make_regression(

@@ -36,15 +36,20 @@ def check_classes(ds: Dataset, s: FitSettings, client: Client | None = None) -> 
 
     Runs before the job is created (on the error path it may take a pass over ``y``).
     """
-    if not get_loss(s.loss).classification or s.labels_checked:
+    if not get_loss(s.loss).classification:
+        return  # a regression target is never scanned for labels
+    # read here, not in the async core: a group that does not record its classes is
+    # scanned for them on first access
+    classes = ds.classes_
+    if s.labels_checked:
         return
-    if ds.classes_ is None:
+    if classes is None:
         raise DataValidationError(
             f"loss={s.loss!r} is a classification loss but {no_classes_reason(ds.y, client)}; "
             "use loss='squared_error' or 'huber' for a regression target"
         )
-    if len(ds.classes_) < 2:
+    if len(classes) < 2:
         raise DataValidationError(
             f"loss={s.loss!r} needs samples of at least 2 classes, but y holds only one: "
-            f"{np.asarray(ds.classes_).tolist()!r}; a classifier cannot learn from one class"
+            f"{np.asarray(classes).tolist()!r}; a classifier cannot learn from one class"
         )

@@ -20,11 +20,10 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgd.data import Dataset, as_dataset
+from daskgd.data import Dataset, as_dataset, check_dense
 
 # The one private import of this package: the sparse-input check the engine makes too,
 # private to daskgd.data until it is made public there.
-from daskgd.data.dataset import _check_dense
 from daskgd.errors import DataValidationError
 
 __all__ = [
@@ -142,7 +141,7 @@ def _lazy(X: Any, y: Any, sample_weight: Any, client: Any, *, known_rows: bool) 
         X, y, sample_weight = frames_to_arrays(X, y, sample_weight, client)
     elif is_dask_frame(X):
         X = X.to_dask_array()
-    _check_dense(X, y, sample_weight)  # a dask array of sparse blocks
+    check_dense(X, y, sample_weight)  # a dask array of sparse blocks
     if X.ndim != 2:
         raise DataValidationError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
     if np.dtype(X.dtype).kind in "biu":

@@ -216,7 +216,7 @@ class StreamingBatches:
         key, arrays = self.held
         if key == (epoch, chunk) and arrays is not None:
             return arrays
-        from daskgd.data.dataset import load_chunk
+        from daskgd.data import load_chunk
 
         self.held = (None, None)  # let the previous chunk go before reading the next
         X, y, sw = load_chunk(self.path, chunk, storage_options=self.options)
@@ -232,7 +232,7 @@ class StreamingBatches:
         """As :meth:`InMemoryBatches.curvature`, in one pass over the chunks; above
         :data:`GRAM_MAX` parameters the bound is the trace (the weighted sum of squared
         row norms), which needs no second pass."""
-        from daskgd.data.dataset import load_chunk
+        from daskgd.data import load_chunk
 
         g: Gram | None = None
         for chunk in self.chunks:

@@ -1,0 +1,246 @@
+"""What users pass to ``fit``, made into a :class:`~daskgd.data.Dataset`: :func:`as_dataset`.
+
+numpy and dask arrays, pandas and dask DataFrames (and Series for ``y``) become dask
+arrays with common row-chunks, after the structural checks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+
+from daskgd.data.checks import (
+    Task,
+    check_dense,
+    check_dtype_1d,
+    check_dtype_X,
+    check_shapes,
+    classes_in_memory,
+    validate_local,
+)
+from daskgd.data.dataset import Dataset
+from daskgd.data.opening import open_zarr
+from daskgd.data.store import auto_chunk_rows
+from daskgd.errors import DataValidationError
+
+__all__ = ["arrays_to_dask", "as_dataset", "frames_to_arrays"]
+
+
+def _frame_kind(a: Any) -> str | None:
+    """ "pandas" or "dask" for a DataFrame or Series of that library, else None.
+
+    Neither library is imported here: a frame's library is already imported.
+    """
+    if "pandas" in sys.modules:
+        pd = sys.modules["pandas"]
+        if isinstance(a, pd.DataFrame | pd.Series):
+            return "pandas"
+    if "dask.dataframe" in sys.modules:
+        dd = sys.modules["dask.dataframe"]
+        if isinstance(a, dd.DataFrame | dd.Series):
+            return "dask"
+    return None
+
+
+def _frame_features(X: Any, kind: str) -> tuple[Any, list[str] | None]:
+    """A DataFrame ``X`` as a float array (numpy or dask) and its column names."""
+    bad = [str(c) for c, dt in X.dtypes.items() if getattr(dt, "kind", "O") not in "biuf"]
+    if bad:
+        raise DataValidationError(
+            f"X has non-numeric column(s) {bad} (dtypes "
+            f"{[str(X.dtypes[c]) for c in X.columns if str(c) in bad]}); daskgd needs numeric "
+            "features: encode them as numbers (e.g. pandas.get_dummies) or drop them"
+        )
+    if len(X.columns) and all(getattr(dt, "kind", "") == "f" and dt.itemsize == 4
+                              for dt in X.dtypes):  # fmt: skip
+        dtype: Any = np.float32
+    else:
+        dtype = np.float64
+    # like scikit-learn: names only when every column name is a string
+    names = [c for c in X.columns] if all(isinstance(c, str) for c in X.columns) else None
+    if kind == "pandas":
+        # nullable columns: a missing value becomes NaN, which validation refuses
+        return X.to_numpy(dtype=dtype, na_value=np.nan), names
+    # lengths=True computes the partitions' sizes when they are unknown (one pass)
+    return X.to_dask_array(lengths=True).astype(dtype), names
+
+
+def _frame_column(a: Any, name: str, kind: str) -> Any:
+    """A Series (``y``, ``sample_weight``) as a numpy or dask array of its values."""
+    if a.ndim != 1:
+        raise DataValidationError(
+            f"{name} must be 1-D (a Series), got a DataFrame with {len(a.columns)} column(s); "
+            f"pass a single column, e.g. df['{name}']"
+        )
+    dt = a.dtype
+    if kind == "pandas":
+        if getattr(dt, "kind", "O") in "biuf" and not isinstance(dt, np.dtype):
+            # a nullable extension dtype: floats, with NaN for a missing value
+            return a.to_numpy(dtype=np.float64, na_value=np.nan)
+        return a.to_numpy()
+    return a.to_dask_array(lengths=True)
+
+
+def frames_to_arrays(
+    X: Any, y: Any, sample_weight: Any = None
+) -> tuple[Any, Any, Any, list[str] | None]:
+    """pandas or dask DataFrames/Series made arrays; other inputs returned as they are.
+
+    Parameters
+    ----------
+    X : array-like or DataFrame
+        A DataFrame's columns must be numeric (integers, floats, booleans): they become
+        float64 features (float32 when every column is float32).
+    y, sample_weight : array-like or Series
+        Their values, as numpy (pandas) or dask (dask) arrays.
+
+    Returns
+    -------
+    X, y, sample_weight
+        numpy or dask arrays (dask DataFrames: with their partitions' sizes computed).
+    feature_names : list of str or None
+        The column names of a DataFrame ``X`` when they are all strings, else None.
+
+    Raises
+    ------
+    DataValidationError
+        Naming non-numeric columns of ``X``, or a DataFrame given for ``y``.
+    """
+    names = None
+    kind = _frame_kind(X)
+    if kind is not None:
+        if X.ndim != 2:
+            raise DataValidationError(
+                "X is a Series; pass a DataFrame (X.to_frame() for a single feature)"
+            )
+        X, names = _frame_features(X, kind)
+    out = [X]
+    for name, a in (("y", y), ("sample_weight", sample_weight)):
+        kind = None if a is None else _frame_kind(a)
+        out.append(a if kind is None else _frame_column(a, name, kind))
+    return out[0], out[1], out[2], names
+
+
+def _to_dask(a: Any, name: str, rows: int | tuple[int, ...]) -> da.Array:
+    if isinstance(a, da.Array):
+        return a
+    arr = np.asarray(a)
+    if arr.ndim == 0:
+        raise DataValidationError(f"{name} must be an array, got a scalar")
+    chunks = (rows, *tuple(arr.shape[1:]))
+    return da.from_array(arr, chunks=chunks)
+
+
+def arrays_to_dask(
+    X: Any, y: Any, sample_weight: Any, chunk_rows: int | None
+) -> tuple[da.Array, da.Array, da.Array | None]:
+    """Numpy or dask arrays -> dask arrays with common row chunks, after structural checks."""
+    check_dense(X, y, sample_weight)
+    shapes = [np.shape(X), np.shape(y), None if sample_weight is None else np.shape(sample_weight)]
+    check_shapes(*shapes)
+    Xdt = np.dtype(X.dtype) if hasattr(X, "dtype") else np.asarray(X).dtype
+    if Xdt.kind in "biu":
+        X = X.astype(np.float64)  # integer features: promote, a lossless and common case
+    else:
+        check_dtype_X(Xdt)
+    check_dtype_1d("y", np.dtype(y.dtype) if hasattr(y, "dtype") else np.asarray(y).dtype)
+    if sample_weight is not None:
+        wdt = getattr(sample_weight, "dtype", None) or np.asarray(sample_weight).dtype
+        check_dtype_1d("sample_weight", np.dtype(wdt))
+    n, d = shapes[0]
+    if chunk_rows is not None:
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        rows: int | tuple[int, ...] = int(chunk_rows)
+    elif isinstance(X, da.Array):
+        rows = X.chunks[0]
+    else:
+        rows = auto_chunk_rows(n, d, np.dtype(getattr(X, "dtype", np.float64)).itemsize)
+    Xd = _to_dask(X, "X", rows).rechunk({0: rows, 1: -1})
+    yd = _to_dask(y, "y", rows).rechunk({0: Xd.chunks[0]})
+    wd = None
+    if sample_weight is not None:
+        wd = _to_dask(sample_weight, "sample_weight", rows).rechunk({0: Xd.chunks[0]})
+    return Xd, yd, wd
+
+
+def as_dataset(
+    data: Any,
+    *,
+    validate: bool | Literal["full"] = True,
+    task: Task | None = None,
+    chunk_rows: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    client: Any = None,
+) -> Dataset:
+    """Turn what a user passes to ``fit`` into a :class:`Dataset`.
+
+    Parameters
+    ----------
+    data : Dataset, str, os.PathLike or tuple
+        A Dataset (returned as is, checked when ``validate`` unless it was checked
+        already), a Zarr path/URL (:func:`~daskgd.data.open_zarr`), or ``(X, y)`` /
+        ``(X, y, sample_weight)`` of numpy or dask arrays, pandas or dask DataFrames for
+        ``X`` and Series for ``y`` and the weights. Numpy and pandas input is cut into
+        row-chunks of ``chunk_rows`` rows (default: about 64 MiB of ``X``); dask input
+        keeps its row chunks (a dask DataFrame's partitions, their sizes computed when
+        unknown), ``y`` and weights are rechunked to match ``X``. Integer ``X`` is
+        promoted to float64, and so are a DataFrame's numeric columns (float32 when all
+        are float32); the column names become :attr:`Dataset.feature_names`.
+    validate : bool or "full", default True
+        Scan for NaN/inf and bad weights (one task per chunk); a Dataset or Zarr group
+        whose values were checked already is not scanned again, unless ``"full"``.
+    task : {"regression", "classification"}, optional
+        Also check that ``y`` fits this task (the class labels of dask ``y`` are found
+        in the validation pass when "classification"; never for "regression").
+    chunk_rows : int, optional
+        Rows per chunk for in-memory input.
+    storage_options : dict, optional
+        fsspec options when ``data`` is a URL.
+    client : distributed.Client, optional
+        Where the scan runs; default: dask's current scheduler.
+
+    Returns
+    -------
+    Dataset
+    """
+    if validate not in (True, False, "full"):
+        raise ValueError(f"validate must be True, False or 'full', got {validate!r}")
+    if isinstance(data, Dataset):
+        if validate == "full" or (validate and not data.values_checked):
+            data.validate(client)
+        if task is not None:
+            data.check_task(task)
+        return data
+    if isinstance(data, str | os.PathLike):
+        return open_zarr(
+            data, storage_options=storage_options, validate=validate, task=task, client=client
+        )
+    if not isinstance(data, tuple | list) or len(data) not in (2, 3):
+        raise TypeError(
+            "data must be a Dataset, a Zarr path or URL, or a tuple (X, y) or "
+            f"(X, y, sample_weight); got {type(data).__name__}"
+        )
+    X, y, w, names = frames_to_arrays(*(*data, None)[:3])
+    Xd, yd, wd = arrays_to_dask(X, y, w, chunk_rows)
+    extra: dict[str, Any] = {}
+    if not isinstance(y, da.Array):  # in memory: cheap, found here unless not needed
+        extra["classes"] = None if task == "regression" else classes_in_memory(y)
+    elif task == "regression":
+        extra["classes"] = None  # a regression target: never scanned for labels
+    ds = Dataset(Xd, yd, wd, feature_names=names, client=client, **extra)
+    if validate:
+        if isinstance(X, da.Array) or isinstance(y, da.Array):
+            ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
+        else:  # data already in this process: check it here, do not ship it to workers
+            validate_local(
+                np.asarray(X), np.asarray(y), None if w is None else np.asarray(w), ds.chunks
+            )
+            ds.values_checked = True
+    if task is not None:
+        ds.check_task(task)
+    return ds

@@ -1,0 +1,124 @@
+"""The record of a dataset's value check, so that an unchanged dataset is not scanned twice.
+
+When daskgd writes a dataset it checks every value as it goes (NaN/inf in ``X`` and ``y``,
+negative or non-finite weights) and records the CRC-32C digest of every row-chunk. It then
+stores the result of that check in the group attribute ``checked``::
+
+    {"version": 1, "finite": true, "weight_sum": 12.5 or null, "token": "<sha256 hex>"}
+
+and :func:`~daskgd.data.open_zarr` (``validate=True``) trusts it instead of scanning the data
+again, as long as the group is unchanged. The ``token`` ties the record to the group's
+content without reading any chunk:
+
+* it hashes the recorded **digests** of every row-chunk, and every chunk that is read (by a
+  training task, :func:`~daskgd.data.load_chunk`, or the dataset's dask arrays) is checked
+  against its digest. A chunk that was rewritten after the check therefore cannot be read
+  at all: the read raises :class:`~daskgd.errors.DataValidationError`. The record holds for
+  exactly the values that can be read.
+* it hashes each array's **metadata** (shape, dtype, chunking, codecs, fill value): an
+  array that was replaced, resized or re-encoded (for which the recorded digests might no
+  longer be checked) breaks the token, and the group is scanned again.
+
+File sizes and modification times were the other choice: they cost a ``stat`` per chunk
+(thousands of calls on an object store), change when a dataset is merely copied, and can
+stay the same when a chunk is rewritten in place; the digests cost nothing more (they are
+read with the attributes) and are checked on every read anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import zarr
+
+from daskgd.data.chunkio import recorded_digests
+
+__all__ = ["RECORD_ATTR", "RECORD_VERSION", "content_token", "make_record", "trusted_record"]
+
+#: The group attribute that holds the record.
+RECORD_ATTR = "checked"
+#: Version of the record's layout; another version is not trusted (the group is scanned).
+RECORD_VERSION = 1
+
+
+def content_token(arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]) -> str | None:
+    """A SHA-256 of the group's chunk digests and its arrays' metadata; None without digests.
+
+    Parameters
+    ----------
+    arrays : mapping of str to zarr.Array
+        The dataset's arrays (``X``, ``y``, ``sample_weight``).
+    attrs : mapping
+        The group attributes, with ``digests``.
+
+    Returns
+    -------
+    str or None
+        None when some array has no digest for each of its row-chunks: such a group's
+        chunks are not all checked on read, so no record can be trusted for it.
+    """
+    digests: dict[str, list[int]] = {}
+    for name, z in arrays.items():
+        shards = z.shards if z.shards is not None else z.chunks
+        n_chunks = -(-int(z.shape[0]) // max(1, int(shards[0])))
+        found = recorded_digests(attrs, name, n_chunks)
+        if found is None:
+            return None
+        digests[name] = found
+    h = hashlib.sha256()
+    h.update(json.dumps(digests, sort_keys=True).encode())
+    for name in sorted(arrays):
+        meta = arrays[name].metadata.to_dict()
+        meta.pop("attributes", None)  # an array's own attributes say nothing of its values
+        h.update(name.encode())
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def make_record(
+    arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any], weight_sum: float | None
+) -> dict[str, Any] | None:
+    """The record of a check that found every value good, or None when it cannot be tied.
+
+    Parameters
+    ----------
+    arrays, attrs
+        As for :func:`content_token`, after the digests are recorded.
+    weight_sum : float or None
+        The sum of ``sample_weight`` (None when there are no weights).
+    """
+    token = content_token(arrays, attrs)
+    if token is None:
+        return None
+    return {
+        "version": RECORD_VERSION,
+        "finite": True,
+        "weight_sum": None if weight_sum is None else float(weight_sum),
+        "token": token,
+    }
+
+
+def trusted_record(
+    arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The group's record when it can be trusted instead of a scan, else None.
+
+    Trusted: a record of this version, of a check that passed (finite values, a positive
+    weight sum when there are weights), whose token matches the group as it is now.
+    """
+    record = attrs.get(RECORD_ATTR)
+    if not isinstance(record, Mapping) or record.get("version") != RECORD_VERSION:
+        return None
+    if record.get("finite") is not True:
+        return None
+    if "sample_weight" in arrays:
+        total = record.get("weight_sum")
+        if not isinstance(total, int | float) or not total > 0:
+            return None
+    token = record.get("token")
+    if not isinstance(token, str) or token != content_token(arrays, attrs):
+        return None
+    return dict(record)
