@@ -1,27 +1,58 @@
 """daskgd: distributed gradient descent for linear models on Dask."""
 
-from daskgd._version import __version__
-from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
-from daskgd.data.synthetic import make_classification, make_regression
-from daskgd.driver import FitResult, FitSettings, fit, fit_async
-from daskgd.history import history_from_json, history_to_dict, history_to_json
-from daskgd.io import load_model, save_model
-from daskgd.plot import plot_history
+from typing import TYPE_CHECKING
 
-# The estimators import scikit-learn (about a second); workers and the scheduler import
-# daskgd too and never need them, so they load on first access.
+from daskgd._version import __version__
+
+# Every name loads on first access: the scheduler unpickles daskgd's plugin and needs only
+# daskgd.parameter_server (and daskgd.objective); workers need the worker part; scikit-learn
+# (about a second to import) only the estimators.
 _LAZY = {
-    name: "daskgd.sklearn"
-    for name in ("LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor")
+    "Dataset": "daskgd.data",
+    "as_dataset": "daskgd.data",
+    "load_chunk": "daskgd.data",
+    "open_zarr": "daskgd.data",
+    "write_zarr": "daskgd.data",
+    "make_classification": "daskgd.data.synthetic",
+    "make_regression": "daskgd.data.synthetic",
+    "FitResult": "daskgd.driver",
+    "FitSettings": "daskgd.driver",
+    "fit": "daskgd.driver",
+    "fit_async": "daskgd.driver",
+    "history_from_json": "daskgd.history",
+    "history_to_dict": "daskgd.history",
+    "history_to_json": "daskgd.history",
+    "load_model": "daskgd.io",
+    "save_model": "daskgd.io",
+    "plot_history": "daskgd.plot",
+    "LinearRegression": "daskgd.sklearn",
+    "LogisticRegression": "daskgd.sklearn",
+    "SGDClassifier": "daskgd.sklearn",
+    "SGDRegressor": "daskgd.sklearn",
 }
+
+if TYPE_CHECKING:  # the names as type checkers and editors see them
+    from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
+    from daskgd.data.synthetic import make_classification, make_regression
+    from daskgd.driver import FitResult, FitSettings, fit, fit_async
+    from daskgd.history import history_from_json, history_to_dict, history_to_json
+    from daskgd.io import load_model, save_model
+    from daskgd.plot import plot_history
+    from daskgd.sklearn import LinearRegression, LogisticRegression, SGDClassifier, SGDRegressor
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
     raise AttributeError(f"module 'daskgd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
