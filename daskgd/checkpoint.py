@@ -76,7 +76,7 @@ from daskgd.checkpoint_log import (
 )
 from daskgd.errors import CheckpointError
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointWriter", "load_checkpoint", "local_path", "save_checkpoint"]
 
 FORMAT = "daskgd-checkpoint"
 FORMAT_VERSION = 2
@@ -118,7 +118,14 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def _local(path: str | os.PathLike) -> Path:
+def local_path(path: str | os.PathLike) -> Path:
+    """The local folder of a checkpoint path (``file://`` stripped).
+
+    Raises
+    ------
+    ValueError
+        For a URL of another filesystem (object stores lack the atomic rename).
+    """
     p = os.fspath(path)
     if p.startswith("file://"):
         p = p[len("file://") :]
@@ -237,7 +244,7 @@ def save_checkpoint(
     """
     if not (isinstance(keep, int) and keep >= 1):
         raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
-    root = _local(path)
+    root = local_path(path)
     _ensure_root(root)
     existing = entries(root)
     number = existing[0][0] + 1 if existing else 1
@@ -349,7 +356,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     CheckpointError
         When ``path`` exists but is not a daskgd checkpoint.
     """
-    root = _local(path)
+    root = local_path(path)
     meta = root / "zarr.json"
     if meta.exists():
         try:
@@ -455,3 +462,6 @@ class CheckpointWriter:
         if reply is not None and reply.get("snapshot") is not None:
             snap, history = self._take(reply)
             await asyncio.to_thread(self._save, snap, history)
+
+
+_local = local_path  # the old name, until its importers use the public one
