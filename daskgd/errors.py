@@ -55,23 +55,6 @@ class CheckpointError(DaskgdError, ValueError):
     """A checkpoint cannot be used: not a daskgd checkpoint, or from an incompatible fit."""
 
 
-class SchedulerLostError(TrainingError):
-    """The Dask scheduler died or became unreachable during a fit.
-
-    Attributes
-    ----------
-    checkpoint : str or None
-        The checkpoint path of the fit, if it had one.
-    epoch : int or None
-        The epoch of the last checkpoint written, if any.
-    """
-
-    def __init__(self, message: str, checkpoint: str | None = None, epoch: int | None = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-        self.epoch = epoch
-
-
 class ParameterServerError(TrainingError):
     """The parameter server refused a call (its reply had ``status == "error"``).
 
@@ -109,3 +92,20 @@ class ParameterServerTimeoutError(ParameterServerError):
 
 class ResumeRejectedError(ParameterServerError, CheckpointError):
     """The parameter server refused to resume from a checkpoint that does not fit the job."""
+
+
+class SchedulerLostError(TrainingError):
+    """The Dask scheduler died or became unreachable during a fit.
+
+    Attributes
+    ----------
+    checkpoint : str or None
+        The checkpoint path of the fit, if it had one.
+    epoch : int or None
+        The epoch of the last checkpoint written, if any.
+    """
+
+    def __init__(self, message: str, checkpoint: str | None = None, epoch: int | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.epoch = epoch

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["history_from_json", "history_to_dict", "history_to_json", "jsonable"]
+__all__ = ["history_from_json", "history_to_dict", "history_to_json"]
 
 
 def history_to_dict(history: Any) -> dict[str, list[Any]]:
@@ -64,12 +64,12 @@ def history_to_dict(history: Any) -> dict[str, list[Any]]:
     )
 
 
-def jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
     """numpy scalars -> Python; non-finite floats -> None (JSON has no NaN/inf)."""
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
+        return [_jsonable(v) for v in value]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -96,7 +96,7 @@ def history_to_json(history: Any, path: str | os.PathLike[str] | None = None) ->
     >>> history_to_json([{"epoch": 1, "loss": 0.5}])
     '{"epoch": [1], "loss": [0.5]}'
     """
-    text = json.dumps(jsonable(history_to_dict(history)))
+    text = json.dumps(_jsonable(history_to_dict(history)))
     if path is not None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -116,6 +116,3 @@ def history_from_json(text_or_path: str | os.PathLike[str]) -> dict[str, list[An
         with open(text_or_path, encoding="utf-8") as f:
             text = f.read()
     return history_to_dict(json.loads(text))
-
-
-_jsonable = jsonable  # the old name, until its importers use the public one

@@ -773,9 +773,9 @@ def _settings(
     if checkpoint is not None:
         if not isinstance(checkpoint, str | os.PathLike):
             raise TypeError(f"checkpoint must be None or a path, got {type(checkpoint).__name__}")
-        from daskgd.checkpoint import _local
+        from daskgd.checkpoint import local_path
 
-        checkpoint = os.fspath(_local(checkpoint))
+        checkpoint = os.fspath(local_path(checkpoint))
     if isinstance(checkpoint_every, bool) or not (
         isinstance(checkpoint_every, int) and checkpoint_every >= 1
     ):

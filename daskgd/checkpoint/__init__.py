@@ -67,7 +67,7 @@ import numpy as np
 import zarr
 
 from daskgd._version import __version__
-from daskgd.checkpoint_log import (
+from daskgd.checkpoint.log import (
     append_history,
     drop_unused_logs,
     entries,
