@@ -9,6 +9,7 @@ from distributed.utils_test import gen_cluster
 from daskgd.errors import (
     BadMessageError,
     ParameterServerError,
+    ParameterServerTimeoutError,
     ResumeRejectedError,
     SupersededError,
     TrainingError,
@@ -67,3 +68,17 @@ async def test_client_round_trip_and_errors(c, s, a, b):
     # pickled by name; unpickled outside a task it uses the default client
     clone = pickle.loads(pickle.dumps(ps))
     assert clone.job == "j"
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_every_call_has_a_timeout(c, s, a, b):
+    """A push held by the server longer than the client's timeout (a sync round waiting
+    for a member that never pushes) raises instead of hanging."""
+    await c.register_plugin(ParameterServer())
+    ps = ParameterServerClient.from_client(c, "s", timeout=0.2)
+    cfg = {"mode": "sync", "n_samples": 20, "max_epochs": 100, "tol": None}
+    await ps.create(np.zeros(4), cfg, OPT, [a.address, b.address])
+    with pytest.raises(ParameterServerTimeoutError, match="no reply within"):
+        await ps.push(0, 0, np.ones(4), 10, 10.0, 1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        ParameterServerClient("s", c.scheduler, timeout=0)

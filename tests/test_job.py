@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from daskgd.objective.optimizers import make_optimizer
+from daskgd.objective import make_optimizer
 from daskgd.parameter_server import Job, JobConfig
 
 WORKERS = {"w0", "w1"}

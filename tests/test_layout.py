@@ -30,7 +30,6 @@ RANKS = {
     "daskgd.kernels": 3,
     "daskgd.parameter_server": 4,
     "daskgd.data": 4,
-    "daskgd.checkpoint_log": 3,
     "daskgd.checkpoint": 4,
     "daskgd.worker": 5,
     "daskgd.driver": 6,

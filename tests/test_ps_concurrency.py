@@ -68,11 +68,13 @@ async def test_no_step_after_the_stop_under_concurrent_pushes(c, s, a, b, inline
         assert final["version"] == updates == sum(final["rank_updates"]), final["rank_updates"]
 
 
+@pytest.mark.parametrize("inline", [16_384, 0], ids=["on-loop", "threads"])
 @gen_cluster(client=True, clean_kwargs=CLEAN)
-async def test_a_silent_member_leaves_the_sync_round(c, s, a, b):
+async def test_a_silent_member_leaves_the_sync_round(c, s, a, b, inline):
     """Rank 1's worker is alive but its task never pushes: after member_timeout the round
     closes without it (before, it waited forever)."""
-    ps = await _create(c, "j", [a.address, b.address], mode="sync", member_timeout=0.5)
+    ps = await _create(c, "j", [a.address, b.address], mode="sync", member_timeout=0.5,
+                       inline_max_params=inline)  # fmt: skip
     await ps.join(0, a.address)
     reply = await asyncio.wait_for(ps.push(0, 0, np.ones(4), 10, 10.0, 1.0), 60)
     assert reply["status"] == "OK" and reply["version"] == 1

@@ -183,7 +183,9 @@ class ParameterServerClient:
         limit = self.timeout + extra
         for attempt in range(attempts):
             try:
-                reply = await asyncio.wait_for(handler(job=self.job, **msg), limit)
+                # a timeout scope, not wait_for: no extra task per call on the hot path
+                async with asyncio.timeout(limit):
+                    reply = await handler(job=self.job, **msg)
             except (OSError, TimeoutError) as exc:  # CommClosedError is an OSError
                 if attempt + 1 < attempts:
                     logger.debug("daskgd_%s failed (%r); retrying", op, exc)

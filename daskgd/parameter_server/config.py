@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.objective.optimizers import LBFGSOptimizer, Optimizer, make_optimizer
+from daskgd.objective import LBFGSOptimizer, Optimizer, make_optimizer
 
 __all__ = [
     "INLINE_MAX_PARAMS",

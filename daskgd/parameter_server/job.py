@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.objective.optimizers import Optimizer
+from daskgd.objective import Optimizer
 from daskgd.parameter_server.config import JobConfig
 from daskgd.parameter_server.rounds import Steps
 from daskgd.parameter_server.stats import EpochStats, Rank

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.objective.optimizers import Optimizer, soft_threshold
+from daskgd.objective import Optimizer, soft_threshold
 from daskgd.parameter_server.config import JobConfig
 
 __all__ = ["EpochRules", "EpochStats", "Rank"]

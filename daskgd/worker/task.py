@@ -35,7 +35,7 @@ from distributed import get_worker, secede
 
 from daskgd._version import __version__
 from daskgd.errors import ParameterServerError, SupersededError, TrainingError, UnknownJobError
-from daskgd.objective.losses import check_targets, get_loss
+from daskgd.objective import check_targets, get_loss
 from daskgd.parameter_server import ParameterServerClient
 from daskgd.worker.batches import MEASURE_ROWS, InMemoryBatches, StreamingBatches, head
 

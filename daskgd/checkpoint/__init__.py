@@ -67,7 +67,7 @@ import numpy as np
 import zarr
 
 from daskgd._version import __version__
-from daskgd.checkpoint_log import (
+from daskgd.checkpoint.log import (
     append_history,
     drop_unused_logs,
     entries,
@@ -76,7 +76,7 @@ from daskgd.checkpoint_log import (
 )
 from daskgd.errors import CheckpointError
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointWriter", "load_checkpoint", "local_path", "save_checkpoint"]
 
 FORMAT = "daskgd-checkpoint"
 FORMAT_VERSION = 2
@@ -119,7 +119,13 @@ class Checkpoint:
 
 
 def local_path(path: str | os.PathLike) -> Path:
-    """``path`` as a local path (``file://`` stripped); a URL of another scheme is refused."""
+    """The local folder of a checkpoint path (``file://`` stripped).
+
+    Raises
+    ------
+    ValueError
+        For a URL of another filesystem (object stores lack the atomic rename).
+    """
     p = os.fspath(path)
     if p.startswith("file://"):
         p = p[len("file://") :]
@@ -456,3 +462,6 @@ class CheckpointWriter:
         if reply is not None and reply.get("snapshot") is not None:
             snap, history = self._take(reply)
             await asyncio.to_thread(self._save, snap, history)
+
+
+_local = local_path  # the old name, until its importers use the public one
