@@ -190,3 +190,13 @@ def test_the_scheduler_refuses_bools_for_integers_too(kwargs):
     # what a driver of another version (or a hand-made message) could send
     with pytest.raises(ValueError, match="must be"):
         JobConfig(**kwargs)
+
+
+def test_member_timeout_reaches_the_parameter_server():
+    from daskgd.parameter_server import JobConfig
+
+    s = FitSettings(member_timeout=5.0)
+    cfg = JobConfig(**s.job_config(n_samples=10, batches_per_epoch=1))
+    assert cfg.member_timeout == 5.0
+    with pytest.raises(ValueError, match="member_timeout"):
+        FitSettings(member_timeout=0)

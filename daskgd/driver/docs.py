@@ -104,6 +104,11 @@ FIT_PARAMETERS = """
         Seconds to wait when the cluster has no worker left (every one died and none came
         back, or there is none at the start) before raising
         :class:`daskgd.errors.NoWorkersError`.
+    member_timeout : float, default=600.0
+        Seconds a training task may stay silent (no gradient pushed) while a synchronous
+        round, an ssp wait or the ``"auto"`` step waits for it; after that it leaves the
+        round (it rejoins when it pushes again), so a task that hangs on a live worker
+        cannot stall the others forever. Raise it for batches whose gradient takes longer.
     out_of_core : bool, default=False
         Zarr data only: each training task reads its row-chunks from the store every
         epoch, one chunk in memory at a time, instead of loading them once; for data

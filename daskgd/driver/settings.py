@@ -87,6 +87,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "callback_params": _BOOL,
     "sync_quorum": (NONE, Integer(1)),
     "worker_timeout": (SECONDS,),
+    "member_timeout": (SECONDS,),
     "checkpoint": (NONE, PathLike()),
     "checkpoint_every": (Integer(1),),
     "checkpoint_interval": (NONE, SECONDS),
@@ -163,6 +164,7 @@ class FitSettings:
     callback_params: bool = False
     sync_quorum: int | None = None
     worker_timeout: float = 60.0
+    member_timeout: float = 600.0
     checkpoint: str | os.PathLike[str] | None = None
     checkpoint_every: int = 10
     checkpoint_interval: float | None = None
@@ -300,6 +302,7 @@ class FitSettings:
             "auto_lr": self.auto_lr,
             "loss_curvature": curvature_bound(self.loss, self.multinomial),
             "smooth": self.loss != "hinge",
+            "member_timeout": float(self.member_timeout),
         }
 
     def worker_spec(self, *, classes: list | None, batches_per_epoch: int) -> dict[str, Any]:
