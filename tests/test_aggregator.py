@@ -53,6 +53,14 @@ def _push(c, job, rank, version, grad, n=10, weight=10.0, loss=1.0):
     )
 
 
+async def _arrived(s, job, rank):
+    """Wait until ``rank``'s gradient is in the open sync round of ``job`` (an event the
+    test needs before it goes on; no fixed sleep)."""
+    j = s.plugins[PLUGIN_NAME].jobs[job]
+    while rank not in j.pending:
+        await asyncio.sleep(0.005)
+
+
 @gen_cluster(client=True, clean_kwargs=CLEAN)
 async def test_plugin_installs_and_removes_handlers(c, s, a, b):
     await c.register_plugin(ParameterServer())
@@ -67,7 +75,7 @@ async def test_plugin_installs_and_removes_handlers(c, s, a, b):
 async def test_sync_round_is_row_weighted_mean(c, s, a, b):
     await _create(c, s)
     first = asyncio.ensure_future(_push(c, "j", 0, 0, [1, 2, 3, 4], weight=10.0))
-    await asyncio.sleep(0.05)
+    await _arrived(s, "j", 0)
     assert not first.done()  # waits for rank 1
     second = await _push(c, "j", 1, 0, [3, 6, 9, 12], weight=30.0)
     r0 = await first
@@ -86,7 +94,7 @@ async def test_sync_round_is_row_weighted_mean(c, s, a, b):
 async def test_sync_round_does_not_wait_for_a_removed_worker(c, s, a, b):
     await _create(c, s)
     pending = asyncio.ensure_future(_push(c, "j", 0, 0, [1, 1, 1, 1]))
-    await asyncio.sleep(0.05)
+    await _arrived(s, "j", 0)
     await s.remove_worker(b.address, stimulus_id="test")  # rank 1 leaves: no waiting for it
     reply = await asyncio.wait_for(pending, 20)
     assert reply["status"] == "OK" and reply["version"] == 1
@@ -246,7 +254,7 @@ async def test_quorum_round_closes_on_k_gradients_and_counts_the_late_ones(c, s,
     # with 2 of 2 the round waits for both again (the quorum is only a lower bound)
     await _create(c, s, job="k", sync_quorum=2)
     pending = asyncio.ensure_future(_push(c, "k", 0, 0, [1, 1, 1, 1]))
-    await asyncio.sleep(0.1)
+    await _arrived(s, "k", 0)
     assert not pending.done()
     await _push(c, "k", 1, 0, [1, 1, 1, 1])
     assert (await asyncio.wait_for(pending, 5))["version"] == 1
