@@ -120,3 +120,36 @@ def test_inline_threshold_is_a_job_setting():
     assert not _job(d=3, inline_max_params=0).inline
     with pytest.raises(ValueError, match="inline_max_params"):
         JobConfig(inline_max_params=-1)
+
+
+def test_a_first_join_keeps_clock_zero_and_a_rerun_catches_up():
+    """ssp: a member that joins late for the first time starts at clock 0 (the others
+    waited for it there); only a rerun of a lost member starts at the slowest clock."""
+    j = _job(mode="ssp", max_staleness=2)
+    j.join(0, "w0", "run-0", WORKERS)
+    for v in range(2):
+        j.apply_async(0, v, np.ones(4), 1, 1.0, 1.0)
+    assert j.join(1, "w1", "run-1", WORKERS) == 0 and j.ranks[1].clock == 0
+    j.apply_async(1, 2, np.ones(4), 1, 1.0, 1.0)
+    # rank 1's worker was lost and the task rerun: it must not hold rank 0 back
+    assert j.join(1, "w0", "run-2", WORKERS) == 2 and j.ranks[1].clock == 2
+
+
+def test_a_zombie_push_checked_before_the_rerun_joined_is_refused_by_the_owner():
+    """The push handler checks the incarnation on arrival, then waits for the job's owner;
+    a rerun's join may run in between. The owner checks again: the zombie's gradient does
+    not enter the round the rerun pushes to."""
+    from daskgd.parameter_server.members import _SUPERSEDED, _if_current
+
+    j = _job(mode="sync")
+    j.join(0, "w0", "run-1", WORKERS)
+    j.join(0, "w1", "run-2", WORKERS)  # the rerun joined while the zombie's push waited
+    args = (0, np.ones(4), 10, 10.0, 1.0, None, WORKERS)
+    assert _if_current(j, "run-1", j.arrive_sync, 0, *args) is _SUPERSEDED
+    assert 0 not in j.pending
+    assert _if_current(j, "run-2", j.arrive_sync, 0, *args) == "OK" and 0 in j.pending
+    j2 = _job(mode="async")
+    j2.join(1, "w0", "run-1", WORKERS)
+    j2.join(1, "w1", "run-2", WORKERS)
+    assert _if_current(j2, "run-1", j2.apply_async, 1, 0, np.ones(4), 10, 10.0, 1.0) is _SUPERSEDED
+    assert j2.version == 0

@@ -44,7 +44,7 @@ the scheduler writes because:
   without access to it;
 * a scheduler handler that writes to a path it was sent would let any client of the
   scheduler's port write files on the scheduler's machine;
-* the scheduler's event loop does no disk I/O at all, and the aggregator needs no Zarr.
+* the scheduler's event loop does no disk I/O at all, and the parameter server needs no Zarr.
 
 A write in flight never holds up training: the driver starts the next write only after
 the previous one finished, always with the newest snapshot.

@@ -70,7 +70,7 @@ async def watch(
             await _check_tasks(futures)
             if all(f.status == "finished" for f in futures):
                 # the job may have stopped between our poll and the tasks' exit
-                st = await call(client, writer, ps.status)
+                st = await call(client, writer, ps.status, since=len(history))
                 if not st.get("stopped"):
                     raise TrainingError("every training task ended before the job stopped")
     finally:

@@ -23,7 +23,7 @@ class FitResult:
     n_iter_ : int
         Epochs completed (passes over the data).
     n_updates_ : int
-        Parameter updates the aggregator applied.
+        Parameter updates the parameter server applied.
     converged_ : bool
         True when the fit stopped at an optimum: the gradient test (``gtol``,
         ``gtol_rel``) held; or, with exact gradients (sync, full batch), the loss stalled
@@ -47,7 +47,7 @@ class FitResult:
         ``setup`` (installing the parameter server, creating the job,
         submitting the tasks) and, per training task that ended normally, ``ranks``: a
         list of dicts with ``load`` (joining and reading its rows), ``kernel``
-        (gradients) and ``push`` (communication, the aggregator's steps and, in sync
+        (gradients) and ``push`` (communication, the parameter server's steps and, in sync
         mode, waiting for the round's other members).
     dropped_gradients_ : int
         Sync mode: gradients dropped because their round had closed without them (with

@@ -44,7 +44,7 @@ __all__ = [
 class Optimizer:
     """Plain (stochastic) gradient descent, and the base of the other rules.
 
-    ``step`` never mutates the arrays it was given: the aggregator publishes
+    ``step`` never mutates the arrays it was given: the parameter server publishes
     parameter arrays to readers and swaps in new ones (copy-on-write).
 
     Parameters
@@ -353,7 +353,7 @@ def make_optimizer(
     fit_intercept: bool = True,
     options: dict[str, float] | None = None,
 ) -> Optimizer:
-    """Build an optimizer from plain values (what the driver sends to the aggregator).
+    """Build an optimizer from plain values (what the driver sends to the parameter server).
 
     Parameters
     ----------

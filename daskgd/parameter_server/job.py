@@ -93,6 +93,7 @@ class Job(Steps):
         sync mode, its clock otherwise). A new incarnation supersedes the old run: its
         gradient waiting in the open round is dropped, so the new run can push."""
         r = self.ranks[rank]
+        rejoin = r.joined
         r.address, r.active, r.joined = worker, True, True
         if incarnation is not None and incarnation != r.incarnation:
             if r.incarnation is not None:
@@ -101,9 +102,12 @@ class Job(Steps):
         self.touch(rank)
         if self.config.mode == "sync":
             return self.version
-        others = [self.ranks[i].clock for i in self.live(workers) if i != rank]
-        # a rejoining member must not hold the others back in ssp mode
-        r.clock = max(r.clock, min(others)) if others else r.clock
+        if rejoin:
+            # a rerun member must not hold the others back in ssp mode; a first join keeps
+            # clock 0, which the others already wait for (bumping it would let them run
+            # ahead of its real updates)
+            others = [self.ranks[i].clock for i in self.live(workers) if i != rank]
+            r.clock = max(r.clock, min(others)) if others else r.clock
         return r.clock
 
     def take_report(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import numpy as np
 from distributed.protocol import ToPickle
@@ -117,26 +118,39 @@ class MemberHandlers(JobRunner):
             # from the reports so far rather than stepping with the placeholder
             if not j.reports:
                 return error("auto_lr: a push came before any rank reported ready")
-            await self.exclusive(j, j.auto_step, list(j.reports))
+            # the reports are read by the owner: a ready call may be adding one
+            await self.exclusive(j, lambda: j.auto_step(list(j.reports)))
         args = (rank, version, grad, n, float(weight), float(loss), class_loss)
         if j.config.mode == "sync":
-            return await self._push_sync(j, *args)
-        await self.exclusive(j, j.apply_async, *args, heavy=True)
+            return await self._push_sync(j, incarnation, *args)
+        try:
+            outcome = await self.exclusive(
+                j, _if_current, j, incarnation, j.apply_async, *args, heavy=True
+            )
+        except Exception as exc:  # a bug must fail the job loudly, as in sync mode
+            logger.exception("daskgd: an async step of job %s failed", j.id)
+            await self.fail(j, exc)
+            outcome = None
         self.wake(j)
+        if outcome is _SUPERSEDED:
+            return check_incarnation(j, rank, incarnation)
         if j.config.mode == "ssp":
             await self._ssp_wait(j, rank)
         return self.params_reply(j)
 
-    async def _push_sync(self, j: Job, rank, version, *rest):
+    async def _push_sync(self, j: Job, incarnation, rank, version, *rest):
         try:
             outcome = await self.exclusive(
-                j, j.arrive_sync, rank, version, *rest, self.workers(), heavy=True
-            )
+                j, _if_current, j, incarnation, j.arrive_sync, rank, version, *rest,
+                self.workers(), heavy=True,
+            )  # fmt: skip
         except Exception as exc:  # a bug must fail the job loudly, not hang its members
             logger.exception("daskgd: a sync step of job %s failed", j.id)
             await self.fail(j, exc)
             outcome = "stopped"
         self.wake(j)
+        if outcome is _SUPERSEDED:
+            return check_incarnation(j, rank, incarnation)
         if outcome == "twice":
             return error(f"rank {rank} pushed twice for version {version}")
         if outcome == "stale":
@@ -156,3 +170,15 @@ class MemberHandlers(JobRunner):
             return not others or me.clock - min(others) <= s or loop.time() >= deadline
 
         await self.wait_member(j, rank, caught_up)
+
+
+_SUPERSEDED = object()
+
+
+def _if_current(j: Job, incarnation: str | None, step: Any, rank: int, *args: Any) -> Any:
+    """``step(rank, *args)`` unless a newer run of ``rank`` joined since the push was
+    checked: run by the job's owner, so that a zombie's push queued behind the new run's
+    ``join`` cannot land in the round the new run pushes to."""
+    if incarnation is not None and j.ranks[rank].incarnation not in (None, incarnation):
+        return _SUPERSEDED
+    return step(rank, *args)

@@ -215,7 +215,9 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             return error(f"reason must be a string, got {type(reason).__name__}")
         await self.exclusive(j, j.stop, reason)
         self.wake(j)
-        return await self.exclusive(j, j.summary, 0, False, j.live(self.workers()))
+        # the state, not the history: the caller polls ``status`` for the rows it lacks
+        workers = self.workers()
+        return await self.exclusive(j, lambda: j.summary(len(j.history), False, j.live(workers)))
 
     async def close_job(self, job, since=0):
         """Stop a job, free its state and return its final status with the parameters and

@@ -71,7 +71,10 @@ class JobRunner:
         """A step raised (a bug): stop the job loudly, as its owner, rather than hang its
         members."""
         stop = functools.partial(
-            j.stop, "aggregator error", error=f"the aggregator failed: {exc!r}", kind="training"
+            j.stop,
+            "parameter server error",
+            error=f"the parameter server failed: {exc!r}",
+            kind="training",
         )
         await self.exclusive(j, stop)
 

@@ -97,7 +97,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         ``rank``, ``worker``, ``pushes`` (gradients this task sent) and ``seconds``: the
         task's time split into ``load`` (joining and reading its rows), ``kernel``
         (gradients, including reads out of core) and ``push`` (sending a gradient until
-        the reply: communication, the aggregator's step and, in sync mode, waiting for
+        the reply: communication, the parameter server's step and, in sync mode, waiting for
         the round's other members).
 
     Raises
@@ -110,7 +110,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     worker = get_worker()
     secede()
     address = worker.address
-    ps = ParameterServerClient.from_worker(job, worker, float(spec.get("timeout") or 60.0))
+    ps = ParameterServerClient.from_worker(job, worker)
 
     def call(op: str, **kwargs: Any) -> dict[str, Any]:
         try:
