@@ -200,3 +200,17 @@ def test_dask_input_labels_only_when_asked(client, counted):
     assert as_dataset((Xd, labels), task="classification").classes_.tolist() == [0, 1]
     assert counted == {"scan": 3, "labels_in_scan": 1, "find_classes": 0}
     assert ds.classes_ is None and counted["find_classes"] == 1
+
+
+def test_edited_classes_break_the_token(client, tmp_path, counted):
+    """The classes a trusted open takes from the attributes are covered by the record: a
+    class added by hand (no sample of it) is found out by a scan, not given a column."""
+    X, _ = _xy()
+    y = np.arange(200) % 2
+    write_zarr(tmp_path / "c.zarr", X, y, chunk_rows=50)
+    assert open_zarr(tmp_path / "c.zarr").classes_.tolist() == [0, 1] and counted["scan"] == 0
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r+")
+    g.attrs["classes"] = [0, 1, 2]
+    ds = open_zarr(tmp_path / "c.zarr")
+    assert counted["scan"] == 1
+    assert ds.classes_.tolist() == [0, 1]

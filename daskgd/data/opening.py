@@ -143,7 +143,12 @@ def open_zarr(
         X, y, w, path=p, storage_options=storage_options, attrs=attrs, client=client, **extra
     )
     if validate == "full" or (validate and trusted_record(arrays, attrs) is None):
-        ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
+        # labels the attributes state are found again in the same pass: without a record
+        # that holds, the attributes may have been edited
+        stated = attrs.get("classes") is not None
+        ds.validate(
+            client, find_labels=stated or (task == "classification" and not ds.classes_known)
+        )
     elif validate:
         ds.values_checked = True  # the record of the check at write time, still true
         if client is not None:

@@ -45,7 +45,8 @@ RECORD_VERSION = 1
 
 
 def content_token(arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]) -> str | None:
-    """A SHA-256 of the group's chunk digests and its arrays' metadata; None without digests.
+    """A SHA-256 of the group's chunk digests, its arrays' metadata and the attributes that
+    describe the values (task, classes, feature names); None without digests.
 
     Parameters
     ----------
@@ -70,6 +71,10 @@ def content_token(arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]) ->
         digests[name] = found
     h = hashlib.sha256()
     h.update(json.dumps(digests, sort_keys=True).encode())
+    # what a trusted open takes from the attributes without reading y: an edited class
+    # list would give a class with no samples a column
+    described = {k: attrs.get(k) for k in ("task", "classes", "feature_names")}
+    h.update(json.dumps(described, sort_keys=True, default=str).encode())
     for name in sorted(arrays):
         meta = arrays[name].metadata.to_dict()
         meta.pop("attributes", None)  # an array's own attributes say nothing of its values
