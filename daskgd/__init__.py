@@ -41,7 +41,18 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
     from daskgd.sklearn import LinearRegression, LogisticRegression, SGDClassifier, SGDRegressor
 
 
+#: the parts, loaded on first access too (``import daskgd; daskgd.data.open_zarr``)
+_PARTS = (
+    "checkpoint", "cli", "cluster", "data", "driver", "errors", "history", "io", "kernels",
+    "objective", "parameter_server", "plot", "progress", "sklearn", "worker",
+)  # fmt: skip
+
+
 def __getattr__(name: str) -> object:
+    if name in _PARTS:
+        import importlib
+
+        return importlib.import_module(f"daskgd.{name}")
     if name in _LAZY:
         import importlib
 
@@ -52,7 +63,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_PARTS))
 
 
 __all__ = [

@@ -162,3 +162,12 @@ def test_the_scheduler_side_imports_only_parameter_server_and_objective():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     parts = set(ast.literal_eval(out.stdout.strip()))
     assert parts <= {"parameter_server", "objective", "errors", "history"}, parts
+
+
+def test_parts_and_names_load_on_first_access():
+    code = (
+        "import daskgd; daskgd.data.DEFAULT_COMPRESSOR; daskgd.kernels.grad_loss;"
+        "daskgd.fit; daskgd.SGDRegressor; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
