@@ -131,7 +131,9 @@ def lazy_features(X: Any) -> da.Array:
 def _lazy(X: Any, y: Any, sample_weight: Any, client: Any, *, known_rows: bool) -> LazyData:
     ds = None
     if isinstance(X, str | os.PathLike):
-        X = as_dataset(X, validate=False, client=client)
+        # for training, checked now: a group daskgd wrote is trusted by its record (no
+        # pass), and the engine does not scan a Dataset checked already
+        X = as_dataset(X, validate=known_rows, client=client)
     if isinstance(X, Dataset):
         ds = X if y is None and sample_weight is None else None
         y = X.y if y is None else y
