@@ -204,6 +204,9 @@ def main() -> None:
     args = parser.parse_args()
     n = 200_000 if args.quick else 1_000_000
     if args.part in ("all", "hessian"):
+        # grad_hess loads scipy's BLAS at its first call: load it now, so that the limit
+        # below (which applies to the libraries loaded when it is set) pins it too
+        grad_hess(np.ones((1, 1)), np.ones(1), np.zeros(1))
         with threadpool_limits(limits=1):
             hess = [measure_hessian(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
         write_results("kernels_hessian", {"results": hess}, hessian_markdown(hess, n, args.repeats))
