@@ -1,0 +1,219 @@
+"""Newton along a path of penalties for many logistic models at once, one pass per round.
+
+Every model (one per fold, and the final refit) follows its own path of ``C`` values with
+warm starts; a round is one task per row-chunk (:func:`logistic_stats`) that evaluates, on
+that chunk held in its worker's memory, the loss, gradient and Hessian (the compiled
+``grad_hess`` kernel) of every model that trains on the chunk. The driver sums them per
+model and takes the Newton steps (:class:`PathModel`): a Cholesky solve, then a
+backtracking line search on the exact objective (each trial point is evaluated in the next
+round, together with the other models' points). The objective is scikit-learn's,
+``C * sum_i s_i loss_i + 0.5 ||w||^2`` (the intercept unpenalised), and its stopping rule
+too: the largest entry of the gradient of that objective divided by ``C * sum_i s_i`` is at
+most ``tol``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PathModel", "logistic_stats", "run_paths", "score_fold"]
+
+#: Armijo's sufficient-decrease constant and the smallest step tried
+_ARMIJO = 1e-4
+_MIN_STEP = 1e-10
+#: relative change of the objective that rounding can make
+_ROUNDING = 16 * np.finfo(np.float64).eps
+
+
+def logistic_stats(
+    chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    models: dict[int, np.ndarray],
+    fit_intercept: bool,
+) -> dict[int, tuple[float, np.ndarray, np.ndarray]]:
+    """Runs on a worker: ``(loss sum, gradient, Hessian)`` of the binary log loss of each
+    model (``theta`` = w, then b when ``fit_intercept``) on one chunk (targets -1/+1)."""
+    from daskgd.kernels import grad_hess
+
+    X, t, sw = chunk
+    d = X.shape[1]
+    out = {}
+    for k, theta in models.items():
+        b = float(theta[d]) if fit_intercept else 0.0
+        loss, g, H = grad_hess(X, t, theta[:d], b, loss="log_loss", sample_weight=sw,
+                               fit_intercept=fit_intercept)  # fmt: skip
+        out[k] = (float(loss), np.asarray(g, dtype=np.float64), np.asarray(H, dtype=np.float64))
+    return out
+
+
+@dataclass
+class PathModel:
+    """One model's Newton path over ``Cs`` (driver side, plain numpy).
+
+    ``theta`` is the point the next round evaluates; :meth:`tell` takes that evaluation
+    (data loss sum, gradient, Hessian over the model's training rows) and sets the next.
+    """
+
+    Cs: np.ndarray
+    weight_sum: float
+    theta: np.ndarray
+    fit_intercept: bool
+    tol: float
+    max_iter: int
+    coefs: list[np.ndarray] = field(default_factory=list)
+    n_iter: list[int] = field(default_factory=list)
+    unconverged: list[float] = field(default_factory=list)
+    done: bool = False
+    _j: int = 0
+    _it: int = 0
+    _data: tuple[float, np.ndarray, np.ndarray] | None = None
+    _search: tuple[np.ndarray, float, float, np.ndarray, float, float] | None = None
+
+    def _objective(
+        self, C: float, theta: np.ndarray, data: tuple[float, np.ndarray, np.ndarray]
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        loss, g, H = data
+        m = len(theta)  # d + 1 with the intercept, else d: drop the kernel's last entry
+        d = m - 1 if self.fit_intercept else m
+        w = theta[:d]
+        reg = np.zeros(m)
+        reg[:d] = 1.0
+        F = C * loss + 0.5 * float(w @ w)
+        G = C * g[:m] + reg * theta
+        Hf = C * H[:m, :m] + np.diag(reg)
+        return F, G, Hf
+
+    def tell(self, data: tuple[float, np.ndarray, np.ndarray]) -> None:
+        """The evaluation at ``theta``: accept it (or backtrack), then step or move on."""
+        if self._search is not None:
+            theta0, F0, slope, p, t, g0 = self._search
+            F, G, _ = self._objective(float(self.Cs[self._j]), self.theta, data)
+            # near the optimum the decrease drowns in rounding: then a smaller gradient
+            # accepts the step (as scikit-learn's newton-cholesky line search does)
+            flat = abs(F - F0) <= _ROUNDING * abs(F0) and float(np.abs(G).sum()) < g0
+            if not (F <= F0 + _ARMIJO * t * slope or flat):
+                if t * 0.5 >= _MIN_STEP:
+                    t *= 0.5
+                    self._search = (theta0, F0, slope, p, t, g0)
+                    self.theta = theta0 + t * p
+                    return
+                # no decrease even for a tiny step: the base point is as good as floating
+                # point allows; keep it (its gradient decides whether that counts as converged)
+                self.theta = theta0
+                self._search = None
+                self._finish_C()
+                self._advance()
+                return
+            self._search = None
+        self._data = data
+        self._advance()
+
+    def _finish_C(self) -> None:
+        assert self._data is not None
+        C = float(self.Cs[self._j])
+        G = self._objective(C, self.theta, self._data)[1]
+        gmax = float(np.max(np.abs(G))) / (C * self.weight_sum)
+        if gmax > self.tol:  # at max_iter, or stalled short of the tolerance
+            self.unconverged.append(C)
+        self.coefs.append(self.theta.copy())
+        self.n_iter.append(self._it)
+        self._j += 1
+        self._it = 0
+        if self._j == len(self.Cs):
+            self.done = True
+
+    def _advance(self) -> None:
+        """Newton steps from the accepted point; at convergence (or ``max_iter``) the next
+        C starts from here with the same evaluation (no pass needed to start it)."""
+        from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+        assert self._data is not None
+        while not self.done:
+            C = float(self.Cs[self._j])
+            F, G, Hf = self._objective(C, self.theta, self._data)
+            gmax = float(np.max(np.abs(G))) / (C * self.weight_sum)
+            if gmax <= self.tol or self._it >= self.max_iter:
+                self._finish_C()
+                continue
+            try:
+                p = -cho_solve(cho_factor(Hf), G)
+            except LinAlgError:  # a flat direction (e.g. an all-zero column, no intercept
+                # curvature): damp it, as newton-cholesky falls back on a safer step
+                damp = 1e-10 * max(1.0, float(np.max(np.abs(np.diag(Hf)))))
+                p = -np.linalg.solve(Hf + damp * np.eye(len(G)), G)
+            slope = float(G @ p)
+            if not slope < 0:  # rounding made the direction useless: steepest descent
+                p, slope = -G, -float(G @ G)
+            self._it += 1
+            self._search = (self.theta.copy(), F, slope, p, 1.0, float(np.abs(G).sum()))
+            self.theta = self.theta + p
+            return
+
+
+def run_paths(
+    client: Any,
+    chunks: Sequence[Any],
+    fold_of: np.ndarray,
+    models: dict[int, PathModel],
+    trains_on: Callable[[int, int], bool],
+    fit_intercept: bool,
+) -> int:
+    """Rounds until every model has finished its path; returns the number of rounds (passes).
+
+    ``trains_on(model, fold)`` says whether a model trains on a chunk of that fold.
+    """
+    rounds = 0
+    while any(not m.done for m in models.values()):
+        rounds += 1
+        jobs = []
+        for c, chunk in enumerate(chunks):
+            wanted = {k: m.theta for k, m in models.items()
+                      if not m.done and trains_on(k, int(fold_of[c]))}  # fmt: skip
+            if wanted:
+                jobs.append(client.submit(logistic_stats, chunk, wanted, fit_intercept,
+                                          pure=False))  # fmt: skip
+        sums: dict[int, list[Any]] = {}
+        for result in client.gather(jobs):
+            for k, (loss, g, H) in result.items():
+                if k in sums:
+                    s = sums[k]
+                    s[0] += loss
+                    s[1] += g
+                    s[2] += H
+                else:
+                    sums[k] = [loss, g.copy(), H.copy()]
+        for k, (loss, g, H) in sums.items():
+            models[k].tell((loss, g, H))
+    return rounds
+
+
+def score_fold(
+    scoring: Any,
+    classes: np.ndarray,
+    coefs: np.ndarray,
+    fit_intercept: bool,
+    *chunks: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+) -> np.ndarray:
+    """Runs on a worker: the validation score of each model ``coefs`` (rows: w, then b) on a
+    fold's chunks, by scikit-learn's scorer ``scoring`` (None: accuracy)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import get_scorer
+
+    X = np.concatenate([c[0] for c in chunks])
+    y = classes[(np.concatenate([c[1] for c in chunks]) > 0).astype(np.intp)]
+    sw = None if chunks[0][2] is None else np.concatenate([c[2] for c in chunks])  # type: ignore[misc]
+    scorer = get_scorer("accuracy" if scoring is None else scoring)
+    d = X.shape[1]
+    # a fitted scikit-learn model with these coefficients is what scorers know how to call
+    model = LogisticRegression()
+    model.classes_ = classes
+    out = np.empty(len(coefs))
+    for i, theta in enumerate(coefs):
+        model.coef_ = theta[None, :d].copy()
+        model.intercept_ = np.array([float(theta[d]) if fit_intercept else 0.0])
+        kwargs = {} if sw is None else {"sample_weight": sw}
+        out[i] = float(scorer(model, X, y, **kwargs))
+    return out
