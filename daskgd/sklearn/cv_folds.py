@@ -63,8 +63,9 @@ def check_grid(name: str, values: Any, *, allow_zero: bool = False) -> np.ndarra
     bad = ~np.isfinite(grid) | (grid < 0 if allow_zero else grid <= 0)
     if np.any(bad):
         need = "finite and >= 0" if allow_zero else "finite and > 0"
-        raise ValueError(f"{name} must all be {need}; {name}[{int(np.argmax(bad))}] is "
-                         f"{grid[bad][0]!r}")  # fmt: skip
+        raise ValueError(
+            f"{name} must all be {need}; {name}[{int(np.argmax(bad))}] is {float(grid[bad][0])!r}"
+        )
     return grid
 
 
@@ -90,8 +91,9 @@ def chunk_folds(
         )
     fold_of = np.empty(n_chunks, dtype=np.int64)
     seed = random_state if shuffle else None
-    for k, (_, test) in enumerate(KFold(cv, shuffle=shuffle, random_state=seed).split(
-            np.arange(n_chunks))):  # fmt: skip
+    for k, (_, test) in enumerate(
+        KFold(cv, shuffle=shuffle, random_state=seed).split(np.arange(n_chunks))
+    ):
         fold_of[test] = k
     return fold_of
 
@@ -128,8 +130,9 @@ def _numpy_chunks(
     rows: list[np.ndarray] = []
     folds: list[int] = []
     seed = random_state if shuffle else None
-    for k, (_, test) in enumerate(KFold(cv, shuffle=shuffle, random_state=seed).split(
-            np.empty((n, 0)))):  # fmt: skip
+    for k, (_, test) in enumerate(
+        KFold(cv, shuffle=shuffle, random_state=seed).split(np.empty((n, 0)))
+    ):
         for part in np.array_split(np.sort(test), min(pieces, len(test))):
             rows.append(part)
             folds.append(k)
@@ -155,8 +158,15 @@ def cv_data(
     name = type(est).__name__
     cv = check_cv(est.cv)
     if not is_lazy(X):
-        X, y = validate_data(est, X, y, reset=True, dtype=[np.float64, np.float32], order="C",
-                             y_numeric=not classification)  # fmt: skip
+        X, y = validate_data(
+            est,
+            X,
+            y,
+            reset=True,
+            dtype=[np.float64, np.float32],
+            order="C",
+            y_numeric=not classification,
+        )
         if classification:
             check_classification_targets(y)
         sw = sample_weight_array(sample_weight, X.shape[0], X.dtype)
@@ -173,21 +183,31 @@ def cv_data(
         sources = client.scatter(parts)
         classes = find_classes(name, y, None, False, None, client) if classification else None
         sizes = tuple(len(r) for r in rows)
-        return CVData(list(sources), sizes, X.shape[1], np.dtype(X.dtype), fold_of, classes,
-                      checked=True, weighted=sw is not None)  # fmt: skip
+        return CVData(
+            list(sources),
+            sizes,
+            X.shape[1],
+            np.dtype(X.dtype),
+            fold_of,
+            classes,
+            checked=True,
+            weighted=sw is not None,
+        )
     est._check_frame_names(X, reset=True)
     Xd, yd, swd, ds = lazy_inputs(X, y, sample_weight, client)
     if yd is None:
-        raise ValueError(f"{name} requires y to be passed, but the target y is None (and the "
-                         "dataset has none)")  # fmt: skip
+        raise ValueError(
+            f"{name} requires y to be passed, but the target y is None (and the dataset has none)"
+        )
     est._check_n_features(Xd.shape[1], reset=True)
     classes = None
     if classification:
         recorded = None if ds is None else ds.classes_
         classes = find_classes(name, yd, None, False, recorded, client)
     sizes = tuple(int(c) for c in Xd.chunks[0])
-    fold_of = chunk_folds(len(sizes), cv, shuffle=shuffle, random_state=random_state,
-                          rows=int(Xd.shape[0]))  # fmt: skip
+    fold_of = chunk_folds(
+        len(sizes), cv, shuffle=shuffle, random_state=random_state, rows=int(Xd.shape[0])
+    )
     import dask
 
     xs = Xd.to_delayed()[:, 0]
@@ -195,8 +215,16 @@ def cv_data(
     ws = swd.to_delayed() if swd is not None else [None] * len(sizes)
     sources = [dask.delayed(tuple)([a, b, c]) for a, b, c in zip(xs, ys, ws, strict=True)]
     checked = ds is not None and ds.values_checked
-    return CVData(sources, sizes, int(Xd.shape[1]), np.dtype(Xd.dtype), fold_of, classes,
-                  checked=checked, weighted=swd is not None)  # fmt: skip
+    return CVData(
+        sources,
+        sizes,
+        int(Xd.shape[1]),
+        np.dtype(Xd.dtype),
+        fold_of,
+        classes,
+        checked=checked,
+        weighted=swd is not None,
+    )
 
 
 def prepare_chunk(
@@ -226,8 +254,10 @@ def prepare_chunk(
         idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
         bad = classes[idx] != y
         if np.any(bad):
-            raise ValueError(f"y in row-chunk {index} has labels not in classes_ {classes!r}: "
-                             f"{np.unique(y[bad])!r}")  # fmt: skip
+            raise ValueError(
+                f"y in row-chunk {index} has labels not in classes_ {classes!r}: "
+                f"{np.unique(y[bad])!r}"
+            )
         t = np.where(idx == 1, 1.0, -1.0).astype(dtype)
     else:
         t = np.ascontiguousarray(y, dtype=dtype)
@@ -245,8 +275,9 @@ def map_chunks(
 
     task = _chunk_task(fn)
     jobs = [
-        dask.delayed(task, pure=False)(src, i, data.dtype, data.classes, not data.checked,
-                                       *(args[i] if args else ()))  # fmt: skip
+        dask.delayed(task, pure=False)(
+            src, i, data.dtype, data.classes, not data.checked, *(args[i] if args else ())
+        )
         for i, src in enumerate(data.sources)
     ]
     futures = client.compute(jobs)
@@ -262,8 +293,9 @@ def persist_chunks(client: Any, data: CVData) -> list[Any]:
     import dask
 
     jobs = [
-        dask.delayed(prepare_chunk, pure=False)(src, i, data.dtype, classes=data.classes,
-                                                check=not data.checked)  # fmt: skip
+        dask.delayed(prepare_chunk, pure=False)(
+            src, i, data.dtype, classes=data.classes, check=not data.checked
+        )
         for i, src in enumerate(data.sources)
     ]
     return list(client.compute(jobs))

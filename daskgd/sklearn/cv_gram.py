@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 
-def squared_stats(chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, ...]:
+def squared_stats(
+    chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+) -> tuple[np.ndarray, ...]:
     """Runs on a worker: ``(A^T W A, A^T W y, [y^T W y])`` of one row-chunk, ``A = [X, 1]``.
 
     ``grad_hess`` of the squared loss ``0.5 (p - y)^2`` at zero is exactly these: its
@@ -39,10 +41,14 @@ def squared_stats(chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> tu
     from daskgd.kernels import grad_hess
 
     X, y, sw = chunk
-    loss, grad, hess = grad_hess(X, y, np.zeros(X.shape[1], dtype=X.dtype), 0.0,
-                                 loss="squared_error", sample_weight=sw)  # fmt: skip
-    return (np.asarray(hess, dtype=np.float64), -np.asarray(grad, dtype=np.float64),
-            np.array([2.0 * float(loss)]))  # fmt: skip
+    loss, grad, hess = grad_hess(
+        X, y, np.zeros(X.shape[1], dtype=X.dtype), 0.0, loss="squared_error", sample_weight=sw
+    )
+    return (
+        np.asarray(hess, dtype=np.float64),
+        -np.asarray(grad, dtype=np.float64),
+        np.array([2.0 * float(loss)]),
+    )
 
 
 class Centered(NamedTuple):
@@ -152,7 +158,7 @@ def enet_coordinate_descent(
     qs = c.q.tolist()
     gap = np.inf
     sweeps = 0
-    for sweeps in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+    for sweeps in range(1, max_iter + 1):
         w_max = 0.0
         dw_max = 0.0
         for j in range(len(qs)):

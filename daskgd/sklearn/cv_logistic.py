@@ -111,8 +111,10 @@ class LogisticRegressionCV(LinearClassifier):
 
     _parameter_constraints: ClassVar[dict[str, Rule]] = {
         "fit_intercept": BOOL,
-        "cv": Rule(lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                   and int(v) >= 2, "an integer >= 2 (the number of folds)"),  # fmt: skip
+        "cv": Rule(
+            lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 2,
+            "an integer >= 2 (the number of folds)",
+        ),
         "penalty": one_of("l2", note=" (only the L2 path is offered)"),
         "scoring": Rule(_scorer_ok, "None, a callable or a scorer name of sklearn.metrics"),
         "tol": Rule(lambda v: TOL.test(v) and v is not None, "a number >= 0"),
@@ -158,8 +160,9 @@ class LogisticRegressionCV(LinearClassifier):
     def _grid(self) -> np.ndarray:
         if isinstance(self.Cs, numbers.Integral) and not isinstance(self.Cs, bool):
             if int(self.Cs) < 1:
-                raise ValueError(f"Cs must be a positive number of Cs or a non-empty list of "
-                                 f"Cs, got {self.Cs!r}")  # fmt: skip
+                raise ValueError(
+                    f"Cs must be a positive number of Cs or a non-empty list of Cs, got {self.Cs!r}"
+                )
             return np.logspace(-4, 4, int(self.Cs))
         return check_grid("Cs", self.Cs)
 
@@ -180,8 +183,16 @@ class LogisticRegressionCV(LinearClassifier):
         self._check_params()
         Cs = self._grid()
         with fit_client(self.client) as client:
-            data = cv_data(self, X, y, sample_weight, client, classification=True,
-                           shuffle=self.shuffle, random_state=self.random_state)  # fmt: skip
+            data = cv_data(
+                self,
+                X,
+                y,
+                sample_weight,
+                client,
+                classification=True,
+                shuffle=self.shuffle,
+                random_state=self.random_state,
+            )
             assert data.classes is not None
             if len(data.classes) != 2:
                 raise ValueError(
@@ -200,32 +211,53 @@ class LogisticRegressionCV(LinearClassifier):
     def _fit_paths(self, client: Any, data: Any, chunks: list[Any], Cs: np.ndarray) -> None:
         fold_of, K, d = data.fold_of, data.n_folds, data.n_features
         m = d + 1 if self.fit_intercept else d
-        total, folds = fold_sums(map_chunks(client, _persisted(data, chunks), _weight_sum),
-                                 fold_of)  # fmt: skip
+        total, folds = fold_sums(map_chunks(client, _persisted(data, chunks), _weight_sum), fold_of)
         sw_total = float(total[0][0])
         models = {
-            k: PathModel(Cs, sw_total - float(folds[k][0][0]), np.zeros(m), self.fit_intercept,
-                         float(self.tol), int(self.max_iter))  # fmt: skip
+            k: PathModel(
+                Cs,
+                sw_total - float(folds[k][0][0]),
+                np.zeros(m),
+                self.fit_intercept,
+                float(self.tol),
+                int(self.max_iter),
+            )
             for k in range(K)
         }
-        passes = 1 + run_paths(client, chunks, fold_of, models, lambda k, f: f != k,
-                               self.fit_intercept)  # fmt: skip
+        passes = 1 + run_paths(
+            client, chunks, fold_of, models, lambda k, f: f != k, self.fit_intercept
+        )
         coefs = np.stack([np.stack(models[k].coefs) for k in range(K)])  # (K, n_cs, m)
         jobs = [
-            client.submit(score_fold, self.scoring, self.classes_, coefs[k], self.fit_intercept,
-                          *[c for c, f in zip(chunks, fold_of, strict=True) if f == k],
-                          pure=False)  # fmt: skip
+            client.submit(
+                score_fold,
+                self.scoring,
+                self.classes_,
+                coefs[k],
+                self.fit_intercept,
+                *[c for c, f in zip(chunks, fold_of, strict=True) if f == k],
+                pure=False,
+            )
             for k in range(K)
         ]
         scores = np.stack(client.gather(jobs))  # (K, n_cs)
-        unconverged = [(k, C) for k in range(K) for C in models[k].unconverged]
+        unconverged: list[tuple[Any, float]] = [
+            (k, C) for k in range(K) for C in models[k].unconverged
+        ]
         if self.refit:
             best = int(np.argmax(scores.mean(axis=0)))  # the first of equal scores
             C_best = float(Cs[best])
-            final = PathModel(np.array([C_best]), sw_total, coefs[:, best].mean(axis=0),
-                              self.fit_intercept, float(self.tol), int(self.max_iter))  # fmt: skip
-            passes += run_paths(client, chunks, fold_of, {K: final}, lambda k, f: True,
-                                self.fit_intercept)  # fmt: skip
+            final = PathModel(
+                np.array([C_best]),
+                sw_total,
+                coefs[:, best].mean(axis=0),
+                self.fit_intercept,
+                float(self.tol),
+                int(self.max_iter),
+            )
+            passes += run_paths(
+                client, chunks, fold_of, {K: final}, lambda k, f: True, self.fit_intercept
+            )
             theta = final.coefs[0]
             unconverged += [("refit", C) for C in final.unconverged]
         else:
@@ -240,7 +272,8 @@ class LogisticRegressionCV(LinearClassifier):
         label = self.classes_[1]
         self.scores_ = {label: scores}
         self.coefs_paths_ = {label: coefs}
-        self.n_iter_ = np.array([[models[k].n_iter for k in range(K)]], dtype=np.int64)
+        # scikit-learn's shape (1, n_folds, n_cs), not the single count of the other estimators
+        self.n_iter_ = np.array([[models[k].n_iter for k in range(K)]], dtype=np.int64)  # type: ignore[assignment]
         self.n_passes_ = int(passes)
         self.converged_ = not unconverged
         if unconverged:

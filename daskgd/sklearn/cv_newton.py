@@ -43,8 +43,9 @@ def logistic_stats(
     out = {}
     for k, theta in models.items():
         b = float(theta[d]) if fit_intercept else 0.0
-        loss, g, H = grad_hess(X, t, theta[:d], b, loss="log_loss", sample_weight=sw,
-                               fit_intercept=fit_intercept)  # fmt: skip
+        loss, g, H = grad_hess(
+            X, t, theta[:d], b, loss="log_loss", sample_weight=sw, fit_intercept=fit_intercept
+        )
         out[k] = (float(loss), np.asarray(g, dtype=np.float64), np.asarray(H, dtype=np.float64))
     return out
 
@@ -170,11 +171,13 @@ def run_paths(
         rounds += 1
         jobs = []
         for c, chunk in enumerate(chunks):
-            wanted = {k: m.theta for k, m in models.items()
-                      if not m.done and trains_on(k, int(fold_of[c]))}  # fmt: skip
+            wanted = {
+                k: m.theta
+                for k, m in models.items()
+                if not m.done and trains_on(k, int(fold_of[c]))
+            }
             if wanted:
-                jobs.append(client.submit(logistic_stats, chunk, wanted, fit_intercept,
-                                          pure=False))  # fmt: skip
+                jobs.append(client.submit(logistic_stats, chunk, wanted, fit_intercept, pure=False))
         sums: dict[int, list[Any]] = {}
         for result in client.gather(jobs):
             for k, (loss, g, H) in result.items():
@@ -204,7 +207,9 @@ def score_fold(
 
     X = np.concatenate([c[0] for c in chunks])
     y = classes[(np.concatenate([c[1] for c in chunks]) > 0).astype(np.intp)]
-    sw = None if chunks[0][2] is None else np.concatenate([c[2] for c in chunks])  # type: ignore[misc]
+    sw = (
+        None if chunks[0][2] is None else np.concatenate([c[2] for c in chunks if c[2] is not None])
+    )
     scorer = get_scorer("accuracy" if scoring is None else scoring)
     d = X.shape[1]
     # a fitted scikit-learn model with these coefficients is what scorers know how to call

@@ -32,8 +32,10 @@ from daskgd.sklearn.regression import LinearRegressor
 
 __all__ = ["ElasticNetCV", "RidgeCV"]
 
-CV = Rule(lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 2,
-          "an integer >= 2 (the number of folds)")  # fmt: skip
+CV = Rule(
+    lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 2,
+    "an integer >= 2 (the number of folds)",
+)
 _STATS = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -49,14 +51,23 @@ class _GramCV(LinearRegressor):
     ) -> tuple[CVData, _STATS, list[_STATS]]:
         self._check_params()
         with fit_client(self.client) as client:
-            data = cv_data(self, X, y, sample_weight, client, classification=False,
-                           shuffle=self.shuffle, random_state=self.random_state)  # fmt: skip
+            data = cv_data(
+                self,
+                X,
+                y,
+                sample_weight,
+                client,
+                classification=False,
+                shuffle=self.shuffle,
+                random_state=self.random_state,
+            )
             per_chunk = map_chunks(client, data, squared_stats)
         total, folds = fold_sums(per_chunk, data.fold_of)
-        return data, tuple(total), [tuple(f) for f in folds]  # type: ignore[return-value]
+        return data, (total[0], total[1], total[2]), [(f[0], f[1], f[2]) for f in folds]
 
     def _train(self, total: _STATS, fold: _STATS) -> Centered:
-        return center(*(t - f for t, f in zip(total, fold, strict=True)), self.fit_intercept)
+        G, r, yy = (t - f for t, f in zip(total, fold, strict=True))
+        return center(G, r, yy, self.fit_intercept)
 
     def _set_model(self, theta: np.ndarray) -> None:
         self.coef_ = np.asarray(theta[:-1], dtype=np.float64)
@@ -114,8 +125,12 @@ class RidgeCV(_GramCV):
 
     _parameter_constraints: ClassVar[dict[str, Rule]] = {
         "fit_intercept": BOOL,
-        "scoring": one_of(None, "r2", "neg_mean_squared_error",
-                          note=" (the scores that follow from Gram statistics)"),  # fmt: skip
+        "scoring": one_of(
+            None,
+            "r2",
+            "neg_mean_squared_error",
+            note=" (the scores that follow from Gram statistics)",
+        ),
         "cv": CV,
         "shuffle": BOOL,
         "random_state": RANDOM_STATE,
@@ -258,13 +273,23 @@ class ElasticNetCV(_GramCV):
         self.random_state = random_state
         self.client = client
 
-    def _grids(self, c: Centered, l1_ratios: np.ndarray) -> np.ndarray:
+    def _n_alphas(self) -> int | None:
+        """``alphas`` as a number of alphas (checked), or None for a list."""
         if isinstance(self.alphas, numbers.Integral) and not isinstance(self.alphas, bool):
             if int(self.alphas) < 1:
-                raise ValueError(f"alphas must be a positive number of alphas or a non-empty "
-                                 f"list of alphas, got {self.alphas!r}")  # fmt: skip
-            return np.array([alpha_grid(c, float(r), float(self.eps), int(self.alphas))
-                             for r in l1_ratios])  # fmt: skip
+                raise ValueError(
+                    f"alphas must be a positive number of alphas or a non-empty "
+                    f"list of alphas, got {self.alphas!r}"
+                )
+            return int(self.alphas)
+        check_grid("alphas", self.alphas, allow_zero=True)
+        return None
+
+    def _grids(self, c: Centered, l1_ratios: np.ndarray) -> np.ndarray:
+        if self._n_alphas() is not None:
+            return np.array(
+                [alpha_grid(c, float(r), float(self.eps), int(self.alphas)) for r in l1_ratios]
+            )
         grid = np.sort(check_grid("alphas", self.alphas, allow_zero=True))[::-1]
         return np.tile(grid, (len(l1_ratios), 1))
 
@@ -283,12 +308,16 @@ class ElasticNetCV(_GramCV):
         """
         self._check_params()
         l1_ratios = np.atleast_1d(np.asarray(self.l1_ratio, dtype=np.float64))
-        if l1_ratios.ndim != 1 or l1_ratios.size == 0 or np.any(~(
-                (l1_ratios >= 0) & (l1_ratios <= 1))):  # fmt: skip
-            raise ValueError(f"l1_ratio must be a number in [0, 1] or a non-empty list of them, "
-                             f"got {self.l1_ratio!r}")  # fmt: skip
-        if not isinstance(self.alphas, numbers.Integral):
-            check_grid("alphas", self.alphas, allow_zero=True)  # before any pass
+        if (
+            l1_ratios.ndim != 1
+            or l1_ratios.size == 0
+            or np.any(~((l1_ratios >= 0) & (l1_ratios <= 1)))
+        ):
+            raise ValueError(
+                f"l1_ratio must be a number in [0, 1] or a non-empty list of them, "
+                f"got {self.l1_ratio!r}"
+            )
+        self._n_alphas()  # checked before any pass
         data, total, folds = self._statistics(X, y, sample_weight)
         d = data.n_features
         everything = center(*total, self.fit_intercept)
@@ -307,10 +336,14 @@ class ElasticNetCV(_GramCV):
                 best_mse, best_alpha, best_ratio = float(row[j]), float(alphas[j]), float(ratio)
         self.alpha_, self.l1_ratio_ = best_alpha, best_ratio
         self.mse_path_ = np.squeeze(np.moveaxis(mse, 2, 1))
-        self.alphas_ = grids[0] if len(l1_ratios) == 1 or not isinstance(
-            self.alphas, numbers.Integral) else grids  # fmt: skip
-        w, gap, sweeps = enet_coordinate_descent(everything, best_alpha, best_ratio, np.zeros(d),
-                                                 self.max_iter, self.tol)  # fmt: skip
+        self.alphas_ = (
+            grids[0]
+            if len(l1_ratios) == 1 or not isinstance(self.alphas, numbers.Integral)
+            else grids
+        )
+        w, gap, sweeps = enet_coordinate_descent(
+            everything, best_alpha, best_ratio, np.zeros(d), self.max_iter, self.tol
+        )
         self._set_model(np.append(w, everything.y_mean - everything.x_mean @ w))
         self.dual_gap_ = float(gap)
         self.n_iter_ = int(sweeps)
