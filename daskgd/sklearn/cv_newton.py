@@ -2,14 +2,14 @@
 
 Every model (one per fold, and the final refit) follows its own path of ``C`` values with
 warm starts; a round is one task per row-chunk (:func:`logistic_stats`) that evaluates, on
-that chunk held in its worker's memory, the loss, gradient and Hessian (the compiled
-``grad_hess`` kernel) of every model that trains on the chunk. The driver sums them per
-model and takes the Newton steps (:class:`PathModel`): a Cholesky solve, then a
-backtracking line search on the exact objective (each trial point is evaluated in the next
-round, together with the other models' points). The objective is scikit-learn's,
-``C * sum_i s_i loss_i + 0.5 ||w||^2`` (the intercept unpenalised), and its stopping rule
-too: the largest entry of the gradient of that objective divided by ``C * sum_i s_i`` is at
-most ``tol``.
+that chunk held in its worker's memory, the exact loss and gradient of every model that
+trains on the chunk (all at once: one ``(d, M)`` weight matrix) and one Hessian, at their
+mean (the compiled ``grad_hess`` kernel). The driver sums them per model and takes the
+Newton steps (:class:`PathModel`): a Cholesky solve, then a backtracking line search on the
+exact objective (each trial point is evaluated in the next round, together with the other
+models' points). The objective is scikit-learn's, ``C * sum_i s_i loss_i + 0.5 ||w||^2``
+(the intercept unpenalised), and its stopping rule too: the largest entry of the gradient
+of that objective divided by ``C * sum_i s_i`` is at most ``tol``.
 """
 
 from __future__ import annotations
@@ -33,21 +33,42 @@ def logistic_stats(
     chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None],
     models: dict[int, np.ndarray],
     fit_intercept: bool,
-) -> dict[int, tuple[float, np.ndarray, np.ndarray]]:
-    """Runs on a worker: ``(loss sum, gradient, Hessian)`` of the binary log loss of each
-    model (``theta`` = w, then b when ``fit_intercept``) on one chunk (targets -1/+1)."""
+) -> tuple[dict[int, tuple[float, np.ndarray]], np.ndarray]:
+    """Runs on a worker: the binary log loss (targets -1/+1) of every model on one chunk.
+
+    Returns ``({model: (loss sum, gradient)}, hessian)``. The losses and gradients are
+    exact, all models at once (two products with the ``(d, M)`` matrix of their weights);
+    the Hessian is one, the kernel's ``grad_hess`` at the models' mean. The fold models of
+    one C differ by a few percent of their rows' influence, so a Newton step with the shared
+    Hessian nearly equals each one's own, for a quarter of the work with five folds; the
+    line search and the exact gradient keep every step a descent and the stopping rule exact.
+    """
+    from scipy.special import expit
+
     from daskgd.kernels import grad_hess
 
     X, t, sw = chunk
     d = X.shape[1]
-    out = {}
-    for k, theta in models.items():
-        b = float(theta[d]) if fit_intercept else 0.0
-        loss, g, H = grad_hess(
-            X, t, theta[:d], b, loss="log_loss", sample_weight=sw, fit_intercept=fit_intercept
-        )
-        out[k] = (float(loss), np.asarray(g, dtype=np.float64), np.asarray(H, dtype=np.float64))
-    return out
+    keys = list(models)
+    thetas = np.stack([models[k] for k in keys])  # (M, m)
+    W = np.ascontiguousarray(thetas[:, :d].T, dtype=X.dtype)
+    margins = np.asarray(X @ W, dtype=np.float64)  # (n, M)
+    if fit_intercept:
+        margins += thetas[:, d]
+    z = t[:, None] * margins
+    s = np.ones(len(t)) if sw is None else np.asarray(sw, dtype=np.float64)
+    losses = s @ np.logaddexp(0.0, -z)  # (M,)
+    dl = -(s * t)[:, None] * expit(-z)  # d loss / d margin, weighted
+    grads = np.empty((len(keys), d + 1))
+    grads[:, :d] = np.asarray(X.T @ dl.astype(X.dtype), dtype=np.float64).T
+    grads[:, d] = dl.sum(axis=0)
+    ref = thetas.mean(axis=0)
+    b = float(ref[d]) if fit_intercept else 0.0
+    _, _, H = grad_hess(
+        X, t, ref[:d], b, loss="log_loss", sample_weight=sw, fit_intercept=fit_intercept
+    )
+    out = {k: (float(losses[i]), grads[i]) for i, k in enumerate(keys)}
+    return out, np.asarray(H, dtype=np.float64)
 
 
 @dataclass
@@ -179,13 +200,13 @@ def run_paths(
             if wanted:
                 jobs.append(client.submit(logistic_stats, chunk, wanted, fit_intercept, pure=False))
         sums: dict[int, list[Any]] = {}
-        for result in client.gather(jobs):
-            for k, (loss, g, H) in result.items():
+        for per_model, H in client.gather(jobs):
+            for k, (loss, g) in per_model.items():
                 if k in sums:
-                    s = sums[k]
-                    s[0] += loss
-                    s[1] += g
-                    s[2] += H
+                    acc = sums[k]
+                    acc[0] += loss
+                    acc[1] += g
+                    acc[2] += H
                 else:
                     sums[k] = [loss, g.copy(), H.copy()]
         for k, (loss, g, H) in sums.items():
