@@ -181,6 +181,15 @@ def test_logisticregressioncv_zarr_labels_scoring_and_no_refit(client, tmp_path)
         np.testing.assert_allclose(ours.scores_[7], theirs.scores_[7].reshape(4, 4), rtol=1e-6)
 
 
+def test_logisticregressioncv_any_scorer_on_the_workers(client):
+    X, y = _binary(n=300, seed=9)
+    ours = LogisticRegressionCV(Cs=5, cv=3, scoring="roc_auc", tol=1e-10).fit(X, y)
+    theirs = _sk_logistic_cv(X, y, list(KFold(3).split(X)), 5, scoring="roc_auc")
+    np.testing.assert_allclose(ours.scores_[1], theirs.scores_[1].reshape(3, 5), rtol=1e-10)
+    np.testing.assert_allclose(ours.C_, theirs.C_)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=0, atol=1e-5)
+
+
 def test_logisticregressioncv_weights_match_weighted_fit(client):
     X, y = _binary(n=300, seed=4)
     sw = np.random.default_rng(4).uniform(0.2, 3.0, size=300)

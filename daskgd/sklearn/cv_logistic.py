@@ -16,7 +16,13 @@ from sklearn.exceptions import ConvergenceWarning
 
 from daskgd.sklearn.base import fit_client
 from daskgd.sklearn.cv_folds import check_grid, cv_data, fold_sums, map_chunks, persist_chunks
-from daskgd.sklearn.cv_newton import PathModel, run_paths, score_fold
+from daskgd.sklearn.cv_newton import (
+    ADDITIVE_SCORES,
+    PathModel,
+    chunk_scores,
+    run_paths,
+    score_fold,
+)
 from daskgd.sklearn.linear_classifier import LinearClassifier
 from daskgd.sklearn.params import BOOL, POSITIVE_INT, RANDOM_STATE, TOL, Rule, one_of
 
@@ -101,7 +107,8 @@ class LogisticRegressionCV(LinearClassifier):
     n_iter_ : ndarray of shape (1, n_folds, n_cs)
         Newton steps of each fold and C.
     n_passes_ : int
-        Rounds over the data: the path's and the refit's (plus the one that reads the chunks).
+        Passes over the data: the read into memory, the path's rounds, the scoring and the
+        refit's rounds (and one for the weight sums of weighted data).
     converged_ : bool
         Whether every C of every fold (and the refit) met ``tol``; else a
         ``ConvergenceWarning`` says which.
@@ -208,26 +215,26 @@ class LogisticRegressionCV(LinearClassifier):
                 del chunks
         return self
 
-    def _fit_paths(self, client: Any, data: Any, chunks: list[Any], Cs: np.ndarray) -> None:
-        fold_of, K, d = data.fold_of, data.n_folds, data.n_features
-        m = d + 1 if self.fit_intercept else d
-        total, folds = fold_sums(map_chunks(client, _persisted(data, chunks), _weight_sum), fold_of)
-        sw_total = float(total[0][0])
-        models = {
-            k: PathModel(
-                Cs,
-                sw_total - float(folds[k][0][0]),
-                np.zeros(m),
-                self.fit_intercept,
-                float(self.tol),
-                int(self.max_iter),
-            )
-            for k in range(K)
-        }
-        passes = 1 + run_paths(
-            client, chunks, fold_of, models, lambda k, f: f != k, self.fit_intercept
-        )
-        coefs = np.stack([np.stack(models[k].coefs) for k in range(K)])  # (K, n_cs, m)
+    def _scores(
+        self, client: Any, chunks: list[Any], fold_of: np.ndarray, coefs: np.ndarray
+    ) -> np.ndarray:
+        """Each fold's validation score of each C, ``(n_folds, n_cs)``, on the workers: chunk by
+        chunk for accuracy and log loss, else by the scorer on each fold's chunks together."""
+        K = len(coefs)
+        if self.scoring in ADDITIVE_SCORES:
+            jobs = [
+                client.submit(
+                    chunk_scores, c, coefs[f], self.fit_intercept, self.scoring, pure=False
+                )
+                for c, f in zip(chunks, fold_of, strict=True)
+            ]
+            weight = np.zeros(K)
+            sums = np.zeros(coefs.shape[:2])
+            for (w, s), f in zip(client.gather(jobs), fold_of, strict=True):
+                weight[f] += w
+                sums[f] += s
+            mean = sums / weight[:, None]
+            return -mean if self.scoring == "neg_log_loss" else mean
         jobs = [
             client.submit(
                 score_fold,
@@ -240,7 +247,37 @@ class LogisticRegressionCV(LinearClassifier):
             )
             for k in range(K)
         ]
-        scores = np.stack(client.gather(jobs))  # (K, n_cs)
+        return np.stack(client.gather(jobs))
+
+    def _fit_paths(self, client: Any, data: Any, chunks: list[Any], Cs: np.ndarray) -> None:
+        fold_of, K, d = data.fold_of, data.n_folds, data.n_features
+        m = d + 1 if self.fit_intercept else d
+        if data.weighted:  # one pass for the weight sums
+            total, folds = fold_sums(
+                map_chunks(client, _persisted(data, chunks), _weight_sum), fold_of
+            )
+        else:  # the row counts are the weight sums
+            sizes = np.asarray(data.sizes, dtype=np.float64)
+            total = [np.array([sizes.sum()])]
+            folds = [[np.array([sizes[fold_of == k].sum()])] for k in range(K)]
+        sw_total = float(total[0][0])
+        models = {
+            k: PathModel(
+                Cs,
+                sw_total - float(folds[k][0][0]),
+                np.zeros(m),
+                self.fit_intercept,
+                float(self.tol),
+                int(self.max_iter),
+            )
+            for k in range(K)
+        }
+        passes = 1 + int(data.weighted) + run_paths(
+            client, chunks, fold_of, models, lambda k, f: f != k, self.fit_intercept
+        )
+        coefs = np.stack([np.stack(models[k].coefs) for k in range(K)])  # (K, n_cs, m)
+        scores = self._scores(client, chunks, fold_of, coefs)
+        passes += 1
         unconverged: list[tuple[Any, float]] = [
             (k, C) for k in range(K) for C in models[k].unconverged
         ]

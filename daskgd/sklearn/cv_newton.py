@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PathModel", "logistic_stats", "run_paths", "score_fold"]
+__all__ = [
+    "ADDITIVE_SCORES",
+    "PathModel",
+    "chunk_scores",
+    "logistic_stats",
+    "run_paths",
+    "score_fold",
+]
 
 #: Armijo's sufficient-decrease constant and the smallest step tried
 _ARMIJO = 1e-4
@@ -212,6 +219,33 @@ def run_paths(
         for k, (loss, g, H) in sums.items():
             models[k].tell((loss, g, H))
     return rounds
+
+
+#: scorers that are sums over rows: computed chunk by chunk where the chunks are
+ADDITIVE_SCORES = (None, "accuracy", "neg_log_loss")
+
+
+def chunk_scores(
+    chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    coefs: np.ndarray,
+    fit_intercept: bool,
+    scoring: str | None,
+) -> tuple[float, np.ndarray]:
+    """Runs on a worker: ``(weight sum, summed score of each model)`` on one validation
+    chunk, for an additive scorer (:data:`ADDITIVE_SCORES`): the weighted count of right
+    predictions (accuracy; a zero margin predicts ``classes_[0]``, as scikit-learn) or the
+    weighted log loss, for all models ``coefs`` (rows: w, then b) from one product."""
+    X, t, sw = chunk
+    d = X.shape[1]
+    margins = np.asarray(X @ np.ascontiguousarray(coefs[:, :d].T, dtype=X.dtype), np.float64)
+    if fit_intercept:
+        margins += coefs[:, d]
+    s = np.ones(len(t)) if sw is None else np.asarray(sw, dtype=np.float64)
+    if scoring == "neg_log_loss":
+        sums = s @ np.logaddexp(0.0, -t[:, None] * margins)
+    else:
+        sums = s @ ((margins > 0) == (t > 0)[:, None])
+    return float(s.sum()), np.asarray(sums, dtype=np.float64)
 
 
 def score_fold(
