@@ -181,6 +181,19 @@ def test_logisticregressioncv_zarr_labels_scoring_and_no_refit(client, tmp_path)
         np.testing.assert_allclose(ours.scores_[7], theirs.scores_[7].reshape(4, 4), rtol=1e-6)
 
 
+def test_logisticregressioncv_hessian_from_a_sample_of_rows(client):
+    # chunks of 9,000 rows: the shared Hessian comes from every 2nd row; the gradient and
+    # the stopping rule stay exact, so the optimum does too
+    X, y = _binary(n=27_000, d=3, seed=11)
+    ours = LogisticRegressionCV(Cs=[0.001, 0.1, 10.0], cv=3, tol=1e-10).fit(X, y)
+    theirs = _sk_logistic_cv(X, y, list(KFold(3).split(X)), [0.001, 0.1, 10.0])
+    np.testing.assert_allclose(
+        ours.coefs_paths_[1], theirs.coefs_paths_[1].reshape(3, 3, -1), atol=1e-6
+    )
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=0, atol=1e-6)
+    assert ours.converged_
+
+
 def test_logisticregressioncv_any_scorer_on_the_workers(client):
     X, y = _binary(n=300, seed=9)
     ours = LogisticRegressionCV(Cs=5, cv=3, scoring="roc_auc", tol=1e-10).fit(X, y)

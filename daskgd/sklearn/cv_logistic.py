@@ -272,8 +272,10 @@ class LogisticRegressionCV(LinearClassifier):
             )
             for k in range(K)
         }
-        passes = 1 + int(data.weighted) + run_paths(
-            client, chunks, fold_of, models, lambda k, f: f != k, self.fit_intercept
+        passes = (
+            1
+            + int(data.weighted)
+            + run_paths(client, chunks, fold_of, models, lambda k, f: f != k, self.fit_intercept)
         )
         coefs = np.stack([np.stack(models[k].coefs) for k in range(K)])  # (K, n_cs, m)
         scores = self._scores(client, chunks, fold_of, coefs)
