@@ -7,9 +7,10 @@ trains on the chunk (the compiled ``grad_loss``) and one Hessian, at their mean 
 compiled ``grad_hess`` kernel, on a sample of the rows). The driver sums them per model
 and takes the Newton steps (:class:`PathModel`): a Cholesky solve, then a backtracking
 line search on the exact objective (each trial point is evaluated in the next round,
-together with the other models' points). The objective is scikit-learn's, ``C * sum_i s_i loss_i + 0.5 ||w||^2``
-(the intercept unpenalised), and its stopping rule too: the largest entry of the gradient
-of that objective divided by ``C * sum_i s_i`` is at most ``tol``.
+together with the other models' points). The objective is scikit-learn's,
+``C * sum_i s_i loss_i + 0.5 ||w||^2`` (the intercept unpenalised), and its stopping rule
+too: the largest entry of the gradient of that objective divided by ``C * sum_i s_i`` is at
+most ``tol``.
 """
 
 from __future__ import annotations
