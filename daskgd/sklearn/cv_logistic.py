@@ -19,9 +19,10 @@ from daskgd.sklearn.cv_folds import check_grid, cv_data, fold_sums, map_chunks, 
 from daskgd.sklearn.cv_newton import (
     ADDITIVE_SCORES,
     PathModel,
-    chunk_scores,
+    by_worker,
     run_paths,
     score_fold,
+    scores_of_chunks,
 )
 from daskgd.sklearn.linear_classifier import LinearClassifier
 from daskgd.sklearn.params import BOOL, POSITIVE_INT, RANDOM_STATE, TOL, Rule, one_of
@@ -222,17 +223,27 @@ class LogisticRegressionCV(LinearClassifier):
         chunk for accuracy and log loss, else by the scorer on each fold's chunks together."""
         K = len(coefs)
         if self.scoring in ADDITIVE_SCORES:
-            jobs = [
-                client.submit(
-                    chunk_scores, c, coefs[f], self.fit_intercept, self.scoring, pure=False
+            jobs, order = [], []
+            for worker, idx in by_worker(client, chunks).items():
+                jobs.append(
+                    client.submit(
+                        scores_of_chunks,
+                        self.fit_intercept,
+                        self.scoring,
+                        [coefs[fold_of[c]] for c in idx],
+                        *[chunks[c] for c in idx],
+                        workers=[worker] if worker else None,
+                        allow_other_workers=True,
+                        pure=False,
+                    )
                 )
-                for c, f in zip(chunks, fold_of, strict=True)
-            ]
+                order.append(idx)
             weight = np.zeros(K)
             sums = np.zeros(coefs.shape[:2])
-            for (w, s), f in zip(client.gather(jobs), fold_of, strict=True):
-                weight[f] += w
-                sums[f] += s
+            for idx, results in zip(order, client.gather(jobs), strict=True):
+                for c, (w, s) in zip(idx, results, strict=True):
+                    weight[fold_of[c]] += w
+                    sums[fold_of[c]] += s
             mean = sums / weight[:, None]
             return -mean if self.scoring == "neg_log_loss" else mean
         jobs = [

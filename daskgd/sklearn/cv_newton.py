@@ -24,10 +24,12 @@ import numpy as np
 __all__ = [
     "ADDITIVE_SCORES",
     "PathModel",
+    "by_worker",
     "chunk_scores",
     "logistic_stats",
     "run_paths",
     "score_fold",
+    "scores_of_chunks",
 ]
 
 #: Armijo's sufficient-decrease constant and the smallest step tried
@@ -213,31 +215,68 @@ def run_paths(
 
     ``trains_on(model, fold)`` says whether a model trains on a chunk of that fold.
     """
+    groups = by_worker(client, chunks)
     rounds = 0
     while any(not m.done for m in models.values()):
         rounds += 1
         jobs = []
-        for c, chunk in enumerate(chunks):
-            wanted = {
-                k: m.theta
-                for k, m in models.items()
-                if not m.done and trains_on(k, int(fold_of[c]))
-            }
-            if wanted:
-                jobs.append(client.submit(logistic_stats, chunk, wanted, fit_intercept, pure=False))
+        for worker, idx in groups.items():
+            wanted = [
+                {
+                    k: m.theta
+                    for k, m in models.items()
+                    if not m.done and trains_on(k, int(fold_of[c]))
+                }
+                for c in idx
+            ]
+            if any(wanted):
+                jobs.append(
+                    client.submit(
+                        _stats_of_chunks,
+                        fit_intercept,
+                        wanted,
+                        *[chunks[c] for c in idx],
+                        workers=[worker],
+                        allow_other_workers=True,
+                        pure=False,
+                    )
+                )
         sums: dict[int, list[Any]] = {}
-        for per_model, H in client.gather(jobs):
-            for k, (loss, g) in per_model.items():
-                if k in sums:
-                    acc = sums[k]
-                    acc[0] += loss
-                    acc[1] += g
-                    acc[2] += H
-                else:
-                    sums[k] = [loss, g.copy(), H.copy()]
+        for per_chunk in client.gather(jobs):
+            for per_model, H in per_chunk:
+                for k, (loss, g) in per_model.items():
+                    if k in sums:
+                        acc = sums[k]
+                        acc[0] += loss
+                        acc[1] += g
+                        acc[2] += H
+                    else:
+                        sums[k] = [loss, g.copy(), H.copy()]
         for k, (loss, g, H) in sums.items():
             models[k].tell((loss, g, H))
     return rounds
+
+
+def by_worker(client: Any, chunks: Sequence[Any]) -> dict[str, list[int]]:
+    """The chunks (indices) each worker holds in memory: a round sends one task per worker
+    (a task per chunk costs the scheduler more than the work, measured); "" for chunks no
+    worker holds (their task goes anywhere)."""
+    from distributed import wait
+
+    wait(list(chunks))
+    who = client.who_has(list(chunks))
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(chunks):
+        holders = sorted(who.get(f.key, ()))
+        groups.setdefault(holders[0] if holders else "", []).append(i)
+    return groups
+
+
+def _stats_of_chunks(
+    fit_intercept: bool, wanted: list[dict[int, np.ndarray]], *chunks: Any
+) -> list[tuple[dict[int, tuple[float, np.ndarray]], np.ndarray]]:
+    """Runs on a worker: :func:`logistic_stats` of each of its chunks that a model wants."""
+    return [logistic_stats(c, w, fit_intercept) for c, w in zip(chunks, wanted, strict=True) if w]
 
 
 #: scorers that are sums over rows: computed chunk by chunk where the chunks are
@@ -265,6 +304,13 @@ def chunk_scores(
     else:
         sums = s @ ((margins > 0) == (t > 0)[:, None])
     return float(s.sum()), np.asarray(sums, dtype=np.float64)
+
+
+def scores_of_chunks(
+    fit_intercept: bool, scoring: str | None, coefs: list[np.ndarray], *chunks: Any
+) -> list[tuple[float, np.ndarray]]:
+    """Runs on a worker: :func:`chunk_scores` of each of its chunks (its fold's models)."""
+    return [chunk_scores(c, m, fit_intercept, scoring) for c, m in zip(chunks, coefs, strict=True)]
 
 
 def score_fold(
