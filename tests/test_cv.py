@@ -13,6 +13,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import sklearn.linear_model as sk
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold
 
 import daskgd
@@ -214,6 +215,40 @@ def test_logisticregressioncv_weights_match_weighted_fit(client):
     ).fit(X, y, sample_weight=sw)
     np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=0, atol=1e-6)
     assert ours.intercept_[0] == 0.0
+
+
+def test_float32_clone_and_pickle(client):
+    import pickle
+
+    from sklearn.base import clone
+
+    X, y = _binary(n=400, d=4, seed=12)
+    Xd = da.from_array(X.astype(np.float32), chunks=50)
+    est = LogisticRegressionCV(Cs=[0.1, 1.0], cv=4, tol=1e-8, client=client)
+    with warnings.catch_warnings():
+        # tol=1e-8 may be below what float32 sums resolve: a C stops at that floor, warned
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        f32 = clone(est).fit(Xd, da.from_array(y, chunks=50))
+    assert f32.n_passes_ < 100  # the rounding floor ends a C; no endless line searches
+    f64 = clone(est).fit(X, y)
+    np.testing.assert_allclose(f32.coef_, f64.coef_, rtol=1e-4, atol=1e-5)
+    back = pickle.loads(pickle.dumps(f32))
+    assert back.client is None
+    np.testing.assert_array_equal(back.predict(X), f32.predict(X))
+    Xr, yr = _regression(n=400, d=4)
+    r32 = RidgeCV(alphas=[1.0], cv=4).fit(
+        da.from_array(Xr.astype(np.float32), chunks=50),
+        da.from_array(yr.astype(np.float32), chunks=50),
+    )
+    r64 = RidgeCV(alphas=[1.0], cv=4).fit(Xr, yr)
+    np.testing.assert_allclose(r32.coef_, r64.coef_, rtol=1e-4, atol=1e-5)
+
+
+def test_elasticnetcv_warns_when_unconverged(client):
+    X, y = _regression(n=200, d=8)
+    with pytest.warns(ConvergenceWarning, match="did not"):
+        est = ElasticNetCV(alphas=[1e-4], l1_ratio=0.5, max_iter=1, tol=1e-14, cv=2).fit(X, y)
+    assert not est.converged_
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -263,6 +263,8 @@ class LogisticRegressionCV(LinearClassifier):
     def _fit_paths(self, client: Any, data: Any, chunks: list[Any], Cs: np.ndarray) -> None:
         fold_of, K, d = data.fold_of, data.n_folds, data.n_features
         m = d + 1 if self.fit_intercept else d
+        # what rounding can do to the objective: float32 data is summed from float32 margins
+        rounding = 16 * float(np.finfo(data.dtype).eps)
         if data.weighted:  # one pass for the weight sums
             total, folds = fold_sums(
                 map_chunks(client, _persisted(data, chunks), _weight_sum), fold_of
@@ -280,6 +282,7 @@ class LogisticRegressionCV(LinearClassifier):
                 self.fit_intercept,
                 float(self.tol),
                 int(self.max_iter),
+                rounding,
             )
             for k in range(K)
         }
@@ -304,6 +307,7 @@ class LogisticRegressionCV(LinearClassifier):
                 self.fit_intercept,
                 float(self.tol),
                 int(self.max_iter),
+                rounding,
             )
             passes += run_paths(
                 client, chunks, fold_of, {K: final}, lambda k, f: True, self.fit_intercept

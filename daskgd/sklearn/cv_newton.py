@@ -34,11 +34,9 @@ __all__ = [
 
 #: Armijo's sufficient-decrease constant and the smallest step tried
 _ARMIJO = 1e-4
-_MIN_STEP = 1e-10
+_MIN_STEP = 2.0**-20
 #: rows of a chunk (at least; 64 per feature) its Hessian is estimated from
 HESSIAN_ROWS = 4096
-#: relative change of the objective that rounding can make
-_ROUNDING = 16 * np.finfo(np.float64).eps
 
 
 def logistic_stats(
@@ -113,6 +111,8 @@ class PathModel:
     fit_intercept: bool
     tol: float
     max_iter: int
+    #: relative change of the objective that rounding can make (float32 data: its eps)
+    rounding: float = 16 * float(np.finfo(np.float64).eps)
     coefs: list[np.ndarray] = field(default_factory=list)
     n_iter: list[int] = field(default_factory=list)
     unconverged: list[float] = field(default_factory=list)
@@ -142,16 +142,19 @@ class PathModel:
             theta0, F0, slope, p, t, g0 = self._search
             F, G, _ = self._objective(float(self.Cs[self._j]), self.theta, data)
             # near the optimum the decrease drowns in rounding: then a smaller gradient
-            # accepts the step (as scikit-learn's newton-cholesky line search does)
-            flat = abs(F - F0) <= _ROUNDING * abs(F0) and float(np.abs(G).sum()) < g0
-            if not (F <= F0 + _ARMIJO * t * slope or flat):
-                if t * 0.5 >= _MIN_STEP:
+            # accepts the step (as scikit-learn's newton-cholesky line search does), and a
+            # larger one means the rounding floor is reached: halving cannot help
+            flat = abs(F - F0) <= self.rounding * abs(F0)
+            smaller = float(np.abs(G).sum()) < g0
+            if not (F <= F0 + _ARMIJO * t * slope or (flat and smaller)):
+                if not flat and t * 0.5 >= _MIN_STEP:
                     t *= 0.5
                     self._search = (theta0, F0, slope, p, t, g0)
                     self.theta = theta0 + t * p
                     return
-                # no decrease even for a tiny step: the base point is as good as floating
-                # point allows; keep it (its gradient decides whether that counts as converged)
+                # no decrease (a tiny step, or within rounding): the base point is as good
+                # as floating point allows; keep it (its gradient decides whether that
+                # counts as converged, and an unconverged C is reported)
                 self.theta = theta0
                 self._search = None
                 self._finish_C()

@@ -10,9 +10,11 @@ penalty and the refit cost no further pass over the data.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from daskgd.sklearn.base import fit_client
 from daskgd.sklearn.cv_folds import CVData, check_grid, cv_data, fold_sums, map_chunks
@@ -348,4 +350,12 @@ class ElasticNetCV(_GramCV):
         self.dual_gap_ = float(gap)
         self.n_iter_ = int(sweeps)
         self.converged_ = bool(gap <= self.tol * everything.yy)
+        if not self.converged_:
+            warnings.warn(
+                f"ElasticNetCV: the final fit (alpha={best_alpha:.4g}, l1_ratio={best_ratio}) "
+                f"did not reach tol={self.tol} in {self.max_iter} sweeps (duality gap "
+                f"{gap:.3g}); increase max_iter, scale the features, or loosen tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
