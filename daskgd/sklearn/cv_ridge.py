@@ -39,6 +39,8 @@ CV = Rule(
     "an integer >= 2 (the number of folds)",
 )
 _STATS = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: most features the Gram statistics are made for (128 MiB per chunk)
+MAX_GRAM_FEATURES = 4096
 
 
 class _GramCV(LinearRegressor):
@@ -63,6 +65,14 @@ class _GramCV(LinearRegressor):
                 shuffle=self.shuffle,
                 random_state=self.random_state,
             )
+            if data.n_features > MAX_GRAM_FEATURES:
+                raise ValueError(
+                    f"{type(self).__name__} solves from Gram statistics, (d + 1)^2 numbers per "
+                    f"row-chunk: {data.n_features} features would take "
+                    f"{(data.n_features + 1) ** 2 * 8 / 2**20:.0f} MiB per chunk (at most "
+                    f"{MAX_GRAM_FEATURES} features). Fit one penalty at a time with "
+                    "daskgd.fit(..., optimizer='lbfgs') or SGDRegressor instead"
+                )
             per_chunk = map_chunks(client, data, squared_stats)
         total, folds = fold_sums(per_chunk, data.fold_of)
         return data, (total[0], total[1], total[2]), [(f[0], f[1], f[2]) for f in folds]
