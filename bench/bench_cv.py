@@ -120,7 +120,8 @@ def main() -> None:
         ],
         "",
         f"LogisticRegressionCV (5 folds x 20 C) / one LogisticRegression fit: {ratio_lr:.2f}x; "
-        f"RidgeCV (5 x 20) / one LinearRegression fit: {ratio_ridge:.2f}x.",
+        f"RidgeCV (5 x 20) / one LinearRegression fit: {ratio_ridge:.2f}x. Load average "
+        f"after the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
     print("\n".join(lines))
     if a.out:
