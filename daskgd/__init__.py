@@ -27,6 +27,9 @@ _LAZY = {
     "plot_history": "daskgd.plot",
     "LinearRegression": "daskgd.sklearn",
     "LogisticRegression": "daskgd.sklearn",
+    "ElasticNetCV": "daskgd.sklearn",
+    "LogisticRegressionCV": "daskgd.sklearn",
+    "RidgeCV": "daskgd.sklearn",
     "SGDClassifier": "daskgd.sklearn",
     "SGDRegressor": "daskgd.sklearn",
 }
@@ -68,10 +71,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Dataset",
+    "ElasticNetCV",
     "FitResult",
     "FitSettings",
     "LinearRegression",
     "LogisticRegression",
+    "LogisticRegressionCV",
+    "RidgeCV",
     "SGDClassifier",
     "SGDRegressor",
     "__version__",

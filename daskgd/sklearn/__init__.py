@@ -24,6 +24,16 @@ The modules
 """
 
 from daskgd.sklearn.classification import LogisticRegression, SGDClassifier
+from daskgd.sklearn.cv_logistic import LogisticRegressionCV
+from daskgd.sklearn.cv_ridge import ElasticNetCV, RidgeCV
 from daskgd.sklearn.regression import LinearRegression, SGDRegressor
 
-__all__ = ["LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor"]
+__all__ = [
+    "ElasticNetCV",
+    "LinearRegression",
+    "LogisticRegression",
+    "LogisticRegressionCV",
+    "RidgeCV",
+    "SGDClassifier",
+    "SGDRegressor",
+]
