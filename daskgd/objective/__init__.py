@@ -6,7 +6,9 @@ and never needs the compiled kernels.
 Modules, lowest first: :mod:`~daskgd.objective.losses` (each loss with its kernel code,
 numpy reference, link, curvature bound and target checks),
 :mod:`~daskgd.objective.regularizers`, :mod:`~daskgd.objective.schedules`,
-:mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine) and
+:mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine),
+:mod:`~daskgd.objective.newton` (the Newton state machine, the crossover
+:data:`NEWTON_MAX_FEATURES` and :func:`choose_optimizer`, the rule of ``optimizer="auto"``) and
 :mod:`~daskgd.objective.optimizers` (the update rules and their registry).
 """
 
@@ -25,6 +27,7 @@ from daskgd.objective.losses import (
     get_loss,
     link,
 )
+from daskgd.objective.newton import NEWTON_MAX_FEATURES, Newton, choose_optimizer
 from daskgd.objective.optimizers import (
     OPTIMIZERS,
     AdaGrad,
@@ -32,6 +35,7 @@ from daskgd.objective.optimizers import (
     LBFGSOptimizer,
     Momentum,
     Nesterov,
+    NewtonOptimizer,
     Optimizer,
     make_optimizer,
 )
@@ -42,6 +46,7 @@ __all__ = [
     "LBFGS",
     "LOSSES",
     "MAX_DLOSS",
+    "NEWTON_MAX_FEATURES",
     "OPTIMIZERS",
     "SCHEDULES",
     "AdaGrad",
@@ -53,12 +58,15 @@ __all__ = [
     "Loss",
     "Momentum",
     "Nesterov",
+    "Newton",
+    "NewtonOptimizer",
     "Optimizer",
     "Regularizer",
     "Schedule",
     "SquaredError",
     "SquaredHinge",
     "check_targets",
+    "choose_optimizer",
     "curvature_bound",
     "get_loss",
     "link",
