@@ -193,9 +193,9 @@ def check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
             f"sync_quorum={q} but the job has {members} member(s) (training tasks); "
             f"use at most {members}, or None to wait for every live member"
         )
-    if q < members and opt.name == "lbfgs":
+    if q < members and opt.name in ("lbfgs", "newton"):
         raise ValueError(
-            f"optimizer='lbfgs' needs every partition in every round (its line search "
+            f"optimizer={opt.name!r} needs every partition in every round (its line search "
             f"compares exact losses of the whole data); sync_quorum={q} of {members} members "
             "would step on a subset. Use sync_quorum=None, or another optimizer"
         )
@@ -215,8 +215,21 @@ def make_settings(
     opt = make_optimizer(**optimizer)
     if isinstance(opt, LBFGSOptimizer) and cfg.mode != "sync":
         raise ValueError("optimizer 'lbfgs' needs mode='sync' (full-batch rounds)")
+    if opt.needs_hessian:
+        if cfg.mode != "sync" or cfg.batches_per_epoch != 1:
+            raise ValueError(
+                "optimizer 'newton' needs mode='sync' and full batches (batch_size=None): "
+                "each round evaluates the exact loss, gradient and Hessian of the whole data"
+            )
+        if not cfg.smooth:
+            raise ValueError(
+                "optimizer 'newton' needs a loss with a second derivative; 'hinge' has "
+                "none (its Hessian is zero almost everywhere): use optimizer='sgd', or "
+                "loss='squared_hinge'"
+            )
     p = params.astype(np.float64)
-    trial = opt.step(p, np.zeros_like(p), opt.init_state(p), 0, 0, 1.0, 0.0)
+    extra = {"hess": np.zeros((p.shape[0], p.shape[0]))} if opt.needs_hessian else {}
+    trial = opt.step(p, np.zeros_like(p), opt.init_state(p), 0, 0, 1.0, 0.0, **extra)
     if not (isinstance(trial, np.ndarray) and trial.shape == p.shape):
         raise ValueError("the optimizer settings do not give a valid step")
     return cfg, opt

@@ -46,7 +46,8 @@ class Job(Steps):
         self.published = (0, params)
         self.opt_state = optimizer.init_state(params)
         #: steps run on the event loop (small models) or in a worker thread
-        self.inline = params.size <= config.inline_max_params
+        #: (Newton's steps factor a Hessian: always off the loop)
+        self.inline = params.size <= config.inline_max_params and not optimizer.needs_hessian
         #: held while a step of this job runs off the loop (large models only)
         self.lock = asyncio.Lock()
         self.ranks = [Rank(a) for a in ranks]
