@@ -240,8 +240,10 @@ class Newton:
                 self._p, self._slope = self._gradient_step(x_k, g_k, self._hdiag)
                 self._t = 1.0
                 return x_k + self._p
-            self._x = self._p = None  # the next call accepts x_k afresh
+            # give up on this point's directions: propose it again (a zero step passes
+            # the Armijo test), so the next call accepts it afresh
             self._gradient = False
+            self._p, self._slope, self._t = np.zeros(n), 0.0, 1.0
             return x_k.copy()
         t = self._t
         if np.isfinite(F):
@@ -437,6 +439,13 @@ class Newton:
         self._gradient = bool(float(state.get("gradient", 0.0)))
         self.iterations = int(state.get("iterations", 0))
         self.fallbacks = int(state.get("fallbacks", 0))
+
+    def pending(self) -> np.ndarray | None:
+        """The point the last :meth:`tell` returned (to evaluate next), or None before any:
+        what a fit resumed from this state evaluates first."""
+        if self._x is None or self._p is None:
+            return None
+        return self._x + self._t * self._p
 
     def best(self) -> np.ndarray | None:
         """The last accepted point (the lowest objective seen), or None before any."""

@@ -112,6 +112,12 @@ class Optimizer:
         published ones (rules with a line search); None: the published ones."""
         return None
 
+    def resume_params(self, state: dict[str, Any]) -> np.ndarray | None:
+        """Where a fit resumed from ``state`` (a checkpoint) continues, when the state says
+        so (a rule whose published parameters may differ from its next point); None: the
+        checkpoint's parameters."""
+        return None
+
     def direction(
         self, grad: np.ndarray, state: dict[str, Any], t: int
     ) -> tuple[np.ndarray, np.ndarray | float]:
@@ -401,6 +407,11 @@ class NewtonOptimizer(Optimizer):
     def best_params(self, state: dict[str, Any]) -> np.ndarray | None:
         """The last accepted point (what a fit stopped short of convergence returns)."""
         return state["newton"].best()
+
+    def resume_params(self, state: dict[str, Any]) -> np.ndarray | None:
+        """The point the line search was about to evaluate (a stopped fit published its
+        last accepted point instead)."""
+        return state["newton"].pending()
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {

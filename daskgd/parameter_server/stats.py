@@ -341,7 +341,12 @@ class EpochRules:
         cfg, dec = self.config, getattr(self, "model_decrement", None)
         if dec is None or cfg.tol is None or cfg.gtol is not None or cfg.gtol_rel is not None:
             return ""
-        if self.g0 is None or dec > cfg.tol * abs(loss) or gnorm > math.sqrt(cfg.tol) * self.g0:
+        # a loss that reaches zero (an exact fit) is judged at the rounding level of the
+        # loss at the start
+        level = 16 * np.finfo(np.float64).eps * abs(self.first_loss or 0.0)
+        if self.g0 is None or dec > max(cfg.tol * abs(loss), level):
+            return ""
+        if gnorm > math.sqrt(cfg.tol) * self.g0:
             return ""
         return (
             f"Newton decrement {dec:.3g} <= tol * |loss| and gradient norm {gnorm:.3g} <= "
