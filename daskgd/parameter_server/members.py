@@ -125,7 +125,7 @@ class MemberHandlers(JobRunner):
             await self.exclusive(j, lambda: j.auto_step(list(j.reports)))
         args = (rank, version, grad, n, float(weight), float(loss), class_loss)
         if j.config.mode == "sync":
-            return await self._push_sync(j, incarnation, *args, hess)
+            return await self._push_sync(j, incarnation, *args, hess=hess)
         try:
             outcome = await self.exclusive(
                 j, _if_current, j, incarnation, j.apply_async, *args, heavy=True
@@ -141,11 +141,11 @@ class MemberHandlers(JobRunner):
             await self._ssp_wait(j, rank)
         return self.params_reply(j)
 
-    async def _push_sync(self, j: Job, incarnation, rank, version, *rest):
+    async def _push_sync(self, j: Job, incarnation, rank, version, *rest, hess=None):
         try:
             outcome = await self.exclusive(
                 j, _if_current, j, incarnation, j.arrive_sync, rank, version, *rest,
-                self.workers(), heavy=True,
+                self.workers(), hess, heavy=True,
             )  # fmt: skip
         except Exception as exc:  # a bug must fail the job loudly, not hang its members
             logger.exception("daskgd: a sync step of job %s failed", j.id)

@@ -70,7 +70,7 @@ class Steps(EpochRules):
 
     def arrive_sync(
         self, rank: int, version: int, grad: np.ndarray, n: int, weight: float, loss: float,
-        class_loss: np.ndarray | None, hess: np.ndarray | None, workers: Container[str],
+        class_loss: np.ndarray | None, workers: Container[str], hess: np.ndarray | None = None,
     ) -> str:  # fmt: skip
         """Sync mode: take a rank's gradient (and Hessian, for Newton) for the open round,
         and close the round when it is complete. Returns ``"stopped"``, ``"stale"`` (its
