@@ -239,7 +239,7 @@ def _progress_during(call, limit: int = 20_000) -> int:
 
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["linear", "multinomial"])
+@pytest.mark.parametrize("kind", ["linear", "multinomial", "hessian"])
 def test_kernels_release_the_gil(build, dtype, kind):
     """Another Python thread makes progress while a compiled kernel runs on a large block,
     and none while a C call that holds the GIL does (the comparison that shows the count
@@ -249,7 +249,7 @@ def test_kernels_release_the_gil(build, dtype, kind):
     may release the GIL itself and would let the counter run whatever the kernel does.
     """
     rng = np.random.default_rng(4)
-    n, d, k = (200_000, 50, 1) if kind == "linear" else (20_000, 50, 5)
+    n, d, k = (20_000, 50, 5) if kind == "multinomial" else (200_000, 50, 1)
     X = rng.normal(size=(n, d)).astype(dtype)
     y = (rng.integers(0, k, size=n) if kind == "multinomial" else rng.normal(size=n)).astype(dtype)
     kernels = available_builds()[build]
@@ -258,6 +258,14 @@ def test_kernels_release_the_gil(build, dtype, kind):
 
         def kernel():
             kernels.grad_loss_linear(X, y, w, 0.5, None, out, LOSSES["squared_error"].code, 0.1)
+
+    elif kind == "hessian":
+        w, out = rng.normal(size=d).astype(dtype), np.empty(d + 1)
+        hess, y64, w64 = np.empty((d + 1, d + 1)), y.astype(np.float64), w.astype(np.float64)
+
+        def kernel():
+            kernels.grad_hess(X, y64, w64, 0.5, None, None, out, hess,
+                              LOSSES["squared_error"].code, 0.1, 1.5, True)  # fmt: skip
 
     else:
         W, b = rng.normal(size=(d, k)).astype(dtype), np.zeros(k, dtype=dtype)
@@ -279,11 +287,12 @@ def test_kernels_release_the_gil(build, dtype, kind):
         if counts[-1] > 0:
             break
     assert counts[-1] > 0, counts
+    multi = kind == "multinomial"
+    want = grad_loss_reference(X, y, *((W, b) if multi else (w, 0.5)),
+                               loss="log_loss" if multi else "squared_error")[1]  # fmt: skip
     np.testing.assert_allclose(
-        out[:d], grad_loss_reference(X, y, *((w, 0.5) if kind == "linear" else (W, b)),
-                                     loss="squared_error" if kind == "linear" else "log_loss")[1],
-        rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10 * np.abs(out).max(),
-    )  # fmt: skip
+        out[:d], want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10 * np.abs(out).max()
+    )
 
 
 def test_default_build_is_the_fastest_available():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from daskgd.kernels.builds import KERNELS, available_builds
-from daskgd.kernels.reference import grad_loss_reference
 from daskgd.objective import check_power, check_targets, get_loss
 
 __all__ = ["check_block", "check_offset", "grad_loss"]
@@ -209,21 +208,7 @@ def grad_loss(
         return float(loss_sum), out[:d], out[d]
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    if info.code >= 5 or offset is not None:
-        # the numpy reference until the compiled kernel has these
-        loss_sum, g, gb = grad_loss_reference(
-            X,
-            y,
-            w,
-            b,
-            loss=info.name,
-            sample_weight=sample_weight,
-            epsilon=epsilon,
-            offset=offset,
-            power=power,
-        )
-        out[:d] = g
-        out[d] = gb
-        return float(loss_sum), out[:d], float(out[d])
-    loss_sum = kernels.grad_loss_linear(X, y, w, b, sample_weight, out, info.code, float(epsilon))
+    loss_sum = kernels.grad_loss_linear(
+        X, y, w, b, sample_weight, out, info.code, float(epsilon), offset, float(power)
+    )
     return float(loss_sum), out[:d], float(out[d])

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from daskgd.kernels.builds import KERNELS, available_builds
 from daskgd.kernels.dispatch import check_block
-from daskgd.kernels.reference import grad_hess_reference
 
 __all__ = ["grad_hess"]
 
@@ -95,15 +95,22 @@ def grad_hess(
     )
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    return grad_hess_reference(
+    d = X.shape[1]
+    grad = np.empty(d + 1)
+    hess = np.empty((d + 1, d + 1))
+    kernels = KERNELS if _build is None else available_builds()[_build]
+    loss_sum = kernels.grad_hess(
         X,
         y,
         w,
         b,
-        loss=info.name,
-        sample_weight=sample_weight,
-        offset=offset,
-        epsilon=epsilon,
-        power=power,
-        fit_intercept=fit_intercept,
+        sample_weight,
+        offset,
+        grad,
+        hess,
+        info.code,
+        float(epsilon),
+        float(power),
+        bool(fit_intercept),
     )
+    return float(loss_sum), grad, hess
