@@ -7,9 +7,11 @@ passes to ``gtol_rel`` (a fit on ``--lbfgs-n`` rows of the same distribution: th
 depend on the conditioning, not on n, and a full L-BFGS run on ``--n`` rows would take
 hours). Time to the optimum = passes x time per pass, both measured in this run on one
 cluster, so the ratio holds on a busy machine. Writes ``newton_crossover.md`` and ``.json``
-under ``--out``.
+under ``--out`` (``newton_crossover_well.*`` with ``--well``: independent standard normal
+columns, where L-BFGS needs a few dozen passes).
 
     python bench/newton_crossover.py --n 200000 --ds 50,100,200,400,800
+    python bench/newton_crossover.py --n 200000 --ds 50,100,200,400,800 --well
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from distributed import Client, LocalCluster
 import daskgd
 
 
-def problem(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def problem(n: int, d: int, seed: int = 0, well: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Ill-conditioned logistic data: scaled columns, every other one correlated with the
-    one before it."""
+    one before it (``well``: independent standard normal columns)."""
     rng = np.random.default_rng(seed)
     Z = rng.standard_normal((n, d))
-    Z[:, 1::2] = 0.9 * Z[:, 0:-1:2][:, : Z[:, 1::2].shape[1]] + 0.45 * Z[:, 1::2]
+    if not well:
+        Z[:, 1::2] = 0.9 * Z[:, 0:-1:2][:, : Z[:, 1::2].shape[1]] + 0.45 * Z[:, 1::2]
     w = rng.standard_normal(d) / np.sqrt(d)
     y = np.where(Z @ w + 0.5 * rng.standard_normal(n) > 0, 1.0, -1.0)
-    return Z * np.logspace(-1, 1, d), y
+    return (Z if well else Z * np.logspace(-1, 1, d)), y
 
 
 def per_pass(history: list[dict]) -> float:
@@ -54,6 +57,7 @@ def main() -> None:
     ap.add_argument("--lbfgs-rounds", type=int, default=8)
     ap.add_argument("--lbfgs-max", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--well", action="store_true", help="well-conditioned data instead")
     ap.add_argument("--out", default="bench/results")
     a = ap.parse_args()
     rows = []
@@ -63,14 +67,14 @@ def main() -> None:
         Client(c) as client,
     ):
         for d in [int(v) for v in a.ds.split(",")]:
-            X, y = problem(a.n, d)
+            X, y = problem(a.n, d, well=a.well)
             data = daskgd.as_dataset((X, y), chunk_rows=-(-a.n // (4 * a.workers)))
             t0 = time.perf_counter()
             nt = daskgd.fit(data, client=client, optimizer="newton", max_epochs=100, **common)
             newton_wall = time.perf_counter() - t0
             lb = daskgd.fit(data, client=client, optimizer="lbfgs", max_epochs=a.lbfgs_rounds,
                             **common)  # fmt: skip
-            Xs, ys = problem(a.lbfgs_n, d, seed=1)
+            Xs, ys = problem(a.lbfgs_n, d, seed=1, well=a.well)
             small = daskgd.fit((Xs, ys), client=client, optimizer="lbfgs",
                                max_epochs=a.lbfgs_max, **common)  # fmt: skip
             row = {
@@ -92,9 +96,10 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(a).items() if k != "out"}
-    (out / "newton_crossover.json").write_text(json.dumps({"args": meta, "rows": rows}, indent=1))
+    name = "newton_crossover_well" if a.well else "newton_crossover"
+    (out / f"{name}.json").write_text(json.dumps({"args": meta, "rows": rows}, indent=1))
     lines = [
-        f"Newton vs L-BFGS, ill-conditioned L2 logistic, n={a.n}, alpha={a.alpha}, "
+        f"Newton vs L-BFGS, {'well' if a.well else 'ill'}-conditioned L2 logistic, n={a.n}, alpha={a.alpha}, "
         f"gtol_rel={a.gtol_rel}, {a.workers} workers x 1 thread "
         f"(L-BFGS passes from n={a.lbfgs_n}; cap {a.lbfgs_max}).",
         "",
@@ -109,7 +114,7 @@ def main() -> None:
             f"{r['newton_s']:.1f} | {r['lbfgs_passes']}{cap} | {r['lbfgs_s_per_pass']:.3f} | "
             f"{r['lbfgs_s']:.1f} | {r['ratio']:.2f} |"
         )
-    (out / "newton_crossover.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -42,11 +42,17 @@ import numpy as np
 
 __all__ = ["NEWTON_MAX_FEATURES", "Newton", "choose_optimizer"]
 
-#: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``):
-#: above it, the Hessian (``d^2`` work a row on the workers, a ``d^3`` solve and ``8 d^2``
-#: bytes a worker sent per round) costs more time than the passes it saves over L-BFGS
-#: (measured with ``bench/newton_crossover.py``; see the README's "Solvers").
-NEWTON_MAX_FEATURES = 1024
+#: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``).
+#: A Newton pass costs ``d^2`` work a row on the workers (and a ``d^3`` solve, ``8 d^2`` bytes
+#: a worker sends per round), an L-BFGS pass ``d``: measured with
+#: ``bench/newton_crossover.py`` (200,000 rows, 2 workers; bench/results/newton_crossover*.md),
+#: a Newton pass costs 7.5x an L-BFGS pass at d=200, 22x at d=400 and 33x at d=800. Newton
+#: takes 7 passes on an ill-conditioned logistic problem where L-BFGS needs 1,700 to over
+#: 2,000: Newton is 9x (d=800) to 50x (d=100) faster there; on well-conditioned data L-BFGS
+#: takes 13 to 19 passes and Newton is 1.7x (d=50), 4x (d=200), 10x (d=400) and 13x (d=800)
+#: slower. 512 is where the two factors meet (about 10x either way): below it the gain on
+#: ill-conditioned data outweighs the loss on well-conditioned data.
+NEWTON_MAX_FEATURES = 512
 
 #: Levenberg-Marquardt damping factors tried in turn (on the Jacobi-scaled Hessian).
 _DAMPING = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4)
