@@ -12,10 +12,12 @@ The objective is the mean loss plus ``alpha * ((1 - l1_ratio)/2 ||w||^2 + l1_rat
 (the intercept, the last parameter, is not penalised; without ``fit_intercept`` it stays
 where it is). Each step solves the quadratic model of the smooth part:
 
-- without L1: ``(H + l2 + damping) p = -g`` by Cholesky on the Jacobi-scaled matrix. A
-  singular or indefinite Hessian (a duplicated or constant column, more columns than rows,
-  a loss with zero curvature on part of the rows) gets Levenberg-Marquardt damping
-  ``mu * diag(H)``, grown until the factorisation holds with pivots above rounding level;
+- without L1: ``(H + l2) p = -g`` by Cholesky on the Jacobi-scaled matrix. A singular
+  Hessian (a duplicated or constant column, more columns than rows, a loss with zero
+  curvature on part of the rows) gets the minimum-norm step (an eigendecomposition, the
+  directions below 1e-10 of the largest left out, as a least-squares solver does); an
+  indefinite one gets Levenberg damping ``mu * max(diag(H)) * I``, grown until the
+  factorisation holds with pivots above rounding level;
   when no damping up to ``1e4`` helps, the step falls back to a diagonally scaled gradient
   step (counted in :attr:`Newton.fallbacks`), never a silent failure;
 - with L1 (lasso, elastic net): the model plus the L1 term is minimised by cyclic coordinate
@@ -54,10 +56,12 @@ __all__ = ["NEWTON_MAX_FEATURES", "Newton", "choose_optimizer"]
 #: ill-conditioned data outweighs the loss on well-conditioned data.
 NEWTON_MAX_FEATURES = 512
 
-#: Levenberg-Marquardt damping factors tried in turn (on the Jacobi-scaled Hessian).
+#: Levenberg damping factors tried in turn (relative to the Hessian's largest diagonal).
 _DAMPING = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4)
-#: A squared Cholesky pivot of the scaled matrix (unit diagonal) below this is singular.
-_PIVOT = 1e-12
+#: A squared Cholesky pivot, or an eigenvalue, of the scaled matrix (unit diagonal) below
+#: this (relative to the largest eigenvalue) is singular: rounding would be amplified by
+#: more than 1e10 along it.
+_PIVOT = 1e-10
 
 
 def choose_optimizer(
@@ -142,7 +146,9 @@ class Newton:
         After :meth:`tell`: when the point told was accepted, the decrease of the
         objective the quadratic model predicts from there (zero at the optimum), else None.
     damping : float
-        The Levenberg-Marquardt factor of the last direction (0: plain Newton).
+        The Levenberg factor of the last direction (0: none; an indefinite Hessian).
+    singular : bool
+        Whether the last direction was the minimum-norm step of a singular Hessian.
     fallbacks : int
         Directions that fell back to a gradient step.
 
@@ -175,6 +181,7 @@ class Newton:
     iterations: int = 0
     decrement: float | None = None
     damping: float = 0.0
+    singular: bool = False
     fallbacks: int = 0
 
     # -- the objective's pieces -----------------------------------------------------------
@@ -333,17 +340,38 @@ class Newton:
         return p, slope, model
 
     def _cholesky_step(self, A: np.ndarray, b: np.ndarray, scale: np.ndarray):
+        # factorised on the Jacobi-scaled matrix: unit diagonal, so the tests are scale-free
         s = 1.0 / np.sqrt(scale)
         S = A * s[:, None] * s[None, :]
-        eye = np.eye(len(b))
-        for mu in _DAMPING:
+        rhs = -b * s
+        self.singular = False
+        try:
+            L = np.linalg.cholesky(S)
+            if float(np.min(np.diag(L))) ** 2 >= _PIVOT:
+                self.damping = 0.0
+                return np.linalg.solve(L.T, np.linalg.solve(L, rhs)) * s
+        except np.linalg.LinAlgError:
+            pass
+        lam, V = np.linalg.eigh(S)
+        top = float(lam.max())
+        if top > 0 and float(lam.min()) >= -_PIVOT * top:
+            # positive semi-definite and singular to rounding (duplicated or constant
+            # columns, more columns than rows): the minimum-norm step, the directions the
+            # data do not determine left out (as a least-squares solver does), so rounding
+            # is not amplified into them
+            keep = lam > _PIVOT * top
+            self.damping, self.singular = 0.0, True
+            return (V[:, keep] @ ((V[:, keep].T @ rhs) / lam[keep])) * s
+        # indefinite: Levenberg damping, grown until the factorisation holds
+        ridge = np.diag(float(scale.max()) / scale)
+        for mu in _DAMPING[1:]:
             try:
-                L = np.linalg.cholesky(S + mu * eye)
+                L = np.linalg.cholesky(S + mu * ridge)
             except np.linalg.LinAlgError:
                 continue
             if float(np.min(np.diag(L))) ** 2 < _PIVOT and mu < _DAMPING[-1]:
-                continue  # singular to rounding: the step would be noise; damp it
-            z = np.linalg.solve(L.T, np.linalg.solve(L, -b * s))
+                continue
+            z = np.linalg.solve(L.T, np.linalg.solve(L, rhs))
             if not np.all(np.isfinite(z)):
                 continue
             self.damping = mu
@@ -456,3 +484,14 @@ class Newton:
     def best(self) -> np.ndarray | None:
         """The last accepted point (the lowest objective seen), or None before any."""
         return None if self._x is None else self._x.copy()
+
+    def final(self) -> np.ndarray | None:
+        """What a fit stopped short of convergence returns: right after a point was
+        accepted, the step the model proposes from it (as every rule returns its last
+        step); during a backtrack, the last accepted point, never a rejected trial point.
+        None before any call."""
+        if self._x is None:
+            return None
+        if self.decrement is not None:
+            return self.pending()
+        return self.best()

@@ -405,8 +405,9 @@ class NewtonOptimizer(Optimizer):
         return new
 
     def best_params(self, state: dict[str, Any]) -> np.ndarray | None:
-        """The last accepted point (what a fit stopped short of convergence returns)."""
-        return state["newton"].best()
+        """What a fit stopped short of convergence returns: the step proposed from the
+        point just accepted, or, during a backtrack, the last accepted point."""
+        return state["newton"].final()
 
     def resume_params(self, state: dict[str, Any]) -> np.ndarray | None:
         """The point the line search was about to evaluate (a stopped fit published its

@@ -59,7 +59,9 @@ handler                     arguments -> reply (besides ``status``)
 Newton jobs (optimizer ``newton``, sync mode, full batches): each round sums the ranks'
 gradients and Hessians in rank order and the optimizer solves for the next point, off the
 event loop; a trial point of its line search whose loss overflowed is backed off from,
-and a fit that stops short of convergence returns the last accepted point.
+and a fit that stops short of convergence returns the step proposed from the point it
+just accepted, or, stopped during a backtrack, the last accepted point (never a rejected
+trial point).
 
 One-vs-rest jobs (parameters ``(d + 1, k)``, one binary problem per column) push
 ``class_loss``, the k summed losses, besides their total ``loss``; the epoch's history

@@ -149,7 +149,7 @@ class Job(Steps):
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"resume[{key!r}] must be an integer >= 0, got {v!r}")
         self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
-        # Newton: a fit stopped short of convergence published its best point, but its
+        # Newton: a fit stopped during a backtrack published its last accepted point, but its
         # line search goes on from the point it proposed last
         nxt = self.optimizer.resume_params(self.opt_state)
         P = self.params if nxt is None else nxt.reshape(self.params.shape)

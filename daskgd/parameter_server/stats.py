@@ -111,7 +111,7 @@ class EpochRules:
         self.error, self.error_kind = error, kind
         if not converged and error is None:
             # a line search's trial point may be worse than the last accepted one: a fit
-            # stopped short of convergence returns the best point it has
+            # stopped short of convergence during a backtrack returns that point
             best = self.optimizer.best_params(self.opt_state)
             if best is not None and not np.array_equal(best, self.params.ravel()):
                 self.published = (self.version + 1, best.reshape(self.params.shape))
