@@ -99,7 +99,8 @@ def main() -> None:
     name = "newton_crossover_well" if a.well else "newton_crossover"
     (out / f"{name}.json").write_text(json.dumps({"args": meta, "rows": rows}, indent=1))
     lines = [
-        f"Newton vs L-BFGS, {'well' if a.well else 'ill'}-conditioned L2 logistic, n={a.n}, alpha={a.alpha}, "
+        f"Newton vs L-BFGS, {'well' if a.well else 'ill'}-conditioned L2 logistic, "
+        f"n={a.n}, alpha={a.alpha}, "
         f"gtol_rel={a.gtol_rel}, {a.workers} workers x 1 thread "
         f"(L-BFGS passes from n={a.lbfgs_n}; cap {a.lbfgs_max}).",
         "",

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.linear_model import ElasticNet, LogisticRegression
@@ -168,7 +170,7 @@ def test_an_indefinite_hessian_falls_back_to_damping_and_still_descends():
         if opt.decrement is not None:
             values.append(fgh(x)[0])
     assert opt.damping > 0
-    assert all(b_ <= a_ + 1e-15 for a_, b_ in zip(values, values[1:], strict=False))
+    assert all(b_ <= a_ + 1e-15 for a_, b_ in itertools.pairwise(values))
     assert values[-1] < values[0]
 
 
@@ -231,9 +233,10 @@ def test_auto_resolves_by_the_data_width():
     assert multi.resolved(5).optimizer == "lbfgs"
     assert FitSettings(optimizer="auto", loss="hinge").resolved(5).optimizer == "sgd"
     s = FitSettings(optimizer="auto", random_state=None)
-    assert s.resolved(5).seed == s.seed and s.resolved(5).worker_spec(
-        classes=None, batches_per_epoch=1
-    )["hessian"]
+    assert (
+        s.resolved(5).seed == s.seed
+        and s.resolved(5).worker_spec(classes=None, batches_per_epoch=1)["hessian"]
+    )
     assert not FitSettings(optimizer="newton").auto_lr
 
 

@@ -207,11 +207,9 @@ def test_power_goes_to_the_workers_and_newton_and_auto_are_optimizers():
     assert s.worker_spec(classes=None, batches_per_epoch=1)["power"] == 1.7
     assert FitSettings().worker_spec(classes=None, batches_per_epoch=1)["power"] == 1.5
     assert not FitSettings().worker_spec(classes=None, batches_per_epoch=1)["hessian"]
-    with pytest.raises(InvalidSettingError, match="power must be a number >= 1, got 0.5"):
+    with pytest.raises(InvalidSettingError, match=r"power must be a number >= 1, got 0\.5"):
         FitSettings(power=0.5)
-    assert FitSettings(optimizer="newton").worker_spec(classes=None, batches_per_epoch=1)[
-        "hessian"
-    ]
+    assert FitSettings(optimizer="newton").worker_spec(classes=None, batches_per_epoch=1)["hessian"]
     # "auto" is checked against every optimizer it may stand for: L1 rules out L-BFGS, so
     # a wide elastic net falls to sgd, which takes it
     assert FitSettings(optimizer="auto", alpha=0.1, l1_ratio=0.5).auto_candidates() == [

@@ -89,8 +89,8 @@ class Steps(EpochRules):
         if rank in self.pending:
             return "twice"
         # a copy: an in-process sender may reuse its buffer once it has our reply
-        self.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss,
-                              None if hess is None else np.array(hess, dtype=np.float64))  # fmt: skip
+        h = None if hess is None else np.array(hess, dtype=np.float64)
+        self.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss, h)
         self.try_close_round(workers)
         return "OK"
 

@@ -261,7 +261,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
         t0 = clock()
-        hess = None
+        hess: np.ndarray | None = None
+        grad: np.ndarray | None
         if newton:
             loss, rows, weight, grad, hess = gradient_hessian(batches.pieces(epoch, b), params)
             class_loss = None
