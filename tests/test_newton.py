@@ -342,3 +342,39 @@ def test_the_estimators_on_defaults_use_newton_for_small_d(client):
     np.testing.assert_allclose(log.coef_, sk.coef_, rtol=1e-4, atol=1e-6)
     auto = fit((X, lin_y), client=client, optimizer="auto")
     assert auto.converged_ and auto.n_iter_ <= 2 and auto.learning_rate_ is None
+
+
+def test_the_parameter_server_checks_and_sums_the_hessians():
+    """A Newton job: pushes without a Hessian, or with a wrong one, are refused; a round
+    sums the ranks' Hessians in rank order and steps to the numpy Newton point; an
+    overflowing trial round is backed off from rather than failing the job."""
+    from daskgd.parameter_server import Job, JobConfig
+    from daskgd.parameter_server.checks import check_hess
+
+    X, y = _ill_conditioned(n=200, d=3)
+    fgh = _logistic(X, y)
+    cfg = JobConfig(mode="sync", n_samples=200, max_epochs=50, tol=None, gtol=1e-12)
+    job = Job("j", np.zeros(4), cfg, make_optimizer("newton", learning_rate=1.0), ["a", "b"], None)
+    assert not job.inline  # a Hessian solve never runs on the scheduler's event loop
+    assert "needs hess" in check_hess(job, None)
+    assert "shape (4, 4)" in check_hess(job, np.zeros((3, 3)))
+    assert "shape (4, 4)" in check_hess(job, np.zeros((4, 4), dtype=np.float32))
+    assert check_hess(job, np.zeros((4, 4))) is None
+    sgd = Job("k", np.zeros(4), cfg, make_optimizer("sgd", learning_rate=1.0), ["a"], None)
+    assert "is for optimizer 'newton'" in check_hess(sgd, np.zeros((4, 4)))
+
+    def push_halves(P, scale_loss=1.0):
+        for rank, rows in enumerate((slice(0, 120), slice(120, 200))):
+            f, g, H = _logistic(X[rows], y[rows])(P)
+            n = rows.stop - rows.start
+            job.arrive_sync(rank, job.version, g * n, n, float(n), f * n * scale_loss, None,
+                            ["a", "b"], H * n)  # fmt: skip
+
+    push_halves(job.params)
+    expected = Newton().tell(np.zeros(4), *fgh(np.zeros(4)))
+    np.testing.assert_allclose(job.params, expected, rtol=1e-12)
+    assert job.version == 1 and not job.stopped
+    trial = job.params
+    push_halves(job.params, scale_loss=np.inf)  # the trial's loss overflowed
+    assert not job.stopped and job.history[-1]["loss"] == np.inf
+    np.testing.assert_allclose(job.params, 0.1 * trial)  # backed off along the same line
