@@ -29,6 +29,7 @@ dtype, as numpy would do it), goes to ``bench/results/kernels_hessian.md`` and
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 
 import numpy as np
@@ -143,6 +144,7 @@ def numpy_grad_hess(X, y, w):
 
 
 def measure_hessian(dtype, n: int, d: int, repeats: int) -> dict:
+    load_before = os.getloadavg()[0]
     rng = np.random.default_rng(1)
     X = rng.standard_normal((n, d)).astype(dtype)
     w = (rng.standard_normal(d) * 0.3 / np.sqrt(d)).astype(dtype)
@@ -171,6 +173,8 @@ def measure_hessian(dtype, n: int, d: int, repeats: int) -> dict:
         "seconds": times,
         "speedup_vs_numpy_two_pass": times["numpy two-pass"] / fused,
         "hessian_max_relative_error": float(np.abs(H[:d, :d] - H_ref).max() / np.abs(H_ref).max()),
+        # the machine's 1-minute load average around the measurement (a shared machine)
+        "load_average": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -191,7 +195,8 @@ def hessian_markdown(results: list[dict], n: int, repeats: int) -> str:
             f"\ngrad_hess (`{KERNEL_BUILD}`) vs numpy two-pass: "
             f"**{r['speedup_vs_numpy_two_pass']:.2f}x**; largest Hessian difference from "
             f"a float64 numpy computation: {r['hessian_max_relative_error']:.1e} of its "
-            "largest entry.\n\n"
+            f"largest entry. Load average {r['load_average'][0]:.1f} before, "
+            f"{r['load_average'][1]:.1f} after.\n\n"
         )
     return "".join(md)
 
@@ -204,6 +209,9 @@ def main() -> None:
     args = parser.parse_args()
     n = 200_000 if args.quick else 1_000_000
     if args.part in ("all", "hessian"):
+        # grad_hess loads scipy's BLAS at its first call: load it now, so that the limit
+        # below (which applies to the libraries loaded when it is set) pins it too
+        grad_hess(np.ones((1, 1)), np.ones(1), np.zeros(1))
         with threadpool_limits(limits=1):
             hess = [measure_hessian(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
         write_results("kernels_hessian", {"results": hess}, hessian_markdown(hess, n, args.repeats))
