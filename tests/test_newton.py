@@ -378,3 +378,21 @@ def test_the_parameter_server_checks_and_sums_the_hessians():
     push_halves(job.params, scale_loss=np.inf)  # the trial's loss overflowed
     assert not job.stopped and job.history[-1]["loss"] == np.inf
     np.testing.assert_allclose(job.params, 0.1 * trial)  # backed off along the same line
+
+
+def test_poisson_with_large_counts_backs_off_from_an_overflow(client):
+    """From zero, the first Newton step of a Poisson fit with counts near e^5 overflows the
+    loss: the line search backs off from it (a history row with an infinite loss) instead
+    of failing, and the fit reaches scikit-learn's optimum."""
+    from sklearn.linear_model import PoissonRegressor
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((2000, 5))
+    y = rng.poisson(np.exp(X @ (0.3 * rng.standard_normal(5)) + 5.0)).astype(float)
+    res = fit((X, y), client=client, loss="poisson", optimizer="newton", alpha=1e-3,
+              gtol=1e-10, tol=None, max_epochs=40)  # fmt: skip
+    sk = PoissonRegressor(alpha=1e-3, solver="newton-cholesky", tol=1e-12, max_iter=1000)
+    sk.fit(X, y)
+    assert res.converged_ and any(not np.isfinite(h["loss"]) for h in res.history)
+    np.testing.assert_allclose(res.coef_, sk.coef_, atol=1e-9)
+    assert abs(res.intercept_ - sk.intercept_) < 1e-9
