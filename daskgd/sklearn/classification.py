@@ -189,9 +189,11 @@ class LogisticRegression(LinearClassifier):
     learning_rate : float or "auto", default "auto"
         Step size; "auto" is ``1 / L`` (see :class:`SGDRegressor`'s ``eta0``).
     optimizer : str, default "auto"
-        "auto" is "lbfgs" (one pass over the data per round, a line search on the exact
-        loss) when the objective is smooth and the fit is full-batch sync, else "sgd"
-        (proximal gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
+        "auto" is "newton" for a full-batch sync binary fit with at most
+        :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters (L1 included), else
+        "lbfgs" (one pass over the data per round, a line search on the exact loss) when
+        the objective is smooth and the fit is full-batch sync, else "sgd" (proximal
+        gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
     mode, max_staleness, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
