@@ -156,7 +156,7 @@ class SGDClassifier(LinearClassifier):
 
 
 class LogisticRegression(LinearClassifier):
-    """Logistic regression solved on the cluster by full-batch L-BFGS (by default).
+    """Logistic regression solved on the cluster by full-batch Newton or L-BFGS (by default).
 
     The objective is scikit-learn ``LogisticRegression``'s, ``C * sum_i s_i loss_i + R(coef)``,
     divided by ``C * sum_i s_i``: daskgd minimises the mean loss plus ``alpha * R`` with

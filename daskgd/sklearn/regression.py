@@ -332,7 +332,7 @@ class SGDRegressor(LinearRegressor):
 
 
 class LinearRegression(LinearRegressor):
-    """Ordinary least squares solved on the cluster by full-batch L-BFGS (by default).
+    """Ordinary least squares solved on the cluster by full-batch Newton or L-BFGS (by default).
 
     Minimises ``0.5 * mean_i s_i (x_i @ coef + b - y_i)² / mean(s)``: the same optimum as
     scikit-learn's ``LinearRegression``.
