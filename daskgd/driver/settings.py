@@ -351,6 +351,7 @@ class FitSettings:
             "auto_lr": self.auto_lr,
             "loss_curvature": curvature_bound(self.loss, self.multinomial),
             "smooth": self.loss != "hinge",
+            "quadratic": self.loss == "squared_error" and not (self.alpha and self.l1_ratio),
             "member_timeout": float(self.member_timeout),
         }
 

@@ -149,6 +149,10 @@ class Newton:
         The Levenberg factor of the last direction (0: none; an indefinite Hessian).
     singular : bool
         Whether the last direction was the minimum-norm step of a singular Hessian.
+    model_gradient : ndarray or None
+        After a plain Newton step (no L1, damping or fallback): the gradient of the
+        quadratic model at the point proposed, ``g + H p`` (the objective's own gradient
+        there when the objective is quadratic: squared error).
     fallbacks : int
         Directions that fell back to a gradient step.
 
@@ -183,6 +187,7 @@ class Newton:
     damping: float = 0.0
     singular: bool = False
     fallbacks: int = 0
+    model_gradient: np.ndarray | None = field(default=None, repr=False)
 
     # -- the objective's pieces -----------------------------------------------------------
     def objective(self, x: np.ndarray, loss: float) -> float:
@@ -291,6 +296,14 @@ class Newton:
         p, slope, model = self._direction(x, gs, Hs)
         self._p, self._slope = p, slope
         self.decrement = max(0.0, -model)
+        # a plain Newton step (no L1, no damping, no fallback): the model's gradient at
+        # the new point, which is the objective's own when the objective is quadratic
+        plain = not (self.l1 or self.damping or self.singular or self._gradient)
+        self.model_gradient = None
+        if plain and np.any(p):
+            gm = gs + Hs @ p
+            gm[len(self._free(n)) :] = 0.0
+            self.model_gradient = gm
         return x + p
 
     # -- directions -------------------------------------------------------------------------

@@ -167,6 +167,8 @@ class Steps(EpochRules):
                                            hess=hess_sum / weight)  # fmt: skip
             self.model_decrement = newton.decrement
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), None)
+        if proposal is not None and self.config.quadratic and not self.stopped:
+            self._exact_step(newton.model_gradient, proposal)
         if self.error is None and not self.stopped:
             if proposal is None:  # weightless data: nothing to step on
                 self.published = (self.version + 1, self.params)
@@ -175,6 +177,20 @@ class Steps(EpochRules):
             else:
                 self.published = (self.version + 1, proposal)
         self.maybe_snapshot()
+
+    def _exact_step(self, gm: np.ndarray | None, proposal: np.ndarray) -> None:
+        """Quadratic objective (squared error, no L1): a plain Newton step lands on the
+        optimum, and the model's gradient there, ``g + H p``, is the objective's own (to
+        rounding, as a pass would measure it). When it passes ``gtol``/``gtol_rel`` the fit
+        stops, converged, at the new point, one pass in all (the last history row is the
+        pass at the point before, as after any step)."""
+        if gm is None or not (self.history and self.history[-1]["complete"]):
+            return  # damped, singular or fallback: the next round evaluates the point
+        test = self._gradient_test(float(np.linalg.norm(gm)))
+        if test:
+            self.stop(f"{test}: the Newton step solves the least-squares problem (the exact "
+                      "quadratic model's gradient at the new point)", converged=True)  # fmt: skip
+            self.published = (self.version + 1, proposal)
 
     def apply_async(
         self, rank: int, version: int, grad: np.ndarray, n: int, weight: float, loss: float,
