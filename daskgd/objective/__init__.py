@@ -9,6 +9,7 @@ families in :mod:`~daskgd.objective.loglink`, their base in
 :mod:`~daskgd.objective.loss_base`),
 :mod:`~daskgd.objective.regularizers`, :mod:`~daskgd.objective.schedules`,
 :mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine),
+:mod:`~daskgd.objective.quadratic` (coordinate descent on a quadratic model with L1),
 :mod:`~daskgd.objective.newton` (the Newton state machine, the crossover
 :data:`NEWTON_MAX_FEATURES` and :func:`choose_optimizer`, the rule of ``optimizer="auto"``) and
 :mod:`~daskgd.objective.optimizers` (the update rules and their registry).

@@ -42,6 +42,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from daskgd.objective.quadratic import coordinate_descent
+from daskgd.objective.regularizers import soft_threshold
+
 __all__ = ["NEWTON_MAX_FEATURES", "Newton", "choose_optimizer"]
 
 #: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``).
@@ -113,10 +116,6 @@ def choose_optimizer(
     if smooth and full_batch_sync:
         return "lbfgs"
     return "sgd"
-
-
-def _soft(x: np.ndarray | float, t: float) -> np.ndarray:
-    return np.sign(x) * np.maximum(np.abs(x) - t, 0.0)
 
 
 @dataclass
@@ -209,7 +208,7 @@ class Newton:
         if self.l1:
             w, gw = x[:-1], g[:-1]
             nz = w != 0
-            out[:-1] = np.where(nz, gw + self.l1 * np.sign(w), _soft(gw, self.l1))
+            out[:-1] = np.where(nz, gw + self.l1 * np.sign(w), soft_threshold(gw, self.l1))
         if not self.fit_intercept:
             out[-1] = 0.0
         return out
@@ -330,7 +329,8 @@ class Newton:
         floor = 1e-12 * top if top > 0 else 1.0
         scale = np.maximum(diag, floor)
         if self.l1:
-            p[idx] = self._coordinate_descent(x[idx], b, A, scale, idx < n - 1)
+            pen = idx < n - 1
+            p[idx] = coordinate_descent(x[idx], b, A, scale, np.where(pen, self.l1, 0.0))
             self.damping = 0.0
         else:
             step = self._cholesky_step(A, b, scale)
@@ -402,45 +402,9 @@ class Newton:
         z = x[idx] - g[idx] / scale
         if self.l1:
             pen = idx < n - 1
-            z[pen] = _soft(z[pen], self.l1 / scale[pen])
+            z[pen] = soft_threshold(z[pen], self.l1 / scale[pen])
         p[idx] = z - x[idx]
         return p, float(g @ p) + self._l1_change(x, p)
-
-    def _coordinate_descent(
-        self, x: np.ndarray, g: np.ndarray, A: np.ndarray, scale: np.ndarray, pen: np.ndarray
-    ) -> np.ndarray:
-        """Minimise ``g.(z - x) + (z - x)^T A (z - x) / 2 + l1 ||z[pen]||_1`` by cyclic
-        coordinate descent; returns ``z - x``. Sweeps over the active set (non-zero or
-        unpenalised coordinates) until it settles, then a full sweep to check it."""
-        z = x.copy()
-        r = g.copy()  # the model's smooth gradient at z: g + A (z - x)
-        thresh = np.where(pen, self.l1 / scale, 0.0)
-        everything = np.arange(len(z))
-
-        def sweep(coords: np.ndarray) -> float:
-            moved = 0.0
-            for j in coords:
-                a = scale[j]
-                u = z[j] - r[j] / a
-                new = float(np.sign(u) * max(abs(u) - thresh[j], 0.0)) if pen[j] else u
-                delta = new - z[j]
-                if delta != 0.0:
-                    r[:] += A[j] * delta  # A is symmetric: a row, contiguous
-                    z[j] = new
-                    moved = max(moved, a * delta * delta)
-            return moved
-
-        first = sweep(everything)
-        tol = 1e-24 + 1e-14 * first
-        for _ in range(100):  # full sweeps, each after the active set settled
-            if first <= tol:
-                break
-            for _ in range(1000):
-                active = everything[(z != 0) | ~pen]
-                if sweep(active) <= tol:
-                    break
-            first = sweep(everything)
-        return z - x
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
