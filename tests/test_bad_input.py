@@ -124,7 +124,7 @@ CASES: list[tuple[str, Callable, type[Exception], tuple[str, ...]]] = [
     ("weights-negative", _memory(X0, y0, wneg), DataValidationError, ("sample_weight", "negative")),
     ("unknown-loss", _memory(X0, y0, loss="cubic"), ValueError, ("loss", "cubic", "squared_error")),
     ("unknown-mode", _memory(X0, y0, mode="bsp"), ValueError, ("mode", "bsp", "async")),
-    ("unknown-optimizer", _memory(X0, y0, optimizer="newton"), ValueError, ("newton", "adam")),
+    ("unknown-optimizer", _memory(X0, y0, optimizer="bfgs"), ValueError, ("bfgs", "adam")),
     (
         "diverging-lr",
         _on_disk(_good, learning_rate=1e6, max_epochs=50, tol=None),

@@ -19,9 +19,11 @@ def _quadratic_min(name, **options):
     opt = make_optimizer(name, learning_rate=lr, options=options)
     P = np.zeros(4)
     state = opt.init_state(P)
+    # the Hessian of the quadratic, for the rules that take one (newton)
+    extra = {"hess": np.eye(4)} if opt.needs_hessian else {}
     for t in range(3000):
         # the loss is what a full-batch sync round reports (the line search of lbfgs uses it)
-        P = opt.step(P, P - c, state, t, 0, loss=0.5 * float((P - c) @ (P - c)))
+        P = opt.step(P, P - c, state, t, 0, loss=0.5 * float((P - c) @ (P - c)), **extra)
     return P, c
 
 
@@ -85,7 +87,7 @@ def test_schedules():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "newton"}, "unknown optimizer"),
+        ({"name": "bfgs"}, "unknown optimizer"),  # ("newton" is one now)
         ({"name": "sgd", "lr_schedule": "cosine"}, "unknown lr_schedule"),
         ({"name": "sgd", "learning_rate": -1.0}, "learning_rate"),
         ({"name": "sgd", "alpha": -1.0}, "alpha"),
@@ -105,3 +107,25 @@ def test_penalty_value():
     reg = Regularizer(alpha=2.0, l1_ratio=0.25)
     P = np.array([1.0, -2.0, 100.0])
     assert reg.penalty(P) == pytest.approx(0.5 * 1.5 * 5 + 0.5 * 3)
+
+
+def test_newton_solves_the_lasso_quadratic_in_one_step_and_keeps_its_state():
+    # min 0.5||P - c||^2 + l1 ||w||_1: one Newton step (coordinate descent on the exact
+    # model) lands on soft_threshold(c, l1), the intercept unpenalised
+    c = np.array([2.0, 0.3, -0.1, -1.5, 0.05])
+    opt = make_optimizer("newton", learning_rate=1.0, alpha=0.5, l1_ratio=1.0)
+    P = np.zeros(5)
+    state = opt.init_state(P)
+    P1 = opt.step(P, P - c, state, 0, 0, loss=0.5 * float(c @ c), hess=np.eye(5))
+    np.testing.assert_allclose(P1[:-1], soft_threshold(c[:-1], 0.5), atol=1e-14)
+    assert P1[-1] == c[-1] and np.sum(P1[:-1] == 0) == 2
+    arrays = opt.export_state(state)
+    assert all(k.startswith("newton_") for k in arrays)
+    again = opt.import_state(P1, arrays)
+    np.testing.assert_array_equal(again["newton"].pending(), P1)
+    with pytest.raises(ValueError, match="keeps no state"):
+        opt.import_state(P1, {"lbfgs_x": np.zeros(5)})
+    with pytest.raises(ValueError, match="use optimizer='lbfgs'"):
+        opt.init_state(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="loss and Hessian"):
+        opt.step(P, P - c, opt.init_state(P), 0, 0, loss=1.0)

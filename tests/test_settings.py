@@ -200,3 +200,21 @@ def test_member_timeout_reaches_the_parameter_server():
     assert cfg.member_timeout == 5.0
     with pytest.raises(ValueError, match="member_timeout"):
         FitSettings(member_timeout=0)
+
+
+def test_power_goes_to_the_workers_and_newton_and_auto_are_optimizers():
+    s = FitSettings(power=1.7)
+    assert s.worker_spec(classes=None, batches_per_epoch=1)["power"] == 1.7
+    assert FitSettings().worker_spec(classes=None, batches_per_epoch=1)["power"] == 1.5
+    assert not FitSettings().worker_spec(classes=None, batches_per_epoch=1)["hessian"]
+    with pytest.raises(InvalidSettingError, match=r"power must be a number >= 1, got 0\.5"):
+        FitSettings(power=0.5)
+    assert FitSettings(optimizer="newton").worker_spec(classes=None, batches_per_epoch=1)["hessian"]
+    # "auto" is checked against every optimizer it may stand for: L1 rules out L-BFGS, so
+    # a wide elastic net falls to sgd, which takes it
+    assert FitSettings(optimizer="auto", alpha=0.1, l1_ratio=0.5).auto_candidates() == [
+        "newton",
+        "sgd",
+    ]
+    with pytest.raises(InvalidSettingError, match="unknown optimizer 'bfgs'"):
+        FitSettings(optimizer="bfgs")

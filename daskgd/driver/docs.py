@@ -17,10 +17,24 @@ FIT_PARAMETERS = """
         mean, one step (deterministic for a fixed seed and worker count);
         ``async``: each gradient applied on arrival; ``ssp``: async, but a worker
         more than ``max_staleness`` pushes ahead of the slowest one waits.
-    optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs"}, default="sgd"
+    optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs", "newton", \
+"auto"}, default="sgd"
         ``lbfgs``: limited-memory BFGS with a line search on the exact loss, one pass
         over the data per round; sync mode, full batches and no L1 penalty only. It
         ignores ``learning_rate`` and converges in far fewer epochs than the others.
+        ``newton``: each round the workers compute the loss, gradient and Hessian
+        ``A^T D A`` of their rows in one pass; the parameter server sums them and takes
+        a damped Newton step (Cholesky; L1 and elastic net by coordinate descent on the
+        quadratic model, exact zeros) with a line search on the exact objective. A
+        handful of passes even on ill-conditioned data; sync mode, full batches, one
+        coefficient vector (not multinomial or one-vs-rest) and a loss with a second
+        derivative (not ``hinge``); no ``learning_rate``. With ``tol`` (and no ``gtol``/
+        ``gtol_rel``) it stops, converged, once the decrease its quadratic model
+        predicts is at most ``tol * |loss|`` and the gradient norm at most ``sqrt(tol)``
+        times its start. ``auto``: ``newton`` for such fits with at most
+        :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters (``d + 1``; above, the
+        Hessian costs more than the passes it saves), else ``lbfgs`` for smooth
+        full-batch sync fits, else ``sgd``.
     learning_rate : float or "auto", default="auto"
         The initial step size. ``"auto"``: ``1 / L``, with ``L`` a bound on the
         curvature of the objective that the workers compute from their rows while they
@@ -59,6 +73,9 @@ FIT_PARAMETERS = """
     fit_intercept : bool, default=True
     epsilon : float, default=0.1
         Huber loss width.
+    power : float, default=1.5
+        The Tweedie power of ``loss="tweedie"``, at least 1 (power 0 is
+        ``loss="squared_error"``); the other losses ignore it.
     n_classes : int, optional
         With ``loss="log_loss"`` and ``n_classes > 2``: the multinomial loss, ``y``
         holding class indices.

@@ -60,6 +60,7 @@ async def install(client: Client) -> None:
 async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     """Train on ``ds`` with the settings ``s``; the parameter server's job is freed after."""
     started = time.perf_counter()
+    s = s.resolved(ds.n_features)  # optimizer="auto": the data's width decides
     await install(client)
     workers = await some_workers(client, s.worker_timeout)
     if s.n_workers is not None:
@@ -134,7 +135,7 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         final,
         history,
         n_features=ds.n_features,
-        lbfgs=s.optimizer == "lbfgs",
+        lbfgs=s.optimizer in ("lbfgs", "newton"),  # no learning rate
         timings=timings,
         plan=plan,
     )

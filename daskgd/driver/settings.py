@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from daskgd.driver.constraints import (
     validate,
 )
 from daskgd.errors import InvalidSettingError
-from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES, curvature_bound
+from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES, choose_optimizer, curvature_bound
 from daskgd.parameter_server import MODES, make_settings
 
 __all__ = ["CONSTRAINTS", "OVR_LOSSES", "FitSettings"]
@@ -55,7 +55,7 @@ _TOL = (NONE, Real(0.0))
 CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "loss": (Options(tuple(sorted(LOSSES))),),
     "mode": (Options(MODES),),
-    "optimizer": (Options(tuple(OPTIMIZERS)),),
+    "optimizer": (Options((*OPTIMIZERS, "auto")),),
     "learning_rate": (Options(("auto",)), Real(0.0, open=True)),
     "lr_schedule": (Options(SCHEDULES),),
     "power_t": (Real(),),
@@ -73,6 +73,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "l1_ratio": (Real(0.0, 1.0),),
     "fit_intercept": _BOOL,
     "epsilon": (Real(0.0),),
+    "power": (Real(1.0),),
     "n_classes": (NONE, Integer(2)),
     "coef_init": (ANY,),
     "intercept_init": (ANY,),
@@ -150,6 +151,7 @@ class FitSettings:
     l1_ratio: float = 0.0
     fit_intercept: bool = True
     epsilon: float = 0.1
+    power: float = 1.5
     n_classes: int | None = None
     coef_init: Any = None
     intercept_init: Any = None
@@ -228,6 +230,18 @@ class FitSettings:
                 "optimizer='lbfgs' needs mode='sync' and full batches (batch_size=None): its "
                 "line search compares exact losses of the whole data"
             )
+        if self.optimizer == "newton":
+            if self.mode != "sync" or self.batch_size is not None or self.sync_quorum:
+                raise InvalidSettingError(
+                    "optimizer='newton' needs mode='sync', full batches (batch_size=None) "
+                    "and every worker in every round (sync_quorum=None): each round "
+                    "evaluates the exact loss, gradient and Hessian of the whole data"
+                )
+            if self.n_columns is not None:
+                raise InvalidSettingError(
+                    "optimizer='newton' fits one coefficient vector; a multinomial or "
+                    "one-vs-rest model has one column per class: use optimizer='lbfgs'"
+                )
         if self.mode != "ssp" and self.max_staleness is not None:
             raise InvalidSettingError("max_staleness applies to mode='ssp' only")
         if self.resume and self.checkpoint is None:
@@ -236,18 +250,53 @@ class FitSettings:
             )
         try:
             config = self.job_config(n_samples=1, batches_per_epoch=1)
-            make_settings(np.zeros(self.params_shape(1)), config, self.optimizer_spec())
+            # "auto": every optimizer it may stand for must accept the other settings
+            names = [self.optimizer] if self.optimizer != "auto" else self.auto_candidates()
+            for name in names:
+                make_settings(np.zeros(self.params_shape(1)), config,
+                              {**self.optimizer_spec(), "name": name})  # fmt: skip
         except InvalidSettingError:
             raise
         except ValueError as exc:  # the lower layers' rules, in their words
             raise InvalidSettingError(str(exc)) from None
 
+    # -- optimizer="auto" ---------------------------------------------------------------------
+    def _choose(self, n_params: int) -> str:
+        return choose_optimizer(
+            n_params,
+            smooth=not (self.alpha and self.l1_ratio) and self.loss != "hinge",
+            full_batch_sync=self.mode == "sync"
+            and self.batch_size is None
+            and self.sync_quorum is None,
+            multinomial=self.n_columns is not None,
+            twice_differentiable=self.loss != "hinge",
+        )
+
+    def auto_candidates(self) -> list[str]:
+        """The optimizers ``optimizer="auto"`` may stand for with these settings (the data's
+        width decides between them, :meth:`resolved`)."""
+        return sorted({self._choose(1), self._choose(2**62)})
+
+    def resolved(self, n_features: int) -> FitSettings:
+        """These settings with ``optimizer="auto"`` replaced by the optimizer it stands for
+        on data with ``n_features`` columns (:func:`daskgd.objective.choose_optimizer`);
+        the same settings for any other optimizer."""
+        if self.optimizer != "auto":
+            return self
+        out = replace(self, optimizer=self._choose(int(n_features) + 1))
+        object.__setattr__(out, "seed", self.seed)  # the seed drawn for this fit stays
+        return out
+
     # -- derived ------------------------------------------------------------------------------
     @property
     def auto_lr(self) -> bool:
         """The parameter server sets the step once the workers measured the data (L-BFGS
-        takes no step size)."""
-        return isinstance(self.learning_rate, str) and self.optimizer != "lbfgs"
+        and Newton take no step size)."""
+        return isinstance(self.learning_rate, str) and self.optimizer not in (
+            "lbfgs",
+            "newton",
+            "auto",
+        )
 
     @property
     def multinomial(self) -> bool:
@@ -302,6 +351,7 @@ class FitSettings:
             "auto_lr": self.auto_lr,
             "loss_curvature": curvature_bound(self.loss, self.multinomial),
             "smooth": self.loss != "hinge",
+            "quadratic": self.loss == "squared_error" and not (self.alpha and self.l1_ratio),
             "member_timeout": float(self.member_timeout),
         }
 
@@ -318,6 +368,9 @@ class FitSettings:
             "out_of_core": self.out_of_core,
             "delay": {int(r): float(t) for r, t in (self.delay or {}).items()},
             "one_vs_rest": self.one_vs_rest,
+            "power": float(self.power),
+            "hessian": self.optimizer == "newton",
+            "fit_intercept": self.fit_intercept,
         }
 
     def batches_per_epoch(self, n_samples: int, rows: list[int]) -> int:

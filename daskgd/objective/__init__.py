@@ -8,7 +8,10 @@ numpy reference, Hessian, link, curvature bound and target checks; the log-link 
 families in :mod:`~daskgd.objective.loglink`, their base in
 :mod:`~daskgd.objective.loss_base`),
 :mod:`~daskgd.objective.regularizers`, :mod:`~daskgd.objective.schedules`,
-:mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine) and
+:mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine),
+:mod:`~daskgd.objective.quadratic` (coordinate descent on a quadratic model with L1),
+:mod:`~daskgd.objective.newton` (the Newton state machine, the crossover
+:data:`NEWTON_MAX_FEATURES` and :func:`choose_optimizer`, the rule of ``optimizer="auto"``) and
 :mod:`~daskgd.objective.optimizers` (the update rules and their registry).
 """
 
@@ -31,6 +34,7 @@ from daskgd.objective.losses import (
     get_loss,
     link,
 )
+from daskgd.objective.newton import NEWTON_MAX_FEATURES, Newton, choose_optimizer
 from daskgd.objective.optimizers import (
     OPTIMIZERS,
     AdaGrad,
@@ -38,6 +42,7 @@ from daskgd.objective.optimizers import (
     LBFGSOptimizer,
     Momentum,
     Nesterov,
+    NewtonOptimizer,
     Optimizer,
     make_optimizer,
 )
@@ -48,6 +53,7 @@ __all__ = [
     "LBFGS",
     "LOSSES",
     "MAX_DLOSS",
+    "NEWTON_MAX_FEATURES",
     "OPTIMIZERS",
     "SCHEDULES",
     "AdaGrad",
@@ -60,6 +66,8 @@ __all__ = [
     "Loss",
     "Momentum",
     "Nesterov",
+    "Newton",
+    "NewtonOptimizer",
     "Optimizer",
     "Poisson",
     "Regularizer",
@@ -69,6 +77,7 @@ __all__ = [
     "Tweedie",
     "check_power",
     "check_targets",
+    "choose_optimizer",
     "curvature_bound",
     "get_loss",
     "link",

@@ -1,4 +1,5 @@
-"""Update rules the parameter server applies: plain, momentum, Nesterov, AdaGrad, Adam, L-BFGS.
+"""Update rules the parameter server applies: plain, momentum, Nesterov, AdaGrad, Adam, L-BFGS,
+Newton.
 
 Everything here is plain numpy and runs on the scheduler (inside the parameter
 server's one-thread executor), so it must not import the compiled kernels.
@@ -21,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from daskgd.objective.lbfgs import LBFGS
+from daskgd.objective.newton import Newton
 from daskgd.objective.regularizers import Regularizer, soft_threshold
 from daskgd.objective.schedules import SCHEDULES, Schedule
 
@@ -32,6 +34,7 @@ __all__ = [
     "LBFGSOptimizer",
     "Momentum",
     "Nesterov",
+    "NewtonOptimizer",
     "Optimizer",
     "Regularizer",
     "Schedule",
@@ -61,6 +64,8 @@ class Optimizer:
     regularizer: Regularizer = field(default_factory=Regularizer)
     fit_intercept: bool = True
     name: ClassVar[str] = "sgd"
+    #: Whether each round brings the Hessian (the workers then compute it, the server sums it).
+    needs_hessian: ClassVar[bool] = False
 
     def init_state(self, params: np.ndarray) -> dict[str, Any]:
         """Fresh optimizer state for parameters shaped like ``params``."""
@@ -102,6 +107,17 @@ class Optimizer:
             state[k] = a.copy()
         return state
 
+    def best_params(self, state: dict[str, Any]) -> np.ndarray | None:
+        """Parameters to return when a fit stops unconverged, if better than the
+        published ones (rules with a line search); None: the published ones."""
+        return None
+
+    def resume_params(self, state: dict[str, Any]) -> np.ndarray | None:
+        """Where a fit resumed from ``state`` (a checkpoint) continues, when the state says
+        so (a rule whose published parameters may differ from its next point); None: the
+        checkpoint's parameters."""
+        return None
+
     def direction(
         self, grad: np.ndarray, state: dict[str, Any], t: int
     ) -> tuple[np.ndarray, np.ndarray | float]:
@@ -117,6 +133,7 @@ class Optimizer:
         epoch: int,
         lr_scale: float = 1.0,
         loss: float | None = None,
+        hess: np.ndarray | None = None,
     ) -> np.ndarray:
         """One update: return new parameters from the mean data gradient ``grad``.
 
@@ -137,6 +154,9 @@ class Optimizer:
         loss : float, optional
             Mean data loss at ``params`` (full-batch sync rounds); only rules with a
             line search use it.
+        hess : ndarray, optional
+            Mean data Hessian at ``params``, ``(d + 1, d + 1)`` (rules with
+            :attr:`needs_hessian` only).
 
         Returns
         -------
@@ -312,7 +332,7 @@ class LBFGSOptimizer(Optimizer):
         state["lbfgs"].load_state({k[len("lbfgs_") :]: v for k, v in arrays.items()}, params.size)
         return state
 
-    def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None):
+    def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None, hess=None):
         if loss is None:
             raise ValueError("optimizer 'lbfgs' needs the round's loss (full-batch sync mode)")
         g = np.array(grad, dtype=np.float64)
@@ -326,8 +346,78 @@ class LBFGSOptimizer(Optimizer):
         return new
 
 
+@dataclass
+class NewtonOptimizer(Optimizer):
+    """Full-batch Newton with damping and a line search (:class:`~daskgd.objective.newton.Newton`).
+
+    Each synchronous round evaluates the loss, its gradient and its Hessian at the
+    published parameters (the workers sum ``A^T diag(s l'') A`` over their rows, the
+    server sums the workers'); this rule turns them into the next point to evaluate. L1
+    and elastic net are handled inside each step (coordinate descent on the quadratic
+    model), so any ``l1_ratio`` works. Sync mode with full batches and 1-D parameters
+    only (multinomial and one-vs-rest fits: use ``lbfgs``); no learning rate.
+    """
+
+    name: ClassVar[str] = "newton"
+    needs_hessian: ClassVar[bool] = True
+
+    def init_state(self, params: np.ndarray) -> dict[str, Any]:
+        """A fresh :class:`~daskgd.objective.newton.Newton` state machine.
+
+        Raises
+        ------
+        ValueError
+            For parameters with several columns (multinomial, one-vs-rest).
+        """
+        if params.ndim != 1:
+            raise ValueError(
+                "optimizer 'newton' fits one coefficient vector; a multinomial or "
+                "one-vs-rest model has one column per class: use optimizer='lbfgs'"
+            )
+        reg = self.regularizer
+        return {"newton": Newton(l2=reg.l2, l1=reg.l1, fit_intercept=self.fit_intercept)}
+
+    def export_state(self, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The Newton line-search state (last accepted point, direction, step), as arrays."""
+        return {
+            f"newton_{k}": np.array(v, dtype=np.float64)
+            for k, v in state["newton"].state().items()
+            if v is not None
+        }
+
+    def import_state(self, params: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Rebuild the Newton state that :meth:`export_state` wrote."""
+        state = self.init_state(params)
+        bad = [k for k in arrays if not k.startswith("newton_")]
+        if bad:
+            raise ValueError(f"optimizer 'newton' keeps no state {sorted(bad)}")
+        state["newton"].load_state({k[len("newton_") :]: v for k, v in arrays.items()}, params.size)
+        return state
+
+    def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None, hess=None):
+        if loss is None or hess is None:
+            raise ValueError(
+                "optimizer 'newton' needs the round's loss and Hessian (full-batch sync mode)"
+            )
+        new = state["newton"].tell(params, float(loss), grad, hess)
+        if not self.fit_intercept:
+            new[-1] = params[-1]
+        return new
+
+    def best_params(self, state: dict[str, Any]) -> np.ndarray | None:
+        """What a fit stopped short of convergence returns: the step proposed from the
+        point just accepted, or, during a backtrack, the last accepted point."""
+        return state["newton"].final()
+
+    def resume_params(self, state: dict[str, Any]) -> np.ndarray | None:
+        """The point the line search was about to evaluate (a stopped fit published its
+        last accepted point instead)."""
+        return state["newton"].pending()
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (Optimizer, Momentum, Nesterov, AdaGrad, Adam, LBFGSOptimizer)
+    cls.name: cls
+    for cls in (Optimizer, Momentum, Nesterov, AdaGrad, Adam, LBFGSOptimizer, NewtonOptimizer)
 }
 
 _OPTIONS = {
@@ -337,6 +427,7 @@ _OPTIONS = {
     "adagrad": ("eps",),
     "adam": ("beta1", "beta2", "eps"),
     "lbfgs": ("memory",),
+    "newton": (),
 }
 
 
@@ -357,8 +448,8 @@ def make_optimizer(
 
     Parameters
     ----------
-    name : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs"}
-        The update rule; ``lbfgs`` is for full-batch sync mode only.
+    name : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs", "newton"}
+        The update rule; ``lbfgs`` and ``newton`` are for full-batch sync mode only.
     learning_rate, lr_schedule, power_t, step_size, gamma
         The :class:`Schedule`.
     alpha, l1_ratio

@@ -38,8 +38,10 @@ handler                     arguments -> reply (besides ``status``)
                             ``auto_lr``; with ``auto_lr`` the reply waits until
                             every live rank reported (the step size is then known)
 ``daskgd_push``             ``job, rank, version, grad, n, weight, loss,
-                            worker=None, class_loss=None, incarnation=None`` ->
-                            ``params, version``
+                            worker=None, class_loss=None, incarnation=None,
+                            hess=None`` -> ``params, version`` (``hess``: the
+                            rows' summed Hessian, float64 ``(d + 1, d + 1)``, with
+                            every push of a Newton job and only then)
 ``daskgd_pull``             ``job`` -> ``params, version``
 ``daskgd_status``           ``job, since=0, params=False, wait=0`` -> ``stopped, reason,
                             converged, error, error_kind, history, version,
@@ -53,6 +55,13 @@ handler                     arguments -> reply (besides ``status``)
                             (the latest checkpoint snapshot, or a new one when
                             ``fresh``), ``history`` (its rows from ``since``)
 ==========================  ====================================================
+
+Newton jobs (optimizer ``newton``, sync mode, full batches): each round sums the ranks'
+gradients and Hessians in rank order and the optimizer solves for the next point, off the
+event loop; a trial point of its line search whose loss overflowed is backed off from,
+and a fit that stops short of convergence returns the step proposed from the point it
+just accepted, or, stopped during a backtrack, the last accepted point (never a rejected
+trial point).
 
 One-vs-rest jobs (parameters ``(d + 1, k)``, one binary problem per column) push
 ``class_loss``, the k summed losses, besides their total ``loss``; the epoch's history

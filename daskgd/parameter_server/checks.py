@@ -19,6 +19,7 @@ from daskgd.parameter_server.job import Job
 __all__ = [
     "check_class_loss",
     "check_create",
+    "check_hess",
     "check_incarnation",
     "check_push",
     "check_rank",
@@ -90,6 +91,21 @@ def check_class_loss(job: Job, class_loss: Any) -> str | None:
         return f"class_loss must be a numpy array of shape ({k},), got {shape}"
     if class_loss.dtype.kind != "f":
         return f"class_loss must be a float array, got {class_loss.dtype}"
+    return None
+
+
+def check_hess(job: Job, hess: Any) -> str | None:
+    """A push's Hessian: a float64 ``(d + 1, d + 1)`` array exactly when the job's optimizer
+    needs one (Newton). Its values are checked where the job's steps run (O(d^2))."""
+    if not job.optimizer.needs_hessian:
+        if hess is not None:
+            return f"hess is for optimizer 'newton'; this job's optimizer is {job.optimizer.name!r}"
+        return None
+    n = job.params.shape[0]
+    if not isinstance(hess, np.ndarray):
+        return f"optimizer 'newton' needs hess, a float64 array of shape ({n}, {n}), with each push"
+    if hess.shape != (n, n) or hess.dtype != np.float64:
+        return f"hess must be a float64 array of shape ({n}, {n}), got {hess.dtype} {hess.shape}"
     return None
 
 

@@ -294,8 +294,12 @@ class ParameterServerClient:
         loss: float,
         worker: str | None = None,
         class_loss: np.ndarray | None = None,
+        hess: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Push a gradient (``daskgd_push``); the reply has ``params`` and ``version``.
+
+        ``hess`` (optimizer ``newton`` only): the summed Hessian of the loss over the
+        rows, float64 ``(d + 1, d + 1)``.
 
         Raises
         ------
@@ -305,6 +309,8 @@ class ParameterServerClient:
         msg: dict[str, Any] = {}
         if class_loss is not None:
             msg["class_loss"] = ToPickle(class_loss)
+        if hess is not None:
+            msg["hess"] = ToPickle(hess)
         return await self._call(
             "push",
             extra=self.wait_bound,

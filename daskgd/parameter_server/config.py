@@ -87,6 +87,10 @@ class JobConfig:
         reports (see :meth:`Job.auto_step`), set before the first step.
     loss_curvature : float
         Bound on the second derivative of the loss in the margin (``auto_lr``).
+    quadratic : bool
+        Whether the objective is exactly quadratic (squared error, no L1): a Newton step
+        then lands on the optimum, and the gradient tests (``gtol``, ``gtol_rel``) may be
+        applied to the exact quadratic model's gradient at the new point, without a pass.
     smooth : bool
         Whether the loss is differentiable (``hinge`` is not: its gradient need not vanish
         at the optimum, so a stalled loss is judged as scikit-learn's SGD judges it).
@@ -127,6 +131,7 @@ class JobConfig:
     auto_lr: bool = False
     loss_curvature: float = 1.0
     smooth: bool = True
+    quadratic: bool = False
     record_params: bool = False
     sync_quorum: int | None = None
     checkpoint_every: int | None = None
@@ -151,7 +156,7 @@ class JobConfig:
             v = getattr(self, name)
             if not (is_real(v) and v > 0 and not math.isnan(v)):
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        for name in ("staleness_lr", "record_params", "auto_lr", "smooth"):
+        for name in ("staleness_lr", "record_params", "auto_lr", "smooth", "quadratic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_staleness is not None and not (
@@ -193,9 +198,9 @@ def check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
             f"sync_quorum={q} but the job has {members} member(s) (training tasks); "
             f"use at most {members}, or None to wait for every live member"
         )
-    if q < members and opt.name == "lbfgs":
+    if q < members and opt.name in ("lbfgs", "newton"):
         raise ValueError(
-            f"optimizer='lbfgs' needs every partition in every round (its line search "
+            f"optimizer={opt.name!r} needs every partition in every round (its line search "
             f"compares exact losses of the whole data); sync_quorum={q} of {members} members "
             "would step on a subset. Use sync_quorum=None, or another optimizer"
         )
@@ -215,8 +220,21 @@ def make_settings(
     opt = make_optimizer(**optimizer)
     if isinstance(opt, LBFGSOptimizer) and cfg.mode != "sync":
         raise ValueError("optimizer 'lbfgs' needs mode='sync' (full-batch rounds)")
+    if opt.needs_hessian:
+        if cfg.mode != "sync" or cfg.batches_per_epoch != 1:
+            raise ValueError(
+                "optimizer 'newton' needs mode='sync' and full batches (batch_size=None): "
+                "each round evaluates the exact loss, gradient and Hessian of the whole data"
+            )
+        if not cfg.smooth:
+            raise ValueError(
+                "optimizer 'newton' needs a loss with a second derivative; 'hinge' has "
+                "none (its Hessian is zero almost everywhere): use optimizer='sgd', or "
+                "loss='squared_hinge'"
+            )
     p = params.astype(np.float64)
-    trial = opt.step(p, np.zeros_like(p), opt.init_state(p), 0, 0, 1.0, 0.0)
+    extra = {"hess": np.zeros((p.shape[0], p.shape[0]))} if opt.needs_hessian else {}
+    trial = opt.step(p, np.zeros_like(p), opt.init_state(p), 0, 0, 1.0, 0.0, **extra)
     if not (isinstance(trial, np.ndarray) and trial.shape == p.shape):
         raise ValueError("the optimizer settings do not give a valid step")
     return cfg, opt

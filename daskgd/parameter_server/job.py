@@ -46,7 +46,8 @@ class Job(Steps):
         self.published = (0, params)
         self.opt_state = optimizer.init_state(params)
         #: steps run on the event loop (small models) or in a worker thread
-        self.inline = params.size <= config.inline_max_params
+        #: (Newton's steps factor a Hessian: always off the loop)
+        self.inline = params.size <= config.inline_max_params and not optimizer.needs_hessian
         #: held while a step of this job runs off the loop (large models only)
         self.lock = asyncio.Lock()
         self.ranks = [Rank(a) for a in ranks]
@@ -148,7 +149,11 @@ class Job(Steps):
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"resume[{key!r}] must be an integer >= 0, got {v!r}")
         self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
-        self.published = (int(resume["version"]), self.params)
+        # Newton: a fit stopped during a backtrack published its last accepted point, but its
+        # line search goes on from the point it proposed last
+        nxt = self.optimizer.resume_params(self.opt_state)
+        P = self.params if nxt is None else nxt.reshape(self.params.shape)
+        self.published = (int(resume["version"]), P)
         self.epochs = int(resume["epochs"])
         progress = dict(resume.get("progress") or {})
         best = progress.get("best_loss")

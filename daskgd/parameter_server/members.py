@@ -11,6 +11,7 @@ from distributed.protocol import ToPickle
 
 from daskgd.parameter_server.checks import (
     check_class_loss,
+    check_hess,
     check_incarnation,
     check_push,
     check_rank,
@@ -84,7 +85,7 @@ class MemberHandlers(JobRunner):
 
     async def push(
         self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None,
-        incarnation=None,
+        incarnation=None, hess=None,
     ):  # fmt: skip
         """Take a gradient; see :mod:`daskgd.parameter_server`."""
         j = self.get_job(job)
@@ -101,6 +102,8 @@ class MemberHandlers(JobRunner):
         bad = check_push(j, version, grad, n, weight, loss, worker)
         if bad is None and class_loss is not None:
             bad = check_class_loss(j, class_loss)
+        if bad is None:
+            bad = check_hess(j, hess)
         if bad:
             return error(bad)
         if class_loss is not None:
@@ -122,7 +125,7 @@ class MemberHandlers(JobRunner):
             await self.exclusive(j, lambda: j.auto_step(list(j.reports)))
         args = (rank, version, grad, n, float(weight), float(loss), class_loss)
         if j.config.mode == "sync":
-            return await self._push_sync(j, incarnation, *args)
+            return await self._push_sync(j, incarnation, *args, hess=hess)
         try:
             outcome = await self.exclusive(
                 j, _if_current, j, incarnation, j.apply_async, *args, heavy=True
@@ -138,11 +141,11 @@ class MemberHandlers(JobRunner):
             await self._ssp_wait(j, rank)
         return self.params_reply(j)
 
-    async def _push_sync(self, j: Job, incarnation, rank, version, *rest):
+    async def _push_sync(self, j: Job, incarnation, rank, version, *rest, hess=None):
         try:
             outcome = await self.exclusive(
                 j, _if_current, j, incarnation, j.arrive_sync, rank, version, *rest,
-                self.workers(), heavy=True,
+                self.workers(), hess, heavy=True,
             )  # fmt: skip
         except Exception as exc:  # a bug must fail the job loudly, not hang its members
             logger.exception("daskgd: a sync step of job %s failed", j.id)

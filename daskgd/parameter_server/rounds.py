@@ -70,14 +70,17 @@ class Steps(EpochRules):
 
     def arrive_sync(
         self, rank: int, version: int, grad: np.ndarray, n: int, weight: float, loss: float,
-        class_loss: np.ndarray | None, workers: Container[str],
+        class_loss: np.ndarray | None, workers: Container[str], hess: np.ndarray | None = None,
     ) -> str:  # fmt: skip
-        """Sync mode: take a rank's gradient for the open round, and close the round when
-        it is complete. Returns ``"stopped"``, ``"stale"`` (its round closed without it:
-        dropped and counted), ``"twice"`` or ``"OK"`` (the caller waits for the round)."""
+        """Sync mode: take a rank's gradient (and Hessian, for Newton) for the open round,
+        and close the round when it is complete. Returns ``"stopped"``, ``"stale"`` (its
+        round closed without it: dropped and counted), ``"twice"`` or ``"OK"`` (the caller
+        waits for the round)."""
         if self.stopped:
             return "stopped"
-        if not _finite(grad, loss, class_loss):
+        # Newton's line search backs off from a trial point whose loss overflowed (see
+        # finish_round); every other rule stops on a non-finite value
+        if hess is None and not _finite(grad, loss, class_loss):
             self._reject(rank, version)
             return "stopped"
         if version < self.version:
@@ -86,7 +89,8 @@ class Steps(EpochRules):
         if rank in self.pending:
             return "twice"
         # a copy: an in-process sender may reuse its buffer once it has our reply
-        self.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss)
+        h = None if hess is None else np.array(hess, dtype=np.float64)
+        self.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss, h)
         self.try_close_round(workers)
         return "OK"
 
@@ -116,12 +120,77 @@ class Steps(EpochRules):
             class_loss = np.sum([pending[r][4] for r in order], axis=0)
         for r in order:
             self.ranks[r].updates += 1
+        if self.optimizer.needs_hessian:
+            self._newton_round(pending, order, rows, weight, loss_sum, grad_sum)
+            return
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
         if self.error is None and weight > 0:
             self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:
             self.published = (self.version + 1, self.params)
         self.maybe_snapshot()
+
+    #: Newton: the decrease its quadratic model predicts from the point the round evaluated,
+    #: when that point was accepted (read by the stop rules), else None
+    model_decrement: float | None = None
+
+    def _newton_round(
+        self, pending: dict[int, tuple], order: list[int], rows: list[int], weight: float,
+        loss_sum: float, grad_sum: np.ndarray,
+    ) -> None:  # fmt: skip
+        """Sync mode with Newton: sum the Hessians (rank order), let the optimizer propose
+        the next point (its decrement feeds the stop rules), then close the epoch.
+
+        The Hessian is summed and solved here, where the parameters live. A round with a
+        non-finite value at a trial point is a step the line search backs off from; at a
+        point the search cannot back off from (the first), it is divergence.
+        """
+        missing = [r for r in order if pending[r][5] is None]
+        if missing:
+            self.stop("failed", error=f"rank(s) {missing} pushed no Hessian for optimizer "
+                      "'newton'", kind="internal")  # fmt: skip
+            return
+        hess_sum = pending[order[0]][5]
+        for r in order[1:]:
+            hess_sum += pending[r][5]
+        finite = _finite(grad_sum, loss_sum, None) and bool(np.all(np.isfinite(hess_sum)))
+        self.model_decrement = None
+        proposal = None
+        if weight > 0:
+            newton = self.opt_state["newton"]
+            if not finite and newton.best() is None:
+                self._reject(order[0], self.version)
+                return
+            P, v = self.params, self.version
+            proposal = self.optimizer.step(P, grad_sum / weight, self.opt_state, v,
+                                           self.epochs, loss=loss_sum / weight,
+                                           hess=hess_sum / weight)  # fmt: skip
+            self.model_decrement = newton.decrement
+        self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), None)
+        if proposal is not None and self.config.quadratic and not self.stopped:
+            self._exact_step(newton.model_gradient, proposal)
+        if self.error is None and not self.stopped:
+            if proposal is None:  # weightless data: nothing to step on
+                self.published = (self.version + 1, self.params)
+            elif not np.all(np.isfinite(proposal)):
+                self.diverged(f"the parameters became non-finite at update {self.version + 1}")
+            else:
+                self.published = (self.version + 1, proposal)
+        self.maybe_snapshot()
+
+    def _exact_step(self, gm: np.ndarray | None, proposal: np.ndarray) -> None:
+        """Quadratic objective (squared error, no L1): a plain Newton step lands on the
+        optimum, and the model's gradient there, ``g + H p``, is the objective's own (to
+        rounding, as a pass would measure it). When it passes ``gtol``/``gtol_rel`` the fit
+        stops, converged, at the new point, one pass in all (the last history row is the
+        pass at the point before, as after any step)."""
+        if gm is None or not (self.history and self.history[-1]["complete"]):
+            return  # damped, singular or fallback: the next round evaluates the point
+        test = self._gradient_test(float(np.linalg.norm(gm)))
+        if test:
+            self.stop(f"{test}: the Newton step solves the least-squares problem (the exact "
+                      "quadratic model's gradient at the new point)", converged=True)  # fmt: skip
+            self.published = (self.version + 1, proposal)
 
     def apply_async(
         self, rank: int, version: int, grad: np.ndarray, n: int, weight: float, loss: float,

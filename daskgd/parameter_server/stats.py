@@ -61,6 +61,8 @@ class EpochRules:
     optimizer: Optimizer
     ranks: list[Rank]
     published: tuple[int, np.ndarray]  # (version, params): replaced, never mutated
+    opt_state: Any
+    model_decrement: float | None  # Newton: the model's decrease from the evaluated point
     initial: np.ndarray
     start: float
     time_offset: float
@@ -107,6 +109,12 @@ class EpochRules:
             return
         self.stopped, self.reason, self.converged = True, reason, converged
         self.error, self.error_kind = error, kind
+        if not converged and error is None:
+            # a line search's trial point may be worse than the last accepted one: a fit
+            # stopped short of convergence during a backtrack returns that point
+            best = self.optimizer.best_params(self.opt_state)
+            if best is not None and not np.array_equal(best, self.params.ravel()):
+                self.published = (self.version + 1, best.reshape(self.params.shape))
 
     # -- what the ranks measured before their first step ------------------------
     def report(self, rank: int, loss0: float, loss_zero: float, grad0: np.ndarray,
@@ -267,8 +275,13 @@ class EpochRules:
                 **({"params": ToPickle(P)} if cfg.record_params else {}),
             }
         )
-        if not math.isfinite(loss) or not math.isfinite(gnorm):
+        if not (math.isfinite(loss) and math.isfinite(gnorm)) and not opt.needs_hessian:
             self.diverged(f"the loss became {loss} at epoch {self.epochs}")
+            return
+        if opt.needs_hessian and not (math.isfinite(loss) and math.isfinite(gnorm)):
+            # a trial point of Newton's line search overflowed: it backs off from it
+            if self.epochs >= cfg.max_epochs:
+                self.stop(f"reached max_epochs={cfg.max_epochs}")
             return
         if self.first_loss is None:
             self.first_loss = loss
@@ -278,8 +291,8 @@ class EpochRules:
         ref = self.ref_loss if self.ref_loss is not None and self.ref_loss > 0 else None
         if ref is None and self.epochs > 1 and self.first_loss > 0:
             ref = self.first_loss
-        if opt.name == "lbfgs":
-            ref = None  # its line search tries points far out and backs off by itself
+        if opt.name in ("lbfgs", "newton"):
+            ref = None  # their line search tries points far out and backs off by itself
         if ref is not None and loss > cfg.divergence_factor * ref:
             self.diverged(
                 f"the loss grew to {loss:.3g} by epoch {self.epochs}, more than "
@@ -294,7 +307,7 @@ class EpochRules:
         # the stop rules only look at epochs where every partition contributed, so a
         # worker's absence (a restart) cannot make a partial objective look converged
         if complete:
-            gtest = self._gradient_test(gnorm)
+            gtest = self._gradient_test(gnorm) or self._newton_test(loss, gnorm)
             if gtest:
                 self.stop(gtest, converged=True)
                 return
@@ -318,6 +331,27 @@ class EpochRules:
         if cfg.gtol_rel is not None and self.g0 is not None and gnorm <= cfg.gtol_rel * self.g0:
             return f"gradient norm {gnorm:.3g} <= gtol_rel * {self.g0:.3g} (its norm at the start)"
         return ""
+
+    def _newton_test(self, loss: float, gnorm: float) -> str:
+        """Newton, with ``tol`` and no gradient tolerance: the reason to stop when the loss
+        cannot improve by more than ``tol`` relative (the Newton decrement, the decrease
+        its quadratic model predicts, at most ``tol * |loss|``) and the gradient is below
+        ``sqrt(tol)`` times its norm at the start (the test of a stalled loss), else ''.
+        One round decides, where the loss rule would wait ``n_iter_no_change`` epochs."""
+        cfg, dec = self.config, getattr(self, "model_decrement", None)
+        if dec is None or cfg.tol is None or cfg.gtol is not None or cfg.gtol_rel is not None:
+            return ""
+        # a loss that reaches zero (an exact fit) is judged at the rounding level of the
+        # loss at the start
+        level = 16 * np.finfo(np.float64).eps * abs(self.first_loss or 0.0)
+        if self.g0 is None or dec > max(cfg.tol * abs(loss), level):
+            return ""
+        if gnorm > math.sqrt(cfg.tol) * self.g0:
+            return ""
+        return (
+            f"Newton decrement {dec:.3g} <= tol * |loss| and gradient norm {gnorm:.3g} <= "
+            f"sqrt(tol) * {self.g0:.3g}"
+        )
 
     def _stalled(self, gnorm: float) -> None:
         """The ``tol`` rule fired: stop, converged or not.

@@ -156,7 +156,7 @@ class SGDClassifier(LinearClassifier):
 
 
 class LogisticRegression(LinearClassifier):
-    """Logistic regression solved on the cluster by full-batch L-BFGS (by default).
+    """Logistic regression solved on the cluster by full-batch Newton or L-BFGS (by default).
 
     The objective is scikit-learn ``LogisticRegression``'s, ``C * sum_i s_i loss_i + R(coef)``,
     divided by ``C * sum_i s_i``: daskgd minimises the mean loss plus ``alpha * R`` with
@@ -189,9 +189,11 @@ class LogisticRegression(LinearClassifier):
     learning_rate : float or "auto", default "auto"
         Step size; "auto" is ``1 / L`` (see :class:`SGDRegressor`'s ``eta0``).
     optimizer : str, default "auto"
-        "auto" is "lbfgs" (one pass over the data per round, a line search on the exact
-        loss) when the objective is smooth and the fit is full-batch sync, else "sgd"
-        (proximal gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
+        "auto" is "newton" for a full-batch sync binary fit with at most
+        :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters (L1 included), else
+        "lbfgs" (one pass over the data per round, a line search on the exact loss) when
+        the objective is smooth and the fit is full-batch sync, else "sgd" (proximal
+        gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
     mode, max_staleness, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from daskgd.objective import choose_optimizer
 from daskgd.progress import progress_enabled
 
 __all__ = [
@@ -157,15 +158,36 @@ def sgd_extra(est: Any) -> dict[str, Any]:
     return extra
 
 
-def resolve_optimizer(params: dict[str, Any], alpha: float, l1_ratio: float) -> str:
-    """``optimizer="auto"``: L-BFGS where it applies (a smooth objective, full-batch sync
-    mode), else the proximal first-order ``sgd``."""
+def resolve_optimizer(
+    params: dict[str, Any],
+    alpha: float,
+    l1_ratio: float,
+    *,
+    n_features: int | None = None,
+    multinomial: bool = False,
+) -> str:
+    """``optimizer="auto"``: :func:`daskgd.objective.choose_optimizer`'s rule, the one
+    ``daskgd.fit`` applies: Newton for a full-batch sync fit of one coefficient vector with
+    at most :data:`~daskgd.objective.NEWTON_MAX_FEATURES` parameters, else L-BFGS where it
+    applies (a smooth objective, full-batch sync mode), else the proximal first-order
+    ``sgd``.
+
+    Without ``n_features`` (the estimators call it before the data is opened) a full-batch
+    sync fit gets ``"auto"``, which the engine resolves by the same rule once it knows the
+    data's width; a fit that is not full-batch sync gets ``"sgd"`` at once.
+    """
     optimizer = params.get("optimizer", "sgd")
     if optimizer != "auto":
         return str(optimizer)
     smooth = not (alpha and l1_ratio)
-    full_batch_sync = params.get("mode", "sync") == "sync" and params.get("batch_size") is None
-    return "lbfgs" if smooth and full_batch_sync else "sgd"
+    full_batch_sync = (
+        params.get("mode", "sync") == "sync"
+        and params.get("batch_size") is None
+        and params.get("sync_quorum") is None
+    )
+    if n_features is None:
+        return "auto" if full_batch_sync else choose_optimizer(1, smooth, False, multinomial)
+    return choose_optimizer(int(n_features) + 1, smooth, full_batch_sync, multinomial)
 
 
 def engine_seed(random_state: Any) -> int | None:

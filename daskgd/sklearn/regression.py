@@ -332,7 +332,7 @@ class SGDRegressor(LinearRegressor):
 
 
 class LinearRegression(LinearRegressor):
-    """Ordinary least squares solved on the cluster by full-batch L-BFGS (by default).
+    """Ordinary least squares solved on the cluster by full-batch Newton or L-BFGS (by default).
 
     Minimises ``0.5 * mean_i s_i (x_i @ coef + b - y_i)² / mean(s)``: the same optimum as
     scikit-learn's ``LinearRegression``.
@@ -354,8 +354,10 @@ class LinearRegression(LinearRegressor):
     batch_size : int or None, default None
         None: full batch.
     optimizer : str, default "auto"
-        "auto" is "lbfgs" (one pass over the data per round, a line search on the exact
-        loss) for full-batch sync fits, else "sgd". Any :func:`daskgd.fit` optimizer.
+        "auto" is "newton" (one step solves least squares) for full-batch sync fits with
+        at most :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters, "lbfgs" (one pass
+        over the data per round, a line search on the exact loss) for wider ones, else
+        "sgd". Any :func:`daskgd.fit` optimizer.
     mode, max_staleness, client
         As for :class:`SGDRegressor`.
     learning_rate : float or "auto", default "auto"

@@ -87,7 +87,11 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     spec : dict
         ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``,
         ``one_vs_rest`` (optional: the k columns of the parameters are k binary
-        problems, one per class, and the targets class indices), and ``delay``
+        problems, one per class, and the targets class indices), ``hessian``
+        (optional: optimizer ``newton``; each push carries the rows' summed Hessian too,
+        from :func:`daskgd.kernels.grad_hess`), ``fit_intercept`` (optional, default
+        True: with False the kernel may skip the intercept's row of the Hessian),
+        ``power`` (optional, default 1.5: the Tweedie power), and ``delay``
         (optional; a testing hook: rank -> seconds this rank sleeps before each push, to
         play a straggler).
 
@@ -171,13 +175,15 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     if batches.n < nb:
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
     buffers: dict[Any, np.ndarray] = {}  # kernel output buffers by dtype, reused
+    power = float(spec.get("power", 1.5))  # the Tweedie power (the other losses ignore it)
 
     def gradient(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray | None, Any]:
         """Summed loss, rows, weight, summed gradient (and, one-vs-rest, each class's
         summed loss) at ``P`` over a batch's pieces."""
         loss, rows, weight, grad = 0.0, 0, 0.0, None
         class_loss = None
-        for Xp, yp, swp in pieces:
+        for Xp, yp, swp, *rest in pieces:
+            off = rest[0] if rest else None
             if ovr:
                 piece_grad, piece_losses = _one_vs_rest(Xp, yp, swp, P, spec)
                 loss += math.fsum(piece_losses)
@@ -191,13 +197,42 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
                 out = buffers[Xp.dtype] = np.empty(P.shape, dtype=Xp.dtype)
             piece_loss, _, _ = grad_loss(Xp, yp, P[:d], P[d], loss=spec["loss"],
                                          sample_weight=swp, out=out, epsilon=spec["epsilon"],
-                                         check_input=False)  # fmt: skip
+                                         check_input=False, offset=off,
+                                         power=power)  # fmt: skip
             loss += piece_loss
             rows += len(yp)
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
         return loss, rows, weight, grad, class_loss
+
+    def gradient_hessian(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray, Any]:
+        """Newton: summed loss, rows, weight, summed gradient and Hessian at ``P`` over a
+        batch's pieces, in one pass of the kernel per piece (float64 sums)."""
+        loss, rows, weight = 0.0, 0, 0.0
+        grad = hess = None
+        for Xp, yp, swp, *rest in pieces:
+            off = rest[0] if rest else None
+            piece_loss, g, h = grad_hess(Xp, yp, P[:d], P[d], loss=spec["loss"],
+                                         sample_weight=swp, offset=off,
+                                         epsilon=spec["epsilon"], power=power,
+                                         fit_intercept=fit_intercept,
+                                         check_input=False)  # fmt: skip
+            loss += piece_loss
+            rows += len(yp)
+            weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
+            if grad is None:
+                grad, hess = np.array(g, dtype=np.float64), np.array(h, dtype=np.float64)
+            else:
+                grad += g
+                hess += h
+        assert grad is not None and hess is not None  # a batch has at least one piece
+        return loss, rows, weight, grad, hess
+
+    newton = bool(spec.get("hessian"))
+    fit_intercept = bool(spec.get("fit_intercept", True))
+    if newton:
+        from daskgd.kernels import grad_hess
 
     if reply.get("initial") is not None and reply["status"] != "stopped":
         # before any step: the loss and gradient at the job's starting parameters and the
@@ -226,7 +261,13 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     while reply["status"] != "stopped":
         epoch, b = divmod(position, nb)
         t0 = clock()
-        loss, rows, weight, grad, class_loss = gradient(batches.pieces(epoch, b), params)
+        hess: np.ndarray | None = None
+        grad: np.ndarray | None
+        if newton:
+            loss, rows, weight, grad, hess = gradient_hessian(batches.pieces(epoch, b), params)
+            class_loss = None
+        else:
+            loss, rows, weight, grad, class_loss = gradient(batches.pieces(epoch, b), params)
         if pause:
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
@@ -240,6 +281,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
             loss=loss,
             worker=address,
             class_loss=class_loss if ovr else None,
+            hess=hess,
         )
         pushes += 1
         seconds["kernel"] += t1 - t0

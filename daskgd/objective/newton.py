@@ -1,0 +1,474 @@
+"""Newton's method driven one evaluation (loss, gradient and Hessian) at a time.
+
+The parameter server cannot call the objective: each synchronous round of the workers
+evaluates, in one pass over their rows, the loss, its gradient and its Hessian
+``A^T diag(s * l'') A`` at the published parameters, and the server sums them.
+:class:`Newton` is a state machine like :class:`~daskgd.objective.lbfgs.LBFGS`:
+:meth:`Newton.tell` takes the mean loss, gradient and Hessian at the point it proposed
+last and returns the next point to evaluate. Every trial point of the line search costs
+one round, as for L-BFGS.
+
+The objective is the mean loss plus ``alpha * ((1 - l1_ratio)/2 ||w||^2 + l1_ratio ||w||_1)``
+(the intercept, the last parameter, is not penalised; without ``fit_intercept`` it stays
+where it is). Each step solves the quadratic model of the smooth part:
+
+- without L1: ``(H + l2) p = -g`` by Cholesky on the Jacobi-scaled matrix. A singular
+  Hessian (a duplicated or constant column, more columns than rows, a loss with zero
+  curvature on part of the rows) gets the minimum-norm step (an eigendecomposition, the
+  directions below 1e-10 of the largest left out, as a least-squares solver does); an
+  indefinite one gets Levenberg damping ``mu * max(diag(H)) * I``, grown until the
+  factorisation holds with pivots above rounding level;
+  when no damping up to ``1e4`` helps, the step falls back to a diagonally scaled gradient
+  step (counted in :attr:`Newton.fallbacks`), never a silent failure;
+- with L1 (lasso, elastic net): the model plus the L1 term is minimised by cyclic coordinate
+  descent on the ``(d + 1) x (d + 1)`` matrix with an active set, as glum's IRLS-CD does:
+  exact zeros.
+
+An Armijo backtracking line search on the full objective (L1 included, with the model's
+first-order decrease ``g.p + l1 (||w + p||_1 - ||w||_1)`` as the slope) guarantees
+descent; a trial point with a non-finite loss is backed off from. On a quadratic objective
+(squared error) the full step is exact and always passes the test.
+
+This module is plain numpy (the scheduler imports it) and holds the crossover
+:data:`NEWTON_MAX_FEATURES` and the rule of ``optimizer="auto"``
+(:func:`choose_optimizer`). The Hessian is summed and solved in one place, where the
+parameters live: a model split across several servers would keep the solve with the
+summed blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daskgd.objective.quadratic import coordinate_descent
+from daskgd.objective.regularizers import soft_threshold
+
+__all__ = ["NEWTON_MAX_FEATURES", "Newton", "choose_optimizer"]
+
+#: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``).
+#: A Newton pass costs ``d^2`` work a row on the workers (and a ``d^3`` solve, ``8 d^2`` bytes
+#: a worker sends per round), an L-BFGS pass ``d``: measured with
+#: ``bench/newton_crossover.py`` (200,000 rows, 2 workers; bench/results/newton_crossover*.md),
+#: a Newton pass costs 7.5x an L-BFGS pass at d=200, 22x at d=400 and 33x at d=800. Newton
+#: takes 7 passes on an ill-conditioned logistic problem where L-BFGS needs 1,700 to over
+#: 2,000: Newton is 9x (d=800) to 50x (d=100) faster there; on well-conditioned data L-BFGS
+#: takes 13 to 19 passes and Newton is 1.7x (d=50), 4x (d=200), 10x (d=400) and 13x (d=800)
+#: slower. 512 is where the two factors meet (about 10x either way): below it the gain on
+#: ill-conditioned data outweighs the loss on well-conditioned data.
+NEWTON_MAX_FEATURES = 512
+
+#: Levenberg damping factors tried in turn (relative to the Hessian's largest diagonal).
+_DAMPING = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4)
+#: A squared Cholesky pivot, or an eigenvalue, of the scaled matrix (unit diagonal) below
+#: this (relative to the largest eigenvalue) is singular: rounding would be amplified by
+#: more than 1e10 along it.
+_PIVOT = 1e-10
+
+
+def choose_optimizer(
+    n_params: int,
+    smooth: bool,
+    full_batch_sync: bool,
+    multinomial: bool,
+    *,
+    twice_differentiable: bool = True,
+) -> str:
+    """The optimizer ``optimizer="auto"`` stands for.
+
+    Parameters
+    ----------
+    n_params : int
+        Parameters of one coefficient vector, ``d + 1`` (the intercept included).
+    smooth : bool
+        Whether the objective is differentiable (no L1 penalty, a differentiable loss).
+    full_batch_sync : bool
+        Sync mode with full batches (no ``batch_size``, no ``sync_quorum``).
+    multinomial : bool
+        Whether the parameters are a matrix (multinomial or one-vs-rest).
+    twice_differentiable : bool, default=True
+        Whether the loss has a second derivative (``hinge`` has none).
+
+    Returns
+    -------
+    str
+        ``"newton"`` for a 1-D, full-batch sync fit with ``n_params <=``
+        :data:`NEWTON_MAX_FEATURES` (L1 included: coordinate descent inside each step),
+        else ``"lbfgs"`` for a smooth full-batch sync fit, else ``"sgd"``.
+
+    Examples
+    --------
+    >>> choose_optimizer(101, True, True, False)
+    'newton'
+    >>> choose_optimizer(100_001, True, True, False)
+    'lbfgs'
+    >>> choose_optimizer(101, True, False, False)
+    'sgd'
+    """
+    if (
+        full_batch_sync
+        and not multinomial
+        and twice_differentiable
+        and int(n_params) <= NEWTON_MAX_FEATURES
+    ):
+        return "newton"
+    if smooth and full_batch_sync:
+        return "lbfgs"
+    return "sgd"
+
+
+@dataclass
+class Newton:
+    """Newton's method with damping and an Armijo line search, one evaluation per call.
+
+    Parameters
+    ----------
+    l2 : float, default=0.0
+        Coefficient of ``||w||^2 / 2`` (``alpha * (1 - l1_ratio)``).
+    l1 : float, default=0.0
+        Coefficient of ``||w||_1`` (``alpha * l1_ratio``).
+    fit_intercept : bool, default=True
+        When False, the last parameter (the intercept) is not moved.
+    c1 : float, default=1e-4
+        Sufficient-decrease constant of the Armijo condition.
+    max_backtracks : int, default=30
+        Backtracking steps along one direction; then the direction becomes a scaled
+        (proximal) gradient step, and after that the search restarts from the last
+        accepted point.
+
+    Attributes
+    ----------
+    iterations : int
+        Accepted steps.
+    decrement : float or None
+        After :meth:`tell`: when the point told was accepted, the decrease of the
+        objective the quadratic model predicts from there (zero at the optimum), else None.
+    damping : float
+        The Levenberg factor of the last direction (0: none; an indefinite Hessian).
+    singular : bool
+        Whether the last direction was the minimum-norm step of a singular Hessian.
+    model_gradient : ndarray or None
+        After a plain Newton step (no L1, damping or fallback): the gradient of the
+        quadratic model at the point proposed, ``g + H p`` (the objective's own gradient
+        there when the objective is quadratic: squared error).
+    fallbacks : int
+        Directions that fell back to a gradient step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.array([[2.0, 0.5], [0.5, 1.0]]); b = np.array([1.0, -1.0])
+    >>> opt = Newton()
+    >>> x = np.zeros(2)
+    >>> for _ in range(3):
+    ...     x = opt.tell(x, 0.5 * x @ A @ x - b @ x, A @ x - b, A)
+    >>> bool(np.allclose(A @ x, b))
+    True
+    """
+
+    l2: float = 0.0
+    l1: float = 0.0
+    fit_intercept: bool = True
+    c1: float = 1e-4
+    max_backtracks: int = 30
+    _x: np.ndarray | None = field(default=None, repr=False)  # last accepted point
+    _f: float = field(default=np.inf, repr=False)  # the full objective there
+    _g: np.ndarray | None = field(default=None, repr=False)  # smooth part's gradient there
+    _hdiag: np.ndarray | None = field(default=None, repr=False)  # its Hessian's diagonal
+    _p: np.ndarray | None = field(default=None, repr=False)  # search direction
+    _slope: float = field(default=0.0, repr=False)  # first-order decrease along _p (< 0)
+    _t: float = field(default=1.0, repr=False)
+    _backtracks: int = field(default=0, repr=False)
+    _gradient: bool = field(default=False, repr=False)  # _p is a gradient step
+    iterations: int = 0
+    decrement: float | None = None
+    damping: float = 0.0
+    singular: bool = False
+    fallbacks: int = 0
+    model_gradient: np.ndarray | None = field(default=None, repr=False)
+
+    # -- the objective's pieces -----------------------------------------------------------
+    def objective(self, x: np.ndarray, loss: float) -> float:
+        """The full objective from the mean loss ``loss`` at ``x``."""
+        w = x[:-1]
+        return float(loss + 0.5 * self.l2 * float(w @ w) + self.l1 * float(np.abs(w).sum()))
+
+    def _smooth(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        g = np.array(g, dtype=np.float64)
+        g[:-1] += self.l2 * x[:-1]
+        if not self.fit_intercept:
+            g[-1] = 0.0
+        return g
+
+    def optimality(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The minimum-norm subgradient of the objective at ``x`` (``g``: the smooth
+        part's gradient, L2 included): zero exactly at the optimum."""
+        out = g.copy()
+        if self.l1:
+            w, gw = x[:-1], g[:-1]
+            nz = w != 0
+            out[:-1] = np.where(nz, gw + self.l1 * np.sign(w), soft_threshold(gw, self.l1))
+        if not self.fit_intercept:
+            out[-1] = 0.0
+        return out
+
+    # -- the state machine -----------------------------------------------------------------
+    def tell(self, x: np.ndarray, f: float, g: np.ndarray, H: np.ndarray) -> np.ndarray:
+        """Take the mean loss ``f``, its gradient ``g`` and Hessian ``H`` at ``x``; return
+        the next point to evaluate.
+
+        ``x`` must be the point this method returned last (or the starting point on the
+        first call); ``f``, ``g`` and ``H`` are the data term only (the penalty is added
+        here). A non-finite ``f`` at a trial point backs off along the line (``g`` and
+        ``H`` are not used then). The returned array is new.
+
+        Raises
+        ------
+        ValueError
+            On a non-finite loss, gradient or Hessian at the starting point (there is no
+            point to back off to).
+        """
+        x = np.array(x, dtype=np.float64)
+        n = x.size
+        finite = bool(np.isfinite(f)) and bool(np.all(np.isfinite(g)))
+        finite = finite and bool(np.all(np.isfinite(H)))
+        self.decrement = None
+        if self._x is None or self._p is None:
+            if not finite:
+                raise ValueError("Newton: non-finite loss, gradient or Hessian at the start")
+            return self._accept(x, f, g, H)
+        F = self.objective(x, f) if finite else np.inf
+        if finite and (
+            F <= self._f + self.c1 * self._t * self._slope or self._rounding_level(x, F, g)
+        ):
+            self.iterations += 1
+            return self._accept(x, f, g, H)
+        self._backtracks += 1
+        if self._backtracks > self.max_backtracks:
+            # the line search failed along this direction: a gradient step from the last
+            # accepted point, then (that failing too) start over from there
+            x_k, g_k = self._x, self._g
+            assert g_k is not None and self._hdiag is not None
+            self._backtracks = 0
+            if not self._gradient:
+                self._gradient = True
+                self.fallbacks += 1
+                self._p, self._slope = self._gradient_step(x_k, g_k, self._hdiag)
+                self._t = 1.0
+                return x_k + self._p
+            # give up on this point's directions: propose it again (a zero step passes
+            # the Armijo test), so the next call accepts it afresh
+            self._gradient = False
+            self._p, self._slope, self._t = np.zeros(n), 0.0, 1.0
+            return x_k.copy()
+        t = self._t
+        if np.isfinite(F):
+            denom = 2.0 * (F - self._f - self._slope * t)
+            t_new = -self._slope * t * t / denom if denom > 0 else 0.5 * t
+        else:
+            t_new = 0.1 * t
+        self._t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
+        assert self._x is not None and n == self._x.size
+        return self._x + self._t * self._p
+
+    def _rounding_level(self, x: np.ndarray, F: float, g: np.ndarray) -> bool:
+        # Near the optimum the objective changes by less than its own rounding error and
+        # the Armijo test cannot tell a good step from a bad one (see LBFGS): a step is
+        # accepted there when the optimality measure decreases.
+        assert self._x is not None and self._g is not None
+        eps = 16 * np.finfo(np.float64).eps * max(abs(self._f), 1e-300)
+        if abs(F - self._f) > eps:
+            return False
+        now = np.abs(self.optimality(x, self._smooth(x, g))).sum()
+        before = np.abs(self.optimality(self._x, self._g)).sum()
+        return bool(now < before)
+
+    def _accept(self, x: np.ndarray, f: float, g: np.ndarray, H: np.ndarray) -> np.ndarray:
+        gs = self._smooth(x, g)
+        Hs = np.array(H, dtype=np.float64)
+        n = x.size
+        Hs[np.arange(n - 1), np.arange(n - 1)] += self.l2
+        self._x, self._f, self._g = x, self.objective(x, f), gs
+        self._hdiag = np.diag(Hs).copy()
+        self._backtracks, self._t, self._gradient = 0, 1.0, False
+        p, slope, model = self._direction(x, gs, Hs)
+        self._p, self._slope = p, slope
+        self.decrement = max(0.0, -model)
+        # a plain Newton step (no L1, no damping, no fallback): the model's gradient at
+        # the new point, which is the objective's own when the objective is quadratic
+        plain = not (self.l1 or self.damping or self.singular or self._gradient)
+        self.model_gradient = None
+        if plain and np.any(p):
+            gm = gs + Hs @ p
+            gm[len(self._free(n)) :] = 0.0
+            self.model_gradient = gm
+        return x + p
+
+    # -- directions -------------------------------------------------------------------------
+    def _free(self, n: int) -> np.ndarray:
+        return np.arange(n if self.fit_intercept else n - 1)
+
+    def _l1_change(self, x: np.ndarray, p: np.ndarray) -> float:
+        if not self.l1:
+            return 0.0
+        return self.l1 * float(np.abs(x[:-1] + p[:-1]).sum() - np.abs(x[:-1]).sum())
+
+    def _direction(self, x: np.ndarray, g: np.ndarray, H: np.ndarray) -> tuple:
+        """The step, its first-order decrease (the line search's slope) and the model's
+        change ``g.p + p^T H p / 2 + l1 change`` (minus the Newton decrement)."""
+        n = x.size
+        idx = self._free(n)
+        p = np.zeros(n)
+        if idx.size == 0:
+            return p, 0.0, 0.0
+        A = H[np.ix_(idx, idx)]
+        b = g[idx]
+        diag = np.diag(A).copy()
+        top = float(diag.max())
+        floor = 1e-12 * top if top > 0 else 1.0
+        scale = np.maximum(diag, floor)
+        if self.l1:
+            pen = idx < n - 1
+            p[idx] = coordinate_descent(x[idx], b, A, scale, np.where(pen, self.l1, 0.0))
+            self.damping = 0.0
+        else:
+            step = self._cholesky_step(A, b, scale)
+            if step is None:
+                self.fallbacks += 1
+                self._gradient = True
+                step = -b / scale
+            p[idx] = step
+        slope = float(g @ p) + self._l1_change(x, p)
+        if not slope < 0:
+            if np.any(self.optimality(x, g)) and not self._gradient:
+                # not a descent direction although x is not optimal (rounding in a nearly
+                # singular solve): fall back to a scaled gradient step
+                self.fallbacks += 1
+                self._gradient = True
+                p, slope = self._gradient_step(x, g, np.diag(H).copy())
+            if not slope < 0:
+                return np.zeros(n), 0.0, 0.0  # stationary: the model has no descent
+        model = slope + 0.5 * float(p[idx] @ (A @ p[idx]))
+        return p, slope, model
+
+    def _cholesky_step(self, A: np.ndarray, b: np.ndarray, scale: np.ndarray):
+        # factorised on the Jacobi-scaled matrix: unit diagonal, so the tests are scale-free
+        s = 1.0 / np.sqrt(scale)
+        S = A * s[:, None] * s[None, :]
+        rhs = -b * s
+        self.singular = False
+        try:
+            L = np.linalg.cholesky(S)
+            if float(np.min(np.diag(L))) ** 2 >= _PIVOT:
+                self.damping = 0.0
+                return np.linalg.solve(L.T, np.linalg.solve(L, rhs)) * s
+        except np.linalg.LinAlgError:
+            pass
+        lam, V = np.linalg.eigh(S)
+        top = float(lam.max())
+        if top > 0 and float(lam.min()) >= -_PIVOT * top:
+            # positive semi-definite and singular to rounding (duplicated or constant
+            # columns, more columns than rows): the minimum-norm step, the directions the
+            # data do not determine left out (as a least-squares solver does), so rounding
+            # is not amplified into them
+            keep = lam > _PIVOT * top
+            self.damping, self.singular = 0.0, True
+            return (V[:, keep] @ ((V[:, keep].T @ rhs) / lam[keep])) * s
+        # indefinite: Levenberg damping, grown until the factorisation holds
+        ridge = np.diag(float(scale.max()) / scale)
+        for mu in _DAMPING[1:]:
+            try:
+                L = np.linalg.cholesky(S + mu * ridge)
+            except np.linalg.LinAlgError:
+                continue
+            if float(np.min(np.diag(L))) ** 2 < _PIVOT and mu < _DAMPING[-1]:
+                continue
+            z = np.linalg.solve(L.T, np.linalg.solve(L, rhs))
+            if not np.all(np.isfinite(z)):
+                continue
+            self.damping = mu
+            return z * s
+        return None
+
+    def _gradient_step(self, x: np.ndarray, g: np.ndarray, hdiag: np.ndarray) -> tuple:
+        """A proximal gradient step scaled by the Hessian's diagonal, and its slope."""
+        n = x.size
+        idx = self._free(n)
+        p = np.zeros(n)
+        d = hdiag[idx]
+        top = float(d.max()) if d.size else 0.0
+        scale = np.maximum(d, 1e-12 * top if top > 0 else 1.0)
+        z = x[idx] - g[idx] / scale
+        if self.l1:
+            pen = idx < n - 1
+            z[pen] = soft_threshold(z[pen], self.l1 / scale[pen])
+        p[idx] = z - x[idx]
+        return p, float(g @ p) + self._l1_change(x, p)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The state as plain arrays and numbers (for checkpoints)."""
+        return {
+            "x": self._x,
+            "f": self._f,
+            "g": self._g,
+            "hdiag": self._hdiag,
+            "p": self._p,
+            "slope": self._slope,
+            "t": self._t,
+            "backtracks": self._backtracks,
+            "gradient": float(self._gradient),
+            "iterations": self.iterations,
+            "fallbacks": self.fallbacks,
+        }
+
+    def load_state(self, state: dict, n: int) -> None:
+        """Restore what :meth:`state` returned (arrays may come back as 0-d arrays).
+
+        Raises
+        ------
+        ValueError
+            When the arrays do not fit ``n`` parameters.
+        """
+
+        def vec(key: str) -> np.ndarray | None:
+            if state.get(key) is None:
+                return None
+            v = np.asarray(state[key], dtype=np.float64).ravel()
+            if v.shape != (n,):
+                raise ValueError(f"Newton state {key!r} has {v.size} numbers; expected {n}")
+            return v.copy()
+
+        self._x, self._g, self._hdiag, self._p = vec("x"), vec("g"), vec("hdiag"), vec("p")
+        if (self._x is None) != (self._p is None):
+            raise ValueError("Newton state: x and p must be both present or both absent")
+        self._f = float(state.get("f", np.inf))
+        self._slope = float(state.get("slope", 0.0))
+        self._t = float(state.get("t", 1.0))
+        self._backtracks = int(state.get("backtracks", 0))
+        self._gradient = bool(float(state.get("gradient", 0.0)))
+        self.iterations = int(state.get("iterations", 0))
+        self.fallbacks = int(state.get("fallbacks", 0))
+
+    def pending(self) -> np.ndarray | None:
+        """The point the last :meth:`tell` returned (to evaluate next), or None before any:
+        what a fit resumed from this state evaluates first."""
+        if self._x is None or self._p is None:
+            return None
+        return self._x + self._t * self._p
+
+    def best(self) -> np.ndarray | None:
+        """The last accepted point (the lowest objective seen), or None before any."""
+        return None if self._x is None else self._x.copy()
+
+    def final(self) -> np.ndarray | None:
+        """What a fit stopped short of convergence returns: right after a point was
+        accepted, the step the model proposes from it (as every rule returns its last
+        step); during a backtrack, the last accepted point, never a rejected trial point.
+        None before any call."""
+        if self._x is None:
+            return None
+        if self.decrement is not None:
+            return self.pending()
+        return self.best()
