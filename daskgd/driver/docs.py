@@ -59,6 +59,9 @@ FIT_PARAMETERS = """
     fit_intercept : bool, default=True
     epsilon : float, default=0.1
         Huber loss width.
+    power : float, default=1.5
+        The Tweedie power of ``loss="tweedie"`` (in (1, 2): compound Poisson-Gamma;
+        >= 2 needs positive targets).
     n_classes : int, optional
         With ``loss="log_loss"`` and ``n_classes > 2``: the multinomial loss, ``y``
         holding class indices.
@@ -88,6 +91,10 @@ FIT_PARAMETERS = """
         Seeds the mini-batch order.
     validate : bool, default=True
         Scan the data for non-finite values first.
+    offset : array-like or dask array, optional
+        ``(n_samples,)`` per-row offsets added to the margin ``x @ w + b`` (for the
+        log-link losses, ``log(exposure)``), aligned with ``y``; they replace the offsets
+        a Dataset or Zarr group holds (its ``offset`` array).
     progress : bool, default=False
         Show a progress bar (needs tqdm).
     poll_interval : float, default=0.05

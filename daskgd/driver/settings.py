@@ -73,6 +73,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "l1_ratio": (Real(0.0, 1.0),),
     "fit_intercept": _BOOL,
     "epsilon": (Real(0.0),),
+    "power": (Real(),),  # the Tweedie power (loss="tweedie"); the loss checks its range
     "n_classes": (NONE, Integer(2)),
     "coef_init": (ANY,),
     "intercept_init": (ANY,),
@@ -150,6 +151,7 @@ class FitSettings:
     l1_ratio: float = 0.0
     fit_intercept: bool = True
     epsilon: float = 0.1
+    power: float = 1.5
     n_classes: int | None = None
     coef_init: Any = None
     intercept_init: Any = None
@@ -311,6 +313,7 @@ class FitSettings:
             "classes": classes,
             "loss": self.loss,
             "epsilon": float(self.epsilon),
+            "power": float(self.power),
             "curvature": {"intercept": self.fit_intercept} if self.auto_lr else None,
             "batches_per_epoch": int(batches_per_epoch),
             "seed": self.seed,

@@ -177,7 +177,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         summed loss) at ``P`` over a batch's pieces."""
         loss, rows, weight, grad = 0.0, 0, 0.0, None
         class_loss = None
-        for Xp, yp, swp in pieces:
+        for Xp, yp, swp, offp in pieces:
             if ovr:
                 piece_grad, piece_losses = _one_vs_rest(Xp, yp, swp, P, spec)
                 loss += math.fsum(piece_losses)
@@ -191,7 +191,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
                 out = buffers[Xp.dtype] = np.empty(P.shape, dtype=Xp.dtype)
             piece_loss, _, _ = grad_loss(Xp, yp, P[:d], P[d], loss=spec["loss"],
                                          sample_weight=swp, out=out, epsilon=spec["epsilon"],
-                                         check_input=False)  # fmt: skip
+                                         check_input=False, offset=offp,
+                                         power=spec.get("power", 1.5))  # fmt: skip
             loss += piece_loss
             rows += len(yp)
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
