@@ -25,10 +25,13 @@ _LAZY = {
     "load_model": "daskgd.io",
     "save_model": "daskgd.io",
     "plot_history": "daskgd.plot",
+    "GammaRegressor": "daskgd.sklearn",
     "LinearRegression": "daskgd.sklearn",
     "LogisticRegression": "daskgd.sklearn",
+    "PoissonRegressor": "daskgd.sklearn",
     "SGDClassifier": "daskgd.sklearn",
     "SGDRegressor": "daskgd.sklearn",
+    "TweedieRegressor": "daskgd.sklearn",
 }
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them
@@ -38,7 +41,15 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
     from daskgd.history import history_from_json, history_to_dict, history_to_json
     from daskgd.io import load_model, save_model
     from daskgd.plot import plot_history
-    from daskgd.sklearn import LinearRegression, LogisticRegression, SGDClassifier, SGDRegressor
+    from daskgd.sklearn import (
+        GammaRegressor,
+        LinearRegression,
+        LogisticRegression,
+        PoissonRegressor,
+        SGDClassifier,
+        SGDRegressor,
+        TweedieRegressor,
+    )
 
 
 #: the parts, loaded on first access too (``import daskgd; daskgd.data.open_zarr``)
@@ -70,10 +81,13 @@ __all__ = [
     "Dataset",
     "FitResult",
     "FitSettings",
+    "GammaRegressor",
     "LinearRegression",
     "LogisticRegression",
+    "PoissonRegressor",
     "SGDClassifier",
     "SGDRegressor",
+    "TweedieRegressor",
     "__version__",
     "as_dataset",
     "fit",

@@ -45,6 +45,10 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
     def _check_y(self, y: np.ndarray) -> None:
         """Refuse targets outside the loss's domain (in-memory input; the GLMs')."""
 
+    def _start_intercept(self, data: Any, client: Any) -> float | None:
+        """The intercept a fresh fit starts from (None: 0; the GLMs' differs)."""
+        return None
+
     def _fit(self, X: Any, y: Any, sample_weight: Any, *, partial: bool, offset: Any = None) -> Any:
         self._check_params()
         loss, alpha, l1_ratio, extra = self._objective()
@@ -84,7 +88,9 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
                 max_iter=1 if partial else self.max_iter,
                 tol=None if partial else self.tol,
                 coef_init=np.asarray(self.coef_, dtype=np.float64) if warm else None,
-                intercept_init=float(self.intercept_[0]) if warm else None,
+                intercept_init=float(self.intercept_[0])
+                if warm
+                else self._start_intercept(data, client),
                 desc=type(self).__name__,
                 partial=partial,
                 **extra,
