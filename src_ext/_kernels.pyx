@@ -2,3 +2,5 @@
 """daskgd loss/gradient kernels: portable build (baseline instruction set)."""
 
 include "_kernels_impl.pxi"
+
+include "_kernels_hessian.pxi"

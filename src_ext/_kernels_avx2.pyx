@@ -2,3 +2,5 @@
 """daskgd loss/gradient kernels: build for CPUs with AVX2 and FMA."""
 
 include "_kernels_impl.pxi"
+
+include "_kernels_hessian.pxi"

@@ -17,10 +17,18 @@
 # float32 inputs are widened as they are read, so the summed loss and gradient
 # of a float32 block are as accurate as the inputs allow.  The GIL is released
 # for the whole loop.  Validation lives in daskgd.kernels, not here.
+#
+# grad_hess adds the Hessian A^T diag(s l'') A (A = [X, 1]) in the same pass:
+# per block of HESS_ROWS rows (in cache) margins, l' and l'' and the gradient as
+# above, then the rows scaled by sqrt(|s l''|) are copied (widened to float64,
+# with the intercept's column of ones) to a scratch block that BLAS's dsyrk adds
+# to the upper triangle: a rank-k update at BLAS speed, not n rank-1 updates.
 
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from cython cimport floating
-from libc.math cimport exp, fabs, log, log1p
-from libc.stdlib cimport calloc, free
+from libc.math cimport exp, fabs, log, log1p, sqrt
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
 
 cdef extern from *:
     """
@@ -32,6 +40,12 @@ cdef extern from *:
     """
     void DASKGD_PREFETCH(const void* p) noexcept nogil
 
+# The weights' type, apart from the rows' (``floating``): grad_loss_linear takes
+# weights of X's dtype, grad_hess float64 weights whatever X's dtype.
+ctypedef fused wfloating:
+    float
+    double
+
 # Loss codes: must agree with the families in daskgd.objective.losses (Loss.code).
 cdef enum:
     SQUARED_ERROR = 0
@@ -39,6 +53,9 @@ cdef enum:
     LOG_LOSS = 2
     HINGE = 3
     SQUARED_HINGE = 4
+    POISSON = 5
+    GAMMA = 6
+    TWEEDIE = 7
 
 # Rows handled together by the linear kernel (see _dots_block).
 cdef enum:
@@ -46,13 +63,16 @@ cdef enum:
     # Rows ahead of the current block that are requested from memory early:
     # without it the loop waits on memory, then computes, instead of both.
     PF = 16
+    # Rows per block of grad_hess: the block's rows stay in cache from the margins
+    # to the copy into the scratch, and each dsyrk call gets a rank-HESS_ROWS update.
+    HESS_ROWS = 256
 
 # As scikit-learn's SGD: a derivative beyond this is clipped so that a huge
 # margin cannot overflow the gradient.
 cdef double MAX_DLOSS = 1e12
 
 
-cdef inline double _dot(const floating* x, const floating* w,
+cdef inline double _dot(const floating* x, const wfloating* w,
                         Py_ssize_t d) noexcept nogil:
     # Four accumulators break the dependency chain of the reduction.
     cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
@@ -84,11 +104,49 @@ cdef inline double _clip(double v) noexcept nogil:
     return v
 
 
+cdef inline double _times(double a, double f) noexcept nogil:
+    # a * f where a = 0 gives 0 even when f overflowed to infinity: the term of a
+    # zero target, or a bracket that underflowed to 0, is 0 (as in the reference).
+    if a == 0.0:
+        return 0.0
+    return a * f
+
+
+cdef inline int _resolve(int code, double power) noexcept nogil:
+    # Tweedie's general formula divides by 1 - power and 2 - power: at those
+    # powers the family is Poisson or Gamma, whose formulas the kernel uses.
+    if code == TWEEDIE:
+        if power == 1.0:
+            return POISSON
+        if power == 2.0:
+            return GAMMA
+    return code
+
+
+cdef inline void _tweedie_parts(double p, double power, double* f, double* e,
+                                bint* lead) noexcept nogil:
+    # exp((2-r) p) and exp((1-r) p) factored as f * (a bracket with e <= 1): for
+    # p >= 0 f = exp((2-r) p), e = exp(-p); else f = exp((1-r) p), e = exp(p).
+    # A term that overflows then makes f infinite times a finite bracket, never
+    # inf - inf (daskgd.objective.loglink.Tweedie is the same computation).
+    lead[0] = p >= 0.0
+    if lead[0]:
+        f[0] = exp((2.0 - power) * p)
+        e[0] = exp(-p)
+    else:
+        f[0] = exp((1.0 - power) * p)
+        e[0] = exp(p)
+
+
 cdef inline double _loss_and_derivative(int code, double p, double y,
-                                        double epsilon,
+                                        double epsilon, double power,
                                         double* dloss) noexcept nogil:
-    """Loss of margin ``p`` against target ``y``; its derivative in dloss."""
-    cdef double r, z, e
+    """Loss of margin ``p`` against target ``y``; its derivative in dloss.
+
+    ``code`` is resolved (_resolve): TWEEDIE here means a power other than 1, 2.
+    """
+    cdef double r, z, e, f
+    cdef bint lead
     if code == SQUARED_ERROR:
         r = p - y
         dloss[0] = _clip(r)
@@ -117,16 +175,58 @@ cdef inline double _loss_and_derivative(int code, double p, double y,
             return 1.0 - z
         dloss[0] = 0.0
         return 0.0
-    # SQUARED_HINGE
-    z = 1.0 - p * y
-    if z > 0:
-        dloss[0] = _clip(-2.0 * y * z)
-        return z * z
-    dloss[0] = 0.0
-    return 0.0
+    if code == SQUARED_HINGE:
+        z = 1.0 - p * y
+        if z > 0:
+            dloss[0] = _clip(-2.0 * y * z)
+            return z * z
+        dloss[0] = 0.0
+        return 0.0
+    if code == POISSON:
+        e = exp(p)
+        dloss[0] = _clip(e - y)
+        return e - y * p
+    if code == GAMMA:
+        e = _times(y, exp(-p))
+        dloss[0] = _clip(1.0 - e)
+        return p + e
+    # TWEEDIE, power not 1 or 2
+    _tweedie_parts(p, power, &f, &e, &lead)
+    if lead:
+        dloss[0] = _clip(_times(1.0 - y * e, f))
+        return _times(1.0 / (2.0 - power) - y * e / (1.0 - power), f)
+    dloss[0] = _clip(_times(e - y, f))
+    return _times(e / (2.0 - power) - y / (1.0 - power), f)
 
 
-cdef inline void _dots_block(const floating* x, const floating* w,
+cdef inline double _second_derivative(int code, double p, double y,
+                                      double epsilon, double power) noexcept nogil:
+    """The loss's second derivative in the margin (code resolved), clipped."""
+    cdef double e, f
+    cdef bint lead
+    if code == SQUARED_ERROR:
+        return 1.0
+    if code == HUBER:
+        return 1.0 if fabs(p - y) <= epsilon else 0.0
+    if code == LOG_LOSS:
+        # sigmoid(p) * (1 - sigmoid(p)) = e / (1 + e)**2 with e = exp(-|p|)
+        e = exp(-fabs(p))
+        return e / ((1.0 + e) * (1.0 + e))
+    if code == HINGE:
+        return 0.0
+    if code == SQUARED_HINGE:
+        return 2.0 if 1.0 - p * y > 0 else 0.0
+    if code == POISSON:
+        return _clip(exp(p))
+    if code == GAMMA:
+        return _clip(_times(y, exp(-p)))
+    _tweedie_parts(p, power, &f, &e, &lead)
+    if lead:
+        return _clip(_times((2.0 - power) - (1.0 - power) * y * e, f))
+    return _clip(_times((2.0 - power) * e - (1.0 - power) * y, f))
+
+
+cdef inline void _dots_block(const floating* x, const wfloating* w,
                              Py_ssize_t d, double b,
                              double* p) noexcept nogil:
     """Margins of ROWS consecutive rows starting at ``x``."""
@@ -194,10 +294,10 @@ cdef inline bint _any_nonzero(const double* a) noexcept nogil:
 
 
 cdef inline double _weighted_loss(int code, double p, double y, double epsilon,
-                                  const floating* swp, Py_ssize_t i,
+                                  double power, const floating* swp, Py_ssize_t i,
                                   double* dloss) noexcept nogil:
     """Loss of row i times its weight; the weighted derivative in dloss."""
-    cdef double loss = _loss_and_derivative(code, p, y, epsilon, dloss)
+    cdef double loss = _loss_and_derivative(code, p, y, epsilon, power, dloss)
     cdef double sw
     if swp == NULL:
         return loss
@@ -209,10 +309,12 @@ cdef inline double _weighted_loss(int code, double p, double y, double epsilon,
 def grad_loss_linear(const floating[:, ::1] X, const floating[::1] y,
                      const floating[::1] w, double b,
                      const floating[::1] sample_weight,
-                     floating[::1] out, int loss_code, double epsilon):
+                     floating[::1] out, int loss_code, double epsilon,
+                     const floating[::1] offset=None, double power=1.5):
     """Summed loss; gradient of w into ``out[:d]`` and of b into ``out[d]``.
 
-    ``sample_weight`` may be None.  Inputs are assumed validated.
+    ``sample_weight`` and ``offset`` (added to the margins) may be None;
+    ``power`` is the Tweedie power.  Inputs are assumed validated.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i, j, r
     cdef double loss_sum = 0.0, grad_b = 0.0
@@ -220,12 +322,16 @@ def grad_loss_linear(const floating[:, ::1] X, const floating[::1] y,
     cdef double dl[ROWS]
     cdef const floating* wp = &w[0] if d > 0 else NULL
     cdef const floating* swp = NULL
+    cdef const floating* offp = NULL
     cdef const floating* x0
     cdef double* acc = <double*>calloc(d + 1, sizeof(double))
     if acc == NULL:
         raise MemoryError()
     if sample_weight is not None and n > 0:
         swp = &sample_weight[0]
+    if offset is not None and n > 0:
+        offp = &offset[0]
+    loss_code = _resolve(loss_code, power)
     with nogil:
         i = 0
         # Blocks of ROWS rows: ROWS independent dot products share every
@@ -233,9 +339,12 @@ def grad_loss_linear(const floating[:, ::1] X, const floating[::1] y,
         while i + ROWS <= n:
             x0 = &X[i, 0] if d > 0 else NULL
             _dots_block(x0, wp, d, b, p)
+            if offp != NULL:
+                for r in range(ROWS):
+                    p[r] += offp[i + r]
             for r in range(ROWS):
                 loss_sum += _weighted_loss(loss_code, p[r], y[i + r], epsilon,
-                                           swp, i + r, &dl[r])
+                                           power, swp, i + r, &dl[r])
                 grad_b += dl[r]
             if _any_nonzero(dl):
                 _axpy_block(dl, x0, acc, d)
@@ -243,8 +352,10 @@ def grad_loss_linear(const floating[:, ::1] X, const floating[::1] y,
         while i < n:
             x0 = &X[i, 0] if d > 0 else NULL
             p[0] = _dot(x0, wp, d) + b
-            loss_sum += _weighted_loss(loss_code, p[0], y[i], epsilon, swp, i,
-                                       &dl[0])
+            if offp != NULL:
+                p[0] += offp[i]
+            loss_sum += _weighted_loss(loss_code, p[0], y[i], epsilon, power,
+                                       swp, i, &dl[0])
             grad_b += dl[0]
             if dl[0] != 0.0:
                 _axpy(dl[0], x0, acc, d)

@@ -16,6 +16,9 @@ from daskgd.objective import LOSSES, get_loss, link
 
 BUILDS = sorted(available_builds())
 BINARY = [name for name, loss in LOSSES.items() if loss.classification]
+#: the log-link families (their own tests: tests/test_kernels_hessian.py)
+LOG_LINK = ("poisson", "gamma", "tweedie")
+CLASSIC = sorted(set(LOSSES) - set(LOG_LINK))
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -23,6 +26,8 @@ RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 def _targets(rng, loss: str, n: int, scale: float = 1.0) -> np.ndarray:
     if loss in BINARY:
         return rng.choice([-1.0, 1.0], size=n)
+    if loss in LOG_LINK:  # positive amounts, whatever the family
+        return rng.gamma(2.0, scale=scale, size=n)
     return rng.normal(scale=scale, size=n)
 
 
@@ -90,7 +95,7 @@ def test_multinomial_matches_reference(build, dtype, weighted):
 @st.composite
 def blocks(draw):
     dtype = draw(st.sampled_from(DTYPES))
-    loss = draw(st.sampled_from(sorted(LOSSES)))
+    loss = draw(st.sampled_from(CLASSIC))
     n = draw(st.integers(1, 40))
     d = draw(st.sampled_from([1, 2, 3, 5, 8, 17, 64, 300]))
     seed = draw(st.integers(0, 2**32 - 1))
@@ -131,7 +136,7 @@ def test_hypothesis_random_blocks(case):
     assert abs(got[2] - want[2]) <= rtol * dloss.sum() + tiny
 
 
-@pytest.mark.parametrize("loss", sorted(LOSSES))
+@pytest.mark.parametrize("loss", CLASSIC)
 def test_huge_margins_stay_finite(loss):
     X = np.array([[1e200], [-1e200], [1e-300]])
     y = np.array([1.0, -1.0, 1.0]) if loss in BINARY else np.array([1e300, -1e300, 0.0])
@@ -234,7 +239,7 @@ def _progress_during(call, limit: int = 20_000) -> int:
 
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["linear", "multinomial"])
+@pytest.mark.parametrize("kind", ["linear", "multinomial", "hessian"])
 def test_kernels_release_the_gil(build, dtype, kind):
     """Another Python thread makes progress while a compiled kernel runs on a large block,
     and none while a C call that holds the GIL does (the comparison that shows the count
@@ -244,7 +249,7 @@ def test_kernels_release_the_gil(build, dtype, kind):
     may release the GIL itself and would let the counter run whatever the kernel does.
     """
     rng = np.random.default_rng(4)
-    n, d, k = (200_000, 50, 1) if kind == "linear" else (20_000, 50, 5)
+    n, d, k = (20_000, 50, 5) if kind == "multinomial" else (200_000, 50, 1)
     X = rng.normal(size=(n, d)).astype(dtype)
     y = (rng.integers(0, k, size=n) if kind == "multinomial" else rng.normal(size=n)).astype(dtype)
     kernels = available_builds()[build]
@@ -253,6 +258,14 @@ def test_kernels_release_the_gil(build, dtype, kind):
 
         def kernel():
             kernels.grad_loss_linear(X, y, w, 0.5, None, out, LOSSES["squared_error"].code, 0.1)
+
+    elif kind == "hessian":
+        w, out = rng.normal(size=d).astype(dtype), np.empty(d + 1)
+        hess, y64, w64 = np.empty((d + 1, d + 1)), y.astype(np.float64), w.astype(np.float64)
+
+        def kernel():
+            kernels.grad_hess(X, y64, w64, 0.5, None, None, out, hess,
+                              LOSSES["squared_error"].code, 0.1, 1.5, True)  # fmt: skip
 
     else:
         W, b = rng.normal(size=(d, k)).astype(dtype), np.zeros(k, dtype=dtype)
@@ -274,11 +287,12 @@ def test_kernels_release_the_gil(build, dtype, kind):
         if counts[-1] > 0:
             break
     assert counts[-1] > 0, counts
+    multi = kind == "multinomial"
+    want = grad_loss_reference(X, y, *((W, b) if multi else (w, 0.5)),
+                               loss="log_loss" if multi else "squared_error")[1]  # fmt: skip
     np.testing.assert_allclose(
-        out[:d], grad_loss_reference(X, y, *((w, 0.5) if kind == "linear" else (W, b)),
-                                     loss="squared_error" if kind == "linear" else "log_loss")[1],
-        rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10 * np.abs(out).max(),
-    )  # fmt: skip
+        out[:d], want, rtol=RTOL[dtype] * 10, atol=RTOL[dtype] * 10 * np.abs(out).max()
+    )
 
 
 def test_default_build_is_the_fastest_available():

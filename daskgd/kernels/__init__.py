@@ -2,16 +2,27 @@
 
 - :func:`grad_loss` (:mod:`~daskgd.kernels.dispatch`): the Python face of the compiled
   kernels in ``src_ext/``, which checks its inputs and dispatches by dtype.
+- :func:`grad_hess` (:mod:`~daskgd.kernels.hessian`): loss, gradient and Hessian
+  ``A^T diag(s l'') A`` of a block in one pass (Newton's method, Gram matrices).
 - :data:`KERNEL_BUILD` and :func:`available_builds` (:mod:`~daskgd.kernels.builds`): the
   baseline and AVX2+FMA builds, and which one is in use (``DASKGD_KERNELS=baseline``
   forces the portable one).
-- :func:`grad_loss_reference` (:mod:`~daskgd.kernels.reference`): the same computation
+- :func:`grad_loss_reference` and :func:`grad_hess_reference`
+  (:mod:`~daskgd.kernels.reference`): the same computations
   in plain numpy, the tests' oracle; each loss's definition is its family in
   :mod:`daskgd.objective.losses`.
 """
 
 from daskgd.kernels.builds import KERNEL_BUILD, available_builds
 from daskgd.kernels.dispatch import grad_loss
-from daskgd.kernels.reference import grad_loss_reference
+from daskgd.kernels.hessian import grad_hess
+from daskgd.kernels.reference import grad_hess_reference, grad_loss_reference
 
-__all__ = ["KERNEL_BUILD", "available_builds", "grad_loss", "grad_loss_reference"]
+__all__ = [
+    "KERNEL_BUILD",
+    "available_builds",
+    "grad_hess",
+    "grad_hess_reference",
+    "grad_loss",
+    "grad_loss_reference",
+]

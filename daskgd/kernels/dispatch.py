@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from daskgd.kernels.builds import KERNELS, available_builds
-from daskgd.objective import check_targets, get_loss
+from daskgd.objective import check_power, check_targets, get_loss
 
-__all__ = ["grad_loss"]
+__all__ = ["check_block", "check_offset", "grad_loss"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -33,7 +33,28 @@ def _as_vector(a, name: str, dtype: np.dtype, length: int) -> np.ndarray:
     return a
 
 
-def _check_block(X, y, w, b, loss: str, sample_weight, check_input: bool):
+def check_block(
+    X,
+    y,
+    w,
+    b,
+    loss: str,
+    sample_weight,
+    check_input: bool,
+    offset=None,
+    power: float = 1.5,
+    vector_dtype=None,
+):
+    """Check a block's arrays; return them converted, with the loss and the checked power.
+
+    ``X`` is never copied; ``y``, ``w``, ``b``, ``sample_weight`` and ``offset`` are
+    converted to ``vector_dtype`` (default: ``X``'s). See :func:`grad_loss` for the errors.
+
+    Returns
+    -------
+    tuple
+        ``(X, y, w, b, loss, sample_weight, multinomial, offset, power)``.
+    """
     if not isinstance(X, np.ndarray):
         raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
     if X.ndim != 2:
@@ -48,9 +69,12 @@ def _check_block(X, y, w, b, loss: str, sample_weight, check_input: bool):
             "X must be C-contiguous (row-major); convert it once with numpy.ascontiguousarray(X)"
         )
     n, d = X.shape
+    vdt = X.dtype if vector_dtype is None else np.dtype(vector_dtype)
     info = get_loss(loss)
-    y = _as_vector(y, "y", X.dtype, n)
-    w = np.ascontiguousarray(w, dtype=X.dtype)
+    if info.name == "tweedie":
+        power = check_power(power)
+    y = _as_vector(y, "y", vdt, n)
+    w = np.ascontiguousarray(w, dtype=vdt)
     multinomial = w.ndim == 2
     if w.ndim not in (1, 2) or w.shape[0] != d:
         raise ValueError(
@@ -59,16 +83,35 @@ def _check_block(X, y, w, b, loss: str, sample_weight, check_input: bool):
     if multinomial and info.name != "log_loss":
         raise ValueError(f"2-D weights (multinomial) need loss='log_loss', not {loss!r}")
     if multinomial:
-        b = _as_vector(np.broadcast_to(b, (w.shape[1],)), "b", X.dtype, w.shape[1])
+        b = _as_vector(np.broadcast_to(b, (w.shape[1],)), "b", vdt, w.shape[1])
     else:
         b = float(b)
     if sample_weight is not None:
-        sample_weight = _as_vector(sample_weight, "sample_weight", X.dtype, n)
+        sample_weight = _as_vector(sample_weight, "sample_weight", vdt, n)
+    if offset is not None:
+        offset = _as_vector(offset, "offset", vdt, n)
     if check_input:
-        check_targets(info, y, multinomial=multinomial, n_classes=w.shape[1] if multinomial else 0)
+        check_targets(
+            info,
+            y,
+            multinomial=multinomial,
+            n_classes=w.shape[1] if multinomial else 0,
+            power=power,
+        )
         if sample_weight is not None and np.any(sample_weight < 0):
             raise ValueError("sample_weight must be non-negative")
-    return X, y, w, b, info, sample_weight, multinomial
+        check_offset(offset)
+    return X, y, w, b, info, sample_weight, multinomial, offset, power
+
+
+def check_offset(offset) -> None:
+    """Raise ``ValueError`` when an offset holds NaN or infinity, naming the first row."""
+    if offset is not None and not np.all(np.isfinite(offset)):
+        first = int(np.flatnonzero(~np.isfinite(offset))[0])
+        raise ValueError(
+            f"offset must be finite; found {offset[first]!r} at row {first}. An exposure "
+            "is passed as offset=numpy.log(exposure), with every exposure positive."
+        )
 
 
 def grad_loss(
@@ -82,6 +125,8 @@ def grad_loss(
     out=None,
     epsilon: float = 0.1,
     check_input: bool = True,
+    offset=None,
+    power: float = 1.5,
     _build: str | None = None,
 ):
     """Summed loss and its gradient for a block of rows, in one pass over ``X``.
@@ -98,7 +143,8 @@ def grad_loss(
     b : float or array-like of shape (k,), default=0.0
         Intercept.
     loss : str, default="squared_error"
-        One of ``squared_error``, ``huber``, ``log_loss``, ``hinge``, ``squared_hinge``.
+        One of ``squared_error``, ``huber``, ``log_loss``, ``hinge``, ``squared_hinge``,
+        ``poisson``, ``gamma``, ``tweedie`` (:mod:`daskgd.objective.losses`).
     sample_weight : array-like of shape (n,), optional
         Non-negative weight of each row.
     out : ndarray of shape (d + 1,) or (d + 1, k), optional
@@ -107,13 +153,17 @@ def grad_loss(
     epsilon : float, default=0.1
         Width of the quadratic zone of the Huber loss.
     check_input : bool, default=True
-        Check the labels' domain and the weights' sign. Set it to False for blocks
-        that were validated once already (as the training loop does).
+        Check the labels' domain, the weights' sign and the offset's finiteness. Set it to
+        False for blocks that were validated once already (as the training loop does).
+    offset : array-like of shape (n,), optional
+        Added to each row's margin (``log(exposure)`` for a rate model); none by default.
+    power : float, default=1.5
+        The Tweedie power (``loss="tweedie"``; >= 1), ignored by the other losses.
 
     Returns
     -------
     loss_sum : float
-        ``sum_i sample_weight[i] * loss(x_i @ w + b, y_i)``.
+        ``sum_i sample_weight[i] * loss(x_i @ w + b + offset_i, y_i)``.
     grad_w : ndarray of shape (d,) or (d, k)
         Gradient of ``loss_sum`` with respect to ``w`` (a view of ``out``).
     grad_b : float or ndarray of shape (k,)
@@ -135,8 +185,8 @@ def grad_loss(
     >>> float(loss), g.tolist(), float(gb)
     (0.25, [-2.0, -3.0], -1.0)
     """
-    X, y, w, b, info, sample_weight, multinomial = _check_block(
-        X, y, w, b, loss, sample_weight, check_input
+    X, y, w, b, info, sample_weight, multinomial, offset, power = check_block(
+        X, y, w, b, loss, sample_weight, check_input, offset, power
     )
     d = X.shape[1]
     shape = (d + 1, w.shape[1]) if multinomial else (d + 1,)
@@ -152,9 +202,13 @@ def grad_loss(
         raise ValueError(f"out must be a writeable C-contiguous {X.dtype} array of shape {shape}")
     kernels = KERNELS if _build is None else available_builds()[_build]
     if multinomial:
+        if offset is not None:
+            raise ValueError("offset is not supported with 2-D weights (multinomial)")
         loss_sum = kernels.grad_loss_multinomial(X, y, w, b, sample_weight, out)
         return float(loss_sum), out[:d], out[d]
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    loss_sum = kernels.grad_loss_linear(X, y, w, b, sample_weight, out, info.code, float(epsilon))
+    loss_sum = kernels.grad_loss_linear(
+        X, y, w, b, sample_weight, out, info.code, float(epsilon), offset, float(power)
+    )
     return float(loss_sum), out[:d], float(out[d])

@@ -4,7 +4,9 @@ Plain numpy throughout: the scheduler imports this package (through the paramete
 and never needs the compiled kernels.
 
 Modules, lowest first: :mod:`~daskgd.objective.losses` (each loss with its kernel code,
-numpy reference, link, curvature bound and target checks),
+numpy reference, Hessian, link, curvature bound and target checks; the log-link GLM
+families in :mod:`~daskgd.objective.loglink`, their base in
+:mod:`~daskgd.objective.loss_base`),
 :mod:`~daskgd.objective.regularizers`, :mod:`~daskgd.objective.schedules`,
 :mod:`~daskgd.objective.lbfgs` (the L-BFGS state machine) and
 :mod:`~daskgd.objective.optimizers` (the update rules and their registry).
@@ -14,12 +16,16 @@ from daskgd.objective.lbfgs import LBFGS
 from daskgd.objective.losses import (
     LOSSES,
     MAX_DLOSS,
+    Gamma,
     Hinge,
     Huber,
     LogLoss,
     Loss,
+    Poisson,
     SquaredError,
     SquaredHinge,
+    Tweedie,
+    check_power,
     check_targets,
     curvature_bound,
     get_loss,
@@ -46,6 +52,7 @@ __all__ = [
     "SCHEDULES",
     "AdaGrad",
     "Adam",
+    "Gamma",
     "Hinge",
     "Huber",
     "LBFGSOptimizer",
@@ -54,10 +61,13 @@ __all__ = [
     "Momentum",
     "Nesterov",
     "Optimizer",
+    "Poisson",
     "Regularizer",
     "Schedule",
     "SquaredError",
     "SquaredHinge",
+    "Tweedie",
+    "check_power",
     "check_targets",
     "curvature_bound",
     "get_loss",

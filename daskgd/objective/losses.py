@@ -1,7 +1,9 @@
 """The losses daskgd can minimise, each one family: kernel code, reference, link, curvature.
 
-Every loss is a function of the margin ``p = x @ w + b`` and the target ``y``.
-The definitions follow scikit-learn's SGD losses; each :class:`Loss` below is the
+Every loss is a function of the margin ``p = x @ w + b (+ offset)`` and the target ``y``.
+The definitions follow scikit-learn's SGD losses and, for the three log-link families,
+scikit-learn's half deviances (``HalfPoissonLoss``, ``HalfGammaLoss``,
+``HalfTweedieLoss``) without their terms free of ``p``; each :class:`Loss` below is the
 executable definition (:meth:`Loss.reference`, in numpy) that the compiled kernels in
 ``src_ext/`` implement and that the tests compare them with:
 
@@ -16,7 +18,15 @@ name                 loss(p, y)                                 targets
 ``squared_hinge``    ``max(0, 1 - y p)**2``                     ``-1`` / ``+1``
 ``log_loss`` (2-D    ``logsumexp(p) - p[y]`` (softmax)          ``0 .. k-1``
 weights ``d x k``)
+``poisson``          ``exp(p) - y p``                           ``y >= 0``
+``gamma``            ``p + y exp(-p)``                          ``y > 0``
+``tweedie``          ``exp((2-r) p)/(2-r) - y exp((1-r) p)/(1-r)``  ``y >= 0``
+                     (``r = power >= 1``; ``r = 1``: poisson,   (``y > 0`` if
+                     ``r = 2``: gamma)                          ``r >= 2``)
 ===================  =========================================  ==============
+
+The log-link families predict ``mu = exp(p)`` (:meth:`Loss.link`). Each family also has
+:meth:`Loss.reference_hessian`, the second derivative in the margin (Newton's method).
 
 Everything here is plain numpy: the scheduler imports it (curvature bounds for the
 default step size) and must not need the compiled kernels.
@@ -28,98 +38,27 @@ from typing import ClassVar
 
 import numpy as np
 
+from daskgd.objective.loglink import GAMMA, POISSON, Gamma, Poisson, Tweedie, check_power
+from daskgd.objective.loss_base import MAX_DLOSS, Loss
+
 __all__ = [
     "LOSSES",
     "MAX_DLOSS",
+    "Gamma",
     "Hinge",
     "Huber",
     "LogLoss",
     "Loss",
+    "Poisson",
     "SquaredError",
     "SquaredHinge",
+    "Tweedie",
+    "check_power",
     "check_targets",
     "curvature_bound",
     "get_loss",
     "link",
 ]
-
-#: Largest absolute loss derivative, as in scikit-learn's SGD.
-MAX_DLOSS = 1e12
-
-
-class Loss:
-    """A loss known to the kernels, with everything that depends on which loss it is.
-
-    Attributes
-    ----------
-    name : str
-        The public name, as passed to ``loss=``.
-    code : int
-        The integer the compiled kernel dispatches on (``src_ext/_kernels_impl.pxi``).
-    classification : bool
-        True when targets are class labels (``-1``/``+1`` for binary losses).
-    curvature : float
-        A bound on the second derivative of the loss in the margin (for ``1 / L`` steps).
-    """
-
-    name: ClassVar[str]
-    code: ClassVar[int]
-    classification: ClassVar[bool] = False
-    curvature: ClassVar[float] = 1.0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-    def reference(
-        self, p: np.ndarray, y: np.ndarray, epsilon: float = 0.1
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row loss and its derivative in the margin, in numpy (the kernels' oracle).
-
-        Parameters
-        ----------
-        p : ndarray of shape (n,)
-            Margins.
-        y : ndarray of shape (n,)
-            Targets.
-        epsilon : float, default=0.1
-            Width of the Huber loss's quadratic zone (other losses ignore it).
-
-        Returns
-        -------
-        loss, dloss : ndarray of shape (n,)
-            Not clipped: the callers clip ``dloss`` to :data:`MAX_DLOSS`, as the kernels do.
-        """
-        raise NotImplementedError  # pragma: no cover - every loss below defines it
-
-    def link(self, margin: np.ndarray) -> np.ndarray:
-        """Map margins to predictions (identity unless the loss is a likelihood)."""
-        return margin
-
-    def check_targets(
-        self, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0, name: str = "y"
-    ) -> None:
-        """Raise ``ValueError`` when ``y`` lies outside the loss's domain.
-
-        Binary classification losses take ``-1``/``+1``; the multinomial loss takes class
-        indices ``0 .. n_classes - 1``; regression losses take any finite value.
-        """
-        if multinomial:
-            bad = (y < 0) | (y >= n_classes) | (y != np.floor(y))
-            if np.any(bad):
-                first = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"{name} must hold class indices 0..{n_classes - 1} for the multinomial "
-                    f"loss; found {y[first]!r} at position {first}. Encode labels first "
-                    "(e.g. numpy.unique(labels, return_inverse=True))."
-                )
-        elif self.classification:
-            bad = (y != 1) & (y != -1)
-            if np.any(bad):
-                first = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"{name} must hold -1/+1 labels for loss {self.name!r}; found "
-                    f"{y[first]!r} at position {first}. For 0/1 labels pass 2 * y - 1."
-                )
 
 
 class SquaredError(Loss):
@@ -128,9 +67,12 @@ class SquaredError(Loss):
     name = "squared_error"
     code = 0
 
-    def reference(self, p, y, epsilon=0.1):
+    def reference(self, p, y, epsilon=0.1, power=1.5):
         r = p - y
         return 0.5 * r * r, r
+
+    def reference_hessian(self, p, y, epsilon=0.1, power=1.5):
+        return np.ones(np.shape(p))
 
 
 class Huber(Loss):
@@ -139,11 +81,14 @@ class Huber(Loss):
     name = "huber"
     code = 1
 
-    def reference(self, p, y, epsilon=0.1):
+    def reference(self, p, y, epsilon=0.1, power=1.5):
         r = p - y
         inside = np.abs(r) <= epsilon
         loss = np.where(inside, 0.5 * r * r, epsilon * np.abs(r) - 0.5 * epsilon**2)
         return loss, np.clip(r, -epsilon, epsilon)
+
+    def reference_hessian(self, p, y, epsilon=0.1, power=1.5):
+        return (np.abs(p - y) <= epsilon).astype(np.float64)
 
 
 class LogLoss(Loss):
@@ -160,11 +105,15 @@ class LogLoss(Loss):
     #: :attr:`curvature` of the multinomial (softmax) form.
     curvature_multinomial: ClassVar[float] = 0.5
 
-    def reference(self, p, y, epsilon=0.1):
+    def reference(self, p, y, epsilon=0.1, power=1.5):
         z = p * y
         # log(1 + exp(-z)) = logaddexp(0, -z); derivative -y * sigmoid(-z)
         sig = np.exp(-np.logaddexp(0.0, z))
         return np.logaddexp(0.0, -z), -y * sig
+
+    def reference_hessian(self, p, y, epsilon=0.1, power=1.5):
+        # s (1 - s) with s = sigmoid(p) (y**2 = 1), from logs so that no exp overflows
+        return np.exp(-np.logaddexp(0.0, p) - np.logaddexp(0.0, -p))
 
     def reference_multinomial(
         self, P: np.ndarray, labels: np.ndarray
@@ -207,10 +156,13 @@ class Hinge(Loss):
     code = 3
     classification = True
 
-    def reference(self, p, y, epsilon=0.1):
+    def reference(self, p, y, epsilon=0.1, power=1.5):
         z = p * y
         active = z <= 1.0
         return np.where(active, 1.0 - z, 0.0), np.where(active, -y, 0.0)
+
+    def reference_hessian(self, p, y, epsilon=0.1, power=1.5):
+        return np.zeros(np.shape(p))
 
 
 class SquaredHinge(Loss):
@@ -221,13 +173,27 @@ class SquaredHinge(Loss):
     classification = True
     curvature = 2.0
 
-    def reference(self, p, y, epsilon=0.1):
+    def reference(self, p, y, epsilon=0.1, power=1.5):
         m = np.maximum(1.0 - p * y, 0.0)
         return m * m, -2.0 * y * m
 
+    def reference_hessian(self, p, y, epsilon=0.1, power=1.5):
+        # 2 y**2 where active; the kernel's active zone is 1 - p y > 0 (as its derivative)
+        return np.where(1.0 - p * y > 0.0, 2.0, 0.0)
+
 
 LOSSES: dict[str, Loss] = {
-    loss.name: loss for loss in (SquaredError(), Huber(), LogLoss(), Hinge(), SquaredHinge())
+    loss.name: loss
+    for loss in (
+        SquaredError(),
+        Huber(),
+        LogLoss(),
+        Hinge(),
+        SquaredHinge(),
+        POISSON,
+        GAMMA,
+        Tweedie(),
+    )
 }
 
 
@@ -252,13 +218,19 @@ def get_loss(name: str) -> Loss:
 
 
 def check_targets(
-    loss: Loss, y: np.ndarray, *, multinomial: bool = False, n_classes: int = 0, name: str = "y"
+    loss: Loss,
+    y: np.ndarray,
+    *,
+    multinomial: bool = False,
+    n_classes: int = 0,
+    name: str = "y",
+    power: float = 1.5,
 ) -> None:
     """Raise ``ValueError`` when ``y`` lies outside the domain of ``loss``.
 
     See :meth:`Loss.check_targets`.
     """
-    loss.check_targets(y, multinomial=multinomial, n_classes=n_classes, name=name)
+    loss.check_targets(y, multinomial=multinomial, n_classes=n_classes, name=name, power=power)
 
 
 def link(loss_name: str, margin: np.ndarray) -> np.ndarray:
@@ -278,7 +250,8 @@ def curvature_bound(loss_name: str, multinomial: bool = False) -> float:
     """A bound on the second derivative of the loss in the margin (for ``1 / L`` steps).
 
     ``squared_error`` and ``huber``: 1; ``log_loss``: 1/4 (binary) or 1/2 (multinomial);
-    ``squared_hinge``: 2; ``hinge``, which has no curvature, is given 1.
+    ``squared_hinge``: 2; ``hinge``, which has no curvature, is given 1, and so are the
+    log-link families, whose curvature has no bound.
 
     Examples
     --------
