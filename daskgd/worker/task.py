@@ -34,7 +34,13 @@ import numpy as np
 from distributed import get_worker, secede
 
 from daskgd._version import __version__
-from daskgd.errors import ParameterServerError, SupersededError, TrainingError, UnknownJobError
+from daskgd.errors import (
+    DataValidationError,
+    ParameterServerError,
+    SupersededError,
+    TrainingError,
+    UnknownJobError,
+)
 from daskgd.objective import check_targets, get_loss
 from daskgd.parameter_server import ParameterServerClient
 from daskgd.worker.batches import MEASURE_ROWS, InMemoryBatches, StreamingBatches, head
@@ -154,9 +160,13 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
                 )
             y = (idx if multinomial else 2 * idx - 1).astype(y.dtype if y.dtype.kind == "f"
                                                               else np.float64)  # fmt: skip
-        check_targets(loss_info, y, multinomial=multinomial,
-                      n_classes=params.shape[1] if multinomial else 0,
-                      name=f"y (rank {rank}{where})")  # fmt: skip
+        try:
+            check_targets(loss_info, y, multinomial=multinomial,
+                          n_classes=params.shape[1] if multinomial else 0,
+                          name=f"y (rank {rank}{where})",
+                          power=spec.get("power", 1.5))  # fmt: skip
+        except ValueError as exc:  # the data, not the training: raised as it is
+            raise DataValidationError(str(exc)) from None
         if sw is not None and np.any(sw < 0):
             raise ValueError(f"sample_weight of rank {rank}{where} has negative entries")
         return y
