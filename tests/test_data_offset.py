@@ -119,7 +119,7 @@ def test_misaligned_or_missing_offsets_are_refused(tmp_path, client):
     path = str(tmp_path / "gone.zarr")
     write_zarr(path, X, y, offset=off, chunk_rows=200)
     del zarr.open_group(path, mode="a", zarr_format=3)["offset"]
-    with pytest.raises(DataValidationError, match="no array 'offset'.*was deleted"):
+    with pytest.raises(DataValidationError, match=r"no array 'offset'.*was deleted"):
         open_zarr(path)
 
 

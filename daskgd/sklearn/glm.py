@@ -157,7 +157,16 @@ class _GLM(LinearRegressor):
 
     def _objective(self) -> tuple[str, float, float, dict[str, Any]]:
         loss, power, _ = self._family()
-        extra = {"power": power, "optimizer": solver_optimizer(self.solver, float(self.alpha))}
+        extra: dict[str, Any] = {
+            "power": power,
+            "optimizer": solver_optimizer(self.solver, float(self.alpha)),
+        }
+        if self.warm_start and hasattr(self, "coef_") and self.tol is not None:
+            # from a fitted model the gradient at the start is already small, so a tolerance
+            # relative to it asks for more than floating point gives: also stop on the
+            # absolute norm (scikit-learn's lbfgs tests max |g_j| <= tol; the objective is a
+            # weighted mean, so its gradient has the same scale for any data size)
+            extra["gtol"] = float(self.tol)
         return loss, float(self.alpha), 0.0, extra
 
     def _check_y(self, y: np.ndarray) -> None:
@@ -169,10 +178,10 @@ class _GLM(LinearRegressor):
         if np.any(bad):
             first = int(np.flatnonzero(bad)[0])
             need = "positive targets (y > 0)" if positive else "non-negative targets (y >= 0)"
+            fix = "Drop the rows with y <= 0 or use" if positive else "Use"
             raise ValueError(
                 f"{type(self).__name__} (power={power:g}) needs {need}; y[{first}] = "
-                f"{y[first]!r}. {'Drop the rows with y <= 0 or ' if positive else ''}"
-                "use a family whose targets include such values"
+                f"{float(y[first])!r}. {fix} a family whose targets include such values"
             )
         if self.fit_intercept and not np.any(y > 0):
             raise ValueError(
@@ -329,7 +338,8 @@ _DOC_PARAMS = """
         Stop, converged, when the gradient norm of the objective is at most ``tol``
         times its value at the start (None: run ``max_iter`` epochs).
     warm_start : bool, default False
-        Start from the previous fit's coefficients.
+        Start from the previous fit's coefficients; the fit then also stops when the
+        gradient norm is at most ``tol`` itself (it starts small there).
     verbose : int or "auto", default 0
         Progress bar: 0 never, 1 always, "auto" when stderr is a terminal.
     client : distributed.Client, str or None, default None
