@@ -164,6 +164,14 @@ def test_mini_batches_permute_the_offsets_with_their_rows(tmp_path, client):
         assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history])
 
 
+def test_multi_class_fits_refuse_offsets(client):
+    X, _, off = _data(n=300)
+    labels = np.arange(300) % 3
+    with pytest.raises(DataValidationError, match="n_classes=3 has one margin per class"):
+        fit((X, labels), offset=off, loss="log_loss", n_classes=3, optimizer="lbfgs",
+            max_epochs=3, client=client)  # fmt: skip
+
+
 def test_offsets_are_exported_where_the_readme_says():
     assert daskgd.write_zarr is write_zarr
     import inspect

@@ -235,3 +235,13 @@ def test_solvers_parameters_and_warm_start(client):
     again.fit(X, y)
     assert again.n_iter_ <= 3 and again.converged_
     np.testing.assert_allclose(again.coef_, first.coef_, rtol=0, atol=1e-7)
+
+
+def test_a_saved_glm_predicts_the_same(tmp_path, client):
+    X, y, _, off = _data("tweedie", offset=True)
+    est = TweedieRegressor(power=1.5, alpha=ALPHA, verbose=0).fit(X, y, offset=off)
+    for name in ("m.json", "m.zarr"):
+        daskgd.save_model(est, tmp_path / name)
+        back = daskgd.load_model(tmp_path / name)
+        assert isinstance(back, TweedieRegressor) and back.power == 1.5
+        np.testing.assert_array_equal(back.predict(X, offset=off), est.predict(X, offset=off))

@@ -38,6 +38,12 @@ def open_data(
         client=client,
         chunk_rows=chunk_rows_for(data, n_workers),
     )
+    if ds.offset is not None and s.n_columns is not None:
+        raise DataValidationError(
+            f"the data has offsets, which are added to the one margin of each row; a fit "
+            f"with n_classes={s.n_classes} has one margin per class and takes none. Fit "
+            "without offsets (a dataset without an 'offset' array)"
+        )
     check_classes(ds, s, client)
     return ds
 

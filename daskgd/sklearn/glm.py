@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, ClassVar
 
 import dask.array as da
@@ -249,7 +250,7 @@ class _GLM(LinearRegressor):
             off = offset_array(offset, X.shape[0])
             return eta if off is None else eta + off
         self._check_frame_names(X, reset=False)
-        if offset is None and isinstance(X, str | Dataset):
+        if offset is None and isinstance(X, str | os.PathLike | Dataset):
             ds = X if isinstance(X, Dataset) else as_dataset(X, validate=False)
             offset, X = ds.offset, ds.X
         Xd = lazy_features(X)
