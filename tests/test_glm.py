@@ -17,7 +17,7 @@ from sklearn.metrics import d2_tweedie_score, mean_tweedie_deviance
 import daskgd
 from daskgd import GammaRegressor, PoissonRegressor, TweedieRegressor, write_zarr
 from daskgd.errors import DataValidationError
-from daskgd.sklearn.glm import family_loss, solver_optimizer, unit_deviance
+from daskgd.sklearn.families import family_loss, solver_optimizer, unit_deviance
 from daskgd.sklearn.params import resolve_optimizer
 
 ALPHA = 0.01
@@ -107,10 +107,13 @@ def test_offsets_against_scipy(tmp_path, client, family):
     best = _objective(X, y, coef, b, power, w, off)
     path = str(tmp_path / "o.zarr")
     write_zarr(path, X, y, w, offset=off, chunk_rows=400)
-    for data in ((X, y), path):
+    Xd, yd, wd, od = (da.from_array(a, chunks=500) for a in (X, y, w, off))
+    for data in ((X, y), path, (Xd.rechunk((500, -1)), yd)):
         est = Est(alpha=ALPHA, **params, **TIGHT)
         if isinstance(data, str):
             est.fit(data)  # the stored offsets and weights
+        elif isinstance(data[0], da.Array):
+            est.fit(*data, sample_weight=wd, offset=od)
         else:
             est.fit(*data, sample_weight=w, offset=off)
         got = _objective(X, y, est.coef_, est.intercept_[0], power, w, off)

@@ -21,7 +21,8 @@ The modules
     :mod:`~daskgd.sklearn.params` (declared parameter constraints),
     :mod:`~daskgd.sklearn.inputs` (data intake), :mod:`~daskgd.sklearn.regression`,
     :mod:`~daskgd.sklearn.classification`, :mod:`~daskgd.sklearn.glm` (Poisson, Gamma and
-    Tweedie regression with offsets), :mod:`~daskgd.sklearn.labels`,
+    Tweedie regression with offsets; :mod:`~daskgd.sklearn.families`, their losses),
+    :mod:`~daskgd.sklearn.labels`,
     :mod:`~daskgd.sklearn.early_stopping`.
 """
 
