@@ -18,6 +18,12 @@ with BLAS pinned to one thread, times the squared-error gradient computed by
 Then the fused kernel on two blocks in two threads against the same two blocks one
 after the other, which shows that the kernel releases the GIL. Results go to
 ``bench/results/kernels.md`` and ``kernels.json``.
+
+The Hessian kernel (``grad_hess``, Poisson loss: loss, gradient and ``X^T diag(l'') X``
+with the intercept) on the same shapes, one thread, against numpy's two passes
+``p = X @ w; g = X.T @ (exp(p) - y); H = X.T @ (X * exp(p)[:, None])`` (in ``X``'s
+dtype, as numpy would do it), goes to ``bench/results/kernels_hessian.md`` and
+``kernels_hessian.json``. ``--part hessian`` (or ``gradient``) runs one part only.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 from _common import median_seconds, table, write_results
 from threadpoolctl import threadpool_limits
 
-from daskgd.kernels import KERNEL_BUILD, available_builds, grad_loss
+from daskgd.kernels import KERNEL_BUILD, available_builds, grad_hess, grad_loss
 
 TARGET_RATIO = 1.8
 TARGET_BANDWIDTH = 0.85
@@ -125,12 +131,87 @@ def measure(dtype, n: int, d: int, repeats: int) -> dict:
     }
 
 
+def numpy_grad_hess(X, y, w):
+    """Poisson loss, gradient and Hessian (with the intercept) the plain numpy way."""
+    p = X @ w
+    mu = np.exp(p)
+    loss = float(np.sum(mu - y * p))
+    g = X.T @ (mu - y)
+    H = X.T @ (X * mu[:, None])
+    Hb = X.T @ mu
+    return loss, g, float(np.sum(mu - y)), H, Hb, float(mu.sum())
+
+
+def measure_hessian(dtype, n: int, d: int, repeats: int) -> dict:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    w = (rng.standard_normal(d) * 0.3 / np.sqrt(d)).astype(dtype)
+    y = rng.poisson(np.exp(X @ w)).astype(dtype)
+    w64 = w.astype(np.float64)
+    times = {}
+    for build in sorted(available_builds()):
+        times[f"grad_hess ({build})"] = median_seconds(
+            lambda b=build: grad_hess(X, y, w64, loss="poisson", check_input=False, _build=b),
+            repeats,
+        )
+    times["numpy two-pass"] = median_seconds(lambda: numpy_grad_hess(X, y, w), repeats)
+    times["numpy X.T @ X alone (BLAS gemm)"] = median_seconds(lambda: X.T @ X, repeats)
+    fused = times[f"grad_hess ({KERNEL_BUILD})"]
+    # the kernel (float64 sums) against numpy in float64 whatever X's dtype
+    _, _, H = grad_hess(X, y, w64, loss="poisson")
+    X64 = X.astype(np.float64)
+    mu = np.exp(X64 @ w64)
+    H_ref = X64.T @ (X64 * mu[:, None])
+    return {
+        "dtype": np.dtype(dtype).name,
+        "n": n,
+        "d": d,
+        "bytes": X.nbytes,
+        "default_build": KERNEL_BUILD,
+        "seconds": times,
+        "speedup_vs_numpy_two_pass": times["numpy two-pass"] / fused,
+        "hessian_max_relative_error": float(np.abs(H[:d, :d] - H_ref).max() / np.abs(H_ref).max()),
+    }
+
+
+def hessian_markdown(results: list[dict], n: int, repeats: int) -> str:
+    md = ["# Hessian kernel: grad_hess vs numpy, one thread\n\n{header}"]
+    md.append(
+        f"Poisson loss, its gradient and Hessian (intercept included) of {n:,} x 100 in "
+        f"memory, BLAS pinned to one thread, median of {repeats} runs. numpy computes in "
+        "X's dtype (float32 gemm for float32); grad_hess always sums in float64 (float32 "
+        f"rows widened). Default build on this CPU: `{KERNEL_BUILD}`.\n\n"
+    )
+    for r in results:
+        base = r["seconds"]["numpy two-pass"]
+        rows = [[k, f"{t * 1e3:.1f}", f"{base / t:.2f}"] for k, t in r["seconds"].items()]
+        md.append(f"## {r['dtype']} ({r['bytes'] / 1e6:.0f} MB)\n\n")
+        md.append(table(rows, ["method", "ms", "speed-up vs numpy two-pass"]))
+        md.append(
+            f"\ngrad_hess (`{KERNEL_BUILD}`) vs numpy two-pass: "
+            f"**{r['speedup_vs_numpy_two_pass']:.2f}x**; largest Hessian difference from "
+            f"a float64 numpy computation: {r['hessian_max_relative_error']:.1e} of its "
+            "largest entry.\n\n"
+        )
+    return "".join(md)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 rows instead of 1,000,000")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--part", choices=("all", "gradient", "hessian"), default="all")
     args = parser.parse_args()
     n = 200_000 if args.quick else 1_000_000
+    if args.part in ("all", "hessian"):
+        # grad_hess loads scipy's BLAS at its first call: load it now, so that the limit
+        # below (which applies to the libraries loaded when it is set) pins it too
+        grad_hess(np.ones((1, 1)), np.ones(1), np.zeros(1))
+        with threadpool_limits(limits=1):
+            hess = [measure_hessian(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
+        write_results("kernels_hessian", {"results": hess}, hessian_markdown(hess, n, args.repeats))
+    if args.part == "hessian":
+        return
     with threadpool_limits(limits=1):
         results = [measure(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
 

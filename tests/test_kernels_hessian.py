@@ -7,6 +7,9 @@ scikit-learn's half deviances (same derivatives, values equal up to a function o
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -29,7 +32,7 @@ CASES = [(name, 1.5) for name in sorted(LOSSES) if name != "tweedie"] + [
 IDS = [f"{name}-{r}" if name == "tweedie" else name for name, r in CASES]
 #: shapes around the kernel's row blocks (8 and 256 rows): d = 1, n below a block, n not
 #: a multiple of either
-SHAPES = [(1, 1), (5, 1), (9, 3), (255, 2), (256, 1), (300, 7), (517, 1), (700, 23)]
+SHAPES = [(1, 1), (5, 1), (9, 3), (255, 2), (256, 1), (300, 7), (517, 1), (700, 23), (30, 120)]
 
 
 def _targets(rng, loss: str, power: float, p: np.ndarray) -> np.ndarray:
@@ -290,3 +293,28 @@ def test_link_of_log_link_families():
 def test_empty_block():
     total, g, H = grad_hess(np.empty((0, 3)), np.empty(0), np.ones(3), loss="poisson")
     assert total == 0.0 and not g.any() and not H.any() and H.shape == (4, 4)
+
+
+def test_no_features():
+    """d = 0: the Hessian is the intercept's alone."""
+    X, y = np.empty((5, 0)), np.arange(5.0)
+    for fit_intercept in (True, False):
+        got = grad_hess(X, y, np.empty(0), 0.5, loss="poisson", fit_intercept=fit_intercept)
+        want = grad_hess_reference(X, y, np.empty(0), 0.5, loss="poisson",
+                                   fit_intercept=fit_intercept)  # fmt: skip
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        for g, r in zip(got[1:], want[1:], strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-12)
+
+
+def test_importing_the_kernels_does_not_import_scipy_linalg():
+    """BLAS is looked up at grad_hess's first call: the workers that never use it, and
+    importing daskgd.kernels, do not pay for importing scipy.linalg."""
+    code = (
+        "import sys, daskgd.kernels\n"
+        "assert 'scipy.linalg' not in sys.modules, 'imported at import'\n"
+        "import numpy as np\n"
+        "daskgd.kernels.grad_hess(np.ones((3, 2)), np.ones(3), np.zeros(2))\n"
+        "assert 'scipy.linalg' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -34,7 +34,8 @@ def available_builds() -> dict[str, ModuleType]:
     Returns
     -------
     dict of str to module
-        Each build's extension module (``grad_loss_linear``, ``grad_loss_multinomial``).
+        Each build's extension module (``grad_loss_linear``, ``grad_loss_multinomial``,
+        ``grad_hess``).
 
     Raises
     ------

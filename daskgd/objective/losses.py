@@ -20,9 +20,9 @@ name                 loss(p, y)                                 targets
 weights ``d x k``)
 ``poisson``          ``exp(p) - y p``                           ``y >= 0``
 ``gamma``            ``p + y exp(-p)``                          ``y > 0``
-``tweedie``          ``exp((2-r) p)/(2-r) - y exp((1-r) p)/(1-r)``  ``y >= 0``
-                     (``r = power >= 1``; ``r = 1``: poisson,   (``y > 0`` if
-                     ``r = 2``: gamma)                          ``r >= 2``)
+``tweedie``          ``exp((2-r)p)/(2-r)``                      ``y >= 0``
+                     ``- y exp((1-r)p)/(1-r)``, ``r = power``   (``y > 0``
+                     ``>= 1`` (1: poisson, 2: gamma)            if ``r >= 2``)
 ===================  =========================================  ==============
 
 The log-link families predict ``mu = exp(p)`` (:meth:`Loss.link`). Each family also has
