@@ -13,6 +13,7 @@ import scipy.optimize
 import sklearn.linear_model as sk
 from sklearn.base import clone
 from sklearn.metrics import d2_tweedie_score, mean_tweedie_deviance
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import daskgd
 from daskgd import GammaRegressor, PoissonRegressor, TweedieRegressor, write_zarr
@@ -74,6 +75,18 @@ def _oracle(X, y, power, sw, off):
     return res.x[:-1], res.x[-1]
 
 
+@parametrize_with_checks(
+    [
+        PoissonRegressor(verbose=0),
+        GammaRegressor(verbose=0),
+        TweedieRegressor(power=1.5, verbose=0),
+        TweedieRegressor(verbose=0),
+    ]
+)
+def test_sklearn_compatible(client, estimator, check):
+    check(estimator)
+
+
 @pytest.mark.parametrize("source", ["numpy", "numpy-weighted", "zarr-weighted"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_agrees_with_scikit_learn(tmp_path, client, family, source):
@@ -128,6 +141,23 @@ def test_offsets_against_scipy(tmp_path, client, family):
     # an offset ignored is a different model: the fit without one is not this optimum
     plain = Est(alpha=ALPHA, **params, **TIGHT).fit(X, y, sample_weight=w)
     assert _objective(X, y, plain.coef_, plain.intercept_[0], power, w, off) > best * (1 + 1e-3)
+
+
+@pytest.mark.parametrize(("family", "scale"), [("poisson", 80.0), ("gamma", 1e-3)])
+def test_losses_below_zero_train(client, family, scale):
+    """The engine's losses drop the deviance's terms in y alone, so they go below zero (large
+    counts; small amounts): the fit still reaches scikit-learn's optimum."""
+    Est, params, Sk, power = FAMILIES[family]
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((800, 3))
+    mu = scale * np.exp(X @ [0.2, -0.1, 0.3])
+    y = rng.poisson(mu).astype(float) if family == "poisson" else rng.gamma(2.0, mu / 2.0)
+    est = Est(alpha=ALPHA, **params, **TIGHT).fit(X, y)
+    assert est.history_["loss"][-1] < 0
+    ref = Sk(alpha=ALPHA, solver="newton-cholesky", tol=1e-12, **params).fit(X, y)
+    ours = _objective(X, y, est.coef_, est.intercept_[0], power)
+    theirs = _objective(X, y, ref.coef_, ref.intercept_, power)
+    assert abs(ours - theirs) <= 1e-6 * abs(theirs)
 
 
 def test_tweedie_powers_map_to_their_families(client):
