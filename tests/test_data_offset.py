@@ -147,6 +147,21 @@ def test_fit_with_offsets_from_every_source(tmp_path, client):
     _check_lstsq(fit((X, y), **kw), X, y, np.zeros_like(off))
 
 
+def test_fit_async_takes_offsets(cluster):
+    import asyncio
+
+    from distributed import Client
+
+    X, y, off = _data()
+
+    async def main():
+        async with Client(cluster.scheduler_address, asynchronous=True) as c:
+            return await daskgd.fit_async((X, y), offset=off, client=c, optimizer="lbfgs",
+                                          max_epochs=200, tol=None, gtol=1e-10)  # fmt: skip
+
+    _check_lstsq(asyncio.run(main()), X, y, off)
+
+
 def test_mini_batches_permute_the_offsets_with_their_rows(tmp_path, client):
     """In memory and out of core, each batch's offsets are those of its rows: with the
     offsets folded into y the fit is the same, step for step."""
