@@ -304,6 +304,7 @@ class FitSettings:
             "auto_lr": self.auto_lr,
             "loss_curvature": curvature_bound(self.loss, self.multinomial),
             "smooth": self.loss != "hinge",
+            "loss_below_zero": self.loss in ("poisson", "gamma", "tweedie"),
             "member_timeout": float(self.member_timeout),
         }
 

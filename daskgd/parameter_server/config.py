@@ -87,6 +87,9 @@ class JobConfig:
         reports (see :meth:`Job.auto_step`), set before the first step.
     loss_curvature : float
         Bound on the second derivative of the loss in the margin (``auto_lr``).
+    loss_below_zero : bool
+        The loss may be negative (the log-link losses leave out the deviance's terms in
+        ``y`` alone): the ranks' ``ready`` reports may carry negative losses.
     smooth : bool
         Whether the loss is differentiable (``hinge`` is not: its gradient need not vanish
         at the optimum, so a stalled loss is judged as scikit-learn's SGD judges it).
@@ -127,6 +130,7 @@ class JobConfig:
     auto_lr: bool = False
     loss_curvature: float = 1.0
     smooth: bool = True
+    loss_below_zero: bool = False
     record_params: bool = False
     sync_quorum: int | None = None
     checkpoint_every: int | None = None
@@ -151,7 +155,7 @@ class JobConfig:
             v = getattr(self, name)
             if not (is_real(v) and v > 0 and not math.isnan(v)):
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        for name in ("staleness_lr", "record_params", "auto_lr", "smooth"):
+        for name in ("staleness_lr", "record_params", "auto_lr", "smooth", "loss_below_zero"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_staleness is not None and not (
