@@ -57,10 +57,9 @@ class _GLM(LinearRegressor):
 
     def _objective(self) -> tuple[str, float, float, dict[str, Any]]:
         loss, power, _ = self._family()
-        extra: dict[str, Any] = {
-            "power": power,
-            "optimizer": solver_optimizer(self.solver, float(self.alpha)),
-        }
+        extra: dict[str, Any] = {"optimizer": solver_optimizer(self.solver, float(self.alpha))}
+        if loss == "tweedie":  # only its loss reads the power (the others: 0, 1, 2)
+            extra["power"] = power
         if self.warm_start and hasattr(self, "coef_") and self.tol is not None:
             # from a fitted model the gradient at the start is already small, so a tolerance
             # relative to it asks for more than floating point gives: also stop on the
