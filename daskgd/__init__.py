@@ -25,13 +25,16 @@ _LAZY = {
     "load_model": "daskgd.io",
     "save_model": "daskgd.io",
     "plot_history": "daskgd.plot",
+    "GammaRegressor": "daskgd.sklearn",
     "LinearRegression": "daskgd.sklearn",
     "LogisticRegression": "daskgd.sklearn",
     "ElasticNetCV": "daskgd.sklearn",
     "LogisticRegressionCV": "daskgd.sklearn",
     "RidgeCV": "daskgd.sklearn",
+    "PoissonRegressor": "daskgd.sklearn",
     "SGDClassifier": "daskgd.sklearn",
     "SGDRegressor": "daskgd.sklearn",
+    "TweedieRegressor": "daskgd.sklearn",
 }
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them
@@ -41,7 +44,18 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
     from daskgd.history import history_from_json, history_to_dict, history_to_json
     from daskgd.io import load_model, save_model
     from daskgd.plot import plot_history
-    from daskgd.sklearn import LinearRegression, LogisticRegression, SGDClassifier, SGDRegressor
+    from daskgd.sklearn import (
+        ElasticNetCV,
+        GammaRegressor,
+        LinearRegression,
+        LogisticRegression,
+        LogisticRegressionCV,
+        PoissonRegressor,
+        RidgeCV,
+        SGDClassifier,
+        SGDRegressor,
+        TweedieRegressor,
+    )
 
 
 #: the parts, loaded on first access too (``import daskgd; daskgd.data.open_zarr``)
@@ -74,12 +88,15 @@ __all__ = [
     "ElasticNetCV",
     "FitResult",
     "FitSettings",
+    "GammaRegressor",
     "LinearRegression",
     "LogisticRegression",
     "LogisticRegressionCV",
+    "PoissonRegressor",
     "RidgeCV",
     "SGDClassifier",
     "SGDRegressor",
+    "TweedieRegressor",
     "__version__",
     "as_dataset",
     "fit",

@@ -20,7 +20,7 @@ from daskgd.parameter_server import JobConfig
 #: settings of FitSettings that fit does not take (the estimators' and tests' hooks)
 HOOKS = {"one_vs_rest", "labels_checked", "delay"}
 #: fit's arguments that are not settings
-NOT_SETTINGS = {"data", "client", "validate"}
+NOT_SETTINGS = {"data", "offset", "client", "validate"}
 
 INTEGER_SETTINGS = sorted(
     name for name, kinds in CONSTRAINTS.items() if any(isinstance(k, Integer) for k in kinds)

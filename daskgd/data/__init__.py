@@ -1,4 +1,4 @@
-"""Datasets: Zarr groups of ``X``, ``y`` and ``sample_weight`` chunked by rows.
+"""Datasets: Zarr groups of ``X``, ``y``, ``sample_weight`` and ``offset`` chunked by rows.
 
 Opening, checking, reading, converting and writing them, and synthetic data. The modules,
 lowest first: :mod:`~daskgd.data.store` (paths, groups, running on a cluster),
@@ -11,7 +11,7 @@ and values), :mod:`~daskgd.data.trust` (the record of a check), :mod:`~daskgd.da
 """
 
 from daskgd.data.checks import MAX_CLASSES, check_dense, no_classes_reason
-from daskgd.data.chunkio import load_chunk, read_row_chunks
+from daskgd.data.chunkio import load_chunk, read_row_arrays, read_row_chunks
 from daskgd.data.convert import as_dataset
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
@@ -44,6 +44,7 @@ __all__ = [
     "no_classes_reason",
     "open_group",
     "open_zarr",
+    "read_row_arrays",
     "read_row_chunks",
     "rows_per_chunk",
     "store_path",

@@ -18,6 +18,7 @@ from daskgd.errors import DataValidationError, IncompleteDatasetError
 
 __all__ = [
     "MAX_CLASSES",
+    "OFFSET_HINT",
     "TASKS",
     "Task",
     "block_stats",
@@ -26,6 +27,7 @@ __all__ = [
     "check_dtype_X",
     "check_format_attrs",
     "check_labels",
+    "check_offset_values",
     "check_shapes",
     "classes_in_memory",
     "find_classes",
@@ -34,6 +36,12 @@ __all__ = [
     "validate_local",
     "validate_values",
 ]
+
+#: What a bad offset most likely is, said with the error.
+OFFSET_HINT = (
+    "An offset is added to each row's margin: for an exposure, pass offset=np.log(exposure) "
+    "(not the exposure itself), and leave out rows of zero exposure (log(0) = -inf). "
+)
 
 #: Float ``y`` with more distinct integer values than this is a regression target, not labels.
 MAX_CLASSES = 1000
@@ -70,6 +78,7 @@ def check_shapes(
     X_shape: tuple[int, ...],
     y_shape: tuple[int, ...],
     w_shape: tuple[int, ...] | None,
+    offset_shape: tuple[int, ...] | None = None,
 ) -> None:
     if len(X_shape) != 2:
         raise DataValidationError(
@@ -92,6 +101,11 @@ def check_shapes(
         raise DataValidationError(
             f"X and sample_weight have different row counts: X has {n} rows, "
             f"sample_weight has {w_shape[0]}"
+        )
+    if offset_shape is not None and (len(offset_shape) != 1 or offset_shape[0] != n):
+        raise DataValidationError(
+            f"offset must be 1-D with one value per row of X ({n},), got shape "
+            f"{tuple(offset_shape)}"
         )
     if n == 0:
         raise DataValidationError("the dataset is empty: X has 0 rows")
@@ -125,8 +139,8 @@ def _is_sparse(a: Any) -> bool:
     return module.startswith(("scipy.sparse", "sparse"))
 
 
-def check_dense(X: Any, y: Any, sample_weight: Any) -> None:
-    for name, a in (("X", X), ("y", y), ("sample_weight", sample_weight)):
+def check_dense(X: Any, y: Any, sample_weight: Any, offset: Any = None) -> None:
+    for name, a in (("X", X), ("y", y), ("sample_weight", sample_weight), ("offset", offset)):
         if a is not None and _is_sparse(a):
             raise DataValidationError(
                 f"{name} is a sparse {type(a).__name__}; daskgd does not support sparse input "
@@ -159,7 +173,8 @@ def report_bad(name: str, stats: list[tuple[int, int, float]], chunks: Sequence[
             raise DataValidationError(
                 f"{name} contains {what} values in chunk {i} (rows {offsets[i]}-"
                 f"{offsets[i + 1] - 1}; first bad row {offsets[i] + first}); {n_total} bad "
-                f"row(s) in all. Clean the data, or pass validate=False to skip this check"
+                f"row(s) in all. {OFFSET_HINT if name == 'offset' else ''}Clean the data, or "
+                "pass validate=False to skip this check"
             )
 
 
@@ -174,13 +189,14 @@ def _labels_of(y: np.ndarray) -> np.ndarray | None:
 
 
 def _chunk_check(
-    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, labels: bool
+    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, labels: bool, o: np.ndarray | None = None
 ) -> tuple[tuple[int, int, float], ...] | tuple[Any, ...]:
     """Check one row-chunk of every array at once (one task per chunk, on a worker).
 
-    Returns the :func:`block_stats` of ``X``, ``y`` and ``w`` (None without weights) and,
-    when ``labels``, the chunk's distinct labels (None: not class labels): the pass that
-    finds the classes reads ``y`` while it is already in memory.
+    Returns the :func:`block_stats` of ``X``, ``y`` and ``w`` (None without weights),
+    when ``labels`` the chunk's distinct labels (None: not class labels): the pass that
+    finds the classes reads ``y`` while it is already in memory; and the stats of the
+    offsets ``o`` (None without).
     """
     found = _labels_of(np.asarray(y)) if labels else None
     return (
@@ -188,6 +204,7 @@ def _chunk_check(
         block_stats(y, "value"),
         None if w is None else block_stats(w, "weight"),
         found,
+        None if o is None else block_stats(o, "value"),
     )
 
 
@@ -198,8 +215,9 @@ def validate_values(
     client: Any = None,
     *,
     find_labels: bool = False,
+    offset: da.Array | None = None,
 ) -> np.ndarray | None:
-    """Scan every row-chunk for NaN/inf (X, y) and bad weights: one task per row-chunk.
+    """Scan every row-chunk for NaN/inf (X, y, offset) and bad weights: one task per row-chunk.
 
     Parameters
     ----------
@@ -210,6 +228,8 @@ def validate_values(
     find_labels : bool, default False
         Also find the class labels of ``y`` in the same pass (only for classification:
         a regression target is never scanned for them).
+    offset : dask.array.Array, optional
+        Per-row offsets, with the same row-chunks; must be finite.
 
     Returns
     -------
@@ -225,15 +245,22 @@ def validate_values(
     check = dask.delayed(_chunk_check, pure=True)
     Xs, ys = X.to_delayed().ravel(), y.to_delayed().ravel()
     ws = [None] * len(Xs) if w is None else list(w.to_delayed().ravel())
-    tasks = [
-        check(Xs[i], ys[i], ws[i], find_labels, dask_key_name=f"daskgd-check-{X.name}-{i}")
-        for i in range(len(Xs))
-    ]
+    os_ = [None] * len(Xs) if offset is None else list(offset.to_delayed().ravel())
+    # the offsets only when there are some: the task (and its key) as before otherwise
+    more = [] if offset is None else [os_]
+    tag = "" if offset is None else f"-{offset.name}"
+    tasks = []
+    for i in range(len(Xs)):
+        key = f"daskgd-check-{X.name}{tag}-{i}"
+        tasks.append(check(Xs[i], ys[i], ws[i], find_labels, *(m[i] for m in more),
+                           dask_key_name=key))  # fmt: skip
     results = compute_on_cluster(tasks, client)
     arrays: dict[str, Any] = {"X": X, "y": y, "sample_weight": w}
     for j, name in enumerate(arrays):
         if arrays[name] is not None:
             report_bad(name, [r[j] for r in results], X.chunks[0])
+    if offset is not None:
+        report_bad("offset", [r[4] for r in results], X.chunks[0])
     if w is not None and sum(r[2][2] for r in results) <= 0:
         raise DataValidationError(
             "sample_weight sums to zero: at least one row needs a positive weight"
@@ -249,13 +276,24 @@ def validate_values(
     return uniq
 
 
+def check_offset_values(offset: da.Array, client: Any = None) -> None:
+    """Scan dask offsets alone for NaN/inf (one task per row-chunk, on ``client``)."""
+    stats = dask.delayed(block_stats, pure=True)
+    tasks = [stats(b, "value") for b in offset.to_delayed().ravel()]
+    report_bad("offset", compute_on_cluster(tasks, client), offset.chunks[0])
+
+
 def validate_local(
-    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, chunks: Sequence[int]
+    X: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    chunks: Sequence[int],
+    offset: np.ndarray | None = None,
 ) -> None:
     """The same checks as :meth:`Dataset.validate`, on numpy arrays in this process."""
     offsets = np.concatenate([[0], np.cumsum(chunks)])
     total = 0.0
-    for name, a in (("X", X), ("y", y), ("sample_weight", w)):
+    for name, a in (("X", X), ("y", y), ("sample_weight", w), ("offset", offset)):
         if a is None or (a.dtype.kind in "biu" and name != "sample_weight"):
             continue
         kind = "weight" if name == "sample_weight" else "value"

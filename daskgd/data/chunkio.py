@@ -38,6 +38,7 @@ import numpy as np
 import zarr
 
 from daskgd.data.store import (
+    ARRAY_NAMES,
     group_arrays,
     open_group,
     rows_per_chunk,
@@ -54,6 +55,7 @@ __all__ = [
     "direct_reader",
     "load_chunk",
     "read_chunk",
+    "read_row_arrays",
     "read_row_chunks",
     "recorded_digests",
 ]
@@ -366,6 +368,27 @@ def read_row_chunks(
     -------
     X, y, sample_weight : numpy.ndarray
         The chunks' rows, concatenated; ``sample_weight`` is None when the dataset has none.
+        (:func:`read_row_arrays` reads the offsets too.)
+    """
+    out = read_row_arrays(path, chunks, storage_options=storage_options,
+                          names=("X", "y", "sample_weight"))  # fmt: skip
+    return out["X"], out["y"], out.get("sample_weight")
+
+
+def read_row_arrays(
+    path: str | os.PathLike[str],
+    chunks: Sequence[int],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    names: Sequence[str] = ARRAY_NAMES,
+) -> dict[str, np.ndarray]:
+    """As :func:`read_row_chunks`, each array of ``names`` the dataset has, by name.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``X``, ``y`` and those of ``sample_weight`` and ``offset`` that the dataset holds
+        (and ``names`` asks for), each the chunks' rows concatenated.
     """
     p = store_path(path)
     try:
@@ -387,6 +410,8 @@ def read_row_chunks(
     sizes = [min(rows, n - i * rows) for i in chunks]
     out: dict[str, np.ndarray] = {}
     for name, z in arrays.items():
+        if name not in names:
+            continue
         buf = np.empty((sum(sizes), *z.shape[1:]), dtype=z.dtype)
         folder, decoder = direct_reader(z, rows)
         digests = recorded_digests(attrs, name, n_chunks)
@@ -397,7 +422,7 @@ def read_row_chunks(
                        digest=None if digests is None else digests[i])  # fmt: skip
             at += size
         out[name] = buf
-    return out["X"], out["y"], out.get("sample_weight")
+    return out
 
 
 def load_chunk(

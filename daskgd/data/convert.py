@@ -15,11 +15,14 @@ import numpy as np
 
 from daskgd.data.checks import (
     Task,
+    block_stats,
     check_dense,
     check_dtype_1d,
     check_dtype_X,
+    check_offset_values,
     check_shapes,
     classes_in_memory,
+    report_bad,
     validate_local,
 )
 from daskgd.data.dataset import Dataset
@@ -27,7 +30,14 @@ from daskgd.data.opening import open_zarr
 from daskgd.data.store import auto_chunk_rows
 from daskgd.errors import DataValidationError
 
-__all__ = ["arrays_to_dask", "as_dataset", "frames_to_arrays"]
+__all__ = [
+    "arrays_to_dask",
+    "as_dataset",
+    "attach_offset",
+    "frames_to_arrays",
+    "offset_to_dask",
+    "offset_values",
+]
 
 
 def _frame_kind(a: Any) -> str | None:
@@ -168,9 +178,65 @@ def arrays_to_dask(
     return Xd, yd, wd
 
 
+def offset_values(offset: Any) -> Any:
+    """A Series of offsets as a numpy or dask array of its values; anything else as is."""
+    kind = _frame_kind(offset)
+    return offset if kind is None else _frame_column(offset, "offset", kind)
+
+
+def offset_to_dask(offset: Any, chunks: tuple[int, ...]) -> da.Array:
+    """Offsets (numpy, dask, a pandas or dask Series) as a float64 dask array cut into the
+    row-chunks ``chunks`` of ``X``.
+
+    Raises
+    ------
+    DataValidationError
+        Not 1-D, not one value per row, not numeric, sparse, or a dask array whose chunk
+        sizes are unknown.
+    """
+    offset = offset_values(offset)
+    check_dense(None, None, None, offset)
+    if not isinstance(offset, da.Array):
+        offset = np.asarray(offset)
+    n = int(sum(chunks))
+    shape = tuple(offset.shape)
+    if len(shape) != 1 or shape[0] != n:
+        raise DataValidationError(
+            f"offset must be 1-D with one value per row of X ({n},), got shape {shape}"
+        )
+    check_dtype_1d("offset", np.dtype(offset.dtype))
+    if isinstance(offset, da.Array):
+        if any(np.isnan(c) for c in offset.chunks[0]):
+            raise DataValidationError(
+                "offset has unknown chunk sizes; call offset.compute_chunk_sizes() first"
+            )
+        return offset.astype(np.float64).rechunk({0: chunks})
+    return da.from_array(np.asarray(offset, dtype=np.float64), chunks=(chunks,))
+
+
+def attach_offset(
+    ds: Dataset, offset: Any, *, validate: bool | Literal["full"], client: Any = None
+) -> Dataset:
+    """``ds`` with ``offset`` as its offsets (see :meth:`Dataset.with_offset`), checked
+    finite when ``validate`` (in this process for numpy offsets, else on ``client``)."""
+    offset = offset_values(offset)
+    o = offset_to_dask(offset, ds.X.chunks[0])
+    if validate:
+        if isinstance(offset, da.Array):
+            check_offset_values(o, client)
+        else:
+            a = np.asarray(offset, dtype=np.float64)
+            bounds = np.cumsum((0, *ds.chunks))
+            stats = [block_stats(a[bounds[i] : bounds[i + 1]], "value")
+                     for i in range(ds.n_chunks)]  # fmt: skip
+            report_bad("offset", stats, ds.chunks)
+    return ds.with_offset(o)
+
+
 def as_dataset(
     data: Any,
     *,
+    offset: Any = None,
     validate: bool | Literal["full"] = True,
     task: Task | None = None,
     chunk_rows: int | None = None,
@@ -185,12 +251,17 @@ def as_dataset(
         A Dataset (returned as is, checked when ``validate`` unless it was checked
         already), a Zarr path/URL (:func:`~daskgd.data.open_zarr`), or ``(X, y)`` /
         ``(X, y, sample_weight)`` of numpy or dask arrays, pandas or dask DataFrames for
-        ``X`` and Series for ``y`` and the weights. Numpy and pandas input is cut into
+        ``X`` and Series for ``y``, the weights and the offsets. Numpy and pandas input is cut into
         row-chunks of ``chunk_rows`` rows (default: about 64 MiB of ``X``); dask input
         keeps its row chunks (a dask DataFrame's partitions, their sizes computed when
         unknown), ``y`` and weights are rechunked to match ``X``. Integer ``X`` is
         promoted to float64, and so are a DataFrame's numeric columns (float32 when all
         are float32); the column names become :attr:`Dataset.feature_names`.
+    offset : array-like, dask array or Series, optional
+        ``(n_samples,)`` finite offsets added to each row's margin (``log(exposure)`` for
+        the log-link families), cut into the row-chunks of ``X``; they replace the offsets
+        a Dataset or Zarr group holds (the data is then read through dask, not straight
+        from the store).
     validate : bool or "full", default True
         Scan for NaN/inf and bad weights (one task per chunk); a Dataset or Zarr group
         whose values were checked already is not scanned again, unless ``"full"``.
@@ -210,6 +281,10 @@ def as_dataset(
     """
     if validate not in (True, False, "full"):
         raise ValueError(f"validate must be True, False or 'full', got {validate!r}")
+    if offset is not None and isinstance(data, Dataset | str | os.PathLike):
+        ds = as_dataset(data, validate=validate, task=task, storage_options=storage_options,
+                        client=client)  # fmt: skip
+        return attach_offset(ds, offset, validate=validate, client=client)
     if isinstance(data, Dataset):
         if validate == "full" or (validate and not data.values_checked):
             data.validate(client)
@@ -227,19 +302,22 @@ def as_dataset(
         )
     X, y, w, names = frames_to_arrays(*(*data, None)[:3])
     Xd, yd, wd = arrays_to_dask(X, y, w, chunk_rows)
+    offset = None if offset is None else offset_values(offset)
+    od = None if offset is None else offset_to_dask(offset, Xd.chunks[0])
     extra: dict[str, Any] = {}
     if not isinstance(y, da.Array):  # in memory: cheap, found here unless not needed
         extra["classes"] = None if task == "regression" else classes_in_memory(y)
     elif task == "regression":
         extra["classes"] = None  # a regression target: never scanned for labels
-    ds = Dataset(Xd, yd, wd, feature_names=names, client=client, **extra)
+    ds = Dataset(Xd, yd, wd, offset=od, feature_names=names, client=client, **extra)
     if validate:
-        if isinstance(X, da.Array) or isinstance(y, da.Array):
+        if isinstance(offset, da.Array) or isinstance(X, da.Array) or isinstance(y, da.Array):
             ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
         else:  # data already in this process: check it here, do not ship it to workers
             validate_local(
-                np.asarray(X), np.asarray(y), None if w is None else np.asarray(w), ds.chunks
-            )
+                np.asarray(X), np.asarray(y), None if w is None else np.asarray(w), ds.chunks,
+                None if offset is None else np.asarray(offset, dtype=np.float64),
+            )  # fmt: skip
             ds.values_checked = True
     if task is not None:
         ds.check_task(task)

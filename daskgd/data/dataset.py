@@ -54,6 +54,9 @@ class Dataset:
         Targets or class labels, ``(n_samples,)``, same row chunks as ``X``.
     sample_weight : dask.array.Array or None
         Non-negative row weights, same row chunks as ``X``.
+    offset : dask.array.Array or None, optional
+        Per-row offsets added to the margin ``x @ w + b`` (for the log-link families,
+        ``log(exposure)``), finite floats, same row chunks as ``X``.
     classes : array-like or None, optional
         Sorted class labels for classification data, None for regression. Not given: found
         from ``y`` (one pass over it) when :attr:`classes_` is first read, so a regression
@@ -75,7 +78,7 @@ class Dataset:
 
     Attributes
     ----------
-    X, y, sample_weight, path, storage_options, attrs
+    X, y, sample_weight, offset, path, storage_options, attrs
         As given.
     classes_ : numpy.ndarray or None
         Sorted class labels, None for regression data.
@@ -93,12 +96,16 @@ class Dataset:
     (10, 2, 1)
     """
 
+    #: None unless given (also for a Dataset pickled before offsets existed)
+    offset: da.Array | None = None
+
     def __init__(
         self,
         X: da.Array,
         y: da.Array,
         sample_weight: da.Array | None = None,
         *,
+        offset: da.Array | None = None,
         classes: Any = _UNKNOWN,
         path: str | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -107,17 +114,24 @@ class Dataset:
         values_checked: bool = False,
         client: Any = None,
     ) -> None:
-        check_shapes(X.shape, y.shape, None if sample_weight is None else sample_weight.shape)
+        check_shapes(
+            X.shape,
+            y.shape,
+            None if sample_weight is None else sample_weight.shape,
+            None if offset is None else offset.shape,
+        )
         check_dtype_X(X.dtype)
         check_dtype_1d("y", y.dtype)
         if sample_weight is not None:
             check_dtype_1d("sample_weight", sample_weight.dtype)
+        if offset is not None:
+            check_dtype_1d("offset", offset.dtype)
         if len(X.chunks[1]) != 1:
             raise DataValidationError(
                 f"X must be chunked by rows only (one chunk along axis 1), got column chunks "
                 f"{X.chunks[1]}; rechunk with X.rechunk({{1: -1}})"
             )
-        for name, a in (("y", y), ("sample_weight", sample_weight)):
+        for name, a in (("y", y), ("sample_weight", sample_weight), ("offset", offset)):
             if a is not None and a.chunks[0] != X.chunks[0]:
                 raise DataValidationError(
                     f"{name} and X have different row chunks ({name}: {a.chunks[0][:5]}..., "
@@ -127,6 +141,7 @@ class Dataset:
         self.X = X
         self.y = y
         self.sample_weight = sample_weight
+        self.offset = offset
         self._classes: Any = _UNKNOWN
         if classes is not _UNKNOWN:
             self.classes_ = classes
@@ -166,6 +181,27 @@ class Dataset:
         # a client does not travel (it is only where the labels pass runs)
         return {**self.__dict__, "_client": None}
 
+    def with_offset(self, offset: da.Array) -> Dataset:
+        """A copy of this dataset whose ``offset`` is ``offset`` (same row-chunks as ``X``).
+
+        The copy has no ``path``: the training tasks read a dataset with a path from its
+        store, which holds other offsets (or none), so the copy is read through its dask
+        arrays instead (whose chunk reads are checked as before). The values of ``X``, ``y``
+        and the weights count as checked when they were; the caller checks ``offset``.
+        """
+        return Dataset(
+            self.X,
+            self.y,
+            self.sample_weight,
+            offset=offset,
+            classes=self._classes,
+            storage_options=None,
+            attrs=self.attrs,
+            feature_names=self.feature_names,
+            values_checked=self.values_checked,
+            client=self._client,
+        )
+
     @property
     def n_samples(self) -> int:
         """Number of rows."""
@@ -196,11 +232,12 @@ class Dataset:
         return (
             f"<daskgd.Dataset n_samples={self.n_samples} n_features={self.n_features} "
             f"dtype={self.dtype} n_chunks={self.n_chunks}"
-            f"{' weighted' if self.sample_weight is not None else ''}{where}>"
+            f"{' weighted' if self.sample_weight is not None else ''}"
+            f"{' offset' if self.offset is not None else ''}{where}>"
         )
 
     def validate(self, client: Any = None, *, find_labels: bool = False) -> None:
-        """Scan the data for NaN/inf (X, y) and negative or non-finite weights.
+        """Scan the data for NaN/inf (X, y, offset) and negative or non-finite weights.
 
         The scan runs one task per row-chunk, on ``client`` if given, else on dask's
         current scheduler (a ``distributed.Client`` made default in this process).
@@ -210,7 +247,8 @@ class Dataset:
         DataValidationError
             Naming the array, the chunk and its rows.
         """
-        found = validate_values(self.X, self.y, self.sample_weight, client, find_labels=find_labels)
+        found = validate_values(self.X, self.y, self.sample_weight, client,
+                                find_labels=find_labels, offset=self.offset)  # fmt: skip
         if find_labels:
             self._classes = found
         self.values_checked = True

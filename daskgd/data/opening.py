@@ -58,8 +58,8 @@ def open_zarr(
     storage_options : dict, optional
         fsspec options for a URL (not allowed with a local path).
     validate : bool or "full", default True
-        Check the values: NaN/inf in ``X`` and ``y``, negative, non-finite or all-zero
-        weights. A group that daskgd wrote (:func:`~daskgd.data.write_zarr`, the synthetic
+        Check the values: NaN/inf in ``X``, ``y`` and ``offset``, negative, non-finite or
+        all-zero weights. A group that daskgd wrote (:func:`~daskgd.data.write_zarr`, the synthetic
         generators) records the check it passed when written (attribute ``checked``), and
         that record is trusted while the group is unchanged (:mod:`daskgd.data.trust`):
         nothing is read. Any other group is scanned, one task per row-chunk. ``"full"``
@@ -105,11 +105,13 @@ def open_zarr(
     check_format_attrs(attrs, p)
     arrays = group_arrays(g, p)
     zX, zy, zw = arrays["X"], arrays["y"], arrays.get("sample_weight")
-    check_shapes(zX.shape, zy.shape, None if zw is None else zw.shape)
+    zo = arrays.get("offset")
+    check_shapes(zX.shape, zy.shape, None if zw is None else zw.shape,
+                 None if zo is None else zo.shape)  # fmt: skip
     check_dtype_X(np.dtype(zX.dtype))
     check_dtype_1d("y", np.dtype(zy.dtype))
     rows = rows_per_chunk(zX)
-    for name, z in (("y", zy), ("sample_weight", zw)):
+    for name, z in (("y", zy), ("sample_weight", zw), ("offset", zo)):
         if z is not None and rows_per_chunk(z) != rows:
             raise DataValidationError(
                 f"{p}: {name} is stored in row-chunks of {rows_per_chunk(z)} rows but X in "
@@ -133,6 +135,10 @@ def open_zarr(
     if zw is not None:
         check_dtype_1d("sample_weight", np.dtype(zw.dtype))
         w = da.from_array(checked(zw, "sample_weight"), chunks=(rows,), name=f"daskgd-w-{token}")
+    o = None
+    if zo is not None:
+        check_dtype_1d("offset", np.dtype(zo.dtype))
+        o = da.from_array(checked(zo, "offset"), chunks=(rows,), name=f"daskgd-o-{token}")
     extra: dict[str, Any] = {}
     if "classes" in attrs:
         extra["classes"] = None if attrs["classes"] is None else np.asarray(attrs["classes"])
@@ -140,8 +146,9 @@ def open_zarr(
     if isinstance(names, list) and len(names) == d and all(isinstance(f, str) for f in names):
         extra["feature_names"] = names
     ds = Dataset(
-        X, y, w, path=p, storage_options=storage_options, attrs=attrs, client=client, **extra
-    )
+        X, y, w, offset=o, path=p, storage_options=storage_options, attrs=attrs, client=client,
+        **extra,
+    )  # fmt: skip
     if validate == "full" or (validate and trusted_record(arrays, attrs) is None):
         # labels the attributes state are found again in the same pass: without a record
         # that holds, the attributes may have been edited

@@ -87,6 +87,7 @@ class DatasetWrite:
         inner_chunk_rows: int | None,
         compressor: Any,
         overwrite: bool,
+        with_offset: bool = False,
         storage_options: dict[str, Any] | None,
         attrs: dict[str, Any],
     ) -> None:
@@ -109,6 +110,7 @@ class DatasetWrite:
             self.existed = False
             remove_store(final, storage_options)  # the root of a bucket: nowhere beside it
         self.path = beside or final
+        self.with_offset = with_offset
         try:
             self.group = self._create(
                 n_samples, n_features, dtype, y_dtype, weighted, chunk_rows, inner_chunk_rows,
@@ -149,6 +151,8 @@ class DatasetWrite:
         specs = [("X", (n_samples, n_features), dtype), ("y", (n_samples,), y_dtype)]
         if weighted:
             specs.append(("sample_weight", (n_samples,), np.float64))
+        if self.with_offset:
+            specs.append(("offset", (n_samples,), np.float64))
         for name, shape, dt in specs:
             outer = (chunk_rows, *shape[1:])
             if inner_chunk_rows is None:

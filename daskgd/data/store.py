@@ -23,6 +23,7 @@ from daskgd.errors import DataValidationError
 __all__ = [
     "ARRAY_NAMES",
     "FORMAT_VERSION",
+    "OPTIONAL_ARRAYS",
     "array_member",
     "auto_chunk_rows",
     "check_storage_options",
@@ -50,7 +51,11 @@ FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 64 * 2**20
 
 
-ARRAY_NAMES = ("X", "y", "sample_weight")
+#: The arrays of a dataset: ``X`` and ``y``, then the optional per-row ``sample_weight`` and
+#: ``offset`` (added to each row's margin: ``log(exposure)`` for the log-link families).
+ARRAY_NAMES = ("X", "y", "sample_weight", "offset")
+#: The optional ones.
+OPTIONAL_ARRAYS = ("sample_weight", "offset")
 
 
 def is_url(path: str) -> bool:
@@ -194,19 +199,18 @@ def group_arrays(g: zarr.Group, path: str) -> dict[str, zarr.Array]:
         if name not in members:
             raise DataValidationError(
                 f"{path} has no array {name!r} (found: {sorted(members) or 'none'}); a daskgd "
-                "dataset needs arrays 'X' and 'y' (and optionally 'sample_weight')"
+                "dataset needs arrays 'X' and 'y' (and optionally 'sample_weight' and 'offset')"
             )
     digests = g.attrs.get("digests")
-    if (
-        isinstance(digests, Mapping)
-        and "sample_weight" in digests
-        and ("sample_weight" not in members)
-    ):
-        # written with weights, which are gone: reading on without them is a silent change
-        raise DataValidationError(
-            f"{path} has no array 'sample_weight'{worker_suffix()}, but it was written with one "
-            "(its chunks' digests are recorded): the array was deleted. Write the dataset again"
-        )
+    for name in OPTIONAL_ARRAYS:
+        if isinstance(digests, Mapping) and name in digests and name not in members:
+            # written with weights (or offsets), which are gone: reading on without them is
+            # a silent change
+            raise DataValidationError(
+                f"{path} has no array {name!r}{worker_suffix()}, but it was written with one "
+                "(its chunks' digests are recorded): the array was deleted. Write the dataset "
+                "again"
+            )
     return {name: array_member(g, name) for name in ARRAY_NAMES if name in members}
 
 

@@ -24,7 +24,12 @@ from daskgd.data.checks import (
     validate_local,
 )
 from daskgd.data.chunkio import chunk_digest
-from daskgd.data.convert import arrays_to_dask, frames_to_arrays
+from daskgd.data.convert import (
+    arrays_to_dask,
+    frames_to_arrays,
+    offset_to_dask,
+    offset_values,
+)
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
 from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
@@ -83,6 +88,7 @@ def write_zarr(
     y: Any,
     sample_weight: Any = None,
     *,
+    offset: Any = None,
     chunk_rows: int | None = None,
     compressor: Any = DEFAULT_COMPRESSOR,
     overwrite: bool = False,
@@ -93,7 +99,7 @@ def write_zarr(
     validate: bool = True,
     storage_options: dict[str, Any] | None = None,
 ) -> Dataset:
-    """Write ``X``, ``y`` (and ``sample_weight``) as a daskgd Zarr dataset.
+    """Write ``X``, ``y`` (and ``sample_weight``, ``offset``) as a daskgd Zarr dataset.
 
     Dask input is written in parallel by the workers (each writes its own row-chunks;
     nothing is gathered on the client). Numpy input is written from this process.
@@ -108,6 +114,9 @@ def write_zarr(
         ``(n_samples,)`` targets or class labels.
     sample_weight : array-like or dask.array.Array, optional
         ``(n_samples,)`` non-negative weights, stored as float64.
+    offset : array-like, dask array or Series, optional
+        ``(n_samples,)`` finite offsets added to each row's margin (``log(exposure)`` for
+        the log-link families), stored as float64 in the same row-chunks.
     chunk_rows : int, optional
         Rows per row-chunk; default: the row chunks of dask ``X`` when regular, else about
         64 MiB of ``X`` per chunk.
@@ -128,8 +137,8 @@ def write_zarr(
         Stored in the attributes and checked against ``y``; default: classification
         when ``y`` has an integer dtype, else regression.
     validate : bool, default True
-        Refuse NaN/inf in X or y and negative/non-finite weights (checked per chunk as it
-        is written; the partial group is removed).
+        Refuse NaN/inf in X, y or the offsets and negative/non-finite weights (checked per
+        chunk as it is written; the partial group is removed).
     storage_options : dict, optional
         fsspec options for a URL.
 
@@ -150,6 +159,10 @@ def write_zarr(
     if feature_names is None:
         feature_names = names  # a DataFrame's column names
     Xd, yd, wd = arrays_to_dask(X, y, sample_weight, None)
+    offset = None if offset is None else offset_values(offset)  # a Series' values
+    od = None if offset is None else offset_to_dask(offset, Xd.chunks[0])
+    if od is not None and not isinstance(offset, da.Array):
+        offset = np.asarray(offset, dtype=np.float64)
     n, d = Xd.shape
     if chunk_rows is None:
         c = Xd.chunks[0]
@@ -167,7 +180,9 @@ def write_zarr(
     yd = yd.rechunk({0: chunk_rows})
     if wd is not None:
         wd = wd.rechunk({0: chunk_rows}).astype(np.float64)
-    in_memory = not any(isinstance(a, da.Array) for a in (X, y, sample_weight))
+    if od is not None:
+        od = od.rechunk({0: chunk_rows})
+    in_memory = not any(isinstance(a, da.Array) for a in (X, y, sample_weight, offset))
     if not in_memory:
         client = cluster_client(client)  # checked before anything is removed or written
     if in_memory:
@@ -178,6 +193,7 @@ def write_zarr(
                 np.asarray(y),
                 None if sample_weight is None else np.asarray(sample_weight),
                 Xd.chunks[0],
+                offset,
             )
     elif task == "regression" and yd.dtype.kind != "b":
         classes = None  # no pass over y needed
@@ -202,6 +218,7 @@ def write_zarr(
         dtype=Xd.dtype,
         y_dtype=yd.dtype,
         weighted=wd is not None,
+        with_offset=od is not None,
         chunk_rows=chunk_rows,
         inner_chunk_rows=inner_chunk_rows,
         compressor=compressor,
@@ -216,7 +233,8 @@ def write_zarr(
         if in_memory:
             offsets = np.cumsum((0, *Xd.chunks[0]))
             for name, a, dt in (("X", X, Xd.dtype), ("y", y, yd.dtype),
-                                ("sample_weight", sample_weight, np.float64)):  # fmt: skip
+                                ("sample_weight", sample_weight, np.float64),
+                                ("offset", offset, np.float64)):  # fmt: skip
                 if a is None:
                     continue
                 values = np.ascontiguousarray(a, dtype=dt)
@@ -231,7 +249,7 @@ def write_zarr(
             # one task per row-chunk, all awaited before a failure is raised (see _write_block)
             write = dask.delayed(_write_block, pure=True)
             tasks, names = [], []
-            for name, a in (("X", Xd), ("y", yd), ("sample_weight", wd)):
+            for name, a in (("X", Xd), ("y", yd), ("sample_weight", wd), ("offset", od)):
                 if a is None:
                     continue
                 check = validate and a.dtype.kind == "f"

@@ -7,9 +7,10 @@ open the data (one route, :func:`~daskgd.driver.inputs.open_data`), then run the
 :func:`fit_with_settings` (``fit``'s): the one given, a scheduler address, the current
 client, or an embedded LocalCluster.
 
-The objective (scikit-learn SGD's convention), with ``s_i`` the sample weights::
+The objective (scikit-learn SGD's convention), with ``s_i`` the sample weights and ``o_i``
+the offsets (0 when there are none)::
 
-    F(w, b) = (1 / sum_i s_i) * sum_i s_i * loss(x_i @ w + b, y_i)
+    F(w, b) = (1 / sum_i s_i) * sum_i s_i * loss(x_i @ w + b + o_i, y_i)
               + alpha * ((1 - l1_ratio) / 2 * ||w||_2^2 + l1_ratio * ||w||_1)
 """
 
@@ -35,7 +36,7 @@ from daskgd.errors import DataValidationError, SchedulerLostError
 __all__ = ["fit", "fit_async", "fit_with_settings", "fit_with_settings_async"]
 
 #: fit's arguments that are not settings
-_NOT_SETTINGS = ("data", "client", "validate")
+_NOT_SETTINGS = ("data", "offset", "client", "validate")
 
 
 def _settings(arguments: dict[str, Any]) -> FitSettings:
@@ -86,6 +87,7 @@ def fit(
     checkpoint_every: int = 10,
     checkpoint_interval: float | None = None,
     resume: bool = False,
+    offset: Any = None,
     client: Client | str | os.PathLike[str] | None = None,
     validate: bool = True,
 ) -> FitResult:
@@ -95,7 +97,9 @@ def fit(
     + l1_ratio ||w||_1)``, the intercept unpenalised. A synchronous facade over
     :func:`fit_async`'s core, run on the client's event loop.
     """
-    return fit_with_settings(data, _settings(locals()), client=client, validate=validate)
+    return fit_with_settings(
+        data, _settings(locals()), client=client, validate=validate, offset=offset
+    )
 
 
 async def fit_async(
@@ -141,6 +145,7 @@ async def fit_async(
     checkpoint_every: int = 10,
     checkpoint_interval: float | None = None,
     resume: bool = False,
+    offset: Any = None,
     client: Client,
     validate: bool = True,
 ) -> FitResult:
@@ -150,7 +155,7 @@ async def fit_async(
     and validated in a thread on the driver.
     """
     return await fit_with_settings_async(data, _settings(locals()), client=client,
-                                         validate=validate)  # fmt: skip
+                                         validate=validate, offset=offset)  # fmt: skip
 
 
 fit.__doc__ = (fit.__doc__ or "") + FIT_PARAMETERS
@@ -158,7 +163,12 @@ fit_async.__doc__ = (fit_async.__doc__ or "") + FIT_PARAMETERS
 
 
 async def fit_with_settings_async(
-    data: Any, settings: FitSettings, *, client: Client, validate: bool = True
+    data: Any,
+    settings: FitSettings,
+    *,
+    client: Client,
+    validate: bool = True,
+    offset: Any = None,
 ) -> FitResult:
     """:func:`fit_async` with the settings as one :class:`FitSettings` (the estimators').
 
@@ -171,7 +181,7 @@ async def fit_with_settings_async(
         raise TypeError("fit_async needs an asynchronous distributed.Client; use fit otherwise")
     if not isinstance(settings, FitSettings):
         raise TypeError(f"settings must be a FitSettings, got {type(settings).__name__}")
-    return await _fit(data, settings, client, validate, check=True)
+    return await _fit(data, settings, client, validate, check=True, offset=offset)
 
 
 def fit_with_settings(
@@ -180,6 +190,7 @@ def fit_with_settings(
     *,
     client: Client | str | os.PathLike[str] | None = None,
     validate: bool = True,
+    offset: Any = None,
 ) -> FitResult:
     """:func:`fit` with the settings as one :class:`FitSettings` (the estimators').
 
@@ -212,7 +223,7 @@ def fit_with_settings(
     try:
         # an embedded cluster runs this Python: no need to check that it has daskgd
         result: FitResult = resolved.sync(
-            _fit, data, settings, resolved, validate, check=own_cluster is None
+            _fit, data, settings, resolved, validate, check=own_cluster is None, offset=offset
         )
         return result
     finally:
@@ -223,7 +234,7 @@ def fit_with_settings(
 
 
 async def _fit(
-    data: Any, s: FitSettings, client: Client, validate: bool, *, check: bool
+    data: Any, s: FitSettings, client: Client, validate: bool, *, check: bool, offset: Any = None
 ) -> FitResult:
     """The core: check the scheduler, open the data, run the job, time it."""
     started = time.perf_counter()
@@ -234,7 +245,7 @@ async def _fit(
         if s.n_workers:
             n_avail = min(n_avail, s.n_workers)
         ds = await asyncio.to_thread(
-            open_data, data, s, client, validate=validate, n_workers=n_avail
+            open_data, data, s, client, validate=validate, n_workers=n_avail, offset=offset
         )
         opened = time.perf_counter() - started
         result = await run_job(client, ds, s)

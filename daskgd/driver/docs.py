@@ -105,6 +105,10 @@ FIT_PARAMETERS = """
         Seeds the mini-batch order.
     validate : bool, default=True
         Scan the data for non-finite values first.
+    offset : array-like or dask array, optional
+        ``(n_samples,)`` per-row offsets added to the margin ``x @ w + b`` (for the
+        log-link losses, ``log(exposure)``), aligned with ``y``; they replace the offsets
+        a Dataset or Zarr group holds (its ``offset`` array).
     progress : bool, default=False
         Show a progress bar (needs tqdm).
     poll_interval : float, default=0.05

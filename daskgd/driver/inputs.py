@@ -17,16 +17,33 @@ __all__ = ["check_classes", "open_data"]
 
 
 def open_data(
-    data: Any, s: FitSettings, client: Client, *, validate: bool, n_workers: int
+    data: Any,
+    s: FitSettings,
+    client: Client,
+    *,
+    validate: bool,
+    n_workers: int,
+    offset: Any = None,
 ) -> Dataset:
     """Open ``data`` (a Dataset, a Zarr path, arrays) and check its labels against ``s``.
 
     Blocking: the driver runs it in a thread. The scan (``validate``) of dask input runs
     on the cluster of ``client``; numpy input is cut into one chunk per worker.
+    ``offset`` (per-row offsets of the margin) replaces the data's own, if any.
     """
     ds = as_dataset(
-        data, validate=validate, client=client, chunk_rows=chunk_rows_for(data, n_workers)
+        data,
+        offset=offset,
+        validate=validate,
+        client=client,
+        chunk_rows=chunk_rows_for(data, n_workers),
     )
+    if ds.offset is not None and s.n_columns is not None:
+        raise DataValidationError(
+            f"the data has offsets, which are added to the one margin of each row; a fit "
+            f"with n_classes={s.n_classes} has one margin per class and takes none. Fit "
+            "without offsets (a dataset without an 'offset' array)"
+        )
     check_classes(ds, s, client)
     return ds
 

@@ -51,10 +51,13 @@ def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str
     Xs = ds.X.to_delayed().ravel()
     ys = ds.y.to_delayed().ravel()
     ws = None if ds.sample_weight is None else ds.sample_weight.to_delayed().ravel()
+    os_ = None if ds.offset is None else ds.offset.to_delayed().ravel()
     out = {}
     for w, chunks in plan.items():
         blocks = [
-            dask.delayed(contiguous_block, pure=True)(Xs[i], ys[i], None if ws is None else ws[i])
+            dask.delayed(contiguous_block, pure=True)(
+                Xs[i], ys[i], None if ws is None else ws[i], None if os_ is None else os_[i]
+            )
             for i in chunks
         ]
         out[w] = ("blocks", client.compute(blocks, workers=[w], allow_other_workers=True))

@@ -352,6 +352,7 @@ class FitSettings:
             "loss_curvature": curvature_bound(self.loss, self.multinomial),
             "smooth": self.loss != "hinge",
             "quadratic": self.loss == "squared_error" and not (self.alpha and self.l1_ratio),
+            "loss_below_zero": self.loss in ("poisson", "gamma", "tweedie"),
             "member_timeout": float(self.member_timeout),
         }
 
@@ -361,6 +362,7 @@ class FitSettings:
             "classes": classes,
             "loss": self.loss,
             "epsilon": float(self.epsilon),
+            "power": float(self.power),
             "curvature": {"intercept": self.fit_intercept} if self.auto_lr else None,
             "batches_per_epoch": int(batches_per_epoch),
             "seed": self.seed,
@@ -368,7 +370,6 @@ class FitSettings:
             "out_of_core": self.out_of_core,
             "delay": {int(r): float(t) for r, t in (self.delay or {}).items()},
             "one_vs_rest": self.one_vs_rest,
-            "power": float(self.power),
             "hessian": self.optimizer == "newton",
             "fit_intercept": self.fit_intercept,
         }

@@ -145,10 +145,11 @@ def check_ready(job: Job, worker, loss0, loss_zero, grad0, weight, curvature, gr
     """A ``ready`` report's arguments (the rank is checked already)."""
     if not isinstance(worker, str):
         return f"worker must be an address string, got {type(worker).__name__}"
+    below = job.config.loss_below_zero  # the log-link losses (see JobConfig)
     for name, v in (("loss0", loss0), ("loss_zero", loss_zero), ("weight", weight)):
         # non-finite losses are divergence, answered by the job; negative ones are malformed
         finite = name != "weight" or (is_real(v) and math.isfinite(v))
-        if not is_real(v) or v < 0 or not finite:
+        if not is_real(v) or (v < 0 and not (below and name != "weight")) or not finite:
             return f"{name} must be a real number >= 0, got {v!r}"
     if not (
         isinstance(grad0, np.ndarray)

@@ -91,6 +91,9 @@ class JobConfig:
         Whether the objective is exactly quadratic (squared error, no L1): a Newton step
         then lands on the optimum, and the gradient tests (``gtol``, ``gtol_rel``) may be
         applied to the exact quadratic model's gradient at the new point, without a pass.
+    loss_below_zero : bool
+        The loss may be negative (the log-link losses leave out the deviance's terms in
+        ``y`` alone): the ranks' ``ready`` reports may carry negative losses.
     smooth : bool
         Whether the loss is differentiable (``hinge`` is not: its gradient need not vanish
         at the optimum, so a stalled loss is judged as scikit-learn's SGD judges it).
@@ -132,6 +135,7 @@ class JobConfig:
     loss_curvature: float = 1.0
     smooth: bool = True
     quadratic: bool = False
+    loss_below_zero: bool = False
     record_params: bool = False
     sync_quorum: int | None = None
     checkpoint_every: int | None = None
@@ -156,7 +160,14 @@ class JobConfig:
             v = getattr(self, name)
             if not (is_real(v) and v > 0 and not math.isnan(v)):
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
-        for name in ("staleness_lr", "record_params", "auto_lr", "smooth", "quadratic"):
+        for name in (
+            "staleness_lr",
+            "record_params",
+            "auto_lr",
+            "smooth",
+            "quadratic",
+            "loss_below_zero",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.max_staleness is not None and not (

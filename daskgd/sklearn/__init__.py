@@ -1,7 +1,8 @@
 """scikit-learn estimators trained by daskgd's distributed engine.
 
 :class:`SGDRegressor`, :class:`SGDClassifier`, :class:`LinearRegression` and
-:class:`LogisticRegression` follow scikit-learn's API (they derive from its ``BaseEstimator``
+:class:`LogisticRegression` (and the GLMs :class:`PoissonRegressor`, :class:`GammaRegressor`,
+:class:`TweedieRegressor`) follow scikit-learn's API (they derive from its ``BaseEstimator``
 and mixins, so ``clone``, ``Pipeline``, ``GridSearchCV`` and ``check_estimator`` work) and
 delegate the optimisation to :func:`daskgd.driver.fit`: the data is cut into row-chunks, one
 training task per Dask worker computes gradients with the compiled kernels, and the parameter
@@ -19,21 +20,27 @@ The modules
     :mod:`~daskgd.sklearn.base` (the cluster, the engine call, fitted attributes),
     :mod:`~daskgd.sklearn.params` (declared parameter constraints),
     :mod:`~daskgd.sklearn.inputs` (data intake), :mod:`~daskgd.sklearn.regression`,
-    :mod:`~daskgd.sklearn.classification`, :mod:`~daskgd.sklearn.labels`,
+    :mod:`~daskgd.sklearn.classification`, :mod:`~daskgd.sklearn.glm` (Poisson, Gamma and
+    Tweedie regression with offsets; :mod:`~daskgd.sklearn.families`, their losses),
+    :mod:`~daskgd.sklearn.labels`,
     :mod:`~daskgd.sklearn.early_stopping`.
 """
 
 from daskgd.sklearn.classification import LogisticRegression, SGDClassifier
 from daskgd.sklearn.cv_logistic import LogisticRegressionCV
 from daskgd.sklearn.cv_ridge import ElasticNetCV, RidgeCV
+from daskgd.sklearn.glm import GammaRegressor, PoissonRegressor, TweedieRegressor
 from daskgd.sklearn.regression import LinearRegression, SGDRegressor
 
 __all__ = [
     "ElasticNetCV",
+    "GammaRegressor",
     "LinearRegression",
     "LogisticRegression",
     "LogisticRegressionCV",
+    "PoissonRegressor",
     "RidgeCV",
     "SGDClassifier",
     "SGDRegressor",
+    "TweedieRegressor",
 ]

@@ -172,7 +172,7 @@ class LinearModel:
 
     def _run(
         self,
-        data: tuple[np.ndarray, ...] | Dataset,
+        data: tuple[np.ndarray | None, ...] | Dataset,
         client: Any,
         *,
         loss: str,
@@ -229,7 +229,8 @@ class LinearModel:
             settings = driver.FitSettings(
                 loss=loss,
                 mode=p.get("mode", "sync"),
-                optimizer=resolve_optimizer(p, alpha, l1_ratio),
+                # an estimator that names its solver otherwise (the GLMs' ``solver``) says
+                optimizer=extra.pop("optimizer", None) or resolve_optimizer(p, alpha, l1_ratio),
                 learning_rate=self._eta0(),
                 lr_schedule=extra.pop("lr_schedule", "constant"),
                 batch_size=p.get("batch_size"),

@@ -21,6 +21,8 @@ import dask.array as da
 import numpy as np
 
 from daskgd.data import Dataset, as_dataset, check_dense
+from daskgd.data.checks import OFFSET_HINT
+from daskgd.data.convert import attach_offset, offset_to_dask
 
 # The one private import of this package: the sparse-input check the engine makes too,
 # private to daskgd.data until it is made public there.
@@ -36,6 +38,8 @@ __all__ = [
     "is_lazy",
     "lazy_features",
     "lazy_inputs",
+    "lazy_offset_inputs",
+    "offset_array",
     "sample_weight_array",
 ]
 
@@ -90,6 +94,21 @@ def sample_weight_array(sample_weight: Any, n: int, dtype: Any) -> np.ndarray | 
     return sw
 
 
+def offset_array(offset: Any, n: int) -> np.ndarray | None:
+    """In-memory offsets checked: one finite float per row (None stays None)."""
+    if offset is None:
+        return None
+    off = np.asarray(offset, dtype=np.float64)
+    if off.ndim != 1 or off.shape[0] != n:
+        raise ValueError(f"offset.shape == {off.shape}, expected ({n},): one offset per row of X")
+    if not np.all(np.isfinite(off)):
+        first = int(np.flatnonzero(~np.isfinite(off))[0])
+        raise ValueError(
+            f"offset must hold finite values; row {first} holds {off[first]!r}. {OFFSET_HINT}"
+        )
+    return np.ascontiguousarray(off)
+
+
 def _as_dask_1d(a: Any, chunks: tuple[int, ...], name: str) -> da.Array:
     if isinstance(a, da.Array):
         if a.ndim != 1:
@@ -119,22 +138,43 @@ def lazy_inputs(X: Any, y: Any, sample_weight: Any, client: Any = None) -> LazyD
     ``client``); y and weights default to the dataset's. Frames' row counts are found on
     ``client``: training needs known chunk sizes.
     """
-    return _lazy(X, y, sample_weight, client, known_rows=True)
+    return _lazy(X, y, sample_weight, client, known_rows=True)[0]
+
+
+def lazy_offset_inputs(
+    X: Any, y: Any, sample_weight: Any, offset: Any, client: Any = None
+) -> tuple[LazyData, da.Array | None]:
+    """:func:`lazy_inputs` and the offsets: ``offset`` (numpy, dask or a Series, cut into
+    the row-chunks of X) when given, else those of a Dataset or Zarr group ``X`` (None
+    without). Given offsets replace the dataset's: it then reaches the engine with them
+    (read through dask); only they are checked (on ``client``), the rest as before.
+    """
+    data, source = _lazy(X, y, sample_weight, client, known_rows=True)
+    if offset is None:
+        return data, None if source is None else source.offset
+    if data.dataset is not None:
+        ds = attach_offset(data.dataset, offset, validate=True, client=client)
+        return data._replace(dataset=ds), ds.offset
+    return data, offset_to_dask(offset, data.X.chunks[0])
 
 
 def lazy_features(X: Any) -> da.Array:
     """The features of lazy input for prediction: no pass over the data (a frame's row
     chunks may stay unknown; the prediction is lazy anyway)."""
-    return _lazy(X, None, None, None, known_rows=False).X
+    return _lazy(X, None, None, None, known_rows=False)[0].X
 
 
-def _lazy(X: Any, y: Any, sample_weight: Any, client: Any, *, known_rows: bool) -> LazyData:
-    ds = None
+def _lazy(
+    X: Any, y: Any, sample_weight: Any, client: Any, *, known_rows: bool
+) -> tuple[LazyData, Dataset | None]:
+    """The lazy input, and the Dataset it came from (passed, or opened from a path)."""
+    ds = source = None
     if isinstance(X, str | os.PathLike):
         # for training, checked now: a group daskgd wrote is trusted by its record (no
         # pass), and the engine does not scan a Dataset checked already
         X = as_dataset(X, validate=known_rows, client=client)
     if isinstance(X, Dataset):
+        source = X
         ds = X if y is None and sample_weight is None else None
         y = X.y if y is None else y
         sample_weight = X.sample_weight if sample_weight is None else sample_weight
@@ -166,20 +206,23 @@ def _lazy(X: Any, y: Any, sample_weight: Any, client: Any, *, known_rows: bool) 
             raise DataValidationError(
                 f"X has {X.shape[0]} rows but sample_weight has {sample_weight.shape[0]}"
             )
-    return LazyData(X, y, sample_weight, ds)
+    return LazyData(X, y, sample_weight, ds), source
 
 
 def in_memory_dataset(
-    arrays: tuple[np.ndarray, ...], n_workers: int, classes: np.ndarray | None
+    arrays: tuple[np.ndarray | None, ...], n_workers: int, classes: np.ndarray | None
 ) -> Dataset:
-    """A Dataset over validated numpy ``(X, y[, sample_weight])``, one row-chunk per worker
-    (so every worker gets rows), with the targets' ``classes`` in the engine's encoding."""
-    X = arrays[0]
+    """A Dataset over validated numpy ``(X, y[, sample_weight[, offset]])`` (the weights may
+    be None when offsets follow), one row-chunk per worker (so every worker gets rows), with
+    the targets' ``classes`` in the engine's encoding."""
+    X, y = arrays[0], arrays[1]
+    assert X is not None and y is not None
     rows = max(1, -(-X.shape[0] // max(1, n_workers)))
     Xd = da.from_array(X, chunks=(rows, X.shape[1]))
-    yd = da.from_array(arrays[1], chunks=(Xd.chunks[0],))
-    wd = None if len(arrays) < 3 else da.from_array(arrays[2], chunks=(Xd.chunks[0],))
-    return Dataset(Xd, yd, wd, classes=classes)
+    more = [None if a is None else da.from_array(a, chunks=(Xd.chunks[0],)) for a in arrays[2:4]]
+    wd, od = (*more, None, None)[:2]
+    yd = da.from_array(y, chunks=(Xd.chunks[0],))
+    return Dataset(Xd, yd, wd, offset=od, classes=classes)
 
 
 def dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None, dtype: Any):

@@ -16,6 +16,8 @@ from daskgd.sklearn.inputs import (
     is_lazy,
     lazy_features,
     lazy_inputs,
+    lazy_offset_inputs,
+    offset_array,
     sample_weight_array,
 )
 from daskgd.sklearn.params import (
@@ -40,7 +42,14 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
     def _objective(self) -> tuple[str, float, float, dict[str, Any]]:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _fit(self, X: Any, y: Any, sample_weight: Any, *, partial: bool) -> Any:
+    def _check_y(self, y: np.ndarray) -> None:
+        """Refuse targets outside the loss's domain (in-memory input; the GLMs')."""
+
+    def _start_intercept(self, data: Any, client: Any) -> float | None:
+        """The intercept a fresh fit starts from (None: 0; the GLMs' differs)."""
+        return None
+
+    def _fit(self, X: Any, y: Any, sample_weight: Any, *, partial: bool, offset: Any = None) -> Any:
         self._check_params()
         loss, alpha, l1_ratio, extra = self._objective()
         lazy = is_lazy(X)
@@ -50,12 +59,14 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
                                  order="C", y_numeric=True)  # fmt: skip
             y = np.ascontiguousarray(y, dtype=X.dtype)
             sample_weight = sample_weight_array(sample_weight, X.shape[0], X.dtype)
+            offset = offset_array(offset, X.shape[0])
+            self._check_y(y)
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
         with fit_client(self.client) as client:
             data: tuple[np.ndarray, ...] | Dataset
             if lazy:
                 self._check_frame_names(X, reset=first)
-                Xd, yd, sw, ds = lazy_inputs(X, y, sample_weight, client)
+                (Xd, yd, sw, ds), off = lazy_offset_inputs(X, y, sample_weight, offset, client)
                 if yd is None:
                     raise ValueError(
                         f"{type(self).__name__} requires y to be passed, but the target y is "
@@ -63,9 +74,11 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
                     )
                 self._check_n_features(Xd.shape[1], reset=first)
                 # a path or Dataset used as it is goes to the engine as it is (direct reads)
-                data = ds if ds is not None else Dataset(Xd, yd.astype(Xd.dtype), sw)
+                data = ds if ds is not None else Dataset(Xd, yd.astype(Xd.dtype), sw, offset=off)
             else:
                 data = (X, y) if sample_weight is None else (X, y, sample_weight)
+                if offset is not None:
+                    data = (X, y, sample_weight, offset)
             result = self._run(
                 data,
                 client,
@@ -75,7 +88,9 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
                 max_iter=1 if partial else self.max_iter,
                 tol=None if partial else self.tol,
                 coef_init=np.asarray(self.coef_, dtype=np.float64) if warm else None,
-                intercept_init=float(self.intercept_[0]) if warm else None,
+                intercept_init=float(self.intercept_[0])
+                if warm
+                else self._start_intercept(data, client),
                 desc=type(self).__name__,
                 partial=partial,
                 **extra,

@@ -3,7 +3,8 @@
 :class:`InMemoryBatches` loads a rank's row-chunks once and cuts each epoch's batches from
 a permutation of them; :class:`StreamingBatches` (out of core) reads the chunks from Zarr
 as the batches need them, one at a time. Both give a batch as a list of pieces
-``(X, y, sample_weight)`` and the curvature figures of ``learning_rate="auto"``.
+``(X, y, sample_weight, offset)`` (``sample_weight`` and ``offset`` None when the data has
+none) and the curvature figures of ``learning_rate="auto"``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "InMemoryBatches",
     "Piece",
     "StreamingBatches",
+    "check_offset",
     "contiguous_block",
     "head",
     "load_rows",
@@ -27,23 +29,45 @@ __all__ = [
 ]
 
 
-def contiguous_block(X: np.ndarray, y: np.ndarray, w: np.ndarray | None):
-    """One row-chunk as C-contiguous arrays (runs on the worker that will train on it)."""
+def contiguous_block(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, offset: np.ndarray | None = None
+):
+    """One row-chunk as C-contiguous arrays (runs on the worker that will train on it):
+    ``(X, y, sample_weight, offset)``."""
     return (
         np.ascontiguousarray(X),
         np.ascontiguousarray(y),
         None if w is None else np.ascontiguousarray(w),
+        None if offset is None else np.ascontiguousarray(offset, dtype=np.float64),
     )
 
 
-def load_rows(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def check_offset(offset: np.ndarray | None, where: str) -> None:
+    """Refuse non-finite offsets as they are read (a ``DataValidationError``, which the
+    driver raises as it is)."""
+    if offset is None or np.isfinite(offset).all():
+        return
+    from daskgd.data.checks import OFFSET_HINT
+    from daskgd.errors import DataValidationError
+
+    first = int(np.flatnonzero(~np.isfinite(offset))[0])
+    raise DataValidationError(
+        f"offset ({where}) holds {offset[first]!r} at row {first} of these rows; offsets must "
+        f"be finite. {OFFSET_HINT}"
+    )
+
+
+def load_rows(
+    source: tuple,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Concatenate the rank's chunks: ``("zarr", path, chunks, options, sizes)`` or
-    ``("blocks", blocks)``."""
+    ``("blocks", blocks)``; ``(X, y, sample_weight, offset)``."""
     if source[0] == "zarr":
-        from daskgd.data.chunkio import read_row_chunks
+        from daskgd.data.chunkio import read_row_arrays
 
         _, path, chunks, options, _ = source
-        return read_row_chunks(path, chunks, storage_options=options)
+        out = read_row_arrays(path, chunks, storage_options=options)
+        return out["X"], out["y"], out.get("sample_weight"), out.get("offset")
     elif source[0] == "blocks":
         blocks = source[1]
     else:
@@ -53,10 +77,11 @@ def load_rows(source: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     X = np.concatenate([b[0] for b in blocks])
     y = np.concatenate([b[1] for b in blocks])
     w = None if blocks[0][2] is None else np.concatenate([b[2] for b in blocks])
-    return X, y, w
+    o = None if blocks[0][3] is None else np.concatenate([b[3] for b in blocks])
+    return X, y, w, o
 
 
-Piece = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+Piece = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 #: Rows of its first batch on which a rank measures the loss before any step (an estimate
 #: of the whole batch's for larger batches; sync full-batch fits take the exact value from
@@ -67,10 +92,11 @@ MEASURE_ROWS = 8192
 def head(pieces, rows: int) -> list[Piece]:
     """The first ``rows`` rows of a batch's pieces."""
     out: list[Piece] = []
-    for X, y, sw in pieces:
+    for X, y, sw, o in pieces:
         if rows <= 0:
             break
-        out.append((X[:rows], y[:rows], None if sw is None else sw[:rows]))
+        out.append((X[:rows], y[:rows], None if sw is None else sw[:rows],
+                    None if o is None else o[:rows]))  # fmt: skip
         rows -= len(y)
     return out
 
@@ -158,15 +184,17 @@ class InMemoryBatches:
     """The rank's rows, loaded once; batches cut from a per-epoch permutation of them."""
 
     def __init__(self, source: tuple, nb: int, seed: int, rank: int, check) -> None:
-        self.X, self.y, self.sw = load_rows(source)
+        self.X, self.y, self.sw, self.off = load_rows(source)
         self.y = check(self.y, self.sw, "")
+        check_offset(self.off, f"rank {rank}")
         self.n, self.nb, self.key = self.X.shape[0], nb, (seed, rank)
         self.bounds = np.linspace(0, self.n, nb + 1).round().astype(np.intp)
         if nb > 1:  # buffers the per-epoch permutation is written into
             self.Xb, self.yb = np.empty_like(self.X), np.empty_like(self.y)
             self.swb = None if self.sw is None else np.empty_like(self.sw)
+            self.offb = None if self.off is None else np.empty_like(self.off)
         else:
-            self.Xb, self.yb, self.swb = self.X, self.y, self.sw
+            self.Xb, self.yb, self.swb, self.offb = self.X, self.y, self.sw, self.off
         self.epoch = -1
 
     def curvature(self, intercept: bool, seed: int):
@@ -186,9 +214,13 @@ class InMemoryBatches:
             np.take(self.y, perm, out=self.yb)
             if self.sw is not None:
                 np.take(self.sw, perm, out=self.swb)
+            if self.off is not None:
+                np.take(self.off, perm, out=self.offb)
             self.epoch = epoch
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
-        return [(self.Xb[lo:hi], self.yb[lo:hi], None if self.swb is None else self.swb[lo:hi])]
+        sw, off = self.swb, self.offb
+        return [(self.Xb[lo:hi], self.yb[lo:hi], None if sw is None else sw[lo:hi],
+                 None if off is None else off[lo:hi])]  # fmt: skip
 
 
 class StreamingBatches:
@@ -216,17 +248,20 @@ class StreamingBatches:
         key, arrays = self.held
         if key == (epoch, chunk) and arrays is not None:
             return arrays
-        from daskgd.data import load_chunk
+        from daskgd.data.chunkio import read_row_arrays
 
         self.held = (None, None)  # let the previous chunk go before reading the next
-        X, y, sw = load_chunk(self.path, chunk, storage_options=self.options)
+        got = read_row_arrays(self.path, [chunk], storage_options=self.options)
+        X, y, sw, off = got["X"], got["y"], got.get("sample_weight"), got.get("offset")
         y = self.check(y, sw, f", chunk {chunk}")
+        check_offset(off, f"rank {self.key[1]}, chunk {chunk}")
         if self.nb > 1:
             perm = np.random.default_rng([*self.key, epoch, chunk + 1]).permutation(len(y))
             X, y = X[perm], y[perm]
             sw = None if sw is None else sw[perm]
-        self.held = ((epoch, chunk), (X, y, sw))
-        return X, y, sw
+            off = None if off is None else off[perm]
+        self.held = ((epoch, chunk), (X, y, sw, off))
+        return X, y, sw, off
 
     def curvature(self, intercept: bool, seed: int):
         """As :meth:`InMemoryBatches.curvature`, in one pass over the chunks; above
@@ -248,6 +283,6 @@ class StreamingBatches:
         for chunk, start, rows in self._order(epoch):
             if start + rows <= lo or start >= hi:
                 continue
-            X, y, sw = self._chunk(epoch, chunk)
+            X, y, sw, off = self._chunk(epoch, chunk)
             a, z = max(lo, start) - start, min(hi, start + rows) - start
-            yield X[a:z], y[a:z], None if sw is None else sw[a:z]
+            yield X[a:z], y[a:z], None if sw is None else sw[a:z], None if off is None else off[a:z]

@@ -34,7 +34,13 @@ import numpy as np
 from distributed import get_worker, secede
 
 from daskgd._version import __version__
-from daskgd.errors import ParameterServerError, SupersededError, TrainingError, UnknownJobError
+from daskgd.errors import (
+    DataValidationError,
+    ParameterServerError,
+    SupersededError,
+    TrainingError,
+    UnknownJobError,
+)
 from daskgd.objective import check_targets, get_loss
 from daskgd.parameter_server import ParameterServerClient
 from daskgd.worker.batches import MEASURE_ROWS, InMemoryBatches, StreamingBatches, head
@@ -158,9 +164,13 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
                 )
             y = (idx if multinomial else 2 * idx - 1).astype(y.dtype if y.dtype.kind == "f"
                                                               else np.float64)  # fmt: skip
-        check_targets(loss_info, y, multinomial=multinomial,
-                      n_classes=params.shape[1] if multinomial else 0,
-                      name=f"y (rank {rank}{where})")  # fmt: skip
+        try:
+            check_targets(loss_info, y, multinomial=multinomial,
+                          n_classes=params.shape[1] if multinomial else 0,
+                          name=f"y (rank {rank}{where})",
+                          power=spec.get("power", 1.5))  # fmt: skip
+        except ValueError as exc:  # the data, not the training: raised as it is
+            raise DataValidationError(str(exc)) from None
         if sw is not None and np.any(sw < 0):
             raise ValueError(f"sample_weight of rank {rank}{where} has negative entries")
         return y
@@ -182,8 +192,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         summed loss) at ``P`` over a batch's pieces."""
         loss, rows, weight, grad = 0.0, 0, 0.0, None
         class_loss = None
-        for Xp, yp, swp, *rest in pieces:
-            off = rest[0] if rest else None
+        for Xp, yp, swp, offp in pieces:
             if ovr:
                 piece_grad, piece_losses = _one_vs_rest(Xp, yp, swp, P, spec)
                 loss += math.fsum(piece_losses)
@@ -197,7 +206,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
                 out = buffers[Xp.dtype] = np.empty(P.shape, dtype=Xp.dtype)
             piece_loss, _, _ = grad_loss(Xp, yp, P[:d], P[d], loss=spec["loss"],
                                          sample_weight=swp, out=out, epsilon=spec["epsilon"],
-                                         check_input=False, offset=off,
+                                         check_input=False, offset=offp,
                                          power=power)  # fmt: skip
             loss += piece_loss
             rows += len(yp)
@@ -211,8 +220,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         batch's pieces, in one pass of the kernel per piece (float64 sums)."""
         loss, rows, weight = 0.0, 0, 0.0
         grad = hess = None
-        for Xp, yp, swp, *rest in pieces:
-            off = rest[0] if rest else None
+        for Xp, yp, swp, off in pieces:
             piece_loss, g, h = grad_hess(Xp, yp, P[:d], P[d], loss=spec["loss"],
                                          sample_weight=swp, offset=off,
                                          epsilon=spec["epsilon"], power=power,
