@@ -17,8 +17,9 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from glm_peers import DEFAULT, Runners
+from glm_peers import Runners
 from glm_problems import GLMProblem
+from peers import DEFAULT, setting_kwargs
 
 import daskgd
 import daskgd.objective
@@ -54,7 +55,7 @@ def missing(problem: GLMProblem, caps: dict[str, bool]) -> str | None:
 
 
 def _estimator(problem: GLMProblem, client, setting):
-    tol = {} if setting == DEFAULT else {"tol": setting}
+    tol = setting_kwargs(setting)
     common = {"client": client, "verbose": 0, "fit_intercept": problem.fit_intercept, **tol}
     if problem.kind == "least_squares":
         return daskgd.LinearRegression(**common)
@@ -112,7 +113,7 @@ def _fit_settings() -> list:
 
 def _fit_runner(problem: GLMProblem, client, optimizer: str):
     def fit(setting):
-        extra = {} if setting == DEFAULT else setting
+        extra = setting_kwargs(setting)
         res = daskgd.fit(
             problem.path,
             loss=LOSS[problem.kind],

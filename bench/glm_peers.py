@@ -15,14 +15,17 @@ import dask.array as da
 import numpy as np
 import zarr
 from glm_problems import GLMProblem, read_arrays
+from peers import DEFAULT, setting_kwargs
 
-DEFAULT = "defaults"
-TOLS = [DEFAULT, 1e-6, 1e-8, 1e-10, 1e-12]
+
+def tols(key: str = "tol") -> list:
+    """The library's defaults, then tighter tolerances (``key``) with room for the
+    iterations they need; a run that would not end within the budget is not started."""
+    tight = [(1e-6, 1_000), (1e-8, 1_000), (1e-10, 10_000), (1e-12, 10_000)]
+    return [DEFAULT, *({key: t, "max_iter": m} for t, m in tight)]
+
+
 Runners = dict[str, tuple[list, Callable] | str]
-
-
-def _tol(setting) -> dict:
-    return {} if setting == DEFAULT else {"tol": setting}
 
 
 def _read(problem: GLMProblem):
@@ -67,12 +70,11 @@ def sklearn_runners(problem: GLMProblem) -> Runners:
                     C=1.0 / (n * problem.alpha),
                     solver=solver,
                     fit_intercept=problem.fit_intercept,
-                    max_iter=10_000,
-                    **_tol(setting),
+                    **setting_kwargs(setting),
                 ).fit(X, y)
                 return m.coef_.ravel(), float(m.intercept_[0]) if problem.fit_intercept else 0.0
 
-            runners[f"scikit-learn LogisticRegression ({solver})"] = (TOLS, fit)
+            runners[f"scikit-learn LogisticRegression ({solver})"] = (tols(), fit)
         else:
             # no offset in scikit-learn: the rate y / exposure with weights = exposure has
             # the same optimum; the mean is then over sum(exposure), hence alpha's factor
@@ -82,13 +84,12 @@ def sklearn_runners(problem: GLMProblem) -> Runners:
                 m = PoissonRegressor(
                     alpha=problem.alpha * n / e.sum(),
                     solver=solver,
-                    max_iter=10_000,
-                    **_tol(setting),
+                    **setting_kwargs(setting),
                 )
                 m.fit(X, y / e, sample_weight=e)
                 return m.coef_, m.intercept_
 
-            runners[f"scikit-learn PoissonRegressor ({solver}, y/exposure)"] = (TOLS, fit)
+            runners[f"scikit-learn PoissonRegressor ({solver}, y/exposure)"] = (tols(), fit)
     return runners
 
 
@@ -104,19 +105,18 @@ def glum_runners(problem: GLMProblem) -> Runners:
     # problems' objective with the same alpha; default solver ("auto": IRLS)
     def fit(setting):
         X, y, offset = _read(problem)
-        tol = {} if setting == DEFAULT else {"gradient_tol": setting}
+        tol = setting_kwargs(setting)
         m = GeneralizedLinearRegressor(
             family=family[problem.kind],
             alpha=problem.alpha,
             l1_ratio=0.0,
             fit_intercept=problem.fit_intercept,
-            max_iter=1000,
             **tol,
         )
         m.fit(X, y, offset=offset)
         return m.coef_, float(m.intercept_)
 
-    return {"glum GeneralizedLinearRegressor": (TOLS, fit)}
+    return {"glum GeneralizedLinearRegressor": (tols("gradient_tol"), fit)}
 
 
 # --- dask-glm -----------------------------------------------------------------------------
@@ -168,29 +168,34 @@ def snapml_runners(problem: GLMProblem) -> Runners:
                 regularizer=n * problem.alpha,
                 penalty="l2",
                 fit_intercept=problem.fit_intercept,
-                max_iter=1000,
                 n_jobs=1,
-                **_tol(setting),
+                **setting_kwargs(setting),
             )
             m.fit(X, y)
             return np.ravel(m.coef_), _snap_intercept(m, problem)
 
-        return {"snapml LogisticRegression": (TOLS, fit)}
+        return {"snapml LogisticRegression": (tols(), fit)}
 
     def fit_ls(setting):
+        # the dual solver (the default) does not converge with the near-zero penalty of
+        # least squares; the primal one ignores fit_intercept: a constant column then
+        # carries the intercept (penalised by a negligible n * 1e-10)
         X, y, _ = _read(problem)
+        if problem.fit_intercept:
+            X = np.hstack([X, np.ones((X.shape[0], 1))])
         m = snapml.LinearRegression(
-            regularizer=max(n * problem.alpha, 1e-12),
+            regularizer=max(n * problem.alpha, n * 1e-10),
             penalty="l2",
-            fit_intercept=problem.fit_intercept,
-            max_iter=1000,
+            dual=False,
+            fit_intercept=False,
             n_jobs=1,
-            **_tol(setting),
+            **setting_kwargs(setting),
         )
         m.fit(X, y)
-        return np.ravel(m.coef_), _snap_intercept(m, problem)
+        coef = np.ravel(m.coef_)
+        return (coef[:-1], float(coef[-1])) if problem.fit_intercept else (coef, 0.0)
 
-    return {"snapml LinearRegression": (TOLS, fit_ls)}
+    return {"snapml LinearRegression": (tols(), fit_ls)}
 
 
 def _snap_intercept(model, problem: GLMProblem) -> float:
