@@ -130,7 +130,7 @@ def run_problem(problem: GLMProblem, client, budget: float) -> tuple[dict, dict]
     runners: Runners = {}
     for provider in PROVIDERS:
         runners.update(provider(problem))
-    runners.update(daskgd_runners(problem, client))
+    runners.update(daskgd_runners(problem, client, budget))
     results, not_run = {}, {}
     for system, entry in runners.items():
         if isinstance(entry, str):
@@ -234,6 +234,7 @@ def report(problems, all_results, all_not_run, path_results, quick, startup, pat
         + ".\n\n"
     )
     md.append(
+        "## Summary\n\n"
         f"Targets (daskgd on its defaults): at most {RATIO_TARGET}x the fastest peer's time "
         f"to 1e-8 on each problem; at most {PASSES_TARGET} passes on the ill-conditioned "
         "problem.\n\n"

@@ -74,7 +74,7 @@ def estimator_name(problem: GLMProblem) -> str:
     return f"daskgd {name}"
 
 
-def daskgd_runners(problem: GLMProblem, client) -> Runners:
+def daskgd_runners(problem: GLMProblem, client, budget: float) -> Runners:
     caps = capabilities()
     why = missing(problem, caps)
     if why:
@@ -100,14 +100,18 @@ def daskgd_runners(problem: GLMProblem, client) -> Runners:
         if optimizer != "lbfgs" and not caps[optimizer]:
             runners[name] = "not available in this build"
             continue
-        runners[name] = (_fit_settings(), _fit_runner(problem, client, optimizer))
+        runners[name] = (_fit_settings(budget), _fit_runner(problem, client, optimizer))
     return runners
 
 
-def _fit_settings() -> list:
+def _fit_settings(budget: float) -> list:
     # defaults (max_epochs=100, tol=1e-4 on the loss's relative decrease), then gradient
     # tolerances relative to the start, with room for the epochs they need
-    tight = [{"tol": None, "gtol_rel": g, "max_epochs": 3000} for g in (1e-6, 1e-8, 1e-10)]
+    # (max_time: a slow optimizer stops at the budget and reports what it reached)
+    tight = [
+        {"tol": None, "gtol_rel": g, "max_epochs": 3000, "max_time": budget}
+        for g in (1e-6, 1e-8, 1e-10)
+    ]
     return [DEFAULT, *tight]
 
 
