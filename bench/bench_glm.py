@@ -286,7 +286,7 @@ def main() -> None:
         "--budget",
         type=float,
         default=None,
-        help="seconds per system and problem (default 120, quick 30)",
+        help="seconds per system and problem (default 120, quick 15)",
     )
     parser.add_argument(
         "--only",
@@ -296,7 +296,7 @@ def main() -> None:
     )
     parser.add_argument("--data", default=None, help="folder for the Zarr problems")
     args = parser.parse_args()
-    budget = args.budget or (30.0 if args.quick else 120.0)
+    budget = args.budget or (15.0 if args.quick else 120.0)
     root = Path(args.data or tempfile.mkdtemp(prefix="daskgd-bench-glm-"))
     path_size = (50_000, 100) if args.quick else (500_000, 100)
     t0 = time.perf_counter()
