@@ -210,6 +210,9 @@ def summary_rows(problems, all_results) -> list[list[str]]:
         reached = d.suboptimality <= TIGHT
         ratio = f"{d.seconds / best[1]:.2f}" if reached and best else "—"
         met = "yes" if reached and best and d.seconds <= RATIO_TARGET * best[1] else "no"
+        if p.name == "ill_conditioned_logistic":
+            few = reached and isinstance(passes, int) and passes <= PASSES_TARGET
+            met += f"; passes: {'yes' if few else 'no'}"
         rows.append(
             [p.name, peer, f"{d.seconds:.2f} s, {d.suboptimality:.1e}, {passes} passes", ratio, met]
         )
