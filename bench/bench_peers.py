@@ -248,7 +248,7 @@ def breakdown_table(problems, results) -> str:
 
 
 def report(problems, results, skipped, quick: bool) -> None:
-    md = ["# daskgd against its peers\n\n{header}", __doc__.split("\n\n")[3], "\n\n"]
+    md = ["# daskgd against its peers\n\n{header}", "\n\n".join(__doc__.split("\n\n")[2:6]), "\n\n"]
     starts = [
         m["cluster_start_s"] for r in results.values() for m in r.values() if m["cluster_start_s"]
     ]
