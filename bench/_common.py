@@ -66,7 +66,7 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     m = payload["machine"]
     header = (
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
-        f"numpy {m['numpy']}, {m['blas_threads']} BLAS threads in the benchmark's process. "
+        f"numpy {m['numpy']}; BLAS threads in the benchmark's process: {m['blas_threads']}. "
         f"Command: `{m['command']}`.\n\n"
     )
     (RESULTS / f"{name}.md").write_text(markdown.replace("{header}", header))
