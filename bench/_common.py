@@ -41,10 +41,21 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "blas_threads": _blas_threads(),
         # relative to the repository, wherever it was checked out
         "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def _blas_threads() -> int | None:
+    """The BLAS threads of this process (the in-process systems' cores), when known."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(blas) if blas else None
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:
@@ -55,7 +66,8 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     m = payload["machine"]
     header = (
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
-        f"numpy {m['numpy']}. Command: `{m['command']}`.\n\n"
+        f"numpy {m['numpy']}; BLAS threads in the benchmark's process: {m['blas_threads']}. "
+        f"Command: `{m['command']}`.\n\n"
     )
     (RESULTS / f"{name}.md").write_text(markdown.replace("{header}", header))
     print(markdown.replace("{header}", header))

@@ -1,20 +1,21 @@
-"""daskgd's entries in the peer comparison (``bench_peers.py``): the settings, stated.
+"""daskgd's entries in the peer comparison (``bench_peers.py``), called as a user calls them.
 
-Every run is ``daskgd.fit`` on the Zarr path, so it includes the workers' reads of their
-chunks; ``validate=False`` because no peer scans the data either. Step sizes for the
-first-order runs are ``1/L`` with ``L`` the curvature bound of the objective on
-standard-normal features (``(1 + sqrt(d/n))^2`` for least squares; a quarter of it plus
-``alpha`` for logistic regression).
+Every run starts from the Zarr path with daskgd's defaults, validation included: the
+estimators (``LinearRegression()``, ``LogisticRegression(C=...)``) and ``daskgd.fit``
+with the full-batch optimizers (``lbfgs``; ``auto`` and ``newton`` where this build has
+them; its default, gradient descent with the automatic step). The defaults of each are
+what the "defaults" columns measure; the sweeps (``max_epochs`` with ``tol=None``) give
+the time to the targets. The mini-batch runs (async and ssp SGD) have no defaults that
+make sense here: their first setting stands for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
-from peers import Problem, sweep
+from peers import Problem, System, setting_kwargs
 
 import daskgd
+import daskgd.objective
 
 
 def _breakdown(res) -> dict:
@@ -30,40 +31,79 @@ def _breakdown(res) -> dict:
     }
 
 
-def daskgd_runners(problem: Problem) -> dict[str, Callable]:
-    ls = problem.kind == "least_squares"
-    curvature = (1 + np.sqrt(problem.d / problem.n)) ** 2 + 1.0  # + the intercept's direction
-    common = {
-        "loss": "squared_error" if ls else "log_loss",
+def estimator_name(problem: Problem) -> str:
+    if problem.kind == "least_squares":
+        return "daskgd LinearRegression()"
+    return "daskgd LogisticRegression(C=1/(n alpha), fit_intercept=False)"
+
+
+def _estimator(problem: Problem):
+    def fit(setting, client=None):
+        common = {"client": client, "verbose": 0, "fit_intercept": problem.fit_intercept}
+        if problem.kind == "least_squares":
+            est = daskgd.LinearRegression(**common, **setting_kwargs(setting))
+        else:
+            # the estimator follows scikit-learn: C = 1 / (n * alpha)
+            est = daskgd.LogisticRegression(
+                C=1.0 / (problem.n * problem.alpha), **common, **setting_kwargs(setting)
+            )
+        est.fit(problem.path)
+        return est.coef_.ravel(), float(np.ravel(est.intercept_)[0]), {"epochs": est.n_iter_}
+
+    return System(fit, dask=True)
+
+
+def _fit(problem: Problem, defaults: dict, settings: list) -> System:
+    base = {
+        "loss": "squared_error" if problem.kind == "least_squares" else "log_loss",
         "alpha": problem.alpha,
         "fit_intercept": problem.fit_intercept,
-        "tol": None,
-        "validate": False,
     }
 
-    def runner(settings: dict, epochs: list[int]):
-        def fit(max_epochs):
-            res = daskgd.fit(problem.path, client=fit.client, max_epochs=max_epochs,
-                             **common, **settings)  # fmt: skip
-            return res.coef_, float(np.ravel(res.intercept_)[0]), _breakdown(res)
+    def fit(setting, client=None):
+        res = daskgd.fit(problem.path, client=client, **base, **defaults, **setting_kwargs(setting))
+        return res.coef_, float(np.ravel(res.intercept_)[0]), _breakdown(res)
 
-        def run(p, client, budget):
-            fit.client = client
-            return sweep(p, fit, epochs, budget)
+    return System(fit, settings=settings, dask=True)
 
-        return run
 
-    lr = 1.0 / (curvature if ls else 0.25 * curvature + problem.alpha)
-    # the mini-batch runs (async and ssp): a decaying step from a quarter of 1/L
-    sgd = {"batch_size": 1024, "optimizer": "sgd", "learning_rate": lr / 4,
-           "lr_schedule": "invscaling", "power_t": 0.25, "random_state": 0}  # fmt: skip
-    return {
-        "daskgd sync L-BFGS": runner({"mode": "sync", "optimizer": "lbfgs"}, [3, 5, 7, 10, 20, 40]),
-        "daskgd sync gradient descent (lr=1/L)": runner(
-            {"mode": "sync", "optimizer": "sgd", "learning_rate": lr}, [5, 10, 20, 50, 150]
-        ),
-        "daskgd async SGD (batch 1,024)": runner({"mode": "async", **sgd}, [1, 2, 5, 10]),
-        "daskgd ssp SGD (batch 1,024, staleness 4)": runner(
-            {"mode": "ssp", "max_staleness": 4, **sgd}, [1, 2, 5, 10]
-        ),
+def daskgd_runners(problem: Problem) -> dict[str, System]:
+    def epochs(ks):
+        return [{"max_epochs": k, "tol": None} for k in ks]
+
+    runners = {estimator_name(problem): _estimator(problem)}
+    for optimizer in ("auto", "newton"):
+        # the newer optimizers, where this build has them
+        if optimizer == "auto" and not hasattr(daskgd.objective, "choose_optimizer"):
+            continue
+        if optimizer == "newton" and "newton" not in daskgd.objective.OPTIMIZERS:
+            continue
+        runners[f'daskgd fit(optimizer="{optimizer}")'] = _fit(
+            problem, {"optimizer": optimizer}, epochs([1, 2, 3, 5, 10, 20])
+        )
+    runners['daskgd fit(optimizer="lbfgs")'] = _fit(
+        problem, {"optimizer": "lbfgs"}, epochs([3, 5, 7, 10, 20, 40])
+    )
+    runners["daskgd fit() (its defaults: sync gradient descent)"] = _fit(
+        problem, {}, epochs([5, 10, 20, 50, 150])
+    )
+    # the mini-batch runs: a decaying step from the automatic one
+    sgd = {
+        "batch_size": 1024,
+        "optimizer": "sgd",
+        "lr_schedule": "invscaling",
+        "power_t": 0.25,
+        "random_state": 0,
     }
+    for name, mode in (
+        ("async SGD (batch 1,024)", {"mode": "async"}),
+        ("ssp SGD (batch 1,024, staleness 4)", {"mode": "ssp", "max_staleness": 4}),
+    ):
+        runs = epochs([1, 2, 5, 10])
+        system = _fit(problem, {**mode, **sgd}, runs[1:])
+        system.defaults = runs[0]
+        runners[f"daskgd {name}"] = system
+    return runners
+
+
+__all__ = ["daskgd_runners", "estimator_name"]

@@ -1,17 +1,19 @@
 """The problems and the peer solvers of the comparison benchmark (``bench_peers.py``).
 
 Every system minimises the same objective on the same Zarr data, and every run is
-timed from the read of the data (Zarr to memory) to the fitted coefficients; the
-cluster is started once, outside the timings.
+timed from the read of the data (Zarr to memory) to the fitted coefficients.
 
 Objectives (``n`` rows, labels ``y`` in {-1, +1} for logistic regression):
 
 * least squares: ``f(w, b) = 1/(2n) * sum (x_i @ w + b - y_i)**2``, no penalty;
 * logistic: ``f(w) = 1/n * sum log(1 + exp(-y_i x_i @ w)) + alpha/2 * ||w||**2``, no
-  intercept (dask-glm penalises an intercept column and scikit-learn does not, so with
-  an intercept the peers would not share one optimum).
+  intercept (dask-glm and snapml penalise an intercept column and scikit-learn does not,
+  so with an intercept the peers would not share one optimum).
 
-How each peer's parameters map onto them is written beside each runner below.
+Each system is a :class:`System`: ``fit(setting, client)``, the setting of its defaults
+(what a user who calls it plainly gets) and a sweep of settings of growing cost (to
+measure its time to the targets). How each peer's parameters map onto the objectives is
+written beside each runner below.
 """
 
 from __future__ import annotations
@@ -96,6 +98,19 @@ class Problem:
         return max((self.objective(coef, intercept) - self.f_star) / abs(self.f_star), 0.0)
 
 
+DEFAULT = "defaults"  # a setting: the system's defaults (with the problem's mapping)
+
+
+@dataclass
+class System:
+    """One system as its users call it (see the module's docstring)."""
+
+    fit: Callable  # fit(setting, client) -> (coef, intercept[, breakdown])
+    defaults: object = DEFAULT
+    settings: list = field(default_factory=list)
+    dask: bool = False  # runs on the Dask cluster (then timed on a fresh one)
+
+
 @dataclass
 class Run:
     """One fit: the setting, seconds from the read to the coefficients, suboptimality."""
@@ -161,76 +176,150 @@ def _split_intercept(beta: np.ndarray, fit_intercept: bool) -> tuple[np.ndarray,
     return (beta[:-1], float(beta[-1])) if fit_intercept else (beta, 0.0)
 
 
+def setting_kwargs(setting, key: str = "tol") -> dict:
+    """The keyword arguments of a setting: none for the defaults, else ``{key: setting}``
+    (or the setting itself when it is a dict)."""
+    if setting == DEFAULT:
+        return {}
+    return dict(setting) if isinstance(setting, dict) else {key: setting}
+
+
 # --- the peers ---------------------------------------------------------------------------
-# Each returns {system name: runner(problem, client, budget) -> list[Run]}.
+# Each returns {system name: System}. In-process systems get the two cores the Dask
+# systems get (BLAS as configured by the environment; snapml's n_jobs=2).
 
 
-def sklearn_runners(problem: Problem) -> dict[str, Callable]:
+def sklearn_runners(problem: Problem) -> dict[str, System]:
     from sklearn.linear_model import (
         LinearRegression,
         LogisticRegression,
+        Ridge,
         SGDClassifier,
         SGDRegressor,
     )
 
-    n = problem.n
-    runners: dict[str, Callable] = {}
+    n, fi = problem.n, problem.fit_intercept
     if problem.kind == "least_squares":
 
-        def linreg(setting):
+        def linreg(setting, client=None):
             X, y = read_numpy(problem)
-            m = LinearRegression(fit_intercept=problem.fit_intercept).fit(X, y)
+            m = LinearRegression(fit_intercept=fi).fit(X, y)
             return m.coef_, m.intercept_
 
-        def sgd(max_iter):
-            # SGDRegressor's objective is ours (mean 0.5 r^2 + alpha * penalty), alpha=0.
+        def ridge(setting, client=None):
+            # the normal equations by Cholesky (alpha=0: least squares)
+            X, y = read_numpy(problem)
+            m = Ridge(alpha=0.0, solver="cholesky", fit_intercept=fi).fit(X, y)
+            return m.coef_, m.intercept_
+
+        def sgd(setting, client=None):
+            # SGDRegressor's objective is ours (mean 0.5 r^2 + alpha * penalty), alpha=0
             X, y = read_numpy(problem)
             m = SGDRegressor(
-                penalty=None,
-                alpha=0.0,
-                max_iter=max_iter,
-                tol=None,
-                fit_intercept=problem.fit_intercept,
-                random_state=0,
+                penalty=None, alpha=0.0, fit_intercept=fi, random_state=0, **setting_kwargs(setting)
             ).fit(X, y)
             return m.coef_, float(m.intercept_[0])
 
-        runners["scikit-learn LinearRegression"] = lambda p, c, b: sweep(p, linreg, [""], b)
-        runners["scikit-learn SGDRegressor"] = lambda p, c, b: sweep(p, sgd, [1, 3, 10, 30], b)
-    else:
+        sweep_epochs = [{"max_iter": k, "tol": None} for k in (1, 3, 10, 30)]
+        return {
+            "scikit-learn LinearRegression": System(linreg),
+            "scikit-learn Ridge (cholesky, alpha=0)": System(ridge),
+            "scikit-learn SGDRegressor": System(sgd, settings=sweep_epochs),
+        }
 
-        def logreg(tol):
-            # C = 1 / (n * alpha): scikit-learn sums the losses, we average them.
+    def logreg(solver):
+        def fit(setting, client=None):
+            # C = 1 / (n * alpha): scikit-learn sums the losses, we average them
             X, y = read_numpy(problem)
             m = LogisticRegression(
                 C=1.0 / (n * problem.alpha),
                 fit_intercept=False,
-                solver="lbfgs",
-                tol=tol,
+                solver=solver,
                 max_iter=10_000,
+                **setting_kwargs(setting),
             ).fit(X, y)
             return m.coef_.ravel(), 0.0
 
-        def sgd(max_iter):
+        return System(fit, settings=[1e-2, 1e-4, 1e-6, 1e-8])
+
+    def sgd_clf(setting, client=None):
+        X, y = read_numpy(problem)
+        m = SGDClassifier(
+            loss="log_loss",
+            alpha=problem.alpha,
+            fit_intercept=False,
+            random_state=0,
+            **setting_kwargs(setting),
+        ).fit(X, y)
+        return m.coef_.ravel(), 0.0
+
+    return {
+        "scikit-learn LogisticRegression (lbfgs)": logreg("lbfgs"),
+        "scikit-learn LogisticRegression (newton-cholesky)": logreg("newton-cholesky"),
+        "scikit-learn SGDClassifier": System(
+            sgd_clf, settings=[{"max_iter": k, "tol": None} for k in (1, 3, 10, 30)]
+        ),
+    }
+
+
+def glum_runners(problem: Problem) -> dict[str, System]:
+    from glum import GeneralizedLinearRegressor
+
+    # glum: mean half deviance + alpha/2 * ||w||^2 (l1_ratio=0), the same alpha; its
+    # default solver (IRLS); the tolerance is gradient_tol
+    family = "normal" if problem.kind == "least_squares" else "binomial"
+
+    def fit(setting, client=None):
+        X, y = read_numpy(problem)
+        m = GeneralizedLinearRegressor(
+            family=family,
+            alpha=problem.alpha,
+            l1_ratio=0.0,
+            fit_intercept=problem.fit_intercept,
+            **setting_kwargs(setting, "gradient_tol"),
+        ).fit(X, y)
+        return m.coef_, float(m.intercept_)
+
+    return {"glum GeneralizedLinearRegressor": System(fit, settings=[1e-6, 1e-8, 1e-10])}
+
+
+def snapml_runners(problem: Problem) -> dict[str, System]:
+    """IBM's snapml: proprietary, run for comparison only."""
+    import snapml
+
+    n = problem.n
+    if problem.kind == "least_squares":
+
+        def fit(setting, client=None):
+            # the dual solver (the default) does not converge with a near-zero penalty,
+            # and the primal one ignores fit_intercept: a constant column carries the
+            # intercept, everything penalised by a negligible n * 1e-10
             X, y = read_numpy(problem)
-            m = SGDClassifier(
-                loss="log_loss",
-                alpha=problem.alpha,
+            if problem.fit_intercept:
+                X = np.hstack([X, np.ones((X.shape[0], 1))])
+            m = snapml.LinearRegression(
+                regularizer=n * 1e-10,
+                dual=False,
                 fit_intercept=False,
-                max_iter=max_iter,
-                tol=None,
-                random_state=0,
+                n_jobs=2,
+                **setting_kwargs(setting),
             ).fit(X, y)
-            return m.coef_.ravel(), 0.0
+            return _split_intercept(m.coef_, problem.fit_intercept)
 
-        runners["scikit-learn LogisticRegression (lbfgs)"] = lambda p, c, b: sweep(
-            p, logreg, [1e-2, 1e-4, 1e-6, 1e-8], b
-        )
-        runners["scikit-learn SGDClassifier"] = lambda p, c, b: sweep(p, sgd, [1, 3, 10, 30], b)
-    return runners
+        return {"snapml LinearRegression": System(fit, settings=[1e-6, 1e-8, 1e-10])}
+
+    def fit_logistic(setting, client=None):
+        # snapml: sum of the losses + regularizer/2 * ||w||^2, so regularizer = n * alpha
+        X, y = read_numpy(problem)
+        m = snapml.LogisticRegression(
+            regularizer=n * problem.alpha, fit_intercept=False, n_jobs=2, **setting_kwargs(setting)
+        ).fit(X, y)
+        return np.ravel(m.coef_), 0.0
+
+    return {"snapml LogisticRegression": System(fit_logistic, settings=[1e-6, 1e-8, 1e-10])}
 
 
-def dask_glm_runners(problem: Problem) -> dict[str, Callable]:
+def dask_glm_runners(problem: Problem) -> dict[str, System]:
     from dask_glm import algorithms
     from dask_glm.families import Logistic, Normal
 
@@ -240,84 +329,59 @@ def dask_glm_runners(problem: Problem) -> dict[str, Callable]:
     # dask-glm sums the log-likelihood (Normal: sum r^2, twice ours times n) and adds
     # lamduh * ||w||^2 / 2, so lamduh = n * alpha for the logistic problem.
     reg = {} if ls else {"regularizer": "l2", "lamduh": n * problem.alpha}
+    no_penalty = reg or {"regularizer": "l2", "lamduh": 0.0}
 
-    def fit_with(algorithm, **fixed):
-        def fit(setting):
-            X, y = read_dask(problem, fit.client)
+    def system(algorithm, fixed, settings):
+        def fit(setting, client=None):
+            X, y = read_dask(problem, client)
             if ls and problem.fit_intercept:
                 X = da.hstack([X, da.ones((X.shape[0], 1), chunks=(X.chunks[0], 1))])
-            beta = algorithm(X, y, family=family, **fixed, **setting)
+            beta = algorithm(X, y, family=family, **fixed, **setting_kwargs(setting))
             return _split_intercept(beta, ls and problem.fit_intercept)
 
-        return fit
-
-    def runner(fit, settings):
-        def run(p, client, budget):
-            fit.client = client
-            return sweep(p, fit, settings, budget)
-
-        return run
+        return System(fit, settings=settings, dask=True)
 
     iters = [{"max_iter": k} for k in (5, 20, 100, 300)]
     runners = {
-        "dask-glm lbfgs": runner(fit_with(algorithms.lbfgs, **reg, tol=1e-12), iters),
-        "dask-glm admm": runner(
-            fit_with(
-                algorithms.admm,
-                **(reg or {"regularizer": "l2", "lamduh": 0.0}),
-                abstol=1e-12,
-                reltol=1e-12,
-            ),
-            [{"max_iter": k} for k in (5, 20, 60)],
+        "dask-glm lbfgs": system(algorithms.lbfgs, {**reg, "tol": 1e-12}, iters),
+        # admm's defaults (250 iterations, each a local solve per chunk) take minutes: its
+        # first setting (5 iterations) stands for them
+        "dask-glm admm (first fit: max_iter=5)": System(
+            system(algorithms.admm, {**no_penalty, "abstol": 1e-12, "reltol": 1e-12}, []).fit,
+            defaults={"max_iter": 5},
+            settings=[{"max_iter": k} for k in (20, 60)],
+            dask=True,
         ),
-        "dask-glm proximal_grad": runner(
-            fit_with(
-                algorithms.proximal_grad, **(reg or {"regularizer": "l2", "lamduh": 0.0}), tol=1e-14
-            ),
-            iters,
+        "dask-glm proximal_grad": system(
+            algorithms.proximal_grad, {**no_penalty, "tol": 1e-14}, iters
         ),
     }
     if ls:  # newton and gradient_descent have no penalty: least squares only
-        runners["dask-glm newton"] = runner(
-            fit_with(algorithms.newton, tol=1e-14), [{"max_iter": k} for k in (1, 3, 10)]
+        runners["dask-glm newton"] = system(
+            algorithms.newton, {"tol": 1e-14}, [{"max_iter": k} for k in (1, 3, 10)]
         )
-        runners["dask-glm gradient_descent"] = runner(
-            fit_with(algorithms.gradient_descent, tol=1e-14), iters
+        runners["dask-glm gradient_descent"] = system(
+            algorithms.gradient_descent, {"tol": 1e-14}, iters
         )
     return runners
 
 
-def dask_ml_runners(problem: Problem) -> dict[str, Callable]:
+def dask_ml_runners(problem: Problem) -> dict[str, System]:
     from dask_ml.linear_model import LinearRegression, LogisticRegression
 
     n = problem.n
     ls = problem.kind == "least_squares"
 
-    def fit(setting):
-        X, y = read_dask(problem, fit.client)
-        if ls:
-            # dask-ml always penalises; C = 1e12 makes the penalty negligible
-            m = LinearRegression(
-                C=1e12,
-                solver="lbfgs",
-                max_iter=setting,
-                tol=1e-12,
-                fit_intercept=problem.fit_intercept,
-            )
+    def fit(setting, client=None):
+        X, y = read_dask(problem, client)
+        kw = {"solver": "lbfgs", "fit_intercept": problem.fit_intercept, **setting_kwargs(setting)}
+        if ls:  # dask-ml always penalises; C = 1e12 makes the penalty negligible
+            m = LinearRegression(C=1e12, **kw)
         else:
-            m = LogisticRegression(
-                C=1.0 / (n * problem.alpha),
-                solver="lbfgs",
-                max_iter=setting,
-                tol=1e-12,
-                fit_intercept=False,
-            )
+            m = LogisticRegression(C=1.0 / (n * problem.alpha), **kw)
         m.fit(X, y)
         return np.asarray(m.coef_).ravel(), float(getattr(m, "intercept_", 0.0) or 0.0)
 
-    def run(p, client, budget):
-        fit.client = client
-        return sweep(p, fit, [5, 20, 100, 300], budget)
-
+    settings = [{"max_iter": k, "tol": 1e-12} for k in (5, 20, 100, 300)]
     name = "dask-ml LinearRegression (lbfgs)" if ls else "dask-ml LogisticRegression (lbfgs)"
-    return {name: run}
+    return {name: System(fit, settings=settings, dask=True)}

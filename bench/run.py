@@ -1,7 +1,9 @@
-"""Run every benchmark of the suite: ``python bench/run.py [--quick]`` (what ``tox -e bench`` does).
+"""Run the benchmark suite: ``python bench/run.py [--quick] [--scripts NAME ...]`` (what
+``tox -e bench`` does; ``tox -e bench -- --quick --scripts glm peers`` for a part).
 
-Each ``bench/bench_*.py`` script is run in its own process, in name order, with the
-arguments given here; they write their results under ``bench/results/``.
+Each ``bench/bench_*.py`` script (or those named by ``--scripts``: ``glm`` for
+``bench_glm.py``) is run in its own process, in name order, with the other arguments
+given here; they write their results under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,34 @@ import sys
 from pathlib import Path
 
 
+def select(argv: list[str]) -> tuple[list[str] | None, list[str]]:
+    """(the script names after ``--scripts``, or None for all; the other arguments)."""
+    if "--scripts" not in argv:
+        return None, argv
+    i = argv.index("--scripts")
+    names, rest = [], argv[:i]
+    for j, arg in enumerate(argv[i + 1 :], start=i + 1):
+        if arg.startswith("--"):
+            rest += argv[j:]
+            break
+        names.append(arg)
+    return names, rest
+
+
 def main(argv: list[str]) -> int:
     here = Path(__file__).resolve().parent
+    names, args = select(argv)
+    scripts = sorted(here.glob("bench_*.py"))
+    if names is not None:
+        unknown = set(names) - {s.stem.removeprefix("bench_") for s in scripts}
+        if unknown:
+            print(f"no such benchmark: {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in names]
     failed = []
-    for script in sorted(here.glob("bench_*.py")):
-        print(f"== {script.name} {' '.join(argv)}", flush=True)
-        if subprocess.call([sys.executable, str(script), *argv]) != 0:
+    for script in scripts:
+        print(f"== {script.name} {' '.join(args)}", flush=True)
+        if subprocess.call([sys.executable, str(script), *args]) != 0:
             failed.append(script.name)
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
