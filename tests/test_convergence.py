@@ -188,8 +188,19 @@ def test_linear_regression_with_a_scaled_column_reaches_lstsq_or_says_not(client
 def test_logistic_regression_that_stops_at_max_iter_warns(client):
     X, y = datasets.load_breast_cancer(return_X_y=True)  # unscaled: features up to 4,000
     with pytest.warns(ConvergenceWarning, match="LogisticRegression did not converge"):
-        clf = LogisticRegression(verbose=0, max_iter=100, client=client).fit(X, y)
+        clf = LogisticRegression(verbose=0, max_iter=100, client=client, optimizer="lbfgs")
+        clf.fit(X, y)
     assert not clf.converged_ and clf.n_iter_ == 100
+
+
+def test_logistic_regression_default_solves_unscaled_data(client):
+    # the default (optimizer="auto": Newton for 31 parameters) does not mind the scales
+    # that stop L-BFGS above: the README's "Agreement" figure
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    clf = LogisticRegression(verbose=0, max_iter=100, client=client).fit(X, y)
+    ref = sk.LogisticRegression(solver="newton-cholesky", tol=1e-12, max_iter=1000).fit(X, y)
+    assert clf.converged_ and clf.n_iter_ <= 20
+    assert np.max(np.abs(clf.coef_ - ref.coef_)) / np.max(np.abs(ref.coef_)) <= 1e-7
 
 
 def test_readme_agreement_with_the_exact_optimum(client):
