@@ -78,3 +78,23 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def use_peer_threads(n: int = 2):
+    """Give the systems that run in this process ``n`` BLAS/OpenMP threads.
+
+    Set here, not through ``OPENBLAS_NUM_THREADS`` in the environment: the Dask worker
+    processes inherit the environment, and two workers running two-thread BLAS on two
+    cores slow each other down several times (measured on the Newton Hessian). The peers'
+    libraries are imported first so that their thread pools are found.
+    """
+    import importlib
+
+    from threadpoolctl import threadpool_limits
+
+    for name in ("scipy.linalg", "sklearn.linear_model", "glum", "snapml"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # a peer that is not installed is reported elsewhere
+            pass
+    return threadpool_limits(limits=n)

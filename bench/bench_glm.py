@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 
 import glm_path
-from _common import table, write_results
+from _common import table, use_peer_threads, write_results
 from distributed import Client, LocalCluster
 from glm_daskgd import capabilities, daskgd_runners, estimator_name
 from glm_path import FOLDS, N_CS, path_table_rows, run_path, write_path_problem
@@ -299,6 +299,7 @@ def main() -> None:
     )
     parser.add_argument("--data", default=None, help="folder for the Zarr problems")
     args = parser.parse_args()
+    _threads = use_peer_threads(2)  # kept for the run
     budget = args.budget or (15.0 if args.quick else 120.0)
     root = Path(args.data or tempfile.mkdtemp(prefix="daskgd-bench-glm-"))
     path_size = (50_000, 100) if args.quick else (500_000, 100)

@@ -40,7 +40,7 @@ import traceback
 from functools import partial
 from pathlib import Path
 
-from _common import RESULTS, table, write_results
+from _common import RESULTS, table, use_peer_threads, write_results
 from daskgd_runners import daskgd_runners, estimator_name
 from distributed import Client, LocalCluster
 from peers import (
@@ -333,6 +333,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="problems to run, by name")
     parser.add_argument("--data", default=None, help="folder for the Zarr problems")
     args = parser.parse_args()
+    _threads = use_peer_threads(2)  # kept for the run
     budget = args.budget or (20.0 if args.quick else 60.0)
     repeats = 2 if args.quick else 3
     root = Path(args.data or tempfile.mkdtemp(prefix="daskgd-bench-"))
