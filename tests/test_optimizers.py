@@ -127,5 +127,7 @@ def test_newton_solves_the_lasso_quadratic_in_one_step_and_keeps_its_state():
         opt.import_state(P1, {"lbfgs_x": np.zeros(5)})
     with pytest.raises(ValueError, match="use optimizer='lbfgs'"):
         opt.init_state(np.zeros((5, 3)))
-    with pytest.raises(ValueError, match="loss and Hessian"):
+    with pytest.raises(ValueError, match="Hessian at this point was asked for"):
         opt.step(P, P - c, opt.init_state(P), 0, 0, loss=1.0)
+    with pytest.raises(ValueError, match="needs the round's loss"):
+        opt.step(P, P - c, opt.init_state(P), 0, 0, hess=np.eye(P.size))

@@ -57,7 +57,11 @@ FIT_PARAMETERS = """
     max_epochs : int, default=100
     tol : float or None, default=1e-4
         Stop when the epoch loss improved by less than ``tol`` (relative to the best)
-        for ``n_iter_no_change`` epochs in a row.
+        for ``n_iter_no_change`` epochs in a row. With ``optimizer="newton"`` (and
+        ``"auto"`` choosing it), one round decides: the fit stops when the decrease the
+        Newton model predicts is below ``tol`` (and the gradient below ``sqrt(tol)``
+        times its start) or, whatever ``tol`` is (0 included), below the floating-point
+        resolution of the summed loss. ``None`` disables both.
     n_iter_no_change : int, default=5
     gtol : float or None, default=None
         Stop when the (proximal) gradient norm of the objective is at most ``gtol``.

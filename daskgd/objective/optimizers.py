@@ -395,10 +395,8 @@ class NewtonOptimizer(Optimizer):
         return state
 
     def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None, hess=None):
-        if loss is None or hess is None:
-            raise ValueError(
-                "optimizer 'newton' needs the round's loss and Hessian (full-batch sync mode)"
-            )
+        if loss is None:
+            raise ValueError("optimizer 'newton' needs the round's loss (full-batch sync mode)")
         new = state["newton"].tell(params, float(loss), grad, hess)
         if not self.fit_intercept:
             new[-1] = params[-1]

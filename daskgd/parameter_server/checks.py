@@ -95,15 +95,19 @@ def check_class_loss(job: Job, class_loss: Any) -> str | None:
 
 
 def check_hess(job: Job, hess: Any) -> str | None:
-    """A push's Hessian: a float64 ``(d + 1, d + 1)`` array exactly when the job's optimizer
-    needs one (Newton). Its values are checked where the job's steps run (O(d^2))."""
+    """A push's Hessian: a float64 ``(d + 1, d + 1)`` array when the job's optimizer needs
+    one (Newton) and asked for it at this round's point (the replies' ``hessian`` flag;
+    between fresh Hessians it carries one forward), optional otherwise; never for other
+    optimizers. Its values are checked where the job's steps run (O(d^2))."""
     if not job.optimizer.needs_hessian:
         if hess is not None:
             return f"hess is for optimizer 'newton'; this job's optimizer is {job.optimizer.name!r}"
         return None
     n = job.params.shape[0]
+    if hess is None and not job.wants_hessian:
+        return None
     if not isinstance(hess, np.ndarray):
-        return f"optimizer 'newton' needs hess, a float64 array of shape ({n}, {n}), with each push"
+        return f"optimizer 'newton' needs hess, a float64 array of shape ({n}, {n}), with this push"
     if hess.shape != (n, n) or hess.dtype != np.float64:
         return f"hess must be a float64 array of shape ({n}, {n}), got {hess.dtype} {hess.shape}"
     return None

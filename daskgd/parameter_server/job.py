@@ -45,6 +45,9 @@ class Job(Steps):
         self.optimizer = optimizer
         self.published = (0, params)
         self.opt_state = optimizer.init_state(params)
+        #: Newton: whether the round at the published point needs the Hessian (replies
+        #: carry it as ``hessian``; see :class:`daskgd.objective.newton.Newton`)
+        self.wants_hessian = optimizer.needs_hessian
         #: steps run on the event loop (small models) or in a worker thread
         #: (Newton's steps factor a Hessian: always off the loop)
         self.inline = params.size <= config.inline_max_params and not optimizer.needs_hessian
@@ -154,6 +157,8 @@ class Job(Steps):
         nxt = self.optimizer.resume_params(self.opt_state)
         P = self.params if nxt is None else nxt.reshape(self.params.shape)
         self.published = (int(resume["version"]), P)
+        if self.optimizer.needs_hessian:
+            self.wants_hessian = bool(self.opt_state["newton"].want_hessian)
         self.epochs = int(resume["epochs"])
         progress = dict(resume.get("progress") or {})
         best = progress.get("best_loss")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from daskgd.objective.newton import loss_resolution
 from daskgd.parameter_server.stats import EpochRules
 
 __all__ = ["Steps"]
@@ -35,6 +36,7 @@ class Steps(EpochRules):
 
     pending: dict[int, tuple]
     opt_state: Any
+    wants_hessian: bool
 
     def live(self, workers: Container[str]) -> list[int]:
         """Ranks that are active, on a worker the scheduler knows, and not silent.
@@ -80,7 +82,7 @@ class Steps(EpochRules):
             return "stopped"
         # Newton's line search backs off from a trial point whose loss overflowed (see
         # finish_round); every other rule stops on a non-finite value
-        if hess is None and not _finite(grad, loss, class_loss):
+        if not self.optimizer.needs_hessian and not _finite(grad, loss, class_loss):
             self._reject(rank, version)
             return "stopped"
         if version < self.version:
@@ -133,6 +135,8 @@ class Steps(EpochRules):
     #: Newton: the decrease its quadratic model predicts from the point the round evaluated,
     #: when that point was accepted (read by the stop rules), else None
     model_decrement: float | None = None
+    #: Newton: the loss's relative resolution when the decrement can be trusted, else None
+    model_resolution: float | None = None
 
     def _newton_round(
         self, pending: dict[int, tuple], order: list[int], rows: list[int], weight: float,
@@ -146,27 +150,43 @@ class Steps(EpochRules):
         point the search cannot back off from (the first), it is divergence.
         """
         missing = [r for r in order if pending[r][5] is None]
-        if missing:
+        if missing and self.wants_hessian:
             self.stop("failed", error=f"rank(s) {missing} pushed no Hessian for optimizer "
                       "'newton'", kind="internal")  # fmt: skip
             return
-        hess_sum = pending[order[0]][5]
-        for r in order[1:]:
-            hess_sum += pending[r][5]
-        finite = _finite(grad_sum, loss_sum, None) and bool(np.all(np.isfinite(hess_sum)))
-        self.model_decrement = None
+        hess_sum = None
+        if not missing:  # every rank's Hessian (asked for, or sent anyway): a fresh one
+            hess_sum = pending[order[0]][5]
+            for r in order[1:]:
+                hess_sum += pending[r][5]
+        finite = _finite(grad_sum, loss_sum, None)
+        finite = finite and (hess_sum is None or bool(np.all(np.isfinite(hess_sum))))
+        self.model_decrement = self.model_resolution = None
         proposal = None
         if weight > 0:
             newton = self.opt_state["newton"]
+            newton.resolution = loss_resolution(sum(rows))
             if not finite and newton.best() is None:
                 self._reject(order[0], self.version)
                 return
             P, v = self.params, self.version
-            proposal = self.optimizer.step(P, grad_sum / weight, self.opt_state, v,
-                                           self.epochs, loss=loss_sum / weight,
-                                           hess=hess_sum / weight)  # fmt: skip
+            proposal = self.optimizer.step(
+                P,
+                grad_sum / weight,
+                self.opt_state,
+                v,
+                self.epochs,
+                loss=loss_sum / weight,
+                hess=None if hess_sum is None else hess_sum / weight,
+            )
             self.model_decrement = newton.decrement
+            self.wants_hessian = newton.want_hessian
+            # a decrement from a matrix the last step did not vouch for is not a stop test
+            self.model_resolution = None if newton.want_hessian else newton.resolution
+        epochs = self.epochs
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), None)
+        if self.epochs > epochs and self.history:  # this round's row: a pass with a Hessian?
+            self.history[-1]["hessian"] = hess_sum is not None
         if proposal is not None and self.config.quadratic and not self.stopped:
             self._exact_step(newton.model_gradient, proposal)
         if self.error is None and not self.stopped:

@@ -102,6 +102,8 @@ class JobRunner:
         if job.stopped:
             status = "stopped"
         out = {"status": status, "params": ToPickle(params), "version": version}
+        if job.optimizer.needs_hessian:
+            out["hessian"] = job.wants_hessian
         if job.stopped:
             out.update(reason=job.reason, error=job.error, error_kind=job.error_kind)
         return out

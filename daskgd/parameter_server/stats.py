@@ -337,8 +337,24 @@ class EpochRules:
         cannot improve by more than ``tol`` relative (the Newton decrement, the decrease
         its quadratic model predicts, at most ``tol * |loss|``) and the gradient is below
         ``sqrt(tol)`` times its norm at the start (the test of a stalled loss), else ''.
-        One round decides, where the loss rule would wait ``n_iter_no_change`` epochs."""
+        One round decides, where the loss rule would wait ``n_iter_no_change`` epochs.
+
+        With a loss tolerance (``tol`` not None, 0 included), whatever the gradient
+        tolerances, Newton also stops when the decrease its model predicts, with a Hessian
+        it trusts (fresh, or carried forward through steps that made the expected
+        progress), is below the resolution of the summed loss
+        (:func:`daskgd.objective.newton.loss_resolution`): the loss cannot improve
+        measurably, which is what the loss rule waits ``n_iter_no_change`` epochs to see;
+        the fit returns the step proposed from there. ``tol=None`` leaves the gradient
+        tolerances alone to decide."""
         cfg, dec = self.config, getattr(self, "model_decrement", None)
+        floor = getattr(self, "model_resolution", None)
+        if dec is not None and floor is not None and cfg.tol is not None:
+            if dec <= floor * abs(loss):
+                return (
+                    f"Newton decrement {dec:.3g} is below the summed loss's resolution "
+                    f"({floor:.1e} relative): no further decrease is measurable"
+                )
         if dec is None or cfg.tol is None or cfg.gtol is not None or cfg.gtol_rel is not None:
             return ""
         # a loss that reaches zero (an exact fit) is judged at the rounding level of the

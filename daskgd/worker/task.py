@@ -81,6 +81,12 @@ def _one_vs_rest(
 def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str, Any]:
     """Train on one partition until the parameter server says stop.
 
+    BLAS uses at most the worker's threads meanwhile: one training task runs on a worker,
+    with all its threads, and the only BLAS call, the Newton Hessian's ``syrk``, must not
+    start more threads than that (a BLAS left on its own, or told by an inherited
+    ``OPENBLAS_NUM_THREADS``, takes every core, and two workers on two cores then fight
+    over them: measured 3x-7x slower Newton passes).
+
     Parameters
     ----------
     job : str
@@ -94,8 +100,9 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         ``loss``, ``epsilon``, ``batches_per_epoch``, ``seed``, ``mode``, ``out_of_core``,
         ``one_vs_rest`` (optional: the k columns of the parameters are k binary
         problems, one per class, and the targets class indices), ``hessian``
-        (optional: optimizer ``newton``; each push carries the rows' summed Hessian too,
-        from :func:`daskgd.kernels.grad_hess`), ``fit_intercept`` (optional, default
+        (optional: optimizer ``newton``; a push carries the rows' summed Hessian too,
+        from :func:`daskgd.kernels.grad_hess`, when the server's last reply asked for it
+        with ``hessian=True``), ``fit_intercept`` (optional, default
         True: with False the kernel may skip the intercept's row of the Hessian),
         ``power`` (optional, default 1.5: the Tweedie power), and ``delay``
         (optional; a testing hook: rank -> seconds this rank sleeps before each push, to
@@ -115,6 +122,14 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     TrainingError
         When the parameter server rejects a message (the job vanished, a bug).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=max(1, int(get_worker().state.nthreads)), user_api="blas"):
+        return _train(job, rank, source, spec)
+
+
+def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str, Any]:
+    """The loop of :func:`train_partition`."""
     from daskgd.kernels import grad_loss
 
     worker = get_worker()
@@ -271,7 +286,7 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         t0 = clock()
         hess: np.ndarray | None = None
         grad: np.ndarray | None
-        if newton:
+        if newton and reply.get("hessian", True):
             loss, rows, weight, grad, hess = gradient_hessian(batches.pieces(epoch, b), params)
             class_loss = None
         else:
