@@ -421,7 +421,7 @@ def test_carried_forward_hessians_reach_the_plain_newton_optimum(d):
     reaches the optimum plain Newton reaches (same gradients: the same fixed point), with
     fewer Hessians, on a badly scaled problem, for less work in the cost model that sets
     the rule (a Hessian pass counts ``1 + (d + 1) / 25`` gradient passes)."""
-    from daskgd.objective.newton import HESSIAN_COST_FEATURES
+    from daskgd.objective.curvature import HESSIAN_COST_FEATURES
 
     X, y = _ill_conditioned(n=3000, d=d, seed=d)
     fgh = _logistic(X, y)
@@ -437,7 +437,7 @@ def test_carried_forward_hessians_reach_the_plain_newton_optimum(d):
 
 
 def test_reuse_contraction_follows_the_cost_of_a_hessian_pass():
-    from daskgd.objective.newton import reuse_contraction
+    from daskgd.objective.curvature import reuse_contraction
 
     q = [reuse_contraction(n) for n in (2, 7, 101, 513, 10_000)]
     assert q == sorted(q) and 0 < q[0] < 0.2 and 0.6 < q[2] < 0.7 and q[-1] < 1

@@ -42,11 +42,12 @@ point evaluated, the line search and the stop rules are unchanged; a step taken 
 carried-forward matrix is still a descent direction (the matrix stays positive definite: an
 update whose curvature ``s.y`` is not positive is skipped).
 
-This module is plain numpy (the scheduler imports it) and holds the crossover
-:data:`NEWTON_MAX_FEATURES` and the rule of ``optimizer="auto"``
-(:func:`choose_optimizer`). The Hessian is summed and solved in one place, where the
-parameters live: a model split across several servers would keep the solve with the
-summed blocks.
+This module is plain numpy (the scheduler imports it); the crossover
+:data:`NEWTON_MAX_FEATURES` and the rule of ``optimizer="auto"`` (:func:`choose_optimizer`)
+live in :mod:`daskgd.objective.choice`, the rule for asking for a Hessian and the BFGS update
+in :mod:`daskgd.objective.curvature` (all re-exported here). The Hessian is summed and
+solved in one place, where the parameters live: a model split across several servers would
+keep the solve with the summed blocks.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from daskgd.objective.choice import NEWTON_MAX_FEATURES, choose_optimizer
+from daskgd.objective.curvature import bfgs_update, loss_resolution, reuse_contraction
 from daskgd.objective.quadratic import coordinate_descent
 from daskgd.objective.regularizers import soft_threshold
 
@@ -66,114 +69,12 @@ __all__ = [
     "reuse_contraction",
 ]
 
-#: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``).
-#: A Newton pass costs ``d^2`` work a row on the workers (and a ``d^3`` solve, ``8 d^2`` bytes
-#: a worker sends per round), an L-BFGS pass ``d``: measured with
-#: ``bench/newton_crossover.py`` (200,000 rows, 2 workers; bench/results/newton_crossover*.md),
-#: a Newton pass costs 7.5x an L-BFGS pass at d=200, 22x at d=400 and 33x at d=800. Newton
-#: takes 7 passes on an ill-conditioned logistic problem where L-BFGS needs 1,700 to over
-#: 2,000: Newton is 9x (d=800) to 50x (d=100) faster there; on well-conditioned data L-BFGS
-#: takes 13 to 19 passes and Newton is 1.7x (d=50), 4x (d=200), 10x (d=400) and 13x (d=800)
-#: slower. 512 is where the two factors meet (about 10x either way): below it the gain on
-#: ill-conditioned data outweighs the loss on well-conditioned data.
-NEWTON_MAX_FEATURES = 512
-
 #: Levenberg damping factors tried in turn (relative to the Hessian's largest diagonal).
 _DAMPING = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4)
 #: A squared Cholesky pivot, or an eigenvalue, of the scaled matrix (unit diagonal) below
 #: this (relative to the largest eigenvalue) is singular: rounding would be amplified by
 #: more than 1e10 along it.
 _PIVOT = 1e-10
-#: The cost of a pass with the Hessian in passes without it is modelled as
-#: ``1 + (d + 1) / HESSIAN_COST_FEATURES``: the gradient pass reads each row once (memory
-#: bound, ``d`` a row), the Hessian adds ``d^2 / 2`` multiply-adds a row (measured with
-#: ``bench/bench_glm.py``, 1,000,000 rows on two workers: 0.40 s against 0.085 s at
-#: d = 100, about 5x).
-HESSIAN_COST_FEATURES = 25.0
-#: What a step with a fresh Hessian is counted on to shrink the error by (near the optimum
-#: Newton converges quadratically: more). A carried-forward Hessian is kept while its steps
-#: shrink the error by ``NEWTON_CONTRACTION ** (1 / cost)`` a pass, as much per unit of
-#: work as a fresh one would: 0.63 at d = 100, 0.18 at d = 6 (where the Hessian is nearly
-#: free and plain Newton is the cheapest), 0.92 at d = 512.
-NEWTON_CONTRACTION = 0.1
-
-
-def reuse_contraction(n_params: int) -> float:
-    """The contraction a step with a carried-forward Hessian must reach to keep it."""
-    cost = 1.0 + float(n_params) / HESSIAN_COST_FEATURES
-    return float(NEWTON_CONTRACTION ** (1.0 / cost))
-
-
-def choose_optimizer(
-    n_params: int,
-    smooth: bool,
-    full_batch_sync: bool,
-    multinomial: bool,
-    *,
-    twice_differentiable: bool = True,
-) -> str:
-    """The optimizer ``optimizer="auto"`` stands for.
-
-    Parameters
-    ----------
-    n_params : int
-        Parameters of one coefficient vector, ``d + 1`` (the intercept included).
-    smooth : bool
-        Whether the objective is differentiable (no L1 penalty, a differentiable loss).
-    full_batch_sync : bool
-        Sync mode with full batches (no ``batch_size``, no ``sync_quorum``).
-    multinomial : bool
-        Whether the parameters are a matrix (multinomial or one-vs-rest).
-    twice_differentiable : bool, default=True
-        Whether the loss has a second derivative (``hinge`` has none).
-
-    Returns
-    -------
-    str
-        ``"newton"`` for a 1-D, full-batch sync fit with ``n_params <=``
-        :data:`NEWTON_MAX_FEATURES` (L1 included: coordinate descent inside each step),
-        else ``"lbfgs"`` for a smooth full-batch sync fit, else ``"sgd"``.
-
-    Examples
-    --------
-    >>> choose_optimizer(101, True, True, False)
-    'newton'
-    >>> choose_optimizer(100_001, True, True, False)
-    'lbfgs'
-    >>> choose_optimizer(101, True, False, False)
-    'sgd'
-    """
-    if (
-        full_batch_sync
-        and not multinomial
-        and twice_differentiable
-        and int(n_params) <= NEWTON_MAX_FEATURES
-    ):
-        return "newton"
-    if smooth and full_batch_sync:
-        return "lbfgs"
-    return "sgd"
-
-
-def loss_resolution(rows: int) -> float:
-    """The relative resolution of a mean loss summed over ``rows`` rows in float64: 16
-    roundings, or ``4 sqrt(rows)`` when more (a random walk of the summation's errors;
-    measured on 1,000,000 rows: two evaluations at points 1e-9 apart differ by 1e-14
-    relative, 45 roundings)."""
-    eps = float(np.finfo(np.float64).eps)
-    return eps * max(16.0, 4.0 * float(np.sqrt(max(int(rows), 1))))
-
-
-def _bfgs_update(B: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The BFGS update of the curvature matrix ``B`` along the step ``s`` with gradient
-    change ``y`` (a new array). Skipped (a copy of ``B``) when the curvature ``s.y`` is not
-    clearly positive, so the matrix stays positive definite."""
-    Bs = B @ s
-    sBs = float(s @ Bs)
-    sy = float(s @ y)
-    if not (sBs > 0 and sy > 1e-12 * sBs):
-        return B.copy()
-    return B - np.outer(Bs, Bs) / sBs + np.outer(y, y) / sy
 
 
 @dataclass
@@ -374,7 +275,7 @@ class Newton:
             self.hessians += 1
         else:
             assert self._B is not None and self._x is not None and self._g is not None
-            Hs = _bfgs_update(self._B, x - self._x, gs - self._g)
+            Hs = bfgs_update(self._B, x - self._x, gs - self._g)
         self._B = Hs
         self._x, self._f, self._g = x, self.objective(x, f), gs
         self._hdiag = np.diag(Hs).copy()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.objective.newton import loss_resolution
+from daskgd.objective.curvature import loss_resolution
 from daskgd.parameter_server.stats import EpochRules
 
 __all__ = ["Steps"]

@@ -343,7 +343,7 @@ class EpochRules:
         tolerances, Newton also stops when the decrease its model predicts, with a Hessian
         it trusts (fresh, or carried forward through steps that made the expected
         progress), is below the resolution of the summed loss
-        (:func:`daskgd.objective.newton.loss_resolution`): the loss cannot improve
+        (:func:`daskgd.objective.curvature.loss_resolution`): the loss cannot improve
         measurably, which is what the loss rule waits ``n_iter_no_change`` epochs to see;
         the fit returns the step proposed from there. ``tol=None`` leaves the gradient
         tolerances alone to decide."""

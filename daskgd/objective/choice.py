@@ -1,0 +1,68 @@
+"""Which optimizer ``optimizer="auto"`` stands for (plain Python: the scheduler imports it)."""
+
+from __future__ import annotations
+
+__all__ = ["NEWTON_MAX_FEATURES", "choose_optimizer"]
+
+#: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``).
+#: A Newton pass costs ``d^2`` work a row on the workers (and a ``d^3`` solve, ``8 d^2`` bytes
+#: a worker sends per round), an L-BFGS pass ``d``: measured with
+#: ``bench/newton_crossover.py`` (200,000 rows, 2 workers; bench/results/newton_crossover*.md),
+#: a Newton pass costs 7.5x an L-BFGS pass at d=200, 22x at d=400 and 33x at d=800. Newton
+#: takes 7 passes on an ill-conditioned logistic problem where L-BFGS needs 1,700 to over
+#: 2,000: Newton is 9x (d=800) to 50x (d=100) faster there; on well-conditioned data L-BFGS
+#: takes 13 to 19 passes and Newton is 1.7x (d=50), 4x (d=200), 10x (d=400) and 13x (d=800)
+#: slower. 512 is where the two factors meet (about 10x either way): below it the gain on
+#: ill-conditioned data outweighs the loss on well-conditioned data.
+NEWTON_MAX_FEATURES = 512
+
+
+def choose_optimizer(
+    n_params: int,
+    smooth: bool,
+    full_batch_sync: bool,
+    multinomial: bool,
+    *,
+    twice_differentiable: bool = True,
+) -> str:
+    """The optimizer ``optimizer="auto"`` stands for.
+
+    Parameters
+    ----------
+    n_params : int
+        Parameters of one coefficient vector, ``d + 1`` (the intercept included).
+    smooth : bool
+        Whether the objective is differentiable (no L1 penalty, a differentiable loss).
+    full_batch_sync : bool
+        Sync mode with full batches (no ``batch_size``, no ``sync_quorum``).
+    multinomial : bool
+        Whether the parameters are a matrix (multinomial or one-vs-rest).
+    twice_differentiable : bool, default=True
+        Whether the loss has a second derivative (``hinge`` has none).
+
+    Returns
+    -------
+    str
+        ``"newton"`` for a 1-D, full-batch sync fit with ``n_params <=``
+        :data:`NEWTON_MAX_FEATURES` (L1 included: coordinate descent inside each step),
+        else ``"lbfgs"`` for a smooth full-batch sync fit, else ``"sgd"``.
+
+    Examples
+    --------
+    >>> choose_optimizer(101, True, True, False)
+    'newton'
+    >>> choose_optimizer(100_001, True, True, False)
+    'lbfgs'
+    >>> choose_optimizer(101, True, False, False)
+    'sgd'
+    """
+    if (
+        full_batch_sync
+        and not multinomial
+        and twice_differentiable
+        and int(n_params) <= NEWTON_MAX_FEATURES
+    ):
+        return "newton"
+    if smooth and full_batch_sync:
+        return "lbfgs"
+    return "sgd"
