@@ -420,8 +420,8 @@ def test_carried_forward_hessians_reach_the_plain_newton_optimum(d):
     """With the Hessian asked for only when the last step shows it is needed, the method
     reaches the optimum plain Newton reaches (same gradients: the same fixed point), with
     fewer Hessians, on a badly scaled problem, for less work in the cost model that sets
-    the rule (a Hessian pass counts ``1 + (d + 1) / 25`` gradient passes)."""
-    from daskgd.objective.curvature import HESSIAN_COST_FEATURES
+    the rule."""
+    from daskgd.objective.curvature import reuse_contraction
 
     X, y = _ill_conditioned(n=3000, d=d, seed=d)
     fgh = _logistic(X, y)
@@ -431,7 +431,7 @@ def test_carried_forward_hessians_reach_the_plain_newton_optimum(d):
     x, k, asked = _lazy_run(lazy, fgh, x0, stop=1e-20)
     np.testing.assert_allclose(x, exact, rtol=1e-9, atol=1e-9)
     assert asked[0] and lazy.hessians == sum(asked) < k
-    cost = 1.0 + (d + 1) / HESSIAN_COST_FEATURES
+    cost = np.log(0.1) / np.log(reuse_contraction(d + 1))  # the model's Hessian pass
     if d >= 60:  # at d = 6 a Hessian pass costs about a gradient pass: a tie either way
         assert lazy.hessians * cost + (k - lazy.hessians) <= k_exact * cost
 
@@ -441,6 +441,8 @@ def test_reuse_contraction_follows_the_cost_of_a_hessian_pass():
 
     q = [reuse_contraction(n) for n in (2, 7, 101, 513, 10_000)]
     assert q == sorted(q) and 0 < q[0] < 0.2 and 0.6 < q[2] < 0.7 and q[-1] < 1
+    # with few rows a worker the round trip dominates: the Hessian is nearly free
+    assert reuse_contraction(101, 500) < 0.11 < reuse_contraction(101, 500_000) < q[2]
 
 
 def test_a_missing_hessian_that_was_asked_for_is_refused():
@@ -479,16 +481,21 @@ def test_the_carried_forward_matrix_survives_a_checkpoint():
 
 
 def test_a_newton_fit_asks_the_workers_for_few_hessians_and_stops_at_the_resolution(client):
+    from daskgd.objective.curvature import reuse_contraction
+
     """Through the workers: the history says which passes carried a Hessian (the first,
     and few others); with a loss tolerance (the estimators pass tol=0) the fit stops once
     the model predicts less than the loss's resolution, at scikit-learn's optimum; with
     tol=None only the gradient tolerance stops it."""
     from sklearn.linear_model import LogisticRegression
 
-    X, y = _ill_conditioned(n=4000, d=60, seed=11)
+    # 20,000 rows x 150 a worker: a Hessian pass costs enough more than a gradient pass for
+    # the rule to carry it forward (on small data the round trip dominates: plain Newton)
+    X, y = _ill_conditioned(n=40_000, d=150, seed=11)
     kw = {"loss": "log_loss", "alpha": 1e-3, "optimizer": "newton"}
     res = fit((X, y), client=client, tol=0.0, gtol=1e-14, max_epochs=60, **kw)
     marks = [h["hessian"] for h in res.history]
+    assert reuse_contraction(151, 20_000) > 0.2  # not plain Newton at this size
     assert marks[0] and sum(marks) < len(marks)
     assert res.converged_ and "resolution" in res.reason
     sk = LogisticRegression(C=1.0 / (1e-3 * len(y)), tol=1e-12, max_iter=1000,

@@ -10,28 +10,39 @@ import numpy as np
 __all__ = [
     "HESSIAN_COST_FEATURES",
     "NEWTON_CONTRACTION",
+    "ROUND_COST",
     "bfgs_update",
     "loss_resolution",
     "reuse_contraction",
 ]
 
-#: The cost of a pass with the Hessian in passes without it is modelled as
-#: ``1 + (d + 1) / HESSIAN_COST_FEATURES``: the gradient pass reads each row once (memory
-#: bound, ``d`` a row), the Hessian adds ``d^2 / 2`` multiply-adds a row (measured with
-#: ``bench/bench_glm.py``, 1,000,000 rows on two workers: 0.40 s against 0.085 s at
-#: d = 100, about 5x).
-HESSIAN_COST_FEATURES = 25.0
+#: The cost of a round, in units of one feature of one row of a gradient pass: a gradient
+#: round costs ``ROUND_COST + rows * d``, a round with the Hessian ``ROUND_COST + rows * (d
+#: + d^2 / HESSIAN_COST_FEATURES)`` (``rows``: the most rows a worker holds). Measured with
+#: ``bench/bench_glm.py`` (500,000 rows a worker, d = 100: 0.085 s a gradient round, 0.40 s
+#: with the Hessian) and on small data (a round trip through the scheduler: about 8 ms, the
+#: time of a gradient over 5e6 row-features).
+HESSIAN_COST_FEATURES = 27.0
+ROUND_COST = 5e6
 #: What a step with a fresh Hessian is counted on to shrink the error by (near the optimum
 #: Newton converges quadratically: more). A carried-forward Hessian is kept while its steps
 #: shrink the error by ``NEWTON_CONTRACTION ** (1 / cost)`` a pass, as much per unit of
-#: work as a fresh one would: 0.63 at d = 100, 0.17 at d = 6 (where the Hessian is nearly
-#: free and plain Newton is the cheapest), 0.90 at d = 512.
+#: work as a fresh one would. With 500,000 rows a worker: 0.59 at d = 100, 0.12 at d = 6,
+#: 0.89 at d = 512; with a few thousand rows the round trip dominates, the Hessian is
+#: nearly free and the method is plain Newton (0.1).
 NEWTON_CONTRACTION = 0.1
 
 
-def reuse_contraction(n_params: int) -> float:
-    """The contraction a step with a carried-forward Hessian must reach to keep it."""
-    cost = 1.0 + float(n_params) / HESSIAN_COST_FEATURES
+def reuse_contraction(n_params: int, rows: int | None = None) -> float:
+    """The contraction a step with a carried-forward Hessian must reach to keep it, for
+    ``n_params`` parameters and at most ``rows`` rows a worker (None: so many that the
+    round trip does not count)."""
+    d = float(n_params)
+    per_row = d + d * d / HESSIAN_COST_FEATURES
+    if rows is None:
+        cost = per_row / d if d > 0 else 1.0
+    else:
+        cost = (ROUND_COST + rows * per_row) / (ROUND_COST + rows * d)
     return float(NEWTON_CONTRACTION ** (1.0 / cost))
 
 

@@ -57,7 +57,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daskgd.objective.choice import NEWTON_MAX_FEATURES, choose_optimizer
-from daskgd.objective.curvature import bfgs_update, loss_resolution, reuse_contraction
+from daskgd.objective.curvature import (
+    NEWTON_CONTRACTION,
+    bfgs_update,
+    loss_resolution,
+    reuse_contraction,
+)
 from daskgd.objective.quadratic import coordinate_descent
 from daskgd.objective.regularizers import soft_threshold
 
@@ -104,6 +109,10 @@ class Newton:
         (then a step is judged by the optimality measure instead of the Armijo test). A
         sum over ``m`` rows is exact to about ``sqrt(m)`` roundings: the server sets
         :func:`loss_resolution` of the rows it summed.
+    rows : int or None, default=None
+        The most rows a worker evaluates, for the cost of a Hessian pass
+        (:func:`reuse_contraction`; None: large data, the round trip does not count). The
+        server sets it.
 
     Attributes
     ----------
@@ -147,6 +156,7 @@ class Newton:
     max_backtracks: int = 30
     reuse_hessian: bool = True
     resolution: float = 16 * float(np.finfo(np.float64).eps)
+    rows: int | None = None
     _x: np.ndarray | None = field(default=None, repr=False)  # last accepted point
     _f: float = field(default=np.inf, repr=False)  # the full objective there
     _g: np.ndarray | None = field(default=None, repr=False)  # smooth part's gradient there
@@ -288,9 +298,13 @@ class Newton:
         # a fresh Hessian here, or a carried-forward one that took a full step and shrank
         # the decrement enough: carry it forward again; anything else (a backtrack, slow
         # progress, damping, a fallback) asks for a fresh Hessian at the next point
-        good = H is not None or (full_step and root <= reuse_contraction(n) * self._root)
+        q = reuse_contraction(n, self.rows)
+        good = H is not None or (full_step and root <= q * self._root)
+        # a Hessian pass that costs at most a quarter more than a gradient pass (few
+        # features, or few rows a worker: the round trip dominates) is always worth it
+        reuse = self.reuse_hessian and q > NEWTON_CONTRACTION ** (1 / 1.25)
         self.want_hessian = not (
-            self.reuse_hessian and good and not (self.damping or self.singular or self._gradient)
+            reuse and good and not (self.damping or self.singular or self._gradient)
         )
         self._root = root
         # a plain Newton step with a fresh Hessian: the model's gradient at the new point,

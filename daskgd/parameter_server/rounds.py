@@ -166,6 +166,7 @@ class Steps(EpochRules):
         if weight > 0:
             newton = self.opt_state["newton"]
             newton.resolution = loss_resolution(sum(rows))
+            newton.rows = max(rows)
             if not finite and newton.best() is None:
                 self._reject(order[0], self.version)
                 return
