@@ -5,15 +5,14 @@ from __future__ import annotations
 __all__ = ["NEWTON_MAX_FEATURES", "choose_optimizer"]
 
 #: ``optimizer="auto"`` takes Newton for models of at most this many parameters (``d + 1``).
-#: A Newton pass costs ``d^2`` work a row on the workers (and a ``d^3`` solve, ``8 d^2`` bytes
-#: a worker sends per round), an L-BFGS pass ``d``: measured with
-#: ``bench/newton_crossover.py`` (200,000 rows, 2 workers; bench/results/newton_crossover*.md),
-#: a Newton pass costs 7.5x an L-BFGS pass at d=200, 22x at d=400 and 33x at d=800. Newton
-#: takes 7 passes on an ill-conditioned logistic problem where L-BFGS needs 1,700 to over
-#: 2,000: Newton is 9x (d=800) to 50x (d=100) faster there; on well-conditioned data L-BFGS
-#: takes 13 to 19 passes and Newton is 1.7x (d=50), 4x (d=200), 10x (d=400) and 13x (d=800)
-#: slower. 512 is where the two factors meet (about 10x either way): below it the gain on
-#: ill-conditioned data outweighs the loss on well-conditioned data.
+#: Measured with ``bench/newton_crossover.py`` (200,000 rows, 2 workers;
+#: bench/results/newton_crossover*.md): with a Hessian in every Newton pass, Newton was 9x
+#: (d=800) to 50x (d=100) faster than L-BFGS on ill-conditioned data and 1.7x (d=50) to 13x
+#: (d=800) slower on well-conditioned data, and 512 was where the two met (about 10x either
+#: way). With the Hessian carried forward between fresh ones, Newton is 0.7x-1.2x L-BFGS's
+#: time on well-conditioned data up to d=800 and 100x faster on ill-conditioned data; the
+#: limit stays for what grows above it on the scheduler: the Hessian each worker sends
+#: (``8 d^2`` bytes) and the ``d^3`` solve.
 NEWTON_MAX_FEATURES = 512
 
 
