@@ -10,6 +10,8 @@ import numpy as np
 __all__ = [
     "HESSIAN_COST_FEATURES",
     "NEWTON_CONTRACTION",
+    "PLAIN_NEWTON_COST",
+    "ROUNDING_FLOOR",
     "ROUND_COST",
     "bfgs_update",
     "loss_resolution",
@@ -31,6 +33,11 @@ ROUND_COST = 5e6
 #: 0.89 at d = 512; with a few thousand rows the round trip dominates, the Hessian is
 #: nearly free and the method is plain Newton (0.1).
 NEWTON_CONTRACTION = 0.1
+#: Where a Hessian round costs at most this many gradient rounds (few features, or few rows
+#: a worker: the round trip dominates) a fresh Hessian is always worth it: plain Newton.
+PLAIN_NEWTON_COST = 1.25
+#: The relative resolution of a loss summed in float64, at least (16 roundings).
+ROUNDING_FLOOR = 16 * float(np.finfo(np.float64).eps)
 
 
 def reuse_contraction(n_params: int, rows: int | None = None) -> float:
@@ -52,7 +59,7 @@ def loss_resolution(rows: int) -> float:
     measured on 1,000,000 rows: two evaluations at points 1e-9 apart differ by 1e-14
     relative, 45 roundings)."""
     eps = float(np.finfo(np.float64).eps)
-    return eps * max(16.0, 4.0 * float(np.sqrt(max(int(rows), 1))))
+    return max(ROUNDING_FLOOR, 4.0 * eps * float(np.sqrt(max(int(rows), 1))))
 
 
 def bfgs_update(B: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -60,6 +60,8 @@ import numpy as np
 from daskgd.objective.choice import NEWTON_MAX_FEATURES, choose_optimizer
 from daskgd.objective.curvature import (
     NEWTON_CONTRACTION,
+    PLAIN_NEWTON_COST,
+    ROUNDING_FLOOR,
     bfgs_update,
     loss_resolution,
     reuse_contraction,
@@ -156,7 +158,7 @@ class Newton:
     c1: float = 1e-4
     max_backtracks: int = 30
     reuse_hessian: bool = True
-    resolution: float = 16 * float(np.finfo(np.float64).eps)
+    resolution: float = ROUNDING_FLOOR
     rows: int | None = None
     _x: np.ndarray | None = field(default=None, repr=False)  # last accepted point
     _f: float = field(default=np.inf, repr=False)  # the full objective there
@@ -301,9 +303,7 @@ class Newton:
         # progress, damping, a fallback) asks for a fresh Hessian at the next point
         q = reuse_contraction(n, self.rows)
         good = H is not None or (full_step and root <= q * self._root)
-        # a Hessian pass that costs at most a quarter more than a gradient pass (few
-        # features, or few rows a worker: the round trip dominates) is always worth it
-        reuse = self.reuse_hessian and q > NEWTON_CONTRACTION ** (1 / 1.25)
+        reuse = self.reuse_hessian and q > NEWTON_CONTRACTION ** (1 / PLAIN_NEWTON_COST)
         self.want_hessian = not (
             reuse and good and not (self.damping or self.singular or self._gradient)
         )
