@@ -30,7 +30,11 @@ def kernel_extension(name: str, extra_args: list[str]) -> Extension:
     return Extension(
         f"daskgd.{name}",
         sources=[f"src_ext/{name}.pyx"],
-        depends=["src_ext/_kernels_impl.pxi", "src_ext/_kernels_hessian.pxi"],
+        depends=[
+            "src_ext/_kernels_impl.pxi",
+            "src_ext/_kernels_hessian.pxi",
+            "src_ext/_kernels_many.pxi",
+        ],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=EXTRA_COMPILE_ARGS + extra_args,

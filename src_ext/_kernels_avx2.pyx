@@ -4,3 +4,5 @@
 include "_kernels_impl.pxi"
 
 include "_kernels_hessian.pxi"
+
+include "_kernels_many.pxi"

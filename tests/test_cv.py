@@ -183,7 +183,7 @@ def test_logisticregressioncv_zarr_labels_scoring_and_no_refit(client, tmp_path)
 
 
 def test_logisticregressioncv_hessian_from_a_sample_of_rows(client):
-    # chunks of 9,000 rows: the shared Hessian comes from every 2nd row; the gradient and
+    # chunks of 9,000 rows: the shared Hessian comes from every 8th row; the gradient and
     # the stopping rule stay exact, so the optimum does too
     X, y = _binary(n=27_000, d=3, seed=11)
     ours = LogisticRegressionCV(Cs=[0.001, 0.1, 10.0], cv=3, tol=1e-10).fit(X, y)

@@ -364,3 +364,51 @@ def test_worker_joining_mid_fit_gets_no_work_until_a_resume(tmp_path, reliabilit
         assert again.n_iter_ > res.n_iter_
         assert set(again.history[-1]["worker_updates"]) == first_worker | new_worker
         np.testing.assert_allclose(np.append(again.coef_, again.intercept_), sol, atol=1e-6)
+
+
+def _cv_chunk(i):
+    rng = np.random.default_rng(i)
+    X = rng.standard_normal((300, 4))
+    return X, np.where(X @ [1.0, -2.0, 0.5, 0.0] + rng.logistic(size=300) > 0, 1.0, -1.0), None
+
+
+@pytest.mark.parametrize("how", ["nanny", "kill9"])
+def test_cv_chunk_evaluators_survive_a_killed_worker(pair, reliability, how):
+    """A cross-validated path's per-worker evaluators (Dask actors on the chunks in memory):
+    when a worker holding one dies, the next round's call waits for Dask to recompute its
+    chunks on the worker left, builds new evaluators and returns the same numbers."""
+    from daskgd.sklearn.cv_chunks import EvaluatorPool
+
+    client = pair
+    client.wait_for_workers(2, timeout=60)
+    workers = sorted(client.scheduler_info()["workers"])
+    chunks = [
+        client.submit(_cv_chunk, i, workers=[workers[i % 2]], allow_other_workers=True, pure=False)
+        for i in range(4)
+    ]
+    thetas = {0: np.array([0.1, -0.2, 0.3, 0.0, 0.5]), 1: np.zeros(5)}
+
+    def round_(pool):
+        out = {}
+        for idx, per_chunk in pool.call_all(lambda a, idx: a.stats(True, [thetas] * len(idx))):
+            for c, (per_model, _) in zip(idx, per_chunk, strict=True):
+                out[c] = per_model
+        return out
+
+    with EvaluatorPool(client, chunks) as pool:
+        assert len(pool.groups) == 2  # one evaluator on each worker
+        before = round_(pool)
+        victim, pid = _kill(client, how, workers[0])
+        try:  # a kill -9 is delivered asynchronously: wait for the process to end
+            psutil.Process(pid).wait(timeout=60)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            pass  # gone already, or _assert_killed reports it
+        _assert_killed(client, victim, pid)
+        after = round_(pool)
+        assert victim not in pool._workers
+    reliability.add(f"worker kills ({KIND[how]}), cv path round", 1)
+    assert sorted(after) == [0, 1, 2, 3]
+    for c in range(4):
+        for k in thetas:
+            np.testing.assert_allclose(after[c][k][0], before[c][k][0], rtol=1e-12)
+            np.testing.assert_allclose(after[c][k][1], before[c][k][1], rtol=1e-12)

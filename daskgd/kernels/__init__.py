@@ -4,6 +4,8 @@
   kernels in ``src_ext/``, which checks its inputs and dispatches by dtype.
 - :func:`grad_hess` (:mod:`~daskgd.kernels.hessian`): loss, gradient and Hessian
   ``A^T diag(s l'') A`` of a block in one pass (Newton's method, Gram matrices).
+- :func:`grad_loss_many` (:mod:`~daskgd.kernels.many`): loss and gradient of many models on
+  one block, reading it once (the fold models of a cross-validated path).
 - :data:`KERNEL_BUILD` and :func:`available_builds` (:mod:`~daskgd.kernels.builds`): the
   baseline and AVX2+FMA builds, and which one is in use (``DASKGD_KERNELS=baseline``
   forces the portable one).
@@ -16,6 +18,7 @@
 from daskgd.kernels.builds import KERNEL_BUILD, available_builds
 from daskgd.kernels.dispatch import grad_loss
 from daskgd.kernels.hessian import grad_hess
+from daskgd.kernels.many import grad_loss_many
 from daskgd.kernels.reference import grad_hess_reference, grad_loss_reference
 
 __all__ = [
@@ -24,5 +27,6 @@ __all__ = [
     "grad_hess",
     "grad_hess_reference",
     "grad_loss",
+    "grad_loss_many",
     "grad_loss_reference",
 ]

@@ -15,15 +15,9 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from daskgd.sklearn.base import fit_client
+from daskgd.sklearn.cv_chunks import EvaluatorPool
 from daskgd.sklearn.cv_folds import check_grid, cv_data, fold_sums, map_chunks, persist_chunks
-from daskgd.sklearn.cv_newton import (
-    ADDITIVE_SCORES,
-    PathModel,
-    by_worker,
-    run_paths,
-    score_fold,
-    scores_of_chunks,
-)
+from daskgd.sklearn.cv_newton import ADDITIVE_SCORES, PathModel, run_paths, score_fold
 from daskgd.sklearn.linear_classifier import LinearClassifier
 from daskgd.sklearn.params import BOOL, POSITIVE_INT, RANDOM_STATE, TOL, Rule, one_of
 
@@ -211,40 +205,40 @@ class LogisticRegressionCV(LinearClassifier):
             self.classes_ = data.classes
             chunks = persist_chunks(client, data)
             try:
-                self._fit_paths(client, data, chunks, Cs)
+                with EvaluatorPool(client, chunks) as pool:
+                    self._fit_paths(client, data, chunks, pool, Cs)
             finally:
                 del chunks
         return self
 
     def _scores(
-        self, client: Any, chunks: list[Any], fold_of: np.ndarray, coefs: np.ndarray
+        self,
+        client: Any,
+        chunks: list[Any],
+        pool: EvaluatorPool,
+        fold_of: np.ndarray,
+        coefs: np.ndarray,
     ) -> np.ndarray:
         """Each fold's validation score of each C, ``(n_folds, n_cs)``, on the workers: chunk by
         chunk for accuracy and log loss, else by the scorer on each fold's chunks together."""
         K = len(coefs)
         if self.scoring in ADDITIVE_SCORES:
-            jobs, order = [], []
-            for worker, idx in by_worker(client, chunks).items():
-                jobs.append(
-                    client.submit(
-                        scores_of_chunks,
-                        self.fit_intercept,
-                        self.scoring,
-                        [coefs[fold_of[c]] for c in idx],
-                        *[chunks[c] for c in idx],
-                        workers=[worker] if worker else None,
-                        allow_other_workers=True,
-                        pure=False,
-                    )
-                )
-                order.append(idx)
+            # the path's end is often flat (the same coefficients for many C): each distinct
+            # vector is scored once
+            unique, inverse = zip(
+                *(np.unique(coefs[k], axis=0, return_inverse=True) for k in range(K)), strict=True
+            )
             weight = np.zeros(K)
-            sums = np.zeros(coefs.shape[:2])
-            for idx, results in zip(order, client.gather(jobs), strict=True):
+            sums = [np.zeros(len(u)) for u in unique]
+            for idx, results in pool.call_all(
+                lambda actor, idx: actor.scores(
+                    self.fit_intercept, self.scoring, [unique[fold_of[c]] for c in idx]
+                )
+            ):
                 for c, (w, s) in zip(idx, results, strict=True):
                     weight[fold_of[c]] += w
                     sums[fold_of[c]] += s
-            mean = sums / weight[:, None]
+            mean = np.stack([sums[k][np.ravel(inverse[k])] / weight[k] for k in range(K)])
             return -mean if self.scoring == "neg_log_loss" else mean
         jobs = [
             client.submit(
@@ -260,7 +254,9 @@ class LogisticRegressionCV(LinearClassifier):
         ]
         return np.stack(client.gather(jobs))
 
-    def _fit_paths(self, client: Any, data: Any, chunks: list[Any], Cs: np.ndarray) -> None:
+    def _fit_paths(
+        self, client: Any, data: Any, chunks: list[Any], pool: EvaluatorPool, Cs: np.ndarray
+    ) -> None:
         fold_of, K, d = data.fold_of, data.n_folds, data.n_features
         m = d + 1 if self.fit_intercept else d
         # what rounding can do to the objective: float32 data is summed from float32 margins
@@ -289,10 +285,10 @@ class LogisticRegressionCV(LinearClassifier):
         passes = (
             1
             + int(data.weighted)
-            + run_paths(client, chunks, fold_of, models, lambda k, f: f != k, self.fit_intercept)
+            + run_paths(pool, fold_of, models, lambda k, f: f != k, self.fit_intercept)
         )
         coefs = np.stack([np.stack(models[k].coefs) for k in range(K)])  # (K, n_cs, m)
-        scores = self._scores(client, chunks, fold_of, coefs)
+        scores = self._scores(client, chunks, pool, fold_of, coefs)
         passes += 1
         unconverged: list[tuple[Any, float]] = [
             (k, C) for k in range(K) for C in models[k].unconverged
@@ -309,9 +305,7 @@ class LogisticRegressionCV(LinearClassifier):
                 int(self.max_iter),
                 rounding,
             )
-            passes += run_paths(
-                client, chunks, fold_of, {K: final}, lambda k, f: True, self.fit_intercept
-            )
+            passes += run_paths(pool, fold_of, {K: final}, lambda k, f: True, self.fit_intercept)
             theta = final.coefs[0]
             unconverged += [("refit", C) for C in final.unconverged]
         else:
