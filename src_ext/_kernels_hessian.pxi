@@ -18,17 +18,54 @@
 ctypedef void (*_dsyrk_t)(char* uplo, char* trans, int* n, int* k, double* alpha,
                           double* a, int* lda, double* beta, double* c,
                           int* ldc) noexcept nogil
+ctypedef void (*_ssyrk_t)(char* uplo, char* trans, int* n, int* k, float* alpha,
+                          float* a, int* lda, float* beta, float* c,
+                          int* ldc) noexcept nogil
 
 cdef _dsyrk_t _dsyrk = NULL
+cdef _ssyrk_t _ssyrk = NULL
 
 
 cdef int _load_dsyrk() except -1:
-    global _dsyrk
+    global _dsyrk, _ssyrk
     if _dsyrk == NULL:
         from scipy.linalg import cython_blas
         capsule = cython_blas.__pyx_capi__["dsyrk"]
         _dsyrk = <_dsyrk_t>PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+        capsule = cython_blas.__pyx_capi__["ssyrk"]
+        _ssyrk = <_ssyrk_t>PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
     return 0
+
+
+cdef inline void _scaled_row32(const floating* x, Py_ssize_t d, double scale,
+                               bint ones, float* dst) noexcept nogil:
+    """dst = scale * [x, 1] (the 1 only with ``ones``), rounded to float32."""
+    cdef Py_ssize_t j
+    for j in range(d):
+        dst[j] = <float>(scale * <double>x[j])
+    if ones:
+        dst[d] = <float>scale
+
+
+cdef void _block_ssyrk(float* scratch, int m, int npos, int nneg, float* C,
+                       double* H, int ldc) noexcept nogil:
+    """H += (positive rows)^T (positive rows) - (negative rows)^T (negative rows), the
+    block's products in float32 (ssyrk into ``C``, m x m), added to H in float64: a block
+    of HESS_ROWS rows rounds each entry by about HESS_ROWS float32 roundings at most."""
+    cdef char uplo = b"U"
+    cdef char trans = b"N"
+    cdef float one = 1.0, minus_one = -1.0, zero = 0.0
+    cdef float beta = 0.0
+    cdef Py_ssize_t i, j
+    if npos > 0:
+        _ssyrk(&uplo, &trans, &m, &npos, &one, scratch, &m, &zero, C, &m)
+        beta = 1.0
+    if nneg > 0:
+        _ssyrk(&uplo, &trans, &m, &nneg, &minus_one,
+               scratch + (HESS_ROWS - nneg) * m, &m, &beta, C, &m)
+    for j in range(m):
+        for i in range(j + 1):
+            H[j * ldc + i] += <double>C[j * m + i]
 
 
 cdef inline void _scaled_row(const floating* x, Py_ssize_t d, double scale,
@@ -45,12 +82,15 @@ def grad_hess(const floating[:, ::1] X, const double[::1] y,
               const double[::1] w, double b,
               const double[::1] sample_weight, const double[::1] offset,
               double[::1] grad, double[:, ::1] hess, int loss_code,
-              double epsilon, double power, bint fit_intercept):
+              double epsilon, double power, bint fit_intercept,
+              bint single=False):
     """Summed loss; its gradient into ``grad`` (d+1) and Hessian into ``hess``.
 
     ``hess`` is ``A^T diag(s l'') A`` with ``A = [X, 1]`` (last row and column
     left zero without ``fit_intercept``); ``grad`` and ``hess`` are overwritten.
     ``sample_weight`` and ``offset`` may be None.  Inputs are assumed validated.
+    With ``single`` each block's Hessian is computed in float32 (ssyrk, twice
+    dsyrk's speed) and summed in float64; the loss and gradient are not affected.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
     cdef Py_ssize_t start, rows, r, i, j
@@ -72,15 +112,21 @@ def grad_hess(const floating[:, ::1] X, const double[::1] y,
     cdef double* dl
     cdef double* h
     cdef double* scratch
+    cdef float* scratch32
+    cdef float* C32
     _load_dsyrk()
-    # margins, l' and l'' of one block, then the block's scaled rows
-    work = <double*>malloc((3 * HESS_ROWS + HESS_ROWS * (d + 1)) * sizeof(double))
+    # margins, l' and l'' of one block, then the block's scaled rows (float64 scratch,
+    # or a float32 scratch and its m x m float32 product)
+    work = <double*>malloc((3 * HESS_ROWS + HESS_ROWS * (d + 1)) * sizeof(double)
+                           + (((d + 1) * (d + 1)) * sizeof(float) if single else 0))
     if work == NULL:
         raise MemoryError()
     p = work
     dl = p + HESS_ROWS
     h = dl + HESS_ROWS
     scratch = h + HESS_ROWS
+    scratch32 = <float*>scratch
+    C32 = scratch32 + HESS_ROWS * (d + 1)
     if sample_weight is not None and n > 0:
         swp = &sample_weight[0]
     if offset is not None and n > 0:
@@ -131,7 +177,16 @@ def grad_hess(const floating[:, ::1] X, const double[::1] y,
                     if hr == 0.0:
                         continue  # hinge, Huber's linear zone...: no work
                     x0 = &X[start + r, 0] if d > 0 else NULL
-                    if hr > 0.0:
+                    if single:
+                        if hr > 0.0:
+                            _scaled_row32(x0, d, sqrt(hr), fit_intercept,
+                                          scratch32 + npos * m)
+                            npos += 1
+                        else:
+                            nneg += 1
+                            _scaled_row32(x0, d, sqrt(-hr), fit_intercept,
+                                          scratch32 + (HESS_ROWS - nneg) * m)
+                    elif hr > 0.0:
                         _scaled_row(x0, d, sqrt(hr), fit_intercept,
                                     scratch + npos * m)
                         npos += 1
@@ -143,10 +198,13 @@ def grad_hess(const floating[:, ::1] X, const double[::1] y,
                 # columns are the scaled rows: dsyrk "N" adds it times its
                 # transpose, into the column-major upper triangle of H (the
                 # row-major lower one).
-                if npos > 0:
+                if single:
+                    if npos > 0 or nneg > 0:
+                        _block_ssyrk(scratch32, m, npos, nneg, C32, H, ldc)
+                elif npos > 0:
                     _dsyrk(&uplo, &trans, &m, &npos, &one, scratch, &m, &one,
                            H, &ldc)
-                if nneg > 0:
+                if nneg > 0 and not single:
                     _dsyrk(&uplo, &trans, &m, &nneg, &minus_one,
                            scratch + (HESS_ROWS - nneg) * m, &m, &one, H, &ldc)
             start += rows

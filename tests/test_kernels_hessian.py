@@ -318,3 +318,38 @@ def test_importing_the_kernels_does_not_import_scipy_linalg():
         "assert 'scipy.linalg' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("loss", "power"), CASES, ids=IDS)
+def test_single_precision_hessian_is_close_and_the_rest_exact(build, dtype, loss, power):
+    """hessian_precision="single": each 256-row block's product in float32, summed in
+    float64. The loss and gradient are the double run's bit for bit; the Hessian is within
+    float32 rounding of the oracle's, relative to the sizes of what is summed (so columns on
+    scales far apart keep their own relative accuracy); negative curvature rows (Tweedie
+    powers above 2) are subtracted as in double precision."""
+    rng = np.random.default_rng(abs(hash((loss, power, "single"))) % 2**32)
+    for k, (n, d) in enumerate(SHAPES):
+        options = {key: bool(rng.integers(2)) for key in ("weighted", "offset", "intercept")}
+        X, y, w, b, sw, offset = _block(k, n, d, loss, power, dtype, options)
+        X = np.ascontiguousarray(X * np.logspace(-2, 2, d).astype(dtype))  # scales apart
+        kwargs = dict(loss=loss, sample_weight=sw, offset=offset, power=power,
+                      fit_intercept=options["intercept"], _build=build)  # fmt: skip
+        total, g, H = grad_hess(X, y, w, b, **kwargs)
+        total1, g1, H1 = grad_hess(X, y, w, b, hessian_precision="single", **kwargs)
+        assert total1 == total and np.array_equal(g1, g)
+        np.testing.assert_array_equal(H1, H1.T)
+        fam = get_loss(loss)
+        p = X.astype(np.float64) @ w + b + (0.0 if offset is None else offset)
+        s = np.ones(n) if sw is None else sw
+        h = np.clip(fam.reference_hessian(p, y, 0.1, power), -MAX_DLOSS, MAX_DLOSS) * s
+        A = np.abs(np.hstack([X.astype(np.float64), np.ones((n, 1))]))
+        # the worst case: the two factors' roundings and 256 float32 additions, 2**-24 each
+        bound = (2 + 256) * 2.0**-24 * (A.T @ (A * np.abs(h)[:, None])) + 1e-300
+        assert np.all(np.abs(H1 - H) <= bound)
+
+
+def test_hessian_precision_is_checked():
+    with pytest.raises(ValueError, match="hessian_precision must be 'double' or 'single'"):
+        grad_hess(np.ones((3, 2)), np.ones(3), np.zeros(2), hessian_precision="half")

@@ -30,6 +30,7 @@ def grad_hess(
     power: float = 1.5,
     fit_intercept: bool = True,
     check_input: bool = True,
+    hessian_precision: str = "double",
     _build: str | None = None,
 ):
     """Summed loss, its gradient and its Hessian for a block of rows, in one pass over ``X``.
@@ -59,6 +60,12 @@ def grad_hess(
         the intercept's gradient is computed either way.
     check_input : bool, default=True
         Check the targets' domain, the weights' sign and the offset's finiteness.
+    hessian_precision : {"double", "single"}, default="double"
+        ``"single"`` computes each block of 256 rows' part of the Hessian in float32
+        (BLAS ``ssyrk``, about twice as fast as ``dsyrk``) and sums the parts in float64:
+        each entry carries about 1e-6 relative rounding, enough for a Newton direction (the
+        gradient, which fixes the optimum, and the loss stay exact). Not for a Hessian that is
+        the model itself (least squares' normal equations).
 
     Returns
     -------
@@ -95,6 +102,10 @@ def grad_hess(
     )
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+    if hessian_precision not in ("double", "single"):
+        raise ValueError(
+            f"hessian_precision must be 'double' or 'single', got {hessian_precision!r}"
+        )
     d = X.shape[1]
     grad = np.empty(d + 1)
     hess = np.empty((d + 1, d + 1))
@@ -112,5 +123,6 @@ def grad_hess(
         float(epsilon),
         float(power),
         bool(fit_intercept),
+        hessian_precision == "single",
     )
     return float(loss_sum), grad, hess

@@ -240,6 +240,7 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
                                          sample_weight=swp, offset=off,
                                          epsilon=spec["epsilon"], power=power,
                                          fit_intercept=fit_intercept,
+                                         hessian_precision=precision,
                                          check_input=False)  # fmt: skip
             loss += piece_loss
             rows += len(yp)
@@ -254,6 +255,9 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
 
     newton = bool(spec.get("hessian"))
     fit_intercept = bool(spec.get("fit_intercept", True))
+    # least squares' Hessian is its model (solved once, exactly): float64; any other loss's
+    # only sets Newton's direction, and float32 block products halve its BLAS time
+    precision = "double" if spec["loss"] == "squared_error" else "single"
     if newton:
         from daskgd.kernels import grad_hess
 
