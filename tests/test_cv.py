@@ -307,3 +307,19 @@ def test_bad_labels_and_values(client):
     bad[57, 1] = np.nan
     with pytest.raises(DataValidationError, match="NaN or infinite values in row-chunk 2"):
         RidgeCV().fit(da.from_array(bad, chunks=20), da.from_array(y * 1.0, chunks=20))
+
+
+def test_workers_of_a_cross_validation_do_not_import_scikit_learn():
+    """What the workers unpickle (chunk reading, Gram statistics, the path's evaluators)
+    imports numpy and the kernels only: scikit-learn costs a fresh worker ~1.5 s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import daskgd.sklearn.cv_chunks, daskgd.sklearn.cv_gram, daskgd.sklearn.cv_tasks\n"
+        "assert 'sklearn' not in sys.modules, 'scikit-learn imported'\n"
+        "from daskgd.sklearn import LogisticRegressionCV\n"
+        "assert 'sklearn' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

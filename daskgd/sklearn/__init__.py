@@ -24,13 +24,33 @@ The modules
     Tweedie regression with offsets; :mod:`~daskgd.sklearn.families`, their losses),
     :mod:`~daskgd.sklearn.labels`,
     :mod:`~daskgd.sklearn.early_stopping`.
+
+Every estimator loads on first access: the workers of a cross-validation unpickle functions
+of this package (:mod:`~daskgd.sklearn.cv_tasks`, :mod:`~daskgd.sklearn.cv_chunks`) that need
+numpy and the kernels, not scikit-learn (about 1.5 s to import on a fresh worker).
 """
 
-from daskgd.sklearn.classification import LogisticRegression, SGDClassifier
-from daskgd.sklearn.cv_logistic import LogisticRegressionCV
-from daskgd.sklearn.cv_ridge import ElasticNetCV, RidgeCV
-from daskgd.sklearn.glm import GammaRegressor, PoissonRegressor, TweedieRegressor
-from daskgd.sklearn.regression import LinearRegression, SGDRegressor
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "ElasticNetCV": "daskgd.sklearn.cv_ridge",
+    "GammaRegressor": "daskgd.sklearn.glm",
+    "LinearRegression": "daskgd.sklearn.regression",
+    "LogisticRegression": "daskgd.sklearn.classification",
+    "LogisticRegressionCV": "daskgd.sklearn.cv_logistic",
+    "PoissonRegressor": "daskgd.sklearn.glm",
+    "RidgeCV": "daskgd.sklearn.cv_ridge",
+    "SGDClassifier": "daskgd.sklearn.classification",
+    "SGDRegressor": "daskgd.sklearn.regression",
+    "TweedieRegressor": "daskgd.sklearn.glm",
+}
+
+if TYPE_CHECKING:  # the names as type checkers and editors see them
+    from daskgd.sklearn.classification import LogisticRegression, SGDClassifier
+    from daskgd.sklearn.cv_logistic import LogisticRegressionCV
+    from daskgd.sklearn.cv_ridge import ElasticNetCV, RidgeCV
+    from daskgd.sklearn.glm import GammaRegressor, PoissonRegressor, TweedieRegressor
+    from daskgd.sklearn.regression import LinearRegression, SGDRegressor
 
 __all__ = [
     "ElasticNetCV",
@@ -44,3 +64,13 @@ __all__ = [
     "SGDRegressor",
     "TweedieRegressor",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
+    raise AttributeError(f"module 'daskgd.sklearn' has no attribute {name!r}")

@@ -26,8 +26,8 @@ from sklearn.model_selection import KFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from daskgd.errors import DataValidationError
 from daskgd.sklearn.base import n_workers
+from daskgd.sklearn.cv_tasks import ChunkTask, prepare_chunk
 from daskgd.sklearn.inputs import is_lazy, lazy_inputs, sample_weight_array
 from daskgd.sklearn.labels import find_classes
 
@@ -227,45 +227,6 @@ def cv_data(
     )
 
 
-def prepare_chunk(
-    chunk: tuple[Any, Any, Any],
-    index: int,
-    dtype: Any,
-    *,
-    classes: np.ndarray | None = None,
-    check: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Runs on a worker: a chunk as the kernels take it (C-contiguous, ``dtype``), its
-    values checked (unless a scan or its record did already) and, with ``classes`` (two),
-    its labels encoded as -1/+1."""
-    X, y, sw = chunk
-    X = np.ascontiguousarray(X, dtype=dtype)
-    y = np.asarray(y)
-    if check:
-        if not np.all(np.isfinite(X)):
-            raise DataValidationError(f"X has NaN or infinite values in row-chunk {index}")
-        if sw is not None:
-            sw = np.asarray(sw, dtype=dtype)
-            if not np.all(np.isfinite(sw)) or np.any(sw < 0):
-                raise DataValidationError(
-                    f"sample_weight has negative or non-finite values in row-chunk {index}"
-                )
-    if classes is not None:
-        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
-        bad = classes[idx] != y
-        if np.any(bad):
-            raise ValueError(
-                f"y in row-chunk {index} has labels not in classes_ {classes!r}: "
-                f"{np.unique(y[bad])!r}"
-            )
-        t = np.where(idx == 1, 1.0, -1.0).astype(dtype)
-    else:
-        t = np.ascontiguousarray(y, dtype=dtype)
-        if check and not np.all(np.isfinite(t)):
-            raise DataValidationError(f"y has NaN or infinite values in row-chunk {index}")
-    return X, t, None if sw is None else np.ascontiguousarray(sw, dtype=dtype)
-
-
 def map_chunks(
     client: Any, data: CVData, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]] | None = None
 ) -> list[Any]:
@@ -273,7 +234,7 @@ def map_chunks(
     chunk read there); returns the results in chunk order."""
     import dask
 
-    task = _chunk_task(fn)
+    task = ChunkTask(fn)
     jobs = [
         dask.delayed(task, pure=False)(
             src, i, data.dtype, data.classes, not data.checked, *(args[i] if args else ())
@@ -299,23 +260,6 @@ def persist_chunks(client: Any, data: CVData) -> list[Any]:
         for i, src in enumerate(data.sources)
     ]
     return list(client.compute(jobs))
-
-
-def _chunk_task(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # module-level functions pickle by name; the wrapper is rebuilt on the worker by reference
-    return _ChunkTask(fn)
-
-
-class _ChunkTask:
-    """A picklable ``fn(prepare_chunk(...), *args)``."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __call__(
-        self, chunk: Any, index: int, dtype: Any, classes: Any, check: bool, *args: Any
-    ) -> Any:
-        return self.fn(prepare_chunk(chunk, index, dtype, classes=classes, check=check), *args)
 
 
 def fold_sums(per_chunk: Sequence[Any], fold_of: np.ndarray) -> tuple[Any, list[Any]]:

@@ -15,7 +15,6 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 __all__ = [
     "Centered",
@@ -187,6 +186,8 @@ def enet_path(
 
     Returns ``thetas`` ``(len(alphas), d + 1)`` (w then b), the duality gaps and sweeps.
     """
+    from sklearn.exceptions import ConvergenceWarning  # here: workers import this module
+
     d = len(c.q)
     w = np.zeros(d)
     thetas = np.empty((len(alphas), d + 1))

@@ -18,16 +18,11 @@ from daskgd.sklearn.base import fit_client
 from daskgd.sklearn.cv_chunks import EvaluatorPool
 from daskgd.sklearn.cv_folds import check_grid, cv_data, fold_sums, map_chunks, persist_chunks
 from daskgd.sklearn.cv_newton import ADDITIVE_SCORES, PathModel, run_paths, score_fold
+from daskgd.sklearn.cv_tasks import weight_sum
 from daskgd.sklearn.linear_classifier import LinearClassifier
 from daskgd.sklearn.params import BOOL, POSITIVE_INT, RANDOM_STATE, TOL, Rule, one_of
 
 __all__ = ["LogisticRegressionCV"]
-
-
-def _weight_sum(chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray]:
-    """Runs on a worker: a chunk's total sample weight."""
-    _, t, sw = chunk
-    return (np.array([float(len(t)) if sw is None else float(np.sum(sw, dtype=np.float64))]),)
 
 
 def _scorer_ok(v: Any) -> bool:
@@ -263,7 +258,7 @@ class LogisticRegressionCV(LinearClassifier):
         rounding = 16 * float(np.finfo(data.dtype).eps)
         if data.weighted:  # one pass for the weight sums
             total, folds = fold_sums(
-                map_chunks(client, _persisted(data, chunks), _weight_sum), fold_of
+                map_chunks(client, _persisted(data, chunks), weight_sum), fold_of
             )
         else:  # the row counts are the weight sums
             sizes = np.asarray(data.sizes, dtype=np.float64)
