@@ -182,6 +182,64 @@ def test_logisticregressioncv_zarr_labels_scoring_and_no_refit(client, tmp_path)
         np.testing.assert_allclose(ours.scores_[7], theirs.scores_[7].reshape(4, 4), rtol=1e-6)
 
 
+def _enet_logistic_optimum(X, t, C, r):
+    """scipy's L-BFGS-B on scikit-learn's elastic-net objective, w split as u - v (u, v >= 0):
+    the oracle (saga, scikit-learn's solver for it, stops 1e-2 short on the intercept of a
+    model the L1 part zeroes)."""
+    from scipy.optimize import minimize
+
+    d = X.shape[1]
+
+    def f(z):
+        w, b = z[:d] - z[d : 2 * d], z[-1]
+        m = t * (X @ w + b)
+        s = -t * 0.5 * (1.0 - np.tanh(0.5 * m))  # derivative of log(1 + exp(-m))
+        F = C * np.logaddexp(0.0, -m).sum() + r * z[: 2 * d].sum() + 0.5 * (1 - r) * w @ w
+        gw = C * (X.T @ s) + (1 - r) * w
+        return F, np.concatenate([gw + r, -gw + r, [C * s.sum()]])
+
+    bounds = [(0, None)] * (2 * d) + [(None, None)]
+    z = minimize(f, np.zeros(2 * d + 1), jac=True, method="L-BFGS-B", bounds=bounds,
+                 options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000}).x  # fmt: skip
+    return np.append(z[:d] - z[d : 2 * d], z[-1])
+
+
+def test_logisticregressioncv_elastic_net_matches_the_optimum(client):
+    """l1_ratios: every fold x C x l1_ratio at the elastic-net optimum (scipy's oracle, same
+    folds, scikit-learn's objective), in scikit-learn's layouts (its saga fit's shapes);
+    exact zeros where the L1 part holds a weight at zero."""
+    X, y = _binary(n=400, d=6, seed=4)
+    X[:, 5] = 0.01 * X[:, 5]  # a weak feature that the L1 part zeroes
+    Cs, ratios = [0.01, 0.1, 1.0], [0.0, 0.5, 1.0]
+    splits = list(KFold(3).split(X))
+    ours = LogisticRegressionCV(Cs=Cs, l1_ratios=ratios, cv=3, tol=1e-10).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = sk.LogisticRegressionCV(
+            Cs=Cs, l1_ratios=ratios, cv=splits, solver="saga", tol=1e-6, max_iter=10_000
+        ).fit(X, y)
+    got = ours.coefs_paths_[1]
+    assert got.shape == theirs.coefs_paths_[1].shape == (3, 3, 3, 7)
+    assert ours.scores_[1].shape == theirs.scores_[1].shape == (3, 3, 3)
+    assert ours.n_iter_.shape == (1, 3, 3, 3)
+    t = np.where(y == 1, 1.0, -1.0)
+    for k, (train, _) in enumerate(splits):
+        for i, C in enumerate(Cs):
+            for j, r in enumerate(ratios):
+                want = _enet_logistic_optimum(X[train], t[train], C, r)
+                np.testing.assert_allclose(got[k, i, j], want, atol=1e-6)
+    mean = ours.scores_[1].mean(axis=0)  # (n_cs, n_l1): the first best, l1_ratio major
+    i, j = np.unravel_index(np.argmax(mean.T), mean.T.shape)[::-1]
+    assert ours.C_[0] == Cs[i] and ours.l1_ratio_[0] == ratios[j]
+    want = _enet_logistic_optimum(X, t, Cs[i], ratios[j])
+    np.testing.assert_allclose(ours.coef_[0], want[:6], atol=1e-6)
+    assert np.all(got[:, 0, 2, :6] == 0.0)  # C = 0.01, pure L1: every weight exactly 0
+    assert ours.converged_
+    # penalty="l1" alone is l1_ratios=[1.0]
+    lasso = LogisticRegressionCV(Cs=Cs, penalty="l1", cv=3, tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(lasso.coefs_paths_[1][:, :, 0], got[:, :, 2], atol=1e-8)
+
+
 def test_logisticregressioncv_hessian_from_a_sample_of_rows(client):
     # chunks of 9,000 rows: the shared Hessian comes from every 8th row; the gradient and
     # the stopping rule stay exact, so the optimum does too
@@ -268,7 +326,10 @@ def test_elasticnetcv_warns_when_unconverged(client):
         (LogisticRegressionCV(Cs=[1.0, -1.0]), r"Cs\[1\] is -1.0"),
         (LogisticRegressionCV(Cs=0), "positive number of Cs"),
         (RidgeCV(cv=1), "cv must be an integer >= 2"),
-        (LogisticRegressionCV(penalty="l1"), "penalty must be one of"),
+        (LogisticRegressionCV(penalty="none"), "penalty must be one of"),
+        (LogisticRegressionCV(penalty="elasticnet"), "needs l1_ratios"),
+        (LogisticRegressionCV(l1_ratios=[]), "l1_ratios must be a non-empty"),
+        (LogisticRegressionCV(l1_ratios=[0.5, 1.5]), "l1_ratios must be a non-empty"),
     ],
 )
 def test_bad_grids_and_settings(client, est, match):

@@ -38,9 +38,11 @@ def _scorer_ok(v: Any) -> bool:
 class LogisticRegressionCV(LinearClassifier):
     """Binary logistic regression with ``C`` chosen by K-fold cross-validation over row-chunks.
 
-    Minimises scikit-learn's objective ``C * sum_i s_i loss_i + 0.5 ||w||^2`` for every ``C``
-    of the path in every fold, by Newton's method (Cholesky solves, a backtracking line
-    search) with warm starts along the path, as scikit-learn's ``solver="newton-cholesky"``.
+    Minimises scikit-learn's objective ``C * sum_i s_i loss_i + 0.5 ||w||^2`` (with
+    ``l1_ratios``, its elastic net) for every ``C`` of the path in every fold, by Newton's
+    method (Cholesky solves, or coordinate descent on the quadratic model with an L1 part; a
+    backtracking line search) with warm starts along the path, as scikit-learn's
+    ``solver="newton-cholesky"``.
     The chunks are read once and kept in the workers' memory; each round is one pass in
     which every chunk evaluates (compiled ``grad_hess`` kernel) all the fold models that
     train on it, so the K folds advance together. Each fold's models are scored on its own
@@ -57,8 +59,9 @@ class LogisticRegressionCV(LinearClassifier):
         Number of folds (an integer only: a fold is a set of whole row-chunks). numpy input
         is cut into scikit-learn ``KFold(cv)``'s folds (scikit-learn's own default is
         ``StratifiedKFold``); lazy input keeps its row-chunks and needs at least ``cv``.
-    penalty : {"l2"}, default "l2"
-        Only the L2 path is offered.
+    penalty : {"l2", "l1", "elasticnet"}, default "l2"
+        The penalty without ``l1_ratios`` ("l1": ``l1_ratios=[1.0]``; "elasticnet" needs
+        ``l1_ratios``). Given ``l1_ratios`` decide, as in scikit-learn 1.8+.
     scoring : str, callable or None, default None
         A scikit-learn scorer name (``sklearn.metrics.get_scorer``) or scorer; None is
         accuracy (scikit-learn's default). Computed on the workers, weighted when
@@ -71,8 +74,11 @@ class LogisticRegressionCV(LinearClassifier):
     refit : bool, default True
         Fit the final model on all the data at the best C (else: the mean of the folds'
         best models, as scikit-learn).
-    l1_ratios : None, default None
-        Only None (the L2 path); kept for scikit-learn's signature.
+    l1_ratios : array-like of float in [0, 1] or None, default None
+        Elastic-net mixings to cross-validate with the Cs: the penalty is ``l1_ratio
+        ||w||_1 + (1 - l1_ratio) / 2 ||w||^2`` (scikit-learn's). Each l1_ratio's K fold
+        paths advance in the same passes as the others'; steps with an L1 part solve the
+        quadratic model plus the L1 term by coordinate descent (exact zeros). None: L2.
     shuffle : bool, default False
         Shuffle (the rows of numpy input, the chunks of lazy input) before the folds.
     random_state : int, RandomState or None, default None
@@ -87,14 +93,17 @@ class LogisticRegressionCV(LinearClassifier):
     C_ : ndarray of shape (1,)
         The chosen C (``refit=False``: the mean of each fold's best C).
     l1_ratio_ : ndarray of shape (1,)
-        ``[None]``: the L2 path.
+        The chosen l1_ratio (``[None]`` without ``l1_ratios``).
+    l1_ratios_ : ndarray of shape (n_l1_ratios,)
+        With ``l1_ratios`` only.
     coef_ : ndarray of shape (1, n_features)
     intercept_ : ndarray of shape (1,)
     scores_ : dict
-        ``{classes_[1]: ndarray (n_folds, n_cs)}``, each fold's validation score per C.
+        ``{classes_[1]: ndarray (n_folds, n_cs)}``, each fold's validation score per C
+        (with ``l1_ratios``: ``(n_folds, n_cs, n_l1_ratios)``, scikit-learn's layout).
     coefs_paths_ : dict
-        ``{classes_[1]: ndarray (n_folds, n_cs, n_features [+ 1])}``.
-    n_iter_ : ndarray of shape (1, n_folds, n_cs)
+        ``{classes_[1]: ndarray (n_folds, n_cs[, n_l1_ratios], n_features [+ 1])}``.
+    n_iter_ : ndarray of shape (1, n_folds, n_cs[, n_l1_ratios])
         Newton steps of each fold and C.
     n_passes_ : int
         Passes over the data: the read into memory, the path's rounds, the scoring and the
@@ -112,12 +121,11 @@ class LogisticRegressionCV(LinearClassifier):
             lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 2,
             "an integer >= 2 (the number of folds)",
         ),
-        "penalty": one_of("l2", note=" (only the L2 path is offered)"),
+        "penalty": one_of("l2", "l1", "elasticnet"),
         "scoring": Rule(_scorer_ok, "None, a callable or a scorer name of sklearn.metrics"),
         "tol": Rule(lambda v: TOL.test(v) and v is not None, "a number >= 0"),
         "max_iter": POSITIVE_INT,
         "refit": BOOL,
-        "l1_ratios": Rule(lambda v: v is None, "None (only the L2 path is offered)"),
         "shuffle": BOOL,
         "random_state": RANDOM_STATE,
     }
@@ -265,58 +273,70 @@ class LogisticRegressionCV(LinearClassifier):
             total = [np.array([sizes.sum()])]
             folds = [[np.array([sizes[fold_of == k].sum()])] for k in range(K)]
         sw_total = float(total[0][0])
+        ratios = self._l1_grid()
+        L = 1 if ratios is None else len(ratios)
+        r_of = [0.0] * L if ratios is None else [float(r) for r in ratios]
+
+        def path_model(Cs: np.ndarray, weight: float, start: np.ndarray, r: float) -> PathModel:
+            return PathModel(Cs, weight, start, self.fit_intercept, float(self.tol),
+                             int(self.max_iter), rounding, l1_ratio=r)  # fmt: skip
+
+        # model j * K + k: fold k's path at the j-th l1_ratio, all advancing in the same rounds
         models = {
-            k: PathModel(
-                Cs,
-                sw_total - float(folds[k][0][0]),
-                np.zeros(m),
-                self.fit_intercept,
-                float(self.tol),
-                int(self.max_iter),
-                rounding,
-            )
+            j * K + k: path_model(Cs, sw_total - float(folds[k][0][0]), np.zeros(m), r_of[j])
+            for j in range(L)
             for k in range(K)
         }
         passes = (
             1
             + int(data.weighted)
-            + run_paths(pool, fold_of, models, lambda k, f: f != k, self.fit_intercept)
+            + run_paths(pool, fold_of, models, lambda i, f: f != i % K, self.fit_intercept)
         )
-        coefs = np.stack([np.stack(models[k].coefs) for k in range(K)])  # (K, n_cs, m)
-        scores = self._scores(client, chunks, pool, fold_of, coefs)
+        n_cs = len(Cs)
+        coefs = np.stack(  # (K, L, n_cs, m)
+            [np.stack([np.stack(models[j * K + k].coefs) for j in range(L)]) for k in range(K)]
+        )
+        scores = self._scores(client, chunks, pool, fold_of, coefs.reshape(K, L * n_cs, m)).reshape(
+            K, L, n_cs
+        )
         passes += 1
         unconverged: list[tuple[Any, float]] = [
-            (k, C) for k in range(K) for C in models[k].unconverged
+            (i % K, C) for i, model in models.items() for C in model.unconverged
         ]
         if self.refit:
-            best = int(np.argmax(scores.mean(axis=0)))  # the first of equal scores
-            C_best = float(Cs[best])
-            final = PathModel(
-                np.array([C_best]),
-                sw_total,
-                coefs[:, best].mean(axis=0),
-                self.fit_intercept,
-                float(self.tol),
-                int(self.max_iter),
-                rounding,
-            )
-            passes += run_paths(pool, fold_of, {K: final}, lambda k, f: True, self.fit_intercept)
+            best = int(np.argmax(scores.mean(axis=0)))  # the first of equal scores, C fastest
+            lb, cb = divmod(best, n_cs)
+            C_best, r_best = float(Cs[cb]), r_of[lb]
+            final = path_model(np.array([C_best]), sw_total, coefs[:, lb, cb].mean(axis=0), r_best)
+            passes += run_paths(pool, fold_of, {-1: final}, lambda i, f: True, self.fit_intercept)
             theta = final.coefs[0]
             unconverged += [("refit", C) for C in final.unconverged]
         else:
-            picks = np.argmax(scores, axis=1)
-            C_best = float(np.mean(Cs[picks]))
-            theta = np.mean([coefs[k, picks[k]] for k in range(K)], axis=0)
+            picks = [divmod(int(np.argmax(scores[k])), n_cs) for k in range(K)]
+            C_best = float(np.mean([Cs[c] for _, c in picks]))
+            r_best = float(np.mean([r_of[lb] for lb, _ in picks]))
+            theta = np.mean([coefs[k, lb, c] for k, (lb, c) in enumerate(picks)], axis=0)
+        n_iter = np.array(
+            [[models[j * K + k].n_iter for j in range(L)] for k in range(K)], dtype=np.int64
+        )  # (K, L, n_cs)
         self.Cs_ = Cs
         self.C_ = np.array([C_best])
-        self.l1_ratio_ = np.array([None])
         self.coef_ = np.asarray(theta[:d], dtype=np.float64).reshape(1, -1)
         self.intercept_ = np.array([float(theta[d]) if self.fit_intercept else 0.0])
         label = self.classes_[1]
-        self.scores_ = {label: scores}
-        self.coefs_paths_ = {label: coefs}
-        # scikit-learn's shape (1, n_folds, n_cs), not the single count of the other estimators
-        self.n_iter_ = np.array([[models[k].n_iter for k in range(K)]], dtype=np.int64)  # type: ignore[assignment]
+        # scikit-learn's (legacy) layouts: without l1_ratios (n_folds, n_cs[, m]), with
+        # them (n_folds, n_cs, n_l1_ratios[, m]); n_iter_ with a leading 1
+        if ratios is None:
+            self.l1_ratio_ = np.array([None])
+            self.scores_ = {label: scores[:, 0]}
+            self.coefs_paths_ = {label: coefs[:, 0]}
+            self.n_iter_ = n_iter[None, :, 0]  # type: ignore[assignment]
+        else:
+            self.l1_ratios_ = np.asarray(ratios, dtype=np.float64)
+            self.l1_ratio_ = np.array([r_best])
+            self.scores_ = {label: scores.transpose(0, 2, 1)}
+            self.coefs_paths_ = {label: coefs.transpose(0, 2, 1, 3)}
+            self.n_iter_ = n_iter.transpose(0, 2, 1)[None]  # type: ignore[assignment]
         self.n_passes_ = int(passes)
         self.converged_ = not unconverged
         if unconverged:
@@ -328,6 +348,24 @@ class LogisticRegressionCV(LinearClassifier):
                 ConvergenceWarning,
                 stacklevel=3,
             )
+
+    def _l1_grid(self) -> np.ndarray | None:
+        """The l1_ratios (None: the plain L2 path); ``penalty="l1"`` alone is ``[1.0]``."""
+        if self.l1_ratios is None:
+            if self.penalty == "elasticnet":
+                raise ValueError(
+                    "penalty='elasticnet' needs l1_ratios, e.g. l1_ratios=[0.1, 0.5, 0.9]"
+                )
+            return np.array([1.0]) if self.penalty == "l1" else None
+        try:
+            ratios = np.atleast_1d(np.asarray(self.l1_ratios, dtype=np.float64))
+        except (TypeError, ValueError):
+            ratios = np.array([np.nan])
+        if ratios.ndim != 1 or not ratios.size or not np.all((ratios >= 0) & (ratios <= 1)):
+            raise ValueError(
+                f"l1_ratios must be a non-empty list of numbers in [0, 1], got {self.l1_ratios!r}"
+            )
+        return ratios
 
 
 def _persisted(data: Any, chunks: list[Any]) -> Any:

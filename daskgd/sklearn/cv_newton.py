@@ -102,6 +102,10 @@ class PathModel:
 
     ``theta`` is the point the next round evaluates; :meth:`tell` takes that evaluation
     (data loss sum, gradient, Hessian over the model's training rows) and sets the next.
+    The penalty is scikit-learn's elastic net, ``l1_ratio ||w||_1 + (1 - l1_ratio) / 2
+    ||w||^2`` (0: L2): with an L1 part each step minimises the quadratic model plus the L1
+    term by coordinate descent (exact zeros), the line search's slope counts the L1 change
+    and the stopping rule takes the smallest subgradient.
     """
 
     Cs: np.ndarray
@@ -112,6 +116,7 @@ class PathModel:
     max_iter: int
     #: relative change of the objective that rounding can make (float32 data: its eps)
     rounding: float = 16 * float(np.finfo(np.float64).eps)
+    l1_ratio: float = 0.0
     coefs: list[np.ndarray] = field(default_factory=list)
     n_iter: list[int] = field(default_factory=list)
     unconverged: list[float] = field(default_factory=list)
@@ -121,30 +126,49 @@ class PathModel:
     _data: tuple[float, np.ndarray, np.ndarray] | None = None
     _search: tuple[np.ndarray, float, float, np.ndarray, float, float] | None = None
 
+    def _penalised(self, m: int) -> np.ndarray:
+        """1 for the weights, 0 for the intercept (``m`` parameters)."""
+        reg = np.zeros(m)
+        reg[: m - 1 if self.fit_intercept else m] = 1.0
+        return reg
+
     def _objective(
         self, C: float, theta: np.ndarray, data: tuple[float, np.ndarray, np.ndarray]
     ) -> tuple[float, np.ndarray, np.ndarray]:
+        """The objective, the gradient of its smooth part and that part's Hessian."""
         loss, g, H = data
         m = len(theta)  # d + 1 with the intercept, else d: drop the kernel's last entry
-        d = m - 1 if self.fit_intercept else m
-        w = theta[:d]
-        reg = np.zeros(m)
-        reg[:d] = 1.0
-        F = C * loss + 0.5 * float(w @ w)
-        G = C * g[:m] + reg * theta
-        Hf = C * H[:m, :m] + np.diag(reg)
+        reg = self._penalised(m)
+        l2 = 1.0 - self.l1_ratio
+        w = theta * reg
+        F = C * loss + 0.5 * l2 * float(w @ w) + self.l1_ratio * float(np.abs(w).sum())
+        G = C * g[:m] + l2 * w
+        Hf = C * H[:m, :m] + np.diag(l2 * reg)
         return F, G, Hf
+
+    def _optimality(self, C: float, theta: np.ndarray, G: np.ndarray) -> float:
+        """scikit-learn's measure, ``max |gradient| / (C * sum(s))``, with the L1 part's
+        smallest subgradient (``G + l1 sign(w)`` off zero, the soft threshold at zero)."""
+        if self.l1_ratio:
+            l1 = self.l1_ratio * self._penalised(len(theta))
+            G = np.where(
+                theta != 0,
+                G + l1 * np.sign(theta),
+                np.sign(G) * np.maximum(np.abs(G) - l1, 0.0),
+            )
+        return float(np.max(np.abs(G))) / (C * self.weight_sum)
 
     def tell(self, data: tuple[float, np.ndarray, np.ndarray]) -> None:
         """The evaluation at ``theta``: accept it (or backtrack), then step or move on."""
         if self._search is not None:
             theta0, F0, slope, p, t, g0 = self._search
-            F, G, _ = self._objective(float(self.Cs[self._j]), self.theta, data)
+            C = float(self.Cs[self._j])
+            F, G, _ = self._objective(C, self.theta, data)
             # near the optimum the decrease drowns in rounding: then a smaller gradient
             # accepts the step (as scikit-learn's newton-cholesky line search does), and a
             # larger one means the rounding floor is reached: halving cannot help
             flat = abs(F - F0) <= self.rounding * abs(F0)
-            smaller = float(np.abs(G).sum()) < g0
+            smaller = self._optimality(C, self.theta, G) < g0
             if not (F <= F0 + _ARMIJO * t * slope or (flat and smaller)):
                 if not flat and t * 0.5 >= _MIN_STEP:
                     t *= 0.5
@@ -167,8 +191,9 @@ class PathModel:
         assert self._data is not None
         C = float(self.Cs[self._j])
         G = self._objective(C, self.theta, self._data)[1]
-        gmax = float(np.max(np.abs(G))) / (C * self.weight_sum)
-        if gmax > self.tol:  # at max_iter, or stalled short of the tolerance
+        if (
+            self._optimality(C, self.theta, G) > self.tol
+        ):  # at max_iter, or stalled short of the tolerance
             self.unconverged.append(C)
         self.coefs.append(self.theta.copy())
         self.n_iter.append(self._it)
@@ -180,29 +205,42 @@ class PathModel:
     def _advance(self) -> None:
         """Newton steps from the accepted point; at convergence (or ``max_iter``) the next
         C starts from here with the same evaluation (no pass needed to start it)."""
-        from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
         assert self._data is not None
         while not self.done:
             C = float(self.Cs[self._j])
             F, G, Hf = self._objective(C, self.theta, self._data)
-            gmax = float(np.max(np.abs(G))) / (C * self.weight_sum)
+            gmax = self._optimality(C, self.theta, G)
             if gmax <= self.tol or self._it >= self.max_iter:
                 self._finish_C()
                 continue
-            try:
-                p = -cho_solve(cho_factor(Hf), G)
-            except LinAlgError:  # a flat direction (e.g. an all-zero column, no intercept
-                # curvature): damp it, as newton-cholesky falls back on a safer step
-                damp = 1e-10 * max(1.0, float(np.max(np.abs(np.diag(Hf)))))
-                p = -np.linalg.solve(Hf + damp * np.eye(len(G)), G)
-            slope = float(G @ p)
+            p = self._direction(G, Hf)
+            l1 = self.l1_ratio * self._penalised(len(p))
+            slope = float(G @ p) + float(l1 @ (np.abs(self.theta + p) - np.abs(self.theta)))
             if not slope < 0:  # rounding made the direction useless: steepest descent
                 p, slope = -G, -float(G @ G)
             self._it += 1
-            self._search = (self.theta.copy(), F, slope, p, 1.0, float(np.abs(G).sum()))
+            self._search = (self.theta.copy(), F, slope, p, 1.0, gmax)
             self.theta = self.theta + p
             return
+
+    def _direction(self, G: np.ndarray, Hf: np.ndarray) -> np.ndarray:
+        """Newton's step: a Cholesky solve, or with an L1 part coordinate descent on the
+        quadratic model plus the L1 term (as the single fit's Newton does)."""
+        from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+        if self.l1_ratio:
+            from daskgd.objective.quadratic import coordinate_descent
+
+            diag = np.diag(Hf)
+            scale = np.maximum(diag, 1e-12 * max(1.0, float(diag.max())))
+            l1 = self.l1_ratio * self._penalised(len(G))
+            return coordinate_descent(self.theta, G, Hf, scale, l1)
+        try:
+            return -cho_solve(cho_factor(Hf), G)
+        except LinAlgError:  # a flat direction (e.g. an all-zero column, no intercept
+            # curvature): damp it, as newton-cholesky falls back on a safer step
+            damp = 1e-10 * max(1.0, float(np.max(np.abs(np.diag(Hf)))))
+            return -np.linalg.solve(Hf + damp * np.eye(len(G)), G)
 
 
 def run_paths(
