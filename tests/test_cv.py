@@ -228,16 +228,17 @@ def test_logisticregressioncv_elastic_net_matches_the_optimum(client):
             for j, r in enumerate(ratios):
                 want = _enet_logistic_optimum(X[train], t[train], C, r)
                 np.testing.assert_allclose(got[k, i, j], want, atol=1e-6)
-    mean = ours.scores_[1].mean(axis=0)  # (n_cs, n_l1): the first best, l1_ratio major
-    i, j = np.unravel_index(np.argmax(mean.T), mean.T.shape)[::-1]
+    mean = ours.scores_[1].mean(axis=0)  # (n_cs, n_l1): the first best, C major
+    i, j = np.unravel_index(np.argmax(mean), mean.shape)
     assert ours.C_[0] == Cs[i] and ours.l1_ratio_[0] == ratios[j]
     want = _enet_logistic_optimum(X, t, Cs[i], ratios[j])
     np.testing.assert_allclose(ours.coef_[0], want[:6], atol=1e-6)
     assert np.all(got[:, 0, 2, :6] == 0.0)  # C = 0.01, pure L1: every weight exactly 0
     assert ours.converged_
-    # penalty="l1" alone is l1_ratios=[1.0]
+    # penalty="l1" alone is l1_ratios=[1.0], in the layouts without l1_ratios
     lasso = LogisticRegressionCV(Cs=Cs, penalty="l1", cv=3, tol=1e-10).fit(X, y)
-    np.testing.assert_allclose(lasso.coefs_paths_[1][:, :, 0], got[:, :, 2], atol=1e-8)
+    np.testing.assert_allclose(lasso.coefs_paths_[1], got[:, :, 2], atol=1e-8)
+    assert lasso.scores_[1].shape == (3, 3) and lasso.l1_ratio_[0] is None
 
 
 def test_logisticregressioncv_hessian_from_a_sample_of_rows(client):

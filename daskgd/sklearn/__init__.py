@@ -67,10 +67,19 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later accesses skip this function
         return value
-    raise AttributeError(f"module 'daskgd.sklearn' has no attribute {name!r}")
+    try:  # a submodule, as after an eager import (``daskgd.sklearn.glm``)
+        return importlib.import_module(f"daskgd.sklearn.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"daskgd.sklearn.{name}":
+            raise  # a submodule's own missing dependency
+        raise AttributeError(f"module 'daskgd.sklearn' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -27,6 +27,8 @@ __all__ = ["ChunkEvaluator", "EvaluatorPool", "by_worker"]
 MAX_REBUILDS = 3
 #: seconds a rebuild waits for the lost chunks to be recomputed on the workers left
 REBUILD_TIMEOUT = 300.0
+#: seconds a call that could not reach its worker waits for the scheduler to remove it
+LOSS_WAIT = 30.0
 
 
 class ChunkEvaluator:
@@ -103,8 +105,10 @@ class EvaluatorPool:
                 self.client.submit(
                     ChunkEvaluator,
                     *[self.chunks[c] for c in idx],
+                    # a preference: a worker that leaves before the actor starts must not
+                    # leave it waiting for that worker forever
                     workers=[worker] if worker else None,
-                    allow_other_workers=not worker,
+                    allow_other_workers=True,
                     actor=True,
                     pure=False,
                 )
@@ -122,16 +126,35 @@ class EvaluatorPool:
                 with self.client.as_current():
                     pending = [(idx, call(actor, idx)) for actor, idx in self.groups]
                     return [(idx, fut.result()) for idx, fut in pending]
-            except Exception:
-                if attempt == MAX_REBUILDS or not self._lost_a_worker():
+            except Exception as exc:
+                if attempt == MAX_REBUILDS or not self._lost_a_worker(exc):
                     raise
-                self._build(REBUILD_TIMEOUT)  # Dask recomputes the lost chunks on the workers left
+                self._build(REBUILD_TIMEOUT)  # the lost chunks are recomputed on the workers left
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _lost_a_worker(self) -> bool:
-        """Whether a worker that held an evaluator has left the cluster."""
-        alive = set(self.client.nthreads())
-        return any(worker and worker not in alive for worker in self._workers)
+    def _lost_a_worker(self, exc: BaseException) -> bool:
+        """Whether the call failed because a worker that held an evaluator is gone: it left
+        the cluster, or the call could not reach it (then the scheduler is given up to
+        ``LOSS_WAIT`` seconds to notice), or its actor was lost (a restart at the same
+        address)."""
+        import time
+
+        from distributed.comm.core import CommClosedError
+
+        def gone() -> bool:
+            alive = set(self.client.nthreads())
+            return any(worker and worker not in alive for worker in self._workers)
+
+        if gone() or (isinstance(exc, RuntimeError) and "Actor was lost" in str(exc)):
+            return True
+        if not isinstance(exc, OSError | CommClosedError):
+            return False  # an error of the computation itself: the caller's to see
+        deadline = time.monotonic() + LOSS_WAIT
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if gone():
+                return True
+        return True  # unreachable for LOSS_WAIT s: rebuilding finds where the chunks are
 
     def close(self) -> None:
         self.groups = []

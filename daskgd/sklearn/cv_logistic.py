@@ -187,6 +187,7 @@ class LogisticRegressionCV(LinearClassifier):
         """
         self._check_params()
         Cs = self._grid()
+        self._l1_grid()  # checked before any data is read
         with fit_client(self.client) as client:
             data = cv_data(
                 self,
@@ -304,15 +305,15 @@ class LogisticRegressionCV(LinearClassifier):
             (i % K, C) for i, model in models.items() for C in model.unconverged
         ]
         if self.refit:
-            best = int(np.argmax(scores.mean(axis=0)))  # the first of equal scores, C fastest
-            lb, cb = divmod(best, n_cs)
+            # the first of equal scores, l1_ratio fastest (scikit-learn's order over (C, l1))
+            cb, lb = divmod(int(np.argmax(scores.mean(axis=0).T)), L)
             C_best, r_best = float(Cs[cb]), r_of[lb]
             final = path_model(np.array([C_best]), sw_total, coefs[:, lb, cb].mean(axis=0), r_best)
             passes += run_paths(pool, fold_of, {-1: final}, lambda i, f: True, self.fit_intercept)
             theta = final.coefs[0]
             unconverged += [("refit", C) for C in final.unconverged]
         else:
-            picks = [divmod(int(np.argmax(scores[k])), n_cs) for k in range(K)]
+            picks = [divmod(int(np.argmax(scores[k].T)), L)[::-1] for k in range(K)]
             C_best = float(np.mean([Cs[c] for _, c in picks]))
             r_best = float(np.mean([r_of[lb] for lb, _ in picks]))
             theta = np.mean([coefs[k, lb, c] for k, (lb, c) in enumerate(picks)], axis=0)
@@ -326,12 +327,14 @@ class LogisticRegressionCV(LinearClassifier):
         label = self.classes_[1]
         # scikit-learn's (legacy) layouts: without l1_ratios (n_folds, n_cs[, m]), with
         # them (n_folds, n_cs, n_l1_ratios[, m]); n_iter_ with a leading 1
-        if ratios is None:
+        if self.l1_ratios is None:  # penalty="l2" or "l1": scikit-learn's 2-D layouts
+            self.__dict__.pop("l1_ratios_", None)
             self.l1_ratio_ = np.array([None])
             self.scores_ = {label: scores[:, 0]}
             self.coefs_paths_ = {label: coefs[:, 0]}
             self.n_iter_ = n_iter[None, :, 0]  # type: ignore[assignment]
         else:
+            assert ratios is not None
             self.l1_ratios_ = np.asarray(ratios, dtype=np.float64)
             self.l1_ratio_ = np.array([r_best])
             self.scores_ = {label: scores.transpose(0, 2, 1)}
