@@ -240,7 +240,6 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
                                          sample_weight=swp, offset=off,
                                          epsilon=spec["epsilon"], power=power,
                                          fit_intercept=fit_intercept,
-                                         hessian_precision=precision,
                                          check_input=False)  # fmt: skip
             loss += piece_loss
             rows += len(yp)
@@ -255,10 +254,6 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
 
     newton = bool(spec.get("hessian"))
     fit_intercept = bool(spec.get("fit_intercept", True))
-    # float64 block products: float32 ones (grad_hess's "single", 15-25% faster) lose the
-    # curvature of an uncentred column (1000 + N(0, 1): a 7.6% error in the direction) and
-    # overflow above ~1e18; until the rows are centred for them, the worker stays exact
-    precision = "double"
     if newton:
         from daskgd.kernels import grad_hess
 
