@@ -105,6 +105,12 @@ FIT_PARAMETERS = """
         core) started and closed by this call.
     n_workers : int, optional
         Use at most this many workers.
+    n_servers : int or "auto", default="auto"
+        Parameter servers: 0 keeps the whole model and its optimizer state on the
+        scheduler; K >= 1 cuts them into K shards held by K workers (sync mode,
+        optimizers sgd, momentum, nesterov, adagrad and adam), the scheduler
+        coordinating; "auto" shards models of at least 262,144 parameters on 2 workers
+        when the settings allow it, else 0. See the README's "Sharded parameter servers".
     random_state : int, optional
         Seeds the mini-batch order.
     validate : bool, default=True

@@ -16,6 +16,7 @@ from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
 from daskgd.driver.monitor import abort, drain, watch
 from daskgd.driver.placement import initial_params, label_encoding, plan_placement, sources
 from daskgd.driver.result import FitResult, build_result
+from daskgd.driver.servers import resolve_servers
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import (
     CheckpointError,
@@ -30,6 +31,7 @@ from daskgd.parameter_server import (
     check_quorum,
     make_settings,
 )
+from daskgd.parameter_server.shard import ShardServer
 from daskgd.worker import probe, train_partition
 
 __all__ = ["SETUP_TIMEOUT", "install", "run_job"]
@@ -55,6 +57,24 @@ async def install(client: Client) -> None:
             f"a Dask worker cannot import daskgd ({type(exc).__name__}: {exc}). Install "
             "daskgd in every worker's Python environment."
         ) from exc
+
+
+async def place_shards(client: Client, s: FitSettings, n_params: int, workers: list[str]):
+    """The workers that hold the parameter shards (None: the model stays on the scheduler),
+    with the shard servers installed on every worker."""
+    k = resolve_servers(s, n_params, len(workers))
+    if k == 0:
+        return None
+    try:
+        await asyncio.wait_for(client.register_plugin(ShardServer()), SETUP_TIMEOUT)
+    except Exception as exc:
+        raise SchedulerSetupError(
+            f"the workers cannot run daskgd's parameter shards ({type(exc).__name__}: {exc}). "
+            "Install daskgd (the same version) in every worker's Python environment, or use "
+            "n_servers=0"
+        ) from exc
+    # spread over the workers, which also train: one shard per worker
+    return [workers[round(i * len(workers) / k)] for i in range(k)]
 
 
 async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
@@ -84,10 +104,12 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     writer, resume = await setup_checkpoint(ds, s, config)
     if resume is not None:
         P0 = resume["params"]
+    shards = await place_shards(client, s, P0.size, workers)
     job = f"daskgd-{uuid.uuid4().hex}"
     ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
     try:
-        await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id, resume=resume)
+        await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id, resume=resume,
+                        shards=shards)  # fmt: skip
     except ResumeRejectedError as exc:
         raise CheckpointError(f"{s.checkpoint}: {exc}") from exc
     futures: list[Future] = []

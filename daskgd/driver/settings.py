@@ -39,6 +39,7 @@ from daskgd.driver.constraints import (
     Real,
     validate,
 )
+from daskgd.driver.servers import check_servers
 from daskgd.errors import InvalidSettingError
 from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES, choose_optimizer, curvature_bound
 from daskgd.parameter_server import MODES, make_settings
@@ -80,6 +81,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "max_staleness": (NONE, Integer(0)),
     "staleness_lr": _BOOL,
     "n_workers": (NONE, Integer(1)),
+    "n_servers": (Options(("auto",)), Integer(0)),
     "random_state": (NONE, Integer(0)),
     "progress": _BOOL,
     "callback": (NONE, CALLABLE),
@@ -158,6 +160,7 @@ class FitSettings:
     max_staleness: int | None = None
     staleness_lr: bool = False
     n_workers: int | None = None
+    n_servers: int | str = "auto"
     random_state: int | None = None
     progress: bool = False
     callback: Callable[[dict[str, Any]], Any] | None = None
@@ -244,6 +247,7 @@ class FitSettings:
                 )
         if self.mode != "ssp" and self.max_staleness is not None:
             raise InvalidSettingError("max_staleness applies to mode='ssp' only")
+        check_servers(self)
         if self.resume and self.checkpoint is None:
             raise InvalidSettingError(
                 "resume=True needs checkpoint=<the path the earlier fit wrote>"

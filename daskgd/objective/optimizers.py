@@ -163,11 +163,19 @@ class Optimizer:
         ndarray
             New parameters, a fresh array.
         """
+        return self.apply(params, grad, state, t, self.schedule(t, epoch) * lr_scale)
+
+    def apply(
+        self, params: np.ndarray, grad: np.ndarray, state: dict[str, Any], t: int, lr: float
+    ) -> np.ndarray:
+        """:meth:`step` with the learning rate given: a rule that acts coordinate by
+        coordinate applies it to any slice of the rows of ``params`` (a parameter shard,
+        with its own last row standing for the intercept) as it would to the whole.
+        Rules with a line search (L-BFGS, Newton) do not have it."""
         g = np.array(grad, dtype=np.float64)
         self.regularizer.add_gradient(params, g)
         if not self.fit_intercept:
             g[-1] = 0.0
-        lr = self.schedule(t, epoch) * lr_scale
         d, scale = self.direction(g, state, t)
         new = params - lr * scale * d
         self.regularizer.prox(new, lr * scale)

@@ -64,11 +64,14 @@ def check_push(job: Job, version, grad, n, weight, loss, worker) -> str | None:
         return f"version must be an integer >= 0, got {version!r}"
     if version > job.version:
         return f"version {version} is from the future (current version {job.version})"
-    if not isinstance(grad, np.ndarray):
+    if job.shards is not None:  # the gradient went to the shards; only scalars come here
+        if grad is not None:
+            return "grad must be None for a sharded job: push its slices to the shards"
+    elif not isinstance(grad, np.ndarray):
         return f"grad must be a numpy array, got {type(grad).__name__}"
-    if grad.shape != job.params.shape:
-        return f"grad has shape {grad.shape}; this job's parameters have {job.params.shape}"
-    if grad.dtype not in (np.float32, np.float64):
+    elif grad.shape != job.shape:
+        return f"grad has shape {grad.shape}; this job's parameters have {job.shape}"
+    elif grad.dtype not in (np.float32, np.float64):
         return f"grad must be float32 or float64, got {grad.dtype}"
     if not is_index(n) or n < 1:
         return f"n (rows in the batch) must be a positive integer, got {n!r}"
@@ -83,7 +86,7 @@ def check_push(job: Job, version, grad, n, weight, loss, worker) -> str | None:
 
 def check_class_loss(job: Job, class_loss: Any) -> str | None:
     """One-vs-rest jobs: ``class_loss`` holds one float per class."""
-    k = job.params.shape[1] if job.params.ndim == 2 else None
+    k = job.shape[1] if len(job.shape) == 2 else None
     if k is None:
         return "class_loss is for one-vs-rest jobs (2-D parameters) only"
     if not (isinstance(class_loss, np.ndarray) and class_loss.shape == (k,)):
@@ -103,7 +106,7 @@ def check_hess(job: Job, hess: Any) -> str | None:
         if hess is not None:
             return f"hess is for optimizer 'newton'; this job's optimizer is {job.optimizer.name!r}"
         return None
-    n = job.params.shape[0]
+    n = job.shape[0]
     if hess is None and not job.wants_hessian:
         return None
     if not isinstance(hess, np.ndarray):
@@ -157,20 +160,47 @@ def check_ready(job: Job, worker, loss0, loss_zero, grad0, weight, curvature, gr
             return f"{name} must be a real number >= 0, got {v!r}"
     if not (
         isinstance(grad0, np.ndarray)
-        and grad0.shape == job.params.shape
+        and grad0.shape == job.shape
         and grad0.dtype in (np.float32, np.float64)
     ):
-        return f"grad0 must be a float array of shape {job.params.shape}"
+        return f"grad0 must be a float array of shape {job.shape}"
     if curvature is not None and not (
         isinstance(curvature, tuple | list) and len(curvature) == 3
         and all(is_real(c) and math.isfinite(c) and c >= 0 for c in curvature)
     ):  # fmt: skip
         return "curvature must be None or three finite numbers >= 0"
     # A^T W A: with the intercept's column of ones when the intercept is fitted
-    n = job.params.shape[0] - (0 if job.optimizer.fit_intercept else 1)
+    n = job.shape[0] - (0 if job.optimizer.fit_intercept else 1)
     if gram is not None and not (
         curvature is not None and isinstance(gram, np.ndarray) and gram.shape == (n, n)
         and gram.dtype == np.float64 and bool(np.all(np.isfinite(gram)))
     ):  # fmt: skip
         return f"gram must be None or a finite float64 array of shape ({n}, {n})"
+    return None
+
+
+def check_shards(shards: Any, params: Any, config: Any, optimizer: Any, workers: Any) -> str | None:
+    """A sharded job's layout and settings: what the shards can run (sync rounds, rules
+    that act coordinate by coordinate, no recorded parameter vectors)."""
+    if not (
+        isinstance(shards, list | tuple) and shards and all(isinstance(a, str) for a in shards)
+    ):
+        return "shards must be a non-empty list of worker addresses"
+    if len(set(shards)) != len(shards):
+        return f"shards must be distinct workers, got {shards}"
+    gone = [a for a in shards if a not in workers]
+    if gone:
+        return f"shard worker(s) {gone} are not in the cluster"
+    if len(shards) > params.shape[0]:
+        return f"{len(shards)} shards for {params.shape[0]} parameter rows: use fewer servers"
+    mode = config.get("mode", "sync") if isinstance(config, dict) else None
+    if mode != "sync":
+        return (f"sharded parameter servers (n_servers >= 1) run mode='sync' only; mode "
+                f"{mode!r} needs n_servers=0")  # fmt: skip
+    name = optimizer.get("name") if isinstance(optimizer, dict) else None
+    if name in ("lbfgs", "newton"):
+        return (f"optimizer {name!r} needs the whole model in one place: use n_servers=0, "
+                "or a first-order optimizer (sgd, momentum, nesterov, adagrad, adam)")  # fmt: skip
+    if isinstance(config, dict) and config.get("record_params"):
+        return "callback_params=True keeps every epoch's parameters: use n_servers=0"
     return None

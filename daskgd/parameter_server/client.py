@@ -171,6 +171,7 @@ class ParameterServerClient:
             worker = get_worker()
         out = cls(job, worker.scheduler, worker.loop, timeout)
         out.address = worker.address
+        out.pool = worker.rpc
         return out
 
     # -- transport -----------------------------------------------------------------
@@ -225,8 +226,10 @@ class ParameterServerClient:
         ranks: list[str],
         client: str | None = None,
         resume: dict[str, Any] | None = None,
+        shards: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Create the job (``daskgd_create``); returns ``{"status": "OK", "version": v}``.
+        """Create the job (``daskgd_create``); returns ``{"status": "OK", "version": v}``
+        (and ``shards``, their layout, when ``shards`` names the workers to hold them).
 
         Raises
         ------
@@ -243,6 +246,7 @@ class ParameterServerClient:
             ranks=list(ranks),
             client=client,
             resume=None if resume is None else ToPickle(resume),
+            shards=shards,
         )
 
     async def join(self, rank: int, worker: str) -> dict[str, Any]:
@@ -256,7 +260,38 @@ class ParameterServerClient:
         bound = reply.get("wait_bound")
         if isinstance(bound, int | float) and bound >= 0:
             self.wait_bound = float(bound)
-        return reply
+        self.shards = reply.get("shards")
+        return await self._with_params(reply)
+
+    # -- sharded jobs: the parameters' rows live on shard servers (workers) ----------
+    #: ``(address, lo, hi)`` of each shard of a sharded job (from ``join``), else None
+    shards: list[tuple[str, int, int]] | None = None
+    #: the worker's connection pool (``worker.rpc``), through which a task calls shards
+    pool: Any = None
+
+    async def _shard(self, address: str, op: str, **msg: Any) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.timeout + self.wait_bound):
+                reply = await getattr(self.pool(address), f"daskgd_shard_{op}")(job=self.job, **msg)
+        except (OSError, TimeoutError) as exc:
+            raise ParameterServerError(
+                f"the parameter shard on worker {address} did not answer {op}: {exc!r}",
+                op=f"shard_{op}",
+            ) from exc
+        if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
+            raise UnknownJobError(str(reply.get("message")), op=f"shard_{op}", kind="unknown_job")
+        return reply if reply.get("status") == "stale" else raise_for_reply(f"shard_{op}", reply)
+
+    async def _with_params(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """A sharded job's reply carries no parameters: fetch its version's rows from
+        every shard at once and put them together."""
+        if self.shards is None or reply.get("status") == "stopped":
+            return reply
+        version = int(reply["version"])
+        parts = await asyncio.gather(*(
+            self._shard(a, "pull", version=version, wait=self.timeout) for a, _, _ in self.shards
+        ))  # fmt: skip
+        return {**reply, "params": np.concatenate([p["params"] for p in parts])}
 
     async def ready(
         self,
@@ -270,7 +305,7 @@ class ParameterServerClient:
         gram: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Report what the rank measured before its first step (``daskgd_ready``)."""
-        return await self._call(
+        reply = await self._call(
             "ready",
             extra=self.wait_bound,
             rank=rank,
@@ -283,6 +318,7 @@ class ParameterServerClient:
             gram=None if gram is None else ToPickle(gram),
             incarnation=self.incarnation,
         )
+        return await self._with_params(reply)
 
     async def push(
         self,
@@ -311,6 +347,19 @@ class ParameterServerClient:
             msg["class_loss"] = ToPickle(class_loss)
         if hess is not None:
             msg["hess"] = ToPickle(hess)
+        if self.shards is not None:
+            # the slices to every shard at once; then the scalars to the coordinator,
+            # whose reply says the round closed (the shards stepped); then the new rows
+            await asyncio.gather(*(
+                self._shard(a, "push", version=version, rank=rank, incarnation=self.incarnation,
+                            grad=ToPickle(np.ascontiguousarray(grad[lo:hi])))
+                for a, lo, hi in self.shards
+            ))  # fmt: skip
+            reply = await self._call(
+                "push", extra=self.wait_bound, rank=rank, version=version, grad=None, n=n,
+                weight=weight, loss=loss, worker=worker, incarnation=self.incarnation, **msg,
+            )  # fmt: skip
+            return await self._with_params(reply)
         return await self._call(
             "push",
             extra=self.wait_bound,

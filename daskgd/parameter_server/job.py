@@ -23,6 +23,7 @@ from distributed.protocol import ToPickle
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.config import JobConfig
 from daskgd.parameter_server.rounds import Steps
+from daskgd.parameter_server.sharding import ShardSet
 from daskgd.parameter_server.stats import EpochStats, Rank
 
 __all__ = ["Job"]
@@ -39,18 +40,27 @@ class Job(Steps):
         optimizer: Optimizer,
         ranks: list[str],
         client: str | None,
+        shards: ShardSet | None = None,
     ) -> None:
         self.id = job_id
         self.config = config
         self.optimizer = optimizer
-        self.published = (0, params)
-        self.opt_state = optimizer.init_state(params)
+        #: the parameters' shape (their rows may live in shards on the workers)
+        self.shape = params.shape
+        #: the shards holding the parameters and the optimizer state (None: held here)
+        self.shards = shards
+        self.published = (0, None if shards is not None else params)
+        self.opt_state = None if shards is not None else optimizer.init_state(params)
         #: Newton: whether the round at the published point needs the Hessian (replies
         #: carry it as ``hessian``; see :class:`daskgd.objective.newton.Newton`)
         self.wants_hessian = optimizer.needs_hessian
         #: steps run on the event loop (small models) or in a worker thread
         #: (Newton's steps factor a Hessian: always off the loop)
-        self.inline = params.size <= config.inline_max_params and not optimizer.needs_hessian
+        self.inline = (
+            params.size <= config.inline_max_params
+            and not optimizer.needs_hessian
+            and shards is None  # a sharded step waits for the shards: never on the loop
+        )
         #: held while a step of this job runs off the loop (large models only)
         self.lock = asyncio.Lock()
         self.ranks = [Rank(a) for a in ranks]
@@ -151,11 +161,15 @@ class Job(Steps):
             v = resume[key]
             if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"resume[{key!r}] must be an integer >= 0, got {v!r}")
-        self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
-        # Newton: a fit stopped during a backtrack published its last accepted point, but its
-        # line search goes on from the point it proposed last
-        nxt = self.optimizer.resume_params(self.opt_state)
-        P = self.params if nxt is None else nxt.reshape(self.params.shape)
+        if self.shards is None:
+            self.opt_state = self.optimizer.import_state(self.params, dict(resume["state"]))
+            # Newton: a fit stopped during a backtrack published its last accepted point,
+            # but its line search goes on from the point it proposed last
+            nxt = self.optimizer.resume_params(self.opt_state)
+            P = self.params if nxt is None else nxt.reshape(self.shape)
+        else:  # the shards get the state (checked here first: it must fit the whole)
+            self.optimizer.import_state(self.initial, dict(resume["state"]))
+            P = None
         self.published = (int(resume["version"]), P)
         if self.optimizer.needs_hessian:
             self.wants_hessian = bool(self.opt_state["newton"].want_hessian)

@@ -46,6 +46,8 @@ class MemberHandlers(JobRunner):
         out = self.params_reply(j)
         out["position"] = position
         out["wait_bound"] = j.config.member_timeout + j.config.ssp_timeout
+        if j.shards is not None:
+            out["shards"] = j.shards.layout()
         if rank not in j.reports:
             out["initial"] = ToPickle(j.initial)
         return out

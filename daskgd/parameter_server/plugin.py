@@ -19,7 +19,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import ToPickle
 
 from daskgd._version import __version__
-from daskgd.parameter_server.checks import check_create, check_status, error
+from daskgd.parameter_server.checks import check_create, check_shards, check_status, error
 from daskgd.parameter_server.config import (
     INLINE_MAX_PARAMS,
     PLUGIN_NAME,
@@ -30,6 +30,7 @@ from daskgd.parameter_server.config import (
 from daskgd.parameter_server.job import Job
 from daskgd.parameter_server.members import MemberHandlers
 from daskgd.parameter_server.runner import STEP_THREADS
+from daskgd.parameter_server.sharding import ShardError, ShardSet, split_rows
 
 __all__ = ["ParameterServer"]
 
@@ -117,6 +118,13 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
     def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
         """Deactivate the ranks that ran on ``worker`` and re-check open rounds."""
         for job in self.jobs.values():
+            if job.shards is not None and worker in job.shards.addresses and not job.stopped:
+                k = job.shards.addresses.index(worker)
+                self.spawn(self.stop_job(job, "a parameter shard was lost", (
+                    f"worker {worker}, which held shard {k} of the parameters, left the "
+                    "cluster: its part of the model is lost. Rerun the fit, or resume it from "
+                    "its checkpoint (checkpoint=..., resume=True)")))  # fmt: skip
+                continue
             hit = False
             for r in job.ranks:
                 if r.address == worker and r.active:
@@ -132,13 +140,19 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             self.spawn(self.stop_job(job, "the driver disconnected", "the driver disconnected"))
 
     # -- handlers --------------------------------------------------------------
-    async def create(self, job, params, config, optimizer, ranks, client=None, resume=None):
-        """Create a job; see :mod:`daskgd.parameter_server`."""
+    async def create(
+        self, job, params, config, optimizer, ranks, client=None, resume=None, shards=None
+    ):
+        """Create a job; see :mod:`daskgd.parameter_server`. ``shards``, a list of worker
+        addresses, puts the parameters and the optimizer state in that many shards on
+        those workers (:mod:`daskgd.parameter_server.shard`); this plugin coordinates."""
         if not isinstance(job, str) or not job:
             return error(f"job must be a non-empty string, got {job!r}")
         if job in self.jobs:
             return error(f"job {job!r} exists already")
         bad = check_create(params, config, optimizer, ranks, client)
+        if bad is None and shards is not None:
+            bad = check_shards(shards, params, config, optimizer, self.workers())
         if bad:
             return error(bad)
         limit = config.get("inline_max_params", INLINE_MAX_PARAMS)
@@ -162,14 +176,28 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
         if job in self.jobs:  # created meanwhile by another call
             return error(f"job {job!r} exists already")
         cfg, opt, p = made
-        j = Job(job, p, cfg, opt, list(ranks), client)
+        layout = None
+        if shards is not None:
+            ranges = split_rows(p.shape[0], len(shards))
+            layout = ShardSet(job, shards, ranges, self.scheduler.rpc, asyncio.get_running_loop())
+        j = Job(job, p, cfg, opt, list(ranks), client, layout)
         if resume is not None:
             try:
                 j.restore(resume)
             except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
                 return error(f"cannot resume from this checkpoint: {exc}", kind="bad_resume")
+        if layout is not None:
+            state = None if resume is None else dict(resume["state"])
+            try:
+                await layout.create(p, opt, j.version, state)
+            except ShardError as exc:
+                await layout.close()
+                return error(f"cannot place the parameter shards: {exc}")
         self.jobs[job] = j
-        return {"status": "OK", "version": j.version}
+        out: dict[str, Any] = {"status": "OK", "version": j.version}
+        if layout is not None:
+            out["shards"] = layout.layout()
+        return out
 
     async def pull(self, job):
         """Current parameters and version."""
@@ -201,6 +229,11 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             if isinstance(j, dict):
                 return j
         out = await self.exclusive(j, j.report_status, since, params, self.workers())
+        if params and j.shards is not None:
+            try:
+                out["params"] = ToPickle(await self._gather(j))
+            except ShardError as exc:
+                return error(str(exc))
         if j.stopped:
             self.wake(j)
         out["n_workers"] = len(self.workers())  # the driver's "every worker is gone" check
@@ -232,7 +265,23 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
         out = await self.exclusive(j, j.close, since, self.workers())
         self.wake(j)
         self.jobs.pop(job, None)
+        if j.shards is not None:
+            try:
+                out["params"] = ToPickle(await self._gather(j))
+            except ShardError as exc:
+                out["params"] = None
+                if j.error is None:
+                    out.update(error=str(exc), error_kind="training")
+            await j.shards.close()
         return out
+
+    async def _gather(self, j: Job) -> np.ndarray:
+        """A sharded job's parameters, whole; every shard must be at the job's version."""
+        assert j.shards is not None
+        params, _, versions = await j.shards.gather_async()
+        if any(v != j.version for v in versions):
+            raise ShardError(f"the shards are at versions {versions}, the job at {j.version}")
+        return params.reshape(j.shape)
 
     async def snapshot(self, job, fresh=False, since=0):
         """The latest checkpoint snapshot of ``job`` (None before the first), or a new one.

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective.curvature import loss_resolution
+from daskgd.parameter_server.sharding import ShardSet
 from daskgd.parameter_server.stats import EpochRules
 
 __all__ = ["Steps"]
 
 
-def _finite(grad: np.ndarray, loss: float, class_loss: np.ndarray | None) -> bool:
-    if not math.isfinite(loss) or not np.all(np.isfinite(grad)):
+def _finite(grad: np.ndarray | None, loss: float, class_loss: np.ndarray | None) -> bool:
+    if not math.isfinite(loss) or (grad is not None and not np.all(np.isfinite(grad))):
         return False
     return class_loss is None or bool(np.all(np.isfinite(class_loss)))
 
@@ -37,6 +38,8 @@ class Steps(EpochRules):
     pending: dict[int, tuple]
     opt_state: Any
     wants_hessian: bool
+    shards: ShardSet | None
+    shape: tuple[int, ...]
 
     def live(self, workers: Container[str]) -> list[int]:
         """Ranks that are active, on a worker the scheduler knows, and not silent.
@@ -92,7 +95,8 @@ class Steps(EpochRules):
             return "twice"
         # a copy: an in-process sender may reuse its buffer once it has our reply
         h = None if hess is None else np.array(hess, dtype=np.float64)
-        self.pending[rank] = (np.array(grad, dtype=np.float64), n, weight, loss, class_loss, h)
+        g = None if grad is None else np.array(grad, dtype=np.float64)  # None: in the shards
+        self.pending[rank] = (g, n, weight, loss, class_loss, h)
         self.try_close_round(workers)
         return "OK"
 
@@ -111,9 +115,6 @@ class Steps(EpochRules):
     def finish_round(self, pending: dict[int, tuple]) -> None:
         """Sync mode: one step with the row-weighted mean of the round's gradients."""
         order = sorted(pending)  # rank order: the sum is bitwise reproducible
-        grad_sum = pending[order[0]][0].astype(np.float64, copy=True)
-        for r in order[1:]:
-            grad_sum += pending[r][0]
         rows = [pending[r][1] for r in order]
         weight = math.fsum(pending[r][2] for r in order)
         loss_sum = math.fsum(pending[r][3] for r in order)
@@ -122,6 +123,12 @@ class Steps(EpochRules):
             class_loss = np.sum([pending[r][4] for r in order], axis=0)
         for r in order:
             self.ranks[r].updates += 1
+        if self.shards is not None:
+            self._sharded_round(order, rows, weight, loss_sum, class_loss)
+            return
+        grad_sum = pending[order[0]][0].astype(np.float64, copy=True)
+        for r in order[1:]:
+            grad_sum += pending[r][0]
         if self.optimizer.needs_hessian:
             self._newton_round(pending, order, rows, weight, loss_sum, grad_sum)
             return
@@ -130,6 +137,34 @@ class Steps(EpochRules):
             self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:
             self.published = (self.version + 1, self.params)
+        self.maybe_snapshot()
+
+    #: a sharded job's pieces of the closing epoch (penalty, gradient norm), from its shards
+    shard_stats: dict[str, Any] | None = None
+
+    def _sharded_round(
+        self, order: list[int], rows: list[int], weight: float, loss_sum: float,
+        class_loss: np.ndarray | None,
+    ) -> None:  # fmt: skip
+        """Sync mode, sharded: the shards sum the round's slices in rank order (and give
+        their pieces of the epoch's figures when it closes); then the stop rules; then,
+        unless they stopped the job, every shard steps. Two calls to each shard a round,
+        carrying scalars only."""
+        assert self.shards is not None
+        s, v = self.stats, self.version
+        closing = s.rows + sum(rows) >= self.config.n_samples
+        total_w = s.weight + weight
+        ranks = [(r, self.ranks[r].incarnation) for r in order]
+        stats = self.shards.reduce(v, ranks, closing, total_w if total_w > 0 else 1.0)
+        self.shard_stats = stats if closing else None
+        grad_sum = np.zeros(0)  # the gradient is in the shards (see account)
+        self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
+        if self.error is None:  # as the whole-model round: the round's step is taken
+            lr = self.optimizer.schedule(v, self.epochs)
+            if not self.shards.step(v, lr, v, weight if weight > 0 else 0.0):
+                self.diverged(f"the parameters became non-finite at update {v + 1}")
+            else:
+                self.published = (v + 1, None)
         self.maybe_snapshot()
 
     #: Newton: the decrease its quadratic model predicts from the point the round evaluated,
@@ -244,11 +279,18 @@ class Steps(EpochRules):
     snapshot_seq: int
 
     def take_snapshot(self) -> dict[str, Any]:
-        """This job's state for a checkpoint, copied (run where steps run: consistent)."""
+        """This job's state for a checkpoint, copied (run where steps run: consistent); a
+        sharded job's parameters and state are gathered from its shards, whole, so that
+        the checkpoint resumes with any number of shards."""
         version, params = self.published
+        if self.shards is not None:
+            params, state, _ = self.shards.gather()
+            params = params.reshape(self.shape)
+        else:
+            state = self.optimizer.export_state(self.opt_state)
         return {
             "params": params,  # published: never mutated
-            "state": self.optimizer.export_state(self.opt_state),
+            "state": state,
             "version": version,
             "epochs": self.epochs,
             "history_len": len(self.history),  # rows are sent by ``snapshot``, O(new rows)

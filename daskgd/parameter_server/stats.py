@@ -60,7 +60,8 @@ class EpochRules:
     config: JobConfig
     optimizer: Optimizer
     ranks: list[Rank]
-    published: tuple[int, np.ndarray]  # (version, params): replaced, never mutated
+    # (version, params): replaced, never mutated; params None when shards hold them
+    published: tuple[int, Any]
     opt_state: Any
     model_decrement: float | None  # Newton: the model's decrease from the evaluated point
     initial: np.ndarray
@@ -233,7 +234,10 @@ class EpochRules:
             s.ranks.add(rank)
         s.weight += weight
         s.loss_sum += loss_sum
-        s.grad_sum = grad_sum.copy() if s.grad_sum is None else s.grad_sum + grad_sum
+        if grad_sum.size:  # empty: a sharded job, whose shards sum the epoch's gradient
+            s.grad_sum = grad_sum.copy() if s.grad_sum is None else s.grad_sum + grad_sum
+        else:
+            s.grad_sum = grad_sum
         if s.rows >= self.config.n_samples:
             self.close_epoch()
 
@@ -246,14 +250,23 @@ class EpochRules:
         P = self.params
         mean_w = s.weight if s.weight > 0 else 1.0
         reg = opt.regularizer
-        loss = s.loss_sum / mean_w + reg.penalty(P)
+        assert s.grad_sum is not None  # an epoch closes only after a push
+        shard_stats = getattr(self, "shard_stats", None)
+        if shard_stats is not None:  # the shards' pieces (rounds.Steps._sharded_round)
+            penalty, gnorm = shard_stats["penalty"], shard_stats["grad_norm"]
+            class_pen = shard_stats.get("class_penalty")
+        else:
+            penalty, gnorm = reg.penalty(P), self.grad_norm(P, s.grad_sum / mean_w)
+            class_pen = None
+            if s.class_loss_sum is not None:
+                W = P[:-1]
+                class_pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(
+                    np.abs(W), axis=0
+                )
+        loss = s.loss_sum / mean_w + penalty
         per_class = {}
         if s.class_loss_sum is not None:  # each column's objective: its loss and its penalty
-            W = P[:-1]
-            pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(np.abs(W), axis=0)
-            per_class["class_loss"] = (s.class_loss_sum / mean_w + pen).tolist()
-        assert s.grad_sum is not None  # an epoch closes only after a push
-        gnorm = self.grad_norm(P, s.grad_sum / mean_w)
+            per_class["class_loss"] = (s.class_loss_sum / mean_w + class_pen).tolist()
         complete = len(s.ranks) == len(self.ranks)
         dropped, self._dropped_before = self.dropped - self._dropped_before, self.dropped
         self.history.append(

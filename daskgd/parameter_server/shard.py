@@ -1,0 +1,299 @@
+"""Parameter shards on the workers: a :class:`ShardServer` worker plugin and its handlers.
+
+With ``n_servers=K`` a job's parameters (rows ``0 .. d`` of ``(d + 1,)`` or ``(d + 1, k)``,
+the last row the intercept) are cut into K contiguous ranges of rows, each held, with its
+part of the optimizer state, by one worker. The plugin adds ``daskgd_shard_*`` handlers to
+the worker's RPC server, as distributed's P2P shuffle adds its own
+(``distributed/shuffle/_worker_plugin.py``): the training tasks push their gradients' slices
+and pull fresh slices through distributed's comm and connection pool, and the coordinator
+(the scheduler plugin) tells each shard when to sum a round and step.
+
+A shard stores its rows with one extra last row when it does not hold the intercept: the
+rules that act coordinate by coordinate (:meth:`daskgd.objective.Optimizer.apply`) treat
+the last row as the unpenalised intercept, so the padding row (zero, with a zero
+gradient) takes that part and every real row is stepped exactly as the whole-model server
+steps it: the same float64 arithmetic in the same order, bitwise.
+
+==============================  ==============================================================
+handler                         arguments -> reply (besides ``status``)
+==============================  ==============================================================
+``daskgd_shard_create``         ``job, shard, params, optimizer, padded, version, state=None``
+``daskgd_shard_push``           ``job, version, rank, incarnation, grad`` (a slice)
+``daskgd_shard_reduce``         ``job, version, ranks, closing, mean_w`` -> ``penalty,
+                                grad_sq, class_penalty`` (the epoch's pieces when ``closing``)
+``daskgd_shard_step``           ``job, version, lr, t, weight`` -> ``finite``
+``daskgd_shard_rollback``       ``job, version``: undo the step that published ``version``
+``daskgd_shard_pull``           ``job, version, wait`` -> ``params, version``
+``daskgd_shard_export``         ``job`` -> ``params, state, version``
+``daskgd_shard_close``          ``job``
+==============================  ==============================================================
+
+The handlers run on the worker's event loop; sums and steps of more than
+:data:`INLINE_ROWS` numbers run in a thread, one at a time per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.protocol import ToPickle
+
+from daskgd.objective import Optimizer, soft_threshold
+from daskgd.parameter_server.checks import error
+
+__all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "ShardServer", "ShardState"]
+
+logger = logging.getLogger(__name__)
+
+SHARD_PLUGIN_NAME = "daskgd-shards"
+#: Numbers a shard sums and steps on the event loop; more go to a thread.
+INLINE_ROWS = 1 << 16
+
+_OPS = ("create", "push", "reduce", "step", "rollback", "pull", "export", "close")
+
+
+class ShardState:
+    """One job's shard on one worker: its rows, optimizer state and the open round."""
+
+    def __init__(
+        self, params: np.ndarray, optimizer: Optimizer, padded: bool, version: int,
+        state: dict[str, np.ndarray] | None,
+    ) -> None:  # fmt: skip
+        self.padded = padded
+        P = np.asarray(params, dtype=np.float64)
+        if padded:  # the stand-in intercept row (see the module docstring)
+            P = np.concatenate([P, np.zeros((1, *P.shape[1:]))])
+        self.optimizer = optimizer
+        self.opt_state = (
+            optimizer.init_state(P)
+            if state is None
+            else optimizer.import_state(P, self._pad(state))
+        )
+        self.published = (int(version), P)
+        self.previous = self.published
+        self.pending: dict[int, dict[int, tuple[str | None, np.ndarray]]] = {}
+        self.round_sum: np.ndarray | None = None
+        self.epoch_sum: np.ndarray | None = None
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Event()
+        self.closed = False
+
+    def _pad(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.padded:
+            return state
+        return {k: np.concatenate([v, np.zeros((1, *v.shape[1:]))]) for k, v in state.items()}
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The shard's real rows (published; never mutated)."""
+        P = self.published[1]
+        return P[:-1] if self.padded else P
+
+    def publish(self, version: int, P: np.ndarray) -> None:
+        self.previous, self.published = self.published, (version, P)
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def reduce(self, version: int, ranks: list, close: bool, mean_w: float) -> dict[str, Any]:
+        """Sum the round's slices in the coordinator's (rank) order; add them to the epoch;
+        when the epoch closes, its pieces of the penalty and the gradient norm."""
+        got = self.pending.pop(version, {})
+        for v in [v for v in self.pending if v < version]:
+            del self.pending[v]  # gradients of rounds that closed without them
+        total = None
+        for rank, incarnation in ranks:
+            entry = got.get(rank)
+            if entry is None or (incarnation is not None and entry[0] != incarnation):
+                return error(f"shard has no gradient of rank {rank} for version {version}")
+            g = self._padded_grad(entry[1])
+            total = g.astype(np.float64, copy=True) if total is None else total + g
+        if total is None:
+            return error(f"round {version} has no ranks")
+        self.round_sum = total
+        self.epoch_sum = total.copy() if self.epoch_sum is None else self.epoch_sum + total
+        out: dict[str, Any] = {"status": "OK"}
+        if close:
+            out.update(self._epoch_pieces(mean_w))
+        return out
+
+    def _padded_grad(self, g: np.ndarray) -> np.ndarray:
+        if not self.padded:
+            return g
+        return np.concatenate([g, np.zeros((1, *g.shape[1:]), dtype=g.dtype)])
+
+    def _epoch_pieces(self, mean_w: float) -> dict[str, Any]:
+        """This shard's share of the epoch's penalty and (proximal) gradient norm, as the
+        whole-model server computes them (``EpochRules.close_epoch``)."""
+        assert self.epoch_sum is not None
+        P, opt = self.published[1], self.optimizer
+        reg = opt.regularizer
+        g = self.epoch_sum / mean_w
+        self.epoch_sum = None
+        reg.add_gradient(P, g)
+        if not opt.fit_intercept:
+            g[-1] = 0.0
+        if reg.l1:
+            z = P - g
+            z[:-1] = soft_threshold(z[:-1], reg.l1)
+            g = P - z
+        if self.padded:
+            g = g[:-1]
+        W = P[:-1]
+        out: dict[str, Any] = {
+            "penalty": reg.penalty(P),
+            "grad_sq": float(np.sum(g * g)),
+        }
+        if P.ndim == 2:
+            pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(np.abs(W), axis=0)
+            out["class_penalty"] = pen.tolist()
+        return out
+
+    def step(self, version: int, lr: float, t: int, weight: float) -> bool:
+        """Step with the round's mean gradient; publish ``version + 1``. False (nothing
+        published) when the rows became non-finite."""
+        P = self.published[1]
+        if weight > 0 and self.round_sum is not None:
+            new = self.optimizer.apply(P, self.round_sum / weight, self.opt_state, t, lr)
+            if not np.all(np.isfinite(new)):
+                return False
+            if self.padded:
+                new[-1] = 0.0
+        else:
+            new = P
+        self.round_sum = None
+        self.publish(version + 1, new)
+        return True
+
+    def export(self) -> dict[str, Any]:
+        state = self.optimizer.export_state(self.opt_state)
+        if self.padded:
+            state = {k: v[:-1] for k, v in state.items()}
+        return {"params": self.rows.copy(), "state": state, "version": self.published[0]}
+
+
+class ShardServer(WorkerPlugin):
+    """The worker half of sharded parameter servers (see the module docstring).
+
+    Registered on every worker by the driver of a fit with ``n_servers >= 1``
+    (``Client.register_plugin``, idempotent by name); workers that join later get it too.
+    """
+
+    name = SHARD_PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+        self.jobs: dict[str, ShardState] = {}
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def setup(self, worker) -> None:
+        self.worker = worker
+        worker.handlers.update({f"daskgd_shard_{op}": getattr(self, op) for op in _OPS})
+
+    def teardown(self, worker) -> None:
+        for op in _OPS:
+            worker.handlers.pop(f"daskgd_shard_{op}", None)
+        self.jobs.clear()
+
+    def _get(self, job: Any) -> ShardState | dict:
+        if not isinstance(job, str) or job not in self.jobs:
+            return error(f"no shard of job {job!r} on this worker", kind="unknown_shard")
+        return self.jobs[job]
+
+    async def _run(self, s: ShardState, fn: Any, *args: Any) -> Any:
+        """Run a change of ``s`` as its only owner, in a thread for a large shard."""
+        async with s.lock:
+            if s.published[1].size <= INLINE_ROWS:
+                return fn(*args)
+            return await asyncio.to_thread(fn, *args)
+
+    # -- handlers ------------------------------------------------------------------
+    async def create(self, job, shard, params, optimizer, padded, version, state=None):
+        if not isinstance(params, np.ndarray) or not isinstance(optimizer, Optimizer):
+            return error("create: params must be an ndarray and optimizer an Optimizer")
+        try:
+            s = await asyncio.to_thread(ShardState, params, optimizer, bool(padded), version, state)
+        except (TypeError, ValueError) as exc:
+            return error(f"shard {shard} of job {job!r}: {exc}")
+        self.jobs[job] = s
+        return {"status": "OK"}
+
+    async def push(self, job, version, rank, incarnation, grad):
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        v = s.published[0]
+        if version < v:
+            return {"status": "stale", "version": v}
+        want = s.rows.shape
+        if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
+            got = getattr(grad, "shape", type(grad).__name__)
+            return error(f"grad slice must be a float array of shape {want}, got {got}")
+        s.pending.setdefault(int(version), {})[int(rank)] = (incarnation, grad)
+        return {"status": "OK"}
+
+    async def reduce(self, job, version, ranks, closing, mean_w):
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        return await self._run(s, s.reduce, int(version), list(ranks), bool(closing), mean_w)
+
+    async def step(self, job, version, lr, t, weight):
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        if s.published[0] != version:
+            return error(f"shard is at version {s.published[0]}, asked to step {version}")
+        finite = await self._run(s, s.step, int(version), float(lr), int(t), float(weight))
+        return {"status": "OK", "finite": finite}
+
+    async def rollback(self, job, version):
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        if s.published[0] == version and s.previous[0] == version - 1:
+            s.publish(*s.previous)  # undo the step to ``version``
+        return {"status": "OK"}
+
+    async def pull(self, job, version=0, wait=0.0):
+        """The shard's rows once it reached ``version`` (waiting up to ``wait`` seconds)."""
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(wait)
+        while s.published[0] < version and not s.closed:
+            left = deadline - loop.time()
+            if left <= 0:
+                return error(f"shard at version {s.published[0]}, {version} asked", kind="timeout")
+            try:
+                await asyncio.wait_for(s.changed.wait(), left)
+            except TimeoutError:
+                pass
+        v, P = s.published
+        return {"status": "OK", "version": v, "params": ToPickle(P[:-1] if s.padded else P)}
+
+    async def export(self, job):
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        async with s.lock:
+            out = s.export()
+        return {"status": "OK", **{k: ToPickle(v) for k, v in out.items() if k != "version"},
+                "version": out["version"]}  # fmt: skip
+
+    async def close(self, job):
+        s = self.jobs.pop(job, None) if isinstance(job, str) else None
+        if s is not None:
+            s.closed = True
+            s.changed.set()
+        return {"status": "OK"}

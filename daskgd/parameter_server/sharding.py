@@ -1,0 +1,177 @@
+"""The coordinator's view of a sharded job: where its shards live and how it calls them.
+
+A :class:`ShardSet` is the layout (contiguous ranges of parameter rows, one per shard,
+:func:`split_rows`) and the calls the scheduler plugin makes to the shard servers
+(:mod:`daskgd.parameter_server.shard`) through the scheduler's connection pool. Only
+scalars and lists of ranks travel in the per-round calls (``reduce`` and ``step``); whole
+slices travel only when a job is created, checkpointed, or finishes.
+
+The job's changes run in the plugin's thread pool (a sharded job never steps on the event
+loop), so the blocking forms (:meth:`ShardSet.call`) hand each call to the loop and wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from distributed.protocol import ToPickle
+
+__all__ = ["ShardError", "ShardSet", "split_rows"]
+
+#: Seconds a shard has to answer a coordinator's call.
+SHARD_TIMEOUT = 120.0
+
+
+class ShardError(RuntimeError):
+    """A shard server could not be reached or refused a call: the job cannot go on."""
+
+
+def split_rows(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous ranges ``[lo, hi)`` cutting ``n_rows`` rows into ``n_shards`` parts that
+    differ by at most one row (the first ones get the extra rows).
+
+    Examples
+    --------
+    >>> split_rows(7, 3)
+    [(0, 3), (3, 5), (5, 7)]
+    """
+    if not 1 <= n_shards <= n_rows:
+        raise ValueError(f"cannot cut {n_rows} parameter rows into {n_shards} shards")
+    q, r = divmod(n_rows, n_shards)
+    out, lo = [], 0
+    for k in range(n_shards):
+        hi = lo + q + (1 if k < r else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+class ShardSet:
+    """The shards of one job (see the module docstring).
+
+    Parameters
+    ----------
+    job : str
+    addresses : sequence of str
+        The worker holding each shard.
+    ranges : sequence of (int, int)
+        Each shard's rows of the parameters.
+    rpc : callable
+        ``rpc(address)`` gives an object whose ``daskgd_shard_<op>(**msg)`` calls the
+        handler (the scheduler's connection pool).
+    loop : asyncio event loop
+        The loop ``rpc`` runs on.
+    """
+
+    def __init__(
+        self, job: str, addresses: Sequence[str], ranges: Sequence[tuple[int, int]], rpc: Any,
+        loop: Any,
+    ) -> None:  # fmt: skip
+        self.job = job
+        self.addresses = list(addresses)
+        self.ranges = [(int(lo), int(hi)) for lo, hi in ranges]
+        self.rpc = rpc
+        self.loop = loop
+
+    @property
+    def n_rows(self) -> int:
+        return self.ranges[-1][1]
+
+    def layout(self) -> list[tuple[str, int, int]]:
+        """``(address, lo, hi)`` of each shard: what the training tasks are told."""
+        return [(a, lo, hi) for a, (lo, hi) in zip(self.addresses, self.ranges, strict=True)]
+
+    async def _one(self, k: int, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+        addr = self.addresses[k]
+        try:
+            async with asyncio.timeout(SHARD_TIMEOUT):
+                reply = await getattr(self.rpc(addr), f"daskgd_shard_{op}")(job=self.job, **msg)
+        except (OSError, TimeoutError) as exc:
+            raise ShardError(
+                f"shard {k} of the parameters (worker {addr}) did not answer {op!r}: {exc!r}. "
+                "A worker holding a parameter shard was lost; rerun the fit, or resume it "
+                "from its checkpoint (checkpoint=..., resume=True)"
+            ) from exc
+        if not isinstance(reply, dict) or reply.get("status") != "OK":
+            message = reply.get("message") if isinstance(reply, dict) else reply
+            raise ShardError(f"shard {k} of the parameters (worker {addr}) refused {op!r}: "
+                             f"{message}")  # fmt: skip
+        return reply
+
+    async def call_async(
+        self, op: str, per_shard: Sequence[dict[str, Any]] | None = None, **msg: Any
+    ) -> list[dict[str, Any]]:
+        """Call ``op`` on every shard at once (``per_shard[k]`` added to shard k's message)."""
+        extra = per_shard or [{}] * len(self.addresses)
+        calls = [self._one(k, op, {**msg, **extra[k]}) for k in range(len(self.addresses))]
+        return list(await asyncio.gather(*calls))
+
+    def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
+        """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""
+        fut = asyncio.run_coroutine_threadsafe(self.call_async(op, per_shard, **msg), self.loop)
+        return fut.result()
+
+    # -- the operations ------------------------------------------------------------
+    async def create(
+        self, params: np.ndarray, optimizer: Any, version: int,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> None:  # fmt: skip
+        """Send each shard its rows (and its rows of the optimizer state, resuming)."""
+        last = len(self.ranges) - 1
+        per = []
+        for k, (lo, hi) in enumerate(self.ranges):
+            msg: dict[str, Any] = {
+                "shard": k,
+                "params": ToPickle(np.ascontiguousarray(params[lo:hi])),
+                "padded": k != last,
+            }
+            if state is not None:
+                msg["state"] = ToPickle(
+                    {n: np.ascontiguousarray(a[lo:hi]) for n, a in state.items()}
+                )
+            per.append(msg)
+        await self.call_async("create", per, optimizer=ToPickle(optimizer), version=version)
+
+    def reduce(self, version: int, ranks: list, close: bool, mean_w: float) -> dict[str, Any]:
+        """Sum round ``version`` on every shard; with ``close``, the epoch's penalty, squared
+        gradient norm and per-column penalties summed over the shards (shard order)."""
+        replies = self.call("reduce", version=version, ranks=ranks, closing=close, mean_w=mean_w)
+        if not close:
+            return {}
+        out: dict[str, Any] = {
+            "penalty": sum(r["penalty"] for r in replies),
+            "grad_norm": float(np.sqrt(sum(r["grad_sq"] for r in replies))),
+        }
+        if "class_penalty" in replies[0]:
+            out["class_penalty"] = np.sum([r["class_penalty"] for r in replies], axis=0)
+        return out
+
+    def step(self, version: int, lr: float, t: int, weight: float) -> bool:
+        """Step every shard; False when one became non-finite (every shard is then put
+        back at ``version``)."""
+        replies = self.call("step", version=version, lr=lr, t=t, weight=weight)
+        finite = all(r["finite"] for r in replies)
+        if not finite:
+            self.call("rollback", version=version + 1)
+        return finite
+
+    def gather(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
+        """The whole parameters and optimizer state, stacked from the shards."""
+        return _stack(self.call("export"))
+
+    async def gather_async(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
+        return _stack(await self.call_async("export"))
+
+    async def close(self) -> None:
+        """Free the shards (a shard that cannot be reached is gone already)."""
+        calls = [self._one(k, "close", {}) for k in range(len(self.addresses))]
+        await asyncio.gather(*calls, return_exceptions=True)
+
+
+def _stack(replies: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
+    params = np.concatenate([r["params"] for r in replies])
+    state = {k: np.concatenate([r["state"][k] for r in replies]) for k in replies[0]["state"]}
+    return params, state, [int(r["version"]) for r in replies]
