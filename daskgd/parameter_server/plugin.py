@@ -118,12 +118,10 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
     def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
         """Deactivate the ranks that ran on ``worker`` and re-check open rounds."""
         for job in self.jobs.values():
-            if job.shards is not None and worker in job.shards.addresses and not job.stopped:
-                k = job.shards.addresses.index(worker)
-                self.spawn(self.stop_job(job, "a parameter shard was lost", (
-                    f"worker {worker}, which held shard {k} of the parameters, left the "
-                    "cluster: its part of the model is lost. Rerun the fit, or resume it from "
-                    "its checkpoint (checkpoint=..., resume=True)")))  # fmt: skip
+            if job.shards is not None and worker in job.shards.addresses:
+                why = job.shards.lose(worker)
+                if not job.stopped:
+                    self.spawn(self.stop_job(job, "a parameter shard was lost", why))
                 continue
             hit = False
             for r in job.ranks:

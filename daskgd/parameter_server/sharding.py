@@ -75,6 +75,23 @@ class ShardSet:
         self.ranges = [(int(lo), int(hi)) for lo, hi in ranges]
         self.rpc = rpc
         self.loop = loop
+        #: why the shards can no longer be used (a holder left), else None
+        self.broken: str | None = None
+        self._inflight: set[asyncio.Task] = set()
+
+    def lose(self, address: str) -> str:
+        """The worker at ``address`` left: its shard is gone. Calls in flight are cancelled
+        (a call to a dead worker would otherwise wait for the connect timeout, holding the
+        job's lock) and later calls fail at once. Returns the reason."""
+        k = self.addresses.index(address)
+        self.broken = (
+            f"worker {address}, which held shard {k} of the parameters, left the cluster: its "
+            "part of the model is lost. Rerun the fit, or resume it from its checkpoint "
+            "(checkpoint=..., resume=True)"
+        )
+        for task in list(self._inflight):
+            task.cancel()
+        return self.broken
 
     @property
     def n_rows(self) -> int:
@@ -86,6 +103,8 @@ class ShardSet:
 
     async def _one(self, k: int, op: str, msg: dict[str, Any]) -> dict[str, Any]:
         addr = self.addresses[k]
+        if self.broken is not None:
+            raise ShardError(self.broken)
         try:
             async with asyncio.timeout(SHARD_TIMEOUT):
                 reply = await getattr(self.rpc(addr), f"daskgd_shard_{op}")(job=self.job, **msg)
@@ -106,8 +125,21 @@ class ShardSet:
     ) -> list[dict[str, Any]]:
         """Call ``op`` on every shard at once (``per_shard[k]`` added to shard k's message)."""
         extra = per_shard or [{}] * len(self.addresses)
-        calls = [self._one(k, op, {**msg, **extra[k]}) for k in range(len(self.addresses))]
-        return list(await asyncio.gather(*calls))
+        tasks = [
+            asyncio.ensure_future(self._one(k, op, {**msg, **extra[k]}))
+            for k in range(len(self.addresses))
+        ]
+        self._inflight.update(tasks)
+        try:
+            return list(await asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            if self.broken is None:
+                raise
+            raise ShardError(self.broken) from None
+        finally:
+            self._inflight.difference_update(tasks)
+            for task in tasks:
+                task.cancel()
 
     def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
         """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""

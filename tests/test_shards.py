@@ -1,0 +1,196 @@
+"""Sharded parameter servers (``n_servers=K``): the model's rows in shards on the workers,
+the scheduler coordinating. Real worker processes (the session's LocalCluster), real pushes.
+
+The oracle is the whole-model server (``n_servers=0``): a sync fit with a fixed seed and
+worker count is bitwise the same with any number of shards (each shard sums the ranks'
+slices in rank order and steps its rows with the same float64 arithmetic).
+"""
+
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from daskgd.checkpoint import load_checkpoint
+from daskgd.driver import fit, fit_with_settings
+from daskgd.driver.servers import AUTO_SHARD_PARAMS, resolve_servers
+from daskgd.driver.settings import FitSettings
+from daskgd.errors import InvalidSettingError, TrainingError
+from daskgd.parameter_server.sharding import split_rows
+
+
+def _problem(n=1200, d=9, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = X @ rng.standard_normal(d) + 0.5 + 0.3 * rng.standard_normal(n)
+    return X, y
+
+
+def _params(res):
+    return np.concatenate([np.ravel(res.coef_), np.ravel(res.intercept_)])
+
+
+def test_split_rows_cuts_contiguous_near_equal_ranges():
+    assert split_rows(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert split_rows(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert split_rows(5, 1) == [(0, 5)]
+    with pytest.raises(ValueError, match="cannot cut 3 parameter rows into 4"):
+        split_rows(3, 4)
+
+
+@pytest.mark.parametrize(
+    "optimizer, extra",
+    [
+        ("sgd", {"alpha": 0.01, "l1_ratio": 0.5}),
+        ("momentum", {"alpha": 0.01}),
+        ("nesterov", {"alpha": 0.02, "l1_ratio": 1.0}),
+        ("adagrad", {"learning_rate": 0.1}),
+        ("adam", {"learning_rate": 0.01, "alpha": 0.001, "l1_ratio": 0.3}),
+    ],
+)
+def test_sync_fits_are_bitwise_those_of_the_whole_model_server(client, optimizer, extra):
+    X, y = _problem()
+    kw = {"optimizer": optimizer, "max_epochs": 6, "batch_size": 200, "random_state": 3,
+          "tol": None, **extra}  # fmt: skip
+    ref = fit((X, y), client=client, n_servers=0, **kw)
+    for k in (1, 2):
+        res = fit((X, y), client=client, n_servers=k, **kw)
+        np.testing.assert_array_equal(_params(res), _params(ref))
+        assert res.n_iter_ == ref.n_iter_
+        # the epoch's penalty and gradient norm are summed over the shards: the same to
+        # rounding, not bitwise (a different summation order)
+        np.testing.assert_allclose([h["loss"] for h in res.history],
+                                   [h["loss"] for h in ref.history], rtol=1e-12)  # fmt: skip
+        np.testing.assert_allclose([h["grad_norm"] for h in res.history],
+                                   [h["grad_norm"] for h in ref.history], rtol=1e-10)  # fmt: skip
+
+
+def test_sharded_full_batch_fit_reaches_the_least_squares_optimum(client):
+    X, y = _problem()
+    A = np.column_stack([X, np.ones(len(y))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    res = fit((X, y), client=client, n_servers=2, max_epochs=500, gtol=1e-8, tol=None)
+    assert res.converged_
+    np.testing.assert_allclose(_params(res), sol, atol=1e-7)
+
+
+def test_multinomial_and_no_intercept_shard_like_the_whole_model(client):
+    X, _ = _problem(d=6)
+    y = np.digitize(X[:, 0] + 0.5 * X[:, 1], [-0.5, 0.5]).astype(float)
+    kw = {"loss": "log_loss", "n_classes": 3, "max_epochs": 5, "random_state": 0,
+          "alpha": 0.01, "l1_ratio": 0.2, "tol": None}  # fmt: skip
+    ref = fit((X, y), client=client, n_servers=0, **kw)
+    res = fit((X, y), client=client, n_servers=2, **kw)
+    np.testing.assert_array_equal(res.coef_, ref.coef_)
+    np.testing.assert_array_equal(res.intercept_, ref.intercept_)
+    kw = {"fit_intercept": False, "max_epochs": 5, "batch_size": 300, "random_state": 1}
+    ref = fit((X, X[:, 0]), client=client, n_servers=0, **kw)
+    res = fit((X, X[:, 0]), client=client, n_servers=2, **kw)
+    np.testing.assert_array_equal(_params(res), _params(ref))
+
+
+def test_a_checkpoint_of_two_shards_resumes_with_one_or_none(client, tmp_path):
+    X, y = _problem()
+    kw = {"optimizer": "adam", "learning_rate": 0.05, "batch_size": 300, "random_state": 2,
+          "tol": None}  # fmt: skip
+    path = str(tmp_path / "ck.zarr")
+    fit((X, y), client=client, n_servers=2, max_epochs=4, checkpoint=path, checkpoint_every=2,
+        **kw)  # fmt: skip
+    ck = load_checkpoint(path)
+    assert ck.epoch == 4 and set(ck.state) == {"m", "v"}
+    assert ck.params.shape == (X.shape[1] + 1,)
+    ends = []
+    for k in (1, 0):
+        again = str(tmp_path / f"ck{k}.zarr")
+        shutil.copytree(path, again)
+        res = fit((X, y), client=client, n_servers=k, max_epochs=8, checkpoint=again,
+                  resume=True, **kw)  # fmt: skip
+        assert res.history[-1]["epoch"] == 8
+        ends.append(_params(res))
+    np.testing.assert_array_equal(ends[0], ends[1])
+    ref = fit((X, y), client=client, n_servers=0, max_epochs=8, **kw)
+    np.testing.assert_array_equal(ends[0], _params(ref))
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (-1, "n_servers"),
+        (1.5, "n_servers"),
+        ("two", "n_servers"),
+        (True, "n_servers"),
+    ],
+)
+def test_bad_n_servers_values_are_refused(value, match):
+    with pytest.raises(InvalidSettingError, match=match):
+        FitSettings(n_servers=value)
+
+
+def test_settings_the_shards_cannot_run_are_refused_before_anything_starts():
+    with pytest.raises(InvalidSettingError, match="mode='sync'"):
+        FitSettings(n_servers=2, mode="async")
+    with pytest.raises(InvalidSettingError, match="line search"):
+        FitSettings(n_servers=1, optimizer="lbfgs")
+    with pytest.raises(InvalidSettingError, match="callback_params"):
+        FitSettings(n_servers=1, callback_params=True)
+
+
+def test_more_servers_than_workers_is_refused_with_the_fix(client):
+    X, y = _problem()
+    with pytest.raises(InvalidSettingError, match="n_servers=3 needs 3 workers.*has 2"):
+        fit((X, y), client=client, n_servers=3, max_epochs=1)
+
+
+def test_auto_shards_large_models_only():
+    s = FitSettings()
+    assert resolve_servers(s, 1000, 4) == 0
+    assert resolve_servers(s, AUTO_SHARD_PARAMS, 4) == 2
+    assert resolve_servers(s, AUTO_SHARD_PARAMS, 1) == 1
+    assert resolve_servers(FitSettings(optimizer="lbfgs"), 10**7, 4) == 0
+    assert resolve_servers(FitSettings(mode="async"), 10**7, 4) == 0
+
+
+def test_losing_the_worker_that_holds_a_shard_stops_the_fit_with_what_to_do(tmp_path):
+    """The shard's rows are gone with its worker: the fit fails loudly (no hang, no
+    silently wrong model) and says how to go on."""
+    X, y = _problem(n=2000)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        workers = sorted(c.scheduler_info()["workers"])
+        holder = workers[0]  # the driver puts shard 0 on the first worker
+        outcome: dict = {}
+
+        def run():
+            try:
+                settings = FitSettings(n_servers=2, max_epochs=10**6, tol=None, max_time=120,
+                                       batch_size=100, delay={0: 0.01, 1: 0.01})  # fmt: skip
+                fit_with_settings((X, y), settings, client=c)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _has_job(c):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        c.run(lambda: __import__("os")._exit(1), workers=[holder], nanny=False,
+              on_error="ignore")  # fmt: skip
+        t.join(120)
+        assert not t.is_alive()
+    err = outcome.get("error")
+    assert isinstance(err, TrainingError), err
+    assert "shard" in str(err) and "resume" in str(err)
+
+
+def _has_job(c: Client) -> bool:
+    async def jobs(dask_scheduler):
+        plugin = dask_scheduler.plugins.get("daskgd-parameter-server")
+        return bool(plugin and plugin.jobs)
+
+    return bool(c.run_on_scheduler(jobs))
