@@ -15,8 +15,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskgd.checkpoint import load_checkpoint
-from daskgd.driver import fit, fit_with_settings
-from daskgd.driver.servers import AUTO_SHARD_PARAMS, resolve_servers
+from daskgd.driver import fit, fit_with_settings, servers
+from daskgd.driver.servers import resolve_servers
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import InvalidSettingError, TrainingError
 from daskgd.parameter_server.sharding import split_rows
@@ -140,15 +140,17 @@ def test_settings_the_shards_cannot_run_are_refused_before_anything_starts():
 
 def test_more_servers_than_workers_is_refused_with_the_fix(client):
     X, y = _problem()
-    with pytest.raises(InvalidSettingError, match="n_servers=3 needs 3 workers.*has 2"):
+    with pytest.raises(InvalidSettingError, match=r"n_servers=3 needs 3 workers.*has 2"):
         fit((X, y), client=client, n_servers=3, max_epochs=1)
 
 
-def test_auto_shards_large_models_only():
+def test_auto_keeps_the_model_on_the_scheduler_until_a_crossover_is_measured(monkeypatch):
     s = FitSettings()
-    assert resolve_servers(s, 1000, 4) == 0
-    assert resolve_servers(s, AUTO_SHARD_PARAMS, 4) == 2
-    assert resolve_servers(s, AUTO_SHARD_PARAMS, 1) == 1
+    assert resolve_servers(s, 10**8, 4) == 0
+    monkeypatch.setattr(servers, "AUTO_SHARD_PARAMS", 1000)
+    assert resolve_servers(s, 999, 4) == 0
+    assert resolve_servers(s, 1000, 4) == 2
+    assert resolve_servers(s, 1000, 1) == 1
     assert resolve_servers(FitSettings(optimizer="lbfgs"), 10**7, 4) == 0
     assert resolve_servers(FitSettings(mode="async"), 10**7, 4) == 0
 

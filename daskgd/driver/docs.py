@@ -109,8 +109,9 @@ FIT_PARAMETERS = """
         Parameter servers: 0 keeps the whole model and its optimizer state on the
         scheduler; K >= 1 cuts them into K shards held by K workers (sync mode,
         optimizers sgd, momentum, nesterov, adagrad and adam), the scheduler
-        coordinating; "auto" shards models of at least 262,144 parameters on 2 workers
-        when the settings allow it, else 0. See the README's "Sharded parameter servers".
+        coordinating; "auto" is 0 for now: on the machines measured the shards' extra
+        round trips cost more than they save. See the README's "Sharded parameter
+        servers".
     random_state : int, optional
         Seeds the mini-batch order.
     validate : bool, default=True

@@ -4,7 +4,10 @@
 :mod:`daskgd.parameter_server`); ``n_servers=K >= 1`` cuts the parameters and the
 optimizer state into K shards held by K workers (:mod:`daskgd.parameter_server.shard`),
 and the scheduler coordinates. ``"auto"`` shards a model of at least
-:data:`AUTO_SHARD_PARAMS` numbers when the settings allow it, on two workers.
+:data:`AUTO_SHARD_PARAMS` parameters, when the settings allow it: measured on one 2-core
+machine (``bench/results/servers.md``), shards did not beat the scheduler-hosted server's
+round time at any d up to 4 * 10^6, so that size is not set and ``"auto"`` means 0 until
+a measured crossover gives it one.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from daskgd.errors import InvalidSettingError
 
 __all__ = ["AUTO_SHARDS", "AUTO_SHARD_PARAMS", "check_servers", "resolve_servers"]
 
-#: The model size (parameters) from which ``n_servers="auto"`` shards: below it, the
-#: scheduler-hosted server's one round trip beats the shards' three
-#: (``bench/results/servers.md`` measures where the crossover lies).
-AUTO_SHARD_PARAMS = 1 << 18
+#: The model size (parameters) from which ``n_servers="auto"`` shards; None: never (no
+#: crossover measured yet: ``bench/results/servers.md``).
+AUTO_SHARD_PARAMS: int | None = None
 #: Shards ``"auto"`` makes (at most the workers there are).
 AUTO_SHARDS = 2
 
@@ -61,7 +63,7 @@ def resolve_servers(s: Any, n_params: int, n_workers: int) -> int:
     """
     k = s.n_servers
     if k == "auto":
-        if _why_not(s) is not None or n_params < AUTO_SHARD_PARAMS:
+        if _why_not(s) is not None or AUTO_SHARD_PARAMS is None or n_params < AUTO_SHARD_PARAMS:
             return 0
         return min(AUTO_SHARDS, n_workers)
     if k > n_workers:
