@@ -172,6 +172,7 @@ class ParameterServerClient:
         out = cls(job, worker.scheduler, worker.loop, timeout)
         out.address = worker.address
         out.pool = worker.rpc
+        out.local = getattr(worker, "plugins", {}).get("daskgd-shards")
         return out
 
     # -- transport -----------------------------------------------------------------
@@ -269,10 +270,21 @@ class ParameterServerClient:
     #: the worker's connection pool (``worker.rpc``), through which a task calls shards
     pool: Any = None
 
+    #: the shard server of the worker this task runs on (its own shard is called in
+    #: process: no copy through the worker's own TCP server)
+    local: Any = None
+
     async def _shard(self, address: str, op: str, **msg: Any) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.timeout + self.wait_bound):
-                reply = await getattr(self.pool(address), f"daskgd_shard_{op}")(job=self.job, **msg)
+                if address == self.address and self.local is not None:
+                    msg = {k: np.array(v.data) if isinstance(v, ToPickle) else v
+                           for k, v in msg.items()}  # fmt: skip
+                    reply = await getattr(self.local, op)(job=self.job, **msg)
+                    reply = {k: v.data if isinstance(v, ToPickle) else v for k, v in reply.items()}
+                else:
+                    handler = getattr(self.pool(address), f"daskgd_shard_{op}")
+                    reply = await handler(job=self.job, **msg)
         except (OSError, TimeoutError) as exc:
             raise ParameterServerError(
                 f"the parameter shard on worker {address} did not answer {op}: {exc!r}",
@@ -281,6 +293,39 @@ class ParameterServerClient:
         if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
             raise UnknownJobError(str(reply.get("message")), op=f"shard_{op}", kind="unknown_job")
         return reply if reply.get("status") == "stale" else raise_for_reply(f"shard_{op}", reply)
+
+    async def _push_sharded(
+        self, rank: int, version: int, grad: np.ndarray, **scalars: Any
+    ) -> dict[str, Any]:
+        """A sharded job's push, in one round trip: the slices to every shard (each call
+        answered with the shard's new rows once the round closed) and the scalars to the
+        coordinator (answered when the round closed, or the job stopped), all at once."""
+        assert self.shards is not None
+        wait = self.timeout + self.wait_bound
+        slices = [
+            asyncio.ensure_future(self._shard(
+                a, "push", version=version, rank=rank, incarnation=self.incarnation,
+                grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), wait=wait,
+            ))
+            for a, lo, hi in self.shards
+        ]  # fmt: skip
+        try:
+            reply = await self._call(
+                "push", extra=self.wait_bound, rank=rank, version=version, grad=None,
+                incarnation=self.incarnation, **scalars,
+            )  # fmt: skip
+            if reply.get("status") != "OK":  # stopped or stale: the shards' rows may not come
+                for task in slices:
+                    task.cancel()
+                return await self._with_params(reply)
+            parts = await asyncio.gather(*slices)
+        finally:
+            for task in slices:
+                task.cancel()
+        versions = {int(p["version"]) for p in parts}
+        if versions != {int(reply["version"])}:  # a later round closed meanwhile (quorum)
+            return await self._with_params({**reply, "version": max(versions)})
+        return {**reply, "params": np.concatenate([p["params"] for p in parts])}
 
     async def _with_params(self, reply: dict[str, Any]) -> dict[str, Any]:
         """A sharded job's reply carries no parameters: fetch its version's rows from
@@ -348,18 +393,8 @@ class ParameterServerClient:
         if hess is not None:
             msg["hess"] = ToPickle(hess)
         if self.shards is not None:
-            # the slices to every shard at once; then the scalars to the coordinator,
-            # whose reply says the round closed (the shards stepped); then the new rows
-            await asyncio.gather(*(
-                self._shard(a, "push", version=version, rank=rank, incarnation=self.incarnation,
-                            grad=ToPickle(np.ascontiguousarray(grad[lo:hi])))
-                for a, lo, hi in self.shards
-            ))  # fmt: skip
-            reply = await self._call(
-                "push", extra=self.wait_bound, rank=rank, version=version, grad=None, n=n,
-                weight=weight, loss=loss, worker=worker, incarnation=self.incarnation, **msg,
-            )  # fmt: skip
-            return await self._with_params(reply)
+            return await self._push_sharded(rank, version, grad, n=n, weight=weight, loss=loss,
+                                            worker=worker, **msg)  # fmt: skip
         return await self._call(
             "push",
             extra=self.wait_bound,

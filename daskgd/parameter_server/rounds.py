@@ -146,25 +146,31 @@ class Steps(EpochRules):
         self, order: list[int], rows: list[int], weight: float, loss_sum: float,
         class_loss: np.ndarray | None,
     ) -> None:  # fmt: skip
-        """Sync mode, sharded: the shards sum the round's slices in rank order (and give
-        their pieces of the epoch's figures when it closes); then the stop rules; then,
-        unless they stopped the job, every shard steps. Two calls to each shard a round,
-        carrying scalars only."""
+        """Sync mode, sharded: one call to every shard sums the round's slices in rank
+        order, gives its pieces of the epoch's figures when the epoch closes (taken before
+        the step), and steps; then the stop rules. When they find an error (divergence) the
+        step is undone, so that, as with the whole model here, no step follows an error.
+        One call to each shard a round, carrying scalars only."""
         assert self.shards is not None
         s, v = self.stats, self.version
         closing = s.rows + sum(rows) >= self.config.n_samples
         total_w = s.weight + weight
         ranks = [(r, self.ranks[r].incarnation) for r in order]
-        stats = self.shards.reduce(v, ranks, closing, total_w if total_w > 0 else 1.0)
+        # the step's learning rate at the epoch count the round leaves (account closes it)
+        lr = self.optimizer.schedule(v, self.epochs + (1 if closing else 0))
+        stats, finite = self.shards.round(
+            v, ranks, closing, total_w if total_w > 0 else 1.0, lr, v, max(weight, 0.0)
+        )
         self.shard_stats = stats if closing else None
         grad_sum = np.zeros(0)  # the gradient is in the shards (see account)
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
-        if self.error is None:  # as the whole-model round: the round's step is taken
-            lr = self.optimizer.schedule(v, self.epochs)
-            if not self.shards.step(v, lr, v, weight if weight > 0 else 0.0):
-                self.diverged(f"the parameters became non-finite at update {v + 1}")
-            else:
-                self.published = (v + 1, None)
+        if self.error is not None:
+            if finite:
+                self.shards.rollback(v + 1)
+        elif not finite:
+            self.diverged(f"the parameters became non-finite at update {v + 1}")
+        else:
+            self.published = (v + 1, None)
         self.maybe_snapshot()
 
     #: Newton: the decrease its quadratic model predicts from the point the round evaluated,

@@ -18,10 +18,11 @@ steps it: the same float64 arithmetic in the same order, bitwise.
 handler                         arguments -> reply (besides ``status``)
 ==============================  ==============================================================
 ``daskgd_shard_create``         ``job, shard, params, optimizer, padded, version, state=None``
-``daskgd_shard_push``           ``job, version, rank, incarnation, grad`` (a slice)
-``daskgd_shard_reduce``         ``job, version, ranks, closing, mean_w`` -> ``penalty,
-                                grad_sq, class_penalty`` (the epoch's pieces when ``closing``)
-``daskgd_shard_step``           ``job, version, lr, t, weight`` -> ``finite``
+``daskgd_shard_push``           ``job, version, rank, incarnation, grad, wait=0`` (a slice)
+                                -> (with ``wait``: once the round closed) ``params, version``
+``daskgd_shard_round``          ``job, version, ranks, closing, mean_w, lr, t, weight`` ->
+                                ``finite`` (and the epoch's ``penalty, grad_sq,
+                                class_penalty`` when ``closing``)
 ``daskgd_shard_rollback``       ``job, version``: undo the step that published ``version``
 ``daskgd_shard_pull``           ``job, version, wait`` -> ``params, version``
 ``daskgd_shard_export``         ``job`` -> ``params, state, version``
@@ -53,7 +54,9 @@ SHARD_PLUGIN_NAME = "daskgd-shards"
 #: Numbers a shard sums and steps on the event loop; more go to a thread.
 INLINE_ROWS = 1 << 16
 
-_OPS = ("create", "push", "reduce", "step", "rollback", "pull", "export", "close")
+_OPS = ("create", "push", "round", "rollback", "pull", "export", "close")
+#: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
+SLICE_WAIT = 60.0
 
 
 class ShardState:
@@ -79,7 +82,8 @@ class ShardState:
         self.round_sum: np.ndarray | None = None
         self.epoch_sum: np.ndarray | None = None
         self.lock = asyncio.Lock()
-        self.changed = asyncio.Event()
+        self.changed = asyncio.Event()  # set (and replaced) when a version is published
+        self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
         self.closed = False
 
     def _pad(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -94,9 +98,48 @@ class ShardState:
         return P[:-1] if self.padded else P
 
     def publish(self, version: int, P: np.ndarray) -> None:
+        """Publish ``(version, P)``, keeping the pair before for a rollback (the waiters
+        are woken by :meth:`notify`, on the event loop: this may run in a thread)."""
         self.previous, self.published = self.published, (version, P)
+
+    def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+
+    def store(self, version: int, rank: int, incarnation: str | None, grad: np.ndarray) -> None:
+        self.pending.setdefault(version, {})[rank] = (incarnation, grad)
+        self.arrived.set()
+        self.arrived = asyncio.Event()
+
+    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
+        """Wait until the slices of ``ranks`` for ``version`` arrived (a rank sends its
+        slices and its scalars at once, so the coordinator may close a round before a
+        slice landed); returns the ranks still missing after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = self.pending.get(version, {})
+            missing = [
+                r for r, inc in ranks if r not in got or (inc is not None and got[r][0] != inc)
+            ]
+            left = deadline - loop.time()
+            if not missing or left <= 0 or self.closed:
+                return missing
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except TimeoutError:
+                pass
+
+    def round(
+        self, version: int, ranks: list, close: bool, mean_w: float, lr: float, t: int,
+        weight: float,
+    ) -> dict[str, Any]:  # fmt: skip
+        """One sync round: :meth:`reduce`, then :meth:`step`; the reply has the epoch's
+        pieces (when it closes) and ``finite``."""
+        out = self.reduce(version, ranks, close, mean_w)
+        if out["status"] == "OK":
+            out["finite"] = self.step(version, lr, t, weight)
+        return out
 
     def reduce(self, version: int, ranks: list, close: bool, mean_w: float) -> dict[str, Any]:
         """Sum the round's slices in the coordinator's (rank) order; add them to the epoch;
@@ -227,34 +270,38 @@ class ShardServer(WorkerPlugin):
         self.jobs[job] = s
         return {"status": "OK"}
 
-    async def push(self, job, version, rank, incarnation, grad):
+    async def push(self, job, version, rank, incarnation, grad, wait=0.0):
+        """Store a rank's slice for round ``version``; with ``wait`` > 0, reply once the
+        round closed, with the new rows (a pull in the same round trip)."""
         s = self._get(job)
         if isinstance(s, dict):
             return s
-        v = s.published[0]
-        if version < v:
-            return {"status": "stale", "version": v}
-        want = s.rows.shape
-        if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
-            got = getattr(grad, "shape", type(grad).__name__)
-            return error(f"grad slice must be a float array of shape {want}, got {got}")
-        s.pending.setdefault(int(version), {})[int(rank)] = (incarnation, grad)
-        return {"status": "OK"}
+        if version >= s.published[0]:
+            want = s.rows.shape
+            if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
+                got = getattr(grad, "shape", type(grad).__name__)
+                return error(f"grad slice must be a float array of shape {want}, got {got}")
+            s.store(int(version), int(rank), incarnation, grad)
+        if not wait:
+            return {"status": "OK"}
+        return await self.pull(job, version + 1, wait)
 
-    async def reduce(self, job, version, ranks, closing, mean_w):
-        s = self._get(job)
-        if isinstance(s, dict):
-            return s
-        return await self._run(s, s.reduce, int(version), list(ranks), bool(closing), mean_w)
-
-    async def step(self, job, version, lr, t, weight):
+    async def round(self, job, version, ranks, closing, mean_w, lr, t, weight):
+        """Close round ``version``: sum the ranks' slices (rank order), step, publish."""
         s = self._get(job)
         if isinstance(s, dict):
             return s
         if s.published[0] != version:
-            return error(f"shard is at version {s.published[0]}, asked to step {version}")
-        finite = await self._run(s, s.step, int(version), float(lr), int(t), float(weight))
-        return {"status": "OK", "finite": finite}
+            return error(f"shard is at version {s.published[0]}, asked to close {version}")
+        ranks = [(int(r), inc) for r, inc in ranks]
+        missing = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
+        if missing:
+            return error(f"the slices of rank(s) {missing} for version {version} did not "
+                         f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
+        out = await self._run(s, s.round, int(version), ranks, bool(closing), float(mean_w),
+                              float(lr), int(t), float(weight))  # fmt: skip
+        s.notify()
+        return out
 
     async def rollback(self, job, version):
         s = self._get(job)
@@ -262,6 +309,7 @@ class ShardServer(WorkerPlugin):
             return s
         if s.published[0] == version and s.previous[0] == version - 1:
             s.publish(*s.previous)  # undo the step to ``version``
+            s.notify()
         return {"status": "OK"}
 
     async def pull(self, job, version=0, wait=0.0):
@@ -295,5 +343,6 @@ class ShardServer(WorkerPlugin):
         s = self.jobs.pop(job, None) if isinstance(job, str) else None
         if s is not None:
             s.closed = True
-            s.changed.set()
+            s.notify()
+            s.arrived.set()
         return {"status": "OK"}

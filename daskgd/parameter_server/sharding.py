@@ -3,7 +3,7 @@
 A :class:`ShardSet` is the layout (contiguous ranges of parameter rows, one per shard,
 :func:`split_rows`) and the calls the scheduler plugin makes to the shard servers
 (:mod:`daskgd.parameter_server.shard`) through the scheduler's connection pool. Only
-scalars and lists of ranks travel in the per-round calls (``reduce`` and ``step``); whole
+scalars and lists of ranks travel in the per-round call (``round``); whole
 slices travel only when a job is created, checkpointed, or finishes.
 
 The job's changes run in the plugin's thread pool (a sharded job never steps on the event
@@ -167,28 +167,35 @@ class ShardSet:
             per.append(msg)
         await self.call_async("create", per, optimizer=ToPickle(optimizer), version=version)
 
-    def reduce(self, version: int, ranks: list, close: bool, mean_w: float) -> dict[str, Any]:
-        """Sum round ``version`` on every shard; with ``close``, the epoch's penalty, squared
-        gradient norm and per-column penalties summed over the shards (shard order)."""
-        replies = self.call("reduce", version=version, ranks=ranks, closing=close, mean_w=mean_w)
+    def round(
+        self, version: int, ranks: list, close: bool, mean_w: float, lr: float, t: int,
+        weight: float,
+    ) -> tuple[dict[str, Any], bool]:  # fmt: skip
+        """Close sync round ``version`` on every shard: sum the ranks' slices in rank order,
+        step with learning rate ``lr``, publish ``version + 1``. Returns, when the epoch
+        closes (``close``), its penalty, gradient norm and per-column penalties summed over
+        the shards (shard order), taken at the parameters before the step; and whether
+        every shard stayed finite (if not, every shard is put back at ``version``)."""
+        replies = self.call(
+            "round", version=version, ranks=ranks, closing=close, mean_w=mean_w, lr=lr, t=t,
+            weight=weight,
+        )  # fmt: skip
+        finite = all(r["finite"] for r in replies)
+        if not finite:
+            self.rollback(version + 1)
         if not close:
-            return {}
+            return {}, finite
         out: dict[str, Any] = {
             "penalty": sum(r["penalty"] for r in replies),
             "grad_norm": float(np.sqrt(sum(r["grad_sq"] for r in replies))),
         }
         if "class_penalty" in replies[0]:
             out["class_penalty"] = np.sum([r["class_penalty"] for r in replies], axis=0)
-        return out
+        return out, finite
 
-    def step(self, version: int, lr: float, t: int, weight: float) -> bool:
-        """Step every shard; False when one became non-finite (every shard is then put
-        back at ``version``)."""
-        replies = self.call("step", version=version, lr=lr, t=t, weight=weight)
-        finite = all(r["finite"] for r in replies)
-        if not finite:
-            self.call("rollback", version=version + 1)
-        return finite
+    def rollback(self, version: int) -> None:
+        """Undo the step that published ``version`` on every shard that took it."""
+        self.call("rollback", version=version)
 
     def gather(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
         """The whole parameters and optimizer state, stacked from the shards."""
