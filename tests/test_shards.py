@@ -196,3 +196,20 @@ def _has_job(c: Client) -> bool:
         return bool(plugin and plugin.jobs)
 
     return bool(c.run_on_scheduler(jobs))
+
+
+def test_estimators_take_n_servers(client):
+    from daskgd.sklearn import SGDClassifier, SGDRegressor
+
+    X, y = _problem()
+    kw = {"max_iter": 4, "tol": None, "random_state": 0, "client": client}
+    ref = SGDRegressor(n_servers=0, **kw).fit(X, y)
+    got = SGDRegressor(n_servers=2, **kw).fit(X, y)
+    np.testing.assert_array_equal(got.coef_, ref.coef_)
+    labels = (y > np.median(y)).astype(int)
+    ref = SGDClassifier(loss="log_loss", n_servers=0, **kw).fit(X, labels)
+    got = SGDClassifier(loss="log_loss", n_servers=2, **kw).fit(X, labels)
+    np.testing.assert_array_equal(got.coef_, ref.coef_)
+    assert got.get_params()["n_servers"] == 2
+    with pytest.raises(InvalidSettingError, match="n_servers=2 shards the model"):
+        SGDRegressor(n_servers=2, mode="async", **kw).fit(X, y)

@@ -240,6 +240,7 @@ class LinearModel:
                 l1_ratio=l1_ratio,
                 fit_intercept=p["fit_intercept"],
                 max_staleness=p.get("max_staleness"),
+                n_servers=p.get("n_servers", "auto"),
                 random_state=engine_seed(p.get("random_state")),
                 coef_init=coef_init,
                 intercept_init=intercept_init,

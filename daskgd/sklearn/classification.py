@@ -52,7 +52,7 @@ class SGDClassifier(LinearClassifier):
     class_weight : dict, "balanced" or None, default None
         Weights multiplying each sample's weight by its class's.
     warm_start : bool, default False
-    batch_size, mode, optimizer, max_staleness, client, checkpoint, checkpoint_every
+    batch_size, mode, optimizer, max_staleness, n_servers, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -91,6 +91,7 @@ class SGDClassifier(LinearClassifier):
         mode: str = "sync",
         optimizer: str = "sgd",
         max_staleness: int | None = None,
+        n_servers: int | str = "auto",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -116,6 +117,7 @@ class SGDClassifier(LinearClassifier):
         self.mode = mode
         self.optimizer = optimizer
         self.max_staleness = max_staleness
+        self.n_servers = n_servers
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -194,7 +196,7 @@ class LogisticRegression(LinearClassifier):
         "lbfgs" (one pass over the data per round, a line search on the exact loss) when
         the objective is smooth and the fit is full-batch sync, else "sgd" (proximal
         gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, client, checkpoint, checkpoint_every
+    mode, max_staleness, n_servers, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -231,6 +233,7 @@ class LogisticRegression(LinearClassifier):
         mode: str = "sync",
         optimizer: str = "auto",
         max_staleness: int | None = None,
+        n_servers: int | str = "auto",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -250,6 +253,7 @@ class LogisticRegression(LinearClassifier):
         self.mode = mode
         self.optimizer = optimizer
         self.max_staleness = max_staleness
+        self.n_servers = n_servers
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every

@@ -228,6 +228,10 @@ class SGDRegressor(LinearRegressor):
     optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam"}, default "sgd"
     max_staleness : int or None, default None
         The staleness bound of ``mode="ssp"``.
+    n_servers : int or "auto", default "auto"
+        Parameter servers: 0 keeps the model and its optimizer state on the scheduler,
+        K >= 1 cuts them into K shards on K workers (sync mode, first-order optimizers);
+        see :func:`daskgd.fit`.
     client : distributed.Client, str or None, default None
         The cluster: a client, a scheduler address, or None for the current client (else an
         embedded LocalCluster for the duration of the fit).
@@ -292,6 +296,7 @@ class SGDRegressor(LinearRegressor):
         mode: str = "sync",
         optimizer: str = "sgd",
         max_staleness: int | None = None,
+        n_servers: int | str = "auto",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -317,6 +322,7 @@ class SGDRegressor(LinearRegressor):
         self.mode = mode
         self.optimizer = optimizer
         self.max_staleness = max_staleness
+        self.n_servers = n_servers
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -373,7 +379,7 @@ class LinearRegression(LinearRegressor):
         at most :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters, "lbfgs" (one pass
         over the data per round, a line search on the exact loss) for wider ones, else
         "sgd". Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, client
+    mode, max_staleness, n_servers, client
         As for :class:`SGDRegressor`.
     learning_rate : float or "auto", default "auto"
         Step size of first-order optimizers; "auto" is ``1 / L`` (see
@@ -407,6 +413,7 @@ class LinearRegression(LinearRegressor):
         optimizer: str = "auto",
         learning_rate: float | str = "auto",
         max_staleness: int | None = None,
+        n_servers: int | str = "auto",
         random_state: Any = None,
         warm_start: bool = False,
         client: Any = None,
@@ -422,6 +429,7 @@ class LinearRegression(LinearRegressor):
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.max_staleness = max_staleness
+        self.n_servers = n_servers
         self.random_state = random_state
         self.warm_start = warm_start
         self.client = client
