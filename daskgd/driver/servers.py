@@ -27,8 +27,6 @@ AUTO_SHARDS = 2
 
 def _why_not(s: Any) -> str | None:
     """Why settings ``s`` cannot shard the model, or None."""
-    if s.mode != "sync":
-        return f"mode={s.mode!r} (sharded servers run mode='sync')"
     if s.optimizer in ("lbfgs", "newton", "auto"):
         return (f"optimizer={s.optimizer!r} (a line search needs the whole model in one "
                 "place; shards run sgd, momentum, nesterov, adagrad and adam)")  # fmt: skip

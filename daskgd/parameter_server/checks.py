@@ -193,10 +193,6 @@ def check_shards(shards: Any, params: Any, config: Any, optimizer: Any, workers:
         return f"shard worker(s) {gone} are not in the cluster"
     if len(shards) > params.shape[0]:
         return f"{len(shards)} shards for {params.shape[0]} parameter rows: use fewer servers"
-    mode = config.get("mode", "sync") if isinstance(config, dict) else None
-    if mode != "sync":
-        return (f"sharded parameter servers (n_servers >= 1) run mode='sync' only; mode "
-                f"{mode!r} needs n_servers=0")  # fmt: skip
     name = optimizer.get("name") if isinstance(optimizer, dict) else None
     if name in ("lbfgs", "newton"):
         return (f"optimizer {name!r} needs the whole model in one place: use n_servers=0, "

@@ -262,11 +262,14 @@ class ParameterServerClient:
         if isinstance(bound, int | float) and bound >= 0:
             self.wait_bound = float(bound)
         self.shards = reply.get("shards")
+        self.mode = reply.get("mode")
         return await self._with_params(reply)
 
     # -- sharded jobs: the parameters' rows live on shard servers (workers) ----------
     #: ``(address, lo, hi)`` of each shard of a sharded job (from ``join``), else None
     shards: list[tuple[str, int, int]] | None = None
+    #: the job's mode, told to a sharded job's tasks with the layout
+    mode: str | None = None
     #: the worker's connection pool (``worker.rpc``), through which a task calls shards
     pool: Any = None
 
@@ -326,6 +329,35 @@ class ParameterServerClient:
         if versions != {int(reply["version"])}:  # a later round closed meanwhile (quorum)
             return await self._with_params({**reply, "version": max(versions)})
         return {**reply, "params": np.concatenate([p["params"] for p in parts])}
+
+    async def _push_async_sharded(
+        self, rank: int, version: int, grad: np.ndarray, **scalars: Any
+    ) -> dict[str, Any]:
+        """Async/ssp with shards: the coordinator admits the push (the scalars), then every
+        shard applies its slice at once and answers with its new rows. The version sent
+        with the next push is the fewest pushes a shard had applied: its staleness is
+        counted from there."""
+        assert self.shards is not None
+        reply = await self._call("push", extra=self.wait_bound, rank=rank, version=version,
+                                 grad=None, incarnation=self.incarnation, **scalars)  # fmt: skip
+        if reply.get("status") != "OK":
+            return reply
+        step = {k: reply[k] for k in ("lr", "t", "weight", "epoch")}
+        parts = await asyncio.gather(*(
+            self._shard(a, "apply", rank=rank, incarnation=self.incarnation,
+                        grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
+            for a, lo, hi in self.shards
+        ))  # fmt: skip
+        if not all(p["finite"] for p in parts):
+            bad = [a for (a, _, _), p in zip(self.shards, parts, strict=True) if not p["finite"]]
+            return await self._call(
+                "push", rank=rank, version=version, grad=None, incarnation=self.incarnation,
+                shard_error=f"the parameters became non-finite on the shard(s) at {bad}",
+                **scalars,
+            )  # fmt: skip
+        version = min(int(p["version"]) for p in parts)
+        return {**reply, "version": version,
+                "params": np.concatenate([p["params"] for p in parts])}  # fmt: skip
 
     async def _with_params(self, reply: dict[str, Any]) -> dict[str, Any]:
         """A sharded job's reply carries no parameters: fetch its version's rows from
@@ -392,6 +424,9 @@ class ParameterServerClient:
             msg["class_loss"] = ToPickle(class_loss)
         if hess is not None:
             msg["hess"] = ToPickle(hess)
+        if self.shards is not None and self.mode != "sync":
+            return await self._push_async_sharded(rank, version, grad, n=n, weight=weight,
+                                                  loss=loss, worker=worker, **msg)  # fmt: skip
         if self.shards is not None:
             return await self._push_sharded(rank, version, grad, n=n, weight=weight, loss=loss,
                                             worker=worker, **msg)  # fmt: skip

@@ -48,6 +48,7 @@ class MemberHandlers(JobRunner):
         out["wait_bound"] = j.config.member_timeout + j.config.ssp_timeout
         if j.shards is not None:
             out["shards"] = j.shards.layout()
+            out["mode"] = j.config.mode
         if rank not in j.reports:
             out["initial"] = ToPickle(j.initial)
         return out
@@ -87,9 +88,10 @@ class MemberHandlers(JobRunner):
 
     async def push(
         self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None,
-        incarnation=None, hess=None,
+        incarnation=None, hess=None, shard_error=None,
     ):  # fmt: skip
-        """Take a gradient; see :mod:`daskgd.parameter_server`."""
+        """Take a gradient; see :mod:`daskgd.parameter_server`. ``shard_error``: a task
+        of a sharded async job reports that a shard's rows became non-finite."""
         j = self.get_job(job)
         if isinstance(j, dict):
             return j
@@ -99,6 +101,9 @@ class MemberHandlers(JobRunner):
         refused = check_incarnation(j, rank, incarnation)
         if refused:
             return refused
+        if isinstance(shard_error, str) and j.shards is not None:
+            await self.exclusive(j, j.diverged, shard_error)
+            self.wake(j)
         if j.stopped:
             return self.params_reply(j)
         bad = check_push(j, version, grad, n, weight, loss, worker)
@@ -128,6 +133,9 @@ class MemberHandlers(JobRunner):
         args = (rank, version, grad, n, float(weight), float(loss), class_loss)
         if j.config.mode == "sync":
             return await self._push_sync(j, incarnation, *args, hess=hess)
+        if j.shards is not None:
+            return await self._admit(j, incarnation, rank, version, n, float(weight),
+                                     float(loss), class_loss)  # fmt: skip
         try:
             outcome = await self.exclusive(
                 j, _if_current, j, incarnation, j.apply_async, *args, heavy=True
@@ -163,7 +171,43 @@ class MemberHandlers(JobRunner):
         await self.wait_member(j, rank, lambda: j.version > version, lambda: self.maybe_finish(j))
         return self.params_reply(j)
 
-    async def _ssp_wait(self, j: Job, rank: int) -> None:
+    async def _admit(self, j: Job, incarnation, rank, *args) -> dict[str, Any]:
+        """Async/ssp with shards: admit a push (the coordinator's part of applying it) and
+        tell the task the step's number, learning rate and epoch; the task then has the
+        shards apply its slices. While an epoch's close waits for the shards' figures no
+        push is admitted, so that its stop rules act before any later step, as they do
+        with the whole model here."""
+        if j.config.mode == "ssp":
+            # before the admission, not after (as the whole-model server does): an admitted
+            # push must reach the shards at once, or an epoch's close would wait on it
+            await self._ssp_wait(j, rank, ahead=1)
+        await self.wait_member(j, rank, lambda: not j.epoch_due)
+        if j.stopped:
+            return self.params_reply(j)
+        out = await self.exclusive(j, _if_current, j, incarnation, j.admit_async, rank, *args)
+        self.wake(j)
+        if out is _SUPERSEDED:
+            return check_incarnation(j, rank, incarnation) or error("superseded")
+        if out is None:
+            return self.params_reply(j)
+        if out["due"]:
+            self.spawn(self._close_epoch(j, out["epoch"], out["count"], out["mean_w"]))
+        return {"status": "OK", "version": j.version, "params": None,
+                **{k: out[k] for k in ("t", "lr", "epoch", "weight")}}  # fmt: skip
+
+    async def _close_epoch(self, j: Job, epoch: int, count: int, mean_w: float) -> None:
+        assert j.shards is not None
+        try:
+            stats, lost = await j.shards.epoch_async(epoch, count, mean_w)
+            await self.exclusive(j, j.close_due_epoch, stats, lost, heavy=True)
+        except Exception as exc:
+            logger.exception("daskgd: closing an epoch of job %s failed", j.id)
+            await self.fail(j, exc)
+        self.wake(j)
+
+    async def _ssp_wait(self, j: Job, rank: int, ahead: int = 0) -> None:
+        """Wait while ``rank``, ``ahead`` pushes on, would be more than the bound ahead of
+        the slowest live member (or ``ssp_timeout`` passed)."""
         s = j.config.max_staleness
         assert s is not None  # JobConfig requires it in ssp mode
         me = j.ranks[rank]
@@ -172,7 +216,7 @@ class MemberHandlers(JobRunner):
 
         def caught_up() -> bool:
             others = [j.ranks[i].clock for i in j.live(self.workers()) if i != rank]
-            return not others or me.clock - min(others) <= s or loop.time() >= deadline
+            return not others or me.clock + ahead - min(others) <= s or loop.time() >= deadline
 
         await self.wait_member(j, rank, caught_up)
 

@@ -280,6 +280,48 @@ class Steps(EpochRules):
         self.maybe_snapshot()
         return staleness
 
+    def admit_async(
+        self, rank: int, version: int, n: int, weight: float, loss: float,
+        class_loss: np.ndarray | None = None,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """Async/ssp with shards: count one push as :meth:`apply_async` does (staleness,
+        clock, epoch statistics) and give the step its number ``t``, learning rate and
+        epoch; the task then sends its slices to the shards, which apply them at once.
+        None: not admitted (the job stopped)."""
+        if self.stopped:
+            return None
+        if not _finite(None, loss, class_loss):
+            self._reject(rank, version)
+            return None
+        v = self.version
+        staleness = max(0, v - version)
+        r = self.ranks[rank]
+        r.clock += 1
+        r.updates += 1
+        epoch = self.epochs
+        self.account(([rank], [n]), loss, weight, np.zeros(0), [staleness], class_loss)
+        if self.error is not None:
+            return None
+        scale = 1.0 / max(1, staleness) if self.config.staleness_lr else 1.0
+        lr = self.optimizer.schedule(v, self.epochs + (1 if self.epoch_due else 0)) * scale
+        self.published = (v + 1, None)
+        return {"t": v, "lr": lr, "epoch": epoch, "weight": max(weight, 0.0),
+                "due": self.epoch_due, "count": self.stats.updates,
+                "mean_w": self.stats.weight if self.stats.weight > 0 else 1.0}  # fmt: skip
+
+    def close_due_epoch(self, stats: dict[str, Any], lost: int) -> None:
+        """Async/ssp with shards: close the epoch whose pushes were all admitted, with the
+        shards' pieces of its figures; ``lost`` pushes never reached a shard (their task
+        died between the coordinator and the shards): counted as dropped."""
+        self.epoch_due = False
+        if self.stopped:
+            return
+        self.dropped += lost
+        self.shard_stats = stats
+        self.close_epoch()
+        self.shard_stats = None
+        self.maybe_snapshot()
+
     # -- checkpoints -------------------------------------------------------------------
     snapshot: dict[str, Any] | None
     snapshot_seq: int

@@ -23,6 +23,10 @@ handler                         arguments -> reply (besides ``status``)
 ``daskgd_shard_round``          ``job, version, ranks, closing, mean_w, lr, t, weight`` ->
                                 ``finite`` (and the epoch's ``penalty, grad_sq,
                                 class_penalty`` when ``closing``)
+``daskgd_shard_apply``          ``job, rank, incarnation, grad, lr, t, weight, epoch`` ->
+                                ``finite, params, version`` (async/ssp: applied now)
+``daskgd_shard_epoch``          ``job, epoch, count, mean_w, wait`` -> ``got`` and the
+                                epoch's pieces (async/ssp)
 ``daskgd_shard_rollback``       ``job, version``: undo the step that published ``version``
 ``daskgd_shard_pull``           ``job, version, wait`` -> ``params, version``
 ``daskgd_shard_export``         ``job`` -> ``params, state, version``
@@ -54,7 +58,7 @@ SHARD_PLUGIN_NAME = "daskgd-shards"
 #: Numbers a shard sums and steps on the event loop; more go to a thread.
 INLINE_ROWS = 1 << 16
 
-_OPS = ("create", "push", "round", "rollback", "pull", "export", "close")
+_OPS = ("create", "push", "round", "apply", "epoch", "rollback", "pull", "export", "close")
 #: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
 SLICE_WAIT = 60.0
 
@@ -81,6 +85,9 @@ class ShardState:
         self.pending: dict[int, dict[int, tuple[str | None, np.ndarray]]] = {}
         self.round_sum: np.ndarray | None = None
         self.epoch_sum: np.ndarray | None = None
+        # async/ssp: each open epoch's gradient sum and pushes applied
+        self.epoch_sums: dict[int, np.ndarray] = {}
+        self.epoch_counts: dict[int, int] = {}
         self.lock = asyncio.Lock()
         self.changed = asyncio.Event()  # set (and replaced) when a version is published
         self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
@@ -211,6 +218,33 @@ class ShardState:
         self.publish(version + 1, new)
         return True
 
+    # -- async/ssp: each push applied on arrival --------------------------------------
+    def apply_push(self, grad: np.ndarray, lr: float, t: int, weight: float, epoch: int) -> bool:
+        """Step this shard's rows with one push's slice now (async/ssp) and count it in its
+        epoch; False (nothing published) when the rows became non-finite."""
+        g = self._padded_grad(np.asarray(grad, dtype=np.float64))
+        self.epoch_sums[epoch] = g.copy() if epoch not in self.epoch_sums else (
+            self.epoch_sums[epoch] + g)  # fmt: skip
+        self.epoch_counts[epoch] = self.epoch_counts.get(epoch, 0) + 1
+        v, P = self.published
+        new = P
+        if weight > 0:
+            new = self.optimizer.apply(P, g / weight, self.opt_state, t, lr)
+            if not np.all(np.isfinite(new)):
+                return False
+            if self.padded:
+                new[-1] = 0.0
+        self.publish(v + 1, new)
+        return True
+
+    def epoch_pieces(self, epoch: int, mean_w: float) -> dict[str, Any]:
+        """Async/ssp: the closed epoch's pieces (its gradient sum, at the rows now)."""
+        self.epoch_sum = self.epoch_sums.pop(epoch, None)
+        got = self.epoch_counts.pop(epoch, 0)
+        if self.epoch_sum is None:
+            self.epoch_sum = np.zeros_like(self.published[1])
+        return {"status": "OK", "got": got, **self._epoch_pieces(mean_w)}
+
     def export(self) -> dict[str, Any]:
         state = self.optimizer.export_state(self.opt_state)
         if self.padded:
@@ -302,6 +336,41 @@ class ShardServer(WorkerPlugin):
                               float(lr), int(t), float(weight))  # fmt: skip
         s.notify()
         return out
+
+    async def apply(self, job, rank, incarnation, grad, lr, t, weight, epoch):
+        """Async/ssp: apply one push's slice now; reply with the new rows."""
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        want = s.rows.shape
+        if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
+            got = getattr(grad, "shape", type(grad).__name__)
+            return error(f"grad slice must be a float array of shape {want}, got {got}")
+        finite = await self._run(s, s.apply_push, grad, float(lr), int(t), float(weight),
+                                 int(epoch))  # fmt: skip
+        s.notify()
+        v, P = s.published
+        return {"status": "OK", "finite": finite, "version": v,
+                "params": ToPickle(P[:-1] if s.padded else P)}  # fmt: skip
+
+    async def epoch(self, job, epoch, count, mean_w, wait):
+        """Async/ssp: once ``count`` pushes of ``epoch`` were applied here (or after
+        ``wait`` seconds: a task may have died between the coordinator and this shard),
+        the epoch's pieces and how many pushes made it (``got``)."""
+        s = self._get(job)
+        if isinstance(s, dict):
+            return s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(wait)
+        while s.epoch_counts.get(epoch, 0) < count and not s.closed:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(s.changed.wait(), left)
+            except TimeoutError:
+                pass
+        return await self._run(s, s.epoch_pieces, int(epoch), float(mean_w))
 
     async def rollback(self, job, version):
         s = self._get(job)

@@ -23,6 +23,9 @@ __all__ = ["ShardError", "ShardSet", "split_rows"]
 
 #: Seconds a shard has to answer a coordinator's call.
 SHARD_TIMEOUT = 120.0
+#: Seconds a shard waits for the pushes of a closing epoch (async/ssp) before it reports
+#: what arrived: a task that died after its admission never sends its slices.
+EPOCH_WAIT = 30.0
 
 
 class ShardError(RuntimeError):
@@ -183,15 +186,17 @@ class ShardSet:
         finite = all(r["finite"] for r in replies)
         if not finite:
             self.rollback(version + 1)
-        if not close:
-            return {}, finite
-        out: dict[str, Any] = {
-            "penalty": sum(r["penalty"] for r in replies),
-            "grad_norm": float(np.sqrt(sum(r["grad_sq"] for r in replies))),
-        }
-        if "class_penalty" in replies[0]:
-            out["class_penalty"] = np.sum([r["class_penalty"] for r in replies], axis=0)
-        return out, finite
+        return (_sum_pieces(replies) if close else {}), finite
+
+    async def epoch_async(
+        self, epoch: int, count: int, mean_w: float, wait: float = EPOCH_WAIT
+    ) -> tuple[dict[str, Any], int]:
+        """Async/ssp: the closed ``epoch``'s figures summed over the shards, once each
+        applied its ``count`` pushes (or ``wait`` seconds passed), and how many pushes
+        did not reach every shard."""
+        replies = await self.call_async("epoch", epoch=epoch, count=count, mean_w=mean_w,
+                                        wait=wait)  # fmt: skip
+        return _sum_pieces(replies), max(0, count - min(int(r["got"]) for r in replies))
 
     def rollback(self, version: int) -> None:
         """Undo the step that published ``version`` on every shard that took it."""
@@ -208,6 +213,18 @@ class ShardSet:
         """Free the shards (a shard that cannot be reached is gone already)."""
         calls = [self._one(k, "close", {}) for k in range(len(self.addresses))]
         await asyncio.gather(*calls, return_exceptions=True)
+
+
+def _sum_pieces(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch's penalty, gradient norm and per-column penalties from the shards' parts
+    (summed in shard order)."""
+    out: dict[str, Any] = {
+        "penalty": sum(r["penalty"] for r in replies),
+        "grad_norm": float(np.sqrt(sum(r["grad_sq"] for r in replies))),
+    }
+    if "class_penalty" in replies[0]:
+        out["class_penalty"] = np.sum([r["class_penalty"] for r in replies], axis=0)
+    return out
 
 
 def _stack(replies: list[dict[str, Any]]) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:

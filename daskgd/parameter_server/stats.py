@@ -62,6 +62,9 @@ class EpochRules:
     ranks: list[Rank]
     # (version, params): replaced, never mutated; params None when shards hold them
     published: tuple[int, Any]
+    shards: Any  # the job's ShardSet, or None
+    #: async/ssp with shards: the epoch's pushes are all in, its close waits for the shards
+    epoch_due: bool = False
     opt_state: Any
     model_decrement: float | None  # Newton: the model's decrease from the evaluated point
     initial: np.ndarray
@@ -239,7 +242,12 @@ class EpochRules:
         else:
             s.grad_sum = grad_sum
         if s.rows >= self.config.n_samples:
-            self.close_epoch()
+            if self.shards is not None and self.config.mode != "sync":
+                # async/ssp with shards: closed once the shards' pieces of it came
+                # (ShardedAsync.close_due_epoch); admissions wait until then
+                self.epoch_due = True
+            else:
+                self.close_epoch()
 
     def close_epoch(self) -> None:
         s, cfg, opt = self.stats, self.config, self.optimizer
