@@ -5,9 +5,9 @@
 optimizer state into K shards held by K workers (:mod:`daskgd.parameter_server.shard`),
 and the scheduler coordinates. ``"auto"`` shards a model of at least
 :data:`AUTO_SHARD_PARAMS` parameters, when the settings allow it: measured on one 2-core
-machine (``bench/results/servers.md``), shards did not beat the scheduler-hosted server's
-round time at any d up to 4 * 10^6, so that size is not set and ``"auto"`` means 0 until
-a measured crossover gives it one.
+machine (``bench/results/servers.md``), shards took the scheduler's load off it but did
+not raise throughput enough at any d up to 4 * 10^6 to pay for themselves, so that size is
+not set and ``"auto"`` means 0 until a measured crossover gives it one.
 """
 
 from __future__ import annotations
