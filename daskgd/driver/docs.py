@@ -108,9 +108,9 @@ FIT_PARAMETERS = """
     n_servers : int or "auto", default="auto"
         Parameter servers: 0 keeps the whole model and its optimizer state on the
         scheduler; K >= 1 cuts them into K shards held by K workers (optimizers sgd,
-        momentum, nesterov, adagrad and adam, every mode), the scheduler coordinating; "auto" is 0 for now: on the machines measured the shards' extra
-        round trips cost more than they save. See the README's "Sharded parameter
-        servers".
+        momentum, nesterov, adagrad and adam, every mode), the scheduler coordinating;
+        "auto" is 0 for now: on the machines measured the shards' extra messages cost
+        more than they save. See the README's "Sharded parameter servers".
     random_state : int, optional
         Seeds the mini-batch order.
     validate : bool, default=True
