@@ -277,7 +277,11 @@ class ParameterServerClient:
     #: process: no copy through the worker's own TCP server)
     local: Any = None
 
-    async def _shard(self, address: str, op: str, **msg: Any) -> dict[str, Any]:
+    async def _shard(self, k: int, op: str, **msg: Any) -> dict[str, Any]:
+        """Call ``op`` on shard ``k`` of the current layout."""
+        assert self.shards is not None
+        address = self.shards[k][0]
+        msg["shard"] = k
         try:
             async with asyncio.timeout(self.timeout + self.wait_bound):
                 if address == self.address and self.local is not None:
@@ -307,10 +311,10 @@ class ParameterServerClient:
         wait = self.timeout + self.wait_bound
         slices = [
             asyncio.ensure_future(self._shard(
-                a, "push", version=version, rank=rank, incarnation=self.incarnation,
+                k, "push", version=version, rank=rank, incarnation=self.incarnation,
                 grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), wait=wait,
             ))
-            for a, lo, hi in self.shards
+            for k, (_, lo, hi) in enumerate(self.shards)
         ]  # fmt: skip
         try:
             reply = await self._call(
@@ -344,9 +348,9 @@ class ParameterServerClient:
             return reply
         step = {k: reply[k] for k in ("lr", "t", "weight", "epoch")}
         parts = await asyncio.gather(*(
-            self._shard(a, "apply", rank=rank, incarnation=self.incarnation,
+            self._shard(k, "apply", rank=rank, incarnation=self.incarnation,
                         grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
-            for a, lo, hi in self.shards
+            for k, (_, lo, hi) in enumerate(self.shards)
         ))  # fmt: skip
         if not all(p["finite"] for p in parts):
             bad = [a for (a, _, _), p in zip(self.shards, parts, strict=True) if not p["finite"]]
@@ -366,7 +370,8 @@ class ParameterServerClient:
             return reply
         version = int(reply["version"])
         parts = await asyncio.gather(*(
-            self._shard(a, "pull", version=version, wait=self.timeout) for a, _, _ in self.shards
+            self._shard(k, "pull", version=version, wait=self.timeout)
+            for k in range(len(self.shards))
         ))  # fmt: skip
         return {**reply, "params": np.concatenate([p["params"] for p in parts])}
 

@@ -264,7 +264,7 @@ class ShardServer(WorkerPlugin):
 
     def __init__(self) -> None:
         self.worker: Any = None
-        self.jobs: dict[str, ShardState] = {}
+        self.jobs: dict[tuple[str, int], ShardState] = {}
 
     def __getstate__(self) -> dict:
         return {}
@@ -281,10 +281,10 @@ class ShardServer(WorkerPlugin):
             worker.handlers.pop(f"daskgd_shard_{op}", None)
         self.jobs.clear()
 
-    def _get(self, job: Any) -> ShardState | dict:
-        if not isinstance(job, str) or job not in self.jobs:
-            return error(f"no shard of job {job!r} on this worker", kind="unknown_shard")
-        return self.jobs[job]
+    def _get(self, job: Any, shard: Any) -> ShardState | dict:
+        if (job, shard) not in self.jobs:
+            return error(f"no shard {shard!r} of job {job!r} on this worker", kind="unknown_shard")
+        return self.jobs[(job, shard)]
 
     async def _run(self, s: ShardState, fn: Any, *args: Any) -> Any:
         """Run a change of ``s`` as its only owner, in a thread for a large shard."""
@@ -301,13 +301,13 @@ class ShardServer(WorkerPlugin):
             s = await asyncio.to_thread(ShardState, params, optimizer, bool(padded), version, state)
         except (TypeError, ValueError) as exc:
             return error(f"shard {shard} of job {job!r}: {exc}")
-        self.jobs[job] = s
+        self.jobs[(job, shard)] = s
         return {"status": "OK"}
 
-    async def push(self, job, version, rank, incarnation, grad, wait=0.0):
+    async def push(self, job, shard, version, rank, incarnation, grad, wait=0.0):
         """Store a rank's slice for round ``version``; with ``wait`` > 0, reply once the
         round closed, with the new rows (a pull in the same round trip)."""
-        s = self._get(job)
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         if version >= s.published[0]:
@@ -318,11 +318,11 @@ class ShardServer(WorkerPlugin):
             s.store(int(version), int(rank), incarnation, grad)
         if not wait:
             return {"status": "OK"}
-        return await self.pull(job, version + 1, wait)
+        return await self.pull(job, shard, version + 1, wait)
 
-    async def round(self, job, version, ranks, closing, mean_w, lr, t, weight):
+    async def round(self, job, shard, version, ranks, closing, mean_w, lr, t, weight):
         """Close round ``version``: sum the ranks' slices (rank order), step, publish."""
-        s = self._get(job)
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         if s.published[0] != version:
@@ -337,9 +337,9 @@ class ShardServer(WorkerPlugin):
         s.notify()
         return out
 
-    async def apply(self, job, rank, incarnation, grad, lr, t, weight, epoch):
+    async def apply(self, job, shard, rank, incarnation, grad, lr, t, weight, epoch):
         """Async/ssp: apply one push's slice now; reply with the new rows."""
-        s = self._get(job)
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         want = s.rows.shape
@@ -353,11 +353,11 @@ class ShardServer(WorkerPlugin):
         return {"status": "OK", "finite": finite, "version": v,
                 "params": ToPickle(P[:-1] if s.padded else P)}  # fmt: skip
 
-    async def epoch(self, job, epoch, count, mean_w, wait):
+    async def epoch(self, job, shard, epoch, count, mean_w, wait):
         """Async/ssp: once ``count`` pushes of ``epoch`` were applied here (or after
         ``wait`` seconds: a task may have died between the coordinator and this shard),
         the epoch's pieces and how many pushes made it (``got``)."""
-        s = self._get(job)
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         loop = asyncio.get_running_loop()
@@ -372,8 +372,8 @@ class ShardServer(WorkerPlugin):
                 pass
         return await self._run(s, s.epoch_pieces, int(epoch), float(mean_w))
 
-    async def rollback(self, job, version):
-        s = self._get(job)
+    async def rollback(self, job, shard, version):
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         if s.published[0] == version and s.previous[0] == version - 1:
@@ -381,9 +381,9 @@ class ShardServer(WorkerPlugin):
             s.notify()
         return {"status": "OK"}
 
-    async def pull(self, job, version=0, wait=0.0):
+    async def pull(self, job, shard, version=0, wait=0.0):
         """The shard's rows once it reached ``version`` (waiting up to ``wait`` seconds)."""
-        s = self._get(job)
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         loop = asyncio.get_running_loop()
@@ -399,8 +399,8 @@ class ShardServer(WorkerPlugin):
         v, P = s.published
         return {"status": "OK", "version": v, "params": ToPickle(P[:-1] if s.padded else P)}
 
-    async def export(self, job):
-        s = self._get(job)
+    async def export(self, job, shard):
+        s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         async with s.lock:
@@ -408,8 +408,8 @@ class ShardServer(WorkerPlugin):
         return {"status": "OK", **{k: ToPickle(v) for k, v in out.items() if k != "version"},
                 "version": out["version"]}  # fmt: skip
 
-    async def close(self, job):
-        s = self.jobs.pop(job, None) if isinstance(job, str) else None
+    async def close(self, job, shard):
+        s = self.jobs.pop((job, shard), None)
         if s is not None:
             s.closed = True
             s.notify()

@@ -110,7 +110,8 @@ class ShardSet:
             raise ShardError(self.broken)
         try:
             async with asyncio.timeout(SHARD_TIMEOUT):
-                reply = await getattr(self.rpc(addr), f"daskgd_shard_{op}")(job=self.job, **msg)
+                handler = getattr(self.rpc(addr), f"daskgd_shard_{op}")
+                reply = await handler(job=self.job, **{"shard": k, **msg})
         except (OSError, TimeoutError) as exc:
             raise ShardError(
                 f"shard {k} of the parameters (worker {addr}) did not answer {op!r}: {exc!r}. "
