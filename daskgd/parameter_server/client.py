@@ -25,13 +25,11 @@ import numpy as np
 from distributed.protocol import ToPickle
 
 from daskgd.errors import (
-    BadMessageError,
     ParameterServerError,
     ParameterServerTimeoutError,
-    ResumeRejectedError,
-    SupersededError,
-    UnknownJobError,
 )
+from daskgd.parameter_server.replies import ERRORS, RETRIES, RETRY_DELAY, raise_for_reply
+from daskgd.parameter_server.shard_client import ShardCalls
 
 __all__ = ["DEFAULT_TIMEOUT", "ERRORS", "RETRIES", "ParameterServerClient", "raise_for_reply"]
 
@@ -40,45 +38,9 @@ logger = logging.getLogger(__name__)
 #: Seconds an ordinary call may take (a call that waits on the server by design, a sync
 #: push or a ``status(wait=...)``, gets its documented wait on top).
 DEFAULT_TIMEOUT = 60.0
-#: Attempts of an idempotent call whose connection failed, before the failure is raised.
-RETRIES = 3
-_RETRY_DELAY = 0.5
-
-#: A reply's error ``kind`` -> the exception raised for it (any other kind:
-#: :class:`~daskgd.errors.ParameterServerError`).
-ERRORS: dict[str, type[ParameterServerError]] = {
-    "unknown_job": UnknownJobError,
-    "bad_message": BadMessageError,
-    "bad_resume": ResumeRejectedError,
-    "superseded": SupersededError,
-}
 
 
-def raise_for_reply(op: str, reply: Any) -> dict[str, Any]:
-    """Return ``reply`` unless it is an error reply; then raise its exception.
-
-    Parameters
-    ----------
-    op : str
-        The operation (``"push"``...), for the message.
-    reply : dict
-        The handler's reply.
-
-    Raises
-    ------
-    ParameterServerError
-        The subclass :data:`ERRORS` maps the reply's ``kind`` to.
-    """
-    if not isinstance(reply, dict):
-        raise ParameterServerError(f"daskgd_{op}: malformed reply {reply!r}", op=op)
-    if reply.get("status") != "error":
-        return reply
-    kind = reply.get("kind") or "internal"
-    cls = ERRORS.get(kind, ParameterServerError)
-    raise cls(str(reply.get("message")), op=op, kind=kind)
-
-
-class ParameterServerClient:
+class ParameterServerClient(ShardCalls):
     """Calls the parameter server's handlers for one job.
 
     Parameters
@@ -191,7 +153,7 @@ class ParameterServerClient:
             except (OSError, TimeoutError) as exc:  # CommClosedError is an OSError
                 if attempt + 1 < attempts:
                     logger.debug("daskgd_%s failed (%r); retrying", op, exc)
-                    await asyncio.sleep(_RETRY_DELAY * (attempt + 1))
+                    await asyncio.sleep(RETRY_DELAY * (attempt + 1))
                     continue
                 if isinstance(exc, TimeoutError):
                     raise ParameterServerTimeoutError(
@@ -264,116 +226,6 @@ class ParameterServerClient:
         self.shards = reply.get("shards")
         self.mode = reply.get("mode")
         return await self._with_params(reply)
-
-    # -- sharded jobs: the parameters' rows live on shard servers (workers) ----------
-    #: ``(address, lo, hi)`` of each shard of a sharded job (from ``join``), else None
-    shards: list[tuple[str, int, int]] | None = None
-    #: the job's mode, told to a sharded job's tasks with the layout
-    mode: str | None = None
-    #: the worker's connection pool (``worker.rpc``), through which a task calls shards
-    pool: Any = None
-
-    #: the shard server of the worker this task runs on (its own shard is called in
-    #: process: no copy through the worker's own TCP server)
-    local: Any = None
-
-    async def _shard(self, k: int, op: str, **msg: Any) -> dict[str, Any]:
-        """Call ``op`` on shard ``k`` of the current layout."""
-        assert self.shards is not None
-        address = self.shards[k][0]
-        msg["shard"] = k
-        try:
-            async with asyncio.timeout(self.timeout + self.wait_bound):
-                if address == self.address and self.local is not None:
-                    msg = {k: np.array(v.data) if isinstance(v, ToPickle) else v
-                           for k, v in msg.items()}  # fmt: skip
-                    reply = await getattr(self.local, op)(job=self.job, **msg)
-                    reply = {k: v.data if isinstance(v, ToPickle) else v for k, v in reply.items()}
-                else:
-                    handler = getattr(self.pool(address), f"daskgd_shard_{op}")
-                    reply = await handler(job=self.job, **msg)
-        except (OSError, TimeoutError) as exc:
-            raise ParameterServerError(
-                f"the parameter shard on worker {address} did not answer {op}: {exc!r}",
-                op=f"shard_{op}",
-            ) from exc
-        if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
-            raise UnknownJobError(str(reply.get("message")), op=f"shard_{op}", kind="unknown_job")
-        return reply if reply.get("status") == "stale" else raise_for_reply(f"shard_{op}", reply)
-
-    async def _push_sharded(
-        self, rank: int, version: int, grad: np.ndarray, **scalars: Any
-    ) -> dict[str, Any]:
-        """A sharded job's push, in one round trip: the slices to every shard (each call
-        answered with the shard's new rows once the round closed) and the scalars to the
-        coordinator (answered when the round closed, or the job stopped), all at once."""
-        assert self.shards is not None
-        wait = self.timeout + self.wait_bound
-        slices = [
-            asyncio.ensure_future(self._shard(
-                k, "push", version=version, rank=rank, incarnation=self.incarnation,
-                grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), wait=wait,
-            ))
-            for k, (_, lo, hi) in enumerate(self.shards)
-        ]  # fmt: skip
-        try:
-            reply = await self._call(
-                "push", extra=self.wait_bound, rank=rank, version=version, grad=None,
-                incarnation=self.incarnation, **scalars,
-            )  # fmt: skip
-            if reply.get("status") != "OK":  # stopped or stale: the shards' rows may not come
-                for task in slices:
-                    task.cancel()
-                return await self._with_params(reply)
-            parts = await asyncio.gather(*slices)
-        finally:
-            for task in slices:
-                task.cancel()
-        versions = {int(p["version"]) for p in parts}
-        if versions != {int(reply["version"])}:  # a later round closed meanwhile (quorum)
-            return await self._with_params({**reply, "version": max(versions)})
-        return {**reply, "params": np.concatenate([p["params"] for p in parts])}
-
-    async def _push_async_sharded(
-        self, rank: int, version: int, grad: np.ndarray, **scalars: Any
-    ) -> dict[str, Any]:
-        """Async/ssp with shards: the coordinator admits the push (the scalars), then every
-        shard applies its slice at once and answers with its new rows. The version sent
-        with the next push is the fewest pushes a shard had applied: its staleness is
-        counted from there."""
-        assert self.shards is not None
-        reply = await self._call("push", extra=self.wait_bound, rank=rank, version=version,
-                                 grad=None, incarnation=self.incarnation, **scalars)  # fmt: skip
-        if reply.get("status") != "OK":
-            return reply
-        step = {k: reply[k] for k in ("lr", "t", "weight", "epoch")}
-        parts = await asyncio.gather(*(
-            self._shard(k, "apply", rank=rank, incarnation=self.incarnation,
-                        grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
-            for k, (_, lo, hi) in enumerate(self.shards)
-        ))  # fmt: skip
-        if not all(p["finite"] for p in parts):
-            bad = [a for (a, _, _), p in zip(self.shards, parts, strict=True) if not p["finite"]]
-            return await self._call(
-                "push", rank=rank, version=version, grad=None, incarnation=self.incarnation,
-                shard_error=f"the parameters became non-finite on the shard(s) at {bad}",
-                **scalars,
-            )  # fmt: skip
-        version = min(int(p["version"]) for p in parts)
-        return {**reply, "version": version,
-                "params": np.concatenate([p["params"] for p in parts])}  # fmt: skip
-
-    async def _with_params(self, reply: dict[str, Any]) -> dict[str, Any]:
-        """A sharded job's reply carries no parameters: fetch its version's rows from
-        every shard at once and put them together."""
-        if self.shards is None or reply.get("status") == "stopped":
-            return reply
-        version = int(reply["version"])
-        parts = await asyncio.gather(*(
-            self._shard(k, "pull", version=version, wait=self.timeout)
-            for k in range(len(self.shards))
-        ))  # fmt: skip
-        return {**reply, "params": np.concatenate([p["params"] for p in parts])}
 
     async def ready(
         self,
@@ -490,7 +342,7 @@ class ParameterServerClient:
                 return raise_for_reply("info", await asyncio.wait_for(handler(), self.timeout))
             except (OSError, TimeoutError) as exc:
                 last = exc
-                await asyncio.sleep(_RETRY_DELAY * (attempt + 1))
+                await asyncio.sleep(RETRY_DELAY * (attempt + 1))
         raise ParameterServerTimeoutError(
             f"daskgd_info got no reply after {RETRIES} attempts: {last!r}", op="info",
             kind="timeout",

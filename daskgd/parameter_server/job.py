@@ -95,6 +95,10 @@ class Job(Steps):
         self.reported_epochs = 0
         self.time_offset = 0.0  # seconds spent before a resume, for the history's times
         self.snapshot: dict[str, Any] | None = None
+        #: a lost shard is being rebuilt: no round closes meanwhile
+        self.recovering = False
+        #: the shards rebuilt so far, with the steps each recovery undid
+        self.recoveries: list[dict[str, Any]] = []
         self.snapshot_seq = 0
         self._snapshot_due = False
 
@@ -218,6 +222,7 @@ class Job(Steps):
             "dropped_gradients": self.dropped,
             "snapshot_seq": self.snapshot_seq,
             "learning_rate": self.optimizer.schedule.eta0,
+            "recoveries": list(self.recoveries),
         }
         if params:
             out["params"] = ToPickle(P)

@@ -41,6 +41,8 @@ class MemberHandlers(JobRunner):
             bad = f"incarnation must be None or a string, got {incarnation!r}"
         if bad:
             return error(bad)
+        # a rerun task of a lost shard's worker: the layout it gets must be the rebuilt one
+        await self.wait_member(j, rank, lambda: not j.recovering)
         position = await self.exclusive(j, j.join, rank, worker, incarnation, self.workers())
         self.wake(j)
         out = self.params_reply(j)

@@ -31,6 +31,7 @@ from daskgd.parameter_server.job import Job
 from daskgd.parameter_server.members import MemberHandlers
 from daskgd.parameter_server.runner import STEP_THREADS
 from daskgd.parameter_server.sharding import ShardError, ShardSet, split_rows
+from daskgd.parameter_server.stats import EpochStats
 
 __all__ = ["ParameterServer"]
 
@@ -118,11 +119,17 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
     def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
         """Deactivate the ranks that ran on ``worker`` and re-check open rounds."""
         for job in self.jobs.values():
-            if job.shards is not None and worker in job.shards.addresses:
+            if job.shards is not None:  # backups it held are gone (a holder keeps its own)
+                job.shards.replicas = [None if r == worker else r for r in job.shards.replicas]
+            if job.shards is not None and worker in job.shards.addresses and not job.stopped:
+                live = [w for w in self.workers() if w != worker]
+                recover = job.config.mode == "sync" and job.shards.can_recover(worker, live)
                 why = job.shards.lose(worker)
-                if not job.stopped:
+                if recover:
+                    job.recovering = True
+                    self.spawn(self.recover(job, worker))
+                else:
                     self.spawn(self.stop_job(job, "a parameter shard was lost", why))
-                continue
             hit = False
             for r in job.ranks:
                 if r.address == worker and r.active:
@@ -130,6 +137,36 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             if hit:
                 self.spawn(self.maybe_finish(job))
                 self.wake(job)
+
+    async def recover(self, j: Job, lost: str) -> None:
+        """Rebuild the shards ``lost`` held from their backups on the replica holders and
+        roll the others back to theirs; the job goes on from there (the steps since the
+        backup are counted as lost and redone). Sync mode."""
+        assert j.shards is not None
+        try:
+            async with j.lock:  # after the round in flight gave up (its calls were cancelled)
+                v, s = j.version, j.shards.backup_version
+                j.shard_failure = None
+                assert s is not None
+                moved = await j.shards.recover_async(lost, v + 1)
+                j.pending.clear()
+                j.stats = EpochStats()
+                j.recoveries += [{**m, "version": v, "restored": s, "steps_lost": v - s}
+                                 for m in moved]  # fmt: skip
+                j.published = (v + 1, None)
+                j.recovering = False
+                logger.warning("daskgd: job %s rebuilt shard(s) %s from version %d "
+                               "(%d steps lost)", j.id, moved, s, v - s)  # fmt: skip
+                await j.shards.backup_async(v + 1)
+        except Exception as exc:
+            logger.exception("daskgd: recovering job %s failed", j.id)
+            j.recovering = False
+            await self.stop_job(j, "a parameter shard was lost", (
+                f"worker {lost}, which held a shard of the parameters, left, and its shard "
+                f"could not be rebuilt ({exc!r}). Rerun the fit, or resume it from its "
+                "checkpoint (checkpoint=..., resume=True)"))  # fmt: skip
+        self.wake(j)
+        self.spawn(self.maybe_finish(j))
 
     def remove_client(self, scheduler, client: str) -> None:
         """Free the jobs of a driver that disconnected without closing them."""
@@ -186,8 +223,11 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 return error(f"cannot resume from this checkpoint: {exc}", kind="bad_resume")
         if layout is not None:
             state = None if resume is None else dict(resume["state"])
+            layout.cluster = lambda: list(self.scheduler.workers)
             try:
                 await layout.create(p, opt, j.version, state)
+                if cfg.mode == "sync":  # the first recovery point (see rounds.RECOVERY_EVERY)
+                    await layout.backup_async(j.version)
             except ShardError as exc:
                 await layout.close()
                 return error(f"cannot place the parameter shards: {exc}")

@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective.curvature import loss_resolution
-from daskgd.parameter_server.sharding import ShardSet
+from daskgd.parameter_server.sharding import ShardError, ShardSet
 from daskgd.parameter_server.stats import EpochRules
 
-__all__ = ["Steps"]
+__all__ = ["RECOVERY_EVERY", "Steps"]
+
+#: Sync mode with shards: epochs between two backups of every shard on a neighbouring
+#: worker (the point a lost shard is rebuilt from; the steps since are redone).
+RECOVERY_EVERY = 5
 
 
 def _finite(grad: np.ndarray | None, loss: float, class_loss: np.ndarray | None) -> bool:
@@ -40,6 +44,9 @@ class Steps(EpochRules):
     wants_hessian: bool
     shards: ShardSet | None
     shape: tuple[int, ...]
+    recovering: bool
+    #: when, and why, a shard call of a sync round failed (a lost worker, until it leaves)
+    shard_failure: tuple[float, str] | None = None
 
     def live(self, workers: Container[str]) -> list[int]:
         """Ranks that are active, on a worker the scheduler knows, and not silent.
@@ -102,7 +109,7 @@ class Steps(EpochRules):
 
     def try_close_round(self, workers: Container[str]) -> bool:
         """Sync mode: close the open round if every live member (or the quorum) pushed."""
-        if self.config.mode != "sync" or not self.pending or self.stopped:
+        if self.config.mode != "sync" or not self.pending or self.stopped or self.recovering:
             return False
         live = set(self.live(workers))
         quorum = self.config.sync_quorum
@@ -158,9 +165,19 @@ class Steps(EpochRules):
         ranks = [(r, self.ranks[r].incarnation) for r in order]
         # the step's learning rate at the epoch count the round leaves (account closes it)
         lr = self.optimizer.schedule(v, self.epochs + (1 if closing else 0))
-        stats, finite = self.shards.round(
-            v, ranks, closing, total_w if total_w > 0 else 1.0, lr, v, max(weight, 0.0)
-        )
+        try:
+            stats, finite = self.shards.round(
+                v, ranks, closing, total_w if total_w > 0 else 1.0, lr, v, max(weight, 0.0)
+            )
+        except ShardError as exc:
+            if self.recovering or self.shards.backup_version is not None:
+                # a shard's worker is lost (the scheduler may notice it only after this
+                # call did): the recovery redoes this round; if the worker does not leave
+                # within SHARD_LOSS_WAIT the job fails (JobRunner.maybe_finish)
+                self.recovering = True
+                self.shard_failure = (time.monotonic(), str(exc))
+                return
+            raise
         self.shard_stats = stats if closing else None
         grad_sum = np.zeros(0)  # the gradient is in the shards (see account)
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
@@ -171,6 +188,13 @@ class Steps(EpochRules):
             self.diverged(f"the parameters became non-finite at update {v + 1}")
         else:
             self.published = (v + 1, None)
+            due = self.shards.backup_version is None or (
+                closing and self.epochs % RECOVERY_EVERY == 0)  # fmt: skip
+            if due and not self.stopped:
+                try:
+                    self.shards.backup(v + 1)
+                except ShardError:  # a worker left meanwhile: no recovery point until the next
+                    self.shards.backup_version = None
         self.maybe_snapshot()
 
     #: Newton: the decrease its quadratic model predicts from the point the round evaluated,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -27,6 +28,9 @@ T = TypeVar("T")
 #: Threads that step large models: one job's steps run one at a time (its lock), so more
 #: threads only let different jobs step at once.
 STEP_THREADS = 4
+#: Seconds a sharded job waits, after a shard call failed, for the scheduler to see the
+#: shard's worker leave (and the shard rebuilt) before it fails.
+SHARD_LOSS_WAIT = 30.0
 #: Seconds between re-checks of a waiting member's condition (a lease may run out, a
 #: worker may be dropped silently).
 RECHECK = 1.0
@@ -104,6 +108,8 @@ class JobRunner:
         out = {"status": status, "params": ToPickle(params), "version": version}
         if job.optimizer.needs_hessian:
             out["hessian"] = job.wants_hessian
+        if job.shards is not None:  # the layout may change (a rebuilt shard)
+            out["shards"] = job.shards.layout()
         if job.stopped:
             out.update(reason=job.reason, error=job.error, error_kind=job.error_kind)
         return out
@@ -125,7 +131,16 @@ class JobRunner:
 
     async def maybe_finish(self, j: Job) -> None:
         """Sync mode: close the open round if it is complete (a member left, a lease ran
-        out); a failure of the step fails the job loudly rather than hanging its members."""
+        out); a failure of the step fails the job loudly rather than hanging its members.
+        A shard whose calls failed but whose worker has not left within
+        :data:`SHARD_LOSS_WAIT` seconds fails the job too."""
+        failed = j.shard_failure
+        if failed is not None and not j.stopped and time.monotonic() - failed[0] > SHARD_LOSS_WAIT:
+            j.shard_failure = None
+            j.recovering = False
+            await self.stop_job(j, "a parameter shard failed", f"{failed[1]} (its worker "
+                                f"did not leave within {SHARD_LOSS_WAIT:g} s)")  # fmt: skip
+            return
         try:
             await self.exclusive(j, j.try_close_round, self.workers(), heavy=True)
         except Exception as exc:

@@ -27,6 +27,10 @@ handler                         arguments -> reply (besides ``status``)
                                 ``finite, params, version`` (async/ssp: applied now)
 ``daskgd_shard_epoch``          ``job, epoch, count, mean_w, wait`` -> ``got`` and the
                                 epoch's pieces (async/ssp)
+``daskgd_shard_backup``         ``job, shard, replica``: keep a copy here, send one there
+``daskgd_shard_keep``           ``job, shard, version, params, state, padded, optimizer``
+``daskgd_shard_promote``        ``job, shard, version``: rebuild the shard from its replica
+``daskgd_shard_restore``        ``job, shard, version``: roll back to the kept copy
 ``daskgd_shard_rollback``       ``job, version``: undo the step that published ``version``
 ``daskgd_shard_pull``           ``job, version, wait`` -> ``params, version``
 ``daskgd_shard_export``         ``job`` -> ``params, state, version``
@@ -58,7 +62,10 @@ SHARD_PLUGIN_NAME = "daskgd-shards"
 #: Numbers a shard sums and steps on the event loop; more go to a thread.
 INLINE_ROWS = 1 << 16
 
-_OPS = ("create", "push", "round", "apply", "epoch", "rollback", "pull", "export", "close")
+_OPS = (
+    "create", "push", "round", "apply", "epoch", "rollback", "pull", "export",
+    "backup", "keep", "promote", "restore", "close",
+)  # fmt: skip
 #: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
 SLICE_WAIT = 60.0
 
@@ -88,6 +95,7 @@ class ShardState:
         # async/ssp: each open epoch's gradient sum and pushes applied
         self.epoch_sums: dict[int, np.ndarray] = {}
         self.epoch_counts: dict[int, int] = {}
+        self.backup: dict[str, Any] | None = None  # see keep_backup
         self.lock = asyncio.Lock()
         self.changed = asyncio.Event()  # set (and replaced) when a version is published
         self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
@@ -245,6 +253,30 @@ class ShardState:
             self.epoch_sum = np.zeros_like(self.published[1])
         return {"status": "OK", "got": got, **self._epoch_pieces(mean_w)}
 
+    # -- recovery: a copy of the rows and state at a version, here and on a replica ----
+    def keep_backup(self) -> dict[str, Any]:
+        """Keep this shard's rows and state as they are now (their copy is what a
+        rollback after a lost shard restores); returns them to send to the replica."""
+        out = self.export()
+        self.backup = out
+        return out
+
+    def restore_backup(self, version: int) -> None:
+        """Roll back to the backup, published as ``version`` (the coordinator's count goes
+        on); the open round's slices and the open epoch's sums are dropped."""
+        b = self.backup
+        assert b is not None
+        P = np.asarray(b["params"], dtype=np.float64)
+        state = {k: np.array(v) for k, v in b["state"].items()}
+        if self.padded:
+            P = np.concatenate([P, np.zeros((1, *P.shape[1:]))])
+        self.opt_state = self.optimizer.import_state(P, self._pad(state))
+        self.pending.clear()
+        self.round_sum = self.epoch_sum = None
+        self.epoch_sums.clear()
+        self.epoch_counts.clear()
+        self.published = self.previous = (int(version), P)
+
     def export(self) -> dict[str, Any]:
         state = self.optimizer.export_state(self.opt_state)
         if self.padded:
@@ -265,6 +297,8 @@ class ShardServer(WorkerPlugin):
     def __init__(self) -> None:
         self.worker: Any = None
         self.jobs: dict[tuple[str, int], ShardState] = {}
+        #: backups of shards held by other workers: (job, shard) -> what ``keep`` got
+        self.replicas: dict[tuple[str, int], dict[str, Any]] = {}
 
     def __getstate__(self) -> dict:
         return {}
@@ -408,8 +442,56 @@ class ShardServer(WorkerPlugin):
         return {"status": "OK", **{k: ToPickle(v) for k, v in out.items() if k != "version"},
                 "version": out["version"]}  # fmt: skip
 
+    async def backup(self, job, shard, replica):
+        """Keep a copy of the shard here and send one to the worker ``replica``."""
+        s = self._get(job, shard)
+        if isinstance(s, dict):
+            return s
+        async with s.lock:
+            out = s.keep_backup()
+        msg = {k: ToPickle(v) for k, v in out.items() if k != "version"}
+        reply = await self.worker.rpc(replica).daskgd_shard_keep(
+            job=job, shard=shard, version=out["version"], padded=s.padded,
+            optimizer=ToPickle(s.optimizer), **msg,
+        )  # fmt: skip
+        if not (isinstance(reply, dict) and reply.get("status") == "OK"):
+            return error(f"the replica on {replica} refused the backup: {reply!r}")
+        return {"status": "OK", "version": out["version"]}
+
+    async def keep(self, job, shard, version, params, state, padded, optimizer):
+        """Hold another worker's backup of shard ``shard`` of ``job``."""
+        if not isinstance(params, np.ndarray) or not isinstance(optimizer, Optimizer):
+            return error("keep: params must be an ndarray and optimizer an Optimizer")
+        self.replicas[(job, shard)] = {"version": version, "params": params, "state": state,
+                                       "padded": padded, "optimizer": optimizer}  # fmt: skip
+        return {"status": "OK"}
+
+    async def promote(self, job, shard, version):
+        """Rebuild shard ``shard`` here from the backup this worker holds, as ``version``."""
+        b = self.replicas.get((job, shard))
+        if b is None:
+            return error(f"no backup of shard {shard} of job {job!r} on this worker")
+        s = await asyncio.to_thread(ShardState, b["params"], b["optimizer"], bool(b["padded"]),
+                                    version, b["state"])  # fmt: skip
+        s.backup = {k: b[k] for k in ("params", "state", "version")}
+        self.jobs[(job, shard)] = s
+        return {"status": "OK"}
+
+    async def restore(self, job, shard, version):
+        """Roll the shard back to its backup, published as ``version``."""
+        s = self._get(job, shard)
+        if isinstance(s, dict):
+            return s
+        if s.backup is None:
+            return error(f"shard {shard} of job {job!r} has no backup")
+        async with s.lock:
+            s.restore_backup(int(version))
+        s.notify()
+        return {"status": "OK"}
+
     async def close(self, job, shard):
         s = self.jobs.pop((job, shard), None)
+        self.replicas.pop((job, shard), None)
         if s is not None:
             s.closed = True
             s.notify()

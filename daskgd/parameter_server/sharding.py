@@ -80,6 +80,12 @@ class ShardSet:
         self.loop = loop
         #: why the shards can no longer be used (a holder left), else None
         self.broken: str | None = None
+        #: the worker holding each shard's backup (None: none yet, or it left)
+        self.replicas: list[str | None] = [None] * len(self.addresses)
+        #: the version every shard's backup holds (None: no backup)
+        self.backup_version: int | None = None
+        #: the cluster's worker addresses now (set by the plugin; read on the loop)
+        self.cluster: Any = lambda: self.addresses
         self._inflight: set[asyncio.Task] = set()
 
     def lose(self, address: str) -> str:
@@ -104,8 +110,10 @@ class ShardSet:
         """``(address, lo, hi)`` of each shard: what the training tasks are told."""
         return [(a, lo, hi) for a, (lo, hi) in zip(self.addresses, self.ranges, strict=True)]
 
-    async def _one(self, k: int, op: str, msg: dict[str, Any]) -> dict[str, Any]:
-        addr = self.addresses[k]
+    async def _one(
+        self, k: int, op: str, msg: dict[str, Any], address: str | None = None
+    ) -> dict[str, Any]:
+        addr = self.addresses[k] if address is None else address
         if self.broken is not None:
             raise ShardError(self.broken)
         try:
@@ -202,6 +210,60 @@ class ShardSet:
     def rollback(self, version: int) -> None:
         """Undo the step that published ``version`` on every shard that took it."""
         self.call("rollback", version=version)
+
+    # -- recovery ------------------------------------------------------------------
+    def choose_replicas(self, workers: Sequence[str]) -> bool:
+        """Give each shard a replica holder: the next worker (in address order) after its
+        holder. False when there is no other worker."""
+        ring = sorted(workers)
+        if len(ring) < 2:
+            self.replicas = [None] * len(self.addresses)
+            return False
+        for k, a in enumerate(self.addresses):
+            i = ring.index(a) if a in ring else -1
+            self.replicas[k] = ring[(i + 1) % len(ring)]
+        return True
+
+    async def backup_async(self, version: int) -> bool:
+        """Every shard keeps a copy of its rows and state and sends one to its replica
+        holder (all at ``version``). False when no replica can be had (one worker)."""
+        if not self.choose_replicas(list(self.cluster())):
+            self.backup_version = None
+            return False
+        await self.call_async("backup", [{"replica": r} for r in self.replicas])
+        self.backup_version = int(version)
+        return True
+
+    def backup(self, version: int) -> bool:
+        """:meth:`backup_async` from a thread of the plugin's pool."""
+        fut = asyncio.run_coroutine_threadsafe(self.backup_async(version), self.loop)
+        return fut.result()
+
+    def can_recover(self, lost: str, workers: Sequence[str]) -> bool:
+        """Whether every shard ``lost`` held has a backup on a worker still there."""
+        if self.backup_version is None:
+            return False
+        for k, a in enumerate(self.addresses):
+            if a == lost and (self.replicas[k] in (None, lost) or self.replicas[k] not in workers):
+                return False
+        return True
+
+    async def recover_async(self, lost: str, version: int) -> list[dict[str, Any]]:
+        """Rebuild the shards ``lost`` held on their replica holders and roll every other
+        shard back to its backup, all published as ``version``. Returns what moved."""
+        self.broken = None
+        moved = []
+        for k, a in enumerate(self.addresses):
+            if a == lost:
+                target = self.replicas[k]
+                assert target is not None
+                await self._one(k, "promote", {"version": version}, address=target)
+                moved.append({"shard": k, "from": lost, "to": target})
+                self.addresses[k] = target
+        await self.call_async(
+            "restore", [{"version": version}] * len(self.addresses)
+        )  # the rebuilt shards too: a no-op on a fresh copy of the same backup
+        return moved
 
     def gather(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
         """The whole parameters and optimizer state, stacked from the shards."""

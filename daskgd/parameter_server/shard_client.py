@@ -1,0 +1,173 @@
+"""A training task's calls to a sharded job's shard servers (a base of
+:class:`~daskgd.parameter_server.client.ParameterServerClient`).
+
+A sharded job's parameters live in shards on workers
+(:mod:`daskgd.parameter_server.shard`); the scheduler's replies carry the layout, never the
+rows, and a task pushes its gradient's slices to the shards and reads the new rows from
+them, through its worker's connection pool (its own worker's shard in process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from distributed.protocol import ToPickle
+
+from daskgd.errors import ParameterServerError, UnknownJobError
+from daskgd.parameter_server.replies import RETRIES, RETRY_DELAY, raise_for_reply
+
+__all__ = ["ShardCalls"]
+
+
+class ShardCalls:
+    """The shard half of a parameter-server client (see the module docstring)."""
+
+    job: str
+    timeout: float
+    wait_bound: float
+    incarnation: str
+    address: str | None
+
+    #: the client's scheduler call (:meth:`ParameterServerClient._call`)
+    _call: Callable[..., Awaitable[dict[str, Any]]]
+
+    #: ``(address, lo, hi)`` of each shard of a sharded job (from ``join``), else None
+    shards: list[tuple[str, int, int]] | None = None
+    #: the job's mode, told to a sharded job's tasks with the layout
+    mode: str | None = None
+    #: the worker's connection pool (``worker.rpc``), through which a task calls shards
+    pool: Any = None
+
+    #: the shard server of the worker this task runs on (its own shard is called in
+    #: process: no copy through the worker's own TCP server)
+    local: Any = None
+
+    async def _shard(self, k: int, op: str, **msg: Any) -> dict[str, Any]:
+        """Call ``op`` on shard ``k`` of the current layout."""
+        assert self.shards is not None
+        address = self.shards[k][0]
+        msg["shard"] = k
+        try:
+            async with asyncio.timeout(self.timeout + self.wait_bound):
+                if address == self.address and self.local is not None:
+                    msg = {k: np.array(v.data) if isinstance(v, ToPickle) else v
+                           for k, v in msg.items()}  # fmt: skip
+                    reply = await getattr(self.local, op)(job=self.job, **msg)
+                    reply = {k: v.data if isinstance(v, ToPickle) else v for k, v in reply.items()}
+                else:
+                    handler = getattr(self.pool(address), f"daskgd_shard_{op}")
+                    reply = await handler(job=self.job, **msg)
+        except (OSError, TimeoutError) as exc:
+            raise ParameterServerError(
+                f"the parameter shard on worker {address} did not answer {op}: {exc!r}",
+                op=f"shard_{op}",
+            ) from exc
+        if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
+            raise UnknownJobError(str(reply.get("message")), op=f"shard_{op}", kind="unknown_job")
+        return reply if reply.get("status") == "stale" else raise_for_reply(f"shard_{op}", reply)
+
+    async def _push_sharded(
+        self, rank: int, version: int, grad: np.ndarray, **scalars: Any
+    ) -> dict[str, Any]:
+        """A sharded job's push, in one round trip: the slices to every shard (each call
+        answered with the shard's new rows once the round closed) and the scalars to the
+        coordinator (answered when the round closed, or the job stopped), all at once."""
+        assert self.shards is not None
+        wait = self.timeout + self.wait_bound
+        slices = [
+            asyncio.ensure_future(self._shard(
+                k, "push", version=version, rank=rank, incarnation=self.incarnation,
+                grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), wait=wait,
+            ))
+            for k, (_, lo, hi) in enumerate(self.shards)
+        ]  # fmt: skip
+        try:
+            reply = await self._call(
+                "push", extra=self.wait_bound, rank=rank, version=version, grad=None,
+                incarnation=self.incarnation, **scalars,
+            )  # fmt: skip
+            sent_to = self.shards
+            if reply.get("shards"):
+                self.shards = reply["shards"]
+            moved = [tuple(x) for x in self.shards] != [tuple(x) for x in sent_to]
+            if moved or reply.get("status") != "OK" or int(reply["version"]) != version + 1:
+                # stopped, stale, or a rebuilt shard (the job went on from its backup): the
+                # shards' rows for this round may not come
+                for task in slices:
+                    task.cancel()
+                return await self._with_params(reply)
+            try:
+                parts = await asyncio.gather(*slices)
+            except ParameterServerError:  # a shard moved meanwhile: fetch from the new layout
+                return await self._with_params(await self._call("pull", retry=True))
+        finally:
+            for task in slices:
+                task.cancel()
+        versions = {int(p["version"]) for p in parts}
+        if versions != {int(reply["version"])}:  # a later round closed meanwhile (quorum)
+            return await self._with_params({**reply, "version": max(versions)})
+        return {**reply, "params": np.concatenate([p["params"] for p in parts])}
+
+    async def _push_async_sharded(
+        self, rank: int, version: int, grad: np.ndarray, **scalars: Any
+    ) -> dict[str, Any]:
+        """Async/ssp with shards: the coordinator admits the push (the scalars), then every
+        shard applies its slice at once and answers with its new rows. The version sent
+        with the next push is the fewest pushes a shard had applied: its staleness is
+        counted from there."""
+        assert self.shards is not None
+        reply = await self._call("push", extra=self.wait_bound, rank=rank, version=version,
+                                 grad=None, incarnation=self.incarnation, **scalars)  # fmt: skip
+        if reply.get("status") != "OK":
+            return reply
+        step = {k: reply[k] for k in ("lr", "t", "weight", "epoch")}
+        parts = await asyncio.gather(*(
+            self._shard(k, "apply", rank=rank, incarnation=self.incarnation,
+                        grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
+            for k, (_, lo, hi) in enumerate(self.shards)
+        ))  # fmt: skip
+        if not all(p["finite"] for p in parts):
+            bad = [a for (a, _, _), p in zip(self.shards, parts, strict=True) if not p["finite"]]
+            return await self._call(
+                "push", rank=rank, version=version, grad=None, incarnation=self.incarnation,
+                shard_error=f"the parameters became non-finite on the shard(s) at {bad}",
+                **scalars,
+            )  # fmt: skip
+        version = min(int(p["version"]) for p in parts)
+        return {**reply, "version": version,
+                "params": np.concatenate([p["params"] for p in parts])}  # fmt: skip
+
+    async def _with_params(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """A sharded job's reply carries no parameters: fetch its version's rows from
+        every shard at once and put them together."""
+        for attempt in range(RETRIES):
+            if reply.get("shards"):
+                self.shards = reply["shards"]
+            if self.shards is None or reply.get("status") == "stopped":
+                return reply
+            version = int(reply["version"])
+            try:
+                parts = await asyncio.gather(*(
+                    self._shard(k, "pull", version=version, wait=self.timeout)
+                    for k in range(len(self.shards))
+                ))  # fmt: skip
+            except ParameterServerError:
+                if attempt + 1 == RETRIES:
+                    raise
+                # a shard's worker left: its shard is rebuilt elsewhere (or the job stops)
+                await asyncio.sleep(RETRY_DELAY * (attempt + 1))
+                fresh = await self._call("pull", retry=True)
+                reply = {**reply, **{k: fresh[k] for k in ("status", "version", "shards")
+                                     if k in fresh}}  # fmt: skip
+                continue
+            versions = {int(p["version"]) for p in parts}
+            if len(versions) > 1:  # a rollback between the calls: read again
+                reply = {**reply, "version": max(versions)}
+                continue
+            return {**reply, "version": versions.pop(),
+                    "params": np.concatenate([p["params"] for p in parts])}  # fmt: skip
+        raise ParameterServerError("the parameter shards did not settle on one version",
+                                   op="shard_pull")  # fmt: skip
