@@ -18,7 +18,7 @@ from daskgd.checkpoint import load_checkpoint
 from daskgd.driver import fit, fit_with_settings, servers
 from daskgd.driver.servers import resolve_servers
 from daskgd.driver.settings import FitSettings
-from daskgd.errors import InvalidSettingError, TrainingError
+from daskgd.errors import DivergenceError, InvalidSettingError, TrainingError
 from daskgd.parameter_server.sharding import split_rows
 
 
@@ -291,3 +291,21 @@ def test_estimators_take_n_servers(client):
     assert got.get_params()["n_servers"] == 2
     with pytest.raises(InvalidSettingError, match="n_servers=2 shards the model"):
         SGDRegressor(n_servers=2, optimizer="lbfgs", batch_size=None, **kw).fit(X, y)
+
+
+def test_a_fit_leaves_no_shard_or_backup_on_the_workers(client):
+    X, y = _problem()
+    fit((X, y), client=client, n_servers=2, max_epochs=12, batch_size=300, random_state=0)
+    with pytest.raises(DivergenceError):  # and a failed fit neither
+        fit((X, y), client=client, n_servers=2, max_epochs=50, learning_rate=1e3, tol=None)
+
+    def held(dask_worker):
+        plugin = dask_worker.plugins.get("daskgd-shards")
+        return (len(plugin.jobs), len(plugin.replicas)) if plugin is not None else (0, 0)
+
+    deadline = time.monotonic() + 30  # a failed fit frees its shards as it closes
+    while time.monotonic() < deadline:
+        if set(client.run(held).values()) == {(0, 0)}:
+            break
+        time.sleep(0.2)
+    assert set(client.run(held).values()) == {(0, 0)}

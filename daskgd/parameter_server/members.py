@@ -183,10 +183,13 @@ class MemberHandlers(JobRunner):
             # before the admission, not after (as the whole-model server does): an admitted
             # push must reach the shards at once, or an epoch's close would wait on it
             await self._ssp_wait(j, rank, ahead=1)
-        await self.wait_member(j, rank, lambda: not j.epoch_due)
-        if j.stopped:
-            return self.params_reply(j)
-        out = await self.exclusive(j, _if_current, j, incarnation, j.admit_async, rank, *args)
+        while True:
+            await self.wait_member(j, rank, lambda: not j.epoch_due)
+            if j.stopped:
+                return self.params_reply(j)
+            out = await self.exclusive(j, _if_current, j, incarnation, j.admit_async, rank, *args)
+            if not (isinstance(out, dict) and out.get("wait")):
+                break
         self.wake(j)
         if out is _SUPERSEDED:
             return check_incarnation(j, rank, incarnation) or error("superseded")

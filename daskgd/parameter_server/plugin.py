@@ -113,6 +113,8 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
         jobs, self.jobs = list(self.jobs.values()), {}
         for job in jobs:
             await self.stop_job(job, "the parameter server closed", "the scheduler closed")
+            if job.shards is not None:
+                await job.shards.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
@@ -147,8 +149,9 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             async with j.lock:  # after the round in flight gave up (its calls were cancelled)
                 v, s = j.version, j.shards.backup_version
                 j.shard_failure = None
-                assert s is not None
-                moved = await j.shards.recover_async(lost, v + 1)
+                if s is None:  # a backup in flight was cut short: no recovery point left
+                    raise ShardError("no complete backup to rebuild from")
+                moved = await j.shards.recover_async(lost, v + 1, s)
                 j.pending.clear()
                 j.stats = EpochStats()
                 j.recoveries += [{**m, "version": v, "restored": s, "steps_lost": v - s}
@@ -157,7 +160,10 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 j.recovering = False
                 logger.warning("daskgd: job %s rebuilt shard(s) %s from version %d "
                                "(%d steps lost)", j.id, moved, s, v - s)  # fmt: skip
-                await j.shards.backup_async(v + 1)
+                try:
+                    await j.shards.backup_async(v + 1)
+                except ShardError:  # another worker left meanwhile: none until the next
+                    j.shards.backup_version = None
         except Exception as exc:
             logger.exception("daskgd: recovering job %s failed", j.id)
             j.recovering = False
@@ -173,6 +179,8 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
         for job_id in [k for k, j in self.jobs.items() if j.client == client]:
             job = self.jobs.pop(job_id)
             self.spawn(self.stop_job(job, "the driver disconnected", "the driver disconnected"))
+            if job.shards is not None:
+                self.spawn(job.shards.close())
 
     # -- handlers --------------------------------------------------------------
     async def create(
@@ -310,14 +318,18 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 out["params"] = None
                 if j.error is None:
                     out.update(error=str(exc), error_kind="training")
-            await j.shards.close()
+            self.spawn(j.shards.close())  # the reply does not wait for the memory to go
         return out
 
     async def _gather(self, j: Job) -> np.ndarray:
-        """A sharded job's parameters, whole; every shard must be at the job's version."""
+        """A sharded job's parameters, whole, read between steps (under the job's lock).
+        In sync mode every shard must be at the job's version; in async/ssp the shards
+        may have applied different numbers of pushes (a push admitted but lost with its
+        task never lands), and the rows are what each holds."""
         assert j.shards is not None
-        params, _, versions = await j.shards.gather_async()
-        if any(v != j.version for v in versions):
+        async with j.lock:
+            params, _, versions = await j.shards.gather_async()
+        if j.config.mode == "sync" and any(v != j.version for v in versions):
             raise ShardError(f"the shards are at versions {versions}, the job at {j.version}")
         return params.reshape(j.shape)
 

@@ -188,8 +188,10 @@ class Steps(EpochRules):
             self.diverged(f"the parameters became non-finite at update {v + 1}")
         else:
             self.published = (v + 1, None)
-            due = self.shards.backup_version is None or (
-                closing and self.epochs % RECOVERY_EVERY == 0)  # fmt: skip
+            due = not self.shards.no_replica and (
+                self.shards.backup_version is None
+                or (closing and self.epochs % RECOVERY_EVERY == 0)
+            )
             if due and not self.stopped:
                 try:
                     self.shards.backup(v + 1)
@@ -314,6 +316,8 @@ class Steps(EpochRules):
         None: not admitted (the job stopped)."""
         if self.stopped:
             return None
+        if self.epoch_due:  # queued behind the push that closed the epoch: wait for it
+            return {"wait": True}
         if not _finite(None, loss, class_loss):
             self._reject(rank, version)
             return None

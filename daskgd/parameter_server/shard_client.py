@@ -148,7 +148,9 @@ class ShardCalls:
                 self.shards = reply["shards"]
             if self.shards is None or reply.get("status") == "stopped":
                 return reply
-            version = int(reply["version"])
+            # async/ssp: each shard's rows as they are (the shards apply pushes on arrival,
+            # and a push admitted but lost with its task never lands on them)
+            version = int(reply["version"]) if self.mode == "sync" else 0
             try:
                 parts = await asyncio.gather(*(
                     self._shard(k, "pull", version=version, wait=self.timeout)
@@ -164,10 +166,10 @@ class ShardCalls:
                                      if k in fresh}}  # fmt: skip
                 continue
             versions = {int(p["version"]) for p in parts}
-            if len(versions) > 1:  # a rollback between the calls: read again
+            if len(versions) > 1 and self.mode == "sync":  # a rollback meanwhile: read again
                 reply = {**reply, "version": max(versions)}
                 continue
-            return {**reply, "version": versions.pop(),
+            return {**reply, "version": min(versions),
                     "params": np.concatenate([p["params"] for p in parts])}  # fmt: skip
         raise ParameterServerError("the parameter shards did not settle on one version",
                                    op="shard_pull")  # fmt: skip

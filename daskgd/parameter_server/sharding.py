@@ -84,6 +84,8 @@ class ShardSet:
         self.replicas: list[str | None] = [None] * len(self.addresses)
         #: the version every shard's backup holds (None: no backup)
         self.backup_version: int | None = None
+        #: True once a backup found no other worker to hold a copy
+        self.no_replica = False
         #: the cluster's worker addresses now (set by the plugin; read on the loop)
         self.cluster: Any = lambda: self.addresses
         self._inflight: set[asyncio.Task] = set()
@@ -229,6 +231,7 @@ class ShardSet:
         holder (all at ``version``). False when no replica can be had (one worker)."""
         if not self.choose_replicas(list(self.cluster())):
             self.backup_version = None
+            self.no_replica = True  # one worker: nowhere to keep a copy (see rounds)
             return False
         await self.call_async("backup", [{"replica": r} for r in self.replicas])
         self.backup_version = int(version)
@@ -248,21 +251,23 @@ class ShardSet:
                 return False
         return True
 
-    async def recover_async(self, lost: str, version: int) -> list[dict[str, Any]]:
-        """Rebuild the shards ``lost`` held on their replica holders and roll every other
-        shard back to its backup, all published as ``version``. Returns what moved."""
+    async def recover_async(self, lost: str, version: int, source: int) -> list[dict[str, Any]]:
+        """Rebuild the shards ``lost`` held on their replica holders from the backups of
+        version ``source`` and roll every other shard back to its own, all published as
+        ``version``. Returns what moved."""
         self.broken = None
         moved = []
         for k, a in enumerate(self.addresses):
             if a == lost:
                 target = self.replicas[k]
-                assert target is not None
-                await self._one(k, "promote", {"version": version}, address=target)
+                if target is None:
+                    raise ShardError(f"shard {k} has no backup on a live worker")
+                await self._one(k, "promote", {"version": version, "source": source},
+                                address=target)  # fmt: skip
                 moved.append({"shard": k, "from": lost, "to": target})
                 self.addresses[k] = target
-        await self.call_async(
-            "restore", [{"version": version}] * len(self.addresses)
-        )  # the rebuilt shards too: a no-op on a fresh copy of the same backup
+        # the rebuilt shards too: a no-op on a fresh copy of the same backup
+        await self.call_async("restore", version=version, source=source)
         return moved
 
     def gather(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
@@ -273,9 +278,16 @@ class ShardSet:
         return _stack(await self.call_async("export"))
 
     async def close(self) -> None:
-        """Free the shards (a shard that cannot be reached is gone already)."""
-        calls = [self._one(k, "close", {}) for k in range(len(self.addresses))]
-        await asyncio.gather(*calls, return_exceptions=True)
+        """Free the shards and their backups on every worker that may hold some (a worker
+        that cannot be reached is gone already, and its memory with it)."""
+        self.broken = "closed"
+        workers = set(self.cluster())  # a worker that left took its shards' memory with it
+
+        async def drop(addr: str) -> None:
+            async with asyncio.timeout(SHARD_TIMEOUT):
+                await self.rpc(addr).daskgd_shard_drop(job=self.job)
+
+        await asyncio.gather(*(drop(a) for a in workers), return_exceptions=True)
 
 
 def _sum_pieces(replies: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,252 @@
+"""One job's shard on one worker: its rows, its optimizer state, the open round and its
+backups (the data half of :mod:`daskgd.parameter_server.shard`, whose handlers call it).
+
+A shard stores its rows with one extra last row when it does not hold the intercept: the
+rules that act coordinate by coordinate (:meth:`daskgd.objective.Optimizer.apply`) treat
+the last row as the unpenalised intercept, so the padding row (zero, with a zero gradient)
+takes that part and every real row is stepped exactly as the whole-model server steps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from daskgd.objective import Optimizer, soft_threshold
+from daskgd.parameter_server.checks import error
+
+__all__ = ["BACKUPS", "ShardState", "keep_version"]
+
+#: Backups a shard (and a replica holder) keeps, the newest by version.
+BACKUPS = 2
+
+
+def keep_version(backups: dict[int, dict[str, Any]], b: dict[str, Any]) -> None:
+    """Add backup ``b`` to ``backups`` (by its version), keeping the newest :data:`BACKUPS`."""
+    backups[int(b["version"])] = b
+    for v in sorted(backups)[:-BACKUPS]:
+        del backups[v]
+
+
+class ShardState:
+    """One job's shard on one worker: its rows, optimizer state and the open round."""
+
+    def __init__(
+        self, params: np.ndarray, optimizer: Optimizer, padded: bool, version: int,
+        state: dict[str, np.ndarray] | None,
+    ) -> None:  # fmt: skip
+        self.padded = padded
+        P = np.asarray(params, dtype=np.float64)
+        if padded:  # the stand-in intercept row (see the module docstring)
+            P = np.concatenate([P, np.zeros((1, *P.shape[1:]))])
+        self.optimizer = optimizer
+        self.opt_state = (
+            optimizer.init_state(P)
+            if state is None
+            else optimizer.import_state(P, self._pad(state))
+        )
+        self.published = (int(version), P)
+        self.previous = self.published
+        self.pending: dict[int, dict[tuple[int, str | None], np.ndarray]] = {}
+        self.round_sum: np.ndarray | None = None
+        self.epoch_sum: np.ndarray | None = None
+        # async/ssp: each open epoch's gradient sum and pushes applied
+        self.epoch_sums: dict[int, np.ndarray] = {}
+        self.epoch_counts: dict[int, int] = {}
+        self.backups: dict[int, dict[str, Any]] = {}  # version -> rows, state: keep_backup
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Event()  # set (and replaced) when a version is published
+        self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
+        self.closed = False
+
+    def _pad(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.padded:
+            return state
+        return {k: np.concatenate([v, np.zeros((1, *v.shape[1:]))]) for k, v in state.items()}
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The shard's real rows (published; never mutated)."""
+        P = self.published[1]
+        return P[:-1] if self.padded else P
+
+    def publish(self, version: int, P: np.ndarray) -> None:
+        """Publish ``(version, P)``, keeping the pair before for a rollback (the waiters
+        are woken by :meth:`notify`, on the event loop: this may run in a thread)."""
+        self.previous, self.published = self.published, (version, P)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def store(self, version: int, rank: int, incarnation: str | None, grad: np.ndarray) -> None:
+        # by run: a superseded run's late slice never takes the place of the new run's
+        self.pending.setdefault(version, {})[(rank, incarnation)] = grad
+        self.arrived.set()
+        self.arrived = asyncio.Event()
+
+    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
+        """Wait until the slices of ``ranks`` for ``version`` arrived (a rank sends its
+        slices and its scalars at once, so the coordinator may close a round before a
+        slice landed); returns the ranks still missing after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = self.pending.get(version, {})
+            missing = [r for r, inc in ranks if (r, inc) not in got]
+            left = deadline - loop.time()
+            if not missing or left <= 0 or self.closed:
+                return missing
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except TimeoutError:
+                pass
+
+    def take_round(self, version: int) -> dict:
+        """The slices of round ``version``, taken out (on the event loop, where they are
+        stored); those of older rounds, which closed without them, are dropped."""
+        got = self.pending.pop(version, {})
+        for v in [v for v in self.pending if v < version]:
+            del self.pending[v]
+        return got
+
+    def round(
+        self, version: int, ranks: list, got: dict, close: bool, mean_w: float, lr: float,
+        t: int, weight: float,
+    ) -> dict[str, Any]:  # fmt: skip
+        """One sync round: :meth:`reduce`, then :meth:`step`; the reply has the epoch's
+        pieces (when it closes) and ``finite``."""
+        out = self.reduce(version, ranks, got, close, mean_w)
+        if out["status"] == "OK":
+            out["finite"] = self.step(version, lr, t, weight)
+        return out
+
+    def reduce(
+        self, version: int, ranks: list, got: dict, close: bool, mean_w: float
+    ) -> dict[str, Any]:
+        """Sum the round's slices ``got`` in the coordinator's (rank) order; add them to
+        the epoch; when the epoch closes, its pieces of the penalty and the gradient norm."""
+        total = None
+        for rank, incarnation in ranks:
+            entry = got.get((rank, incarnation))
+            if entry is None:
+                return error(f"shard has no gradient of rank {rank} for version {version}")
+            g = self._padded_grad(entry)
+            total = g.astype(np.float64, copy=True) if total is None else total + g
+        if total is None:
+            return error(f"round {version} has no ranks")
+        self.round_sum = total
+        self.epoch_sum = total.copy() if self.epoch_sum is None else self.epoch_sum + total
+        out: dict[str, Any] = {"status": "OK"}
+        if close:
+            out.update(self._epoch_pieces(mean_w))
+        return out
+
+    def _padded_grad(self, g: np.ndarray) -> np.ndarray:
+        if not self.padded:
+            return g
+        return np.concatenate([g, np.zeros((1, *g.shape[1:]), dtype=g.dtype)])
+
+    def _epoch_pieces(self, mean_w: float) -> dict[str, Any]:
+        """This shard's share of the epoch's penalty and (proximal) gradient norm, as the
+        whole-model server computes them (``EpochRules.close_epoch``)."""
+        assert self.epoch_sum is not None
+        P, opt = self.published[1], self.optimizer
+        reg = opt.regularizer
+        g = self.epoch_sum / mean_w
+        self.epoch_sum = None
+        reg.add_gradient(P, g)
+        if not opt.fit_intercept:
+            g[-1] = 0.0
+        if reg.l1:
+            z = P - g
+            z[:-1] = soft_threshold(z[:-1], reg.l1)
+            g = P - z
+        if self.padded:
+            g = g[:-1]
+        W = P[:-1]
+        out: dict[str, Any] = {
+            "penalty": reg.penalty(P),
+            "grad_sq": float(np.sum(g * g)),
+        }
+        if P.ndim == 2:
+            pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(np.abs(W), axis=0)
+            out["class_penalty"] = pen.tolist()
+        return out
+
+    def step(self, version: int, lr: float, t: int, weight: float) -> bool:
+        """Step with the round's mean gradient; publish ``version + 1``. False (nothing
+        published) when the rows became non-finite."""
+        P = self.published[1]
+        if weight > 0 and self.round_sum is not None:
+            new = self.optimizer.apply(P, self.round_sum / weight, self.opt_state, t, lr)
+            if not np.all(np.isfinite(new)):
+                return False
+            if self.padded:
+                new[-1] = 0.0
+        else:
+            new = P
+        self.round_sum = None
+        self.publish(version + 1, new)
+        return True
+
+    # -- async/ssp: each push applied on arrival --------------------------------------
+    def apply_push(self, grad: np.ndarray, lr: float, t: int, weight: float, epoch: int) -> bool:
+        """Step this shard's rows with one push's slice now (async/ssp) and count it in its
+        epoch; False (nothing published) when the rows became non-finite."""
+        g = self._padded_grad(np.asarray(grad, dtype=np.float64))
+        self.epoch_sums[epoch] = g.copy() if epoch not in self.epoch_sums else (
+            self.epoch_sums[epoch] + g)  # fmt: skip
+        self.epoch_counts[epoch] = self.epoch_counts.get(epoch, 0) + 1
+        v, P = self.published
+        new = P
+        if weight > 0:
+            new = self.optimizer.apply(P, g / weight, self.opt_state, t, lr)
+            if not np.all(np.isfinite(new)):
+                return False
+            if self.padded:
+                new[-1] = 0.0
+        self.publish(v + 1, new)
+        return True
+
+    def epoch_pieces(self, epoch: int, mean_w: float) -> dict[str, Any]:
+        """Async/ssp: the closed epoch's pieces (its gradient sum, at the rows now)."""
+        self.epoch_sum = self.epoch_sums.pop(epoch, None)
+        got = self.epoch_counts.pop(epoch, 0)
+        if self.epoch_sum is None:
+            self.epoch_sum = np.zeros_like(self.published[1])
+        return {"status": "OK", "got": got, **self._epoch_pieces(mean_w)}
+
+    # -- recovery: a copy of the rows and state at a version, here and on a replica ----
+    def keep_backup(self) -> dict[str, Any]:
+        """Keep this shard's rows and state as they are now, by version (their copy is
+        what a rollback after a lost shard restores; the last :data:`BACKUPS` are kept,
+        so a backup cut short never replaces the one the coordinator counts on); returns
+        them to send to the replica."""
+        out = self.export()
+        keep_version(self.backups, out)
+        return out
+
+    def restore_backup(self, version: int, source: int) -> None:
+        """Roll back to the backup of version ``source``, published as ``version`` (the
+        coordinator's count goes on); the open round's slices and the open epoch's sums
+        are dropped."""
+        b = self.backups[source]
+        P = np.asarray(b["params"], dtype=np.float64)
+        state = {k: np.array(v) for k, v in b["state"].items()}
+        if self.padded:
+            P = np.concatenate([P, np.zeros((1, *P.shape[1:]))])
+        self.opt_state = self.optimizer.import_state(P, self._pad(state))
+        self.pending.clear()
+        self.round_sum = self.epoch_sum = None
+        self.epoch_sums.clear()
+        self.epoch_counts.clear()
+        self.published = self.previous = (int(version), P)
+
+    def export(self) -> dict[str, Any]:
+        state = self.optimizer.export_state(self.opt_state)
+        if self.padded:
+            state = {k: v[:-1] for k, v in state.items()}
+        return {"params": self.rows.copy(), "state": state, "version": self.published[0]}
