@@ -67,6 +67,28 @@ class Regularizer:
         w = params[:-1]
         return float(0.5 * self.l2 * np.sum(w * w) + self.l1 * np.sum(np.abs(w)))
 
+    def column_penalty(self, params: np.ndarray) -> np.ndarray:
+        """The penalty of each column of 2-D ``params`` (intercept row excluded)."""
+        w = params[:-1]
+        return 0.5 * self.l2 * np.sum(w * w, axis=0) + self.l1 * np.sum(np.abs(w), axis=0)
+
+    def proximal_gradient(
+        self, params: np.ndarray, grad: np.ndarray, fit_intercept: bool = True
+    ) -> np.ndarray:
+        """The objective's (proximal) gradient at ``params`` from the mean data gradient
+        ``grad`` (a fresh array; changed in place): the L2 part added, the intercept's
+        entry zero when it is not fitted, and with L1 the proximal gradient mapping (step
+        1), zero exactly at the optimum. Coordinate-wise: it applies to a parameter shard
+        whose last row stands for the intercept."""
+        self.add_gradient(params, grad)
+        if not fit_intercept:
+            grad[-1] = 0.0
+        if self.l1:
+            z = params - grad
+            z[:-1] = soft_threshold(z[:-1], self.l1)
+            grad = params - z
+        return grad
+
     def add_gradient(self, params: np.ndarray, grad: np.ndarray) -> None:
         """Add the L2 part's gradient to ``grad`` in place (intercept row excluded)."""
         if self.l2:

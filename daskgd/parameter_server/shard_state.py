@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.objective import Optimizer, soft_threshold
+from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
 
 __all__ = ["BACKUPS", "ShardState", "keep_version"]
@@ -155,25 +155,16 @@ class ShardState:
         assert self.epoch_sum is not None
         P, opt = self.published[1], self.optimizer
         reg = opt.regularizer
-        g = self.epoch_sum / mean_w
+        g = reg.proximal_gradient(P, self.epoch_sum / mean_w, opt.fit_intercept)
         self.epoch_sum = None
-        reg.add_gradient(P, g)
-        if not opt.fit_intercept:
-            g[-1] = 0.0
-        if reg.l1:
-            z = P - g
-            z[:-1] = soft_threshold(z[:-1], reg.l1)
-            g = P - z
         if self.padded:
             g = g[:-1]
-        W = P[:-1]
         out: dict[str, Any] = {
             "penalty": reg.penalty(P),
             "grad_sq": float(np.sum(g * g)),
         }
         if P.ndim == 2:
-            pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(np.abs(W), axis=0)
-            out["class_penalty"] = pen.tolist()
+            out["class_penalty"] = reg.column_penalty(P).tolist()
         return out
 
     def step(self, version: int, lr: float, t: int, weight: float) -> bool:

@@ -157,8 +157,11 @@ class ShardSet:
 
     def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
         """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""
-        fut = asyncio.run_coroutine_threadsafe(self.call_async(op, per_shard, **msg), self.loop)
-        return fut.result()
+        return self._wait(self.call_async(op, per_shard, **msg))
+
+    def _wait(self, coro: Any) -> Any:
+        """Run ``coro`` on the plugin's loop from a thread of its pool and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     # -- the operations ------------------------------------------------------------
     async def create(
@@ -239,8 +242,7 @@ class ShardSet:
 
     def backup(self, version: int) -> bool:
         """:meth:`backup_async` from a thread of the plugin's pool."""
-        fut = asyncio.run_coroutine_threadsafe(self.backup_async(version), self.loop)
-        return fut.result()
+        return self._wait(self.backup_async(version))
 
     def can_recover(self, lost: str, workers: Sequence[str]) -> bool:
         """Whether every shard ``lost`` held has a backup on a worker still there."""

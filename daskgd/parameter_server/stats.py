@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.objective import Optimizer, soft_threshold
+from daskgd.objective import Optimizer
 from daskgd.parameter_server.config import JobConfig
 
 __all__ = ["EpochRules", "EpochStats", "Rank"]
@@ -202,16 +202,7 @@ class EpochRules:
         """Norm of the (proximal) gradient of the objective from the mean data gradient ``g``
         (a fresh array; changed in place)."""
         opt = self.optimizer
-        reg = opt.regularizer
-        reg.add_gradient(P, g)
-        if not opt.fit_intercept:
-            g[-1] = 0.0
-        if reg.l1:
-            # norm of the proximal gradient mapping (step 1): zero exactly at the optimum
-            z = P - g
-            z[:-1] = soft_threshold(z[:-1], reg.l1)
-            g = P - z
-        return float(np.linalg.norm(g))
+        return float(np.linalg.norm(opt.regularizer.proximal_gradient(P, g, opt.fit_intercept)))
 
     def stochastic(self) -> bool:
         """Whether the epochs' gradients are not the exact gradient at one point."""
@@ -267,10 +258,7 @@ class EpochRules:
             penalty, gnorm = reg.penalty(P), self.grad_norm(P, s.grad_sum / mean_w)
             class_pen = None
             if s.class_loss_sum is not None:
-                W = P[:-1]
-                class_pen = 0.5 * reg.l2 * np.sum(W * W, axis=0) + reg.l1 * np.sum(
-                    np.abs(W), axis=0
-                )
+                class_pen = reg.column_penalty(P)
         loss = s.loss_sum / mean_w + penalty
         per_class = {}
         if s.class_loss_sum is not None:  # each column's objective: its loss and its penalty
