@@ -108,7 +108,8 @@ FIT_PARAMETERS = """
     n_servers : int or "auto", default="auto"
         Parameter servers: 0 keeps the whole model and its optimizer state on the
         scheduler; K >= 1 cuts them into K shards held by K workers (optimizers sgd,
-        momentum, nesterov, adagrad and adam, every mode), the scheduler coordinating;
+        momentum, nesterov, adagrad and adam in every mode, lbfgs in sync mode), the
+        scheduler coordinating;
         "auto" is 0 for now: on the machines measured the shards' extra messages cost
         more than they save. See the README's "Sharded parameter servers".
     random_state : int, optional

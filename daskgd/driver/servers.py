@@ -27,9 +27,9 @@ AUTO_SHARDS = 2
 
 def _why_not(s: Any) -> str | None:
     """Why settings ``s`` cannot shard the model, or None."""
-    if s.optimizer in ("lbfgs", "newton", "auto"):
-        return (f"optimizer={s.optimizer!r} (a line search needs the whole model in one "
-                "place; shards run sgd, momentum, nesterov, adagrad and adam)")  # fmt: skip
+    if s.optimizer in ("newton", "auto"):
+        return (f"optimizer={s.optimizer!r} (Newton's Hessian needs the whole model in one "
+                "place; shards run lbfgs, sgd, momentum, nesterov, adagrad and adam)")  # fmt: skip
     if s.callback_params:
         return "callback_params=True (every epoch's parameters would pass through the scheduler)"
     return None

@@ -194,9 +194,10 @@ def check_shards(shards: Any, params: Any, config: Any, optimizer: Any, workers:
     if len(shards) > params.shape[0]:
         return f"{len(shards)} shards for {params.shape[0]} parameter rows: use fewer servers"
     name = optimizer.get("name") if isinstance(optimizer, dict) else None
-    if name in ("lbfgs", "newton"):
-        return (f"optimizer {name!r} needs the whole model in one place: use n_servers=0, "
-                "or a first-order optimizer (sgd, momentum, nesterov, adagrad, adam)")  # fmt: skip
+    if name == "newton":
+        return ("optimizer 'newton' needs the whole model in one place: use n_servers=0, "
+                "or optimizer 'lbfgs' or a first-order one (sgd, momentum, nesterov, adagrad, "
+                "adam)")  # fmt: skip
     if isinstance(config, dict) and config.get("record_params"):
         return "callback_params=True keeps every epoch's parameters: use n_servers=0"
     return None

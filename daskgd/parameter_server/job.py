@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.objective import Optimizer
+from daskgd.objective import LBFGSOptimizer, Optimizer
+from daskgd.objective.lbfgs_sharded import LBFGSCoordinator
 from daskgd.parameter_server.config import JobConfig
 from daskgd.parameter_server.rounds import Steps
 from daskgd.parameter_server.sharding import ShardSet
@@ -51,6 +52,12 @@ class Job(Steps):
         self.shards = shards
         self.published = (0, None if shards is not None else params)
         self.opt_state = None if shards is not None else optimizer.init_state(params)
+        #: sharded L-BFGS: its numbers (the shards hold its vectors), and a copy of them at
+        #: each shard backup's version, for a rebuild
+        self.lbfgs: LBFGSCoordinator | None = None
+        if shards is not None and isinstance(optimizer, LBFGSOptimizer):
+            self.lbfgs = LBFGSCoordinator(memory=optimizer.memory)
+        self.lbfgs_backups: dict[int, LBFGSCoordinator] = {}
         #: Newton: whether the round at the published point needs the Hessian (replies
         #: carry it as ``hessian``; see :class:`daskgd.objective.newton.Newton`)
         self.wants_hessian = optimizer.needs_hessian
@@ -174,6 +181,9 @@ class Job(Steps):
         else:  # the shards get the state (checked here first: it must fit the whole)
             self.optimizer.import_state(self.initial, dict(resume["state"]))
             P = None
+            if self.lbfgs is not None:
+                state = {k[len("lbfgs_") :]: v for k, v in dict(resume["state"]).items()}
+                self.lbfgs = LBFGSCoordinator.from_whole(self.lbfgs.memory, state)
         self.published = (int(resume["version"]), P)
         if self.optimizer.needs_hessian:
             self.wants_hessian = bool(self.opt_state["newton"].want_hessian)

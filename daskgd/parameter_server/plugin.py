@@ -152,6 +152,8 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 if s is None:  # a backup in flight was cut short: no recovery point left
                     raise ShardError("no complete backup to rebuild from")
                 moved = await j.shards.recover_async(lost, v + 1, s)
+                if j.lbfgs is not None:  # its numbers as they were at the backup
+                    j.lbfgs = j.lbfgs_backups[s].copy()
                 j.pending.clear()
                 j.stats = EpochStats()
                 j.recoveries += [{**m, "version": v, "restored": s, "steps_lost": v - s}
@@ -161,7 +163,8 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 logger.warning("daskgd: job %s rebuilt shard(s) %s from version %d "
                                "(%d steps lost)", j.id, moved, s, v - s)  # fmt: skip
                 try:
-                    await j.shards.backup_async(v + 1)
+                    if await j.shards.backup_async(v + 1):
+                        j.keep_lbfgs(v + 1)
                 except ShardError:  # another worker left meanwhile: none until the next
                     j.shards.backup_version = None
         except Exception as exc:
@@ -235,7 +238,8 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             try:
                 await layout.create(p, opt, j.version, state)
                 if cfg.mode == "sync":  # the first recovery point (see rounds.RECOVERY_EVERY)
-                    await layout.backup_async(j.version)
+                    if await layout.backup_async(j.version):
+                        j.keep_lbfgs(j.version)
             except ShardError as exc:
                 await layout.close()
                 return error(f"cannot place the parameter shards: {exc}")

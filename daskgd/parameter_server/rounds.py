@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective.curvature import loss_resolution
+from daskgd.objective.lbfgs_sharded import LBFGSCoordinator, whole_state
 from daskgd.parameter_server.sharding import ShardError, ShardSet
 from daskgd.parameter_server.stats import EpochRules
 
@@ -165,10 +166,14 @@ class Steps(EpochRules):
         ranks = [(r, self.ranks[r].incarnation) for r in order]
         # the step's learning rate at the epoch count the round leaves (account closes it)
         lr = self.optimizer.schedule(v, self.epochs + (1 if closing else 0))
+        mean_w = total_w if total_w > 0 else 1.0
         try:
-            stats, finite = self.shards.round(
-                v, ranks, closing, total_w if total_w > 0 else 1.0, lr, v, max(weight, 0.0)
-            )
+            if self.lbfgs is not None:
+                stats, dots = self.shards.evaluate(v, ranks, mean_w, max(weight, 0.0))
+                finite = True
+            else:
+                stats, finite = self.shards.round(v, ranks, closing, mean_w, lr, v,
+                                                  max(weight, 0.0))  # fmt: skip
         except ShardError as exc:
             if self.recovering or self.shards.backup_version is not None:
                 # a shard's worker is lost (the scheduler may notice it only after this
@@ -181,8 +186,10 @@ class Steps(EpochRules):
         self.shard_stats = stats if closing else None
         grad_sum = np.zeros(0)  # the gradient is in the shards (see account)
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
+        if self.lbfgs is not None and self.error is None:
+            finite = self._lbfgs_direction(v, weight, loss_sum, stats, dots)
         if self.error is not None:
-            if finite:
+            if finite and self.lbfgs is None:
                 self.shards.rollback(v + 1)
         elif not finite:
             self.diverged(f"the parameters became non-finite at update {v + 1}")
@@ -195,9 +202,33 @@ class Steps(EpochRules):
             if due and not self.stopped:
                 try:
                     self.shards.backup(v + 1)
+                    self.keep_lbfgs(v + 1)
                 except ShardError:  # a worker left meanwhile: no recovery point until the next
                     self.shards.backup_version = None
         self.maybe_snapshot()
+
+    lbfgs: LBFGSCoordinator | None
+    lbfgs_backups: dict[int, LBFGSCoordinator]
+
+    def _lbfgs_direction(
+        self, v: int, weight: float, loss_sum: float, stats: dict[str, Any], dots: dict
+    ) -> bool:
+        """Sharded L-BFGS: decide on the point round ``v`` evaluated, from the objective
+        (the round's loss and the shards' penalty) and the summed dot products; the shards
+        step to the next point. Whether it is finite."""
+        assert self.lbfgs is not None and self.shards is not None
+        decision: dict[str, Any] = {"action": "stay"}
+        if weight > 0:
+            decision = self.lbfgs.tell(loss_sum / weight + stats["penalty"], dots)
+        return self.shards.direction(v, decision)
+
+    def keep_lbfgs(self, version: int) -> None:
+        """Sharded L-BFGS: keep its numbers as at ``version``, where the shards' backups
+        are (the last two, as the shards keep theirs)."""
+        if self.lbfgs is not None:
+            self.lbfgs_backups[version] = self.lbfgs.copy()
+            for old in sorted(self.lbfgs_backups)[:-2]:
+                del self.lbfgs_backups[old]
 
     #: Newton: the decrease its quadratic model predicts from the point the round evaluated,
     #: when that point was accepted (read by the stop rules), else None
@@ -362,6 +393,8 @@ class Steps(EpochRules):
         if self.shards is not None:
             params, state, _ = self.shards.gather()
             params = params.reshape(self.shape)
+            if self.lbfgs is not None:
+                state = whole_state(state, self.shape, self.lbfgs)
         else:
             state = self.optimizer.export_state(self.opt_state)
         return {

@@ -23,6 +23,8 @@ handler                         arguments -> reply (besides ``status``)
 ``daskgd_shard_round``          ``job, version, ranks, closing, mean_w, lr, t, weight`` ->
                                 ``finite`` (and the epoch's ``penalty, grad_sq,
                                 class_penalty`` when ``closing``)
+``daskgd_shard_direction``      ``job, version, decision`` -> ``finite`` (L-BFGS: after a
+                                ``round`` whose reply had the dot products, ``dots``)
 ``daskgd_shard_apply``          ``job, rank, incarnation, grad, lr, t, weight, epoch`` ->
                                 ``finite, params, version`` (async/ssp: applied now)
 ``daskgd_shard_epoch``          ``job, epoch, count, mean_w, wait`` -> ``got`` and the
@@ -66,7 +68,7 @@ INLINE_ROWS = 1 << 16
 
 _OPS = (
     "create", "push", "round", "apply", "epoch", "rollback", "pull", "export",
-    "backup", "keep", "promote", "restore", "drop",
+    "backup", "keep", "promote", "restore", "drop", "direction",
 )  # fmt: skip
 #: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
 SLICE_WAIT = 60.0
@@ -160,6 +162,17 @@ class ShardServer(WorkerPlugin):
                               float(lr), int(t), float(weight))  # fmt: skip
         s.notify()
         return out
+
+    async def direction(self, job, shard, version, decision):
+        """L-BFGS: step to the point the coordinator's ``decision`` gives; publish it."""
+        s = self._get(job, shard)
+        if isinstance(s, dict):
+            return s
+        if s.published[0] != version:
+            return error(f"shard is at version {s.published[0]}, asked to step from {version}")
+        finite = await self._run(s, s.direction, int(version), dict(decision))
+        s.notify()
+        return {"status": "OK", "finite": finite}
 
     async def apply(self, job, shard, rank, incarnation, grad, lr, t, weight, epoch):
         """Async/ssp: apply one push's slice now; reply with the new rows."""

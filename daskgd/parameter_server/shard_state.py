@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.objective import Optimizer
+from daskgd.objective import LBFGSOptimizer, Optimizer
+from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
 __all__ = ["BACKUPS", "ShardState", "keep_version"]
@@ -42,11 +43,7 @@ class ShardState:
         if padded:  # the stand-in intercept row (see the module docstring)
             P = np.concatenate([P, np.zeros((1, *P.shape[1:]))])
         self.optimizer = optimizer
-        self.opt_state = (
-            optimizer.init_state(P)
-            if state is None
-            else optimizer.import_state(P, self._pad(state))
-        )
+        self.opt_state = self._import(P, state)
         self.published = (int(version), P)
         self.previous = self.published
         self.pending: dict[int, dict[tuple[int, str | None], np.ndarray]] = {}
@@ -60,6 +57,15 @@ class ShardState:
         self.changed = asyncio.Event()  # set (and replaced) when a version is published
         self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
         self.closed = False
+
+    def _import(self, P: np.ndarray, state: dict[str, np.ndarray] | None) -> Any:
+        """The optimizer state of rows ``P`` from ``state`` (None: a fresh one). L-BFGS
+        keeps its vectors' slices here and its numbers on the coordinator
+        (:mod:`daskgd.objective.lbfgs_sharded`); its state arrays have the rows first."""
+        opt = self.optimizer
+        if isinstance(opt, LBFGSOptimizer):
+            return LBFGSSlice.restore(opt.memory, {} if state is None else self._pad(state))
+        return opt.init_state(P) if state is None else opt.import_state(P, self._pad(state))
 
     def _pad(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.padded:
@@ -117,9 +123,14 @@ class ShardState:
         t: int, weight: float,
     ) -> dict[str, Any]:  # fmt: skip
         """One sync round: :meth:`reduce`, then :meth:`step`; the reply has the epoch's
-        pieces (when it closes) and ``finite``."""
+        pieces (when it closes) and ``finite``. L-BFGS does not step here: the reply has
+        the dot products (:meth:`evaluate`) and :meth:`direction` steps."""
         out = self.reduce(version, ranks, got, close, mean_w)
-        if out["status"] == "OK":
+        if out["status"] != "OK":
+            return out
+        if isinstance(self.opt_state, LBFGSSlice):
+            out["dots"] = self.evaluate(weight)
+        else:
             out["finite"] = self.step(version, lr, t, weight)
         return out
 
@@ -166,6 +177,34 @@ class ShardState:
         if P.ndim == 2:
             out["class_penalty"] = reg.column_penalty(P).tolist()
         return out
+
+    # -- L-BFGS: the coordinator decides from dot products (lbfgs_sharded) -------------
+    def evaluate(self, weight: float) -> dict[str, Any]:
+        """L-BFGS: the objective's gradient at the published rows (the round's mean plus
+        the penalty's, as ``LBFGSOptimizer.step`` forms it) kept, and this shard's parts of
+        the dot products the coordinator decides with."""
+        P, opt = self.published[1], self.optimizer
+        assert isinstance(self.opt_state, LBFGSSlice) and self.round_sum is not None
+        g = self.round_sum / weight if weight > 0 else np.zeros_like(P)
+        opt.regularizer.add_gradient(P, g)
+        if not opt.fit_intercept or self.padded:
+            g[-1] = 0.0
+        self.round_sum = None
+        return self.opt_state.evaluate(P, g)
+
+    def direction(self, version: int, decision: dict[str, Any]) -> bool:
+        """L-BFGS: apply the coordinator's ``decision`` (or stay, for weightless data) and
+        publish the next point as ``version + 1``; False (nothing published) when it is not
+        finite."""
+        P = self.published[1]
+        assert isinstance(self.opt_state, LBFGSSlice)
+        new = P
+        if decision["action"] != "stay":
+            new = self.opt_state.decide(decision).reshape(P.shape)
+            if not np.all(np.isfinite(new)):
+                return False
+        self.publish(version + 1, new)
+        return True
 
     def step(self, version: int, lr: float, t: int, weight: float) -> bool:
         """Step with the round's mean gradient; publish ``version + 1``. False (nothing
@@ -229,7 +268,7 @@ class ShardState:
         state = {k: np.array(v) for k, v in b["state"].items()}
         if self.padded:
             P = np.concatenate([P, np.zeros((1, *P.shape[1:]))])
-        self.opt_state = self.optimizer.import_state(P, self._pad(state))
+        self.opt_state = self._import(P, state)
         self.pending.clear()
         self.round_sum = self.epoch_sum = None
         self.epoch_sums.clear()
@@ -237,7 +276,10 @@ class ShardState:
         self.published = self.previous = (int(version), P)
 
     def export(self) -> dict[str, Any]:
-        state = self.optimizer.export_state(self.opt_state)
+        if isinstance(self.opt_state, LBFGSSlice):
+            state = self.opt_state.export(self.published[1].shape)
+        else:
+            state = self.optimizer.export_state(self.opt_state)
         if self.padded:
             state = {k: v[:-1] for k, v in state.items()}
         return {"params": self.rows.copy(), "state": state, "version": self.published[0]}

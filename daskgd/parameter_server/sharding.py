@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
+from daskgd.objective import LBFGSOptimizer
+from daskgd.objective.lbfgs_sharded import rows_first
+
 __all__ = ["ShardError", "ShardSet", "split_rows"]
 
 #: Seconds a shard has to answer a coordinator's call.
@@ -170,6 +173,8 @@ class ShardSet:
     ) -> None:  # fmt: skip
         """Send each shard its rows (and its rows of the optimizer state, resuming)."""
         last = len(self.ranges) - 1
+        if state is not None and isinstance(optimizer, LBFGSOptimizer):
+            state = rows_first(state, params.shape)  # its numbers stay with the coordinator
         per = []
         for k, (lo, hi) in enumerate(self.ranges):
             msg: dict[str, Any] = {
@@ -201,6 +206,29 @@ class ShardSet:
         if not finite:
             self.rollback(version + 1)
         return (_sum_pieces(replies) if close else {}), finite
+
+    def evaluate(
+        self, version: int, ranks: list, mean_w: float, weight: float
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """L-BFGS (full batch: every round closes an epoch): close sync round ``version``
+        without stepping. Returns the epoch's figures and the dot products of
+        :meth:`daskgd.objective.lbfgs_sharded.LBFGSSlice.evaluate`, summed over the shards
+        (shard order); :meth:`direction` then steps."""
+        replies = self.call("round", version=version, ranks=ranks, closing=True, mean_w=mean_w,
+                            lr=0.0, t=version, weight=weight)  # fmt: skip
+        dots = {k: np.sum([np.asarray(r["dots"][k], dtype=np.float64) for r in replies], axis=0)
+                for k in replies[0]["dots"]}  # fmt: skip
+        return _sum_pieces(replies), dots
+
+    def direction(self, version: int, decision: dict[str, Any]) -> bool:
+        """L-BFGS: every shard steps to the point ``decision`` gives and publishes it as
+        ``version + 1``. False when a shard's rows became non-finite (every shard is then
+        put back at ``version``)."""
+        finite = all(r["finite"] for r in self.call("direction", version=version,
+                                                    decision=decision))  # fmt: skip
+        if not finite:
+            self.rollback(version + 1)
+        return finite
 
     async def epoch_async(
         self, epoch: int, count: int, mean_w: float, wait: float = EPOCH_WAIT

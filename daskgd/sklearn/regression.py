@@ -230,7 +230,7 @@ class SGDRegressor(LinearRegressor):
         The staleness bound of ``mode="ssp"``.
     n_servers : int or "auto", default "auto"
         Parameter servers: 0 keeps the model and its optimizer state on the scheduler,
-        K >= 1 cuts them into K shards on K workers (first-order optimizers);
+        K >= 1 cuts them into K shards on K workers (every optimizer but Newton);
         see :func:`daskgd.fit`.
     client : distributed.Client, str or None, default None
         The cluster: a client, a scheduler address, or None for the current client (else an
