@@ -418,7 +418,8 @@ def test_timings_account_for_the_fit(client, tmp_path):
     write_zarr(path, X, y, chunk_rows=500)
     res = fit(path, client=client, max_epochs=5, tol=None, mode="sync")
     t = res.timings_
-    assert set(t) == {"wall", "open", "setup", "ranks"}
+    assert set(t) == {"wall", "open", "setup", "ranks", "push_bytes"}
+    assert t["push_bytes"] == [5 * 7 * 8] * 2  # 5 full-batch float64 pushes a rank
     assert len(t["ranks"]) == 2
     for rank in t["ranks"]:
         assert set(rank) == {"load", "kernel", "push"}

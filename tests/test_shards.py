@@ -68,6 +68,22 @@ def test_sync_fits_are_bitwise_those_of_the_whole_model_server(client, optimizer
                                    [h["grad_norm"] for h in ref.history], rtol=1e-10)  # fmt: skip
 
 
+def test_float32_data_pushes_float32_gradients_to_either_server(client):
+    """Gradients travel in the data's precision: half the bytes of a float64 push; both
+    servers sum them in float64, in rank order, so the fits stay bitwise equal."""
+    X, y = _problem()
+    kw = {"optimizer": "adam", "learning_rate": 0.05, "batch_size": 300, "max_epochs": 4,
+          "random_state": 0, "tol": None}  # fmt: skip
+    X32, y32 = X.astype(np.float32), y.astype(np.float32)
+    ref = fit((X32, y32), client=client, n_servers=0, **kw)
+    res = fit((X32, y32), client=client, n_servers=2, **kw)
+    np.testing.assert_array_equal(_params(res), _params(ref))
+    pushes = 4 * 2  # 4 epochs of 2 batches a rank (1,200 rows, 2 ranks, 300 a batch)
+    assert res.timings_["push_bytes"] == [pushes * (X.shape[1] + 1) * 4] * 2
+    wide = fit((X, y), client=client, n_servers=2, **kw)
+    assert wide.timings_["push_bytes"] == [pushes * (X.shape[1] + 1) * 8] * 2
+
+
 def test_sharded_full_batch_fit_reaches_the_least_squares_optimum(client):
     X, y = _problem()
     A = np.column_stack([X, np.ones(len(y))])

@@ -152,6 +152,7 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     timings: dict[str, Any] = {
         "setup": setup,
         "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
+        "push_bytes": [t["push_bytes"] for t in sorted(tasks, key=lambda t: t["rank"])],
     }
     return build_result(
         final,

@@ -48,7 +48,9 @@ class FitResult:
         submitting the tasks) and, per training task that ended normally, ``ranks``: a
         list of dicts with ``load`` (joining and reading its rows), ``kernel``
         (gradients) and ``push`` (communication, the parameter server's steps and, in sync
-        mode, waiting for the round's other members).
+        mode, waiting for the round's other members); ``push_bytes``, per task, the bytes
+        of the gradients it pushed (they travel in the data's precision: float32 data,
+        float32 gradients).
     dropped_gradients_ : int
         Sync mode: gradients dropped because their round had closed without them (with
         ``sync_quorum``, the stragglers' gradients; else a worker wrongly thought dead).

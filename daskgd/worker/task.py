@@ -111,7 +111,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     Returns
     -------
     dict
-        ``rank``, ``worker``, ``pushes`` (gradients this task sent) and ``seconds``: the
+        ``rank``, ``worker``, ``pushes`` (gradients this task sent), ``push_bytes`` (their
+        bytes: float32 data pushes float32 gradients) and ``seconds``: the
         task's time split into ``load`` (joining and reading its rows), ``kernel``
         (gradients, including reads out of core) and ``push`` (sending a gradient until
         the reply: communication, the parameter server's step and, in sync mode, waiting for
@@ -228,6 +229,10 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
             # a float64 copy: ``out`` is reused for the next piece and the next batch
             grad = out.astype(np.float64) if grad is None else grad + out
+        if grad is not None and not ovr and set(buffers) == {np.dtype(np.float32)}:
+            # the gradient travels in the data's precision (each piece's is float32
+            # already): half the bytes of a push; the server sums in float64
+            grad = grad.astype(np.float32)
         return loss, rows, weight, grad, class_loss
 
     def gradient_hessian(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray, Any]:
@@ -277,7 +282,7 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             params, version = reply["params"], reply["version"]
             if spec["mode"] == "sync":
                 position = version
-    pushes = 0
+    pushes = pushed = 0
     seconds = {"load": clock() - started, "kernel": 0.0, "push": 0.0}
     sync_mode = spec["mode"] == "sync"
     pause = float((spec.get("delay") or {}).get(rank, 0.0))
@@ -307,6 +312,7 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             hess=hess,
         )
         pushes += 1
+        pushed += 0 if grad is None else grad.nbytes
         seconds["kernel"] += t1 - t0
         seconds["push"] += clock() - t1
         if reply["status"] == "stopped":
@@ -316,4 +322,5 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             position = version
         elif reply["status"] == "OK":
             position += 1
-    return {"rank": rank, "worker": address, "pushes": pushes, "seconds": seconds}
+    return {"rank": rank, "worker": address, "pushes": pushes, "push_bytes": pushed,
+            "seconds": seconds}  # fmt: skip
