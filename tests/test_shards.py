@@ -244,24 +244,75 @@ def test_a_sync_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(reliabil
     np.testing.assert_allclose(_params(res), sol, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["async"])
-def test_losing_the_worker_that_holds_a_shard_stops_the_fit_with_what_to_do(mode):
-    """The shard's rows are gone with its worker: the fit fails loudly (no hang, no
-    silently wrong model) and says how to go on."""
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_an_async_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(mode, reliability):
+    """kill -9 of a shard's worker in async/ssp mode: the shards roll back to the backup
+    taken at an epoch's close (every 5 epochs, while no push is admitted, so every shard
+    has applied the same pushes); pushes admitted before the rebuild are refused by the
+    rebuilt shards and counted in ``steps_lost``; the fit completes at the optimum."""
     X, y = _problem(n=2000)
+    A = np.column_stack([X, np.ones(len(y))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-        workers = sorted(c.scheduler_info()["workers"])
-        holder = workers[0]  # the driver puts shard 0 on the first worker
+        holder = sorted(c.scheduler_info()["workers"])[0]  # shard 0's worker
+        outcome: dict = {}
+        going = threading.Event()
+
+        def watch(row):
+            if row["epoch"] >= 8:
+                going.set()
+
+        def run():
+            try:
+                settings = FitSettings(n_servers=2, mode=mode, optimizer="adam",
+                                       max_staleness=2 if mode == "ssp" else None,
+                                       learning_rate=0.02, batch_size=100, max_epochs=60,
+                                       tol=None, max_time=150, random_state=0,
+                                       delay={0: 0.003, 1: 0.003}, callback=watch)  # fmt: skip
+                outcome["res"] = fit_with_settings((X, y), settings, client=c)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert going.wait(120)
+        c.run(lambda: __import__("os")._exit(1), workers=[holder], nanny=False,
+              on_error="ignore")  # fmt: skip
+        t.join(180)
+        assert not t.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    res = outcome["res"]
+    reliability.add(f"shard holders killed (sharded {mode} fit rebuilt)")
+    assert [r["shard"] for r in res.recoveries_] == [0]
+    r = res.recoveries_[0]
+    assert r["from"] == holder and r["to"] != holder
+    assert 0 <= r["steps_lost"] <= r["version"]
+    assert res.history[-1]["epoch"] == 60
+    # async Adam at a constant step wanders about the optimum by ~0.02 (as without a kill,
+    # see test_async_and_ssp_shards_apply_each_push_on_arrival_and_converge); the rebuild
+    # undid up to 5 epochs of it
+    np.testing.assert_allclose(_params(res), sol, atol=0.04)
+
+
+def test_losing_the_only_worker_that_holds_a_shard_stops_the_fit_with_what_to_do():
+    """One worker: no neighbour keeps a backup. Its death takes the shard's rows: the fit
+    fails loudly (no hang, no silently wrong model) and says how to go on."""
+    X, y = _problem(n=2000)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        holder = next(iter(c.scheduler_info()["workers"]))
         outcome: dict = {}
 
         def run():
             try:
-                settings = FitSettings(n_servers=2, mode=mode, max_epochs=10**6, tol=None,
+                settings = FitSettings(n_servers=1, mode="async", max_epochs=10**6, tol=None,
                                        max_time=120, batch_size=100,
-                                       delay={0: 0.01, 1: 0.01})  # fmt: skip
+                                       delay={0: 0.01})  # fmt: skip
                 fit_with_settings((X, y), settings, client=c)
             except Exception as exc:
                 outcome["error"] = exc

@@ -63,7 +63,7 @@ class FitResult:
         already in a worker's memory are trained by that worker (no transfer); a task
         rerun after its worker died trains the same chunks elsewhere.
     recoveries_ : list of dict
-        Sharded sync fits (``n_servers >= 1``): each parameter shard rebuilt after its
+        Sharded fits (``n_servers >= 1``, any mode): each parameter shard rebuilt after its
         worker died: ``shard``, ``from`` and ``to`` (worker addresses), ``version`` (the
         steps taken when it was lost), ``restored`` (the version of the backup the job
         went on from) and ``steps_lost`` (the steps undone and redone).

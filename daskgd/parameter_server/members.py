@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,9 @@ from daskgd.parameter_server.checks import (
     error,
 )
 from daskgd.parameter_server.job import Job
+from daskgd.parameter_server.rounds import RECOVERY_EVERY
 from daskgd.parameter_server.runner import JobRunner
+from daskgd.parameter_server.sharding import ShardError
 
 __all__ = ["MemberHandlers"]
 
@@ -184,7 +187,8 @@ class MemberHandlers(JobRunner):
             # push must reach the shards at once, or an epoch's close would wait on it
             await self._ssp_wait(j, rank, ahead=1)
         while True:
-            await self.wait_member(j, rank, lambda: not j.epoch_due)
+            await self.wait_member(j, rank, lambda: not (j.epoch_due or j.recovering),
+                                   lambda: self.maybe_finish(j))  # fmt: skip
             if j.stopped:
                 return self.params_reply(j)
             out = await self.exclusive(j, _if_current, j, incarnation, j.admit_async, rank, *args)
@@ -197,14 +201,35 @@ class MemberHandlers(JobRunner):
             return self.params_reply(j)
         if out["due"]:
             self.spawn(self._close_epoch(j, out["epoch"], out["count"], out["mean_w"]))
+        # the layout the push's generation applies to (a rebuild moves shards)
         return {"status": "OK", "version": j.version, "params": None,
-                **{k: out[k] for k in ("t", "lr", "epoch", "weight")}}  # fmt: skip
+                "shards": j.shards.layout() if j.shards is not None else None,
+                **{k: out[k] for k in ("t", "lr", "epoch", "weight", "gen")}}  # fmt: skip
 
     async def _close_epoch(self, j: Job, epoch: int, count: int, mean_w: float) -> None:
+        """Async/ssp with shards: close ``epoch`` with the shards' figures once they applied
+        its ``count`` pushes; every :data:`RECOVERY_EVERY` epochs, while no push is
+        admitted (every shard has applied the same pushes), each shard keeps a backup."""
         assert j.shards is not None
         try:
             stats, lost = await j.shards.epoch_async(epoch, count, mean_w)
+            due = (j.epochs + 1) % RECOVERY_EVERY == 0 and not j.shards.no_replica
+            if due and lost == 0 and not j.stopped:
+                backup_at = j.version
+                try:
+                    if await j.shards.backup_async(backup_at):
+                        j.keep_lbfgs(backup_at)
+                except ShardError:  # a worker left meanwhile: no recovery point until the next
+                    j.shards.backup_version = None
             await self.exclusive(j, j.close_due_epoch, stats, lost, heavy=True)
+        except ShardError as exc:
+            if j.recovering or j.shards.backup_version is not None:
+                # a shard's worker is lost: the rebuild reopens the epoch; if the worker does
+                # not leave within SHARD_LOSS_WAIT the job fails (JobRunner.maybe_finish)
+                j.recovering = True
+                j.shard_failure = j.shard_failure or (time.monotonic(), str(exc))
+            else:
+                await self.fail(j, exc)
         except Exception as exc:
             logger.exception("daskgd: closing an epoch of job %s failed", j.id)
             await self.fail(j, exc)

@@ -125,7 +125,7 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 job.shards.replicas = [None if r == worker else r for r in job.shards.replicas]
             if job.shards is not None and worker in job.shards.addresses and not job.stopped:
                 live = [w for w in self.workers() if w != worker]
-                recover = job.config.mode == "sync" and job.shards.can_recover(worker, live)
+                recover = job.shards.can_recover(worker, live)
                 why = job.shards.lose(worker)
                 if recover:
                     job.recovering = True
@@ -143,7 +143,8 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
     async def recover(self, j: Job, lost: str) -> None:
         """Rebuild the shards ``lost`` held from their backups on the replica holders and
         roll the others back to theirs; the job goes on from there (the steps since the
-        backup are counted as lost and redone). Sync mode."""
+        backup are counted as lost and redone). Any mode: in async/ssp, pushes admitted before
+        the rebuild are refused by the rebuilt shards (``generation``)."""
         assert j.shards is not None
         try:
             async with j.lock:  # after the round in flight gave up (its calls were cancelled)
@@ -151,11 +152,14 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 j.shard_failure = None
                 if s is None:  # a backup in flight was cut short: no recovery point left
                     raise ShardError("no complete backup to rebuild from")
-                moved = await j.shards.recover_async(lost, v + 1, s)
+                # async/ssp: pushes admitted before now are refused by the rebuilt shards
+                j.generation += 1
+                moved = await j.shards.recover_async(lost, v + 1, s, j.generation)
                 if j.lbfgs is not None:  # its numbers as they were at the backup
                     j.lbfgs = j.lbfgs_backups[s].copy()
                 j.pending.clear()
                 j.stats = EpochStats()
+                j.epoch_due = False  # async/ssp: the open epoch starts again
                 j.recoveries += [{**m, "version": v, "restored": s, "steps_lost": v - s}
                                  for m in moved]  # fmt: skip
                 j.published = (v + 1, None)
@@ -237,9 +241,9 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
             layout.cluster = lambda: list(self.scheduler.workers)
             try:
                 await layout.create(p, opt, j.version, state)
-                if cfg.mode == "sync":  # the first recovery point (see rounds.RECOVERY_EVERY)
-                    if await layout.backup_async(j.version):
-                        j.keep_lbfgs(j.version)
+                # the first recovery point (see rounds.RECOVERY_EVERY)
+                if await layout.backup_async(j.version):
+                    j.keep_lbfgs(j.version)
             except ShardError as exc:
                 await layout.close()
                 return error(f"cannot place the parameter shards: {exc}")

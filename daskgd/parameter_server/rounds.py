@@ -26,7 +26,7 @@ from daskgd.parameter_server.stats import EpochRules
 
 __all__ = ["RECOVERY_EVERY", "Steps"]
 
-#: Sync mode with shards: epochs between two backups of every shard on a neighbouring
+#: With shards: epochs between two backups of every shard on a neighbouring
 #: worker (the point a lost shard is rebuilt from; the steps since are redone).
 RECOVERY_EVERY = 5
 
@@ -46,6 +46,8 @@ class Steps(EpochRules):
     shards: ShardSet | None
     shape: tuple[int, ...]
     recovering: bool
+    #: shard rebuilds so far: a push admitted before the last one is refused by the shards
+    generation: int = 0
     #: when, and why, a shard call of a sync round failed (a lost worker, until it leaves)
     shard_failure: tuple[float, str] | None = None
 
@@ -347,7 +349,7 @@ class Steps(EpochRules):
         None: not admitted (the job stopped)."""
         if self.stopped:
             return None
-        if self.epoch_due:  # queued behind the push that closed the epoch: wait for it
+        if self.epoch_due or self.recovering:  # queued behind an epoch's close or a rebuild
             return {"wait": True}
         if not _finite(None, loss, class_loss):
             self._reject(rank, version)
@@ -365,6 +367,7 @@ class Steps(EpochRules):
         lr = self.optimizer.schedule(v, self.epochs + (1 if self.epoch_due else 0)) * scale
         self.published = (v + 1, None)
         return {"t": v, "lr": lr, "epoch": epoch, "weight": max(weight, 0.0),
+                "gen": self.generation,
                 "due": self.epoch_due, "count": self.stats.updates,
                 "mean_w": self.stats.weight if self.stats.weight > 0 else 1.0}  # fmt: skip
 

@@ -25,15 +25,16 @@ handler                         arguments -> reply (besides ``status``)
                                 class_penalty`` when ``closing``)
 ``daskgd_shard_direction``      ``job, version, decision`` -> ``finite`` (L-BFGS: after a
                                 ``round`` whose reply had the dot products, ``dots``)
-``daskgd_shard_apply``          ``job, rank, incarnation, grad, lr, t, weight, epoch`` ->
-                                ``finite, params, version`` (async/ssp: applied now)
+``daskgd_shard_apply``          ``job, rank, incarnation, grad, lr, t, weight, epoch, gen``
+                                -> ``finite, params, version`` (async/ssp: applied now;
+                                ``stale`` for a push of an older generation)
 ``daskgd_shard_epoch``          ``job, epoch, count, mean_w, wait`` -> ``got`` and the
                                 epoch's pieces (async/ssp)
 ``daskgd_shard_backup``         ``job, shard, replica``: keep a copy here, send one there
 ``daskgd_shard_keep``           ``job, shard, version, params, state, padded, optimizer``
-``daskgd_shard_promote``        ``job, shard, version, source``: rebuild the shard from the
-                                replica of version ``source``
-``daskgd_shard_restore``        ``job, shard, version, source``: roll back to that copy
+``daskgd_shard_promote``        ``job, shard, version, source, gen``: rebuild the shard from
+                                the replica of version ``source``
+``daskgd_shard_restore``        ``job, shard, version, source, gen``: roll back to that copy
 ``daskgd_shard_drop``           ``job``: free the job's shards and backups on this worker
 ``daskgd_shard_rollback``       ``job, version``: undo the step that published ``version``
 ``daskgd_shard_pull``           ``job, version, wait`` -> ``params, version``
@@ -174,8 +175,9 @@ class ShardServer(WorkerPlugin):
         s.notify()
         return {"status": "OK", "finite": finite}
 
-    async def apply(self, job, shard, rank, incarnation, grad, lr, t, weight, epoch):
-        """Async/ssp: apply one push's slice now; reply with the new rows."""
+    async def apply(self, job, shard, rank, incarnation, grad, lr, t, weight, epoch, gen=0):
+        """Async/ssp: apply one push's slice now; reply with the new rows (``stale``, and
+        nothing applied, for a push admitted before the shards were last rebuilt)."""
         s = self._get(job, shard)
         if isinstance(s, dict):
             return s
@@ -184,7 +186,9 @@ class ShardServer(WorkerPlugin):
             got = getattr(grad, "shape", type(grad).__name__)
             return error(f"grad slice must be a float array of shape {want}, got {got}")
         finite = await self._run(s, s.apply_push, grad, float(lr), int(t), float(weight),
-                                 int(epoch))  # fmt: skip
+                                 int(epoch), int(gen))  # fmt: skip
+        if finite is None:
+            return {"status": "stale", "version": s.published[0]}
         s.notify()
         v, P = s.published
         return {"status": "OK", "finite": finite, "version": v,
@@ -199,14 +203,17 @@ class ShardServer(WorkerPlugin):
             return s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(wait)
+        generation = s.generation
         while s.epoch_counts.get(epoch, 0) < count and not s.closed:
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or s.generation != generation:
                 break
             try:
                 await asyncio.wait_for(s.changed.wait(), left)
             except TimeoutError:
                 pass
+        if s.generation != generation:  # rebuilt meanwhile: that epoch starts again
+            return error(f"shard {shard} was rolled back while epoch {epoch} closed")
         return await self._run(s, s.epoch_pieces, int(epoch), float(mean_w))
 
     async def rollback(self, job, shard, version):
@@ -270,7 +277,7 @@ class ShardServer(WorkerPlugin):
                      "padded": padded, "optimizer": optimizer})  # fmt: skip
         return {"status": "OK"}
 
-    async def promote(self, job, shard, version, source):
+    async def promote(self, job, shard, version, source, gen=0):
         """Rebuild shard ``shard`` here from the backup of version ``source`` this worker
         holds, published as ``version``."""
         b = self.replicas.get((job, shard), {}).get(source)
@@ -279,19 +286,20 @@ class ShardServer(WorkerPlugin):
         s = await asyncio.to_thread(ShardState, b["params"], b["optimizer"], bool(b["padded"]),
                                     version, b["state"])  # fmt: skip
         s.backups[source] = {k: b[k] for k in ("params", "state", "version")}
+        s.generation = int(gen)
         self.jobs[(job, shard)] = s
         return {"status": "OK"}
 
-    async def restore(self, job, shard, version, source):
+    async def restore(self, job, shard, version, source, gen=0):
         """Roll the shard back to its backup of version ``source``, published as
-        ``version``."""
+        ``version``; from now on it applies only pushes of generation ``gen``."""
         s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         if source not in s.backups:
             return error(f"shard {shard} of job {job!r} has no backup of version {source}")
         async with s.lock:
-            s.restore_backup(int(version), int(source))
+            s.restore_backup(int(version), int(source), int(gen))
         s.notify()
         return {"status": "OK"}
 

@@ -16,10 +16,14 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.errors import ParameterServerError, UnknownJobError
+from daskgd.errors import ParameterServerError, SupersededError, UnknownJobError
 from daskgd.parameter_server.replies import RETRIES, RETRY_DELAY, raise_for_reply
 
 __all__ = ["ShardCalls"]
+
+#: Seconds a task tries to read the rows after a shard's worker was lost before it asks
+#: the coordinator for the layout again.
+LOSS_PROBE = 5.0
 
 
 class ShardCalls:
@@ -102,7 +106,7 @@ class ShardCalls:
             try:
                 parts = await asyncio.gather(*slices)
             except ParameterServerError:  # a shard moved meanwhile: fetch from the new layout
-                return await self._with_params(await self._call("pull", retry=True))
+                return await self._after_loss()
         finally:
             for task in slices:
                 task.cancel()
@@ -123,12 +127,21 @@ class ShardCalls:
                                  grad=None, incarnation=self.incarnation, **scalars)  # fmt: skip
         if reply.get("status") != "OK":
             return reply
-        step = {k: reply[k] for k in ("lr", "t", "weight", "epoch")}
-        parts = await asyncio.gather(*(
-            self._shard(k, "apply", rank=rank, incarnation=self.incarnation,
-                        grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
-            for k, (_, lo, hi) in enumerate(self.shards)
-        ))  # fmt: skip
+        if reply.get("shards"):
+            self.shards = reply["shards"]
+        step = {k: reply[k] for k in ("lr", "t", "weight", "epoch", "gen")}
+        try:
+            parts = await asyncio.gather(*(
+                self._shard(k, "apply", rank=rank, incarnation=self.incarnation,
+                            grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
+                for k, (_, lo, hi) in enumerate(self.shards)
+            ))  # fmt: skip
+        except ParameterServerError:
+            parts = [{"status": "stale"}]  # a shard's worker left: the shards are rebuilt
+        if any(p.get("status") == "stale" for p in parts):
+            # the shards were rebuilt from a backup after this push's admission: it is one
+            # of the steps the rebuild counts as lost; go on from the rebuilt rows
+            return await self._after_loss()
         if not all(p["finite"] for p in parts):
             bad = [a for (a, _, _), p in zip(self.shards, parts, strict=True) if not p["finite"]]
             return await self._call(
@@ -139,6 +152,26 @@ class ShardCalls:
         version = min(int(p["version"]) for p in parts)
         return {**reply, "version": version,
                 "params": np.concatenate([p["params"] for p in parts])}  # fmt: skip
+
+    async def _after_loss(self) -> dict[str, Any]:
+        """The rows after a shard's worker was lost: the coordinator's layout and version,
+        then the rows from every shard, tried again until the shards are rebuilt (or the
+        job stops), for as long as a call may take."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout + self.wait_bound
+        while True:
+            try:
+                # a bounded try: distributed retries a dead worker's refused connection for
+                # its whole connect timeout, and the coordinator's layout may still name it
+                async with asyncio.timeout(LOSS_PROBE):
+                    return await self._with_params(await self._call("pull", retry=True))
+            except (UnknownJobError, SupersededError):
+                raise  # the job ended, or a newer run of this rank took over
+            except (ParameterServerError, TimeoutError):
+                if loop.time() > deadline:
+                    raise ParameterServerError("the parameter shards were not rebuilt in "
+                                               "time", op="shard_pull") from None  # fmt: skip
+                await asyncio.sleep(RETRY_DELAY)
 
     async def _with_params(self, reply: dict[str, Any]) -> dict[str, Any]:
         """A sharded job's reply carries no parameters: fetch its version's rows from

@@ -57,6 +57,9 @@ class ShardState:
         self.changed = asyncio.Event()  # set (and replaced) when a version is published
         self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
         self.closed = False
+        #: async/ssp: the coordinator's recovery count; a push admitted before the last
+        #: rebuild (an older generation) is refused, so every shard applies the same pushes
+        self.generation = 0
 
     def _import(self, P: np.ndarray, state: dict[str, np.ndarray] | None) -> Any:
         """The optimizer state of rows ``P`` from ``state`` (None: a fresh one). L-BFGS
@@ -223,9 +226,14 @@ class ShardState:
         return True
 
     # -- async/ssp: each push applied on arrival --------------------------------------
-    def apply_push(self, grad: np.ndarray, lr: float, t: int, weight: float, epoch: int) -> bool:
+    def apply_push(
+        self, grad: np.ndarray, lr: float, t: int, weight: float, epoch: int, generation: int
+    ) -> bool | None:
         """Step this shard's rows with one push's slice now (async/ssp) and count it in its
-        epoch; False (nothing published) when the rows became non-finite."""
+        epoch; False (nothing published) when the rows became non-finite, None (nothing
+        done) when the push was admitted before the last rebuild."""
+        if generation != self.generation:
+            return None
         g = self._padded_grad(np.asarray(grad, dtype=np.float64))
         self.epoch_sums[epoch] = g.copy() if epoch not in self.epoch_sums else (
             self.epoch_sums[epoch] + g)  # fmt: skip
@@ -259,7 +267,7 @@ class ShardState:
         keep_version(self.backups, out)
         return out
 
-    def restore_backup(self, version: int, source: int) -> None:
+    def restore_backup(self, version: int, source: int, generation: int = 0) -> None:
         """Roll back to the backup of version ``source``, published as ``version`` (the
         coordinator's count goes on); the open round's slices and the open epoch's sums
         are dropped."""
@@ -273,6 +281,7 @@ class ShardState:
         self.round_sum = self.epoch_sum = None
         self.epoch_sums.clear()
         self.epoch_counts.clear()
+        self.generation = int(generation)
         self.published = self.previous = (int(version), P)
 
     def export(self) -> dict[str, Any]:

@@ -281,10 +281,13 @@ class ShardSet:
                 return False
         return True
 
-    async def recover_async(self, lost: str, version: int, source: int) -> list[dict[str, Any]]:
+    async def recover_async(
+        self, lost: str, version: int, source: int, generation: int = 0
+    ) -> list[dict[str, Any]]:
         """Rebuild the shards ``lost`` held on their replica holders from the backups of
         version ``source`` and roll every other shard back to its own, all published as
-        ``version``. Returns what moved."""
+        ``version``, taking pushes of ``generation`` only from then on. Returns what
+        moved."""
         self.broken = None
         moved = []
         for k, a in enumerate(self.addresses):
@@ -292,12 +295,12 @@ class ShardSet:
                 target = self.replicas[k]
                 if target is None:
                     raise ShardError(f"shard {k} has no backup on a live worker")
-                await self._one(k, "promote", {"version": version, "source": source},
-                                address=target)  # fmt: skip
+                await self._one(k, "promote", {"version": version, "source": source,
+                                               "gen": generation}, address=target)  # fmt: skip
                 moved.append({"shard": k, "from": lost, "to": target})
                 self.addresses[k] = target
         # the rebuilt shards too: a no-op on a fresh copy of the same backup
-        await self.call_async("restore", version=version, source=source)
+        await self.call_async("restore", version=version, source=source, gen=generation)
         return moved
 
     def gather(self) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
