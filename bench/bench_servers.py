@@ -1,4 +1,5 @@
-"""Sharded parameter servers: sync round time, async pushes/s and MB/s against d and n_servers.
+"""Sharded parameter servers: sync round time, async pushes/s and MB/s against d and n_servers;
+and how many pushes a second one scheduler, the coordinator, can carry.
 
 ``python bench/bench_servers.py [--quick]``; writes ``bench/results/servers.md`` and
 ``servers.json``.
@@ -6,20 +7,30 @@
 Full-batch sync gradient descent (least squares, sgd) on very wide, very short data (8 rows
 a worker), so that the parameter traffic, not the kernel, sets the pace; 2 worker
 processes x 1 thread, d = 10^2, 10^4, 10^5, 10^6, 4 * 10^6 (``--quick``: up to 10^6),
-``n_servers`` = 0 (the whole model on the scheduler), 1 and 2 (as many shards as workers;
-4 shards need 4 workers, which this 2-core machine cannot run as separate machines).
+``n_servers`` = 0 (the whole model on the scheduler), 1 and 2 (as many shards as workers).
+Then 4 worker processes (oversubscribed on this 2-core machine: ``n_servers`` may not
+exceed the workers), ``n_servers`` = 0, 2 and 4 at d = 10^5 and 10^6 (``--quick``: 10^5).
 
 For each, in sync and async mode: the median time of an epoch (sync: a round), pushes per
-second, the MB/s of parameter traffic (each push's gradient in and parameters out,
-float64), and what the scheduler process paid per push: its CPU time (psutil).
+second, the MB/s of parameter traffic (each push's gradient in, float32 as the data, and
+the float64 parameters out), and what the scheduler process paid per push: its CPU time (psutil).
+
+The coordinator's ceiling: 4, 8, 16 and 32 worker processes x 1 thread (``--quick``: 4 and
+8; all on the 2 cores), async pushes at d = 100 with the model on the scheduler and in
+2 shards; the pushes a second achieved, and 1 / (the scheduler's CPU seconds per push): the
+push rate at which the scheduler's process would be busy all the time; and the same with
+the scheduler's idle work (heartbeats, growing with the workers) taken out.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +41,11 @@ import daskgd
 
 ROWS_PER_WORKER = 8
 ROUNDS = 30
+# the coordinator's ceiling: a small model, the same number of pushes whatever the workers
+COORD_D = 100
+COORD_PUSHES = 960
+COORD_SERVERS = 2
+IDLE_S = 3
 
 
 def _scheduler_cpu(dask_scheduler=None) -> float:
@@ -45,8 +61,9 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
     daskgd.fit(path, client=client, max_epochs=2, **kw)  # warm: imports, page cache
     # the scheduler's CPU per push at the margin: a short and a long fit, the difference
     # (a fit's O(d) start and end, which do pass through the scheduler, cancel out)
-    c0 = client.run_on_scheduler(_scheduler_cpu)
+    c0, s0 = client.run_on_scheduler(_scheduler_cpu), time.perf_counter()
     short = daskgd.fit(path, client=client, max_epochs=rounds // 3, **kw)
+    short_wall = time.perf_counter() - s0
     c1 = client.run_on_scheduler(_scheduler_cpu)
     t0 = time.perf_counter()
     res = daskgd.fit(path, client=client, max_epochs=rounds, **kw)
@@ -63,12 +80,109 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
         "n_servers": k,
         "pushes_per_s": per_s,
         "round_ms": 1e3 * statistics.median(np.diff(times)),
-        # each push: a float64 gradient in, the parameters out
-        "MB_per_s": per_s * 2 * 8 * (d + 1) / 1e6,
+        # each push: a float32 gradient in (the data's precision), float64 parameters out
+        "MB_per_s": per_s * (4 + 8) * (d + 1) / 1e6,
         "fit_s": wall,
         "sched_cpu_ms_per_push": 1e3 * ((c2 - c1) - (c1 - c0)) / extra,
         "sched_cpu_share": (c2 - c1) / wall,
+        # the margin's pieces (the coordinator's table takes the idle scheduler's share out)
+        "short_fit_s": short_wall,
+        "extra_pushes": extra,
+        "sched_cpu_margin_s": (c2 - c1) - (c1 - c0),
     }
+
+
+@contextmanager
+def _client(n_workers: int, memory_limit: str) -> Iterator[Client]:
+    """A client of ``n_workers`` worker processes x 1 thread, the scheduler in this
+    process; the workers are retired before the scheduler closes (closing a cluster of
+    many workers at once leaves their heartbeats failing, loudly)."""
+    with (
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                     dashboard_address=":0", memory_limit=memory_limit,
+                     silence_logs=logging.ERROR) as cluster,
+        Client(cluster) as client,
+    ):  # fmt: skip
+        client.wait_for_workers(n_workers)
+        yield client
+        cluster.scale(0)
+        deadline = time.monotonic() + 60
+        while client.scheduler_info()["workers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _write(tmp: str, n_workers: int, d: int) -> str:
+    """A Zarr store of ``ROWS_PER_WORKER`` rows per worker in chunks of that many rows, so
+    that every worker trains on one chunk."""
+    path = str(Path(tmp) / f"w{n_workers}-d{d}.zarr")
+    n = n_workers * ROWS_PER_WORKER
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+    daskgd.write_zarr(path, X, y, chunk_rows=ROWS_PER_WORKER)
+    return path
+
+
+def _servers(n_workers: int, sizes: list[int], ks: tuple[int, ...], memory_limit: str) -> list:
+    """The servers table's rows: every d, sync and async, every n_servers in ``ks``."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, _client(n_workers, memory_limit) as client:
+        for d in sizes:
+            path = _write(tmp, n_workers, d)
+            for mode in ("sync", "async"):
+                for k in ks:
+                    r = {"workers": n_workers, **_one(client, path, d, k, mode, ROUNDS)}
+                    print(r, flush=True)
+                    rows.append(r)
+    return rows
+
+
+def _rss(dask_worker=None) -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _coordinator(n_workers: int) -> list[dict]:
+    """The coordinator's rows for ``n_workers`` worker processes: async pushes at a small d
+    with the model on the scheduler and in ``COORD_SERVERS`` shards."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, _client(n_workers, "600MiB") as client:
+        start_s = time.perf_counter() - t0
+        path = _write(tmp, n_workers, COORD_D)
+        epochs = COORD_PUSHES // n_workers
+        runs = [_one(client, path, COORD_D, k, "async", epochs) for k in (0, COORD_SERVERS)]
+        rss = sum(client.run(_rss).values()) / 1e6
+        # the scheduler's process with no fit running: heartbeats and the like, which grow
+        # with the workers and which the margin counts as the pushes' cost
+        c0, i0 = client.run_on_scheduler(_scheduler_cpu), time.perf_counter()
+        time.sleep(IDLE_S)
+        idle = (client.run_on_scheduler(_scheduler_cpu) - c0) / (time.perf_counter() - i0)
+    rows = []
+    for r in runs:
+        ms = r["sched_cpu_ms_per_push"]
+        net = r["sched_cpu_margin_s"] - idle * (r["fit_s"] - r["short_fit_s"])
+        net_ms = 1e3 * net / r["extra_pushes"]
+        row = {
+            "workers": n_workers,
+            "n_servers": r["n_servers"],
+            "epochs": epochs,
+            "pushes_per_s": r["pushes_per_s"],
+            "sched_cpu_ms_per_push": ms,
+            # the push rate at which the scheduler's process would be busy all the time
+            "ceiling_pushes_per_s": 1e3 / ms if ms > 0 else None,
+            "sched_idle_share": idle,
+            "sched_net_ms_per_push": net_ms,
+            # the same with the idle work taken out of each push and off the core
+            "ceiling_net_pushes_per_s": 1e3 * (1 - idle) / net_ms if net_ms > 0 else None,
+            "sched_cpu_share": r["sched_cpu_share"],
+            "workers_rss_MB": rss,
+            "fit_s": r["fit_s"],
+            "start_s": start_s,
+        }
+        print(row, flush=True)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -76,31 +190,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     sizes = [100, 10**4, 10**5, 10**6] + ([] if args.quick else [4 * 10**6])
-    rows = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
-        for d in sizes:
-            path = str(Path(tmp) / f"d{d}.zarr")
-            n = 2 * ROWS_PER_WORKER
-            rng = np.random.default_rng(0)
-            X = rng.standard_normal((n, d), dtype=np.float32)
-            y = rng.standard_normal(n).astype(np.float32)
-            daskgd.write_zarr(path, X, y, chunk_rows=ROWS_PER_WORKER)
-            del X
-            for mode in ("sync", "async"):
-                for k in (0, 1, 2):
-                    r = _one(client, path, d, k, mode, ROUNDS)
-                    print(r, flush=True)
-                    rows.append(r)
-    by = {(r["mode"], r["d"], r["n_servers"]): r for r in rows}
+    rows = _servers(2, sizes, (0, 1, 2), "auto")
+    rows += _servers(4, [10**5] + ([] if args.quick else [10**6]), (0, 2, 4), "2GiB")
+    ns = (4, 8) if args.quick else (4, 8, 16, 32)
+    coord = [r for n in ns for r in _coordinator(n)]
+    by = {(r["workers"], r["mode"], r["d"], r["n_servers"]): r for r in rows}
     for r in rows:
-        r["vs_scheduler_MBps"] = r["MB_per_s"] / by[(r["mode"], r["d"], 0)]["MB_per_s"]
+        r["vs_scheduler_MBps"] = (
+            r["MB_per_s"] / by[(r["workers"], r["mode"], r["d"], 0)]["MB_per_s"]
+        )
     cols = ["mode", "d", "n_servers", "round_ms", "pushes_per_s", "MB_per_s",
             "vs_scheduler_MBps", "sched_cpu_ms_per_push", "sched_cpu_share", "fit_s"]  # fmt: skip
-    md = table([[_fmt(r[c]) for c in cols] for r in rows], cols)
+    md2 = table([[_fmt(r[c]) for c in cols] for r in rows if r["workers"] == 2], cols)
+    md4 = table([[_fmt(r[c]) for c in ["workers", *cols]] for r in rows if r["workers"] == 4],
+                ["workers", *cols])  # fmt: skip
+    ccols = ["workers", "n_servers", "epochs", "pushes_per_s", "sched_cpu_ms_per_push",
+             "ceiling_pushes_per_s", "sched_idle_share", "sched_net_ms_per_push",
+             "ceiling_net_pushes_per_s", "sched_cpu_share", "workers_rss_MB", "fit_s",
+             "start_s"]  # fmt: skip
+    mdc = table([[_fmt(r[c]) for c in ccols] for r in coord], ccols)
     text = (
         "# Sharded parameter servers: sync rounds and async pushes against d and n_servers"
         "\n\n{header}"
@@ -109,16 +217,46 @@ def main() -> None:
         "the scheduler (and the driver) in the benchmark's process. `round_ms`: median gap "
         "between epochs (sync: one round; async: each worker's push); `pushes_per_s` from "
         "the history after the first epoch; `MB_per_s`: parameter traffic (each push's "
-        "float64 gradient in and parameters out); `vs_scheduler_MBps`: against n_servers=0 "
+        "float32 gradient in, the data's precision, and float64 parameters out); "
+        "`vs_scheduler_MBps`: against n_servers=0 "
         "in the same mode at the same d; `sched_cpu_ms_per_push`: the CPU time of the "
         "scheduler's process (psutil) per push at the margin: the difference between a fit "
         f"of {ROUNDS} epochs and one of {ROUNDS // 3}, over the difference in pushes (a "
         "fit's start and end, which move O(d) through the scheduler, cancel out); "
         "`sched_cpu_share`: that process's CPU seconds per second of the long fit (it also "
         "runs the driver and the scheduler's own periodic work, which cost time, not bytes).\n\n"
-        + md
+        + md2
+        + "\n## 4 worker processes: n_servers up to 4\n\n"
+        "`n_servers` may not exceed the workers, so 4 shards need 4 workers: the same "
+        "measurements with 4 worker processes x 1 thread, `n_servers` = 0, 2 and 4. The 4 "
+        "processes, the scheduler and the driver share the same 2 cores (oversubscribed: "
+        "twice as many worker processes as cores), so these rows show what the shards' "
+        "extra messages cost on a crowded machine, not what 4 machines would do. "
+        "`vs_scheduler_MBps`: against 4 workers with n_servers=0.\n\n"
+        + md4
+        + "\n## The coordinator's ceiling: how many pushes a second one scheduler carries\n\n"
+        f"Async, sgd, d = {COORD_D}, {ROWS_PER_WORKER} rows a worker in one chunk each, with "
+        f"the model on the scheduler (n_servers=0) and in {COORD_SERVERS} shards (then each "
+        "push costs the scheduler only small coordination messages), for "
+        f"{', '.join(map(str, ns[:-1]))} and {ns[-1]} worker processes x 1 thread. All of "
+        "them, the scheduler and the driver run on the same 2 cores (oversubscribed: up to "
+        f"{ns[-1] // 2} worker processes a core), so `pushes_per_s`, the rate achieved, is "
+        "bounded by the 2 shared cores, not by the scheduler. `epochs`: of the long fit "
+        f"({COORD_PUSHES} pushes whatever the workers); `sched_cpu_ms_per_push`: the "
+        "scheduler process's CPU per push at the margin, as above (a long fit against one "
+        "of a third the epochs); `ceiling_pushes_per_s` = 1 / that: the push rate at which "
+        "the scheduler's process would be busy all the time, the most one scheduler "
+        "carries when the workers are on machines of their own. It is conservative: the "
+        "process also runs the driver, and the scheduler's periodic work (heartbeats, which "
+        "grow with the workers) during the fit is counted as if the pushes cost it. "
+        f"`sched_idle_share`: that process's CPU seconds per second over {IDLE_S} s with no "
+        "fit running; `sched_net_ms_per_push`: the margin less that idle rate over the long "
+        "fit's extra time, per push; `ceiling_net_pushes_per_s` = (1 - idle share) / that: "
+        "what is left of the core after the idle work, over what a push costs beyond it. "
+        "Each figure is one measurement. `workers_rss_MB`: the worker processes' memory, "
+        "added up; `start_s`: the time to start the cluster.\n\n" + mdc
     )
-    write_results("servers", {"rows": rows}, text)
+    write_results("servers", {"rows": rows, "coordinator": coord}, text)
 
 
 def _fmt(v) -> str:
