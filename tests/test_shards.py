@@ -297,6 +297,58 @@ def test_an_async_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(mode, 
     np.testing.assert_allclose(_params(res), sol, atol=0.04)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_losing_a_worker_that_holds_no_shard_costs_its_pushes_only(mode, reliability):
+    """3 workers, 2 shards: the worker without a shard dies. Its task is rerun elsewhere;
+    in async mode a push it had admitted never reaches the shards and is counted in
+    ``dropped_gradients`` (the epoch's close is told not to wait for it); nothing is
+    rebuilt and the fit completes."""
+    X, y = _problem(n=3000)
+    A = np.column_stack([X, np.ones(len(y))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        outcome: dict = {}
+        going = threading.Event()
+
+        def watch(row):
+            if row["epoch"] >= 8:
+                going.set()
+
+        def run():
+            try:
+                settings = FitSettings(n_servers=2, mode=mode, optimizer="adam",
+                                       learning_rate=0.02 if mode == "sync" else 0.005,
+                                       batch_size=100, max_epochs=60,
+                                       tol=None, max_time=150, random_state=0,
+                                       delay=dict.fromkeys(range(3), 0.003),
+                                       callback=watch)  # fmt: skip
+                outcome["res"] = fit_with_settings((X, y), settings, client=c)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        def holders(dask_scheduler):
+            plugin = dask_scheduler.plugins["daskgd-parameter-server"]
+            return [a for j in plugin.jobs.values() for a in j.shards.addresses]
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert going.wait(120)
+        held = c.run_on_scheduler(holders)
+        victim = next(w for w in c.scheduler_info()["workers"] if w not in held)
+        c.run(lambda: __import__("os")._exit(1), workers=[victim], nanny=False,
+              on_error="ignore")  # fmt: skip
+        t.join(180)
+        assert not t.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    res = outcome["res"]
+    reliability.add(f"workers without a shard killed (sharded {mode} fit)")
+    assert res.recoveries_ == [] and res.history[-1]["epoch"] == 60
+    np.testing.assert_allclose(_params(res), sol, atol=0.03)  # async noise at this step
+
+
 def test_losing_the_only_worker_that_holds_a_shard_stops_the_fit_with_what_to_do():
     """One worker: no neighbour keeps a backup. Its death takes the shard's rows: the fit
     fails loudly (no hang, no silently wrong model) and says how to go on."""

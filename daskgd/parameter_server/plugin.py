@@ -137,8 +137,19 @@ class ParameterServer(MemberHandlers, SchedulerPlugin):
                 if r.address == worker and r.active:
                     r.active, hit = False, True
             if hit:
+                if job.shards is not None and job.config.mode != "sync" and not job.stopped:
+                    self.spawn(self._hurry(job))
                 self.spawn(self.maybe_finish(job))
                 self.wake(job)
+
+    async def _hurry(self, j: Job) -> None:
+        """Async/ssp with shards: a member died, perhaps with a push admitted that will
+        never reach the shards; the open epoch's close does not wait long for it."""
+        assert j.shards is not None
+        try:
+            await j.shards.call_async("hurry", epoch=j.epochs)
+        except ShardError:  # a shard's worker left too: its rebuild starts the epoch again
+            pass
 
     async def recover(self, j: Job, lost: str) -> None:
         """Rebuild the shards ``lost`` held from their backups on the replica holders and

@@ -30,6 +30,8 @@ handler                         arguments -> reply (besides ``status``)
                                 ``stale`` for a push of an older generation)
 ``daskgd_shard_epoch``          ``job, epoch, count, mean_w, wait`` -> ``got`` and the
                                 epoch's pieces (async/ssp)
+``daskgd_shard_hurry``          ``job, epoch``: a member died; closes of epochs up to
+                                ``epoch`` wait :data:`HURRY_WAIT` s at most for pushes
 ``daskgd_shard_backup``         ``job, shard, replica``: keep a copy here, send one there
 ``daskgd_shard_keep``           ``job, shard, version, params, state, padded, optimizer``
 ``daskgd_shard_promote``        ``job, shard, version, source, gen``: rebuild the shard from
@@ -69,10 +71,13 @@ INLINE_ROWS = 1 << 16
 
 _OPS = (
     "create", "push", "round", "apply", "epoch", "rollback", "pull", "export",
-    "backup", "keep", "promote", "restore", "drop", "direction",
+    "backup", "keep", "promote", "restore", "drop", "direction", "hurry",
 )  # fmt: skip
 #: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
 SLICE_WAIT = 60.0
+#: Seconds an epoch's close waits for its pushes once a member died (:meth:`hurry`): the
+#: live members' pushes in flight land within it, the dead member's never come.
+HURRY_WAIT = 2.0
 
 
 class ShardServer(WorkerPlugin):
@@ -202,10 +207,11 @@ class ShardServer(WorkerPlugin):
         if isinstance(s, dict):
             return s
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(wait)
+        start = loop.time()
         generation = s.generation
         while s.epoch_counts.get(epoch, 0) < count and not s.closed:
-            left = deadline - loop.time()
+            hurried = epoch <= s.hurry_through
+            left = start + (min(float(wait), HURRY_WAIT) if hurried else float(wait)) - loop.time()
             if left <= 0 or s.generation != generation:
                 break
             try:
@@ -215,6 +221,16 @@ class ShardServer(WorkerPlugin):
         if s.generation != generation:  # rebuilt meanwhile: that epoch starts again
             return error(f"shard {shard} was rolled back while epoch {epoch} closed")
         return await self._run(s, s.epoch_pieces, int(epoch), float(mean_w))
+
+    async def hurry(self, job, shard, epoch):
+        """Async/ssp: a member died; the closes of epochs up to ``epoch`` wait only
+        :data:`HURRY_WAIT` seconds for pushes it may have had admitted."""
+        s = self._get(job, shard)
+        if isinstance(s, dict):
+            return s
+        s.hurry_through = max(s.hurry_through, int(epoch))
+        s.notify()
+        return {"status": "OK"}
 
     async def rollback(self, job, shard, version):
         s = self._get(job, shard)

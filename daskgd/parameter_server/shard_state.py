@@ -60,6 +60,9 @@ class ShardState:
         #: async/ssp: the coordinator's recovery count; a push admitted before the last
         #: rebuild (an older generation) is refused, so every shard applies the same pushes
         self.generation = 0
+        #: async/ssp: a member died while epochs up to this one were open: their closes
+        #: wait only briefly for pushes it may have had admitted (see shard.HURRY_WAIT)
+        self.hurry_through = -1
 
     def _import(self, P: np.ndarray, state: dict[str, np.ndarray] | None) -> Any:
         """The optimizer state of rows ``P`` from ``state`` (None: a fresh one). L-BFGS
