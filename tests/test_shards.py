@@ -428,3 +428,25 @@ def test_a_fit_leaves_no_shard_or_backup_on_the_workers(client):
             break
         time.sleep(0.2)
     assert set(client.run(held).values()) == {(0, 0)}
+
+
+def test_a_backup_is_filed_under_the_coordinators_version():
+    """Async/ssp: a shard's own count of applied pushes falls behind the coordinator's
+    when an admitted push never arrived; its backups are filed under the coordinator's
+    count, which is what a rebuild asks for. A push of an epoch the shard has closed is
+    applied but not added to a closed epoch's figures."""
+    from daskgd.objective import make_optimizer
+    from daskgd.parameter_server.shard_state import ShardState
+
+    opt = make_optimizer("sgd", learning_rate=0.1)
+    s = ShardState(np.zeros((3,)), opt, padded=False, version=10, state=None)
+    assert s.apply_push(np.ones(3), 0.1, 10, 1.0, epoch=0, generation=0)
+    assert s.published[0] == 11
+    s.keep_backup(version=12)  # the coordinator admitted 12 pushes, one never arrived
+    s.epoch_pieces(0, 1.0)
+    assert s.apply_push(np.ones(3), 0.1, 11, 1.0, epoch=0, generation=0)  # late: epoch 0 closed
+    assert 0 not in s.epoch_sums and 0 not in s.epoch_counts
+    s.restore_backup(13, 12, generation=1)
+    assert s.published[0] == 13
+    np.testing.assert_allclose(s.rows, -0.1 * np.ones(3))
+    assert s.apply_push(np.ones(3), 0.1, 13, 1.0, epoch=1, generation=0) is None  # stale

@@ -200,4 +200,6 @@ def check_shards(shards: Any, params: Any, config: Any, optimizer: Any, workers:
                 "adam)")  # fmt: skip
     if isinstance(config, dict) and config.get("record_params"):
         return "callback_params=True keeps every epoch's parameters: use n_servers=0"
+    if name == "lbfgs" and isinstance(config, dict) and config.get("batches_per_epoch", 1) != 1:
+        return "optimizer 'lbfgs' with shards needs full batches (batches_per_epoch=1)"
     return None

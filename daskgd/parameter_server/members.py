@@ -211,8 +211,16 @@ class MemberHandlers(JobRunner):
         its ``count`` pushes; every :data:`RECOVERY_EVERY` epochs, while no push is
         admitted (every shard has applied the same pushes), each shard keeps a backup."""
         assert j.shards is not None
+        generation = j.generation  # a rebuild meanwhile reopens the epoch: this close is void
+
+        def close(stats: dict[str, Any], lost: int) -> None:
+            if j.generation == generation:
+                j.close_due_epoch(stats, lost)
+
         try:
             stats, lost = await j.shards.epoch_async(epoch, count, mean_w)
+            if j.generation != generation:
+                return
             due = (j.epochs + 1) % RECOVERY_EVERY == 0 and not j.shards.no_replica
             if due and lost == 0 and not j.stopped:
                 backup_at = j.version
@@ -220,9 +228,14 @@ class MemberHandlers(JobRunner):
                     if await j.shards.backup_async(backup_at):
                         j.keep_lbfgs(backup_at)
                 except ShardError:  # a worker left meanwhile: no recovery point until the next
-                    j.shards.backup_version = None
-            await self.exclusive(j, j.close_due_epoch, stats, lost, heavy=True)
-        except ShardError as exc:
+                    if j.generation == generation:
+                        j.shards.backup_version = None
+            await self.exclusive(j, close, stats, lost, heavy=True)
+        except (ShardError, asyncio.CancelledError) as exc:
+            if j.generation != generation:
+                return  # rebuilt meanwhile: the epoch starts again
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             if j.recovering or j.shards.backup_version is not None:
                 # a shard's worker is lost: the rebuild reopens the epoch; if the worker does
                 # not leave within SHARD_LOSS_WAIT the job fails (JobRunner.maybe_finish)

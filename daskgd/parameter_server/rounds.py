@@ -189,7 +189,16 @@ class Steps(EpochRules):
         grad_sum = np.zeros(0)  # the gradient is in the shards (see account)
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
         if self.lbfgs is not None and self.error is None:
-            finite = self._lbfgs_direction(v, weight, loss_sum, stats, dots)
+            try:
+                finite = self._lbfgs_direction(v, weight, loss_sum, stats, dots)
+            except ShardError as exc:
+                if not (self.recovering or self.shards.backup_version is not None):
+                    raise
+                # as above: the rebuild rolls every shard and the coordinator's numbers
+                # back to the backup, undoing a direction some shards took
+                self.recovering = True
+                self.shard_failure = (time.monotonic(), str(exc))
+                return
         if self.error is not None:
             if finite and self.lbfgs is None:
                 self.shards.rollback(v + 1)

@@ -268,13 +268,14 @@ class ShardServer(WorkerPlugin):
         return {"status": "OK", **{k: ToPickle(v) for k, v in out.items() if k != "version"},
                 "version": out["version"]}  # fmt: skip
 
-    async def backup(self, job, shard, replica):
-        """Keep a copy of the shard here and send one to the worker ``replica``."""
+    async def backup(self, job, shard, replica, version=None):
+        """Keep a copy of the shard here and send one to the worker ``replica``, filed
+        under the coordinator's ``version``."""
         s = self._get(job, shard)
         if isinstance(s, dict):
             return s
         async with s.lock:
-            out = s.keep_backup()
+            out = s.keep_backup(None if version is None else int(version))
         msg = {k: ToPickle(v) for k, v in out.items() if k != "version"}
         reply = await self.worker.rpc(replica).daskgd_shard_keep(
             job=job, shard=shard, version=out["version"], padded=s.padded,

@@ -21,6 +21,11 @@ from daskgd.parameter_server.replies import RETRIES, RETRY_DELAY, raise_for_repl
 
 __all__ = ["ShardCalls"]
 
+
+class ShardUnreachableError(ParameterServerError):
+    """A shard's worker did not answer (it left, or is leaving)."""
+
+
 #: Seconds a task tries to read the rows after a shard's worker was lost before it asks
 #: the coordinator for the layout again.
 LOSS_PROBE = 5.0
@@ -65,7 +70,7 @@ class ShardCalls:
                     handler = getattr(self.pool(address), f"daskgd_shard_{op}")
                     reply = await handler(job=self.job, **msg)
         except (OSError, TimeoutError) as exc:
-            raise ParameterServerError(
+            raise ShardUnreachableError(
                 f"the parameter shard on worker {address} did not answer {op}: {exc!r}",
                 op=f"shard_{op}",
             ) from exc
@@ -136,8 +141,10 @@ class ShardCalls:
                             grad=ToPickle(np.ascontiguousarray(grad[lo:hi])), **step)
                 for k, (_, lo, hi) in enumerate(self.shards)
             ))  # fmt: skip
-        except ParameterServerError:
-            parts = [{"status": "stale"}]  # a shard's worker left: the shards are rebuilt
+        except (ShardUnreachableError, UnknownJobError):
+            # a shard's worker left (or the layout moved): the shards are rebuilt; a shard
+            # that refuses the push for another reason fails the task loudly
+            parts = [{"status": "stale"}]
         if any(p.get("status") == "stale" for p in parts):
             # the shards were rebuilt from a backup after this push's admission: it is one
             # of the steps the rebuild counts as lost; go on from the rebuilt rows

@@ -63,6 +63,9 @@ class ShardState:
         #: async/ssp: a member died while epochs up to this one were open: their closes
         #: wait only briefly for pushes it may have had admitted (see shard.HURRY_WAIT)
         self.hurry_through = -1
+        #: async/ssp: the last epoch whose figures this shard gave (a push of it arriving
+        #: later, counted lost, is applied but not added to a closed epoch)
+        self.closed_through = -1
 
     def _import(self, P: np.ndarray, state: dict[str, np.ndarray] | None) -> Any:
         """The optimizer state of rows ``P`` from ``state`` (None: a fresh one). L-BFGS
@@ -238,9 +241,10 @@ class ShardState:
         if generation != self.generation:
             return None
         g = self._padded_grad(np.asarray(grad, dtype=np.float64))
-        self.epoch_sums[epoch] = g.copy() if epoch not in self.epoch_sums else (
-            self.epoch_sums[epoch] + g)  # fmt: skip
-        self.epoch_counts[epoch] = self.epoch_counts.get(epoch, 0) + 1
+        if epoch > self.closed_through:
+            self.epoch_sums[epoch] = g.copy() if epoch not in self.epoch_sums else (
+                self.epoch_sums[epoch] + g)  # fmt: skip
+            self.epoch_counts[epoch] = self.epoch_counts.get(epoch, 0) + 1
         v, P = self.published
         new = P
         if weight > 0:
@@ -256,17 +260,22 @@ class ShardState:
         """Async/ssp: the closed epoch's pieces (its gradient sum, at the rows now)."""
         self.epoch_sum = self.epoch_sums.pop(epoch, None)
         got = self.epoch_counts.pop(epoch, 0)
+        self.closed_through = max(self.closed_through, epoch)
         if self.epoch_sum is None:
             self.epoch_sum = np.zeros_like(self.published[1])
         return {"status": "OK", "got": got, **self._epoch_pieces(mean_w)}
 
     # -- recovery: a copy of the rows and state at a version, here and on a replica ----
-    def keep_backup(self) -> dict[str, Any]:
+    def keep_backup(self, version: int | None = None) -> dict[str, Any]:
         """Keep this shard's rows and state as they are now, by version (their copy is
         what a rollback after a lost shard restores; the last :data:`BACKUPS` are kept,
         so a backup cut short never replaces the one the coordinator counts on); returns
-        them to send to the replica."""
+        them to send to the replica. ``version``: the coordinator's count to file it under
+        (in async/ssp mode a shard's own count of applied pushes falls behind it when an
+        admitted push never arrived)."""
         out = self.export()
+        if version is not None:
+            out["version"] = int(version)
         keep_version(self.backups, out)
         return out
 
@@ -284,6 +293,7 @@ class ShardState:
         self.round_sum = self.epoch_sum = None
         self.epoch_sums.clear()
         self.epoch_counts.clear()
+        self.hurry_through = self.closed_through = -1
         self.generation = int(generation)
         self.published = self.previous = (int(version), P)
 

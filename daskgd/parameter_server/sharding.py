@@ -264,7 +264,7 @@ class ShardSet:
             self.backup_version = None
             self.no_replica = True  # one worker: nowhere to keep a copy (see rounds)
             return False
-        await self.call_async("backup", [{"replica": r} for r in self.replicas])
+        await self.call_async("backup", [{"replica": r} for r in self.replicas], version=version)
         self.backup_version = int(version)
         return True
 
