@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from _kills import first_worker, fit_and_kill
 from distributed import Client, LocalCluster
 
 from daskgd.checkpoint import load_checkpoint
@@ -209,31 +210,11 @@ def test_a_sync_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(reliabil
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-        holder = sorted(c.scheduler_info()["workers"])[0]  # shard 0's worker
-        outcome: dict = {}
-        going = threading.Event()  # set from epoch 20 on: past the first backups
-
-        def watch(row):
-            if row["epoch"] >= 20:
-                going.set()
-
-        def run():
-            try:
-                settings = FitSettings(n_servers=2, max_epochs=100_000, tol=None, gtol=1e-8,
-                                       max_time=150, learning_rate=0.05,
-                                       delay={0: 0.005, 1: 0.005},
-                                       callback=watch)  # fmt: skip
-                outcome["res"] = fit_with_settings((X, y), settings, client=c)
-            except Exception as exc:
-                outcome["error"] = exc
-
-        t = threading.Thread(target=run)
-        t.start()
-        assert going.wait(120)
-        c.run(lambda: __import__("os")._exit(1), workers=[holder], nanny=False,
-              on_error="ignore")  # fmt: skip
-        t.join(180)
-        assert not t.is_alive()
+        # killed from epoch 20 on: past the first backups
+        outcome = fit_and_kill(c, (X, y), dict(n_servers=2, max_epochs=100_000, tol=None,
+                               gtol=1e-8, max_time=150, learning_rate=0.05,
+                               delay={0: 0.005, 1: 0.005}), 20, first_worker)  # fmt: skip
+        holder = outcome["killed"]
     assert "error" not in outcome, outcome.get("error")
     res = outcome["res"]
     reliability.add("shard holders killed (sharded sync fit rebuilt)")
@@ -258,32 +239,12 @@ def test_an_async_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(mode, 
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-        holder = sorted(c.scheduler_info()["workers"])[0]  # shard 0's worker
-        outcome: dict = {}
-        going = threading.Event()
-
-        def watch(row):
-            if row["epoch"] >= 8:
-                going.set()
-
-        def run():
-            try:
-                settings = FitSettings(n_servers=2, mode=mode, optimizer="adam",
-                                       max_staleness=2 if mode == "ssp" else None,
-                                       learning_rate=0.02, batch_size=100, max_epochs=60,
-                                       tol=None, max_time=150, random_state=0,
-                                       delay={0: 0.003, 1: 0.003}, callback=watch)  # fmt: skip
-                outcome["res"] = fit_with_settings((X, y), settings, client=c)
-            except Exception as exc:
-                outcome["error"] = exc
-
-        t = threading.Thread(target=run)
-        t.start()
-        assert going.wait(120)
-        c.run(lambda: __import__("os")._exit(1), workers=[holder], nanny=False,
-              on_error="ignore")  # fmt: skip
-        t.join(180)
-        assert not t.is_alive()
+        outcome = fit_and_kill(c, (X, y), dict(n_servers=2, mode=mode, optimizer="adam",
+                               max_staleness=2 if mode == "ssp" else None,
+                               learning_rate=0.02, batch_size=100, max_epochs=60, tol=None,
+                               max_time=150, random_state=0, delay={0: 0.003, 1: 0.003}),
+                               8, first_worker)  # fmt: skip
+        holder = outcome["killed"]
     assert "error" not in outcome, outcome.get("error")
     res = outcome["res"]
     reliability.add(f"shard holders killed (sharded {mode} fit rebuilt)")
@@ -311,38 +272,16 @@ def test_losing_a_worker_that_holds_no_shard_costs_its_pushes_only(mode, reliabi
         LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-        outcome: dict = {}
-        going = threading.Event()
 
-        def watch(row):
-            if row["epoch"] >= 8:
-                going.set()
+        def without_shard(c: Client) -> str:
+            held = c.run_on_scheduler(_holders)
+            return next(w for w in c.scheduler_info()["workers"] if w not in held)
 
-        def run():
-            try:
-                settings = FitSettings(n_servers=2, mode=mode, optimizer="adam",
-                                       learning_rate=0.02 if mode == "sync" else 0.005,
-                                       batch_size=100, max_epochs=60,
-                                       tol=None, max_time=150, random_state=0,
-                                       delay=dict.fromkeys(range(3), 0.003),
-                                       callback=watch)  # fmt: skip
-                outcome["res"] = fit_with_settings((X, y), settings, client=c)
-            except Exception as exc:
-                outcome["error"] = exc
-
-        def holders(dask_scheduler):
-            plugin = dask_scheduler.plugins["daskgd-parameter-server"]
-            return [a for j in plugin.jobs.values() for a in j.shards.addresses]
-
-        t = threading.Thread(target=run)
-        t.start()
-        assert going.wait(120)
-        held = c.run_on_scheduler(holders)
-        victim = next(w for w in c.scheduler_info()["workers"] if w not in held)
-        c.run(lambda: __import__("os")._exit(1), workers=[victim], nanny=False,
-              on_error="ignore")  # fmt: skip
-        t.join(180)
-        assert not t.is_alive()
+        outcome = fit_and_kill(c, (X, y), dict(n_servers=2, mode=mode, optimizer="adam",
+                               learning_rate=0.02 if mode == "sync" else 0.005,
+                               batch_size=100, max_epochs=60, tol=None, max_time=150,
+                               random_state=0, delay=dict.fromkeys(range(3), 0.003)),
+                               8, without_shard)  # fmt: skip
     assert "error" not in outcome, outcome.get("error")
     res = outcome["res"]
     reliability.add(f"workers without a shard killed (sharded {mode} fit)")
@@ -383,6 +322,11 @@ def test_losing_the_only_worker_that_holds_a_shard_stops_the_fit_with_what_to_do
     err = outcome.get("error")
     assert isinstance(err, TrainingError), err
     assert "shard" in str(err) and "resume" in str(err)
+
+
+def _holders(dask_scheduler) -> list[str]:
+    plugin = dask_scheduler.plugins["daskgd-parameter-server"]
+    return [a for j in plugin.jobs.values() for a in j.shards.addresses]
 
 
 def _has_job(c: Client) -> bool:

@@ -7,16 +7,16 @@ numpy run of the two state machines side by side for the algebra.
 """
 
 import shutil
-import threading
 
 import numpy as np
 import pytest
+from _kills import first_worker, fit_and_kill
 from distributed import Client, LocalCluster
 from scipy.optimize import minimize
 from scipy.special import log_expit
 
 from daskgd.checkpoint import load_checkpoint
-from daskgd.driver import fit, fit_with_settings
+from daskgd.driver import fit
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import InvalidSettingError
 from daskgd.objective.lbfgs import LBFGS
@@ -198,31 +198,10 @@ def test_sharded_lbfgs_rebuilds_the_shard_of_a_killed_worker(reliability):
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-        holder = sorted(c.scheduler_info()["workers"])[0]  # shard 0's worker
-        outcome: dict = {}
-        going = threading.Event()
-
-        def watch(row):
-            if row["epoch"] >= 12:
-                going.set()
-
-        def run():
-            try:
-                settings = FitSettings(n_servers=2, optimizer="lbfgs", loss="log_loss",
-                                       alpha=alpha, max_epochs=2000, tol=None, gtol=1e-9,
-                                       max_time=150, delay={0: 0.05, 1: 0.05},
-                                       callback=watch)  # fmt: skip
-                outcome["res"] = fit_with_settings((X, y), settings, client=c)
-            except Exception as exc:
-                outcome["error"] = exc
-
-        t = threading.Thread(target=run)
-        t.start()
-        assert going.wait(120)
-        c.run(lambda: __import__("os")._exit(1), workers=[holder], nanny=False,
-              on_error="ignore")  # fmt: skip
-        t.join(180)
-        assert not t.is_alive()
+        outcome = fit_and_kill(c, (X, y), dict(n_servers=2, optimizer="lbfgs",
+                               loss="log_loss", alpha=alpha, max_epochs=2000, tol=None,
+                               gtol=1e-9, max_time=150, delay={0: 0.05, 1: 0.05}),
+                               12, first_worker)  # fmt: skip
     assert "error" not in outcome, outcome.get("error")
     res = outcome["res"]
     reliability.add("shard holders killed (sharded L-BFGS fit rebuilt)")

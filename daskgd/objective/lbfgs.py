@@ -20,7 +20,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LBFGS"]
+__all__ = ["LBFGS", "backtrack_step", "rounding_level"]
+
+
+def backtrack_step(f: float, f0: float, slope: float, t: float) -> float:
+    """The next trial step after step ``t`` along a direction of slope ``slope`` from an
+    objective ``f0`` gave ``f`` without enough decrease: the minimum of the quadratic
+    through them (halving when it has none), kept within ``[0.1 t, 0.5 t]``; a non-finite
+    ``f`` cuts the step tenfold."""
+    if np.isfinite(f):
+        denom = 2.0 * (f - f0 - slope * t)
+        t_new = -slope * t * t / denom if denom > 0 else 0.5 * t
+    else:
+        t_new = 0.1 * t
+    return float(np.clip(t_new, 0.1 * t, 0.5 * t))
+
+
+def rounding_level(f: float, f0: float, gabs: float, gabs0: float) -> bool:
+    """Whether a step from objective ``f0`` to ``f`` is accepted at the rounding level:
+    the change is within 16 roundings of ``f0`` and the gradient's 1-norm went down from
+    ``gabs0`` to ``gabs`` (see :meth:`LBFGS._rounding_level`)."""
+    eps = 16 * np.finfo(np.float64).eps * max(abs(f0), 1e-300)
+    return bool(abs(f - f0) <= eps) and gabs < gabs0
 
 
 @dataclass
@@ -93,13 +114,7 @@ class LBFGS:
             self._s.clear()
             self._y.clear()
             return self._accept(x_k, self._f, g_k, first=True)
-        t = self._t
-        if np.isfinite(f):
-            denom = 2.0 * (f - self._f - slope * t)
-            t_new = -slope * t * t / denom if denom > 0 else 0.5 * t
-        else:
-            t_new = 0.1 * t
-        self._t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
+        self._t = backtrack_step(f, self._f, slope, self._t)
         return x_k + self._t * p
 
     def _rounding_level(self, f: float, g: np.ndarray, g_k: np.ndarray) -> bool:
@@ -107,8 +122,7 @@ class LBFGS:
         # Armijo test can no longer tell a good step from a bad one and L-BFGS would stall
         # short of a tight gradient tolerance. There, as scikit-learn's Newton solvers do,
         # a step is accepted when the gradient's 1-norm decreases.
-        eps = 16 * np.finfo(np.float64).eps * max(abs(self._f), 1e-300)
-        return bool(abs(f - self._f) <= eps) and float(np.abs(g).sum()) < float(np.abs(g_k).sum())
+        return rounding_level(f, self._f, float(np.abs(g).sum()), float(np.abs(g_k).sum()))
 
     def _accept(self, x: np.ndarray, f: float, g: np.ndarray, first: bool = False) -> np.ndarray:
         self._x, self._f, self._g = x, f, g

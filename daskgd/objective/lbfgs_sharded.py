@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from daskgd.objective.lbfgs import backtrack_step, rounding_level
+
 __all__ = ["LBFGSCoordinator", "LBFGSSlice", "gram", "rows_first", "two_loop", "whole_state"]
 
 
@@ -191,8 +193,7 @@ class LBFGSCoordinator:
         ``d`` (:meth:`LBFGSSlice.evaluate`); return the decision for the shards."""
         if not self.started:
             return self._accept(f, d, pair=False)
-        eps = 16 * np.finfo(np.float64).eps * max(abs(self.f), 1e-300)
-        rounding = abs(f - self.f) <= eps and d["gabs"] < self.gabs
+        rounding = rounding_level(f, self.f, float(d["gabs"]), self.gabs)
         if np.isfinite(f) and (f <= self.f + self.c1 * self.t * self.slope or rounding):
             pair = d["sy"] > 1e-10 * np.sqrt(d["ss"]) * np.sqrt(d["yy"])
             return self._accept(f, d, pair=bool(pair))
@@ -204,13 +205,7 @@ class LBFGSCoordinator:
             self.slope = -gg
             self.t = 1.0 if self.gabs == 0 else min(1.0, 1.0 / self.gabs)
             return {"action": "reset", "t": self.t}
-        t = self.t
-        if np.isfinite(f):
-            denom = 2.0 * (f - self.f - self.slope * t)
-            t_new = -self.slope * t * t / denom if denom > 0 else 0.5 * t
-        else:
-            t_new = 0.1 * t
-        self.t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
+        self.t = backtrack_step(f, self.f, self.slope, self.t)
         return {"action": "backtrack", "t": self.t}
 
     def _accept(self, f: float, d: dict[str, Any], pair: bool) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from daskgd.objective.curvature import (
     loss_resolution,
     reuse_contraction,
 )
+from daskgd.objective.lbfgs import backtrack_step
 from daskgd.objective.quadratic import coordinate_descent
 from daskgd.objective.regularizers import soft_threshold
 
@@ -256,13 +257,7 @@ class Newton:
             self._gradient = False
             self._p, self._slope, self._t = np.zeros(n), 0.0, 1.0
             return x_k.copy()
-        t = self._t
-        if np.isfinite(F):
-            denom = 2.0 * (F - self._f - self._slope * t)
-            t_new = -self._slope * t * t / denom if denom > 0 else 0.5 * t
-        else:
-            t_new = 0.1 * t
-        self._t = float(np.clip(t_new, 0.1 * t, 0.5 * t))
+        self._t = backtrack_step(F, self._f, self._slope, self._t)
         assert self._x is not None and n == self._x.size
         return self._x + self._t * self._p
 
