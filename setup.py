@@ -1,8 +1,8 @@
 """Build the Cython gradient kernels.
 
 All metadata lives in ``pyproject.toml``; this file only declares the extensions.
-One Cython source (``src_ext/_kernels_impl.pxi`` with ``src_ext/_kernels_hessian.pxi``)
-is built twice: ``daskgd._kernels``
+One Cython source (``src_ext/_kernels_impl.pxi`` with the includes ``_kernels_hessian.pxi``,
+``_kernels_many.pxi`` and ``_kernels_csr.pxi``) is built twice: ``daskgd._kernels``
 for the baseline instruction set, and on x86-64 ``daskgd._kernels_avx2`` with AVX2
 and FMA, which ``daskgd.kernels`` selects at import when the CPU has them.
 """
@@ -34,6 +34,7 @@ def kernel_extension(name: str, extra_args: list[str]) -> Extension:
             "src_ext/_kernels_impl.pxi",
             "src_ext/_kernels_hessian.pxi",
             "src_ext/_kernels_many.pxi",
+            "src_ext/_kernels_csr.pxi",
         ],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

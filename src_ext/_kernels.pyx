@@ -6,3 +6,5 @@ include "_kernels_impl.pxi"
 include "_kernels_hessian.pxi"
 
 include "_kernels_many.pxi"
+
+include "_kernels_csr.pxi"

@@ -3,12 +3,15 @@
 :func:`grad_loss` checks shapes, dtypes and layout, then calls the kernel of the
 array's precision in the build :mod:`daskgd.kernels.builds` selected. One compiled
 function serves float32 and float64 (Cython fused types): numpy's dtype picks it.
+A CSR block (``scipy.sparse`` or :class:`~daskgd.kernels.sparse.CSRBlock`) goes to the
+CSR kernels, which read only its stored entries.
 
 Conversions
 -----------
-``X`` is never copied: it must be a C-contiguous float32 or float64 array (a
-hidden copy of a data block inside a training loop would cost more than the
-gradient).  ``y``, ``w``, ``b`` and ``sample_weight`` are small and are converted
+``X`` is never copied: it must be a C-contiguous float32 or float64 array, or a CSR
+block whose values and indices are used as they are (:func:`~daskgd.kernels.sparse.check_csr`);
+a hidden copy of a data block inside a training loop would cost more than the
+gradient.  ``y``, ``w``, ``b`` and ``sample_weight`` are small and are converted
 to ``X``'s dtype when they differ.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from daskgd.kernels.builds import KERNELS, available_builds
+from daskgd.kernels.sparse import CSRBlock, check_csr, is_sparse
 from daskgd.objective import check_power, check_targets, get_loss
 
 __all__ = ["check_block", "check_offset", "grad_loss"]
@@ -44,27 +48,34 @@ def check_block(
     offset=None,
     power: float = 1.5,
     vector_dtype=None,
+    allow_csr: bool = False,
 ):
     """Check a block's arrays; return them converted, with the loss and the checked power.
 
     ``X`` is never copied; ``y``, ``w``, ``b``, ``sample_weight`` and ``offset`` are
-    converted to ``vector_dtype`` (default: ``X``'s). See :func:`grad_loss` for the errors.
+    converted to ``vector_dtype`` (default: ``X``'s). With ``allow_csr`` a CSR block is
+    accepted too and returned as a :class:`~daskgd.kernels.sparse.CSRBlock`
+    (:func:`~daskgd.kernels.sparse.check_csr`). See :func:`grad_loss` for the errors.
 
     Returns
     -------
     tuple
         ``(X, y, w, b, loss, sample_weight, multinomial, offset, power)``.
     """
-    if not isinstance(X, np.ndarray):
-        raise TypeError(f"X must be a numpy.ndarray, got {type(X).__name__}")
-    if X.ndim != 2:
+    if allow_csr and (isinstance(X, CSRBlock) or is_sparse(X)):
+        X = check_csr(X, check_input)
+    elif not isinstance(X, np.ndarray):
+        what = "a numpy.ndarray or a scipy.sparse CSR block" if allow_csr else "a numpy.ndarray"
+        hint = "; only grad_loss has a sparse form" if is_sparse(X) and not allow_csr else ""
+        raise TypeError(f"X must be {what}, got {type(X).__name__}{hint}")
+    elif X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
-    if X.dtype not in _FLOATS:
+    elif X.dtype not in _FLOATS:
         raise TypeError(
             f"X must be float32 or float64, got {X.dtype}; convert it once with "
             "X.astype(numpy.float64)"
         )
-    if not X.flags.c_contiguous:
+    elif not X.flags.c_contiguous:
         raise ValueError(
             "X must be C-contiguous (row-major); convert it once with numpy.ascontiguousarray(X)"
         )
@@ -133,8 +144,11 @@ def grad_loss(
 
     Parameters
     ----------
-    X : ndarray of shape (n, d), float32 or float64, C-contiguous
-        The block of rows. Never copied.
+    X : ndarray of shape (n, d), float32 or float64, C-contiguous, or CSR block
+        The block of rows. Never copied. A ``scipy.sparse`` CSR matrix or array (or a
+        :class:`~daskgd.kernels.sparse.CSRBlock`) is read through its stored entries only:
+        float32/float64 values, int32/int64 indices in any order within a row (a repeated
+        column adds); other sparse formats raise (convert them with ``X.tocsr()``).
     y : array-like of shape (n,)
         Targets: real values for regression losses, ``-1``/``+1`` for binary
         classification losses, class indices ``0..k-1`` for the multinomial loss.
@@ -153,7 +167,8 @@ def grad_loss(
     epsilon : float, default=0.1
         Width of the quadratic zone of the Huber loss.
     check_input : bool, default=True
-        Check the labels' domain, the weights' sign and the offset's finiteness. Set it to
+        Check the labels' domain, the weights' sign and the offset's finiteness, and for a
+        CSR block its row pointers and that its column indices lie in ``[0, d)``. Set it to
         False for blocks that were validated once already (as the training loop does).
     offset : array-like of shape (n,), optional
         Added to each row's margin (``log(exposure)`` for a rate model); none by default.
@@ -172,9 +187,11 @@ def grad_loss(
     Raises
     ------
     TypeError
-        If ``X`` is not a float32/float64 ndarray.
+        If ``X`` is not a float32/float64 ndarray or CSR block (a sparse block in another
+        format, or with indices that are not int32/int64).
     ValueError
-        On a wrong shape or layout, an unknown loss, or labels outside the loss's domain.
+        On a wrong shape or layout, an unknown loss, labels outside the loss's domain, or
+        (with ``check_input``) a CSR column index outside ``[0, d)``, naming its row.
 
     Examples
     --------
@@ -184,9 +201,16 @@ def grad_loss(
     >>> loss, g, gb = grad_loss(X, y=[1.0, 2.0], w=[0.5, 0.0])
     >>> float(loss), g.tolist(), float(gb)
     (0.25, [-2.0, -3.0], -1.0)
+
+    The same rows as a CSR block (scipy's ``csr_array(X)`` works the same):
+
+    >>> from daskgd.kernels import CSRBlock
+    >>> rows = CSRBlock(X.ravel(), np.array([0, 1, 0, 1]), np.array([0, 2, 4]), X.shape)
+    >>> grad_loss(rows, y=[1.0, 2.0], w=[0.5, 0.0])[1].tolist()
+    [-2.0, -3.0]
     """
     X, y, w, b, info, sample_weight, multinomial, offset, power = check_block(
-        X, y, w, b, loss, sample_weight, check_input, offset, power
+        X, y, w, b, loss, sample_weight, check_input, offset, power, allow_csr=True
     )
     d = X.shape[1]
     shape = (d + 1, w.shape[1]) if multinomial else (d + 1,)
@@ -201,14 +225,20 @@ def grad_loss(
     ):
         raise ValueError(f"out must be a writeable C-contiguous {X.dtype} array of shape {shape}")
     kernels = KERNELS if _build is None else available_builds()[_build]
+    if isinstance(X, CSRBlock):
+        rows: tuple = (X.data, X.indices, X.indptr)
+        linear, softmax = kernels.grad_loss_csr_linear, kernels.grad_loss_csr_multinomial
+    else:
+        rows = (X,)
+        linear, softmax = kernels.grad_loss_linear, kernels.grad_loss_multinomial
     if multinomial:
         if offset is not None:
             raise ValueError("offset is not supported with 2-D weights (multinomial)")
-        loss_sum = kernels.grad_loss_multinomial(X, y, w, b, sample_weight, out)
+        loss_sum = softmax(*rows, y, w, b, sample_weight, out)
         return float(loss_sum), out[:d], out[d]
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    loss_sum = kernels.grad_loss_linear(
-        X, y, w, b, sample_weight, out, info.code, float(epsilon), offset, float(power)
+    loss_sum = linear(
+        *rows, y, w, b, sample_weight, out, info.code, float(epsilon), offset, float(power)
     )
     return float(loss_sum), out[:d], float(out[d])

@@ -5,19 +5,22 @@ Each loss's per-row definition lives with its family in :mod:`daskgd.objective.l
 :meth:`~daskgd.objective.losses.Loss.reference_hessian`); this module sums it over a
 block the way the compiled kernels do (clipped derivatives, sample weights, offsets), in
 float64 and plain passes over ``X``. The tests compare the kernels with it.
+:func:`grad_loss_reference` also takes a ``scipy.sparse`` ``X`` (any format; scipy's own
+products ``X @ w`` and ``X.T @ r``), the oracle of the CSR kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from daskgd.kernels.sparse import is_sparse
 from daskgd.objective import MAX_DLOSS, LogLoss, get_loss
 
 __all__ = ["grad_hess_reference", "grad_loss_reference"]
 
 
 def _margins(X, w, b, offset) -> np.ndarray:
-    p = X @ w + float(b)
+    p = np.asarray(X @ w) + float(b)
     if offset is not None:
         p += np.asarray(offset, dtype=np.float64)
     return p
@@ -38,7 +41,8 @@ def grad_loss_reference(
     """The numpy oracle for :func:`~daskgd.kernels.grad_loss`: same arguments, same results.
 
     Computes in float64 whatever the input dtype, in two passes over ``X``. Inputs are not
-    validated (see :func:`~daskgd.kernels.grad_loss` for their meaning).
+    validated (see :func:`~daskgd.kernels.grad_loss` for their meaning). ``X`` may be a
+    ``scipy.sparse`` matrix or array of any format; the results are numpy arrays either way.
 
     Returns
     -------
@@ -53,7 +57,9 @@ def grad_loss_reference(
     >>> float(loss), g.tolist(), float(gb)
     (0.125, [-0.5, -1.0], -0.5)
     """
-    X = np.asarray(X, dtype=np.float64)
+    # scipy's products of a sparse matrix with a dense array are dense: np.asarray keeps
+    # them numpy arrays (not numpy.matrix) for either kind of X
+    X = X.astype(np.float64) if is_sparse(X) else np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     n = X.shape[0]
@@ -62,15 +68,15 @@ def grad_loss_reference(
     if w.ndim == 2:  # multinomial: only the log loss has a 2-D form
         if not isinstance(family, LogLoss):
             raise ValueError(f"2-D weights (multinomial) need loss='log_loss', not {loss!r}")
-        P = X @ w + np.asarray(b, dtype=np.float64)
+        P = np.asarray(X @ w) + np.asarray(b, dtype=np.float64)
         if offset is not None:
             P += np.asarray(offset, dtype=np.float64)[:, None]
         loss_rows, D = family.reference_multinomial(P, y)
         D *= sw[:, None]
-        return float(sw @ loss_rows), X.T @ D, D.sum(axis=0)
+        return float(sw @ loss_rows), np.asarray(X.T @ D), D.sum(axis=0)
     loss_rows, dloss = family.reference(_margins(X, w, b, offset), y, epsilon, power)
     dloss = np.clip(dloss, -MAX_DLOSS, MAX_DLOSS) * sw
-    return float(sw @ loss_rows), X.T @ dloss, float(dloss.sum())
+    return float(sw @ loss_rows), np.asarray(X.T @ dloss), float(dloss.sum())
 
 
 def grad_hess_reference(
