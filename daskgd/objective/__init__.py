@@ -12,9 +12,22 @@ families in :mod:`~daskgd.objective.loglink`, their base in
 :mod:`~daskgd.objective.quadratic` (coordinate descent on a quadratic model with L1),
 :mod:`~daskgd.objective.newton` (the Newton state machine, the crossover
 :data:`NEWTON_MAX_FEATURES` and :func:`choose_optimizer`, the rule of ``optimizer="auto"``) and
-:mod:`~daskgd.objective.optimizers` (the update rules and their registry).
+:mod:`~daskgd.objective.optimizers` (the update rules and their registry);
+for sparse models, the per-coordinate ("key-value") rules that touch only the keys a
+gradient touched: :mod:`~daskgd.objective.keyed_base` (their interface),
+:mod:`~daskgd.objective.ftrl` (FTRL-Proximal) and :mod:`~daskgd.objective.keyed` (lazy SGD,
+AdaGrad, Adam, their registry and :func:`make_keyed_optimizer`).
 """
 
+from daskgd.objective.ftrl import FTRLProximal
+from daskgd.objective.keyed import (
+    KEYED_OPTIMIZERS,
+    KeyedAdaGrad,
+    KeyedAdam,
+    KeyedOptimizer,
+    KeyedSGD,
+    make_keyed_optimizer,
+)
 from daskgd.objective.lbfgs import LBFGS
 from daskgd.objective.losses import (
     LOSSES,
@@ -50,6 +63,7 @@ from daskgd.objective.regularizers import Regularizer, soft_threshold
 from daskgd.objective.schedules import SCHEDULES, Schedule
 
 __all__ = [
+    "KEYED_OPTIMIZERS",
     "LBFGS",
     "LOSSES",
     "MAX_DLOSS",
@@ -58,9 +72,14 @@ __all__ = [
     "SCHEDULES",
     "AdaGrad",
     "Adam",
+    "FTRLProximal",
     "Gamma",
     "Hinge",
     "Huber",
+    "KeyedAdaGrad",
+    "KeyedAdam",
+    "KeyedOptimizer",
+    "KeyedSGD",
     "LBFGSOptimizer",
     "LogLoss",
     "Loss",
@@ -81,6 +100,7 @@ __all__ = [
     "curvature_bound",
     "get_loss",
     "link",
+    "make_keyed_optimizer",
     "make_optimizer",
     "soft_threshold",
 ]
