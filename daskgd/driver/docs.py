@@ -18,7 +18,7 @@ FIT_PARAMETERS = """
         ``async``: each gradient applied on arrival; ``ssp``: async, but a worker
         more than ``max_staleness`` pushes ahead of the slowest one waits.
     optimizer : {"sgd", "momentum", "nesterov", "adagrad", "adam", "lbfgs", "newton", \
-"auto"}, default="sgd"
+"ftrl", "auto"}, default="sgd"
         ``lbfgs``: limited-memory BFGS with a line search on the exact loss, one pass
         over the data per round; sync mode, full batches and no L1 penalty only. It
         ignores ``learning_rate`` and converges in far fewer epochs than the others.
@@ -35,6 +35,18 @@ FIT_PARAMETERS = """
         :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters (``d + 1``; above, the
         Hessian costs more than the passes it saves), else ``lbfgs`` for smooth
         full-batch sync fits, else ``sgd``.
+        Sparse ``X`` (scipy.sparse CSR blocks) with ``batch_size`` and ``sgd``,
+        ``adagrad``, ``adam`` or ``ftrl`` trains *key-value*: a push carries the
+        gradient at the columns its batch touched, a reply the weights at the next
+        batch's, so neither grows with the number of features; ``sgd`` applies the
+        elastic net lazily and exactly, ``adagrad``/``adam`` lazily at the touched
+        coordinates (see :mod:`daskgd.objective.keyed`). ``ftrl``: FTRL-Proximal
+        (McMahan et al., 2013), the click-prediction standard, key-value fits only;
+        ``learning_rate`` is its ``alpha``, ``optimizer_options`` take ``beta``, ``l1``,
+        ``l2``. Key-value fits run sync or async mode with ``n_servers=0``, without
+        checkpoints or ``gtol``/``gtol_rel`` (their history's ``grad_norm`` is NaN);
+        ``learning_rate="auto"`` is 0.1 for adagrad and ftrl and 0.01 for adam there
+        (sgd needs a number). See :mod:`daskgd.driver.keyed`.
     learning_rate : float or "auto", default="auto"
         The initial step size. ``"auto"``: ``1 / L``, with ``L`` a bound on the
         curvature of the objective that the workers compute from their rows while they

@@ -13,6 +13,7 @@ from distributed import Client, Future
 from daskgd.data import Dataset
 from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
 from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
+from daskgd.driver.keyed import is_keyed, keyed_fit_settings
 from daskgd.driver.monitor import abort, drain, watch
 from daskgd.driver.placement import initial_params, label_encoding, plan_placement, sources
 from daskgd.driver.result import FitResult, build_result
@@ -31,6 +32,7 @@ from daskgd.parameter_server import (
     check_quorum,
     make_settings,
 )
+from daskgd.parameter_server.keyed_job import keyed_settings
 from daskgd.parameter_server.shard import ShardServer
 from daskgd.worker import probe, train_partition
 
@@ -90,6 +92,9 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
             "out_of_core=True streams row-chunks from a Zarr store; pass a Zarr path, or "
             "write the arrays with daskgd.write_zarr first"
         )
+    keyed = is_keyed(ds, s)  # sparse mini-batches: pushes and pulls by key
+    if keyed:
+        s = keyed_fit_settings(s)
     plan = await plan_placement(client, ds, workers)
     ranks = list(plan)
     nb = s.batches_per_epoch(ds.n_samples, [sum(ds.chunks[i] for i in plan[w]) for w in ranks])
@@ -97,19 +102,28 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     P0 = initial_params(ds, s)
     # the parameter server's rules, raised here rather than on the scheduler
     try:
-        check_quorum(*make_settings(P0, config, s.optimizer_spec()), len(ranks))
+        if keyed:
+            keyed_settings(config, s.optimizer_spec(), len(ranks))
+        else:
+            check_quorum(*make_settings(P0, config, s.optimizer_spec()), len(ranks))
     except ValueError as exc:
         raise InvalidSettingError(str(exc)) from None
     spec = s.worker_spec(classes=label_encoding(ds, s), batches_per_epoch=nb)
     writer, resume = await setup_checkpoint(ds, s, config)
     if resume is not None:
         P0 = resume["params"]
-    shards = await place_shards(client, s, P0.size, workers)
+    shards = None if keyed else await place_shards(client, s, P0.size, workers)
     job = f"daskgd-{uuid.uuid4().hex}"
     ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
     try:
-        await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id, resume=resume,
-                        shards=shards)  # fmt: skip
+        if keyed:
+            spec["keyed"] = {"shape": P0.shape}
+            warm = s.coef_init is not None or s.intercept_init is not None
+            await ps.kcreate(ds.n_features, s.n_columns, config, s.optimizer_spec(), ranks,
+                             client=client.id, params=P0 if warm else None)  # fmt: skip
+        else:
+            await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id,
+                            resume=resume, shards=shards)  # fmt: skip
     except ResumeRejectedError as exc:
         raise CheckpointError(f"{s.checkpoint}: {exc}") from exc
     futures: list[Future] = []
@@ -153,6 +167,8 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         "setup": setup,
         "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
         "push_bytes": [t["push_bytes"] for t in sorted(tasks, key=lambda t: t["rank"])],
+        # key-value fits: the bytes of the weights each task received
+        "pull_bytes": [t.get("pull_bytes") for t in sorted(tasks, key=lambda t: t["rank"])],
     }
     return build_result(
         final,

@@ -41,13 +41,23 @@ from daskgd.driver.constraints import (
 )
 from daskgd.driver.servers import check_servers
 from daskgd.errors import InvalidSettingError
-from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES, choose_optimizer, curvature_bound
+from daskgd.objective import (
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULES,
+    choose_optimizer,
+    curvature_bound,
+    make_keyed_optimizer,
+)
 from daskgd.parameter_server import MODES, make_settings
 
-__all__ = ["CONSTRAINTS", "OVR_LOSSES", "FitSettings"]
+__all__ = ["CONSTRAINTS", "KEYED_ONLY", "OVR_LOSSES", "FitSettings"]
 
 #: The binary losses a one-vs-rest fit trains, one column per class.
 OVR_LOSSES = ("hinge", "squared_hinge", "log_loss")
+
+#: Optimizers that only key-value (sparse, mini-batch) fits run (:mod:`daskgd.driver.keyed`).
+KEYED_ONLY = ("ftrl",)
 
 _BOOL = (Boolean(),)
 _TOL = (NONE, Real(0.0))
@@ -56,7 +66,7 @@ _TOL = (NONE, Real(0.0))
 CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "loss": (Options(tuple(sorted(LOSSES))),),
     "mode": (Options(MODES),),
-    "optimizer": (Options((*OPTIMIZERS, "auto")),),
+    "optimizer": (Options((*OPTIMIZERS, *KEYED_ONLY, "auto")),),
     "learning_rate": (Options(("auto",)), Real(0.0, open=True)),
     "lr_schedule": (Options(SCHEDULES),),
     "power_t": (Real(),),
@@ -257,12 +267,25 @@ class FitSettings:
             # "auto": every optimizer it may stand for must accept the other settings
             names = [self.optimizer] if self.optimizer != "auto" else self.auto_candidates()
             for name in names:
+                if name in KEYED_ONLY:
+                    self._check_keyed_only()
+                    continue
                 make_settings(np.zeros(self.params_shape(1)), config,
                               {**self.optimizer_spec(), "name": name})  # fmt: skip
         except InvalidSettingError:
             raise
         except ValueError as exc:  # the lower layers' rules, in their words
             raise InvalidSettingError(str(exc)) from None
+
+    def _check_keyed_only(self) -> None:
+        """``ftrl``: mini-batches, and the rule's own settings (sparse data is checked
+        when the data is known, :func:`daskgd.driver.keyed.is_keyed`)."""
+        if self.batch_size is None:
+            raise InvalidSettingError(
+                f"optimizer={self.optimizer!r} trains sparse data on mini-batches, key by "
+                "key: set batch_size (and pass sparse X)"
+            )
+        make_keyed_optimizer(**self.optimizer_spec())
 
     # -- optimizer="auto" ---------------------------------------------------------------------
     def _choose(self, n_params: int) -> str:

@@ -305,6 +305,90 @@ class ParameterServerClient(ShardCalls):
         """The current ``params`` and ``version``."""
         return await self._call("pull", retry=True)
 
+    # -- key-value (sparse) jobs: :mod:`daskgd.parameter_server.keyed_handlers` ----------
+    async def kcreate(
+        self,
+        n_features: int,
+        n_columns: int | None,
+        config: dict[str, Any],
+        optimizer: dict[str, Any],
+        ranks: list[str],
+        client: str | None = None,
+        params: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Create a key-value job (``daskgd_kcreate``): its parameters live in a keyed
+        optimizer's state on the scheduler, zero or ``params`` at the start.
+
+        Raises
+        ------
+        BadMessageError
+            Settings a key-value job cannot run, or a job that exists already.
+        """
+        return await self._call(
+            "kcreate",
+            n_features=int(n_features),
+            n_columns=n_columns,
+            config=config,
+            optimizer=optimizer,
+            ranks=list(ranks),
+            client=client,
+            params=None if params is None else ToPickle(params),
+        )
+
+    async def kpull(
+        self, rank: int, keys: np.ndarray | None = None, dense: bool = False
+    ) -> dict[str, Any]:
+        """The weights ``w`` at ``keys`` (all of them when ``dense``), the intercept ``b``
+        and the ``version``."""
+        return await self._call(
+            "kpull",
+            retry=True,
+            rank=rank,
+            keys=None if keys is None else ToPickle(keys),
+            dense=dense,
+            incarnation=self.incarnation,
+        )
+
+    async def kpush(
+        self,
+        rank: int,
+        version: int,
+        keys: np.ndarray,
+        grad: np.ndarray,
+        grad_b: float | np.ndarray,
+        n: int,
+        weight: float,
+        loss: float,
+        worker: str | None = None,
+        next_keys: np.ndarray | None = None,
+        dense: bool = False,
+    ) -> dict[str, Any]:
+        """Push a batch's summed gradient at its ``keys`` (``daskgd_kpush``); the reply has
+        the weights ``w`` at ``next_keys`` (all of them when ``dense``), ``b`` and
+        ``version``.
+
+        Raises
+        ------
+        SupersededError
+            A newer run of this rank joined: this task must end.
+        """
+        return await self._call(
+            "kpush",
+            extra=self.wait_bound,
+            rank=rank,
+            version=version,
+            keys=ToPickle(keys),
+            grad=ToPickle(grad),
+            grad_b=ToPickle(grad_b) if isinstance(grad_b, np.ndarray) else float(grad_b),
+            n=n,
+            weight=weight,
+            loss=loss,
+            worker=worker,
+            next_keys=None if next_keys is None else ToPickle(next_keys),
+            dense=dense,
+            incarnation=self.incarnation,
+        )
+
     async def status(
         self, since: int = 0, params: bool = False, wait: float = 0.0
     ) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from daskgd.parameter_server.checks import (
     error,
 )
 from daskgd.parameter_server.job import Job
+from daskgd.parameter_server.keyed_job import KeyedJob
 from daskgd.parameter_server.rounds import RECOVERY_EVERY
 from daskgd.parameter_server.runner import JobRunner
 from daskgd.parameter_server.sharding import ShardError
@@ -70,7 +71,7 @@ class MemberHandlers(JobRunner):
         j = self.get_job(job)
         if isinstance(j, dict):
             return j
-        bad = check_rank(j, rank)
+        bad = check_rank(j, rank) or _not_keyed(j, "ready")
         if bad:
             return error(bad)
         refused = check_incarnation(j, rank, incarnation)
@@ -100,7 +101,7 @@ class MemberHandlers(JobRunner):
         j = self.get_job(job)
         if isinstance(j, dict):
             return j
-        bad = check_rank(j, rank)
+        bad = check_rank(j, rank) or _not_keyed(j, "push")
         if bad:
             return error(bad)
         refused = check_incarnation(j, rank, incarnation)
@@ -265,6 +266,13 @@ class MemberHandlers(JobRunner):
 
 
 _SUPERSEDED = object()
+
+
+def _not_keyed(j: Job, op: str) -> str | None:
+    """A key-value job's members push keys (``daskgd_kpush``) and report no ``ready``."""
+    if isinstance(j, KeyedJob):
+        return f"job {j.id!r} is a key-value (sparse) job: daskgd_{op} is not for it (use kpush)"
+    return None
 
 
 def _if_current(j: Job, incarnation: str | None, step: Any, rank: int, *args: Any) -> Any:

@@ -1,7 +1,8 @@
 """The parameter server's scheduler plugin: its handlers, and who runs a job's changes.
 
 The protocol (handlers, replies, modes, leases, incarnations, the threading model) is
-described in :mod:`daskgd.parameter_server`. This module must stay importable without
+described in :mod:`daskgd.parameter_server`; key-value (sparse) jobs' handlers in
+:mod:`daskgd.parameter_server.keyed_handlers`. This module must stay importable without
 the compiled kernels: the scheduler imports only this package, the objective and numpy.
 """
 
@@ -28,6 +29,7 @@ from daskgd.parameter_server.config import (
     make_settings,
 )
 from daskgd.parameter_server.job import Job
+from daskgd.parameter_server.keyed_handlers import KeyedHandlers
 from daskgd.parameter_server.members import MemberHandlers
 from daskgd.parameter_server.runner import STEP_THREADS
 from daskgd.parameter_server.sharding import ShardError, ShardSet, split_rows
@@ -49,6 +51,9 @@ _OPS = {
     "close": "close_job",
     "info": "info",
     "snapshot": "snapshot",
+    "kcreate": "keyed_create",
+    "kpull": "keyed_pull",
+    "kpush": "keyed_push",
 }
 
 
@@ -76,7 +81,7 @@ def _guard(op: str, method: Any) -> Any:
     return handler
 
 
-class ParameterServer(MemberHandlers, SchedulerPlugin):
+class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
     """The daskgd parameter server, installed on the scheduler as a plugin.
 
     Register it once per scheduler (registration is idempotent, by name)::

@@ -106,7 +106,8 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
         True: with False the kernel may skip the intercept's row of the Hessian),
         ``power`` (optional, default 1.5: the Tweedie power), and ``delay``
         (optional; a testing hook: rank -> seconds this rank sleeps before each push, to
-        play a straggler).
+        play a straggler), ``keyed`` (optional: ``{"shape": ...}``, the parameters' shape
+        of a key-value job, trained by :func:`daskgd.worker.keyed_loop.train_keyed`).
 
     Returns
     -------
@@ -160,8 +161,10 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
     started = clock()
     reply = call("join", rank=rank, worker=address)
     params, version, position = reply["params"], reply["version"], reply["position"]
-    d = params.shape[0] - 1
-    multinomial = params.ndim == 2
+    # a key-value job's parameters stay on the server: its shape comes with the spec
+    shape = tuple(spec["keyed"]["shape"]) if spec.get("keyed") else params.shape
+    d = shape[0] - 1
+    multinomial = len(shape) == 2
     loss_info = get_loss(spec["loss"])
 
     classes = None if spec.get("classes") is None else np.asarray(spec["classes"])
@@ -182,7 +185,7 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
                                                               else np.float64)  # fmt: skip
         try:
             check_targets(loss_info, y, multinomial=multinomial,
-                          n_classes=params.shape[1] if multinomial else 0,
+                          n_classes=shape[1] if multinomial else 0,
                           name=f"y (rank {rank}{where})",
                           power=spec.get("power", 1.5))  # fmt: skip
         except ValueError as exc:  # the data, not the training: raised as it is
@@ -200,6 +203,11 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
     batches = kind(source, nb, int(spec["seed"]), rank, check)
     if batches.n < nb:
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
+    if spec.get("keyed"):  # sparse rows, keys pushed and pulled: its own loop
+        from daskgd.worker.keyed_loop import train_keyed
+
+        return train_keyed(call, reply, batches, spec, rank=rank, worker=address, shape=shape,
+                           started=started)  # fmt: skip
     buffers: dict[Any, np.ndarray] = {}  # kernel output buffers by dtype, reused
     power = float(spec.get("power", 1.5))  # the Tweedie power (the other losses ignore it)
 

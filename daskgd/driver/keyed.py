@@ -1,0 +1,97 @@
+"""Which fits are key-value fits, and the settings they run with.
+
+A fit is *keyed* when its data is sparse (``scipy.sparse`` CSR blocks), it trains on
+mini-batches (``batch_size`` set) and its optimizer is a per-coordinate rule (``sgd``,
+``adagrad``, ``adam`` or ``ftrl``, :data:`daskgd.objective.KEYED_OPTIMIZERS`): its
+parameters then live in a keyed optimizer's state on the scheduler, a push carries the
+gradient at the keys its batch touched and a reply the weights at the next batch's keys
+(:mod:`daskgd.parameter_server.keyed_handlers`). Other sparse fits (full batches, L-BFGS,
+momentum) push dense gradients.
+
+What the keyed slice does not run yet is refused here, naming the alternative:
+``n_servers >= 1`` (key-hashed shards), ``mode="ssp"``, checkpoints,
+``gtol``/``gtol_rel`` (no gradient norm is computed), ``callback_params``, one-vs-rest,
+and ``learning_rate="auto"`` with ``sgd``. For ``adagrad``, ``adam`` and ``ftrl``,
+``"auto"`` stands for the constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps
+adapt to the data; scikit-learn's and McMahan et al.'s usual values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from daskgd.driver.settings import FitSettings
+from daskgd.errors import InvalidSettingError
+from daskgd.objective import KEYED_OPTIMIZERS
+
+__all__ = ["KEYED_DEFAULT_LR", "is_keyed", "is_sparse_data", "keyed_fit_settings"]
+
+#: ``learning_rate="auto"`` of a keyed fit, by optimizer (``sgd`` has none: give one).
+KEYED_DEFAULT_LR = {"adagrad": 0.1, "adam": 0.01, "ftrl": 0.1}
+
+
+def is_sparse_data(ds: Any) -> bool:
+    """Whether the dataset's ``X`` is made of ``scipy.sparse`` blocks."""
+    flag = getattr(ds, "is_sparse", None)
+    if flag is not None:
+        return bool(flag)
+    meta = getattr(ds.X, "_meta", None)
+    return (type(meta).__module__ or "").startswith("scipy.sparse")
+
+
+def is_keyed(ds: Any, s: FitSettings) -> bool:
+    """Whether the fit of ``ds`` with ``s`` runs key-value (see the module docstring).
+
+    Raises
+    ------
+    InvalidSettingError
+        ``optimizer="ftrl"`` on a fit that is not keyed (dense data or full batches).
+    """
+    keyed = is_sparse_data(ds) and s.batch_size is not None and s.optimizer in KEYED_OPTIMIZERS
+    if s.optimizer == "ftrl" and not keyed:
+        raise InvalidSettingError(
+            "optimizer='ftrl' (FTRL-Proximal) trains sparse data on mini-batches, key by "
+            "key: pass X as scipy.sparse CSR (or a dask array of CSR blocks) with "
+            "batch_size set, or use optimizer='adagrad' for dense data"
+        )
+    return keyed
+
+
+def keyed_fit_settings(s: FitSettings) -> FitSettings:
+    """The settings a keyed fit runs with (``learning_rate="auto"`` resolved).
+
+    Raises
+    ------
+    InvalidSettingError
+        On a setting the key-value slice does not support yet, naming the alternative.
+    """
+    why = None
+    if isinstance(s.n_servers, int) and s.n_servers >= 1:
+        why = (f"n_servers={s.n_servers} (key-hashed shards are not built yet): use "
+               "n_servers=0 or 'auto'")  # fmt: skip
+    elif s.mode == "ssp":
+        why = "mode='ssp': use mode='async' or 'sync'"
+    elif s.checkpoint is not None:
+        why = "checkpoint=...: checkpoints of key-value models are not written yet; drop it"
+    elif s.gtol is not None or s.gtol_rel is not None:
+        why = ("gtol/gtol_rel: no gradient norm is computed for a stochastic sparse fit; "
+               "use tol (the epoch loss)")  # fmt: skip
+    elif s.callback_params:
+        why = "callback_params=True (every epoch's whole model): drop it"
+    elif s.one_vs_rest:
+        why = "one-vs-rest: use the multinomial log_loss (n_classes without one_vs_rest)"
+    elif isinstance(s.learning_rate, str) and s.optimizer not in KEYED_DEFAULT_LR:
+        why = (f"learning_rate='auto' with optimizer={s.optimizer!r} (the curvature of "
+               "sparse rows is not measured): give learning_rate=<a number>, or use "
+               "optimizer='adagrad' or 'ftrl'")  # fmt: skip
+    if why is not None:
+        raise InvalidSettingError(
+            f"sparse X with batch_size and optimizer={s.optimizer!r} runs key-value "
+            f"(pushes and pulls by key), which does not support {why}"
+        )
+    if not isinstance(s.learning_rate, str):
+        return s
+    out = replace(s, learning_rate=KEYED_DEFAULT_LR[s.optimizer])
+    object.__setattr__(out, "seed", s.seed)  # the seed drawn for this fit stays
+    return out
