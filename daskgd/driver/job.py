@@ -167,9 +167,9 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         "setup": setup,
         "ranks": [t["seconds"] for t in sorted(tasks, key=lambda t: t["rank"])],
         "push_bytes": [t["push_bytes"] for t in sorted(tasks, key=lambda t: t["rank"])],
-        # key-value fits: the bytes of the weights each task received
-        "pull_bytes": [t.get("pull_bytes") for t in sorted(tasks, key=lambda t: t["rank"])],
     }
+    if keyed:  # the bytes of the weights each task received
+        timings["pull_bytes"] = [t["pull_bytes"] for t in sorted(tasks, key=lambda t: t["rank"])]
     return build_result(
         final,
         history,

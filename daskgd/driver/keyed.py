@@ -14,6 +14,10 @@ What the keyed slice does not run yet is refused here, naming the alternative:
 and ``learning_rate="auto"`` with ``sgd``. For ``adagrad``, ``adam`` and ``ftrl``,
 ``"auto"`` stands for the constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps
 adapt to the data; scikit-learn's and McMahan et al.'s usual values).
+
+A keyed fit's ``FitResult.timings_`` has ``pull_bytes`` besides ``push_bytes``: per
+training task, the bytes of the weights it received (its pushes' bytes count the keys,
+the gradient values and the next batch's keys); both follow the batches' keys, not d.
 """
 
 from __future__ import annotations
