@@ -153,15 +153,26 @@ def test_multinomial_keyed_fit(client):
     assert res.history[-1]["loss"] < res.history[0]["loss"] < math.log(3)
 
 
-def test_adam_and_sgd_keyed_fits_decrease_the_loss(client, logistic):
+@pytest.mark.parametrize(("optimizer", "lr"), [("adam", 0.01), ("sgd", None)])
+def test_adam_and_sgd_with_auto_learning_rate(client, logistic, optimizer, lr):
+    """``learning_rate="auto"``: adam's constant default; sgd's ``1 / L`` measured on the
+    sparse rows before the first step, as for dense data (the same value)."""
     X, y, fstar = logistic
-    for optimizer, lr in (("adam", "auto"), ("sgd", 0.5)):
-        res = fit(_dask(X, y), client=client, loss="log_loss", mode="async",
-                  optimizer=optimizer, learning_rate=lr, batch_size=200, alpha=ALPHA,
-                  max_epochs=10, tol=None, random_state=0)  # fmt: skip
-        f = _objective(X, y, res.coef_, res.intercept_, ALPHA)
-        assert f < 0.5 * math.log(2) + fstar / 2  # well below the zero model's log(2)
-    assert res.learning_rate_ == 0.5
+    kw = dict(client=client, loss="log_loss", mode="async", optimizer=optimizer,
+              batch_size=200, alpha=ALPHA, max_epochs=10, tol=None, random_state=0)  # fmt: skip
+    res = fit(_dask(X, y), **kw)
+    f = _objective(X, y, res.coef_, res.intercept_, ALPHA)
+    assert f < 0.5 * math.log(2) + fstar / 2  # well below the zero model's log(2)
+    if lr is not None:
+        assert res.learning_rate_ == lr
+    else:
+        # the same step the dense path measures on the same rows (a small dense copy)
+        Xs, ys = _sparse_logistic(n=1000, d=300, pool=300, seed=9)
+        kw.update(max_epochs=1)
+        sparse_lr = fit(_dask(Xs, ys), **kw).learning_rate_
+        dense_lr = fit((da.from_array(Xs.toarray(), chunks=(CHUNK, -1)), _dask(Xs, ys)[1]),
+                       **kw).learning_rate_  # fmt: skip
+        assert sparse_lr == pytest.approx(dense_lr, rel=1e-9) and sparse_lr > 0
 
 
 def test_non_finite_gradient_stops_with_a_clear_error(client):
@@ -175,7 +186,7 @@ def test_non_finite_gradient_stops_with_a_clear_error(client):
 
 def test_exploding_sgd_stops_as_divergence(client):
     X, y = _sparse_logistic(n=2000, seed=6)
-    with pytest.raises(DivergenceError, match="smaller learning_rate"):
+    with pytest.raises(DivergenceError, match="before the first step"):
         fit(_dask(X, y * 50.0), client=client, loss="squared_error", mode="sync",
             optimizer="sgd", learning_rate=10.0, batch_size=100, max_epochs=50, tol=None,
             random_state=0)  # fmt: skip
@@ -201,7 +212,6 @@ def test_tol_time_budget_and_callback_stop(client, logistic):
         ({"mode": "ssp", "max_staleness": 2}, "mode='ssp'"),
         ({"gtol": 1e-3}, "gtol"),
         ({"callback_params": True}, "callback_params"),
-        ({"optimizer": "sgd", "learning_rate": "auto"}, "learning_rate='auto'"),
     ],
 )
 def test_unsupported_keyed_settings_are_refused(client, settings, match):

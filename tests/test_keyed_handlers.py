@@ -132,3 +132,29 @@ async def test_non_finite_gradient_stops_the_job(c, s, a, b):
     r = await _kpush(c, 1, 0, [4], [np.nan])
     assert r["status"] == "stopped" and r["error_kind"] == "divergence"
     assert "rank 1" in r["error"] and "non-finite" in r["error"]
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_kready_sets_auto_step_once_every_rank_reported(c, s, a, b):
+    sgd = {"name": "sgd", "learning_rate": 1.0, "alpha": 0.1}
+    reply = await _create(c, s, optimizer=sgd, auto_lr=True, loss_curvature=0.25,
+                          batches_per_epoch=2)  # fmt: skip
+    assert reply["status"] == "OK"
+    ready = [
+        c.scheduler.daskgd_kready(job="k", rank=r, worker=w.address, loss0=7.0 * (r + 1),
+                                  loss_zero=6.0, weight=10.0, curvature=(4.0, 8.0, 10.0))
+        for r, w in enumerate((a, b))
+    ]  # fmt: skip
+    first = asyncio.ensure_future(ready[0])
+    await asyncio.sleep(0.2)
+    assert not first.done()  # the step size waits for rank 1's report
+    assert (await ready[1])["status"] == "OK" and (await first)["status"] == "OK"
+    job = s.plugins[PLUGIN_NAME].jobs["k"]
+    # L = c * (lam + msq / rows) + l2: lam = (4 + 4) / 20, msq = 16 / 20, and a round's
+    # rows 20 * 2 members / (2 members * 2 batches)
+    L = 0.25 * (8 / 20 + (16 / 20) / 10) + 0.1
+    assert job.eta == pytest.approx(1 / L) and job.rule.schedule.eta0 == job.eta
+    assert job.ref_loss == pytest.approx(21 / 20)  # at the start (zero: no penalty)
+    bad = await c.scheduler.daskgd_kready(job="k", rank=0, worker=a.address, loss0=-1.0,
+                                          loss_zero=1.0, weight=1.0)  # fmt: skip
+    assert bad["status"] == "error" and "loss0" in bad["message"]

@@ -46,7 +46,7 @@ FIT_PARAMETERS = """
         ``l2``. Key-value fits run sync or async mode with ``n_servers=0``, without
         checkpoints or ``gtol``/``gtol_rel`` (their history's ``grad_norm`` is NaN);
         ``learning_rate="auto"`` is 0.1 for adagrad and ftrl and 0.01 for adam there
-        (sgd needs a number). See :mod:`daskgd.driver.keyed`.
+        (sgd's is ``1 / L`` as below). See :mod:`daskgd.driver.keyed`.
     learning_rate : float or "auto", default="auto"
         The initial step size. ``"auto"``: ``1 / L``, with ``L`` a bound on the
         curvature of the objective that the workers compute from their rows while they

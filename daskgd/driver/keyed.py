@@ -10,10 +10,11 @@ momentum) push dense gradients.
 
 What the keyed slice does not run yet is refused here, naming the alternative:
 ``n_servers >= 1`` (key-hashed shards), ``mode="ssp"``, checkpoints,
-``gtol``/``gtol_rel`` (no gradient norm is computed), ``callback_params``, one-vs-rest,
-and ``learning_rate="auto"`` with ``sgd``. For ``adagrad``, ``adam`` and ``ftrl``,
-``"auto"`` stands for the constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps
-adapt to the data; scikit-learn's and McMahan et al.'s usual values).
+``gtol``/``gtol_rel`` (no gradient norm is computed), ``callback_params`` and
+one-vs-rest. ``learning_rate="auto"`` is ``1 / L`` for ``sgd``, measured on the rows as
+for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the constant
+:data:`KEYED_DEFAULT_LR` (their per-coordinate steps adapt to the data; the usual values
+of AdaGrad, Adam and McMahan et al.'s FTRL).
 
 A keyed fit's ``FitResult.timings_`` has ``pull_bytes`` besides ``push_bytes``: per
 training task, the bytes of the weights it received (its pushes' bytes count the keys,
@@ -31,7 +32,7 @@ from daskgd.objective import KEYED_OPTIMIZERS
 
 __all__ = ["KEYED_DEFAULT_LR", "is_keyed", "is_sparse_data", "keyed_fit_settings"]
 
-#: ``learning_rate="auto"`` of a keyed fit, by optimizer (``sgd`` has none: give one).
+#: ``learning_rate="auto"`` of a keyed fit, by optimizer (``sgd``'s is measured: ``1 / L``).
 KEYED_DEFAULT_LR = {"adagrad": 0.1, "adam": 0.01, "ftrl": 0.1}
 
 
@@ -85,17 +86,13 @@ def keyed_fit_settings(s: FitSettings) -> FitSettings:
         why = "callback_params=True (every epoch's whole model): drop it"
     elif s.one_vs_rest:
         why = "one-vs-rest: use the multinomial log_loss (n_classes without one_vs_rest)"
-    elif isinstance(s.learning_rate, str) and s.optimizer not in KEYED_DEFAULT_LR:
-        why = (f"learning_rate='auto' with optimizer={s.optimizer!r} (the curvature of "
-               "sparse rows is not measured): give learning_rate=<a number>, or use "
-               "optimizer='adagrad' or 'ftrl'")  # fmt: skip
     if why is not None:
         raise InvalidSettingError(
             f"sparse X with batch_size and optimizer={s.optimizer!r} runs key-value "
             f"(pushes and pulls by key), which does not support {why}"
         )
-    if not isinstance(s.learning_rate, str):
-        return s
+    if not isinstance(s.learning_rate, str) or s.optimizer not in KEYED_DEFAULT_LR:
+        return s  # sgd: "auto" is 1 / L, measured on the rows as for dense data
     out = replace(s, learning_rate=KEYED_DEFAULT_LR[s.optimizer])
     object.__setattr__(out, "seed", s.seed)  # the seed drawn for this fit stays
     return out

@@ -335,6 +335,31 @@ class ParameterServerClient(ShardCalls):
             params=None if params is None else ToPickle(params),
         )
 
+    async def kready(
+        self,
+        rank: int,
+        worker: str,
+        loss0: float,
+        loss_zero: float,
+        weight: float,
+        curvature: tuple[float, float, float] | None = None,
+        gram: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Report a key-value member's losses before its first step (``daskgd_kready``);
+        with ``auto_lr`` its curvature figures, and the reply waits for the step size."""
+        return await self._call(
+            "kready",
+            extra=self.wait_bound,
+            rank=rank,
+            worker=worker,
+            loss0=loss0,
+            loss_zero=loss_zero,
+            weight=weight,
+            curvature=curvature,
+            gram=None if gram is None else ToPickle(gram),
+            incarnation=self.incarnation,
+        )
+
     async def kpull(
         self, rank: int, keys: np.ndarray | None = None, dense: bool = False
     ) -> dict[str, Any]:

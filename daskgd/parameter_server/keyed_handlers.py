@@ -9,6 +9,12 @@ handler                     arguments -> reply (besides ``status``)
                             ``n_features`` coefficients (``n_columns`` per feature
                             for a multinomial model, else None), zero or ``params``
                             (a warm start, ``(d + 1,)`` or ``(d + 1, k)``)
+``daskgd_kready``           ``job, rank, worker, loss0, loss_zero, weight,
+                            curvature=None, gram=None, incarnation=None`` ->
+                            ``version``: a rank's mean losses on its first batch at
+                            the start and at zero (the divergence reference) and,
+                            with ``auto_lr`` (optimizer ``sgd``), its curvature
+                            figures; the reply then waits for the step size
 ``daskgd_kpull``            ``job, rank, keys=None, dense=False, incarnation=None``
                             -> ``version, w, b``: the coefficients at ``keys``
                             (sorted, unique), or all of them when ``dense``
@@ -25,9 +31,9 @@ handler                     arguments -> reply (besides ``status``)
 Members join (``daskgd_join``) and the driver watches, stops and closes
 (``daskgd_status``, ``daskgd_stop``, ``daskgd_close``) as for dense jobs; the replies of
 those carry no parameters while the job runs (``params`` None), and the close reply the
-whole model, formed once from the state. Members do not call ``daskgd_ready`` (their
-report would be a dense gradient): the divergence test compares with the first epoch's
-loss. A non-finite loss or gradient in a push stops the job at once (divergence).
+whole model, formed once from the state. Members report with ``daskgd_kready`` instead of
+``daskgd_ready`` (whose report holds a dense gradient). A non-finite loss or gradient in
+a push stops the job at once (divergence).
 
 Whole-model replies: a member asks for the whole model (``dense=True``, no keys sent)
 when its batch touches more than :data:`DENSE_PULL_FRACTION` of the columns; the int64
@@ -47,7 +53,12 @@ from distributed.protocol import ToPickle
 from daskgd.objective.keyed_base import check_keys
 from daskgd.parameter_server.checks import check_incarnation, check_rank, error
 from daskgd.parameter_server.config import is_index
-from daskgd.parameter_server.keyed_job import KeyedJob, check_keyed_push, keyed_settings
+from daskgd.parameter_server.keyed_job import (
+    KeyedJob,
+    check_keyed_push,
+    check_keyed_ready,
+    keyed_settings,
+)
 from daskgd.parameter_server.runner import JobRunner
 
 __all__ = ["DENSE_PULL_FRACTION", "KeyedHandlers"]
@@ -137,6 +148,36 @@ class KeyedHandlers(JobRunner):
         self.jobs[job] = KeyedJob(job, shape, state, cfg, rule, facts, list(ranks), client)
         return {"status": "OK", "version": 0}
 
+    async def keyed_ready(
+        self, job, rank, worker, loss0, loss_zero, weight, curvature=None, gram=None,
+        incarnation=None,
+    ):  # fmt: skip
+        """A rank's losses on its first batch before any step, and (``auto_lr``) its
+        curvature figures; with ``auto_lr`` the reply waits until the step size is set."""
+        j = self._keyed(job)
+        if isinstance(j, dict):
+            return j
+        bad = check_rank(j, rank)
+        if bad:
+            return error(bad)
+        refused = check_incarnation(j, rank, incarnation)
+        if refused:
+            return refused
+        bad = check_keyed_ready(j, worker, loss0, loss_zero, weight, curvature, gram)
+        if bad:
+            return error(bad)
+        j.touch(rank)
+        await self.exclusive(j, j.take_kreport, rank, worker, float(loss0), float(loss_zero),
+                             float(weight), curvature, gram, self.workers())  # fmt: skip
+        self.wake(j)
+        if j.config.auto_lr:
+
+            async def retry() -> None:  # a rank that died or went silent leaves the live set
+                await self.exclusive(j, j.auto_step, j.live(self.workers()))
+
+            await self.wait_member(j, rank, lambda: j.eta is not None, retry)
+        return _reply(j, None)
+
     async def keyed_pull(self, job, rank, keys=None, dense=False, incarnation=None):
         """The weights at ``keys`` (or all of them) and the intercept, now."""
         j = self._keyed(job)
@@ -195,6 +236,10 @@ class KeyedHandlers(JobRunner):
         if await self.exclusive(j, j.over_time):
             self.wake(j)
             return _reply(j, None)
+        if j.config.auto_lr and j.eta is None:  # a task that skipped kready
+            if not j.reports:
+                return error("auto_lr: a push came before any rank reported kready")
+            await self.exclusive(j, lambda: j.auto_step(list(j.reports)))
         args = (rank, version, keys, grad, grad_b, n, float(weight), float(loss))
         heavy = not j.inline
         if j.config.mode == "async":

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,14 @@ from daskgd.objective.schedules import Schedule
 from daskgd.parameter_server.config import JobConfig, check_quorum, is_index, is_real
 from daskgd.parameter_server.job import Job
 
-__all__ = ["KEYED_MODES", "KeyedJob", "RuleFacts", "check_keyed_push", "keyed_settings"]
+__all__ = [
+    "KEYED_MODES",
+    "KeyedJob",
+    "RuleFacts",
+    "check_keyed_push",
+    "check_keyed_ready",
+    "keyed_settings",
+]
 
 #: The modes a key-value job runs (ssp waits are not wired to it yet).
 KEYED_MODES = ("sync", "async")
@@ -76,8 +83,11 @@ def keyed_settings(
             f"a key-value (sparse) job runs mode 'sync' or 'async', not {cfg.mode!r}: use "
             "mode='async' (or dense data for ssp)"
         )
-    if cfg.auto_lr:
-        raise ValueError("a key-value job needs a numeric learning_rate (no auto_lr)")
+    if cfg.auto_lr and optimizer.get("name") != "sgd":
+        raise ValueError(
+            "a key-value job measures the step size (auto_lr) for optimizer 'sgd' only: "
+            "give the others a numeric learning_rate"
+        )
     if cfg.gtol is not None or cfg.gtol_rel is not None:
         raise ValueError(
             "a key-value job computes no gradient norm (a stochastic sparse fit): use tol "
@@ -150,6 +160,30 @@ def check_keyed_push(
     return None
 
 
+def check_keyed_ready(j: KeyedJob, worker, loss0, loss_zero, weight, curvature, gram) -> str | None:
+    """A ``kready`` report's arguments (the rank is checked already)."""
+    if not isinstance(worker, str):
+        return f"worker must be an address string, got {type(worker).__name__}"
+    below = j.config.loss_below_zero  # the log-link losses (see JobConfig)
+    for name, v in (("loss0", loss0), ("loss_zero", loss_zero), ("weight", weight)):
+        if not is_real(v) or (v < 0 and (name == "weight" or not below)):
+            return f"{name} must be a real number >= 0, got {v!r}"
+    if not math.isfinite(weight):
+        return f"weight must be finite, got {weight!r}"
+    if curvature is not None and not (
+        isinstance(curvature, tuple | list) and len(curvature) == 3
+        and all(is_real(c) and math.isfinite(c) and c >= 0 for c in curvature)
+    ):  # fmt: skip
+        return "curvature must be None or three finite numbers >= 0"
+    n = j.shape[0] - (0 if j.optimizer.fit_intercept else 1)
+    if gram is not None and not (
+        curvature is not None and isinstance(gram, np.ndarray) and gram.shape == (n, n)
+        and gram.dtype == np.float64 and bool(np.all(np.isfinite(gram)))
+    ):  # fmt: skip
+        return f"gram must be None or a finite float64 array of shape ({n}, {n})"
+    return None
+
+
 def _finite(*arrays: Any) -> bool:
     return all(bool(np.all(np.isfinite(a))) for a in arrays)
 
@@ -190,6 +224,40 @@ class KeyedJob(Job):
         self.initial = None  # type: ignore[assignment]  # members do not report (no ready)
         #: keyed steps cost O(keys); the epoch's penalty is O(d): off the loop when large
         self.inline = int(np.prod(shape)) <= config.inline_max_params
+        #: the penalty at the start (the divergence reference's share of it)
+        self.initial_penalty = self.penalty()
+
+    def take_kreport(
+        self, rank: int, worker: str, loss0: float, loss_zero: float, weight: float,
+        curvature: Any, gram: np.ndarray | None, workers: Container[str],
+    ) -> None:  # fmt: skip
+        """``kready``: keep what a rank measured on its first batch before any step (the
+        divergence reference: the larger of the mean loss at the start, penalty included,
+        and at zero), and its curvature figures, from which ``auto_lr`` sets the step once
+        every live rank reported. A rerun task's report is ignored (the first stands)."""
+        if self.stopped:
+            return
+        self.ranks[rank].address = worker
+        if not (math.isfinite(loss0) and math.isfinite(loss_zero)):
+            self.diverged(f"worker {worker} (rank {rank}) computed a non-finite loss at the "
+                          "starting parameters")  # fmt: skip
+            return
+        if rank not in self.reports:
+            cur = None if curvature is None else tuple(float(c) for c in curvature)
+            self.reports[rank] = (loss0, loss_zero, None, weight, cur, gram)
+            W = math.fsum(r[3] for r in self.reports.values())
+            if W > 0:
+                at_start = math.fsum(r[0] for r in self.reports.values()) / W
+                at_zero = math.fsum(r[1] for r in self.reports.values()) / W
+                self.ref_loss = max(at_start + self.initial_penalty, at_zero)
+        self.auto_step(self.live(workers))
+
+    def set_eta(self, eta: float) -> None:
+        """``auto_lr``'s step size, for the rule's schedule too."""
+        super().set_eta(eta)
+        schedule = getattr(self.rule, "schedule", None)
+        if isinstance(schedule, Schedule):
+            self.rule.schedule = replace(schedule, eta0=float(eta))  # type: ignore[attr-defined]
 
     # -- reads ------------------------------------------------------------------------
     def dense(self) -> np.ndarray:

@@ -52,6 +52,7 @@ _OPS = {
     "info": "info",
     "snapshot": "snapshot",
     "kcreate": "keyed_create",
+    "kready": "keyed_ready",
     "kpull": "keyed_pull",
     "kpush": "keyed_push",
 }

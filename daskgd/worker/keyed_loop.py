@@ -131,11 +131,30 @@ def train_keyed(
         return call("kpull", rank=rank, keys=None if dense else batch.keys, dense=dense)
 
     pushes = pushed = pulled = 0
+    first = "initial" in reply  # this rank has not reported yet (not a rerun)
     cur = batch_at(position)
     if reply["status"] != "stopped":
         reply = pull(cur)
     w, b = (None, None) if reply["status"] == "stopped" else _weights(reply, cur, whole(cur))
     pulled += 0 if w is None else reply["w"].nbytes
+    if first and reply["status"] != "stopped":
+        # before any step: the losses of the first batch at the start and at zero (the
+        # divergence reference) and, for learning_rate="auto", the rows' curvature
+        kw = dict(loss=spec["loss"], sample_weight=cur.sample_weight, epsilon=spec["epsilon"],
+                  check_input=False, offset=cur.offset, power=power)  # fmt: skip
+        loss0 = grad_loss(cur.X, cur.y, w, b, **kw)[0]
+        loss_zero = grad_loss(cur.X, cur.y, np.zeros_like(w), np.zeros_like(b), **kw)[0]
+        sw = cur.sample_weight
+        weight0 = float(len(cur.y)) if sw is None else float(sw.sum(dtype=np.float64))
+        curvature = gram = None
+        if spec.get("curvature") is not None:
+            *figures, gram = batches.curvature(bool(spec["curvature"]["intercept"]),
+                                               int(spec["seed"]))  # fmt: skip
+            curvature = tuple(figures)
+        ready = call("kready", rank=rank, worker=worker, loss0=loss0, loss_zero=loss_zero,
+                     weight=weight0, curvature=curvature, gram=gram)  # fmt: skip
+        if ready["status"] == "stopped":
+            reply = ready
     seconds = {"load": clock() - started, "kernel": 0.0, "push": 0.0}
     while reply["status"] != "stopped":
         t0 = clock()
