@@ -15,6 +15,8 @@ _LAZY = {
     "write_zarr": "daskgd.data",
     "make_classification": "daskgd.data.synthetic",
     "make_regression": "daskgd.data.synthetic",
+    "make_sparse_classification": "daskgd.data.sparse_synthetic",
+    "make_sparse_regression": "daskgd.data.sparse_synthetic",
     "FitResult": "daskgd.driver",
     "FitSettings": "daskgd.driver",
     "fit": "daskgd.driver",
@@ -39,6 +41,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them
     from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
+    from daskgd.data.sparse_synthetic import make_sparse_classification, make_sparse_regression
     from daskgd.data.synthetic import make_classification, make_regression
     from daskgd.driver import FitResult, FitSettings, fit, fit_async
     from daskgd.history import history_from_json, history_to_dict, history_to_json
@@ -108,6 +111,8 @@ __all__ = [
     "load_model",
     "make_classification",
     "make_regression",
+    "make_sparse_classification",
+    "make_sparse_regression",
     "open_zarr",
     "plot_history",
     "save_model",

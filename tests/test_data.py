@@ -10,7 +10,15 @@ import zarr
 from distributed import wait
 
 import daskgd
-from daskgd.data import FORMAT_VERSION, Dataset, as_dataset, load_chunk, open_zarr, write_zarr
+from daskgd.data import (
+    DENSE_FORMAT_VERSION,
+    FORMAT_VERSION,
+    Dataset,
+    as_dataset,
+    load_chunk,
+    open_zarr,
+    write_zarr,
+)
 from daskgd.data.synthetic import make_classification, make_regression
 from daskgd.errors import DataValidationError, IncompleteDatasetError
 
@@ -54,7 +62,8 @@ def test_write_open_roundtrip_numpy(tmp_path):
     np.testing.assert_array_equal(ds.sample_weight.compute(), w)
     assert ds.X.chunks == ((30, 30, 30, 10), (4,))
     a = ds.attrs
-    assert a["format_version"] == FORMAT_VERSION and a["complete"] is True
+    # dense groups keep format version 1 (their layout did not change with CSR's version 2)
+    assert a["format_version"] == DENSE_FORMAT_VERSION and a["complete"] is True
     assert (a["n_samples"], a["n_features"], a["dtype"]) == (100, 4, "float64")
     assert a["feature_names"] == ["a", "b", "c", "d"]
     assert a["task"] == "regression"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import daskgd
 from daskgd.driver import fit
@@ -18,35 +17,6 @@ def _xy(n: int = 200, d: int = 3) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, d))
     return X, X @ np.arange(1.0, d + 1)
-
-
-SPARSE = "does not support sparse input yet"
-
-
-@pytest.mark.parametrize("kind", [sp.csr_matrix, sp.csr_array, sp.coo_matrix])
-def test_sparse_input_is_refused_as_not_supported(tmp_path, client, kind):
-    X, y = _xy()
-    Xs = kind(X)
-    with pytest.raises(DataValidationError, match=rf"X is a sparse .*{SPARSE}"):
-        fit((Xs, y), client=client, max_epochs=1)
-    with pytest.raises(DataValidationError, match=SPARSE):
-        daskgd.as_dataset((Xs, y))
-    with pytest.raises(DataValidationError, match=SPARSE):
-        daskgd.write_zarr(tmp_path / "s.zarr", Xs, y)
-    assert not (tmp_path / "s.zarr").exists()
-    with pytest.raises(DataValidationError, match=rf"y is a sparse .*{SPARSE}"):
-        fit((X, kind(y[:, None])), client=client, max_epochs=1)
-    with pytest.raises(DataValidationError, match=SPARSE):  # a dask array of sparse blocks
-        daskgd.as_dataset((da.from_array(Xs.tocsr(), chunks=(100, 3), asarray=False), y))
-    Xsd = da.from_array(Xs.tocsr(), chunks=(100, 3), asarray=False)
-    with pytest.raises(DataValidationError, match=SPARSE):
-        daskgd.SGDRegressor(client=client, max_iter=1).fit(Xsd, da.from_array(y, chunks=100))
-    # the estimators refuse numpy-side sparse input as scikit-learn does (a TypeError)
-    for est in (daskgd.SGDRegressor(client=client, max_iter=1), daskgd.LinearRegression()):
-        with pytest.raises(TypeError, match="Sparse data"):
-            est.fit(Xs, y)
-    with pytest.raises(TypeError, match="Sparse data"):
-        daskgd.LogisticRegression(client=client).fit(Xs, y > y.mean())
 
 
 def test_too_many_float_labels_blame_the_class_cap_not_continuity(tmp_path, client):

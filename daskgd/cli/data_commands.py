@@ -36,10 +36,25 @@ def check_make_data(args: argparse.Namespace) -> None:
     """Argument errors of ``daskgd make-data`` (exit code 2)."""
     if args.task == "classification" and args.n_classes < 2:
         raise UsageError(f"argument --n-classes: expected an integer >= 2, got {args.n_classes}")
+    if not args.sparse:
+        if args.nnz_per_row is not None:
+            raise UsageError("argument --nnz-per-row: only with --sparse")
+        return
+    if args.task == "classification" and args.n_classes != 2:
+        raise UsageError("argument --n-classes: sparse classification data has 2 classes")
+    if args.inner_chunk_rows is not None:
+        raise UsageError("argument --inner-chunk-rows: not offered with --sparse")
+    if (args.nnz_per_row or 40) > args.n_features:
+        raise UsageError(
+            f"argument --nnz-per-row: at most --n-features ({args.n_features}), got "
+            f"{args.nnz_per_row or 40}"
+        )
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
-    """``daskgd make-data PATH``: write a synthetic regression or classification dataset."""
+    """``daskgd make-data PATH``: write a synthetic regression or classification dataset
+    (``--sparse``: CSR, click-log-like, :mod:`daskgd.data.sparse_synthetic`)."""
+    from daskgd.data.sparse_synthetic import make_sparse_classification, make_sparse_regression
     from daskgd.data.synthetic import make_classification, make_regression
 
     common = {
@@ -47,28 +62,37 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         "random_state": args.random_state,
         "dtype": args.dtype,
         "compressor": _compressor(args.compressor),
-        "inner_chunk_rows": args.inner_chunk_rows,
         "overwrite": args.overwrite,
         "storage_options": dict(args.storage_option) or None,
     }
     with client_for(args) as client:
-        if args.task == "regression":
+        if args.sparse:
+            sparse = {"nnz_per_row": args.nnz_per_row or 40, "client": client, **common}
+            if args.task == "regression":
+                ds = make_sparse_regression(args.path, args.n_samples, args.n_features,
+                                            noise=args.noise, **sparse)  # fmt: skip
+            else:
+                ds = make_sparse_classification(args.path, args.n_samples, args.n_features,
+                                                **sparse)  # fmt: skip
+        elif args.task == "regression":
             ds = make_regression(
                 args.path, args.n_samples, args.n_features, noise=args.noise,
-                client=client, **common,
+                client=client, inner_chunk_rows=args.inner_chunk_rows, **common,
             )  # fmt: skip
         else:
             ds = make_classification(
                 args.path, args.n_samples, args.n_features, n_classes=args.n_classes,
-                client=client, **common,
+                client=client, inner_chunk_rows=args.inner_chunk_rows, **common,
             )  # fmt: skip
     print(f"wrote {ds!r}")
     return 0
 
 
 def dataset_info(path: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """What ``daskgd info`` prints: the dataset's shape, arrays, codecs, sizes, attributes."""
+    """What ``daskgd info`` prints: the dataset's shape, arrays, codecs, sizes, attributes;
+    for sparse data its non-zeros, density and index dtype too."""
     from daskgd.data import group_arrays, open_group, open_zarr, rows_per_chunk
+    from daskgd.data.store import array_member
 
     ds = open_zarr(path, storage_options=storage_options, validate=False)
     path = ds.path or path  # resolved: a relative path or ~ made absolute
@@ -78,12 +102,23 @@ def dataset_info(path: str, storage_options: dict[str, Any] | None) -> dict[str,
         arrays[name] = {
             "shape": list(z.shape),
             "dtype": str(z.dtype),
-            "row_chunk": rows_per_chunk(z),
+            # a CSR X's indices and data are cut by non-zeros, its indptr a row-chunk a row
+            "row_chunk": ds.chunks[0] if name.startswith("X/") else rows_per_chunk(z),
             "chunks": list(z.chunks),
             "shards": None if z.shards is None else list(z.shards),
             "codecs": [repr(c) for c in z.compressors] or ["uncompressed"],
             "bytes": int(z.nbytes),
             "bytes_on_disk": int(z.nbytes_stored()),
+        }
+    sparse = None
+    if ds.is_sparse:
+        indices = array_member(g, "X/indices")
+        sparse = {
+            "format": "csr",
+            "nnz": ds.nnz,
+            "density": ds.nnz / (ds.n_samples * ds.n_features),
+            "index_dtype": str(indices.dtype),
+            "segment": int(indices.chunks[0]),
         }
     return {
         "path": path,
@@ -91,6 +126,7 @@ def dataset_info(path: str, storage_options: dict[str, Any] | None) -> dict[str,
         "n_features": ds.n_features,
         "dtype": str(ds.dtype),
         "n_chunks": ds.n_chunks,
+        "sparse": sparse,
         "classes": None if ds.classes_ is None else ds.classes_.tolist(),
         "arrays": arrays,
         "bytes_on_disk": sum(a["bytes_on_disk"] for a in arrays.values()),
@@ -109,6 +145,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"{info['path']}: {info['n_samples']} x {info['n_features']} {info['dtype']}, "
         f"{info['n_chunks']} row-chunks, {mib:.1f} MiB on disk"
     )
+    if info["sparse"] is not None:
+        sp = info["sparse"]
+        print(f"sparse (CSR): nnz {sp['nnz']}, density {sp['density']:.3g} "
+              f"({sp['nnz'] / info['n_samples']:.1f} non-zeros a row), index dtype "
+              f"{sp['index_dtype']}, segments of {sp['segment']} values")  # fmt: skip
     if info["classes"] is not None:
         print(f"classes: {info['classes']}")
     for name, a in info["arrays"].items():
@@ -141,6 +182,11 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--n-classes", type=positive_int, default=2,
                    help="classification only (>= 2)")  # fmt: skip
     p.add_argument("--noise", type=non_negative_float, default=0.0, help="regression only")
+    p.add_argument("--sparse", action="store_true",
+                   help="CSR data like click logs: power-law column popularity, a sparse true "
+                   "model (binary classification or regression)")  # fmt: skip
+    p.add_argument("--nnz-per-row", type=positive_int, default=None,
+                   help="with --sparse: non-zeros in each row (default 40)")  # fmt: skip
     p.add_argument("--chunk-rows", type=positive_int, default=None)
     p.add_argument("--inner-chunk-rows", type=positive_int, default=None,
                    help="shard each row-chunk into inner chunks of this many rows")  # fmt: skip

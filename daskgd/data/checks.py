@@ -13,7 +13,8 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgd.data.store import FORMAT_VERSION, compute_on_cluster
+from daskgd.data.csr import csr_block_stats, is_scipy_sparse
+from daskgd.data.store import FORMAT_VERSION, compute_on_cluster, is_csr_group
 from daskgd.errors import DataValidationError, IncompleteDatasetError
 
 __all__ = [
@@ -124,6 +125,12 @@ def check_format_attrs(attrs: Mapping[str, Any], path: str) -> None:
             f"{path} was written by a newer daskgd (format version {version}; this daskgd "
             f"reads up to {FORMAT_VERSION}): upgrade daskgd to read it"
         )
+    if is_csr_group(attrs) and version < 2:
+        raise DataValidationError(
+            f"{path}: its X is stored as CSR (attribute x_format = 'csr') but its format "
+            f"version is {version}; CSR data is format version 2 or later. The attributes were "
+            "edited: write the dataset again"
+        )
     if attrs.get("complete") is not True:
         raise IncompleteDatasetError(
             f"{path} is not a complete daskgd dataset: its write failed or is still running "
@@ -131,26 +138,48 @@ def check_format_attrs(attrs: Mapping[str, Any], path: str) -> None:
         )
 
 
-def _is_sparse(a: Any) -> bool:
-    """A scipy.sparse matrix/array, a pydata ``sparse`` array, or a dask array of either."""
-    if isinstance(a, da.Array):
-        a = getattr(a, "_meta", None)
-    module = type(a).__module__ or ""
-    return module.startswith(("scipy.sparse", "sparse"))
-
-
 def check_dense(X: Any, y: Any, sample_weight: Any, offset: Any = None) -> None:
+    """Refuse the sparse input daskgd does not take.
+
+    ``X`` may be a scipy.sparse CSR matrix or array, or a dask array of scipy.sparse blocks
+    (made canonical CSR block by block where daskgd reads them). Refused, with the fix: a
+    scipy.sparse ``X`` in another format (CSC, COO, ...: ``X.tocsr()``;
+    :func:`~daskgd.data.write_zarr` and :func:`~daskgd.data.as_dataset` convert it
+    themselves), pydata ``sparse`` arrays (and dask arrays of them), and a sparse ``y``,
+    ``sample_weight`` or ``offset``.
+    """
     for name, a in (("X", X), ("y", y), ("sample_weight", sample_weight), ("offset", offset)):
-        if a is not None and _is_sparse(a):
+        if a is None:
+            continue
+        inner = getattr(a, "_meta", None) if isinstance(a, da.Array) else a
+        module = type(inner).__module__ or ""
+        if name == "X" and module.startswith("scipy.sparse"):
+            if isinstance(a, da.Array) or getattr(a, "format", None) == "csr":
+                continue
             raise DataValidationError(
-                f"{name} is a sparse {type(a).__name__}; daskgd does not support sparse input "
-                f"yet. Pass a dense array ({name}.toarray() for scipy.sparse, when it fits in "
-                "memory), or write it to Zarr in dense row-chunks with write_zarr"
+                f"X is a scipy.sparse {type(a).__name__} in {a.format.upper()} form; daskgd "
+                "reads sparse X by rows, in CSR form: convert it with X.tocsr()"
+            )
+        if module.startswith(("scipy.sparse", "sparse")):
+            fix = (
+                "X.tocsr() for a pydata sparse array (after X.to_scipy_sparse()), or "
+                "map_blocks(lambda b: b.to_scipy_sparse().tocsr()) for a dask array of them"
+                if name == "X"
+                else f"{name}.toarray() (a dense 1-D array: one value per row)"
+            )
+            raise DataValidationError(
+                f"{name} is a sparse {type(a).__name__}; daskgd takes sparse input only as "
+                f"a scipy.sparse CSR X (or a dask array of scipy.sparse blocks). Use {fix}"
             )
 
 
-def block_stats(block: np.ndarray, kind: str) -> tuple[int, int, float]:
-    """Per-chunk check: (number of bad values, first bad row within the chunk, sum)."""
+def block_stats(block: Any, kind: str) -> tuple[int, int, float]:
+    """Per-chunk check: (number of bad values, first bad row within the chunk, sum).
+
+    A scipy.sparse block (a row-chunk of a CSR ``X``) is checked by its stored values.
+    """
+    if is_scipy_sparse(block):
+        return csr_block_stats(block.tocsr())
     block = np.asarray(block)
     if kind == "weight":
         bad = ~np.isfinite(block) | (block < 0)
@@ -297,6 +326,11 @@ def validate_local(
         if a is None or (a.dtype.kind in "biu" and name != "sample_weight"):
             continue
         kind = "weight" if name == "sample_weight" else "value"
+        if is_scipy_sparse(a):  # a canonical csr_matrix: its rows' values, without a copy
+            stats = [csr_block_stats(_RowsView(a, offsets[i], offsets[i + 1]))
+                     for i in range(len(chunks))]  # fmt: skip
+            report_bad(name, stats, chunks)
+            continue
         stats = [block_stats(a[offsets[i] : offsets[i + 1]], kind) for i in range(len(chunks))]
         report_bad(name, stats, chunks)
         if name == "sample_weight":
@@ -305,6 +339,15 @@ def validate_local(
         raise DataValidationError(
             "sample_weight sums to zero: at least one row needs a positive weight"
         )
+
+
+class _RowsView:
+    """Rows ``[lo, hi)`` of a CSR matrix as :func:`~daskgd.data.csr.csr_block_stats` reads
+    them: its ``data`` and ``indptr`` slices (views, not copies)."""
+
+    def __init__(self, X: Any, lo: int, hi: int) -> None:
+        self.indptr = X.indptr[int(lo) : int(hi) + 1]
+        self.data = X.data[int(self.indptr[0]) : int(self.indptr[-1])]
 
 
 def no_classes_reason(y: Any, client: Any = None) -> str:
@@ -328,6 +371,13 @@ def no_classes_reason(y: Any, client: Any = None) -> str:
         return (
             "y holds continuous (non-integer) values; class labels must be integers or "
             "integer-valued floats"
+        )
+    if n <= MAX_CLASSES:
+        # few enough to be labels: the dataset was written (or opened) as a regression target
+        return (
+            f"y holds {n} distinct integer-valued floats, and the dataset records it as a "
+            "regression target (float y written without task='classification'); write it "
+            "with write_zarr(..., task='classification'), or store y as integers"
         )
     return (
         f"y holds {n} distinct integer values, more than the {MAX_CLASSES} classes daskgd "

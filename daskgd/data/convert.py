@@ -25,8 +25,17 @@ from daskgd.data.checks import (
     report_bad,
     validate_local,
 )
+from daskgd.data.csr import (
+    canonical_block,
+    canonical_csr,
+    csr_meta,
+    is_scipy_sparse,
+    is_sparse_array,
+    sparse_to_dask,
+)
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
+from daskgd.data.sparse_store import auto_csr_chunk_rows
 from daskgd.data.store import auto_chunk_rows
 from daskgd.errors import DataValidationError
 
@@ -34,6 +43,7 @@ __all__ = [
     "arrays_to_dask",
     "as_dataset",
     "attach_offset",
+    "csr_input",
     "frames_to_arrays",
     "offset_to_dask",
     "offset_values",
@@ -145,15 +155,62 @@ def _to_dask(a: Any, name: str, rows: int | tuple[int, ...]) -> da.Array:
     return da.from_array(arr, chunks=chunks)
 
 
+def csr_input(X: Any, chunk_rows: int | None) -> tuple[Any, int]:
+    """A scipy.sparse ``X`` in memory as a checked, canonical ``csr_matrix``
+    (:func:`~daskgd.data.csr.canonical_csr`), and its rows per row-chunk: ``chunk_rows``, or
+    about 64 MiB of values and indices. Errors name the row-chunk and the row."""
+    n, d = X.shape
+    if chunk_rows is None:
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64  # as stored
+        rows = auto_csr_chunk_rows(n, X.nnz, dtype, d)
+    elif int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    else:
+        rows = int(chunk_rows)
+    return canonical_csr(X, chunk_rows=rows), rows
+
+
+def _sparse_to_dask(X: Any, chunk_rows: int | None) -> da.Array:
+    """A scipy.sparse matrix or a dask array of scipy.sparse blocks as a dask array of
+    canonical ``csr_matrix`` blocks (dask's row chunks kept unless ``chunk_rows``)."""
+    d = X.shape[1]
+    if not isinstance(X, da.Array):
+        X, rows = csr_input(X, chunk_rows)
+        return sparse_to_dask(X, rows)
+    if any(np.isnan(c) for c in X.chunks[0]):
+        raise DataValidationError(
+            "X has unknown chunk sizes (a dask array from a DataFrame?); call "
+            "X.compute_chunk_sizes() first"
+        )
+    if len(X.chunks[1]) != 1:
+        X = X.rechunk({1: -1})
+    dtype = np.dtype(X.dtype) if np.dtype(X.dtype).kind == "f" else np.dtype(np.float64)
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float64)  # float16: promoted, as canonical_csr does
+    # each block made canonical CSR where it is computed (checked, sorted, summed)
+    Xd = X.map_blocks(canonical_block, dtype=dtype, meta=csr_meta(d, dtype))
+    return Xd if chunk_rows is None else Xd.rechunk({0: int(chunk_rows)})
+
+
 def arrays_to_dask(
     X: Any, y: Any, sample_weight: Any, chunk_rows: int | None
 ) -> tuple[da.Array, da.Array, da.Array | None]:
-    """Numpy or dask arrays -> dask arrays with common row chunks, after structural checks."""
+    """Numpy or dask arrays -> dask arrays with common row chunks, after structural checks.
+
+    A sparse ``X`` (a scipy.sparse CSR matrix: :func:`csr_input`, or a dask array of
+    scipy.sparse blocks) becomes a dask array of canonical ``csr_matrix`` blocks; in
+    memory, cut into row-chunks of about 64 MiB of its values and indices unless
+    ``chunk_rows``.
+    """
     check_dense(X, y, sample_weight)
-    shapes = [np.shape(X), np.shape(y), None if sample_weight is None else np.shape(sample_weight)]
+    sparse = is_sparse_array(X)
+    x_shape = tuple(X.shape) if sparse else np.shape(X)
+    shapes = [x_shape, np.shape(y), None if sample_weight is None else np.shape(sample_weight)]
     check_shapes(*shapes)
     Xdt = np.dtype(X.dtype) if hasattr(X, "dtype") else np.asarray(X).dtype
-    if Xdt.kind in "biu":
+    if sparse and Xdt.kind in "biuf":
+        pass  # promoted to float where made canonical (canonical_csr, canonical_block)
+    elif Xdt.kind in "biu":
         X = X.astype(np.float64)  # integer features: promote, a lossless and common case
     else:
         check_dtype_X(Xdt)
@@ -162,15 +219,19 @@ def arrays_to_dask(
         wdt = getattr(sample_weight, "dtype", None) or np.asarray(sample_weight).dtype
         check_dtype_1d("sample_weight", np.dtype(wdt))
     n, d = shapes[0]
-    if chunk_rows is not None:
-        if int(chunk_rows) < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        rows: int | tuple[int, ...] = int(chunk_rows)
+    if chunk_rows is not None and int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if sparse:
+        Xd = _sparse_to_dask(X, None if chunk_rows is None else int(chunk_rows))
+        rows: int | tuple[int, ...] = Xd.chunks[0]
+    elif chunk_rows is not None:
+        rows = int(chunk_rows)
     elif isinstance(X, da.Array):
         rows = X.chunks[0]
     else:
         rows = auto_chunk_rows(n, d, np.dtype(getattr(X, "dtype", np.float64)).itemsize)
-    Xd = _to_dask(X, "X", rows).rechunk({0: rows, 1: -1})
+    if not sparse:
+        Xd = _to_dask(X, "X", rows).rechunk({0: rows, 1: -1})
     yd = _to_dask(y, "y", rows).rechunk({0: Xd.chunks[0]})
     wd = None
     if sample_weight is not None:
@@ -257,6 +318,11 @@ def as_dataset(
         unknown), ``y`` and weights are rechunked to match ``X``. Integer ``X`` is
         promoted to float64, and so are a DataFrame's numeric columns (float32 when all
         are float32); the column names become :attr:`Dataset.feature_names`.
+        ``X`` may be sparse: a scipy.sparse matrix or array (CSR; other formats are
+        converted with ``.tocsr()``), or a dask array of scipy.sparse blocks; the Dataset
+        is then sparse (:attr:`Dataset.is_sparse`), its ``X`` a dask array of canonical
+        ``csr_matrix`` blocks: indices sorted per row, duplicate indices summed
+        (:mod:`~daskgd.data.csr`).
     offset : array-like, dask array or Series, optional
         ``(n_samples,)`` finite offsets added to each row's margin (``log(exposure)`` for
         the log-link families), cut into the row-chunks of ``X``; they replace the offsets
@@ -301,6 +367,8 @@ def as_dataset(
             f"(X, y, sample_weight); got {type(data).__name__}"
         )
     X, y, w, names = frames_to_arrays(*(*data, None)[:3])
+    if is_scipy_sparse(X):
+        X, chunk_rows = csr_input(X, chunk_rows)  # once: the validation reads the same matrix
     Xd, yd, wd = arrays_to_dask(X, y, w, chunk_rows)
     offset = None if offset is None else offset_values(offset)
     od = None if offset is None else offset_to_dask(offset, Xd.chunks[0])
@@ -309,13 +377,16 @@ def as_dataset(
         extra["classes"] = None if task == "regression" else classes_in_memory(y)
     elif task == "regression":
         extra["classes"] = None  # a regression target: never scanned for labels
+    if is_scipy_sparse(X):
+        extra["nnz"] = int(X.nnz)
     ds = Dataset(Xd, yd, wd, offset=od, feature_names=names, client=client, **extra)
     if validate:
         if isinstance(offset, da.Array) or isinstance(X, da.Array) or isinstance(y, da.Array):
             ds.validate(client, find_labels=task == "classification" and not ds.classes_known)
         else:  # data already in this process: check it here, do not ship it to workers
             validate_local(
-                np.asarray(X), np.asarray(y), None if w is None else np.asarray(w), ds.chunks,
+                X if is_scipy_sparse(X) else np.asarray(X), np.asarray(y),
+                None if w is None else np.asarray(w), ds.chunks,
                 None if offset is None else np.asarray(offset, dtype=np.float64),
             )  # fmt: skip
             ds.values_checked = True

@@ -24,6 +24,8 @@ from daskgd.data.checks import (
     find_classes,
     validate_values,
 )
+from daskgd.data.csr import is_sparse_array
+from daskgd.data.store import compute_on_cluster
 from daskgd.errors import DataValidationError
 
 __all__ = ["Dataset"]
@@ -49,7 +51,9 @@ class Dataset:
     Parameters
     ----------
     X : dask.array.Array
-        Features, ``(n_samples, n_features)``, float32 or float64, one chunk along axis 1.
+        Features, ``(n_samples, n_features)``, float32 or float64, one chunk along axis 1:
+        numpy blocks, or (sparse data) ``scipy.sparse.csr_matrix`` blocks in canonical form
+        (each row's indices sorted and distinct), no row-chunk empty.
     y : dask.array.Array
         Targets or class labels, ``(n_samples,)``, same row chunks as ``X``.
     sample_weight : dask.array.Array or None
@@ -75,6 +79,9 @@ class Dataset:
         :func:`~daskgd.data.as_dataset` does not check them again.
     client : distributed.Client, optional
         Where the pass that finds the classes runs; default: dask's current scheduler.
+    nnz : int, optional
+        The number of stored values of a sparse ``X``, when known (else counted when
+        :attr:`nnz` is first read).
 
     Attributes
     ----------
@@ -98,6 +105,7 @@ class Dataset:
 
     #: None unless given (also for a Dataset pickled before offsets existed)
     offset: da.Array | None = None
+    _nnz: int | None = None
 
     def __init__(
         self,
@@ -113,6 +121,7 @@ class Dataset:
         feature_names: Sequence[str] | None = None,
         values_checked: bool = False,
         client: Any = None,
+        nnz: int | None = None,
     ) -> None:
         check_shapes(
             X.shape,
@@ -138,8 +147,16 @@ class Dataset:
                     f"X: {X.chunks[0][:5]}...); rechunk with {name}.rechunk(X.chunks[0]) or "
                     "rewrite the data with write_zarr(..., chunk_rows=...)"
                 )
+        if is_sparse_array(X) and 0 in X.chunks[0]:
+            i = X.chunks[0].index(0)
+            raise DataValidationError(
+                f"X's row-chunk {i} is empty (0 rows): sparse X is trained on row-chunk by "
+                "row-chunk, each with rows. Drop the empty partitions or rechunk, e.g. "
+                "X.rechunk({0: 100_000}) (and y, the weights and the offsets with it)"
+            )
         self.X = X
         self.y = y
+        self._nnz = None if nnz is None else int(nnz)
         self.sample_weight = sample_weight
         self.offset = offset
         self._classes: Any = _UNKNOWN
@@ -200,6 +217,7 @@ class Dataset:
             feature_names=self.feature_names,
             values_checked=self.values_checked,
             client=self._client,
+            nnz=self._nnz,
         )
 
     @property
@@ -211,6 +229,27 @@ class Dataset:
     def n_features(self) -> int:
         """Number of columns of ``X``."""
         return int(self.X.shape[1])
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether ``X`` is sparse: a dask array of ``scipy.sparse.csr_matrix`` blocks."""
+        return is_sparse_array(self.X)
+
+    @property
+    def nnz(self) -> int:
+        """The number of stored values of ``X``: ``n_samples * n_features`` for dense data.
+
+        Known for a sparse dataset read from Zarr or converted from a scipy matrix; for
+        other sparse dask arrays counted the first time it is read (one pass over ``X``,
+        on the dataset's client).
+        """
+        if not self.is_sparse:
+            return self.n_samples * self.n_features
+        if self._nnz is None:
+            counts = [b.nnz for b in self.X.to_delayed().ravel()]
+            (total,) = compute_on_cluster([dask.delayed(sum)(counts)], self._client)
+            self._nnz = int(total)
+        return self._nnz
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -232,9 +271,15 @@ class Dataset:
         return (
             f"<daskgd.Dataset n_samples={self.n_samples} n_features={self.n_features} "
             f"dtype={self.dtype} n_chunks={self.n_chunks}"
+            f"{self._sparse_repr()}"
             f"{' weighted' if self.sample_weight is not None else ''}"
             f"{' offset' if self.offset is not None else ''}{where}>"
         )
+
+    def _sparse_repr(self) -> str:
+        if not self.is_sparse:
+            return ""
+        return " sparse" if self._nnz is None else f" sparse nnz={self._nnz}"
 
     def validate(self, client: Any = None, *, find_labels: bool = False) -> None:
         """Scan the data for NaN/inf (X, y, offset) and negative or non-finite weights.

@@ -26,10 +26,12 @@ from daskgd.data.checks import (
 )
 from daskgd.data.chunkio import CheckedRows, recorded_digests
 from daskgd.data.dataset import Dataset
+from daskgd.data.sparse_store import CSRChunks
 from daskgd.data.store import (
     check_storage_options,
     cluster_client,
     group_arrays,
+    is_csr_group,
     open_group,
     rows_per_chunk,
     store_exists,
@@ -75,7 +77,10 @@ def open_zarr(
     Returns
     -------
     Dataset
-        Lazy dask arrays over whole row-chunks (whole shards for sharded arrays).
+        Lazy dask arrays over whole row-chunks (whole shards for sharded arrays). A sparse
+        group (format version 2, ``X`` stored as CSR: :mod:`~daskgd.data.sparse_store`)
+        gives a sparse Dataset (:attr:`Dataset.is_sparse`): ``X``'s blocks are canonical
+        ``scipy.sparse.csr_matrix``, one per row-chunk, each read and checked on its own.
 
     Raises
     ------
@@ -104,13 +109,18 @@ def open_zarr(
     attrs = dict(g.attrs)
     check_format_attrs(attrs, p)
     arrays = group_arrays(g, p)
-    zX, zy, zw = arrays["X"], arrays["y"], arrays.get("sample_weight")
+    csr = CSRChunks(g, p, attrs) if is_csr_group(attrs) else None
+    zX, zy, zw = arrays.get("X"), arrays["y"], arrays.get("sample_weight")
     zo = arrays.get("offset")
-    check_shapes(zX.shape, zy.shape, None if zw is None else zw.shape,
+    if zX is not None:
+        x_shape, x_dtype, rows = tuple(zX.shape), np.dtype(zX.dtype), rows_per_chunk(zX)
+    else:
+        assert csr is not None  # group_arrays: X is an array or a CSR subgroup
+        x_shape, x_dtype, rows = csr.shape, csr.dtype, csr.chunk_rows
+    check_shapes(x_shape, zy.shape, None if zw is None else zw.shape,
                  None if zo is None else zo.shape)  # fmt: skip
-    check_dtype_X(np.dtype(zX.dtype))
+    check_dtype_X(x_dtype)
     check_dtype_1d("y", np.dtype(zy.dtype))
-    rows = rows_per_chunk(zX)
     for name, z in (("y", zy), ("sample_weight", zw), ("offset", zo)):
         if z is not None and rows_per_chunk(z) != rows:
             raise DataValidationError(
@@ -118,7 +128,7 @@ def open_zarr(
                 f"chunks of {rows}; rewrite the dataset with write_zarr(..., chunk_rows=...) "
                 "so all arrays share one row-chunking"
             )
-    n, d = zX.shape
+    n, d = x_shape
     # from_array over whole shards/chunks (not da.from_zarr: dask/dask#12586). The names
     # come from the write id; a group from another tool has none, so it gets fresh names.
     # Each chunk is read checked (chunkio.CheckedRows): zarr alone reads a missing chunk,
@@ -129,7 +139,11 @@ def open_zarr(
         return CheckedRows(z, name, p, rows, recorded_digests(attrs, name, n_chunks))
 
     token = dask.base.tokenize(p, attrs.get("write_id") or uuid.uuid4().hex)
-    X = da.from_array(checked(zX, "X"), chunks=(rows, d), name=f"daskgd-X-{token}")
+    if zX is not None:
+        X = da.from_array(checked(zX, "X"), chunks=(rows, d), name=f"daskgd-X-{token}")
+    else:
+        assert csr is not None
+        X = csr.dask_array(f"daskgd-X-{token}")
     y = da.from_array(checked(zy, "y"), chunks=(rows,), name=f"daskgd-y-{token}")
     w = None
     if zw is not None:
@@ -147,7 +161,7 @@ def open_zarr(
         extra["feature_names"] = names
     ds = Dataset(
         X, y, w, offset=o, path=p, storage_options=storage_options, attrs=attrs, client=client,
-        **extra,
+        nnz=None if csr is None else csr.nnz, **extra,
     )  # fmt: skip
     if validate == "full" or (validate and trusted_record(arrays, attrs) is None):
         # labels the attributes state are found again in the same pass: without a record

@@ -16,10 +16,12 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from daskgd.data.chunkio import DIGEST_ALGORITHM
+from daskgd.data.chunkfiles import DIGEST_ALGORITHM
+from daskgd.data.sparse_store import CSRLayout, create_csr
 from daskgd.data.store import (
-    ARRAY_NAMES,
+    DENSE_FORMAT_VERSION,
     FORMAT_VERSION,
+    X_FORMAT_ATTR,
     array_member,
     check_storage_options,
     local_dir,
@@ -72,6 +74,11 @@ class DatasetWrite:
         Where it is being written (``final`` or the sibling).
     group : zarr.Group
         The group at ``path``, marked ``complete = False``.
+
+    With ``csr`` (a :class:`~daskgd.data.sparse_store.CSRLayout`), ``X`` is created as a
+    CSR subgroup for that layout and the group gets format version 2
+    (:data:`~daskgd.data.store.FORMAT_VERSION`); dense groups keep version 1
+    (:data:`~daskgd.data.store.DENSE_FORMAT_VERSION`), whose layout did not change.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class DatasetWrite:
         with_offset: bool = False,
         storage_options: dict[str, Any] | None,
         attrs: dict[str, Any],
+        csr: CSRLayout | None = None,
     ) -> None:
         check_storage_options(final, storage_options)  # before anything is written
         self.final, self.options = final, storage_options
@@ -103,6 +111,12 @@ class DatasetWrite:
                 f"inner_chunk_rows ({inner_chunk_rows}) must divide chunk_rows ({chunk_rows}): "
                 "a row-chunk is stored as one shard made of whole inner chunks"
             )
+        if inner_chunk_rows is not None and csr is not None:
+            raise ValueError(
+                "inner_chunk_rows (sharding) is not offered for sparse X: each row-chunk of a "
+                "CSR X is read on its own already (its index pointer and its segment of the "
+                "non-zeros); leave inner_chunk_rows out"
+            )
         beside = (
             sibling_path(final, "tmp") if local_dir(final) is not None or self.existed else None
         )
@@ -111,6 +125,7 @@ class DatasetWrite:
             remove_store(final, storage_options)  # the root of a bucket: nowhere beside it
         self.path = beside or final
         self.with_offset = with_offset
+        self.csr = csr
         try:
             self.group = self._create(
                 n_samples, n_features, dtype, y_dtype, weighted, chunk_rows, inner_chunk_rows,
@@ -136,7 +151,7 @@ class DatasetWrite:
         g.attrs.update(
             {
                 "format": "daskgd",
-                "format_version": FORMAT_VERSION,
+                "format_version": DENSE_FORMAT_VERSION if self.csr is None else FORMAT_VERSION,
                 "complete": False,
                 "n_samples": int(n_samples),
                 "n_features": int(n_features),
@@ -149,6 +164,10 @@ class DatasetWrite:
         )
         codecs = _compressors(compressor)
         specs = [("X", (n_samples, n_features), dtype), ("y", (n_samples,), y_dtype)]
+        if self.csr is not None:
+            g.attrs[X_FORMAT_ATTR] = "csr"
+            create_csr(g, self.csr, codecs)
+            specs = specs[1:]
         if weighted:
             specs.append(("sample_weight", (n_samples,), np.float64))
         if self.with_offset:
@@ -196,7 +215,7 @@ class DatasetWrite:
         recorded.update({name: [int(v) for v in d] for name, d in digests.items()})
         final = {**(attrs or {}), "digests": recorded, "complete": True}
         if checked:
-            arrays = {n: array_member(self.group, n) for n in ARRAY_NAMES if n in digests}
+            arrays = {n: array_member(self.group, n) for n in digests}
             record = make_record(arrays, {**self.group.attrs, **final}, weight_sum)
             if record is not None:
                 final[RECORD_ATTR] = record

@@ -22,14 +22,18 @@ from daskgd.errors import DataValidationError
 
 __all__ = [
     "ARRAY_NAMES",
+    "CSR_PARTS",
+    "DENSE_FORMAT_VERSION",
     "FORMAT_VERSION",
     "OPTIONAL_ARRAYS",
+    "X_FORMAT_ATTR",
     "array_member",
     "auto_chunk_rows",
     "check_storage_options",
     "cluster_client",
     "compute_on_cluster",
     "group_arrays",
+    "is_csr_group",
     "is_url",
     "local_dir",
     "open_group",
@@ -42,8 +46,20 @@ __all__ = [
     "writable_array",
 ]
 
-#: Version of the on-disk layout this daskgd writes; a group with a larger one is refused.
-FORMAT_VERSION = 1
+#: The newest version of the on-disk layout this daskgd reads; a group with a larger one is
+#: refused. Version 2 added sparse ``X`` (a CSR subgroup, :mod:`~daskgd.data.sparse_store`),
+#: and sparse groups are written with it.
+FORMAT_VERSION = 2
+
+#: The version dense groups are still written with: their layout did not change in version 2,
+#: so a daskgd that reads only version 1 still reads them.
+DENSE_FORMAT_VERSION = 1
+
+#: The group attribute that says how ``X`` is stored: ``"csr"`` (a subgroup), else dense.
+X_FORMAT_ATTR = "x_format"
+
+#: The arrays of a CSR ``X``, by their paths in the group (the names of their digests).
+CSR_PARTS = ("X/indptr", "X/indices", "X/data")
 
 
 #: Aim of the automatic row-chunk size: big enough to amortise task overhead, small enough
@@ -193,9 +209,24 @@ def worker_suffix() -> str:
         return ""
 
 
+def is_csr_group(attrs: Mapping[str, Any]) -> bool:
+    """Whether a group's attributes say that its ``X`` is stored as CSR (format version 2)."""
+    return attrs.get(X_FORMAT_ATTR) == "csr"
+
+
 def group_arrays(g: zarr.Group, path: str) -> dict[str, zarr.Array]:
+    """The dataset's arrays by name; a CSR ``X`` as its three parts (:data:`CSR_PARTS`).
+
+    Raises
+    ------
+    DataValidationError
+        ``X`` or ``y`` is missing, or an optional array that was written is gone.
+    """
     members = set(g.array_keys())
+    csr = is_csr_group(g.attrs)
     for name in ("X", "y"):
+        if name == "X" and csr:
+            continue  # a subgroup, checked with its parts below
         if name not in members:
             raise DataValidationError(
                 f"{path} has no array {name!r} (found: {sorted(members) or 'none'}); a daskgd "
@@ -211,7 +242,18 @@ def group_arrays(g: zarr.Group, path: str) -> dict[str, zarr.Array]:
                 "(its chunks' digests are recorded): the array was deleted. Write the dataset "
                 "again"
             )
-    return {name: array_member(g, name) for name in ARRAY_NAMES if name in members}
+    found = {name: array_member(g, name) for name in ARRAY_NAMES if name in members}
+    if csr:
+        for name in CSR_PARTS:
+            try:
+                found[name] = array_member(g, name)
+            except KeyError:
+                raise DataValidationError(
+                    f"{path} has no array {name!r}: its X is stored as CSR (attribute "
+                    f"{X_FORMAT_ATTR} = 'csr'), in the arrays {', '.join(CSR_PARTS)} of the "
+                    "subgroup X. The dataset is damaged: write it again"
+                ) from None
+    return found
 
 
 def auto_chunk_rows(n: int, d: int, itemsize: int) -> int:

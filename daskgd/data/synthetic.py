@@ -31,10 +31,12 @@ from daskgd.data.store import (
     writable_array,
 )
 
-__all__ = ["make_classification", "make_regression"]
+__all__ = ["make_classification", "make_regression", "seed_entropy", "seeded_rng"]
 
 
-def _entropy(random_state: int | None) -> int:
+def seed_entropy(random_state: int | None) -> int:
+    """The seed a generator's streams derive from: ``random_state``, checked, or one drawn
+    (and stored in the dataset's attributes) when None."""
     if random_state is None:
         # Draw one and store it in the attributes, so the data can be made again.
         return int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
@@ -43,7 +45,9 @@ def _entropy(random_state: int | None) -> int:
     return int(random_state)
 
 
-def _rng(entropy: int, *key: int) -> np.random.Generator:
+def seeded_rng(entropy: int, *key: int) -> np.random.Generator:
+    """The random stream ``key`` of the seed ``entropy``: ``SeedSequence(entropy,
+    spawn_key=key)``, independent of every other key's."""
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
 
@@ -73,7 +77,7 @@ def _write_chunk(
     Returns the rows written, the chunk's digest in each array, and whether its values
     are all finite (checked here, in memory, for the record of the check).
     """
-    rng = _rng(params["entropy"], 1, i)
+    rng = seeded_rng(params["entropy"], 1, i)
     d = params["n_features"]
     dtype = np.dtype(params["dtype"])
     X = rng.standard_normal((rows, d), dtype=np.float64)
@@ -241,8 +245,8 @@ def make_regression(
     _check_sizes(n_samples, n_features, chunk_rows, dtype)
     if not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-    entropy = _entropy(random_state)
-    coef = _rng(entropy, 0).standard_normal(n_features)
+    entropy = seed_entropy(random_state)
+    coef = seeded_rng(entropy, 0).standard_normal(n_features)
     return _generate(
         path,
         "regression",
@@ -318,8 +322,8 @@ def make_classification(
         raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
     if not np.isfinite(class_sep) or class_sep <= 0:
         raise ValueError(f"class_sep must be a finite number > 0, got {class_sep!r}")
-    entropy = _entropy(random_state)
-    rng = _rng(entropy, 0)
+    entropy = seed_entropy(random_state)
+    rng = seeded_rng(entropy, 0)
     scale = 3.0 * class_sep / np.sqrt(n_features)
     if n_classes == 2:
         coef = scale * rng.standard_normal(n_features)

@@ -51,7 +51,8 @@ def content_token(arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]) ->
     Parameters
     ----------
     arrays : mapping of str to zarr.Array
-        The dataset's arrays (``X``, ``y``, ``sample_weight``).
+        The dataset's arrays (``X``, ``y``, ``sample_weight``, ``offset``; a CSR ``X`` as
+        its parts ``X/indptr``, ``X/indices``, ``X/data``).
     attrs : mapping
         The group attributes, with ``digests``.
 
@@ -65,6 +66,9 @@ def content_token(arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]) ->
     for name, z in arrays.items():
         shards = z.shards if z.shards is not None else z.chunks
         n_chunks = -(-int(z.shape[0]) // max(1, int(shards[0])))
+        if name.startswith("X/") and "X/indptr" in arrays:
+            # a CSR X's parts have a digest per row-chunk: one per row of its indptr
+            n_chunks = int(arrays["X/indptr"].shape[0])
         found = recorded_digests(attrs, name, n_chunks)
         if found is None:
             return None

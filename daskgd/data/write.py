@@ -26,12 +26,15 @@ from daskgd.data.checks import (
 from daskgd.data.chunkio import chunk_digest
 from daskgd.data.convert import (
     arrays_to_dask,
+    csr_input,
     frames_to_arrays,
     offset_to_dask,
     offset_values,
 )
+from daskgd.data.csr import is_scipy_sparse, is_sparse_array
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
+from daskgd.data.sparse_write import csr_write_tasks, plan_csr, write_csr_local
 from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
 from daskgd.data.store import (
     auto_chunk_rows,
@@ -73,6 +76,14 @@ def _write_block(
     """
     total = 0.0
     try:
+        if is_scipy_sparse(block):
+            # dask keeps no meta for some formats (COO): the array looked dense
+            raise DataValidationError(
+                f"{name}'s chunk {i} is a scipy.sparse {type(block).__name__}, but the dask "
+                "array's meta says numpy blocks (dask keeps none for COO blocks). Make the "
+                "blocks CSR and say so: X.map_blocks(lambda b: b.tocsr(), "
+                "meta=scipy.sparse.csr_matrix((0, n_features), dtype=X.dtype))"
+            )
         if kind is not None:
             total = _check_block(block, name, kind, i, start)
         values = np.ascontiguousarray(block, dtype=target.dtype)
@@ -108,8 +119,14 @@ def write_zarr(
     ----------
     path : str or os.PathLike
         Local path or fsspec URL of the new group.
-    X : array-like or dask.array.Array
+    X : array-like, scipy.sparse matrix or dask.array.Array
         ``(n_samples, n_features)`` float32/float64 (integers are promoted to float64).
+        Sparse ``X`` (a scipy.sparse matrix or array, or a dask array of scipy.sparse
+        blocks) is stored as CSR (:mod:`~daskgd.data.sparse_store`, format version 2):
+        other formats are converted with ``.tocsr()``, each row's indices are sorted and
+        duplicate indices in a row summed (explicit zeros are kept). A dask ``X`` is read
+        twice, both times on the workers: once to count each row-chunk's non-zeros, once
+        to write them where the count placed them (persist an expensive graph first).
     y : array-like or dask.array.Array
         ``(n_samples,)`` targets or class labels.
     sample_weight : array-like or dask.array.Array, optional
@@ -119,7 +136,8 @@ def write_zarr(
         the log-link families), stored as float64 in the same row-chunks.
     chunk_rows : int, optional
         Rows per row-chunk; default: the row chunks of dask ``X`` when regular, else about
-        64 MiB of ``X`` per chunk.
+        64 MiB of ``X`` per chunk (sparse ``X``: of its values and indices; for a sparse
+        dask ``X`` with irregular chunks, its largest chunk).
     compressor : zarr codec, list of codecs, or None
         Default Zstandard level 1; None stores uncompressed.
     overwrite : bool, default False
@@ -128,7 +146,7 @@ def write_zarr(
         Runs the write; default: dask's current scheduler.
     inner_chunk_rows : int, optional
         Shard the arrays: each row-chunk becomes one shard of inner chunks of this many
-        rows (must divide ``chunk_rows``).
+        rows (must divide ``chunk_rows``). Not offered for sparse ``X``.
     feature_names : sequence of str, optional
         Stored in the attributes; length ``n_features``. Default: the column names of a
         DataFrame ``X`` (pandas and dask DataFrames are taken as by
@@ -156,9 +174,13 @@ def write_zarr(
     """
     p = store_path(path)
     X, y, sample_weight, names = frames_to_arrays(X, y, sample_weight)
+    sparse = is_sparse_array(X)
+    if is_scipy_sparse(X):
+        # once: checked, counted and written from the same matrix
+        X, chunk_rows = csr_input(X, chunk_rows)
     if feature_names is None:
         feature_names = names  # a DataFrame's column names
-    Xd, yd, wd = arrays_to_dask(X, y, sample_weight, None)
+    Xd, yd, wd = arrays_to_dask(X, y, sample_weight, chunk_rows if sparse else None)
     offset = None if offset is None else offset_values(offset)  # a Series' values
     od = None if offset is None else offset_to_dask(offset, Xd.chunks[0])
     if od is not None and not isinstance(offset, da.Array):
@@ -167,7 +189,10 @@ def write_zarr(
     if chunk_rows is None:
         c = Xd.chunks[0]
         regular = all(s == c[0] for s in c[:-1]) and c[-1] <= c[0]
-        chunk_rows = c[0] if regular else auto_chunk_rows(n, d, Xd.dtype.itemsize)
+        if regular:
+            chunk_rows = c[0]
+        else:
+            chunk_rows = max(c) if sparse else auto_chunk_rows(n, d, Xd.dtype.itemsize)
     chunk_rows = min(int(chunk_rows), n)
     if feature_names is not None:
         feature_names = [str(f) for f in feature_names]
@@ -189,7 +214,7 @@ def write_zarr(
         classes = classes_in_memory(y)
         if validate:
             validate_local(
-                np.asarray(X),
+                X if sparse else np.asarray(X),
                 np.asarray(y),
                 None if sample_weight is None else np.asarray(sample_weight),
                 Xd.chunks[0],
@@ -211,6 +236,8 @@ def write_zarr(
         "feature_names": feature_names,
         "classes": None if classes is None else classes.tolist(),
     }
+    # a CSR X's segments are placed before anything is written (a pass over a dask X)
+    csr = plan_csr(X, Xd, chunk_rows, validate=validate, client=client) if sparse else None
     writer = DatasetWrite(
         p,
         n_samples=n,
@@ -225,6 +252,7 @@ def write_zarr(
         overwrite=overwrite,
         storage_options=storage_options,
         attrs=attrs,
+        csr=csr,
     )
     g = writer.group
     digests: dict[str, list[int]] = {}
@@ -236,6 +264,9 @@ def write_zarr(
                                 ("sample_weight", sample_weight, np.float64),
                                 ("offset", offset, np.float64)):  # fmt: skip
                 if a is None:
+                    continue
+                if name == "X" and csr is not None:
+                    digests.update(write_csr_local(g, csr, X))
                     continue
                 values = np.ascontiguousarray(a, dtype=dt)
                 if name == "sample_weight":
@@ -252,6 +283,10 @@ def write_zarr(
             for name, a in (("X", Xd), ("y", yd), ("sample_weight", wd), ("offset", od)):
                 if a is None:
                     continue
+                if name == "X" and csr is not None:
+                    tasks += csr_write_tasks(g, csr, a, validate=validate)
+                    names += [name] * a.numblocks[0]
+                    continue
                 check = validate and a.dtype.kind == "f"
                 kind = ("weight" if name == "sample_weight" else "value") if check else None
                 target = dask.delayed(writable_array(g, name), traverse=False)
@@ -264,6 +299,10 @@ def write_zarr(
             if failures:
                 raise failures[0]
             for name, (_, digest, total) in zip(names, results, strict=True):
+                if isinstance(digest, dict):  # a CSR row-chunk: one digest per part
+                    for part, value in digest.items():
+                        digests.setdefault(part, []).append(value)
+                    continue
                 digests.setdefault(name, []).append(digest)
                 if name == "sample_weight":
                     weight_sum += total

@@ -82,7 +82,12 @@ async def place_shards(client: Client, s: FitSettings, n_params: int, workers: l
 async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     """Train on ``ds`` with the settings ``s``; the parameter server's job is freed after."""
     started = time.perf_counter()
-    s = s.resolved(ds.n_features)  # optimizer="auto": the data's width decides
+    s = s.resolved(ds.n_features, sparse=ds.is_sparse)  # optimizer="auto": the data decides
+    if ds.is_sparse and s.optimizer == "newton":
+        raise InvalidSettingError(
+            "optimizer='newton' needs dense data (its Hessian is a dense d x d matrix); use "
+            "optimizer='lbfgs' (or 'auto', which picks it) for sparse data"
+        )
     await install(client)
     workers = await some_workers(client, s.worker_timeout)
     if s.n_workers is not None:

@@ -12,10 +12,11 @@ import asyncio
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 from distributed import Client
 
-from daskgd.data import Dataset
+from daskgd.data import Dataset, is_sparse_array
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import DataValidationError
 from daskgd.objective import get_loss
@@ -65,11 +66,14 @@ def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str
 
 
 def chunk_rows_for(data: Any, n_workers: int) -> int | None:
-    """For in-memory numpy input: one chunk per worker, so every worker gets rows."""
+    """For in-memory numpy or scipy.sparse input: one chunk per worker, so every worker
+    gets rows."""
     if not isinstance(data, tuple | list) or not data:
         return None
     X = data[0]
-    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[0] == 0:
+    if not (isinstance(X, np.ndarray) or is_sparse_array(X)) or X.ndim != 2 or X.shape[0] == 0:
+        return None
+    if isinstance(X, da.Array):
         return None
     return max(1, -(-X.shape[0] // max(1, n_workers)))
 

@@ -304,13 +304,15 @@ class FitSettings:
         width decides between them, :meth:`resolved`)."""
         return sorted({self._choose(1), self._choose(2**62)})
 
-    def resolved(self, n_features: int) -> FitSettings:
+    def resolved(self, n_features: int, *, sparse: bool = False) -> FitSettings:
         """These settings with ``optimizer="auto"`` replaced by the optimizer it stands for
         on data with ``n_features`` columns (:func:`daskgd.objective.choose_optimizer`);
-        the same settings for any other optimizer."""
+        the same settings for any other optimizer. Sparse data is never given Newton's
+        method (its Hessian is dense, ``d x d``): the choice is that of a wide problem."""
         if self.optimizer != "auto":
             return self
-        out = replace(self, optimizer=self._choose(int(n_features) + 1))
+        n_params = 2**62 if sparse else int(n_features) + 1
+        out = replace(self, optimizer=self._choose(n_params))
         object.__setattr__(out, "seed", self.seed)  # the seed drawn for this fit stays
         return out
 

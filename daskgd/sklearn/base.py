@@ -105,6 +105,8 @@ class LinearModel:
     _parameter_constraints: ClassVar[dict[str, Any]] = {}
     #: LinearRegression, LogisticRegression: ``tol`` is a gradient tolerance, not a loss one
     _tol_is_gradient = False
+    #: the cross-validated estimators: no sparse input
+    _dense_only = False
     # Fitted attributes (set by fit; declared here for the type checker only).
     coef_: np.ndarray
     intercept_: np.ndarray
@@ -289,5 +291,7 @@ class LinearModel:
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()  # type: ignore[misc]
-        tags.input_tags.sparse = False
+        # scipy.sparse input is trained as CSR, never densified; the cross-validated
+        # estimators (Gram matrices, Newton paths) take dense input only
+        tags.input_tags.sparse = not self._dense_only
         return tags

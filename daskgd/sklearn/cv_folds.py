@@ -26,6 +26,7 @@ from sklearn.model_selection import KFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from daskgd.data.csr import is_sparse_array
 from daskgd.sklearn.base import n_workers
 from daskgd.sklearn.cv_tasks import ChunkTask, prepare_chunk
 from daskgd.sklearn.inputs import is_lazy, lazy_inputs, sample_weight_array
@@ -195,6 +196,13 @@ def cv_data(
         )
     est._check_frame_names(X, reset=True)
     Xd, yd, swd, ds = lazy_inputs(X, y, sample_weight, client)
+    if is_sparse_array(Xd):
+        # the folds' Gram matrices and Newton paths are dense in the features
+        raise TypeError(
+            f"{name} takes dense data only, and X is sparse (CSR). Fit "
+            f"{'LogisticRegression(C=...)' if classification else 'SGDRegressor(alpha=...)'} "
+            "once per candidate penalty (they take sparse X), or pass dense X"
+        )
     if yd is None:
         raise ValueError(
             f"{name} requires y to be passed, but the target y is None (and the dataset has none)"

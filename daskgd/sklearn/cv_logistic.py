@@ -115,6 +115,8 @@ class LogisticRegressionCV(LinearClassifier):
         As for :class:`LogisticRegression`.
     """
 
+    _dense_only = True
+
     _parameter_constraints: ClassVar[dict[str, Rule]] = {
         "fit_intercept": BOOL,
         "cv": Rule(

@@ -46,6 +46,8 @@ MAX_GRAM_FEATURES = 4096
 class _GramCV(LinearRegressor):
     """One pass for the per-chunk statistics; the folds' systems from them."""
 
+    _dense_only = True
+
     fit_intercept: bool
     shuffle: bool
     random_state: Any

@@ -18,6 +18,10 @@ from daskgd.kernels import grad_loss
 __all__ = ["EarlyStopping"]
 
 
+def _sparse(a: Any) -> bool:
+    return (type(a).__module__ or "").startswith("scipy.sparse")
+
+
 class EarlyStopping:
     """Stop when the loss on held-out rows has not improved for ``patience`` epochs.
 
@@ -47,7 +51,11 @@ class EarlyStopping:
             raise ValueError(f"validation_fraction={fraction} leaves no rows to train on")
         order = np.random.default_rng(seed).permutation(n)
         train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
-        pick = lambda idx: tuple(np.ascontiguousarray(a[idx]) for a in data)  # noqa: E731
+
+        def pick(idx: np.ndarray) -> tuple:
+            # sparse rows stay CSR (row selection keeps the format)
+            return tuple(a[idx] if _sparse(a) else np.ascontiguousarray(a[idx]) for a in data)
+
         return pick(train), cls(pick(val), **kwargs)
 
     def __call__(self, row: dict[str, Any]) -> bool:

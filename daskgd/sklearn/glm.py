@@ -143,7 +143,9 @@ class _GLM(LinearRegressor):
         check_is_fitted(self)
         coef, b = self.coef_, float(self.intercept_[0])
         if not is_lazy(X):
-            X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+            X = validate_data(
+                self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse="csr"
+            )
             eta = X @ coef.astype(X.dtype) + b
             off = offset_array(offset, X.shape[0])
             return eta if off is None else eta + off

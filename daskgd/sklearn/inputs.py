@@ -23,6 +23,7 @@ import numpy as np
 from daskgd.data import Dataset, as_dataset, check_dense
 from daskgd.data.checks import OFFSET_HINT
 from daskgd.data.convert import attach_offset, offset_to_dask
+from daskgd.data.csr import is_scipy_sparse, sparse_to_dask
 
 # The one private import of this package: the sparse-input check the engine makes too,
 # private to daskgd.data until it is made public there.
@@ -218,7 +219,11 @@ def in_memory_dataset(
     X, y = arrays[0], arrays[1]
     assert X is not None and y is not None
     rows = max(1, -(-X.shape[0] // max(1, n_workers)))
-    Xd = da.from_array(X, chunks=(rows, X.shape[1]))
+    Xd = (
+        sparse_to_dask(X, rows)
+        if is_scipy_sparse(X)
+        else da.from_array(X, chunks=(rows, X.shape[1]))
+    )
     more = [None if a is None else da.from_array(a, chunks=(Xd.chunks[0],)) for a in arrays[2:4]]
     wd, od = (*more, None, None)[:2]
     yd = da.from_array(y, chunks=(Xd.chunks[0],))

@@ -74,6 +74,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
         first = not (partial and hasattr(self, "coef_"))
         if not lazy:  # checked before any cluster is started or reached
             X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32],
+                                 accept_sparse="csr",
                                  order="C")  # fmt: skip
             check_classification_targets(y)
             sample_weight = sample_weight_array(sample_weight, X.shape[0], X.dtype)
@@ -189,7 +190,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
         if is_lazy(X):
             self._check_frame_names(X, reset=False)
             return self._block_margins(lazy_features(X))
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse="csr")
         return self._block_margins(X)
 
     def _block_margins(self, X: Any) -> Any:

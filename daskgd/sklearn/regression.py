@@ -56,6 +56,7 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
         first = not (partial and hasattr(self, "coef_"))
         if not lazy:  # checked before any cluster is started or reached
             X, y = validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32],
+                                 accept_sparse="csr",
                                  order="C", y_numeric=True)  # fmt: skip
             y = np.ascontiguousarray(y, dtype=X.dtype)
             sample_weight = sample_weight_array(sample_weight, X.shape[0], X.dtype)
@@ -126,7 +127,7 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
         if is_lazy(X):
             self._check_frame_names(X, reset=False)
             return self._lazy_decision(lazy_features(X))
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse="csr")
         return X @ coef.astype(X.dtype) + b
 
     def _lazy_decision(self, Xd: Any) -> Any:

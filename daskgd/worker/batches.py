@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from daskgd.data.csr import is_scipy_sparse as is_sparse
+
 __all__ = [
     "GRAM_MAX",
     "GRAM_SEND_MAX",
@@ -21,6 +23,7 @@ __all__ = [
     "InMemoryBatches",
     "Piece",
     "StreamingBatches",
+    "as_csr",
     "check_offset",
     "contiguous_block",
     "head",
@@ -29,13 +32,25 @@ __all__ = [
 ]
 
 
+def as_csr(X: Any) -> Any:
+    """A scipy.sparse block as a canonical ``csr_matrix`` (sorted indices, no duplicates);
+    the data arrays are shared when it is one already."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(X)
+    if not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
+
+
 def contiguous_block(
     X: np.ndarray, y: np.ndarray, w: np.ndarray | None, offset: np.ndarray | None = None
 ):
-    """One row-chunk as C-contiguous arrays (runs on the worker that will train on it):
-    ``(X, y, sample_weight, offset)``."""
+    """One row-chunk as C-contiguous arrays, or a CSR matrix for sparse rows (runs on the
+    worker that will train on it): ``(X, y, sample_weight, offset)``."""
     return (
-        np.ascontiguousarray(X),
+        as_csr(X) if is_sparse(X) else np.ascontiguousarray(X),
         np.ascontiguousarray(y),
         None if w is None else np.ascontiguousarray(w),
         None if offset is None else np.ascontiguousarray(offset, dtype=np.float64),
@@ -74,7 +89,12 @@ def load_rows(
         raise ValueError(f"unknown data source kind {source[0]!r}")
     if len(blocks) == 1:
         return blocks[0]
-    X = np.concatenate([b[0] for b in blocks])
+    if is_sparse(blocks[0][0]):
+        import scipy.sparse as sp
+
+        X = sp.vstack([b[0] for b in blocks], format="csr")
+    else:
+        X = np.concatenate([b[0] for b in blocks])
     y = np.concatenate([b[1] for b in blocks])
     w = None if blocks[0][2] is None else np.concatenate([b[2] for b in blocks])
     o = None if blocks[0][3] is None else np.concatenate([b[3] for b in blocks])
@@ -123,7 +143,10 @@ class Gram:
         self.sq = 0.0
         self.weight = 0.0
 
-    def add(self, X: np.ndarray, sw: np.ndarray | None) -> None:
+    def add(self, X: Any, sw: np.ndarray | None) -> None:
+        if is_sparse(X):
+            self._add_sparse(X, sw)
+            return
         for lo in range(0, X.shape[0], _BLOCK_ROWS):
             Xb = np.asarray(X[lo : lo + _BLOCK_ROWS], dtype=np.float64)
             w = None if sw is None else np.asarray(sw[lo : lo + _BLOCK_ROWS], dtype=np.float64)
@@ -141,6 +164,24 @@ class Gram:
                 self.G[d, :d] += col
                 self.G[d, d] += wsum
 
+    def _add_sparse(self, X: Any, sw: np.ndarray | None) -> None:
+        # CSR rows: the products stay sparse, and the Gram matrix is formed only when small
+        w = np.ones(X.shape[0]) if sw is None else np.asarray(sw, dtype=np.float64)
+        wsum = float(w.sum())
+        self.weight += wsum
+        sq_rows = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
+        self.sq += float(w @ sq_rows) + (wsum if self.intercept else 0.0)
+        if self.G is None:
+            return
+        d = X.shape[1]
+        WX = X.multiply(w[:, None]).tocsr()
+        self.G[:d, :d] += (WX.T @ X).toarray()
+        if self.intercept:
+            col = np.asarray(WX.sum(axis=0), dtype=np.float64).ravel()
+            self.G[:d, d] += col
+            self.G[d, :d] += col
+            self.G[d, d] += wsum
+
     def sendable(self) -> np.ndarray | None:
         """The Gram matrix when it is small enough to send (see :data:`GRAM_SEND_MAX`)."""
         if self.G is None or self.G.shape[0] > GRAM_SEND_MAX:
@@ -154,7 +195,7 @@ class Gram:
         return float(np.linalg.eigvalsh(self.G)[-1]) if self.G.size else 0.0
 
 
-def power_top(X: np.ndarray, sw: np.ndarray | None, intercept: bool, seed: int) -> float:
+def power_top(X: Any, sw: np.ndarray | None, intercept: bool, seed: int) -> float:
     """An estimate of the largest eigenvalue of ``A^T W A`` by power iteration.
 
     The Rayleigh quotient approaches the top eigenvalue from below; the caller scales it
@@ -169,7 +210,7 @@ def power_top(X: np.ndarray, sw: np.ndarray | None, intercept: bool, seed: int) 
         u = X @ v[:d].astype(X.dtype) + (v[d] if intercept else 0.0)
         wu = u if sw is None else u * sw
         z = np.empty_like(v)
-        z[:d] = X.T @ wu.astype(X.dtype)
+        z[:d] = np.asarray(X.T @ wu.astype(X.dtype)).ravel()
         if intercept:
             z[d] = float(wu.sum())
         theta = float(v @ z)
@@ -189,7 +230,10 @@ class InMemoryBatches:
         check_offset(self.off, f"rank {rank}")
         self.n, self.nb, self.key = self.X.shape[0], nb, (seed, rank)
         self.bounds = np.linspace(0, self.n, nb + 1).round().astype(np.intp)
-        if nb > 1:  # buffers the per-epoch permutation is written into
+        self.sparse = is_sparse(self.X)
+        if nb > 1 and self.sparse:  # CSR rows: each epoch's permutation is a new matrix
+            self.Xb, self.yb, self.swb, self.offb = self.X, self.y, self.sw, self.off
+        elif nb > 1:  # buffers the per-epoch permutation is written into
             self.Xb, self.yb = np.empty_like(self.X), np.empty_like(self.y)
             self.swb = None if self.sw is None else np.empty_like(self.sw)
             self.offb = None if self.off is None else np.empty_like(self.off)
@@ -210,12 +254,17 @@ class InMemoryBatches:
     def pieces(self, epoch: int, b: int) -> list[Piece]:
         if self.nb > 1 and epoch != self.epoch:
             perm = np.random.default_rng([*self.key, epoch]).permutation(self.n)
-            np.take(self.X, perm, axis=0, out=self.Xb)
-            np.take(self.y, perm, out=self.yb)
-            if self.sw is not None:
-                np.take(self.sw, perm, out=self.swb)
-            if self.off is not None:
-                np.take(self.off, perm, out=self.offb)
+            if self.sparse:
+                self.Xb, self.yb = self.X[perm], self.y[perm]
+                self.swb = None if self.sw is None else self.sw[perm]
+                self.offb = None if self.off is None else self.off[perm]
+            else:
+                np.take(self.X, perm, axis=0, out=self.Xb)
+                np.take(self.y, perm, out=self.yb)
+                if self.sw is not None:
+                    np.take(self.sw, perm, out=self.swb)
+                if self.off is not None:
+                    np.take(self.off, perm, out=self.offb)
             self.epoch = epoch
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
         sw, off = self.swb, self.offb

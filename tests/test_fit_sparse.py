@@ -1,0 +1,153 @@
+"""Training on sparse (CSR) data: the functional API and the estimators, on real workers.
+
+A sparse fit must equal the dense fit of the same rows (the kernels are exact, the
+batches and the steps the same), from scipy input, from a dask array of CSR blocks and from
+a CSR Zarr group, in memory and streamed; and it must never densify ``X``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import daskgd
+from daskgd.driver import fit
+from daskgd.errors import DataValidationError, InvalidSettingError
+
+
+def _problem(n: int = 600, d: int = 40, density: float = 0.1, classes: int = 2, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    Xs = sp.random(n, d, density=density, format="csr", random_state=seed, dtype=np.float64)
+    Xs.data = rng.standard_normal(Xs.nnz)
+    w = rng.standard_normal((d, classes if classes > 2 else 1))
+    margins = Xs @ w + 0.3 * rng.standard_normal((n, w.shape[1]))
+    if classes > 2:
+        return Xs, np.argmax(margins, axis=1).astype(np.float64)
+    return Xs, np.where(margins[:, 0] > 0, 1.0, -1.0)
+
+
+FULL_BATCH = [
+    dict(loss="log_loss", optimizer="lbfgs", alpha=1e-2),
+    dict(loss="squared_error", optimizer="sgd", alpha=1e-3, learning_rate=0.1),
+    dict(loss="log_loss", optimizer="lbfgs", alpha=1e-2, n_classes=3),
+    dict(loss="huber", optimizer="lbfgs", alpha=1e-2),
+]
+
+
+@pytest.mark.parametrize("settings", FULL_BATCH, ids=lambda s: f"{s['loss']}-{s['optimizer']}")
+def test_full_batch_sparse_fit_equals_dense(client, settings):
+    Xs, y = _problem(classes=settings.get("n_classes") or 2)
+    if settings["loss"] != "log_loss":
+        y = Xs @ np.linspace(-1.0, 1.0, Xs.shape[1]) + 0.5
+    kw = dict(client=client, max_epochs=30, tol=None, random_state=0, **settings)
+    sparse, dense = fit((Xs, y), **kw), fit((Xs.toarray(), y), **kw)
+    assert sparse.n_iter_ == dense.n_iter_
+    np.testing.assert_allclose(sparse.coef_, dense.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sparse.intercept_, dense.intercept_, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_mini_batch_sparse_fit_equals_dense(client, mode):
+    Xs, y = _problem()
+    kw = dict(client=client, loss="log_loss", optimizer="adagrad", learning_rate=0.5,
+              batch_size=50, max_epochs=4, tol=None, random_state=3, mode=mode,
+              n_workers=1 if mode == "async" else None)  # fmt: skip
+    sparse, dense = fit((Xs, y), **kw), fit((Xs.toarray(), y), **kw)
+    np.testing.assert_allclose(sparse.coef_, dense.coef_, rtol=1e-10, atol=1e-12)
+    assert [r["loss"] for r in sparse.history] == pytest.approx(
+        [r["loss"] for r in dense.history], rel=1e-10
+    )
+
+
+def test_sparse_zarr_dask_and_streamed_fits_agree(client, tmp_path):
+    Xs, y = _problem(n=900)
+    path = tmp_path / "sparse.zarr"
+    daskgd.write_zarr(path, Xs, y, chunk_rows=200, task="classification")
+    ds = daskgd.open_zarr(path)
+    assert ds.is_sparse and ds.nnz == Xs.nnz
+    kw = dict(client=client, loss="log_loss", optimizer="lbfgs", alpha=1e-2, max_epochs=25,
+              tol=None)  # fmt: skip
+    ref = fit((Xs, y), **kw)
+    Xd = da.from_array(Xs, chunks=(300, Xs.shape[1]), asarray=False)
+    for data, extra in (
+        (str(path), {}),
+        (str(path), {"out_of_core": True}),
+        ((Xd, da.from_array(y, chunks=300)), {}),
+    ):
+        got = fit(data, **kw, **extra)
+        np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-9, atol=1e-11)
+
+
+def test_auto_learning_rate_on_sparse_rows(client):
+    # the step 1/L from the sparse rows' curvature: the same as from the dense rows
+    Xs, y = _problem()
+    kw = dict(client=client, loss="log_loss", optimizer="sgd", max_epochs=5, tol=None,
+              learning_rate="auto")  # fmt: skip
+    sparse, dense = fit((Xs, y), **kw), fit((Xs.toarray(), y), **kw)
+    np.testing.assert_allclose(sparse.coef_, dense.coef_, rtol=1e-9, atol=1e-12)
+
+
+def test_wide_sparse_data_trains_without_densifying(client, tmp_path):
+    # 20,000 x 2**20: its dense form (84 GB in float32) would not fit in this machine's memory
+    path = tmp_path / "wide.zarr"
+    ds = daskgd.make_sparse_classification(
+        path,
+        20_000,
+        n_features=2**20,
+        nnz_per_row=20,
+        chunk_rows=5_000,
+        random_state=0,
+        client=client,
+    )
+    assert ds.is_sparse and ds.n_features == 2**20 and ds.nnz == 20_000 * 20
+    got = fit(str(path), client=client, loss="log_loss", optimizer="lbfgs", alpha=1e-4,
+              max_epochs=8, tol=None)  # fmt: skip
+    losses = [r["loss"] for r in got.history]
+    assert got.coef_.shape == (2**20,) and np.all(np.isfinite(got.coef_))
+    assert all(b <= a for a, b in itertools.pairwise(losses))  # L-BFGS descends
+    assert losses[-1] < 0.85 * losses[0]
+
+
+def test_estimators_on_scipy_sparse_input(client):
+    Xs, y = _problem()
+    X = Xs.toarray()
+    for make in (
+        lambda: daskgd.LogisticRegression(client=client, C=10.0),
+        lambda: daskgd.SGDClassifier(
+            client=client, loss="log_loss", max_iter=5, random_state=0, tol=None
+        ),
+    ):
+        a, b = make().fit(Xs, y), make().fit(X, y)
+        np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-8, atol=1e-10)
+        for method in ("decision_function", "predict", "predict_proba"):
+            np.testing.assert_allclose(getattr(a, method)(Xs), getattr(b, method)(X),
+                                       rtol=1e-6, atol=1e-7)  # fmt: skip
+        lazy = a.decision_function(da.from_array(Xs, chunks=(200, X.shape[1]), asarray=False))
+        np.testing.assert_allclose(lazy.compute(), a.decision_function(Xs), rtol=1e-12)
+    yr = Xs @ np.linspace(0.0, 1.0, X.shape[1])
+    for make in (
+        lambda: daskgd.LinearRegression(client=client, tol=1e-10),
+        lambda: daskgd.PoissonRegressor(client=client, alpha=1e-2, tol=1e-10),
+    ):
+        target = np.exp(yr / 4) if "Poisson" in repr(make()) else yr
+        a, b = make().fit(Xs, target), make().fit(X, target)
+        np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(a.predict(Xs), b.predict(X), rtol=1e-6, atol=1e-8)
+
+
+def test_sparse_refusals(client, tmp_path):
+    Xs, y = _problem()
+    with pytest.raises(InvalidSettingError, match="optimizer='newton' needs dense data"):
+        fit((Xs, y), client=client, loss="log_loss", optimizer="newton", max_epochs=2)
+    # optimizer="auto" on sparse data is never Newton
+    auto = fit((Xs, y), client=client, loss="log_loss", optimizer="auto", max_epochs=3, tol=None)
+    assert np.all(np.isfinite(auto.coef_))
+    with pytest.raises(DataValidationError, match="y is a sparse"):
+        fit((Xs, sp.csr_matrix(y[:, None])), client=client, max_epochs=1)
+    # other scipy formats are converted to CSR where the data is taken in (never densified)
+    kw = dict(client=client, loss="log_loss", optimizer="lbfgs", max_epochs=5, tol=None)
+    np.testing.assert_array_equal(fit((Xs.tocsc(), y), **kw).coef_, fit((Xs, y), **kw).coef_)
