@@ -234,3 +234,19 @@ def test_ftrl_needs_sparse_mini_batches(client):
         fit(_dask(X, y), client=client, loss="log_loss", optimizer="ftrl")
     with pytest.raises(InvalidSettingError, match="sparse"):
         fit((X.toarray(), y), client=client, loss="log_loss", optimizer="ftrl", batch_size=100)
+
+
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_keyed_fit_from_sparse_zarr(client, tmp_path, out_of_core):
+    """From a sparse Zarr store, rows in memory or streamed chunk by chunk (a batch may
+    then span two chunks): the same optimum."""
+    from daskgd.data import write_zarr
+
+    X, y = _sparse_logistic(n=3000, seed=10)
+    path = tmp_path / "s.zarr"
+    write_zarr(path, X, y, chunk_rows=500, task="classification")
+    res = fit(str(path), client=client, loss="log_loss", mode="sync", optimizer="adagrad",
+              learning_rate=0.1, batch_size=200, alpha=ALPHA, max_epochs=30, tol=None,
+              random_state=0, out_of_core=out_of_core)  # fmt: skip
+    f = _objective(X, y, res.coef_, res.intercept_, ALPHA)
+    assert (f - _optimum(X, y, ALPHA)) / f < 1e-2
