@@ -200,9 +200,24 @@ def test_tol_time_budget_and_callback_stop(client, logistic):
     assert res.converged_ and "tol" in res.reason and res.n_iter_ < 500
     res = fit(_dask(X, y), max_epochs=10**6, tol=None, max_time=1.5, **kw)
     assert not res.converged_ and "max_time" in res.reason
-    res = fit(_dask(X, y), max_epochs=100, tol=None,
-              callback=lambda row: row["epoch"] < 2, **kw)  # fmt: skip
+    seen = []
+    res = fit(_dask(X, y), max_epochs=100, tol=None, callback_params=True,
+              callback=lambda row: seen.append(row) or row["epoch"] < 2, **kw)  # fmt: skip
     assert "callback" in res.reason and res.n_iter_ >= 2
+    # callback_params: each row has the whole model as the epoch closed
+    assert seen[0]["coef"].shape == (D,) and np.isfinite(seen[0]["intercept"])
+    assert not np.array_equal(seen[0]["coef"], seen[1]["coef"])
+
+
+def test_warm_start_from_coef_init(client):
+    X, y = _sparse_logistic(n=1000, seed=11)
+    w0 = np.random.default_rng(0).standard_normal(D) * (np.arange(D) % 7 == 0)
+    for optimizer in ("sgd", "adagrad", "ftrl"):
+        res = fit(_dask(X, y), client=client, loss="log_loss", optimizer=optimizer,
+                  learning_rate=1e-12, batch_size=100, max_epochs=1, tol=None,
+                  coef_init=w0, intercept_init=0.25, random_state=0)  # fmt: skip
+        np.testing.assert_allclose(res.coef_, w0, rtol=0, atol=1e-9)
+        assert res.intercept_ == pytest.approx(0.25, abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +226,6 @@ def test_tol_time_budget_and_callback_stop(client, logistic):
         ({"n_servers": 1}, "n_servers=1"),
         ({"mode": "ssp", "max_staleness": 2}, "mode='ssp'"),
         ({"gtol": 1e-3}, "gtol"),
-        ({"callback_params": True}, "callback_params"),
     ],
 )
 def test_unsupported_keyed_settings_are_refused(client, settings, match):
@@ -250,3 +264,20 @@ def test_keyed_fit_from_sparse_zarr(client, tmp_path, out_of_core):
               random_state=0, out_of_core=out_of_core)  # fmt: skip
     f = _objective(X, y, res.coef_, res.intercept_, ALPHA)
     assert (f - _optimum(X, y, ALPHA)) / f < 1e-2
+
+
+def test_estimators_on_sparse_mini_batches(client):
+    """SGDClassifier's defaults (sgd, batch_size=256, eta0="auto") train key-value on
+    sparse X, early stopping included (it reads each epoch's whole model); one-vs-rest
+    (multi-class hinge) pushes dense gradients."""
+    from daskgd import SGDClassifier
+
+    X, y = _sparse_logistic(n=2000, seed=12)
+    clf = SGDClassifier(client=client, max_iter=5, tol=None, random_state=0).fit(X, y)
+    assert clf.coef_.shape == (1, D) and clf.score(X, y) > 0.6
+    early = SGDClassifier(client=client, max_iter=20, early_stopping=True,
+                          n_iter_no_change=2, random_state=0).fit(X, y)  # fmt: skip
+    assert early.coef_.shape == (1, D) and early.n_iter_ <= 20
+    X3, y3 = _sparse_logistic(n=1500, d=4096, k=3, seed=13)
+    ovr = SGDClassifier(client=client, max_iter=3, tol=None, random_state=0).fit(X3, y3)
+    assert ovr.coef_.shape == (3, 4096)

@@ -2,19 +2,20 @@
 
 A fit is *keyed* when its data is sparse (``scipy.sparse`` CSR blocks), it trains on
 mini-batches (``batch_size`` set) and its optimizer is a per-coordinate rule (``sgd``,
-``adagrad``, ``adam`` or ``ftrl``, :data:`daskgd.objective.KEYED_OPTIMIZERS`): its
+``adagrad``, ``adam`` or ``ftrl``, :data:`daskgd.objective.KEYED_OPTIMIZERS`), one
+coefficient vector or a multinomial model (one-vs-rest fits push dense gradients): its
 parameters then live in a keyed optimizer's state on the scheduler, a push carries the
 gradient at the keys its batch touched and a reply the weights at the next batch's keys
 (:mod:`daskgd.parameter_server.keyed_handlers`). Other sparse fits (full batches, L-BFGS,
 momentum) push dense gradients.
 
 What the keyed slice does not run yet is refused here, naming the alternative:
-``n_servers >= 1`` (key-hashed shards), ``mode="ssp"``, checkpoints,
-``gtol``/``gtol_rel`` (no gradient norm is computed), ``callback_params`` and
-one-vs-rest. ``learning_rate="auto"`` is ``1 / L`` for ``sgd``, measured on the rows as
-for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the constant
-:data:`KEYED_DEFAULT_LR` (their per-coordinate steps adapt to the data; the usual values
-of AdaGrad, Adam and McMahan et al.'s FTRL).
+``n_servers >= 1`` (key-hashed shards), ``mode="ssp"``, checkpoints, and
+``gtol``/``gtol_rel`` (no gradient norm is computed). ``callback_params`` forms the whole
+model once an epoch (O(d)). ``learning_rate="auto"`` is ``1 / L`` for ``sgd``, measured
+on the rows as for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the
+constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps adapt to the data; the
+usual values of AdaGrad, Adam and McMahan et al.'s FTRL).
 
 A keyed fit's ``FitResult.timings_`` has ``pull_bytes`` besides ``push_bytes``: per
 training task, the bytes of the weights it received (its pushes' bytes count the keys,
@@ -53,12 +54,14 @@ def is_keyed(ds: Any, s: FitSettings) -> bool:
     InvalidSettingError
         ``optimizer="ftrl"`` on a fit that is not keyed (dense data or full batches).
     """
-    keyed = is_sparse_data(ds) and s.batch_size is not None and s.optimizer in KEYED_OPTIMIZERS
+    keyed = (is_sparse_data(ds) and s.batch_size is not None and not s.one_vs_rest
+             and s.optimizer in KEYED_OPTIMIZERS)  # fmt: skip
     if s.optimizer == "ftrl" and not keyed:
         raise InvalidSettingError(
             "optimizer='ftrl' (FTRL-Proximal) trains sparse data on mini-batches, key by "
-            "key: pass X as scipy.sparse CSR (or a dask array of CSR blocks) with "
-            "batch_size set, or use optimizer='adagrad' for dense data"
+            "key, one coefficient vector or a multinomial model (not one-vs-rest): pass X "
+            "as scipy.sparse CSR (or a dask array of CSR blocks) with batch_size set, or "
+            "use optimizer='adagrad' for dense data"
         )
     return keyed
 
@@ -82,10 +85,6 @@ def keyed_fit_settings(s: FitSettings) -> FitSettings:
     elif s.gtol is not None or s.gtol_rel is not None:
         why = ("gtol/gtol_rel: no gradient norm is computed for a stochastic sparse fit; "
                "use tol (the epoch loss)")  # fmt: skip
-    elif s.callback_params:
-        why = "callback_params=True (every epoch's whole model): drop it"
-    elif s.one_vs_rest:
-        why = "one-vs-rest: use the multinomial log_loss (n_classes without one_vs_rest)"
     if why is not None:
         raise InvalidSettingError(
             f"sparse X with batch_size and optimizer={s.optimizer!r} runs key-value "

@@ -93,9 +93,8 @@ def keyed_settings(
             "a key-value job computes no gradient norm (a stochastic sparse fit): use tol "
             "(the loss) instead of gtol/gtol_rel"
         )
-    for name in ("checkpoint_every", "record_params"):
-        if getattr(cfg, name):
-            raise ValueError(f"a key-value job does not take {name} yet")
+    if cfg.checkpoint_every:
+        raise ValueError("a key-value job does not take checkpoint_every yet")
     opt = dict(optimizer)
     name = str(opt.get("name"))
     if name not in KEYED_OPTIMIZERS:
@@ -298,7 +297,8 @@ class KeyedJob(Job):
 
     # -- steps --------------------------------------------------------------------------
     def close_epoch(self) -> None:
-        """As the dense jobs, with the penalty from the state and no gradient norm."""
+        """As the dense jobs, with the penalty from the state and no gradient norm; with
+        ``record_params`` the row keeps the whole model, formed from the state (O(d))."""
         self.shard_stats = {"penalty": self.penalty(), "grad_norm": 0.0}
         rows = len(self.history)
         try:
@@ -307,6 +307,10 @@ class KeyedJob(Job):
             self.shard_stats = None
         if len(self.history) > rows:
             self.history[-1]["grad_norm"] = math.nan
+            if self.config.record_params:
+                from distributed.protocol import ToPickle
+
+                self.history[-1]["params"] = ToPickle(self.dense())
 
     def _apply(self, keys, grad_sum, grad_b_sum, weight, lr_scale: float = 1.0) -> None:
         """One step with the row-weighted mean (``weight > 0``), or a version bump."""
