@@ -101,10 +101,12 @@ def test_keyed_fit_reaches_logistic_optimum(client, logistic, mode, optimizer, l
         assert all(h["staleness_max"] == 0 and h["complete"] for h in rows)
 
 
-def test_keyed_sgd_equals_dense_push_sgd(client):
+@pytest.mark.parametrize(("d", "pool"), [(1500, 300), (400, 400)])
+def test_keyed_sgd_equals_dense_push_sgd(client, d, pool):
     """Lazy L2 (a weight scale) is the dense step exactly: the same batches and steps
-    give the same iterates, sparse keys pushed or dense gradients."""
-    X, y = _sparse_logistic(n=2000, d=1500, pool=300, seed=1)
+    give the same iterates, sparse keys pushed or dense gradients. With 400 columns a
+    batch touches more than half of them: the replies are the whole model."""
+    X, y = _sparse_logistic(n=2000, d=d, pool=pool, seed=1)
     kw = dict(client=client, loss="log_loss", mode="sync", optimizer="sgd", learning_rate=0.2,
               batch_size=100, alpha=0.01, max_epochs=4, tol=None, random_state=3)  # fmt: skip
     keyed = fit(_dask(X, y), **kw)
@@ -114,6 +116,13 @@ def test_keyed_sgd_equals_dense_push_sgd(client):
     assert abs(keyed.intercept_ - dense.intercept_) < 1e-10
     for a, b in zip(keyed.history, dense.history, strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-9
+    # a pull, then a reply to each push but the last (stopped): each with the next keys'
+    # weights, or the whole model (d float64)
+    per_reply = [p / keyed.n_updates_ for p in keyed.timings_["pull_bytes"]]
+    if pool == d:
+        assert per_reply == [8 * d] * 2
+    else:
+        assert all(r < 8 * pool for r in per_reply)
 
 
 def test_push_and_reply_bytes_follow_the_keys_not_d(client):
@@ -125,6 +134,10 @@ def test_push_and_reply_bytes_follow_the_keys_not_d(client):
               learning_rate=0.1, batch_size=100, max_epochs=2, tol=None,
               random_state=0)  # fmt: skip
     small, large = fit(_dask(X, y), **kw), fit(_dask(wide, y), **kw)
+    single = fit(_dask(X.astype(np.float32), y), **kw)  # float32 gradients: 4 bytes a key less
+    for s64, s32 in zip(small.timings_["push_bytes"], single.timings_["push_bytes"], strict=True):
+        assert s32 < s64 and s64 - s32 >= 4 * 100 * small.n_updates_
+    np.testing.assert_allclose(single.coef_, small.coef_, rtol=0, atol=1e-4)
     assert large.coef_.shape == (16 * D,)
     np.testing.assert_array_equal(large.coef_[5::16], small.coef_)
     assert small.timings_["push_bytes"] == large.timings_["push_bytes"]
