@@ -294,3 +294,53 @@ def test_estimators_on_sparse_mini_batches(client):
     X3, y3 = _sparse_logistic(n=1500, d=4096, k=3, seed=13)
     ovr = SGDClassifier(client=client, max_iter=3, tol=None, random_state=0).fit(X3, y3)
     assert ovr.coef_.shape == (3, 4096)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_worker_killed_mid_keyed_fit(tmp_path, mode):
+    """A worker killed (kill -9) mid-fit: its training task reruns on the other worker,
+    rejoins at the current version and pulls its keys; the fit ends at the optimum."""
+    import os
+    import signal
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from daskgd.data import write_zarr
+
+    X, y = _sparse_logistic(n=3000, seed=14)
+    path = str(tmp_path / "s.zarr")
+    write_zarr(path, X, y, chunk_rows=500, task="classification")
+    fstar = _optimum(X, y, ALPHA)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        client.wait_for_workers(2, timeout=60)
+        started, out = threading.Event(), {}
+
+        def run():
+            try:
+                out["res"] = fit(path, client=client, loss="log_loss", mode=mode,
+                                 optimizer="adagrad", learning_rate=0.1, batch_size=200,
+                                 alpha=ALPHA, max_epochs=150, tol=None, max_time=120,
+                                 callback=lambda row: started.set() if row["epoch"] >= 10 else None,
+                                 random_state=0)  # fmt: skip
+            except BaseException as exc:  # surfaced below
+                out["exc"] = exc
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert started.wait(60)
+        victim = sorted(client.scheduler_info()["workers"])[-1]
+        assert t.is_alive()  # the kill falls mid-fit
+        os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+        t.join(180)
+        assert not t.is_alive(), "the fit hung after a worker died"
+    assert "exc" not in out, out.get("exc")
+    res = out["res"]
+    assert res.n_iter_ == 150 and "max_epochs" in res.reason
+    # the last epochs: both ranks' pushes, from the surviving worker
+    assert list(res.history[-1]["worker_updates"]) != [victim] and res.history[-1]["complete"]
+    assert victim not in res.history[-1]["worker_updates"]
+    assert (_objective(X, y, res.coef_, res.intercept_, ALPHA) - fstar) / fstar < 1e-2
