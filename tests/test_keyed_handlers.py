@@ -158,3 +158,36 @@ async def test_kready_sets_auto_step_once_every_rank_reported(c, s, a, b):
     bad = await c.scheduler.daskgd_kready(job="k", rank=0, worker=a.address, loss0=-1.0,
                                           loss_zero=1.0, weight=1.0)  # fmt: skip
     assert bad["status"] == "error" and "loss0" in bad["message"]
+
+
+JUNK = [None, "x", -1, ToPickle(2**70), 1.5, float("nan"), True, [1, 2], {"a": 1},
+        ToPickle(np.array(["a"])), ToPickle(np.zeros((2, 2, 2))), ToPickle(object())]  # fmt: skip
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_junk_in_any_argument_is_an_error_reply(c, s, a, b):
+    """Every argument of the key-value handlers replaced by junk: an error reply (or a
+    valid call: a NaN loss is divergence), never an internal failure."""
+    await _create(c, s, mode="async")
+    good = {
+        "kpush": dict(job="k", rank=0, version=0, keys=ToPickle(np.array([1, 2])),
+                      grad=ToPickle(np.ones(2)), grad_b=0.5, n=10, weight=10.0, loss=1.0,
+                      worker=a.address, next_keys=ToPickle(np.array([3])), dense=False),
+        "kpull": dict(job="k", rank=0, keys=ToPickle(np.array([1, 2])), dense=False),
+        "kready": dict(job="k", rank=0, worker=a.address, loss0=1.0, loss_zero=1.0,
+                       weight=1.0, curvature=None, gram=None),
+        "kcreate": dict(job="new", n_features=10, n_columns=None, ranks=[a.address],
+                        config={"mode": "sync"}, optimizer=OPT, params=None),
+    }  # fmt: skip
+    for op, msg in good.items():
+        for name in msg:
+            for junk in JUNK:
+                reply = await getattr(c.scheduler, f"daskgd_{op}")(**{**msg, name: junk})
+                assert reply["status"] in ("OK", "error", "stopped"), (op, name, junk, reply)
+                assert reply.get("kind") != "internal", (op, name, junk, reply)
+                if op == "kcreate" and reply["status"] == "OK":
+                    await c.scheduler.daskgd_close(job="new")
+                if s.plugins[PLUGIN_NAME].jobs["k"].stopped:  # a NaN loss: divergence
+                    assert s.plugins[PLUGIN_NAME].jobs["k"].error_kind == "divergence"
+                    await c.scheduler.daskgd_close(job="k")
+                    await _create(c, s, mode="async")

@@ -138,7 +138,11 @@ class KeyedHandlers(JobRunner):
         def allocate():  # O(d): off the loop
             if params is not None and not np.all(np.isfinite(params)):
                 return "params must be finite"
-            return rule.init_state(n_features, n_columns, params=params)
+            try:
+                return rule.init_state(n_features, n_columns, params=params)
+            except (ValueError, MemoryError, OverflowError) as exc:
+                return (f"cannot hold the state of a model of {n_features} features on "
+                        f"the scheduler ({exc!r})")  # fmt: skip
 
         state = await asyncio.get_running_loop().run_in_executor(self._executor, allocate)
         if isinstance(state, str):
