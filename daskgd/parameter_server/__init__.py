@@ -56,6 +56,12 @@ handler                     arguments -> reply (besides ``status``)
                             ``fresh``), ``history`` (its rows from ``since``)
 ==========================  ====================================================
 
+Key-value (sparse) jobs: ``daskgd_kcreate``, ``daskgd_kready``, ``daskgd_kpull`` and
+``daskgd_kpush`` (:mod:`~daskgd.parameter_server.keyed_handlers`) keep the parameters in a
+keyed optimizer's state (:mod:`~daskgd.parameter_server.keyed_job`); a push carries the
+gradient at the keys its batch touched and its reply the weights at the member's next
+keys. ``join``, ``status``, ``stop`` and ``close`` serve them as they serve dense jobs.
+
 Newton jobs (optimizer ``newton``, sync mode, full batches): each round sums the ranks'
 gradients and Hessians in rank order and the optimizer solves for the next point, off the
 event loop; a trial point of its line search whose loss overflowed is backed off from,

@@ -258,6 +258,11 @@ class KeyedJob(Job):
         if isinstance(schedule, Schedule):
             self.rule.schedule = replace(schedule, eta0=float(eta))  # type: ignore[attr-defined]
 
+    def fresh_snapshot(self) -> None:
+        """No checkpoint snapshots of key-value jobs yet (the driver refuses checkpoints):
+        ``daskgd_snapshot`` answers that there is none."""
+        return None
+
     # -- reads ------------------------------------------------------------------------
     def dense(self) -> np.ndarray:
         """The whole parameter array, ``(d + 1,)`` or ``(d + 1, k)`` (O(d))."""
