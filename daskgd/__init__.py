@@ -13,6 +13,9 @@ _LAZY = {
     "load_chunk": "daskgd.data",
     "open_zarr": "daskgd.data",
     "write_zarr": "daskgd.data",
+    "FeatureHashing": "daskgd.data",
+    "hash_features": "daskgd.data",
+    "hash_frame": "daskgd.data",
     "make_classification": "daskgd.data.synthetic",
     "make_regression": "daskgd.data.synthetic",
     "make_sparse_classification": "daskgd.data.sparse_synthetic",
@@ -40,7 +43,16 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them
-    from daskgd.data import Dataset, as_dataset, load_chunk, open_zarr, write_zarr
+    from daskgd.data import (
+        Dataset,
+        FeatureHashing,
+        as_dataset,
+        hash_features,
+        hash_frame,
+        load_chunk,
+        open_zarr,
+        write_zarr,
+    )
     from daskgd.data.sparse_synthetic import make_sparse_classification, make_sparse_regression
     from daskgd.data.synthetic import make_classification, make_regression
     from daskgd.driver import FitResult, FitSettings, fit, fit_async
@@ -89,6 +101,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Dataset",
     "ElasticNetCV",
+    "FeatureHashing",
     "FitResult",
     "FitSettings",
     "GammaRegressor",
@@ -104,6 +117,8 @@ __all__ = [
     "as_dataset",
     "fit",
     "fit_async",
+    "hash_features",
+    "hash_frame",
     "history_from_json",
     "history_to_dict",
     "history_to_json",

@@ -124,3 +124,74 @@ def test_runs_as_a_program(tmp_path):
     assert r.returncode == 0 and "20 x 2 float64" in r.stdout
     r = subprocess.run([*run, "info"], **opts)
     assert r.returncode == 2
+
+
+def _table(n: int = 120):
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    city = rng.choice(np.array(["Oslo", "Rome", "Lima", None], dtype=object), n)
+    return pd.DataFrame({"city": city, "age": rng.integers(0, 5, n),
+                         "price": np.round(rng.standard_normal(n), 2),
+                         "label": rng.integers(0, 2, n)})  # fmt: skip
+
+
+def _hashed_reference(df, n_features: int, categorical, numeric):
+    """scikit-learn's FeatureHasher on the table's rows as dicts (the oracle)."""
+    import pandas as pd
+    from sklearn.feature_extraction import FeatureHasher
+
+    records = [{c: (str(r[c]) if c in categorical else float(r[c])) for c in df.columns
+                if (c in categorical and not pd.isna(r[c])) or c in numeric}
+               for r in df.to_dict("records")]  # fmt: skip
+    return FeatureHasher(n_features, input_type="dict", dtype=np.float32).transform(records)
+
+
+def test_hash_csv_and_parquet_tables(tmp_path, capsys):
+    df = _table()
+    csv, parquet = tmp_path / "t.csv", tmp_path / "t.parquet"
+    df.to_csv(csv, index=False)
+    df.to_parquet(parquet)
+    out = str(tmp_path / "h.zarr")
+    argv = ["hash", str(csv), out, "--target", "label", "--n-features", "64",
+            "--categorical", "city,age", "--chunk-rows", "50"]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    ds = open_zarr(out)
+    want = _hashed_reference(df, 64, ["city", "age"], ["price"])
+    assert ds.is_sparse and ds.chunks == (50, 50, 20)
+    assert (ds.X.compute() != want).nnz == 0
+    np.testing.assert_array_equal(ds.y.compute(), df["label"].to_numpy())
+    assert ds.attrs["feature_hashing"]["categorical"] == ["city", "age"]
+    # Parquet, the roles by dtype (age numeric), on a LocalCluster
+    out2 = str(tmp_path / "p.zarr")
+    argv = ["hash", str(parquet), out2, "--target", "label", "--n-features", "64",
+            "--n-workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    got = open_zarr(out2).X.compute()
+    assert (got != _hashed_reference(df, 64, ["city"], ["age", "price"])).nnz == 0
+    # an existing output: a failure on one line, naming the fix
+    assert main(argv) == 1
+    assert "overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["hash", "{csv}", "{out}"],
+        ["hash", "{csv}", "{out}", "--target", "label", "--n-features", "0"],
+        ["hash", "{csv}", "{out}", "--target", "label", "--categorical", "a,,b"],
+        ["hash", "{csv}", "{out}", "--target", "label", "--categorical", "age",
+         "--numeric", "age"],
+        ["hash", "{dir}/t.json", "{out}", "--target", "label"],
+        ["hash", "{dir}/missing.csv", "{out}", "--target", "label"],
+    ],
+)  # fmt: skip
+def test_hash_bad_arguments_exit_2(argv, tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    _table(10).to_csv(csv, index=False)
+    (tmp_path / "t.json").write_text("{}")
+    names = {"csv": str(csv), "out": str(tmp_path / "o.zarr"), "dir": str(tmp_path)}
+    assert main([a.format(**names) for a in argv]) == 2
+    assert "usage" in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()

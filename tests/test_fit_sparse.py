@@ -151,3 +151,29 @@ def test_sparse_refusals(client, tmp_path):
     # other scipy formats are converted to CSR where the data is taken in (never densified)
     kw = dict(client=client, loss="log_loss", optimizer="lbfgs", max_epochs=5, tol=None)
     np.testing.assert_array_equal(fit((Xs.tocsc(), y), **kw).coef_, fit((Xs, y), **kw).coef_)
+
+
+def test_a_partition_too_large_for_its_worker_is_refused_before_training(client, tmp_path):
+    # 4 GB of (virtual, never computed) rows per worker against 2 GiB memory limits
+    X = da.zeros((10_000_000, 100), chunks=(2_500_000, 100))
+    y = da.ones(10_000_000, chunks=2_500_000)
+    with pytest.raises(DataValidationError, match=r"cannot hold its partition \(row-chunks 0\.\.1"):
+        fit((X, y), client=client, validate=False, max_epochs=1)
+
+
+def test_the_memory_estimate_of_sparse_partitions(tmp_path):
+    from daskgd.driver.placement import check_memory, partition_bytes
+
+    Xs, y = _problem(n=1000, d=50)
+    daskgd.write_zarr(tmp_path / "s.zarr", Xs, y, chunk_rows=250, task="classification")
+    ds = daskgd.open_zarr(tmp_path / "s.zarr")
+    # values and 32-bit indices of the partition's share of the non-zeros, its index pointer
+    # and y
+    assert partition_bytes(ds, 500, 1) == pytest.approx(ds.nnz / 2 * 12 + 8 * 501 + 8 * 500)
+    plan = {"w1": [0, 1], "w2": [2, 3]}
+    need = partition_bytes(ds, 500, 2)
+    check_memory(ds, plan, {"w1": need / 0.6 + 1, "w2": 0}, streamed=False, mini_batch=True)
+    with pytest.raises(DataValidationError, match=r"worker w1 .* out_of_core=True"):
+        check_memory(ds, plan, {"w1": need / 0.6 - 1}, streamed=False, mini_batch=True)
+    # streamed: one row-chunk at a time
+    check_memory(ds, plan, {"w1": need / 0.6 - 1}, streamed=True, mini_batch=True)

@@ -1,7 +1,8 @@
 """The ``daskgd`` command line.
 
 Modules, lowest first: :mod:`~daskgd.cli.common` (argument types, checks, the cluster),
-the verbs (:mod:`~daskgd.cli.data_commands`, :mod:`~daskgd.cli.train_commands`) and
+the verbs (:mod:`~daskgd.cli.data_commands`, :mod:`~daskgd.cli.hash_command`,
+:mod:`~daskgd.cli.train_commands`) and
 :mod:`~daskgd.cli.main` (the parser and :func:`main`).
 """
 

@@ -1,7 +1,8 @@
 """The ``daskgd`` command: the parser, and :func:`main`, which runs one verb.
 
 Verbs are argparse subcommands, registered by their modules' ``add_verbs``
-(:mod:`~daskgd.cli.data_commands`: ``make-data``, ``info``;
+(:mod:`~daskgd.cli.data_commands`: ``make-data``, ``info``; :mod:`~daskgd.cli.hash_command`:
+``hash``;
 :mod:`~daskgd.cli.train_commands`: ``demo``, ``fit``, ``predict``). Each sets ``func``
 (``args -> exit code``) and ``check`` (argument errors that need the file system). Exit
 codes: 0 success, 2 bad arguments (argparse, or :class:`~daskgd.cli.common.UsageError`),
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from daskgd.cli.common import UsageError
 from daskgd.cli.data_commands import add_verbs as add_data_verbs
+from daskgd.cli.hash_command import add_verbs as add_hash_verbs
 from daskgd.cli.train_commands import add_verbs as add_train_verbs
 
 __all__ = ["build_parser", "main"]
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_verbs(sub)
+    add_hash_verbs(sub)
     add_train_verbs(sub)
     return parser
 

@@ -11,7 +11,8 @@ and values), :mod:`~daskgd.data.trust` (the record of a check), :mod:`~daskgd.da
 :mod:`~daskgd.data.convert` (:func:`as_dataset`), :mod:`~daskgd.data.write`
 (:func:`write_zarr`; :mod:`~daskgd.data.staging`, the atomic write of a group;
 :mod:`~daskgd.data.sparse_write`, its CSR part), :mod:`~daskgd.data.synthetic` and
-:mod:`~daskgd.data.sparse_synthetic`.
+:mod:`~daskgd.data.sparse_synthetic`; :mod:`~daskgd.data.hashing` (:func:`hash_features`:
+DataFrames hashed into sparse datasets, by :mod:`~daskgd.data.feature_hashing`).
 """
 
 from daskgd.data.checks import MAX_CLASSES, check_dense, no_classes_reason
@@ -19,6 +20,8 @@ from daskgd.data.chunkio import load_chunk, read_row_arrays, read_row_chunks
 from daskgd.data.convert import as_dataset
 from daskgd.data.csr import canonical_csr, is_sparse_array
 from daskgd.data.dataset import Dataset
+from daskgd.data.feature_hashing import FeatureHashing
+from daskgd.data.hashing import hash_features, hash_frame
 from daskgd.data.opening import open_zarr
 from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
 from daskgd.data.store import (
@@ -41,6 +44,7 @@ __all__ = [
     "MAX_CLASSES",
     "Dataset",
     "DatasetWrite",
+    "FeatureHashing",
     "as_dataset",
     "auto_chunk_rows",
     "canonical_csr",
@@ -48,6 +52,8 @@ __all__ = [
     "cluster_client",
     "compute_on_cluster",
     "group_arrays",
+    "hash_features",
+    "hash_frame",
     "is_sparse_array",
     "load_chunk",
     "no_classes_reason",

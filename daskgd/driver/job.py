@@ -15,7 +15,13 @@ from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
 from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
 from daskgd.driver.keyed import is_keyed, keyed_fit_settings
 from daskgd.driver.monitor import abort, drain, watch
-from daskgd.driver.placement import initial_params, label_encoding, plan_placement, sources
+from daskgd.driver.placement import (
+    check_memory,
+    initial_params,
+    label_encoding,
+    plan_placement,
+    sources,
+)
 from daskgd.driver.result import FitResult, build_result
 from daskgd.driver.servers import resolve_servers
 from daskgd.driver.settings import FitSettings
@@ -101,6 +107,9 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     if keyed:
         s = keyed_fit_settings(s)
     plan = await plan_placement(client, ds, workers)
+    known = (await scheduler(client).identity())["workers"]
+    limits = {w: info.get("memory_limit") for w, info in known.items()}
+    check_memory(ds, plan, limits, streamed=s.out_of_core, mini_batch=s.batch_size is not None)
     ranks = list(plan)
     nb = s.batches_per_epoch(ds.n_samples, [sum(ds.chunks[i] for i in plan[w]) for w in ranks])
     config = s.job_config(n_samples=ds.n_samples, batches_per_epoch=nb)

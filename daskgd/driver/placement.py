@@ -23,6 +23,7 @@ from daskgd.objective import get_loss
 from daskgd.worker import contiguous_block
 
 __all__ = [
+    "check_memory",
     "chunk_rows_for",
     "initial_params",
     "label_encoding",
@@ -63,6 +64,66 @@ def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str
         ]
         out[w] = ("blocks", client.compute(blocks, workers=[w], allow_other_workers=True))
     return out
+
+
+#: Share of a worker's memory limit a training task's rows may take: distributed pauses a
+#: worker at 80% of its limit, and the task needs room for its batches and the model too.
+MEMORY_SHARE = 0.6
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def partition_bytes(ds: Dataset, rows: int, copies: int) -> float:
+    """Bytes a training task holds for ``rows`` rows of ``ds`` (``copies`` of ``X``: the
+    loaded rows, and a permuted copy for mini-batches)."""
+    item = ds.dtype.itemsize
+    if ds.is_sparse:
+        index = 4 if ds.n_features < 2**31 else 8
+        x = ds.nnz / max(1, ds.n_samples) * rows * (item + index) + 8 * (rows + 1)
+    else:
+        x = float(rows) * ds.n_features * item
+    vectors = 1 + (ds.sample_weight is not None) + (ds.offset is not None)
+    return copies * x + 8.0 * rows * vectors
+
+
+def check_memory(
+    ds: Dataset, plan: dict[str, list[int]], limits: dict[str, Any], *, streamed: bool,
+    mini_batch: bool,
+) -> None:  # fmt: skip
+    """Refuse, before training, a plan whose rows would not fit a worker's memory limit.
+
+    A task holds its whole partition (``streamed``: one row-chunk at a time), and a second,
+    permuted copy of it for mini-batches. Workers without a limit are not checked. Sparse
+    partitions are estimated from the dataset's mean non-zeros per row.
+    """
+    copies = 2 if mini_batch and not streamed else 1
+    for w, chunks in plan.items():
+        limit = limits.get(w) or 0
+        if not limit or not chunks:
+            continue
+        rows = max(ds.chunks[i] for i in chunks) if streamed else sum(ds.chunks[i] for i in chunks)
+        need = partition_bytes(ds, rows, copies)
+        if need <= MEMORY_SHARE * limit:
+            continue
+        what = (
+            f"row-chunk of {rows:,} rows"
+            if streamed
+            else (f"partition (row-chunks {chunks[0]}..{chunks[-1]}, {rows:,} rows)")
+        )
+        fixes = "more workers, or workers with more memory"
+        if not streamed and ds.path is not None:
+            fixes += ", out_of_core=True (one row-chunk in memory at a time)"
+        if streamed or ds.path is None:
+            fixes += ", smaller row-chunks (write_zarr(..., chunk_rows=...))"
+        if ds.dtype.itemsize == 8:
+            fixes += ", float32 data"
+        raise DataValidationError(
+            f"worker {w} cannot hold its {what}: about {_gib(need)} in memory"
+            f"{' (with the permuted copy of mini-batches)' if copies == 2 else ''}, more than "
+            f"{MEMORY_SHARE:.0%} of its memory limit of {_gib(limit)}. Use {fixes}"
+        )
 
 
 def chunk_rows_for(data: Any, n_workers: int) -> int | None:
