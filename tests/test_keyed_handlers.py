@@ -191,3 +191,22 @@ async def test_junk_in_any_argument_is_an_error_reply(c, s, a, b):
                     assert s.plugins[PLUGIN_NAME].jobs["k"].error_kind == "divergence"
                     await c.scheduler.daskgd_close(job="k")
                     await _create(c, s, mode="async")
+
+
+@gen_cluster(client=True, clean_kwargs=CLEAN)
+async def test_warm_start_state_and_its_penalty(c, s, a, b):
+    await c.register_plugin(ParameterServer())
+    params = np.zeros(D + 1)
+    params[[3, 7]], params[D] = [2.0, -1.0], 0.5
+    reply = await c.scheduler.daskgd_kcreate(
+        job="w", n_features=D, n_columns=None, config={"mode": "async", **SETTINGS},
+        optimizer=OPT, ranks=[a.address], params=ToPickle(params),
+    )  # fmt: skip
+    assert reply["status"] == "OK"
+    pulled = await c.scheduler.daskgd_kpull(job="w", rank=0, keys=ToPickle(np.array([3, 7, 8])))
+    np.testing.assert_array_equal(pulled["w"], [2.0, -1.0, 0.0])
+    assert pulled["b"] == 0.5
+    await c.scheduler.daskgd_kready(job="w", rank=0, worker=a.address, loss0=3.0,
+                                    loss_zero=1.0, weight=2.0)  # fmt: skip
+    # the reference: the mean loss at the start plus the start's penalty, alpha / 2 * 5
+    assert s.plugins[PLUGIN_NAME].jobs["w"].ref_loss == pytest.approx(1.5 + 0.005 * 5)

@@ -139,17 +139,19 @@ class KeyedHandlers(JobRunner):
             if params is not None and not np.all(np.isfinite(params)):
                 return "params must be finite"
             try:
-                return rule.init_state(n_features, n_columns, params=params)
+                state = rule.init_state(n_features, n_columns, params=params)
+                return state, (0.0 if params is None else facts.regularizer.penalty(params))
             except (ValueError, MemoryError, OverflowError) as exc:
                 return (f"cannot hold the state of a model of {n_features} features on "
                         f"the scheduler ({exc!r})")  # fmt: skip
 
-        state = await asyncio.get_running_loop().run_in_executor(self._executor, allocate)
-        if isinstance(state, str):
-            return error(state)
+        made = await asyncio.get_running_loop().run_in_executor(self._executor, allocate)
+        if isinstance(made, str):
+            return error(made)
         if job in self.jobs:  # created meanwhile by another call
             return error(f"job {job!r} exists already")
-        self.jobs[job] = KeyedJob(job, shape, state, cfg, rule, facts, list(ranks), client)
+        state, pen = made
+        self.jobs[job] = KeyedJob(job, shape, state, cfg, rule, facts, list(ranks), client, pen)
         return {"status": "OK", "version": 0}
 
     async def keyed_ready(

@@ -201,6 +201,8 @@ class KeyedJob(Job):
         From :func:`keyed_settings`.
     ranks, client
         As for :class:`~daskgd.parameter_server.job.Job`.
+    initial_penalty : float, default=0.0
+        The penalty of the starting parameters (of a warm start; zero ones have none).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class KeyedJob(Job):
         facts: RuleFacts,
         ranks: list[str],
         client: str | None,
+        initial_penalty: float = 0.0,
     ) -> None:
         # a zero-stride stand-in: the base reads the parameters' shape and size only
         stand_in = np.broadcast_to(np.zeros(()), shape)
@@ -224,7 +227,7 @@ class KeyedJob(Job):
         #: keyed steps cost O(keys); the epoch's penalty is O(d): off the loop when large
         self.inline = int(np.prod(shape)) <= config.inline_max_params
         #: the penalty at the start (the divergence reference's share of it)
-        self.initial_penalty = self.penalty()
+        self.initial_penalty = float(initial_penalty)
 
     def take_kreport(
         self, rank: int, worker: str, loss0: float, loss_zero: float, weight: float,
