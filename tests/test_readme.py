@@ -20,8 +20,9 @@ from _subprocess import subprocess_env
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NOT_RUN = "# not run:"
-#: Runnable ```python blocks today: the quick start, the TLS example, the kernel.
-MIN_PYTHON_BLOCKS = 3
+#: Runnable ```python blocks today: the quick start, the TLS example, the kernel, sparse
+#: data and feature hashing.
+MIN_PYTHON_BLOCKS = 5
 #: ```bash blocks with daskgd commands today: "Set up" and "The daskgd command".
 MIN_BASH_BLOCKS = 2
 

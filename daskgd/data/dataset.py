@@ -236,6 +236,11 @@ class Dataset:
         return is_sparse_array(self.X)
 
     @property
+    def nnz_known(self) -> bool:
+        """Whether :attr:`nnz` is known without a pass over ``X`` (always for dense data)."""
+        return not self.is_sparse or self._nnz is not None
+
+    @property
     def nnz(self) -> int:
         """The number of stored values of ``X``: ``n_samples * n_features`` for dense data.
 

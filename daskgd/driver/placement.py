@@ -96,8 +96,13 @@ def check_memory(
 
     A task holds its whole partition (``streamed``: one row-chunk at a time), and a second,
     permuted copy of it for mini-batches. Workers without a limit are not checked. Sparse
-    partitions are estimated from the dataset's mean non-zeros per row.
+    partitions are estimated from the dataset's mean non-zeros per row, when the count is
+    known (a Zarr dataset, scipy input); a dask array of CSR blocks is not checked.
     """
+    if not ds.nnz_known:
+        # a sparse dask array whose non-zeros are not counted yet: counting them would
+        # cost a pass over X (and this runs on the client's event loop)
+        return
     copies = 2 if mini_batch and not streamed else 1
     for w, chunks in plan.items():
         limit = limits.get(w) or 0

@@ -227,7 +227,8 @@ def in_memory_dataset(
     more = [None if a is None else da.from_array(a, chunks=(Xd.chunks[0],)) for a in arrays[2:4]]
     wd, od = (*more, None, None)[:2]
     yd = da.from_array(y, chunks=(Xd.chunks[0],))
-    return Dataset(Xd, yd, wd, offset=od, classes=classes)
+    nnz = int(getattr(X, "nnz", 0)) if is_scipy_sparse(X) else None
+    return Dataset(Xd, yd, wd, offset=od, classes=classes, nnz=nnz)
 
 
 def dask_map(X: da.Array, fn: Callable[[np.ndarray], np.ndarray], k: int | None, dtype: Any):
