@@ -82,7 +82,7 @@ def logistic():
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
-@pytest.mark.parametrize(("optimizer", "lr"), [("adagrad", 0.1), ("ftrl", 5.0)])
+@pytest.mark.parametrize(("optimizer", "lr"), [("ftrl", 5.0)])
 def test_keyed_fit_reaches_logistic_optimum(client, logistic, mode, optimizer, lr):
     X, y, fstar = logistic
     res = fit(_dask(X, y), client=client, loss="log_loss", mode=mode, optimizer=optimizer,
@@ -171,9 +171,12 @@ def test_adam_and_sgd_with_auto_learning_rate(client, logistic, optimizer, lr):
     """``learning_rate="auto"``: adam's constant default; sgd's ``1 / L`` measured on the
     sparse rows before the first step, as for dense data (the same value)."""
     X, y, fstar = logistic
+    # adam without a penalty: key by key (its lazy form is the same objective)
     kw = dict(client=client, loss="log_loss", mode="async", optimizer=optimizer,
-              batch_size=200, alpha=ALPHA, max_epochs=10, tol=None, random_state=0)  # fmt: skip
+              batch_size=200, alpha=ALPHA if optimizer == "sgd" else 0.0, max_epochs=10,
+              tol=None, random_state=0)  # fmt: skip
     res = fit(_dask(X, y), **kw)
+    assert "pull_bytes" in res.timings_
     f = _objective(X, y, res.coef_, res.intercept_, ALPHA)
     assert f < 0.5 * math.log(2) + fstar / 2  # well below the zero model's log(2)
     if lr is not None:
@@ -242,17 +245,37 @@ def test_warm_start_from_coef_init(client):
     ],
 )
 def test_unsupported_keyed_settings_are_refused(client, settings, match):
+    # ftrl runs only key by key: what the keyed slice lacks is refused; sgd falls back to
+    # dense pushes (the same fit)
     X, y = _sparse_logistic(n=1000, seed=7)
-    kw = dict(loss="log_loss", mode="async", optimizer="adagrad", batch_size=100, max_epochs=2)
+    kw = dict(loss="log_loss", mode="async", optimizer="ftrl", batch_size=100, max_epochs=2)
     with pytest.raises(InvalidSettingError, match=match):
         fit(_dask(X, y), client=client, **{**kw, **settings})
+    if "n_servers" not in settings:
+        kw.update(optimizer="sgd", learning_rate=0.1, tol=None)
+        res = fit(_dask(X, y), client=client, **{**kw, **settings})
+        assert "pull_bytes" not in res.timings_ and res.n_iter_ == 2
 
 
 def test_keyed_checkpoint_refused(client, tmp_path):
     X, y = _sparse_logistic(n=1000, seed=7)
     with pytest.raises(InvalidSettingError, match="checkpoint"):
-        fit(_dask(X, y), client=client, loss="log_loss", optimizer="adagrad", batch_size=100,
+        fit(_dask(X, y), client=client, loss="log_loss", optimizer="ftrl", batch_size=100,
             checkpoint=tmp_path / "ck")  # fmt: skip
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_penalised_adagrad_and_adam_push_dense_gradients(client, logistic, optimizer):
+    """Lazy AdaGrad/Adam would penalise a coefficient only on the steps that touch it (another
+    objective): with alpha > 0 they push dense gradients and reach the penalised optimum."""
+    X, y, fstar = logistic
+    res = fit(_dask(X, y), client=client, loss="log_loss", mode="sync", optimizer=optimizer,
+              learning_rate=0.1 if optimizer == "adagrad" else 0.01, batch_size=200,
+              alpha=ALPHA, max_epochs=60, tol=None, random_state=0)  # fmt: skip
+    assert "pull_bytes" not in res.timings_  # dense pushes: no key-value pulls
+    assert min(res.timings_["push_bytes"]) >= res.n_updates_ / 2 * D * 4
+    f = _objective(X, y, res.coef_, res.intercept_, ALPHA)
+    assert (f - fstar) / fstar < 1e-2
 
 
 def test_ftrl_needs_sparse_mini_batches(client):

@@ -9,9 +9,14 @@ gradient at the keys its batch touched and a reply the weights at the next batch
 (:mod:`daskgd.parameter_server.keyed_handlers`). Other sparse fits (full batches, L-BFGS,
 momentum) push dense gradients.
 
-What the keyed slice does not run yet is refused here, naming the alternative:
-``n_servers >= 1`` (key-hashed shards), ``mode="ssp"``, checkpoints, and
-``gtol``/``gtol_rel`` (no gradient norm is computed). ``callback_params`` forms the whole
+Key by key only where it is the same fit as dense pushes: ``sgd`` (its lazy L2 and L1 are
+exact, :class:`daskgd.objective.keyed.KeyedSGD`), ``ftrl`` (key by key by definition),
+and ``adagrad``/``adam`` without a penalty (``alpha=0``). With ``alpha > 0`` lazy AdaGrad
+and Adam would penalise a coefficient only on the steps that touch it, which is another
+objective (rare columns barely regularised): those fits push dense gradients, as do fits
+with what the keyed slice does not run yet: ``n_servers >= 1`` (key-hashed shards),
+``mode="ssp"``, checkpoints, and ``gtol``/``gtol_rel`` (no gradient norm is computed).
+``ftrl``, which has no dense form, refuses those, naming the alternative. ``callback_params`` forms the whole
 model once an epoch (O(d)). ``learning_rate="auto"`` is ``1 / L`` for ``sgd``, measured
 on the rows as for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the
 constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps adapt to the data; the
@@ -56,6 +61,11 @@ def is_keyed(ds: Any, s: FitSettings) -> bool:
     """
     keyed = (is_sparse_data(ds) and s.batch_size is not None and not s.one_vs_rest
              and s.optimizer in KEYED_OPTIMIZERS)  # fmt: skip
+    if keyed and s.optimizer != "ftrl":
+        # dense pushes where key by key would not be the same fit: lazy AdaGrad and Adam
+        # penalise a coefficient only on the steps that touch it (a different objective
+        # once alpha > 0; sgd's lazy penalty is exact), and what the keyed slice lacks
+        keyed = (s.optimizer == "sgd" or not s.alpha) and _unsupported(s) is None
     if s.optimizer == "ftrl" and not keyed:
         raise InvalidSettingError(
             "optimizer='ftrl' (FTRL-Proximal) trains sparse data on mini-batches, key by "
@@ -74,6 +84,21 @@ def keyed_fit_settings(s: FitSettings) -> FitSettings:
     InvalidSettingError
         On a setting the key-value slice does not support yet, naming the alternative.
     """
+    why = _unsupported(s)
+    if why is not None:
+        raise InvalidSettingError(
+            f"sparse X with batch_size and optimizer={s.optimizer!r} runs key-value "
+            f"(pushes and pulls by key), which does not support {why}"
+        )
+    if not isinstance(s.learning_rate, str) or s.optimizer not in KEYED_DEFAULT_LR:
+        return s  # sgd: "auto" is 1 / L, measured on the rows as for dense data
+    out = replace(s, learning_rate=KEYED_DEFAULT_LR[s.optimizer])
+    object.__setattr__(out, "seed", s.seed)  # the seed drawn for this fit stays
+    return out
+
+
+def _unsupported(s: FitSettings) -> str | None:
+    """What of ``s`` the key-value slice does not run, with the alternative; None: all."""
     why = None
     if isinstance(s.n_servers, int) and s.n_servers >= 1:
         why = (f"n_servers={s.n_servers} (key-hashed shards are not built yet): use "
@@ -85,13 +110,4 @@ def keyed_fit_settings(s: FitSettings) -> FitSettings:
     elif s.gtol is not None or s.gtol_rel is not None:
         why = ("gtol/gtol_rel: no gradient norm is computed for a stochastic sparse fit; "
                "use tol (the epoch loss)")  # fmt: skip
-    if why is not None:
-        raise InvalidSettingError(
-            f"sparse X with batch_size and optimizer={s.optimizer!r} runs key-value "
-            f"(pushes and pulls by key), which does not support {why}"
-        )
-    if not isinstance(s.learning_rate, str) or s.optimizer not in KEYED_DEFAULT_LR:
-        return s  # sgd: "auto" is 1 / L, measured on the rows as for dense data
-    out = replace(s, learning_rate=KEYED_DEFAULT_LR[s.optimizer])
-    object.__setattr__(out, "seed", s.seed)  # the seed drawn for this fit stays
-    return out
+    return why
