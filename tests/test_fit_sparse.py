@@ -177,3 +177,28 @@ def test_the_memory_estimate_of_sparse_partitions(tmp_path):
         check_memory(ds, plan, {"w1": need / 0.6 - 1}, streamed=False, mini_batch=True)
     # streamed: one row-chunk at a time
     check_memory(ds, plan, {"w1": need / 0.6 - 1}, streamed=True, mini_batch=True)
+
+
+def test_float32_sparse_curvature_equals_dense():
+    from daskgd.worker.batches import Gram
+
+    Xs, _ = _problem(n=3000, d=30, density=0.3)
+    Xs = Xs.astype(np.float32)
+    sw = np.random.default_rng(1).uniform(0.5, 2.0, Xs.shape[0])
+    for intercept in (True, False):
+        sparse, dense = Gram(30, intercept), Gram(30, intercept)
+        sparse.add(Xs, sw)
+        dense.add(Xs.toarray(), sw)
+        assert sparse.sq == pytest.approx(dense.sq, rel=1e-13)
+        np.testing.assert_allclose(sparse.G, dense.G, rtol=1e-12, atol=1e-9)
+
+
+def test_a_matrix_edited_after_scipy_marked_it_canonical_is_written_sorted(tmp_path):
+    # scipy caches has_canonical_format: indices edited in place afterwards are still sorted
+    # (and the stored dataset readable), not trusted to the stale flag
+    Y = sp.csr_matrix((np.r_[1.0, 2, 3, 4], np.r_[0, 2, 1, 3], np.r_[0, 2, 4]), shape=(2, 4))
+    assert Y.has_canonical_format
+    Y.indices[:2] = [2, 0]
+    daskgd.write_zarr(tmp_path / "y.zarr", Y, np.zeros(2))
+    back = daskgd.open_zarr(tmp_path / "y.zarr").X.compute()
+    np.testing.assert_array_equal(back.toarray(), Y.toarray())

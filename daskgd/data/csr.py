@@ -170,13 +170,11 @@ def check_sorted(
 
     daskgd writes them so; a block that is not was written by another tool or altered.
     """
-    if len(indices) < 2:
+    if _sorted_distinct(indptr, indices):
         return
     bad = np.diff(indices) <= 0
-    # a row's first index may be below the previous row's last one
     starts = np.asarray(indptr[1:-1]) - int(indptr[0])
-    starts = starts[(starts > 0) & (starts < len(indices))]
-    bad[starts - 1] = False
+    bad[starts[(starts > 0) & (starts < len(indices))] - 1] = False
     if bad.any():
         pos = int(np.argmax(bad)) + 1
         r = int(np.searchsorted(indptr, int(indptr[0]) + pos, side="right")) - 1
@@ -216,10 +214,24 @@ def canonical_csr(
     check_csr(m.indptr, m.indices, m.shape[1], chunk=chunk, chunk_rows=chunk_rows, row0=row0)
     if kind != "f" or m.dtype not in (np.float32, np.float64):
         m = m.astype(np.float64)  # integers (and float16): promoted, as for dense X
-    if not m.has_canonical_format:
+    if not _sorted_distinct(m.indptr, m.indices):
+        # scipy's has_canonical_format is a cached flag, stale once the arrays are edited
+        # in place: the indices themselves are checked (one vectorised pass)
         m = m.copy()
+        m.has_canonical_format = False
         m.sum_duplicates()  # sorts each row's indices and sums repeated ones
     return m
+
+
+def _sorted_distinct(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether each row's column indices are strictly increasing."""
+    if len(indices) < 2:
+        return True
+    bad = np.diff(indices) <= 0
+    starts = np.asarray(indptr[1:-1]) - int(indptr[0])
+    starts = starts[(starts > 0) & (starts < len(indices))]
+    bad[starts - 1] = False  # a row's first index may be below the previous row's last
+    return not bool(bad.any())
 
 
 def canonical_block(block: Any, block_info: Any = None) -> Any:

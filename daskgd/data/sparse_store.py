@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import dask.array as da
@@ -132,7 +133,7 @@ class CSRLayout:
         return cls(int(n_rows), int(n_cols), int(chunk_rows), counts, segment_size(counts),
                    np.dtype(dtype).name)  # fmt: skip
 
-    @property
+    @cached_property
     def starts(self) -> tuple[int, ...]:
         """The first position of each row-chunk's segment (multiples of C)."""
         out, at, c = [], 0, self.segment

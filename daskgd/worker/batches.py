@@ -169,12 +169,16 @@ class Gram:
         w = np.ones(X.shape[0]) if sw is None else np.asarray(sw, dtype=np.float64)
         wsum = float(w.sum())
         self.weight += wsum
-        sq_rows = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
+        # squares summed in float64, as the dense rows' are (float32 values widened)
+        squares = X.data.astype(np.float64) ** 2
+        sq_rows = np.bincount(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)),
+                              weights=squares, minlength=X.shape[0])  # fmt: skip
         self.sq += float(w @ sq_rows) + (wsum if self.intercept else 0.0)
         if self.G is None:
             return
         d = X.shape[1]
-        WX = X.multiply(w[:, None]).tocsr()
+        WX = X.astype(np.float64)  # a copy, scaled by its rows' weights
+        WX.data *= np.repeat(w, np.diff(X.indptr))
         self.G[:d, :d] += (WX.T @ X).toarray()
         if self.intercept:
             col = np.asarray(WX.sum(axis=0), dtype=np.float64).ravel()
@@ -255,6 +259,8 @@ class InMemoryBatches:
         if self.nb > 1 and epoch != self.epoch:
             perm = np.random.default_rng([*self.key, epoch]).permutation(self.n)
             if self.sparse:
+                # let the last epoch's permuted copy go first: two copies at most, as dense
+                self.Xb = self.yb = self.swb = self.offb = None  # type: ignore[assignment]
                 self.Xb, self.yb = self.X[perm], self.y[perm]
                 self.swb = None if self.sw is None else self.sw[perm]
                 self.offb = None if self.off is None else self.off[perm]
