@@ -17,8 +17,8 @@ objective (rare columns barely regularised): those fits push dense gradients, as
 with what the keyed slice does not run yet: ``n_servers >= 1`` (key-hashed shards),
 ``mode="ssp"``, checkpoints, and ``gtol``/``gtol_rel`` (no gradient norm is computed).
 ``ftrl``, which has no dense form, refuses those, naming the alternative.
-``callback_params`` forms the whole model once an epoch (O(d)). ``learning_rate="auto"`` is ``1 / L`` for ``sgd``, measured
-on the rows as for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the
+``callback_params`` forms the whole model once an epoch (O(d)). ``learning_rate="auto"``
+is ``1 / L`` for ``sgd``, measured on the rows as for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the
 constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps adapt to the data; the
 usual values of AdaGrad, Adam and McMahan et al.'s FTRL).
 
