@@ -18,9 +18,10 @@ with what the keyed slice does not run yet: ``n_servers >= 1`` (key-hashed shard
 ``mode="ssp"``, checkpoints, and ``gtol``/``gtol_rel`` (no gradient norm is computed).
 ``ftrl``, which has no dense form, refuses those, naming the alternative.
 ``callback_params`` forms the whole model once an epoch (O(d)). ``learning_rate="auto"``
-is ``1 / L`` for ``sgd``, measured on the rows as for dense data; for ``adagrad``, ``adam`` and ``ftrl`` it stands for the
-constant :data:`KEYED_DEFAULT_LR` (their per-coordinate steps adapt to the data; the
-usual values of AdaGrad, Adam and McMahan et al.'s FTRL).
+is ``1 / L`` for ``sgd``, measured on the rows as for dense data; for ``adagrad``,
+``adam`` and ``ftrl`` it stands for the constant :data:`KEYED_DEFAULT_LR` (their
+per-coordinate steps adapt to the data; the usual values of AdaGrad, Adam and McMahan et
+al.'s FTRL).
 
 A keyed fit's ``FitResult.timings_`` has ``pull_bytes`` besides ``push_bytes``: per
 training task, the bytes of the weights it received (its pushes' bytes count the keys,
