@@ -98,3 +98,31 @@ def test_the_suite_runs_the_scripts_asked_for():
         ["--quick", "--budget", "5"],
     )
     assert bench_run.main(["--scripts", "nonesuch"]) == 2
+
+
+def test_the_sparse_optimum_is_the_optimum(tmp_path):
+    """``bench_sparse.py``'s f* (L-BFGS in scaled columns) is scikit-learn's optimum of the
+    same objective at ``C = 1 / (n alpha)``, on sparse data written and read back as the
+    benchmark does; and Vowpal Wabbit's hash bits keep every column apart from its constant."""
+    import bench_sparse
+    from sklearn.linear_model import LogisticRegression
+
+    import daskgd
+
+    n, d, alpha = 4_000, 2**10, 1e-3
+    p = bench_sparse.Problem(n, d, alpha, str(tmp_path / "s.zarr"))
+    daskgd.make_sparse_classification(p.path, n, d, 12, chunk_rows=1_000, random_state=2)
+    oracle = bench_sparse.Oracle(p)
+    assert oracle.X.nnz == n * 12 and set(np.unique(oracle.y)) == {-1.0, 1.0}
+    oracle.solve()
+    m = LogisticRegression(C=1.0 / (n * alpha), solver="newton-cholesky", tol=1e-14, max_iter=1000)
+    m.fit(oracle.X, oracle.y01)
+    reference = oracle.objective(m.coef_.ravel(), m.intercept_[0])
+    assert oracle.f_star <= reference + 1e-13 * abs(reference)
+    assert reference - oracle.f_star <= 1e-11 * abs(reference)
+    assert oracle.facts["gap_bound"] <= 1e-10 * abs(oracle.f_star)
+    for width in (2**10, 2**16, 2**22, 11_650_396):
+        bits, constant = bench_sparse.vw_bits(width)
+        assert width <= 2**bits and width <= constant < 2**bits
+    with pytest.raises(ValueError, match="constant"):
+        bench_sparse.vw_bits(2**24)
