@@ -90,3 +90,50 @@ def test_gradient_decides_where_the_loss_is_at_its_rounding_level():
             break
         x = opt.tell(x, 1e6 + 0.5 * x @ A @ x - b @ x, g)
     assert np.linalg.norm(A @ x - b) < 1e-10
+
+
+def _scaled_logistic(seed=2, n=600, d=12, alpha=1e-4):
+    """A logistic problem whose columns range over four orders of magnitude."""
+    rng = np.random.default_rng(seed)
+    scale = np.logspace(-2, 2, d)
+    X = rng.normal(size=(n, d)) * scale
+    y = np.where(X @ (rng.normal(size=d) / scale) + rng.normal(size=n) > 0, 1.0, -1.0)
+
+    def fg(w):
+        z = y * (X @ w)
+        f = float(np.mean(np.logaddexp(0.0, -z))) + 0.5 * alpha * float(w @ w)
+        return f, X.T @ (-y * np.exp(-np.logaddexp(0.0, z))) / n + alpha * w
+
+    return fg, 0.25 * np.mean(X * X, axis=0) + alpha, d
+
+
+def test_h0_gives_the_iterates_of_lbfgs_on_the_scaled_variables():
+    fg, h, d = _scaled_logistic()
+    D = np.sqrt(h)
+    pre, plain = LBFGS(h0=h), LBFGS()
+    x, v = np.zeros(d), np.zeros(d)
+    for _ in range(15):  # to a gradient of 1e-12 (past it, rounding decides)
+        f, g = fg(x)
+        fv, gv = fg(v / D)  # f(v / D): its gradient in v is g / D
+        x = pre.tell(x, f, g)
+        v = plain.tell(v, fv, gv / D)
+        np.testing.assert_allclose(x, v / D, rtol=1e-8, atol=1e-12)
+
+
+def test_h0_needs_far_fewer_evaluations_on_badly_scaled_columns():
+    fg, h, d = _scaled_logistic()
+    w_star = minimize(fg, np.zeros(d), jac=True, method="L-BFGS-B",
+                      options={"gtol": 1e-13, "ftol": 0.0, "maxiter": 100_000}).x  # fmt: skip
+    f_star = fg(w_star)[0]
+
+    def evaluations(opt: LBFGS) -> int:
+        x = np.zeros(d)
+        for k in range(1, 3000):
+            f, g = fg(x)
+            if (f - f_star) / f_star < 1e-8:
+                return k
+            x = opt.tell(x, f, g)
+        return 3000
+
+    pre, plain = evaluations(LBFGS(h0=h)), evaluations(LBFGS())
+    assert pre < 60 and 3 * pre < plain, (pre, plain)

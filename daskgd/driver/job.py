@@ -127,6 +127,10 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     if resume is not None:
         P0 = resume["params"]
     shards = None if keyed else await place_shards(client, s, P0.size, workers)
+    # full-batch L-BFGS on the scheduler-hosted server scales its steps by the data's
+    # column squares (its ``precondition`` option), which the tasks measure as they load
+    precondition = bool((s.optimizer_options or {}).get("precondition", True))
+    spec["column_squares"] = shards is None and s.optimizer == "lbfgs" and precondition
     job = f"daskgd-{uuid.uuid4().hex}"
     ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
     try:

@@ -57,6 +57,12 @@ class LBFGS:
     max_backtracks : int, default=30
         Backtracking steps tried along one direction before the memory is reset and
         the method restarts from steepest descent.
+    h0 : ndarray or None, default=None
+        A positive diagonal that the initial inverse-Hessian approximation divides by
+        (a preconditioner, e.g. the Hessian's diagonal at the start): ``H0 = gamma /
+        h0`` with ``gamma = s.y / (y.(y / h0))`` (Nocedal and Wright, "Numerical
+        Optimization", 2006, 7.2), the iterates of L-BFGS on the variables scaled by
+        ``sqrt(h0)``. None: the identity.
 
     Examples
     --------
@@ -73,6 +79,7 @@ class LBFGS:
     memory: int = 10
     c1: float = 1e-4
     max_backtracks: int = 30
+    h0: np.ndarray | None = field(default=None, repr=False)
     _s: deque = field(default_factory=deque, repr=False)
     _y: deque = field(default_factory=deque, repr=False)
     _x: np.ndarray | None = field(default=None, repr=False)  # last accepted point
@@ -134,7 +141,7 @@ class LBFGS:
             self._y.clear()
             p = -g
         self._p = p
-        gnorm = float(np.abs(g).sum())
+        gnorm = float(np.abs(g if self.h0 is None else g / np.sqrt(self.h0)).sum())
         self._t = 1.0 if self._s or gnorm == 0 else min(1.0, 1.0 / gnorm)
         return x + self._t * p
 
@@ -146,9 +153,12 @@ class LBFGS:
             a = rho * float(s @ q)
             q -= a * y
             alphas.append((rho, a))
+        h0 = self.h0
         if self._s:
             s, y = self._s[-1], self._y[-1]
-            q *= float(s @ y) / float(y @ y)
+            q *= float(s @ y) / float(y @ (y if h0 is None else y / h0))
+        if h0 is not None:
+            q /= h0
         for (s, y), (rho, a) in zip(
             zip(self._s, self._y, strict=True), reversed(alphas), strict=True
         ):

@@ -148,7 +148,9 @@ def check_status(since: Any, params: Any) -> str | None:
     return None
 
 
-def check_ready(job: Job, worker, loss0, loss_zero, grad0, weight, curvature, gram) -> str | None:
+def check_ready(
+    job: Job, worker, loss0, loss_zero, grad0, weight, curvature, gram, colsq=None
+) -> str | None:
     """A ``ready`` report's arguments (the rank is checked already)."""
     if not isinstance(worker, str):
         return f"worker must be an address string, got {type(worker).__name__}"
@@ -176,6 +178,11 @@ def check_ready(job: Job, worker, loss0, loss_zero, grad0, weight, curvature, gr
         and gram.dtype == np.float64 and bool(np.all(np.isfinite(gram)))
     ):  # fmt: skip
         return f"gram must be None or a finite float64 array of shape ({n}, {n})"
+    if colsq is not None and not (
+        isinstance(colsq, np.ndarray) and colsq.shape == (job.shape[0],)
+        and colsq.dtype == np.float64 and bool(np.all(np.isfinite(colsq) & (colsq >= 0)))
+    ):  # fmt: skip
+        return f"colsq must be None or a finite float64 array >= 0 of shape ({job.shape[0]},)"
     return None
 
 

@@ -237,6 +237,7 @@ class ParameterServerClient(ShardCalls):
         weight: float,
         curvature: tuple[float, float, float] | None = None,
         gram: np.ndarray | None = None,
+        colsq: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Report what the rank measured before its first step (``daskgd_ready``)."""
         reply = await self._call(
@@ -250,6 +251,7 @@ class ParameterServerClient(ShardCalls):
             weight=weight,
             curvature=curvature,
             gram=None if gram is None else ToPickle(gram),
+            colsq=None if colsq is None else ToPickle(colsq),
             incarnation=self.incarnation,
         )
         return await self._with_params(reply)

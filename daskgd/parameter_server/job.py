@@ -138,6 +138,7 @@ class Job(Steps):
     def take_report(
         self, rank: int, worker: str, loss0: float, loss_zero: float, grad0: np.ndarray,
         weight: float, curvature: Any, gram: np.ndarray | None, workers: Container[str],
+        colsq: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         """``ready``: keep what the rank measured before its first step (or stop the job
         when it is not finite), and choose the ``auto_lr`` step once every live rank
@@ -150,7 +151,7 @@ class Job(Steps):
             if curvature is not None:
                 cur = (float(curvature[0]), float(curvature[1]), float(curvature[2]))
             g = np.array(grad0, dtype=np.float64)
-            self.report(rank, float(loss0), float(loss_zero), g, float(weight), cur, gram)
+            self.report(rank, float(loss0), float(loss_zero), g, float(weight), cur, gram, colsq)
         else:
             self.diverged(
                 f"worker {worker} (rank {rank}) computed a non-finite loss or gradient at "

@@ -61,7 +61,7 @@ class MemberHandlers(JobRunner):
 
     async def ready(
         self, job, rank, worker, loss0, loss_zero, grad0, weight, curvature=None, gram=None,
-        incarnation=None,
+        incarnation=None, colsq=None,
     ):  # fmt: skip
         """A rank loaded its rows: keep what it measured before its first step.
 
@@ -77,12 +77,12 @@ class MemberHandlers(JobRunner):
         refused = check_incarnation(j, rank, incarnation)
         if refused:
             return refused
-        bad = check_ready(j, worker, loss0, loss_zero, grad0, weight, curvature, gram)
+        bad = check_ready(j, worker, loss0, loss_zero, grad0, weight, curvature, gram, colsq)
         if bad:
             return error(bad)
         j.touch(rank)
         await self.exclusive(j, j.take_report, rank, worker, loss0, loss_zero, grad0, weight,
-                             curvature, gram, self.workers(), heavy=True)  # fmt: skip
+                             curvature, gram, self.workers(), colsq, heavy=True)  # fmt: skip
         self.wake(j)
         if j.config.auto_lr:
 

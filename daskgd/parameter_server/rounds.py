@@ -71,6 +71,10 @@ class Steps(EpochRules):
         self, mean_grad: np.ndarray, lr_scale: float = 1.0, loss: float | None = None
     ) -> None:
         P, v = self.params, self.version
+        lbfgs = self.opt_state.get("lbfgs") if isinstance(self.opt_state, dict) else None
+        wanted = getattr(self.optimizer, "precondition", False)
+        if lbfgs is not None and lbfgs.h0 is None and wanted:  # before its first direction
+            lbfgs.h0 = self.lbfgs_diagonal()
         new = self.optimizer.step(P, mean_grad, self.opt_state, v, self.epochs, lr_scale, loss)
         if not np.all(np.isfinite(new)):
             self.diverged(f"the parameters became non-finite at update {v + 1}")

@@ -123,11 +123,12 @@ class EpochRules:
     # -- what the ranks measured before their first step ------------------------
     def report(self, rank: int, loss0: float, loss_zero: float, grad0: np.ndarray,
                weight: float, curvature: tuple[float, float, float] | None,
-               gram: np.ndarray | None = None) -> None:  # fmt: skip
+               gram: np.ndarray | None = None,
+               colsq: np.ndarray | None = None) -> None:  # fmt: skip
         """Keep a rank's ``ready`` report (its first one) and update the references."""
         if rank in self.reports:
             return  # a rerun task: the first report stands
-        self.reports[rank] = (loss0, loss_zero, grad0, weight, curvature, gram)
+        self.reports[rank] = (loss0, loss_zero, grad0, weight, curvature, gram, colsq)
         W = math.fsum(r[3] for r in self.reports.values())
         if W <= 0:
             return
@@ -140,6 +141,28 @@ class EpochRules:
             self.ref_loss = max(at_start, at_zero)
             g = sum(r[2] for r in self.reports.values()) / W
             self.g0 = self.grad_norm(self.initial, g)
+
+    def lbfgs_diagonal(self) -> np.ndarray | None:
+        """The preconditioner of a full-batch L-BFGS job (``LBFGS.h0``): a bound on the
+        Hessian's diagonal at the start, ``c * sum_i w_i x_ij^2 / sum_i w_i + l2`` (``c``
+        the loss's curvature bound; the intercept's: ``c``), from the column squares the
+        ranks reported (rows with the intercept's column of ones last, whose sum is the
+        weight); None when none did. Any positive diagonal is a valid preconditioner, so
+        one computed before every rank reported only costs speed."""
+        sums = [r[6] for _, r in sorted(self.reports.items()) if len(r) > 6 and r[6] is not None]
+        if not sums:
+            return None
+        total = np.sum(sums, axis=0)
+        if not total[-1] > 0:
+            return None
+        c = self.config.loss_curvature
+        c = c if math.isfinite(c) and c > 0 else 1.0
+        h = c * total / total[-1]
+        h[:-1] += self.optimizer.regularizer.l2
+        # a column without values (and no ridge) has no curvature: keep h positive
+        h = np.maximum(h, 1e-12 * c)
+        k = self.params.size // h.size
+        return np.repeat(h, k) if k > 1 else h
 
     def _restored_refs(self) -> bool:
         return self._refs_from_checkpoint

@@ -25,6 +25,7 @@ __all__ = [
     "StreamingBatches",
     "as_csr",
     "check_offset",
+    "column_squares",
     "contiguous_block",
     "head",
     "load_rows",
@@ -197,6 +198,26 @@ class Gram:
         if self.G is None:
             return None
         return float(np.linalg.eigvalsh(self.G)[-1]) if self.G.size else 0.0
+
+
+def column_squares(pieces, n_features: int) -> np.ndarray:
+    """``sum_i w_i a_ij^2`` for each column of the rows ``A = [X, 1]`` in ``pieces`` (the
+    last entry, the column of ones, is the weight), in float64: the diagonal of
+    ``A^T W A``, which full-batch L-BFGS scales its steps by (its ``precondition``)."""
+    out = np.zeros(n_features + 1)
+    for X, _, sw, _ in pieces:
+        n = X.shape[0]
+        w = np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
+        out[-1] += w.sum()
+        if is_sparse(X):
+            X = as_csr(X)
+            v = X.data.astype(np.float64) ** 2 * np.repeat(w, np.diff(X.indptr))
+            out[:-1] += np.bincount(X.indices, weights=v, minlength=n_features)
+            continue
+        for lo in range(0, n, _BLOCK_ROWS):  # bounded float64 copies
+            B = np.asarray(X[lo : lo + _BLOCK_ROWS], dtype=np.float64)
+            out[:-1] += w[lo : lo + _BLOCK_ROWS] @ (B * B)
+    return out
 
 
 def power_top(X: Any, sw: np.ndarray | None, intercept: bool, seed: int) -> float:

@@ -43,7 +43,13 @@ from daskgd.errors import (
 )
 from daskgd.objective import check_targets, get_loss
 from daskgd.parameter_server import ParameterServerClient
-from daskgd.worker.batches import MEASURE_ROWS, InMemoryBatches, StreamingBatches, head
+from daskgd.worker.batches import (
+    MEASURE_ROWS,
+    InMemoryBatches,
+    StreamingBatches,
+    column_squares,
+    head,
+)
 
 __all__ = ["probe", "train_partition"]
 
@@ -284,8 +290,11 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             *curvature, gram = batches.curvature(bool(spec["curvature"]["intercept"]),
                                                  int(spec["seed"]))  # fmt: skip
             curvature = tuple(curvature)
+        # full-batch L-BFGS's preconditioner: one pass over the rank's rows
+        colsq = column_squares(batches.pieces(0, 0), d) if spec.get("column_squares") else None
         reply = call("ready", rank=rank, worker=address, loss0=loss0, loss_zero=loss_zero,
-                     grad0=grad0, weight=weight0, curvature=curvature, gram=gram)  # fmt: skip
+                     grad0=grad0, weight=weight0, curvature=curvature, gram=gram,
+                     colsq=colsq)  # fmt: skip
         if reply["status"] != "stopped":
             params, version = reply["params"], reply["version"]
             if spec["mode"] == "sync":
