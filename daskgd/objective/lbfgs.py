@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg.blas import daxpy
 
 __all__ = ["LBFGS", "backtrack_step", "rounding_level"]
 
@@ -88,19 +89,24 @@ class LBFGS:
     _p: np.ndarray | None = field(default=None, repr=False)  # search direction
     _t: float = field(default=1.0, repr=False)  # trial step along _p
     _backtracks: int = field(default=0, repr=False)
+    _hinv: tuple | None = field(default=None, repr=False)  # (h0, 1 / h0, 1 / sqrt(h0))
     iterations: int = 0
 
-    def tell(self, x: np.ndarray, f: float, g: np.ndarray) -> np.ndarray:
+    def tell(self, x: np.ndarray, f: float, g: np.ndarray, keep: bool = False) -> np.ndarray:
         """Take ``f`` and its gradient ``g`` at ``x``; return the next point to evaluate.
 
         ``x`` must be the point this method returned last (or the starting point on
-        the first call). The returned array is new; ``x`` and ``g`` are not kept.
+        the first call). The returned array is new; ``x`` and ``g`` are not kept unless
+        ``keep`` (the caller never changes them: two copies fewer, which count at
+        millions of parameters).
         """
         x = np.asarray(x, dtype=np.float64)
-        g = np.array(g, dtype=np.float64)
+        g = np.array(g, dtype=np.float64, copy=None if keep else True)
+        if not keep:
+            x = x.copy()
         x_k, g_k, p = self._x, self._g, self._p
         if x_k is None or g_k is None or p is None:
-            return self._accept(x.copy(), float(f), g, first=True)
+            return self._accept(x, float(f), g, first=True)
         slope = float(g_k @ p)
         if np.isfinite(f) and (
             f <= self._f + self.c1 * self._t * slope or self._rounding_level(f, g, g_k)
@@ -114,7 +120,7 @@ class LBFGS:
                 if len(self._s) > self.memory:
                     self._s.popleft()
                     self._y.popleft()
-            return self._accept(x.copy(), float(f), g)
+            return self._accept(x, float(f), g)
         # Not enough decrease: backtrack, interpolating the step where possible.
         self._backtracks += 1
         if self._backtracks > self.max_backtracks:
@@ -135,35 +141,58 @@ class LBFGS:
         self._x, self._f, self._g = x, f, g
         self._backtracks = 0
         self.iterations += 0 if first else 1
-        p = -self._two_loop(g)
+        p = self._two_loop(g)
+        np.negative(p, out=p)
         if not float(g @ p) < 0:  # not a descent direction: restart
             self._s.clear()
             self._y.clear()
-            p = -g
+            p = -self._two_loop(g)  # steepest descent (in the scaled variables)
         self._p = p
-        gnorm = float(np.abs(g if self.h0 is None else g / np.sqrt(self.h0)).sum())
-        self._t = 1.0 if self._s or gnorm == 0 else min(1.0, 1.0 / gnorm)
-        return x + self._t * p
+        if self._s:
+            self._t = 1.0
+        else:
+            # ||g||_1 in the scaled variables
+            gabs = np.abs(g)
+            gnorm = float(gabs.sum() if self.h0 is None else gabs @ self._root_inverse())
+            self._t = 1.0 if gnorm == 0 else min(1.0, 1.0 / gnorm)
+        out = p * self._t
+        out += x
+        return out
+
+    def _inverse(self) -> np.ndarray:
+        """``1 / h0``, computed once per ``h0``."""
+        assert self.h0 is not None
+        if self._hinv is None or self._hinv[0] is not self.h0:
+            self._hinv = (self.h0, 1.0 / self.h0, 1.0 / np.sqrt(self.h0))
+        return self._hinv[1]
+
+    def _root_inverse(self) -> np.ndarray:
+        self._inverse()
+        assert self._hinv is not None
+        return self._hinv[2]
 
     def _two_loop(self, g: np.ndarray) -> np.ndarray:
+        # in place with BLAS axpy: at millions of parameters each temporary array costs
+        # its page faults, and the recursion would otherwise make 2m of them
         q = g.copy()
         alphas = []
         for s, y in zip(reversed(self._s), reversed(self._y), strict=True):
             rho = 1.0 / float(y @ s)
             a = rho * float(s @ q)
-            q -= a * y
+            q = daxpy(y, q, a=-a)
             alphas.append((rho, a))
-        h0 = self.h0
+        hinv = None if self.h0 is None else self._inverse()
         if self._s:
             s, y = self._s[-1], self._y[-1]
-            q *= float(s @ y) / float(y @ (y if h0 is None else y / h0))
-        if h0 is not None:
-            q /= h0
+            yy = float(y @ y) if hinv is None else float(np.einsum("i,i,i->", y, y, hinv))
+            q *= float(s @ y) / yy
+        if hinv is not None:
+            q *= hinv
         for (s, y), (rho, a) in zip(
             zip(self._s, self._y, strict=True), reversed(alphas), strict=True
         ):
             b = rho * float(y @ q)
-            q += (a - b) * s
+            q = daxpy(s, q, a=a - b)
         return q
 
     def state(self) -> dict:

@@ -358,7 +358,8 @@ class LBFGSOptimizer(Optimizer):
         if not self.fit_intercept:
             g[-1] = 0.0
         f = float(loss) + self.regularizer.penalty(params)
-        new = state["lbfgs"].tell(params.ravel(), f, g.ravel()).reshape(params.shape)
+        # the published parameters are never changed in place, and g is this call's own
+        new = state["lbfgs"].tell(params.ravel(), f, g.ravel(), keep=True).reshape(params.shape)
         if not self.fit_intercept:
             new[-1] = params[-1]
         return new
