@@ -63,7 +63,9 @@ FIT_PARAMETERS = """
     power_t, step_size, gamma : schedule settings
     optimizer_options : dict, optional
         ``momentum`` (momentum, nesterov; 0.9), ``beta1``/``beta2``/``eps`` (adam),
-        ``eps`` (adagrad), ``memory`` (lbfgs; 10).
+        ``eps`` (adagrad), ``memory`` (lbfgs; 10), ``precondition`` (lbfgs; True: the
+        initial inverse Hessian scaled by the Hessian's diagonal at the start, from the
+        column squares the workers send as they load; the scheduler-hosted server only).
     batch_size : int or None, default=None
         Rows per worker per gradient; None is full batch (gradient descent).
     max_epochs : int, default=100
