@@ -101,10 +101,7 @@ def keyed_fit_settings(s: FitSettings) -> FitSettings:
 def _unsupported(s: FitSettings) -> str | None:
     """What of ``s`` the key-value slice does not run, with the alternative; None: all."""
     why = None
-    if isinstance(s.n_servers, int) and s.n_servers >= 1:
-        why = (f"n_servers={s.n_servers} (key-hashed shards are not built yet): use "
-               "n_servers=0 or 'auto'")  # fmt: skip
-    elif s.mode == "ssp":
+    if s.mode == "ssp":
         why = "mode='ssp': use mode='async' or 'sync'"
     elif s.checkpoint is not None:
         why = "checkpoint=...: checkpoints of key-value models are not written yet; drop it"
