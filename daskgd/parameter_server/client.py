@@ -404,8 +404,10 @@ class ParameterServerClient(ShardCalls, KeyedShardCalls):
             A newer run of this rank joined: this task must end.
         """
         if self.kshards is not None:
-            return await self._kpush_sharded(rank, version, keys, grad, grad_b, next_keys, dense,
-                                             n=n, weight=weight, loss=loss, worker=worker)  # fmt: skip
+            return await self._kpush_sharded(
+                rank, version, keys, grad, grad_b, next_keys, dense, n=n, weight=weight,
+                loss=loss, worker=worker,
+            )  # fmt: skip
         return await self._call(
             "kpush",
             extra=self.wait_bound,

@@ -140,8 +140,8 @@ class KeyedHandlers(KeyedShardHandlers):
         except (TypeError, ValueError, ArithmeticError) as exc:
             return error(f"bad job settings: {exc}")
         if shards is not None:
-            return await self.kcreate_sharded(job, shape, cfg, optimizer, rule, facts, ranks,
-                                              client, params, shards)  # fmt: skip
+            return await self.kcreate_sharded(job, shape, cfg, optimizer, rule, facts,
+                                              list(ranks), client, params, shards)  # fmt: skip
 
         def allocate():  # O(d): off the loop
             if params is not None and not np.all(np.isfinite(params)):

@@ -152,8 +152,9 @@ class KeyedShardServer(WorkerPlugin):
     async def create(self, job, shard, n_shards, d, n_columns, optimizer, params=None):
         if not (is_index(shard) and is_index(n_shards) and 0 <= shard < n_shards):
             return error(f"shard must be an integer in [0, n_shards), got {shard!r}")
-        if not isinstance(optimizer, dict) or (params is not None
-                                               and not isinstance(params, np.ndarray)):
+        if not isinstance(optimizer, dict) or (
+            params is not None and not isinstance(params, np.ndarray)
+        ):
             return error("create: optimizer must be a dict and params None or an ndarray")
         try:
             s = await asyncio.to_thread(KeyedShardState, d, n_columns, shard, n_shards,

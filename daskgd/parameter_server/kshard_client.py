@@ -122,10 +122,13 @@ class KeyedShardCalls:
         """The weights at ``keys`` (or all of them) once every shard reached ``version``."""
         assert self.kshards is not None
         split = None if keys is None or dense else self._ksplit(keys)
+        mine: list[Any] = [None] * len(self.kshards)
+        if split is not None and keys is not None:
+            mine = [ToPickle(keys[pos]) for pos in split]
         try:
             parts = await asyncio.gather(*(
-                self._kshard(k, "pull", keys=None if split is None else ToPickle(keys[split[k]]),
-                             dense=dense, version=version, wait=self.timeout)
+                self._kshard(k, "pull", keys=mine[k], dense=dense, version=version,
+                             wait=self.timeout)
                 for k in range(len(self.kshards))
             ))  # fmt: skip
         except KeyedShardLostError:
@@ -158,9 +161,11 @@ class KeyedShardCalls:
 
         def part(k: int) -> dict[str, Any]:
             pos = split[k]
+            nxt = None
+            if nsplit is not None and next_keys is not None:
+                nxt = ToPickle(next_keys[nsplit[k]])
             return {"keys": ToPickle(keys[pos]), "grad": ToPickle(np.ascontiguousarray(grad[pos])),
-                    "grad_b": gb if k == 0 else None, "dense": dense,
-                    "next_keys": None if nsplit is None else ToPickle(next_keys[nsplit[k]])}  # type: ignore[index]  # fmt: skip
+                    "grad_b": gb if k == 0 else None, "dense": dense, "next_keys": nxt}  # fmt: skip
 
         coordinator = self._call("kpush", extra=self.wait_bound, rank=rank, version=version,
                                  keys=None, grad=None, grad_b=None, incarnation=self.incarnation,

@@ -147,7 +147,7 @@ class KeyedShardHandlers(JobRunner):
                 reply.update(step=out, version=out["t"] + 1)
             return reply
         try:
-            outcome = await self.exclusive(j, _if_current, j, incarnation, rank, j.karrive_sync,
+            outcome = await self.exclusive(j, _if_current, j, incarnation, rank, j.karrive_scalars,
                                            rank, version, n, float(weight), float(loss),
                                            self.workers(), heavy=True)  # fmt: skip
         except Exception as exc:  # a bug must fail the job loudly, not hang its members

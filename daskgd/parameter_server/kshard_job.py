@@ -77,7 +77,7 @@ class ShardedKeyedJob(KeyedJob):
         self.stop("a parameter shard was lost", error=str(exc), kind="training")
 
     # -- steps ----------------------------------------------------------------------------
-    def karrive_sync(
+    def karrive_scalars(
         self, rank: int, version: int, n: int, weight: float, loss: float,
         workers: Container[str],
     ) -> str:  # fmt: skip

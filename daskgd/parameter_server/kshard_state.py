@@ -118,8 +118,9 @@ class KeyedShardState:
         bad = (idx >= self.owned.size) | (self.owned[np.minimum(idx, self.owned.size - 1)] != keys)
         if np.any(bad):
             key = int(keys[np.flatnonzero(bad)[0]])
-            raise ValueError(f"key {key} belongs to shard {int(key_shards(np.array([key]), self.n_shards)[0])}, "
-                             f"not to shard {self.shard} of {self.n_shards}")  # fmt: skip
+            home = int(key_shards(np.array([key]), self.n_shards)[0])
+            raise ValueError(f"key {key} belongs to shard {home}, not to shard {self.shard} "
+                             f"of {self.n_shards}")  # fmt: skip
         return idx.astype(np.int64)
 
     def set_eta(self, eta: float | None) -> None:
