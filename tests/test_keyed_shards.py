@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from daskgd.data.csr import sparse_to_dask
 from daskgd.driver import fit, fit_with_settings
 from daskgd.driver.settings import FitSettings
-from daskgd.errors import InvalidSettingError, TrainingError
+from daskgd.errors import DivergenceError, InvalidSettingError, TrainingError
 from daskgd.parameter_server import ParameterServer
 from daskgd.parameter_server.kshard_state import key_shards, owned_keys
 
@@ -197,7 +197,8 @@ def test_warm_start_and_no_shard_left_behind(client):
     assert set(client.run(held).values()) == {0}
 
 
-def test_losing_a_worker_that_holds_a_key_shard_stops_the_fit_with_what_to_do():
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_losing_a_worker_that_holds_a_key_shard_stops_the_fit_with_what_to_do(mode):
     """Key-hashed shards keep no replicas: the death of a holder stops the fit loudly (no
     hang, no silently wrong model), naming the worker and the fix."""
     X, y = _power_law(n=2000, d=3000, seed=5)
@@ -211,7 +212,7 @@ def test_losing_a_worker_that_holds_a_key_shard_stops_the_fit_with_what_to_do():
 
         def run():
             try:
-                settings = FitSettings(loss="log_loss", optimizer="ftrl", mode="async",
+                settings = FitSettings(loss="log_loss", optimizer="ftrl", mode=mode,
                                        batch_size=100, n_servers=2, max_epochs=10**6,
                                        tol=None, max_time=120, delay={0: 0.005, 1: 0.005},
                                        callback=lambda row: going.set())  # fmt: skip
@@ -251,3 +252,21 @@ def test_a_sync_quorum_steps_the_shards_without_the_straggler(client):
     # the straggler's rows get in only when it is first: both stop short of the optimum
     # alike (timing decides which pushes are dropped, so not bitwise)
     assert abs(f - f0) < 0.05 * f0 and fstar < f < 0.7 * np.log(2), (f, f0, fstar)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_non_finite_gradient_stops_a_sharded_fit_as_the_whole_model(client, mode):
+    X, y = _power_law(n=1000, d=2000, seed=7)
+    X = X.copy()
+    X.data[1234] = np.nan  # row 102: its loss and gradient are not finite
+    with pytest.raises(DivergenceError, match="non-finite loss or gradient") as whole:
+        fit(_dask(X, y), client=client, loss="log_loss", mode=mode, optimizer="adagrad",
+            batch_size=100, max_epochs=3, n_servers=0, validate=False,
+            random_state=0)  # fmt: skip
+    at = str(whole.value).split(" at version")[1].split(".")[0]  # the same push, sync
+    with pytest.raises(DivergenceError, match="non-finite loss or gradient") as sharded:
+        fit(_dask(X, y), client=client, loss="log_loss", mode=mode, optimizer="adagrad",
+            batch_size=100, max_epochs=3, n_servers=2, validate=False,
+            random_state=0)  # fmt: skip
+    if mode == "sync":
+        assert f" at version{at}." in str(sharded.value)

@@ -16,6 +16,7 @@ task waits for the coordinator to stop the job, which says what happened, and en
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,10 @@ __all__ = ["KeyedShardCalls"]
 
 #: Seconds a task whose shard did not answer waits for the coordinator to stop the job.
 LOSS_WAIT = 30.0
+#: Seconds between checks of the job while shard calls are slow: a call to a dead
+#: worker's address is retried by distributed for its whole connect timeout, while the
+#: coordinator has stopped the job already.
+LOSS_PROBE = 5.0
 
 
 class KeyedShardLostError(ParameterServerError):
@@ -126,15 +131,40 @@ class KeyedShardCalls:
         if split is not None and keys is not None:
             mine = [ToPickle(keys[pos]) for pos in split]
         try:
-            parts = await asyncio.gather(*(
+            parts = await self._kgather([
                 self._kshard(k, "pull", keys=mine[k], dense=dense, version=version,
                              wait=self.timeout)
                 for k in range(len(self.kshards))
-            ))  # fmt: skip
+            ])  # fmt: skip
         except KeyedShardLostError:
             return await self._klost()
+        if parts is None:
+            return {"status": "stopped"}
         v = max(int(p["version"]) for p in parts)
         return {"status": "OK", "version": v, **self._kcombine(parts, keys, split, dense)}
+
+    async def _kgather(self, calls: list[Any]) -> list[dict[str, Any]] | None:
+        """The shards' replies to ``calls`` (coroutines or tasks); None when the job
+        stopped while they were slow (a lost shard: see :data:`LOSS_PROBE`).
+
+        Raises
+        ------
+        KeyedShardLostError
+            A shard's worker did not answer.
+        """
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        try:
+            while True:
+                _, pending = await asyncio.wait(tasks, timeout=LOSS_PROBE,
+                                                return_when=asyncio.FIRST_EXCEPTION)  # fmt: skip
+                failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+                if failed or not pending:
+                    return [t.result() for t in (failed or tasks)]
+                if (await self._call("status", retry=True)).get("stopped"):
+                    return None
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def _klost(self) -> dict[str, Any]:
         """A shard's worker did not answer: wait for the coordinator to stop the job (it
@@ -155,6 +185,12 @@ class KeyedShardCalls:
     ) -> dict[str, Any]:  # fmt: skip
         """A sharded key-value job's push (see the module docstring)."""
         assert self.kshards is not None
+        if not (np.all(np.isfinite(grad)) and np.all(np.isfinite(grad_b))):
+            # no slice is sent: the coordinator stops the job for the non-finite push, as
+            # the whole-model server does for a non-finite gradient
+            return await self._call("kpush", rank=rank, version=version, keys=None, grad=None,
+                                    grad_b=None, incarnation=self.incarnation,
+                                    **{**scalars, "loss": math.nan})  # fmt: skip
         split = self._ksplit(keys)
         nsplit = None if next_keys is None or dense else self._ksplit(next_keys)
         gb = ToPickle(grad_b) if isinstance(grad_b, np.ndarray) else float(grad_b)
@@ -176,10 +212,12 @@ class KeyedShardCalls:
                 return reply
             step = {n: reply["step"][n] for n in ("weight", "t", "epoch", "lr_scale", "eta")}
             try:
-                parts = await asyncio.gather(*(self._kshard(k, "apply", **part(k), **step)
-                                               for k in range(len(self.kshards))))  # fmt: skip
+                parts = await self._kgather([self._kshard(k, "apply", **part(k), **step)
+                                             for k in range(len(self.kshards))])  # fmt: skip
             except KeyedShardLostError:
                 return await self._klost()
+            if parts is None:
+                return {"status": "stopped"}
             if not all(p["finite"] for p in parts):
                 bad = [a for a, p in zip(self.kshards, parts, strict=True) if not p["finite"]]
                 return await self._call(
@@ -198,11 +236,13 @@ class KeyedShardCalls:
                 return reply
             if reply.get("status") == "OK" and int(reply["version"]) == version + 1:
                 try:
-                    parts = await asyncio.gather(*slices)
+                    got = await self._kgather(slices)
                 except KeyedShardLostError:
                     return await self._klost()
-                if {int(p["version"]) for p in parts} == {version + 1}:
-                    return {**reply, **self._kcombine(parts, next_keys, nsplit, dense)}
+                if got is None:
+                    return {"status": "stopped"}
+                if {int(p["version"]) for p in got} == {version + 1}:
+                    return {**reply, **self._kcombine(got, next_keys, nsplit, dense)}
         finally:
             for task in slices:
                 task.cancel()
