@@ -239,7 +239,6 @@ def test_warm_start_from_coef_init(client):
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
-        ({"n_servers": 1}, "n_servers=1"),
         ({"mode": "ssp", "max_staleness": 2}, "mode='ssp'"),
         ({"gtol": 1e-3}, "gtol"),
     ],
@@ -251,10 +250,9 @@ def test_unsupported_keyed_settings_are_refused(client, settings, match):
     kw = dict(loss="log_loss", mode="async", optimizer="ftrl", batch_size=100, max_epochs=2)
     with pytest.raises(InvalidSettingError, match=match):
         fit(_dask(X, y), client=client, **{**kw, **settings})
-    if "n_servers" not in settings:
-        kw.update(optimizer="sgd", learning_rate=0.1, tol=None)
-        res = fit(_dask(X, y), client=client, **{**kw, **settings})
-        assert "pull_bytes" not in res.timings_ and res.n_iter_ == 2
+    kw.update(optimizer="sgd", learning_rate=0.1, tol=None)
+    res = fit(_dask(X, y), client=client, **{**kw, **settings})
+    assert "pull_bytes" not in res.timings_ and res.n_iter_ == 2
 
 
 def test_keyed_checkpoint_refused(client, tmp_path):

@@ -43,7 +43,8 @@ FIT_PARAMETERS = """
         coordinates (see :mod:`daskgd.objective.keyed`). ``ftrl``: FTRL-Proximal
         (McMahan et al., 2013), the click-prediction standard, key-value fits only;
         ``learning_rate`` is its ``alpha``, ``optimizer_options`` take ``beta``, ``l1``,
-        ``l2``. Key-value fits run sync or async mode with ``n_servers=0``, without
+        ``l2``. Key-value fits run sync or async mode (with ``n_servers >= 1`` in
+        key-hashed shards on workers), without
         checkpoints or ``gtol``/``gtol_rel`` (their history's ``grad_norm`` is NaN);
         ``learning_rate="auto"`` is 0.1 for adagrad and ftrl and 0.01 for adam there
         (sgd's is ``1 / L`` as below). See :mod:`daskgd.driver.keyed`.
@@ -122,8 +123,9 @@ FIT_PARAMETERS = """
     n_servers : int or "auto", default="auto"
         Parameter servers: 0 keeps the whole model and its optimizer state on the
         scheduler; K >= 1 cuts them into K shards held by K workers (optimizers sgd,
-        momentum, nesterov, adagrad and adam in every mode, lbfgs in sync mode), the
-        scheduler coordinating;
+        momentum, nesterov, adagrad and adam in every mode, lbfgs in sync mode; a
+        key-value fit's keyed state split by a hash of the column), the scheduler
+        coordinating;
         "auto" is 0 for now: on the machines measured the shards' extra messages cost
         more than they save. See the README's "Sharded parameter servers".
     random_state : int, optional

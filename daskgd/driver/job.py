@@ -39,6 +39,7 @@ from daskgd.parameter_server import (
     make_settings,
 )
 from daskgd.parameter_server.keyed_job import keyed_settings
+from daskgd.parameter_server.kshard import KeyedShardServer
 from daskgd.parameter_server.shard import ShardServer
 from daskgd.worker import probe, train_partition
 
@@ -67,14 +68,17 @@ async def install(client: Client) -> None:
         ) from exc
 
 
-async def place_shards(client: Client, s: FitSettings, n_params: int, workers: list[str]):
+async def place_shards(
+    client: Client, s: FitSettings, n_params: int, workers: list[str], keyed: bool = False
+):
     """The workers that hold the parameter shards (None: the model stays on the scheduler),
-    with the shard servers installed on every worker."""
+    with the shard servers (key-hashed ones for a key-value fit) installed on every worker."""
     k = resolve_servers(s, n_params, len(workers))
     if k == 0:
         return None
     try:
-        await asyncio.wait_for(client.register_plugin(ShardServer()), SETUP_TIMEOUT)
+        plugin = KeyedShardServer() if keyed else ShardServer()
+        await asyncio.wait_for(client.register_plugin(plugin), SETUP_TIMEOUT)
     except Exception as exc:
         raise SchedulerSetupError(
             f"the workers cannot run daskgd's parameter shards ({type(exc).__name__}: {exc}). "
@@ -126,7 +130,7 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     writer, resume = await setup_checkpoint(ds, s, config)
     if resume is not None:
         P0 = resume["params"]
-    shards = None if keyed else await place_shards(client, s, P0.size, workers)
+    shards = await place_shards(client, s, P0.size, workers, keyed)
     # full-batch L-BFGS on the scheduler-hosted server scales its steps by the data's
     # column squares (its ``precondition`` option), which the tasks measure as they load
     precondition = bool((s.optimizer_options or {}).get("precondition", True))
@@ -135,10 +139,11 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
     try:
         if keyed:
-            spec["keyed"] = {"shape": P0.shape}
+            spec["keyed"] = {"shape": P0.shape, "shards": shards}
             warm = s.coef_init is not None or s.intercept_init is not None
             await ps.kcreate(ds.n_features, s.n_columns, config, s.optimizer_spec(), ranks,
-                             client=client.id, params=P0 if warm else None)  # fmt: skip
+                             client=client.id, params=P0 if warm else None,
+                             shards=shards)  # fmt: skip
         else:
             await ps.create(P0, config, s.optimizer_spec(), ranks, client=client.id,
                             resume=resume, shards=shards)  # fmt: skip

@@ -14,9 +14,10 @@ exact, :class:`daskgd.objective.keyed.KeyedSGD`), ``ftrl`` (key by key by defini
 and ``adagrad``/``adam`` without a penalty (``alpha=0``). With ``alpha > 0`` lazy AdaGrad
 and Adam would penalise a coefficient only on the steps that touch it, which is another
 objective (rare columns barely regularised): those fits push dense gradients, as do fits
-with what the keyed slice does not run yet: ``n_servers >= 1`` (key-hashed shards),
-``mode="ssp"``, checkpoints, and ``gtol``/``gtol_rel`` (no gradient norm is computed).
-``ftrl``, which has no dense form, refuses those, naming the alternative.
+with what the keyed slice does not run yet: ``mode="ssp"``, checkpoints, and
+``gtol``/``gtol_rel`` (no gradient norm is computed). ``ftrl``, which has no dense form,
+refuses those, naming the alternative. ``n_servers >= 1`` holds the keyed state in
+key-hashed shards on workers (:mod:`daskgd.parameter_server.kshard`).
 ``callback_params`` forms the whole model once an epoch (O(d)). ``learning_rate="auto"``
 is ``1 / L`` for ``sgd``, measured on the rows as for dense data; for ``adagrad``,
 ``adam`` and ``ftrl`` it stands for the constant :data:`KEYED_DEFAULT_LR` (their
@@ -101,10 +102,7 @@ def keyed_fit_settings(s: FitSettings) -> FitSettings:
 def _unsupported(s: FitSettings) -> str | None:
     """What of ``s`` the key-value slice does not run, with the alternative; None: all."""
     why = None
-    if isinstance(s.n_servers, int) and s.n_servers >= 1:
-        why = (f"n_servers={s.n_servers} (key-hashed shards are not built yet): use "
-               "n_servers=0 or 'auto'")  # fmt: skip
-    elif s.mode == "ssp":
+    if s.mode == "ssp":
         why = "mode='ssp': use mode='async' or 'sync'"
     elif s.checkpoint is not None:
         why = "checkpoint=...: checkpoints of key-value models are not written yet; drop it"

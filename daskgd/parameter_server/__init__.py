@@ -61,6 +61,9 @@ Key-value (sparse) jobs: ``daskgd_kcreate``, ``daskgd_kready``, ``daskgd_kpull``
 keyed optimizer's state (:mod:`~daskgd.parameter_server.keyed_job`); a push carries the
 gradient at the keys its batch touched and its reply the weights at the member's next
 keys. ``join``, ``status``, ``stop`` and ``close`` serve them as they serve dense jobs.
+With ``shards`` the keyed state lives in key-hashed shards on workers
+(:mod:`~daskgd.parameter_server.kshard`) and the scheduler's pushes carry scalars only
+(:mod:`~daskgd.parameter_server.kshard_handlers`).
 
 Newton jobs (optimizer ``newton``, sync mode, full batches): each round sums the ranks'
 gradients and Hessians in rank order and the optimizer solves for the next point, off the

@@ -28,6 +28,7 @@ from daskgd.errors import (
     ParameterServerError,
     ParameterServerTimeoutError,
 )
+from daskgd.parameter_server.kshard_client import KeyedShardCalls
 from daskgd.parameter_server.replies import ERRORS, RETRIES, RETRY_DELAY, raise_for_reply
 from daskgd.parameter_server.shard_client import ShardCalls
 
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 60.0
 
 
-class ParameterServerClient(ShardCalls):
+class ParameterServerClient(ShardCalls, KeyedShardCalls):
     """Calls the parameter server's handlers for one job.
 
     Parameters
@@ -317,9 +318,11 @@ class ParameterServerClient(ShardCalls):
         ranks: list[str],
         client: str | None = None,
         params: np.ndarray | None = None,
+        shards: list[str] | None = None,
     ) -> dict[str, Any]:
         """Create a key-value job (``daskgd_kcreate``): its parameters live in a keyed
-        optimizer's state on the scheduler, zero or ``params`` at the start.
+        optimizer's state on the scheduler (or, with ``shards``, in key-hashed shards on
+        those workers), zero or ``params`` at the start.
 
         Raises
         ------
@@ -335,6 +338,7 @@ class ParameterServerClient(ShardCalls):
             ranks=list(ranks),
             client=client,
             params=None if params is None else ToPickle(params),
+            shards=shards,
         )
 
     async def kready(
@@ -367,6 +371,8 @@ class ParameterServerClient(ShardCalls):
     ) -> dict[str, Any]:
         """The weights ``w`` at ``keys`` (all of them when ``dense``), the intercept ``b``
         and the ``version``."""
+        if self.kshards is not None:
+            return await self._kpull_sharded(keys, dense)
         return await self._call(
             "kpull",
             retry=True,
@@ -399,6 +405,11 @@ class ParameterServerClient(ShardCalls):
         SupersededError
             A newer run of this rank joined: this task must end.
         """
+        if self.kshards is not None:
+            return await self._kpush_sharded(
+                rank, version, keys, grad, grad_b, next_keys, dense, n=n, weight=weight,
+                loss=loss, worker=worker,
+            )  # fmt: skip
         return await self._call(
             "kpush",
             extra=self.wait_bound,

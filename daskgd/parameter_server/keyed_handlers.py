@@ -4,11 +4,14 @@
 handler                     arguments -> reply (besides ``status``)
 ==========================  ====================================================
 ``daskgd_kcreate``          ``job, n_features, n_columns, config, optimizer, ranks,
-                            client=None, params=None`` -> ``version``: a
+                            client=None, params=None, shards=None`` -> ``version``: a
                             :class:`~daskgd.parameter_server.keyed_job.KeyedJob` of
                             ``n_features`` coefficients (``n_columns`` per feature
                             for a multinomial model, else None), zero or ``params``
-                            (a warm start, ``(d + 1,)`` or ``(d + 1, k)``)
+                            (a warm start, ``(d + 1,)`` or ``(d + 1, k)``); with
+                            ``shards`` (worker addresses) the model is held in
+                            key-hashed shards there (:mod:`~daskgd.parameter_server.
+                            kshard_handlers`), and pushes carry scalars only
 ``daskgd_kready``           ``job, rank, worker, loss0, loss_zero, weight,
                             curvature=None, gram=None, incarnation=None`` ->
                             ``version``: a rank's mean losses on its first batch at
@@ -59,7 +62,8 @@ from daskgd.parameter_server.keyed_job import (
     check_keyed_ready,
     keyed_settings,
 )
-from daskgd.parameter_server.runner import JobRunner
+from daskgd.parameter_server.kshard_handlers import KeyedShardHandlers
+from daskgd.parameter_server.kshard_job import ShardedKeyedJob
 
 __all__ = ["DENSE_PULL_FRACTION", "KeyedHandlers"]
 
@@ -94,7 +98,7 @@ def _reply(j: KeyedJob, read: dict[str, Any] | None, status: str = "OK") -> dict
     return out
 
 
-class KeyedHandlers(JobRunner):
+class KeyedHandlers(KeyedShardHandlers):
     """The key-value jobs' handlers (a base of the plugin); see the module docstring."""
 
     def _keyed(self, job: Any) -> KeyedJob | dict:
@@ -106,8 +110,9 @@ class KeyedHandlers(JobRunner):
         return j
 
     async def keyed_create(
-        self, job, n_features, n_columns, config, optimizer, ranks, client=None, params=None
-    ):
+        self, job, n_features, n_columns, config, optimizer, ranks, client=None, params=None,
+        shards=None,
+    ):  # fmt: skip
         """Create a key-value job; see the module docstring."""
         if not isinstance(job, str) or not job:
             return error(f"job must be a non-empty string, got {job!r}")
@@ -134,6 +139,9 @@ class KeyedHandlers(JobRunner):
             cfg, rule, facts = keyed_settings(config, optimizer, len(ranks))
         except (TypeError, ValueError, ArithmeticError) as exc:
             return error(f"bad job settings: {exc}")
+        if shards is not None:
+            return await self.kcreate_sharded(job, shape, cfg, optimizer, rule, facts,
+                                              list(ranks), client, params, shards)  # fmt: skip
 
         def allocate():  # O(d): off the loop
             if params is not None and not np.all(np.isfinite(params)):
@@ -197,6 +205,8 @@ class KeyedHandlers(JobRunner):
             return refused
         if not isinstance(dense, bool):
             return error(f"dense must be True or False, got {dense!r}")
+        if isinstance(j, ShardedKeyedJob):
+            return error(f"job {job!r} keeps its model in key-hashed shards: pull from them")
         if keys is not None or not dense:
             try:
                 keys = check_keys(keys, j.shape[0] - 1)
@@ -208,7 +218,7 @@ class KeyedHandlers(JobRunner):
 
     async def keyed_push(
         self, job, rank, version, keys, grad, grad_b, n, weight, loss, worker=None,
-        next_keys=None, dense=False, incarnation=None,
+        next_keys=None, dense=False, incarnation=None, shard_error=None,
     ):  # fmt: skip
         """Take a batch's gradient at its keys; reply with the next keys' weights."""
         j = self._keyed(job)
@@ -222,6 +232,9 @@ class KeyedHandlers(JobRunner):
             return refused
         if j.stopped:
             return _reply(j, None)
+        if isinstance(j, ShardedKeyedJob):
+            return await self.kpush_sharded(j, rank, version, n, weight, loss, worker,
+                                            incarnation, shard_error)  # fmt: skip
         bad = check_keyed_push(j, version, keys, grad, grad_b, n, weight, loss, worker,
                                next_keys, dense)  # fmt: skip
         if bad is None:  # O(keys): the batch's size, not the model's

@@ -30,6 +30,7 @@ from daskgd.parameter_server.config import (
 )
 from daskgd.parameter_server.job import Job
 from daskgd.parameter_server.keyed_handlers import KeyedHandlers
+from daskgd.parameter_server.kshard_job import ShardedKeyedJob
 from daskgd.parameter_server.members import MemberHandlers
 from daskgd.parameter_server.runner import STEP_THREADS
 from daskgd.parameter_server.sharding import ShardError, ShardSet, split_rows
@@ -119,6 +120,7 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         jobs, self.jobs = list(self.jobs.values()), {}
         for job in jobs:
             await self.stop_job(job, "the parameter server closed", "the scheduler closed")
+            self.kshards_close(job)
             if job.shards is not None:
                 await job.shards.close()
         if self._executor is not None:
@@ -126,6 +128,7 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
 
     def remove_worker(self, scheduler, worker: str, **kwargs: Any) -> None:
         """Deactivate the ranks that ran on ``worker`` and re-check open rounds."""
+        self.kshards_lost(worker)
         for job in self.jobs.values():
             if job.shards is not None:  # backups it held are gone (a holder keeps its own)
                 job.shards.replicas = [None if r == worker else r for r in job.shards.replicas]
@@ -203,6 +206,7 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         for job_id in [k for k, j in self.jobs.items() if j.client == client]:
             job = self.jobs.pop(job_id)
             self.spawn(self.stop_job(job, "the driver disconnected", "the driver disconnected"))
+            self.kshards_close(job)
             if job.shards is not None:
                 self.spawn(job.shards.close())
 
@@ -300,7 +304,7 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
             if isinstance(j, dict):
                 return j
         out = await self.exclusive(j, j.report_status, since, params, self.workers())
-        if params and j.shards is not None:
+        if params and (j.shards is not None or isinstance(j, ShardedKeyedJob)):
             try:
                 out["params"] = ToPickle(await self._gather(j))
             except ShardError as exc:
@@ -336,6 +340,14 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         out = await self.exclusive(j, j.close, since, self.workers())
         self.wake(j)
         self.jobs.pop(job, None)
+        if isinstance(j, ShardedKeyedJob):
+            try:
+                out["params"] = ToPickle(await self._gather(j))
+            except ShardError as exc:
+                out["params"] = None
+                if j.error is None:
+                    out.update(error=str(exc), error_kind="training")
+            self.kshards_close(j)
         if j.shards is not None:
             try:
                 out["params"] = ToPickle(await self._gather(j))
@@ -351,6 +363,8 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         In sync mode every shard must be at the job's version; in async/ssp the shards
         may have applied different numbers of pushes (a push admitted but lost with its
         task never lands), and the rows are what each holds."""
+        if isinstance(j, ShardedKeyedJob):
+            return await self.kshard_params(j)
         assert j.shards is not None
         async with j.lock:
             params, _, versions = await j.shards.gather_async()

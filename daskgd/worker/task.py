@@ -144,6 +144,9 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
     secede()
     address = worker.address
     ps = ParameterServerClient.from_worker(job, worker)
+    keyed = spec.get("keyed") or {}
+    if keyed.get("shards"):  # a key-value model in key-hashed shards on workers
+        ps.use_kshards(keyed["shards"], tuple(keyed["shape"]), spec["mode"], worker)
 
     def call(op: str, **kwargs: Any) -> dict[str, Any]:
         try:
