@@ -170,6 +170,47 @@ def test_the_scheduler_gets_scalars_only_whatever_d(client):
     assert per_d[2000] == per_d[100_000]
 
 
+def _spy_close(dask_scheduler):
+    inner = dask_scheduler.handlers["daskgd_close"]
+    sizes = dask_scheduler.daskgd_close_sizes = []
+
+    async def spied(**msg):
+        reply = await inner(**msg)
+        sizes.append(len(pickle.dumps({k: getattr(v, "data", v) for k, v in reply.items()})))
+        return reply
+
+    spied.inner = inner  # type: ignore[attr-defined]
+    dask_scheduler.handlers["daskgd_close"] = spied
+
+
+def _unspy_close(dask_scheduler):
+    dask_scheduler.handlers["daskgd_close"] = dask_scheduler.handlers["daskgd_close"].inner
+    sizes = dask_scheduler.daskgd_close_sizes
+    del dask_scheduler.daskgd_close_sizes
+    return sizes
+
+
+def test_the_final_model_is_read_from_the_shards_not_through_the_scheduler(client):
+    """The close reply stays small however wide the model: the driver reads the shards
+    from their workers, and the model is the one the whole-model server trains."""
+    X, y = _power_law(n=1000, d=2000, seed=3)
+    wide = sp.csr_matrix((X.data, X.indices * 50 + 7, X.indptr), shape=(X.shape[0], 50 * 2000))
+    kw = dict(client=client, loss="log_loss", mode="sync", optimizer="ftrl", batch_size=100,
+              max_epochs=2, tol=None, random_state=0)  # fmt: skip
+    client.register_plugin(ParameterServer())
+    sizes = {}
+    for data in (X, wide):
+        ref = fit(_dask(data, y), n_servers=0, **kw)
+        client.run_on_scheduler(_spy_close)
+        try:
+            res = fit(_dask(data, y), n_servers=2, **kw)
+        finally:
+            sizes[data.shape[1]] = client.run_on_scheduler(_unspy_close)
+        np.testing.assert_array_equal(res.coef_, ref.coef_)
+        assert res.intercept_ == ref.intercept_
+    assert max(sizes[100_000]) < 2 * max(sizes[2000]) < 20_000, sizes  # not 8 d bytes
+
+
 def test_more_servers_than_workers_are_refused_with_the_fix(client):
     X, y = _power_law(n=500)
     with pytest.raises(InvalidSettingError, match="n_servers=3 needs 3 workers"):

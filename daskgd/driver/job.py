@@ -13,7 +13,7 @@ from distributed import Client, Future
 from daskgd.data import Dataset
 from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
 from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
-from daskgd.driver.keyed import is_keyed, keyed_fit_settings
+from daskgd.driver.keyed import gather_shards, is_keyed, keyed_fit_settings
 from daskgd.driver.monitor import abort, drain, watch
 from daskgd.driver.placement import (
     check_memory,
@@ -171,8 +171,12 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         if writer is not None:
             await final_checkpoint(client, ps, writer)
         # the rows after those the driver holds (the job may have stopped mid-poll)
-        final = await call(client, writer, ps.close, since=len(history))
+        # a sharded key-value model is read from its shards directly, not via the scheduler
+        final = await call(client, writer, ps.close, since=len(history),
+                           gather=not (keyed and shards))  # fmt: skip
         tasks = await drain(client, futures)
+        if final.get("kshards"):
+            final["params"] = await gather_shards(client, job, final["kshards"], P0.shape)
     except SchedulerLostError:
         raise  # nothing to clean up on a scheduler that is gone
     except BaseException:

@@ -34,11 +34,19 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from daskgd.driver.settings import FitSettings
-from daskgd.errors import InvalidSettingError
+from daskgd.errors import InvalidSettingError, TrainingError
 from daskgd.objective import KEYED_OPTIMIZERS
 
-__all__ = ["KEYED_DEFAULT_LR", "is_keyed", "is_sparse_data", "keyed_fit_settings"]
+__all__ = [
+    "KEYED_DEFAULT_LR",
+    "gather_shards",
+    "is_keyed",
+    "is_sparse_data",
+    "keyed_fit_settings",
+]
 
 #: ``learning_rate="auto"`` of a keyed fit, by optimizer (``sgd``'s is measured: ``1 / L``).
 KEYED_DEFAULT_LR = {"adagrad": 0.1, "adam": 0.01, "ftrl": 0.1}
@@ -110,3 +118,36 @@ def _unsupported(s: FitSettings) -> str | None:
         why = ("gtol/gtol_rel: no gradient norm is computed for a stochastic sparse fit; "
                "use tol (the epoch loss)")  # fmt: skip
     return why
+
+
+async def gather_shards(client: Any, job: str, addresses: list[str], shape: tuple) -> np.ndarray:
+    """A sharded key-value job's final model, read from its shards by one task on each
+    holder and gathered from the workers directly (``direct=True``): the scheduler never
+    holds the ``d``-long model (the shards are freed as they are read).
+
+    Raises
+    ------
+    TrainingError
+        When a shard cannot be read (its worker left after the job closed).
+    """
+    from daskgd.parameter_server.kshard import export_shards
+
+    held: dict[str, list[int]] = {}
+    for shard, address in enumerate(addresses):
+        held.setdefault(address, []).append(shard)
+    futures = [client.submit(export_shards, job, shards, workers=[address], pure=False,
+                             allow_other_workers=False, key=f"daskgd-export-{address}-{job}")
+               for address, shards in held.items()]  # fmt: skip
+    try:
+        replies = await client.gather(futures, direct=True)
+    except Exception as exc:
+        await client.cancel(futures)
+        raise TrainingError(
+            f"the trained model could not be read from its parameter shards ({exc}); rerun "
+            "the fit, with n_servers=0 or on workers that stay up"
+        ) from exc
+    out = np.zeros(shape)
+    for reply in (r for per_worker in replies for r in per_worker):
+        out[np.asarray(reply["keys"])] = np.asarray(reply["w"])
+    out[-1] = replies[0][0].get("b", 0.0)  # shard 0 (the first worker's first) holds the intercept
+    return out

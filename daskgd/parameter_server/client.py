@@ -450,10 +450,11 @@ class ParameterServerClient(ShardCalls, KeyedShardCalls):
         """Stop the job; its members hear ``stopped`` at their next call."""
         return await self._call("stop", reason=reason)
 
-    async def close(self, since: int = 0) -> dict[str, Any]:
+    async def close(self, since: int = 0, gather: bool = True) -> dict[str, Any]:
         """Stop and free the job; the final status with ``params`` and the history rows
-        from ``since`` (the caller holds the earlier ones)."""
-        return await self._call("close", since=since)
+        from ``since`` (the caller holds the earlier ones); ``gather=False``: a sharded
+        key-value job's shard addresses instead (``kshards``)."""
+        return await self._call("close", since=since, gather=gather)
 
     async def info(self) -> dict[str, Any]:
         """The jobs on the scheduler and the daskgd version running there."""

@@ -52,7 +52,7 @@ from daskgd.parameter_server.config import is_index, is_real
 from daskgd.parameter_server.kshard_state import KeyedShardState
 from daskgd.parameter_server.shard import INLINE_ROWS, SLICE_WAIT
 
-__all__ = ["KSHARD_PLUGIN_NAME", "KeyedShardServer"]
+__all__ = ["KSHARD_PLUGIN_NAME", "KeyedShardServer", "export_shards"]
 
 KSHARD_PLUGIN_NAME = "daskgd-kshards"
 
@@ -255,3 +255,37 @@ class KeyedShardServer(WorkerPlugin):
             s.notify()
             s.arrived.set()
         return {"status": "OK"}
+
+
+def _data(v: Any) -> Any:
+    return v.data if isinstance(v, ToPickle) else v
+
+
+def export_shards(job: str, shards: list[int]) -> list[dict[str, Any]]:
+    """A task on the worker that holds ``shards`` of ``job`` (closed): their keys, weights
+    and intercept, read from the plugin, then the job's shards on this worker freed. The
+    driver gathers the tasks' results from the workers directly, so the whole model never
+    passes through the scheduler (whose memory stays independent of d).
+
+    Raises
+    ------
+    RuntimeError
+        When this worker does not hold one of the shards (its worker was replaced).
+    """
+    from distributed import get_worker
+    from distributed.utils import sync
+
+    worker = get_worker()
+    plugin = worker.plugins.get(KSHARD_PLUGIN_NAME)
+    if not isinstance(plugin, KeyedShardServer):
+        raise RuntimeError(f"worker {worker.address} holds no key-value shards of {job}")
+    out = []
+    for shard in shards:
+        reply = sync(worker.loop, plugin.export, job, shard)
+        if reply.get("status") != "OK":
+            raise RuntimeError(
+                f"shard {shard} of {job} on {worker.address}: {reply.get('message')}"
+            )
+        out.append({k: _data(reply[k]) for k in ("keys", "w", "b") if k in reply})
+    sync(worker.loop, plugin.drop, job)
+    return out

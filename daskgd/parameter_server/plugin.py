@@ -327,20 +327,25 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         workers = self.workers()
         return await self.exclusive(j, lambda: j.summary(len(j.history), False, j.live(workers)))
 
-    async def close_job(self, job, since=0):
+    async def close_job(self, job, since=0, gather=True):
         """Stop a job, free its state and return its final status with the parameters and
         the history rows from ``since`` (the driver holds the earlier ones). Steps queued
-        behind the job's lock run first and, finding the job stopped, change nothing."""
+        behind the job's lock run first and, finding the job stopped, change nothing.
+        ``gather=False``: a sharded key-value job's model is left on its shards, whose
+        addresses the reply gives (``kshards``), for the driver to read directly
+        (:func:`daskgd.parameter_server.kshard.export_shards`, which frees them)."""
         j = self.get_job(job)
         if isinstance(j, dict):
             return j
         bad = check_status(since, False)
-        if bad:
-            return error(bad)
+        if bad or not isinstance(gather, bool):
+            return error(bad or f"gather must be True or False, got {gather!r}")
         out = await self.exclusive(j, j.close, since, self.workers())
         self.wake(j)
         self.jobs.pop(job, None)
-        if isinstance(j, ShardedKeyedJob):
+        if isinstance(j, ShardedKeyedJob) and not gather and not j.kshards.broken:
+            out["params"], out["kshards"] = None, list(j.kshards.addresses)
+        elif isinstance(j, ShardedKeyedJob):
             try:
                 out["params"] = ToPickle(await self._gather(j))
             except ShardError as exc:
