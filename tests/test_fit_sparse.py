@@ -122,7 +122,8 @@ def test_estimators_on_scipy_sparse_input(client):
         ),
     ):
         a, b = make().fit(Xs, y), make().fit(X, y)
-        np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-8, atol=1e-10)
+        # LogisticRegression: L-BFGS on sparse X, Newton on dense, each to its tolerance
+        np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-6, atol=1e-8)
         for method in ("decision_function", "predict", "predict_proba"):
             np.testing.assert_allclose(getattr(a, method)(Xs), getattr(b, method)(X),
                                        rtol=1e-6, atol=1e-7)  # fmt: skip

@@ -107,9 +107,10 @@ class Steps(EpochRules):
             return "stale"
         if rank in self.pending:
             return "twice"
-        # a copy: an in-process sender may reuse its buffer once it has our reply
+        # a copy: an in-process sender may reuse its buffer once it has our reply (in the
+        # push's precision: summed in float64 when the round closes)
         h = None if hess is None else np.array(hess, dtype=np.float64)
-        g = None if grad is None else np.array(grad, dtype=np.float64)  # None: in the shards
+        g = None if grad is None else np.array(grad, copy=True)  # None: in the shards
         self.pending[rank] = (g, n, weight, loss, class_loss, h)
         self.try_close_round(workers)
         return "OK"
@@ -146,7 +147,8 @@ class Steps(EpochRules):
         if self.optimizer.needs_hessian:
             self._newton_round(pending, order, rows, weight, loss_sum, grad_sum)
             return
-        self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
+        self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss,
+                     owned=True)  # fmt: skip
         if self.error is None and weight > 0:
             self._step(grad_sum / weight, loss=loss_sum / weight)
         elif self.error is None:

@@ -233,8 +233,11 @@ class EpochRules:
         full_rounds = cfg.sync_quorum is None or cfg.sync_quorum == len(self.ranks)
         return not (cfg.mode == "sync" and cfg.batches_per_epoch == 1 and full_rounds)
 
-    def account(self, rank_rows, loss_sum, weight, grad_sum, staleness, class_loss=None) -> None:
-        """Add pushes to the epoch; close epochs and check the stop rules."""
+    def account(
+        self, rank_rows, loss_sum, weight, grad_sum, staleness, class_loss=None, owned=False
+    ) -> None:
+        """Add pushes to the epoch; close epochs and check the stop rules. ``owned``: the
+        caller never changes ``grad_sum`` (kept without a copy)."""
         s = self.stats
         if class_loss is not None:
             s.class_loss_sum = (
@@ -252,7 +255,8 @@ class EpochRules:
         s.weight += weight
         s.loss_sum += loss_sum
         if grad_sum.size:  # empty: a sharded job, whose shards sum the epoch's gradient
-            s.grad_sum = grad_sum.copy() if s.grad_sum is None else s.grad_sum + grad_sum
+            first = grad_sum if owned else grad_sum.copy()
+            s.grad_sum = first if s.grad_sum is None else s.grad_sum + grad_sum
         else:
             s.grad_sum = grad_sum
         if s.rows >= self.config.n_samples:

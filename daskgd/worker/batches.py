@@ -299,6 +299,8 @@ class InMemoryBatches:
             self.epoch = epoch
         lo, hi = int(self.bounds[b]), int(self.bounds[b + 1])
         sw, off = self.swb, self.offb
+        if lo == 0 and hi == self.n:  # every row: a slice of CSR rows would be a copy
+            return [(self.Xb, self.yb, sw, off)]
         return [(self.Xb[lo:hi], self.yb[lo:hi], None if sw is None else sw[lo:hi],
                  None if off is None else off[lo:hi])]  # fmt: skip
 

@@ -244,12 +244,14 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             loss += piece_loss
             rows += len(yp)
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
-            # a float64 copy: ``out`` is reused for the next piece and the next batch
-            grad = out.astype(np.float64) if grad is None else grad + out
-        if grad is not None and not ovr and set(buffers) == {np.dtype(np.float32)}:
+            # a copy (``out`` is reused for the next piece and the next batch); pieces
+            # are summed in float64
+            grad = out.copy() if grad is None else np.add(grad, out, dtype=np.float64)
+        if grad is not None:
             # the gradient travels in the data's precision (each piece's is float32
             # already): half the bytes of a push; the server sums in float64
-            grad = grad.astype(np.float32)
+            f32 = not ovr and set(buffers) == {np.dtype(np.float32)}
+            grad = grad.astype(np.float32 if f32 else np.float64, copy=False)
         return loss, rows, weight, grad, class_loss
 
     def gradient_hessian(pieces, P: np.ndarray) -> tuple[float, int, float, np.ndarray, Any]:
