@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCKS = {"peers": ["## Summary"], "glm": ["## Summary", "## Cross-validated path"]}
+BLOCKS = {
+    "peers": ["## Summary"],
+    "glm": ["## Summary", "## Cross-validated path"],
+    "sparse": ["## Summary"],
+}
 
 
 def section(markdown: str, heading: str) -> str:

@@ -115,15 +115,14 @@ def test_wide_sparse_data_trains_without_densifying(client, tmp_path):
 def test_estimators_on_scipy_sparse_input(client):
     Xs, y = _problem()
     X = Xs.toarray()
-    for make in (
-        lambda: daskgd.LogisticRegression(client=client, C=10.0),
-        lambda: daskgd.SGDClassifier(
-            client=client, loss="log_loss", max_iter=5, random_state=0, tol=None
-        ),
-    ):
-        a, b = make().fit(Xs, y), make().fit(X, y)
+    for make, rtol in (
         # LogisticRegression: L-BFGS on sparse X, Newton on dense, each to its tolerance
-        np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-6, atol=1e-8)
+        (lambda: daskgd.LogisticRegression(client=client, C=10.0), 1e-6),
+        (lambda: daskgd.SGDClassifier(client=client, loss="log_loss", max_iter=5,
+                                      random_state=0, tol=None), 1e-8),
+    ):  # fmt: skip
+        a, b = make().fit(Xs, y), make().fit(X, y)
+        np.testing.assert_allclose(a.coef_, b.coef_, rtol=rtol, atol=rtol * 1e-2)
         for method in ("decision_function", "predict", "predict_proba"):
             np.testing.assert_allclose(getattr(a, method)(Xs), getattr(b, method)(X),
                                        rtol=1e-6, atol=1e-7)  # fmt: skip

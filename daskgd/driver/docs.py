@@ -65,7 +65,7 @@ FIT_PARAMETERS = """
     optimizer_options : dict, optional
         ``momentum`` (momentum, nesterov; 0.9), ``beta1``/``beta2``/``eps`` (adam),
         ``eps`` (adagrad), ``memory`` (lbfgs; 10), ``precondition`` (lbfgs; True: the
-        initial inverse Hessian scaled by the Hessian's diagonal at the start, from the
+        initial inverse Hessian scaled by a bound on the Hessian's diagonal at the start, from the
         column squares the workers send as they load; the scheduler-hosted server only).
     batch_size : int or None, default=None
         Rows per worker per gradient; None is full batch (gradient descent).

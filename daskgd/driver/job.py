@@ -13,7 +13,7 @@ from distributed import Client, Future
 from daskgd.data import Dataset
 from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
 from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
-from daskgd.driver.keyed import gather_shards, is_keyed, keyed_fit_settings
+from daskgd.driver.keyed import drop_shards, gather_shards, is_keyed, keyed_fit_settings
 from daskgd.driver.monitor import abort, drain, watch
 from daskgd.driver.placement import (
     check_memory,
@@ -150,6 +150,7 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     except ResumeRejectedError as exc:
         raise CheckpointError(f"{s.checkpoint}: {exc}") from exc
     futures: list[Future] = []
+    final: dict[str, Any] = {}
     try:
         where = sources(client, ds, plan)
         for rank, w in enumerate(ranks):
@@ -186,6 +187,8 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
             except Exception:
                 pass
         await abort(client, ps, futures)
+        if final.get("kshards") and final.get("params") is None:  # closed, not yet read
+            await drop_shards(client, job, final["kshards"])
         raise
     history += list(final["history"])
     if writer is not None:

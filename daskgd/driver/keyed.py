@@ -42,6 +42,7 @@ from daskgd.objective import KEYED_OPTIMIZERS
 
 __all__ = [
     "KEYED_DEFAULT_LR",
+    "drop_shards",
     "gather_shards",
     "is_keyed",
     "is_sparse_data",
@@ -122,14 +123,17 @@ def _unsupported(s: FitSettings) -> str | None:
 
 async def gather_shards(client: Any, job: str, addresses: list[str], shape: tuple) -> np.ndarray:
     """A sharded key-value job's final model, read from its shards by one task on each
-    holder and gathered from the workers directly (``direct=True``): the scheduler never
-    holds the ``d``-long model (the shards are freed as they are read).
+    holder (which frees them) and gathered from the workers directly: the scheduler never
+    holds the ``d``-long model. A driver that cannot reach the workers (only the
+    scheduler: a gateway, a port-forward) gets the results through the scheduler instead.
 
     Raises
     ------
     TrainingError
         When a shard cannot be read (its worker left after the job closed).
     """
+    from distributed import wait
+
     from daskgd.parameter_server.kshard import export_shards
 
     held: dict[str, list[int]] = {}
@@ -139,9 +143,19 @@ async def gather_shards(client: Any, job: str, addresses: list[str], shape: tupl
                              allow_other_workers=False, key=f"daskgd-export-{address}-{job}")
                for address, shards in held.items()]  # fmt: skip
     try:
-        replies = await client.gather(futures, direct=True)
-    except Exception as exc:
+        await wait(futures)
+        failed = next((f for f in futures if f.status != "finished"), None)
+        if failed is not None:
+            raise (await failed.exception()) or RuntimeError(f"{failed.key}: {failed.status}")
+        try:
+            replies = await client.gather(futures, direct=True)
+        except OSError:
+            replies = await client.gather(futures, direct=False)
+    except BaseException as exc:
         await client.cancel(futures)
+        await drop_shards(client, job, list(held))
+        if not isinstance(exc, Exception):
+            raise
         raise TrainingError(
             f"the trained model could not be read from its parameter shards ({exc}); rerun "
             "the fit, with n_servers=0 or on workers that stay up"
@@ -149,5 +163,21 @@ async def gather_shards(client: Any, job: str, addresses: list[str], shape: tupl
     out = np.zeros(shape)
     for reply in (r for per_worker in replies for r in per_worker):
         out[np.asarray(reply["keys"])] = np.asarray(reply["w"])
-    out[-1] = replies[0][0].get("b", 0.0)  # shard 0 (the first worker's first) holds the intercept
+    out[-1] = replies[0][0]["b"]  # shard 0 (the first worker's first) holds the intercept
     return out
+
+
+async def drop_shards(client: Any, job: str, addresses: list[str]) -> None:
+    """Free a closed job's key-value shards on ``addresses``, best effort (a worker that
+    left took them with it): for a fit that ends before its model was read."""
+    from daskgd.parameter_server.kshard import KSHARD_PLUGIN_NAME
+
+    async def drop(dask_worker: Any = None) -> None:
+        plugin = dask_worker.plugins.get(KSHARD_PLUGIN_NAME)
+        if plugin is not None:
+            await plugin.drop(job)
+
+    try:
+        await client.run(drop, workers=sorted(set(addresses)), on_error="ignore")
+    except Exception:
+        pass  # the fit's own error is the one to report

@@ -62,8 +62,9 @@ class LBFGS:
         A positive diagonal that the initial inverse-Hessian approximation divides by
         (a preconditioner, e.g. the Hessian's diagonal at the start): ``H0 = gamma /
         h0`` with ``gamma = s.y / (y.(y / h0))`` (Nocedal and Wright, "Numerical
-        Optimization", 2006, 7.2), the iterates of L-BFGS on the variables scaled by
-        ``sqrt(h0)``. None: the identity.
+        Optimization", 2006, 7.2): the iterates of L-BFGS on the variables scaled by
+        ``sqrt(h0)`` (but for the curvature-pair filter and the rounding-level test,
+        which use the unscaled norms). None: the identity.
 
     Examples
     --------
@@ -101,7 +102,7 @@ class LBFGS:
         millions of parameters).
         """
         x = np.asarray(x, dtype=np.float64)
-        g = np.array(g, dtype=np.float64, copy=None if keep else True)
+        g = np.asarray(g, dtype=np.float64) if keep else np.array(g, dtype=np.float64)
         if not keep:
             x = x.copy()
         x_k, g_k, p = self._x, self._g, self._p
@@ -141,7 +142,8 @@ class LBFGS:
         self._x, self._f, self._g = x, f, g
         self._backtracks = 0
         self.iterations += 0 if first else 1
-        p = self._two_loop(g)
+        # the last direction's array is done with: the new one is computed into it
+        p = self._two_loop(g, out=self._p)
         np.negative(p, out=p)
         if not float(g @ p) < 0:  # not a descent direction: restart
             self._s.clear()
@@ -171,10 +173,14 @@ class LBFGS:
         assert self._hinv is not None
         return self._hinv[2]
 
-    def _two_loop(self, g: np.ndarray) -> np.ndarray:
+    def _two_loop(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # in place with BLAS axpy: at millions of parameters each temporary array costs
         # its page faults, and the recursion would otherwise make 2m of them
-        q = g.copy()
+        if out is not None and out.shape == g.shape and out.flags.c_contiguous:
+            np.copyto(out, g)
+            q = out
+        else:
+            q = g.copy()
         alphas = []
         for s, y in zip(reversed(self._s), reversed(self._y), strict=True):
             rho = 1.0 / float(y @ s)

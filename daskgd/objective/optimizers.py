@@ -296,22 +296,19 @@ class Adam(Optimizer):
 class LBFGSOptimizer(Optimizer):
     """Full-batch L-BFGS with a backtracking line search (:class:`~daskgd.objective.lbfgs.LBFGS`).
 
-    Each synchronous round evaluates the objective and its gradient at the
-    published parameters; this rule turns them into the next point to evaluate,
-    so the learning rate and its schedule play no part. Sync mode with full batches
-    only, and no L1 penalty (the objective must be smooth).
+    Each synchronous round evaluates the objective and its gradient at the published
+    parameters; this rule turns them into the next point to evaluate (no learning rate).
+    Sync mode with full batches only, and no L1 penalty (the objective must be smooth).
 
     Parameters
     ----------
     memory : int, default=10
         Correction pairs kept.
     precondition : bool, default=True
-        Scale the initial inverse Hessian by the Hessian's diagonal at the start, measured
-        by the workers as they load their rows (``LBFGS.h0``): the iterates of L-BFGS on
-        standardised columns, which columns on different scales (sparse, power-law
-        counts) need (measured on a click-log-like problem: 10 passes to a relative
-        suboptimality of 1e-3 against over 250 without). Applied on the scheduler-hosted
-        server (``n_servers=0``); sharded fits run without it.
+        Scale the initial inverse Hessian by a bound on the Hessian's diagonal at the
+        start, from the workers' column squares (``LBFGS.h0``): L-BFGS on standardised
+        columns (10 passes to 1e-3 on click-log-like data, against over 250 without).
+        The scheduler-hosted server only (``n_servers=0``).
     """
 
     memory: int = 10

@@ -75,6 +75,7 @@ class Steps(EpochRules):
         wanted = getattr(self.optimizer, "precondition", False)
         if lbfgs is not None and lbfgs.h0 is None and wanted:  # before its first direction
             lbfgs.h0 = self.lbfgs_diagonal()
+            self.reports = {r: (*v[:6], None) for r, v in self.reports.items()}  # (d + 1) each
         new = self.optimizer.step(P, mean_grad, self.opt_state, v, self.epochs, lr_scale, loss)
         if not np.all(np.isfinite(new)):
             self.diverged(f"the parameters became non-finite at update {v + 1}")

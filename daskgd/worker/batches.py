@@ -218,9 +218,10 @@ def column_squares(pieces, n_features: int) -> np.ndarray:
             # w^T (X o X): scipy's compiled CSR product, 5x faster than np.bincount
             out[:-1] += w @ sp.csr_array((v, X.indices, X.indptr), shape=X.shape, copy=False)
             continue
-        for lo in range(0, n, _BLOCK_ROWS):  # bounded float64 copies
-            B = np.asarray(X[lo : lo + _BLOCK_ROWS], dtype=np.float64)
-            out[:-1] += w[lo : lo + _BLOCK_ROWS] @ (B * B)
+        rows = max(1, 2**22 // max(X.shape[1], 1))  # float64 blocks of 32 MB at most
+        for lo in range(0, n, rows):
+            B = np.asarray(X[lo : lo + rows], dtype=np.float64)
+            out[:-1] += np.einsum("i,ij,ij->j", w[lo : lo + rows], B, B)
     return out
 
 
