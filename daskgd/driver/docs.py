@@ -66,7 +66,7 @@ FIT_PARAMETERS = """
         ``momentum`` (momentum, nesterov; 0.9), ``beta1``/``beta2``/``eps`` (adam),
         ``eps`` (adagrad), ``memory`` (lbfgs; 10), ``precondition`` (lbfgs; True: the
         initial inverse Hessian scaled by a bound on the Hessian's diagonal at the start, from the
-        column squares the workers send as they load; the scheduler-hosted server only).
+        column squares the workers send as they load; sharded fits too).
     batch_size : int or None, default=None
         Rows per worker per gradient; None is full batch (gradient descent).
     max_epochs : int, default=100

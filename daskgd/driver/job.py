@@ -131,10 +131,11 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     if resume is not None:
         P0 = resume["params"]
     shards = await place_shards(client, s, P0.size, workers, keyed)
-    # full-batch L-BFGS on the scheduler-hosted server scales its steps by the data's
-    # column squares (its ``precondition`` option), which the tasks measure as they load
+    # full-batch L-BFGS scales its steps by the data's column squares (its
+    # ``precondition`` option), which the tasks measure as they load
     precondition = bool((s.optimizer_options or {}).get("precondition", True))
-    spec["column_squares"] = shards is None and s.optimizer == "lbfgs" and precondition
+    spec["column_squares"] = s.optimizer == "lbfgs" and precondition
+    spec["loss_curvature"] = config["loss_curvature"]
     job = f"daskgd-{uuid.uuid4().hex}"
     ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
     try:

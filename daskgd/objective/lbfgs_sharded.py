@@ -11,6 +11,11 @@ and Zhou, "Large-scale L-BFGS using MapReduce", NIPS 2014). Each round costs the
 pass over their rows to compute their part of the new dot products (``3 (2m + 3)`` of
 them) and the coordinator ``O(m^2)`` arithmetic: nothing it receives grows with ``d``.
 
+With the column-squares preconditioner (``LBFGS.h0``) each shard keeps its vectors in the
+variables scaled by ``D = sqrt(h0)`` of its rows (:meth:`LBFGSSlice.rescale`; its caller
+scales the points and gradients and unscales the points), so the dot products are those
+of the whole-model rule's scaled metric; exported state is unscaled.
+
 The decisions (Armijo test, its rounding-level fallback, when to keep a pair, when to
 restart, the interpolated backtracking step) are :class:`LBFGS`'s own, so the iterates are
 those of the whole-model rule but for the order in which dot products are summed: equal to
@@ -84,6 +89,22 @@ class LBFGSSlice:
     S: list[np.ndarray] = field(default_factory=list)
     Y: list[np.ndarray] = field(default_factory=list)
     trial: tuple[np.ndarray, np.ndarray] | None = None  # the point evaluated, its gradient
+    #: the preconditioner's scale ``sqrt(h0)`` of these rows (flat) once :meth:`rescale`
+    #: set it: the vectors are then kept in the scaled variables ``v = D x``
+    D: np.ndarray | None = None
+
+    def rescale(self, D: np.ndarray) -> None:
+        """Keep the vectors in the variables scaled by ``D`` from now on (they are in the
+        unscaled ones): L-BFGS with ``H0 = gamma / D^2``, as ``LBFGS.h0`` (the caller
+        scales the points and gradients it passes, and unscales the points it gets)."""
+        assert self.D is None
+        self.D = D = np.asarray(D, dtype=np.float64).ravel()
+        for key, up in (("x", True), ("g", False), ("p", True)):
+            v = getattr(self, key)
+            if v is not None:
+                setattr(self, key, v * D if up else v / D)
+        self.S = [v * D for v in self.S]
+        self.Y = [v / D for v in self.Y]
 
     def evaluate(self, x: np.ndarray, g: np.ndarray) -> dict[str, Any]:
         """Keep the evaluated point ``x`` and its gradient ``g``; return this shard's parts
@@ -142,12 +163,17 @@ class LBFGSSlice:
     def export(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         """The vectors as arrays of the shard's ``shape`` (pairs as ``(rows, m, ...)``)."""
         out = {}
-        for key in ("x", "g", "p"):
+        D = 1.0 if self.D is None else self.D  # the state in the unscaled variables
+
+        def unscaled(v: np.ndarray, up: bool) -> np.ndarray:
+            return (v / D if up else v * D).reshape(shape)
+
+        for key, up in (("x", True), ("g", False), ("p", True)):
             v = getattr(self, key)
             if v is not None:
-                out[f"lbfgs_{key}"] = v.reshape(shape).copy()
-        for key, vs in (("s", self.S), ("y", self.Y)):
-            a = np.array([v.reshape(shape) for v in vs]).reshape(len(vs), *shape)
+                out[f"lbfgs_{key}"] = unscaled(v, up)
+        for key, vs, up in (("s", self.S, True), ("y", self.Y, False)):
+            a = np.array([unscaled(v, up) for v in vs]).reshape(len(vs), *shape)
             out[f"lbfgs_{key}"] = np.moveaxis(a, 0, 1).copy()
         return out
 

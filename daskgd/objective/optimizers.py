@@ -308,7 +308,7 @@ class LBFGSOptimizer(Optimizer):
         Scale the initial inverse Hessian by a bound on the Hessian's diagonal at the
         start, from the workers' column squares (``LBFGS.h0``): L-BFGS on standardised
         columns (10 passes to 1e-3 on click-log-like data, against over 250 without).
-        The scheduler-hosted server only (``n_servers=0``).
+        Sharded fits too (each shard scales its own rows).
     """
 
     memory: int = 10

@@ -25,6 +25,8 @@ handler                         arguments -> reply (besides ``status``)
                                 class_penalty`` when ``closing``)
 ``daskgd_shard_direction``      ``job, version, decision`` -> ``finite`` (L-BFGS: after a
                                 ``round`` whose reply had the dot products, ``dots``)
+``daskgd_shard_colsq``          ``job, shard, rank, colsq, curvature``: a rank's column
+                                squares of the shard's rows (L-BFGS's preconditioner)
 ``daskgd_shard_apply``          ``job, rank, incarnation, grad, lr, t, weight, epoch, gen``
                                 -> ``finite, params, version`` (async/ssp: applied now;
                                 ``stale`` for a push of an older generation)
@@ -71,7 +73,7 @@ INLINE_ROWS = 1 << 16
 
 _OPS = (
     "create", "push", "round", "apply", "epoch", "rollback", "pull", "export",
-    "backup", "keep", "promote", "restore", "drop", "direction", "hurry",
+    "backup", "keep", "promote", "restore", "drop", "direction", "hurry", "colsq",
 )  # fmt: skip
 #: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
 SLICE_WAIT = 60.0
@@ -133,6 +135,22 @@ class ShardServer(WorkerPlugin):
         except (TypeError, ValueError) as exc:
             return error(f"shard {shard} of job {job!r}: {exc}")
         self.jobs[(job, shard)] = s
+        return {"status": "OK"}
+
+    async def colsq(self, job, shard, rank, colsq, curvature):
+        """L-BFGS's preconditioner: rank ``rank``'s column squares of this shard's rows
+        (its first report stands) and the loss's curvature bound."""
+        s = self._get(job, shard)
+        if isinstance(s, dict):
+            return s
+        n = s.rows.shape[0]
+        ok = isinstance(colsq, np.ndarray) and colsq.shape == (n,) and colsq.dtype == np.float64
+        if not (ok and bool(np.all(np.isfinite(colsq) & (colsq >= 0)))):
+            return error(f"colsq must be a finite float64 array >= 0 of shape ({n},)")
+        if not (isinstance(curvature, float) and 0 < curvature < np.inf):
+            return error(f"curvature must be a finite number > 0, got {curvature!r}")
+        s.colsq.setdefault(int(rank), colsq.copy())
+        s.curvature = curvature
         return {"status": "OK"}
 
     async def push(self, job, shard, version, rank, incarnation, grad, wait=0.0):

@@ -78,6 +78,17 @@ class ShardCalls:
             raise UnknownJobError(str(reply.get("message")), op=f"shard_{op}", kind="unknown_job")
         return reply if reply.get("status") == "stale" else raise_for_reply(f"shard_{op}", reply)
 
+    async def shard_colsq(self, rank: int, colsq: np.ndarray, curvature: float) -> dict:
+        """Send each shard its rows' part of the rank's column squares (L-BFGS's
+        preconditioner, which the whole-model server takes with ``ready``)."""
+        assert self.shards is not None
+        await asyncio.gather(*(
+            self._shard(k, "colsq", rank=rank, curvature=float(curvature),
+                        colsq=ToPickle(np.ascontiguousarray(colsq[lo:hi])))
+            for k, (_, lo, hi) in enumerate(self.shards)
+        ))  # fmt: skip
+        return {"status": "OK"}
+
     async def _push_sharded(
         self, rank: int, version: int, grad: np.ndarray, **scalars: Any
     ) -> dict[str, Any]:

@@ -49,6 +49,11 @@ class ShardState:
         self.pending: dict[int, dict[tuple[int, str | None], np.ndarray]] = {}
         self.round_sum: np.ndarray | None = None
         self.epoch_sum: np.ndarray | None = None
+        #: L-BFGS's preconditioner: each rank's column squares of these rows, the loss's
+        #: curvature bound, and the scale ``sqrt(h0)`` (P's shape) made from them
+        self.colsq: dict[int, np.ndarray] = {}
+        self.curvature = 1.0
+        self.scale: np.ndarray | None = None
         # async/ssp: each open epoch's gradient sum and pushes applied
         self.epoch_sums: dict[int, np.ndarray] = {}
         self.epoch_counts: dict[int, int] = {}
@@ -199,7 +204,28 @@ class ShardState:
         if not opt.fit_intercept or self.padded:
             g[-1] = 0.0
         self.round_sum = None
-        return self.opt_state.evaluate(P, g)
+        lbfgs = self.opt_state
+        if self.scale is None and self.colsq and weight > 0:
+            self.scale = self._preconditioner(weight)
+        if self.scale is None:
+            return lbfgs.evaluate(P, g)
+        if lbfgs.D is None:  # fresh, restored or rolled back: its vectors are unscaled
+            lbfgs.rescale(self.scale)
+        return lbfgs.evaluate(P * self.scale, g / self.scale)
+
+    def _preconditioner(self, weight: float) -> np.ndarray:
+        """``sqrt(h0)`` of these rows, as the whole-model server's ``lbfgs_diagonal``:
+        ``c * sum_i w_i x_ij^2 / sum_i w_i + l2`` (the intercept's row: ``c``; a padding
+        row: 1), from the ranks' column squares summed in rank order."""
+        c = self.curvature
+        h = c * np.sum([self.colsq[r] for r in sorted(self.colsq)], axis=0) / weight
+        if self.padded:  # every real row a coefficient; the padding row unscaled
+            h = np.concatenate([h + self.optimizer.regularizer.l2, [1.0]])
+        else:  # the last row is the intercept, not penalised
+            h[:-1] += self.optimizer.regularizer.l2
+        h = np.maximum(h, 1e-12 * c)
+        P = self.published[1]
+        return np.sqrt(h).reshape(-1, *([1] * (P.ndim - 1))) * np.ones_like(P)
 
     def direction(self, version: int, decision: dict[str, Any]) -> bool:
         """L-BFGS: apply the coordinator's ``decision`` (or stay, for weightless data) and
@@ -210,6 +236,9 @@ class ShardState:
         new = P
         if decision["action"] != "stay":
             new = self.opt_state.decide(decision).reshape(P.shape)
+            if self.opt_state.D is not None:  # the scaled variables' point, unscaled
+                assert self.scale is not None
+                new = new / self.scale
             if not np.all(np.isfinite(new)):
                 return False
         self.publish(version + 1, new)

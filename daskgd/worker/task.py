@@ -299,6 +299,9 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
         colsq = column_squares(batches.pieces(0, 0), d) if spec.get("column_squares") else None
         if colsq is not None and not np.all(np.isfinite(colsq)):
             colsq = None  # values beyond 1e154: the fit runs without the preconditioner
+        if colsq is not None and ps.shards:  # sharded: the shards take their rows' part
+            call("shard_colsq", rank=rank, colsq=colsq, curvature=float(spec["loss_curvature"]))
+            colsq = None
         reply = call("ready", rank=rank, worker=address, loss0=loss0, loss_zero=loss_zero,
                      grad0=grad0, weight=weight0, curvature=curvature, gram=gram,
                      colsq=colsq)  # fmt: skip
