@@ -247,6 +247,14 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         if job in self.jobs:  # created meanwhile by another call
             return error(f"job {job!r} exists already")
         cfg, opt, p = made
+        if resume is not None and shards is not None and getattr(opt, "precondition", False):
+            # preconditioned shards keep their L-BFGS vectors scaled, and the coordinator's
+            # dot products would be those of the checkpoint's unscaled pairs: the memory
+            # restarts at the checkpoint's point
+            kept = {
+                k: v for k, v in dict(resume["state"]).items() if k not in ("lbfgs_s", "lbfgs_y")
+            }
+            resume = {**resume, "state": kept}
         layout = None
         if shards is not None:
             ranges = split_rows(p.shape[0], len(shards))

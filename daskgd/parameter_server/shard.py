@@ -303,13 +303,13 @@ class ShardServer(WorkerPlugin):
             return error(f"the replica on {replica} refused the backup: {reply!r}")
         return {"status": "OK", "version": out["version"]}
 
-    async def keep(self, job, shard, version, params, state, padded, optimizer):
+    async def keep(self, job, shard, version, params, state, padded, optimizer, scale=None):
         """Hold another worker's backup of shard ``shard`` of ``job`` (by version)."""
         if not isinstance(params, np.ndarray) or not isinstance(optimizer, Optimizer):
             return error("keep: params must be an ndarray and optimizer an Optimizer")
         kept = self.replicas.setdefault((job, shard), {})
         keep_version(kept, {"version": version, "params": params, "state": state,
-                     "padded": padded, "optimizer": optimizer})  # fmt: skip
+                     "padded": padded, "optimizer": optimizer, "scale": scale})  # fmt: skip
         return {"status": "OK"}
 
     async def promote(self, job, shard, version, source, gen=0):
@@ -321,6 +321,7 @@ class ShardServer(WorkerPlugin):
         s = await asyncio.to_thread(ShardState, b["params"], b["optimizer"], bool(b["padded"]),
                                     version, b["state"])  # fmt: skip
         s.backups[source] = {k: b[k] for k in ("params", "state", "version")}
+        s.scale = b.get("scale")  # L-BFGS goes on in the scaled variables it was in
         s.generation = int(gen)
         self.jobs[(job, shard)] = s
         return {"status": "OK"}

@@ -333,4 +333,7 @@ class ShardState:
             state = self.optimizer.export_state(self.opt_state)
         if self.padded:
             state = {k: v[:-1] for k, v in state.items()}
-        return {"params": self.rows.copy(), "state": state, "version": self.published[0]}
+        out = {"params": self.rows.copy(), "state": state, "version": self.published[0]}
+        if self.scale is not None:  # L-BFGS's preconditioner, for a shard rebuilt from it
+            out["scale"] = self.scale
+        return out
