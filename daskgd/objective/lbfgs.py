@@ -19,7 +19,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg.blas import daxpy
 
 __all__ = ["LBFGS", "backtrack_step", "rounding_level"]
 
@@ -176,6 +175,9 @@ class LBFGS:
     def _two_loop(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         # in place with BLAS axpy: at millions of parameters each temporary array costs
         # its page faults, and the recursion would otherwise make 2m of them
+        # scipy.linalg on first use: importing the kernels (which import this) stays light
+        from scipy.linalg.blas import daxpy
+
         if out is not None and out.shape == g.shape and out.flags.c_contiguous:
             np.copyto(out, g)
             q = out
