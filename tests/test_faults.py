@@ -412,3 +412,53 @@ def test_cv_chunk_evaluators_survive_a_killed_worker(pair, reliability, how):
         for k in thetas:
             np.testing.assert_allclose(after[c][k][0], before[c][k][0], rtol=1e-12)
             np.testing.assert_allclose(after[c][k][1], before[c][k][1], rtol=1e-12)
+
+
+def _runs_rank(client, rank):
+    """The worker that runs training task ``rank`` of the fit in progress."""
+
+    def where(dask_scheduler=None):
+        prefix = f"daskgd-train-{rank}-"
+        for ts in dask_scheduler.tasks.values():
+            if str(ts.key).startswith(prefix) and ts.processing_on is not None:
+                return ts.processing_on.address
+        return None
+
+    return client.run_on_scheduler(where)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
+def test_line_search_optimizer_survives_a_killed_worker(pair, reliability, optimizer):
+    """Full-batch L-BFGS and Newton on the scheduler-hosted server: a round never closes
+    without a dead member's rows (the rerun task pushes at the same version), so the line
+    search only ever sees the whole data's loss and the fit reaches the exact optimum.
+
+    Closing it with the live members only fed the line search a subset's loss. Here rank
+    1's rows are the noisy ones, so rank 0's mean loss lies far below the whole data's
+    optimum: once accepted, no later step could beat it, and the fit stalled until
+    ``max_epochs`` (found with the preconditioned L-BFGS). Rank 1 pushes 0.3 s after rank
+    0 in each round, so the kill finds rank 0's push waiting in the round."""
+    from _kills import fit_and_kill
+
+    rng = np.random.default_rng(3)
+    n, d = 4000, 6
+    X = rng.standard_normal((n, d)) * np.logspace(-1, 2, d)  # scales 0.1 .. 100
+    noise = np.where(np.arange(n) < n // 2, 0.1, 3.0)  # rank 1 (the second half): noisy
+    w = rng.standard_normal(d) / np.logspace(-1, 2, d)
+    if optimizer == "newton":  # Newton solves least squares in one step: a logistic fit
+        y = (X @ w + noise * rng.standard_normal(n) > 0).astype(float)
+        loss, alpha = "log_loss", 1e-3
+    else:
+        y = X @ w + 0.5 + noise * rng.standard_normal(n)
+        loss, alpha = "squared_error", 0.0
+    settings = {"optimizer": optimizer, "loss": loss, "alpha": alpha, "tol": None,
+                "gtol": 1e-10, "max_epochs": 150, "delay": {1: 0.3}}  # fmt: skip
+    out = fit_and_kill(pair, (X, y), settings, after_epoch=3, victim=lambda c: _runs_rank(c, 1))
+    reliability.add(f"worker kills (kill -9), {optimizer} on the scheduler", 1)
+    assert "error" not in out, out.get("error")
+    res = out["res"]
+    assert res.converged_, (res.reason, res.n_iter_)
+    assert res.n_iter_ < 60, res.n_iter_  # no stall after the kill
+    ref = fit((X, y), client=pair, **{k: v for k, v in settings.items() if k != "delay"})
+    got, want = np.append(res.coef_, res.intercept_), np.append(ref.coef_, ref.intercept_)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)

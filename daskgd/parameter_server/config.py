@@ -193,6 +193,12 @@ class JobConfig:
             raise ValueError(f"checkpoint_every must be None or an integer >= 1, got {ce!r}")
 
 
+#: Optimizers whose line search compares exact losses of the whole data: each of their
+#: sync rounds needs every partition's rows, a dead member's too (its rerun task pushes at
+#: the same version), never a subset.
+WHOLE_DATA_OPTIMIZERS = ("lbfgs", "newton")
+
+
 def check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
     """Refuse a ``sync_quorum`` larger than the job or one L-BFGS cannot work with.
 
@@ -209,7 +215,7 @@ def check_quorum(cfg: JobConfig, opt: Optimizer, members: int) -> None:
             f"sync_quorum={q} but the job has {members} member(s) (training tasks); "
             f"use at most {members}, or None to wait for every live member"
         )
-    if q < members and opt.name in ("lbfgs", "newton"):
+    if q < members and opt.name in WHOLE_DATA_OPTIMIZERS:
         raise ValueError(
             f"optimizer={opt.name!r} needs every partition in every round (its line search "
             f"compares exact losses of the whole data); sync_quorum={q} of {members} members "

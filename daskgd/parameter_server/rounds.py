@@ -21,6 +21,7 @@ import numpy as np
 
 from daskgd.objective.curvature import loss_resolution
 from daskgd.objective.lbfgs_sharded import LBFGSCoordinator, whole_state
+from daskgd.parameter_server.config import WHOLE_DATA_OPTIMIZERS
 from daskgd.parameter_server.sharding import ShardError, ShardSet
 from daskgd.parameter_server.stats import EpochRules
 
@@ -121,6 +122,11 @@ class Steps(EpochRules):
         if self.config.mode != "sync" or not self.pending or self.stopped or self.recovering:
             return False
         live = set(self.live(workers))
+        if self.optimizer.name in WHOLE_DATA_OPTIMIZERS:
+            # a round without a dead member's rows would feed the line search the loss of
+            # another objective (lower than the optimum, it would never be beaten again):
+            # the round waits for the rerun task, which pushes at the same version
+            live = set(range(len(self.ranks)))
         quorum = self.config.sync_quorum
         if not (live <= set(self.pending) or (quorum is not None and len(self.pending) >= quorum)):
             return False
