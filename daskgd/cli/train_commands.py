@@ -30,6 +30,7 @@ from daskgd.cli.common import (
     positive_float,
     positive_int,
 )
+from daskgd.driver.settings import PLACEMENTS
 from daskgd.history import to_jsonable
 from daskgd.io import load_model, save_model
 from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES
@@ -57,6 +58,7 @@ def _estimator(args: argparse.Namespace, client: Any) -> Any:
         mode=args.mode,
         optimizer=args.optimizer,
         max_staleness=args.max_staleness,
+        placement=args.placement,
         random_state=args.random_state,
         verbose="auto" if args.progress else 0,
         client=client,
@@ -246,6 +248,9 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--max-staleness", type=non_negative_int, default=None,
                    help="bound of --mode ssp (required there)")  # fmt: skip
     p.add_argument("--random-state", type=non_negative_int, default=0)
+    p.add_argument("--placement", choices=list(PLACEMENTS), default="auto",
+                   help="which rows each worker trains on (resources: by the workers' "
+                   "declared 'daskgd' resource, else their threads)")  # fmt: skip
     p.add_argument("--output", help="model file to write: model.json or model.zarr")
     p.add_argument("--plot", help="convergence plot to write (PNG)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")

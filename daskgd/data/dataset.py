@@ -8,7 +8,7 @@ built directly from dask arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask
@@ -323,14 +323,22 @@ class Dataset:
         start = sum(self.chunks[:i])
         return start, start + self.chunks[i]
 
-    def partition(self, workers: Sequence[str], client: Any = None) -> dict[str, list[int]]:
+    def partition(
+        self,
+        workers: Sequence[str],
+        client: Any = None,
+        *,
+        shares: Mapping[str, float] | None = None,
+    ) -> dict[str, list[int]]:
         """Plan which row-chunks each worker trains on.
 
-        Rows are balanced across ``workers``. With ``client``, a chunk of ``X`` that is
-        already in a worker's memory (``client.who_has``, e.g. after ``client.persist``)
-        stays on that worker while the worker is below its fair share of rows; the
-        other chunks go, largest first, to the worker with the fewest rows. Without
-        ``client`` each worker gets a contiguous run of chunks (sequential reads).
+        Rows are balanced across ``workers`` (in proportion to ``shares`` when given). With
+        ``client``, a chunk of ``X`` that is already in a worker's memory
+        (``client.who_has``, e.g. after ``client.persist``) stays on that worker while the
+        worker is below its fair share of rows; the other chunks go, largest first, to the
+        worker furthest below its share. Without ``client`` each worker gets a contiguous
+        run of chunks (sequential reads): chunk ``i`` goes to the worker whose part of the
+        rows holds the chunk's middle row, so a share is met to within half a chunk.
 
         Parameters
         ----------
@@ -338,6 +346,9 @@ class Dataset:
             Worker addresses (distinct, at least one).
         client : distributed.Client, optional
             Used to find where chunks of ``self.X`` live.
+        shares : mapping of str to float, optional
+            Each worker's relative share of the rows (non-negative, not all zero; a worker
+            missing from it gets none). Default: equal shares.
 
         Returns
         -------
@@ -350,6 +361,7 @@ class Dataset:
             raise ValueError("partition needs at least one worker")
         if len(set(workers)) != len(workers):
             raise ValueError(f"workers has duplicates: {workers}")
+        weight = _shares(workers, shares)
         sizes = self.chunks
         plan: dict[str, list[int]] = {w: [] for w in workers}
         load = dict.fromkeys(workers, 0)
@@ -365,27 +377,50 @@ class Dataset:
                 held = [w for w in who.get(k, ()) if w in load]
                 if held:
                     holders[i] = held
+        total = sum(sizes)
         if not holders:
-            # Contiguous, balanced: chunk i goes to the worker whose share holds its midpoint.
-            total = sum(sizes)
+            # contiguous: chunk i goes to the worker whose part of the rows holds its middle
+            ends = np.cumsum([weight[w] for w in workers]) * total
             start = 0
             for i, s in enumerate(sizes):
-                mid = start + s / 2
-                plan[workers[min(int(mid * len(workers) / total), len(workers) - 1)]].append(i)
+                k = int(np.searchsorted(ends, start + s / 2, side="right"))
+                plan[workers[min(k, len(workers) - 1)]].append(i)
                 start += s
             return plan
-        fair = sum(sizes) / len(workers)
+        fair = {w: weight[w] * total for w in workers}
         unplaced: list[int] = []
         for i in sorted(holders, key=lambda j: (-sizes[j], j)):
-            w = min(holders[i], key=lambda a: (load[a], workers.index(a)))
-            if load[w] + sizes[i] <= math.ceil(fair) or load[w] == 0:
+            held = [a for a in holders[i] if fair[a] > 0]
+            if not held:
+                unplaced.append(i)
+                continue
+            w = min(held, key=lambda a: (load[a] / fair[a], workers.index(a)))
+            if load[w] + sizes[i] <= math.ceil(fair[w]) or load[w] == 0:
                 plan[w].append(i)
                 load[w] += sizes[i]
             else:
                 unplaced.append(i)
         unplaced += [i for i in range(len(sizes)) if i not in holders]
+        takers = [w for w in workers if fair[w] > 0]
         for i in sorted(unplaced, key=lambda j: (-sizes[j], j)):
-            w = min(workers, key=lambda a: (load[a], workers.index(a)))
+            # the worker furthest below its share once it has the chunk
+            w = min(takers, key=lambda a: ((load[a] + sizes[i]) / fair[a], workers.index(a)))
             plan[w].append(i)
             load[w] += sizes[i]
         return {w: sorted(c) for w, c in plan.items()}
+
+
+def _shares(workers: Sequence[str], shares: Mapping[str, float] | None) -> dict[str, float]:
+    """Each worker's fraction of the rows (summing to 1), checked."""
+    if shares is None:
+        return {w: 1.0 / len(workers) for w in workers}
+    unknown = sorted(set(shares) - set(workers))
+    if unknown:
+        raise ValueError(f"shares names workers that are not in the plan: {unknown}")
+    raw = {w: float(shares.get(w, 0.0)) for w in workers}
+    if any(not (math.isfinite(v) and v >= 0) for v in raw.values()) or not sum(raw.values()):
+        raise ValueError(
+            f"shares must be finite, non-negative and not all zero, got {dict(shares)}"
+        )
+    total = sum(raw.values())
+    return {w: v / total for w, v in raw.items()}

@@ -128,6 +128,15 @@ FIT_PARAMETERS = """
         coordinating;
         "auto" is 0 for now: on the machines measured the shards' extra messages cost
         more than they save. See the README's "Sharded parameter servers".
+    placement : {"auto", "balanced", "locality", "resources"}, default="auto"
+        Which row-chunks each worker trains on. "locality": chunks of dask input that a
+        worker already holds in memory stay there, the rest are balanced; "balanced":
+        equal rows in contiguous runs; "resources": rows in proportion to each worker's
+        capacity (the amount of the worker resource ``"daskgd"`` it declares, e.g.
+        ``dask worker --resources "daskgd=2"``, when any worker declares it, else its
+        threads), no worker past 60% of its memory limit while others have room. "auto"
+        is "locality" (for Zarr data, nothing is in memory: balanced). The plan is
+        ``FitResult.plan_``.
     random_state : int, optional
         Seeds the mini-batch order.
     validate : bool, default=True

@@ -110,10 +110,12 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     keyed = is_keyed(ds, s)  # sparse mini-batches: pushes and pulls by key
     if keyed:
         s = keyed_fit_settings(s)
-    plan = await plan_placement(client, ds, workers)
     known = (await scheduler(client).identity())["workers"]
+    mini_batch = s.batch_size is not None
+    plan = await plan_placement(client, ds, workers, s.placement, known,
+                                streamed=s.out_of_core, mini_batch=mini_batch)  # fmt: skip
     limits = {w: info.get("memory_limit") for w, info in known.items()}
-    check_memory(ds, plan, limits, streamed=s.out_of_core, mini_batch=s.batch_size is not None)
+    check_memory(ds, plan, limits, streamed=s.out_of_core, mini_batch=mini_batch)
     ranks = list(plan)
     nb = s.batches_per_epoch(ds.n_samples, [sum(ds.chunks[i] for i in plan[w]) for w in ranks])
     config = s.job_config(n_samples=ds.n_samples, batches_per_epoch=nb)

@@ -1,14 +1,26 @@
 """Which row-chunks each worker trains on, and where each training task reads them from.
 
-The plan comes from :meth:`daskgd.data.Dataset.partition` with the client: a chunk of dask
-input already in a worker's memory (``client.who_has``) stays with that worker, so it is
-trained where it lives instead of being moved; Zarr chunks are balanced in contiguous runs
-(sequential reads). The plan is returned with the result (``FitResult.plan_``).
+The plan comes from :meth:`daskgd.data.Dataset.partition`, by ``fit``'s ``placement``:
+
+- ``"locality"`` (what ``"auto"`` means): a chunk of dask input already in a worker's
+  memory (``client.who_has``) stays with that worker, so it is trained where it lives
+  instead of being moved; the other chunks (all of a Zarr dataset's) are balanced in
+  contiguous runs (sequential reads);
+- ``"balanced"``: equal rows in contiguous runs, wherever the chunks are;
+- ``"resources"``: rows in proportion to each worker's capacity, in contiguous runs: the
+  amount of the worker resource ``"daskgd"`` it declares (distributed's
+  ``dask worker --resources "daskgd=2"``, ``Worker(resources=...)``) when any worker
+  declares it, else its threads; no worker gets more rows than fit
+  :data:`MEMORY_SHARE` of its memory limit while others have room (the rest goes to
+  them, in proportion to their capacity).
+
+The plan is returned with the result (``FitResult.plan_``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import dask
@@ -17,12 +29,15 @@ import numpy as np
 from distributed import Client
 
 from daskgd.data import Dataset, is_sparse_array
-from daskgd.driver.settings import FitSettings
-from daskgd.errors import DataValidationError
+from daskgd.driver.settings import PLACEMENTS, FitSettings
+from daskgd.errors import DataValidationError, InvalidSettingError
 from daskgd.objective import get_loss
 from daskgd.worker import contiguous_block
 
 __all__ = [
+    "CAPACITY_RESOURCE",
+    "PLACEMENTS",
+    "capacity_shares",
     "check_memory",
     "chunk_rows_for",
     "initial_params",
@@ -32,14 +47,100 @@ __all__ = [
 ]
 
 
-async def plan_placement(client: Client, ds: Dataset, workers: list[str]) -> dict[str, list[int]]:
-    """Per worker, the row-chunks it trains on (workers without any left out).
+#: The worker resource that declares a worker's capacity to ``placement="resources"``.
+CAPACITY_RESOURCE = "daskgd"
 
-    Runs in a thread: finding where the chunks of ``ds.X`` live asks the scheduler
-    (``who_has``) through the client's blocking API.
+
+async def plan_placement(
+    client: Client,
+    ds: Dataset,
+    workers: list[str],
+    placement: str = "auto",
+    info: dict[str, dict[str, Any]] | None = None,
+    *,
+    streamed: bool = False,
+    mini_batch: bool = False,
+) -> dict[str, list[int]]:
+    """Per worker, the row-chunks it trains on by ``placement`` (workers without any left
+    out).
+
+    ``info`` is the scheduler's identity of the workers (their ``nthreads``,
+    ``resources`` and ``memory_limit``), needed by ``"resources"``; ``streamed`` and
+    ``mini_batch`` as for :func:`check_memory`. ``"locality"`` runs in a thread: finding
+    where the chunks of ``ds.X`` live asks the scheduler (``who_has``) through the
+    client's blocking API.
     """
-    plan = await asyncio.to_thread(ds.partition, workers, client)
+    if placement == "resources":
+        shares = capacity_shares(ds, workers, info or {}, streamed=streamed,
+                                 copies=_copies(streamed, mini_batch))  # fmt: skip
+        plan = ds.partition(workers, shares=shares)
+    elif placement == "balanced":
+        plan = ds.partition(workers)
+    else:
+        plan = await asyncio.to_thread(ds.partition, workers, client)
     return {w: c for w, c in plan.items() if c}
+
+
+def capacity_shares(
+    ds: Dataset,
+    workers: list[str],
+    info: dict[str, dict[str, Any]],
+    *,
+    copies: int = 1,
+    streamed: bool = False,
+) -> dict[str, float]:
+    """The rows each worker should train on for ``placement="resources"``.
+
+    Capacity is the worker's amount of :data:`CAPACITY_RESOURCE` when any worker declares
+    it (a worker that does not gets no rows, as Dask gives it no task that needs the
+    resource), else its threads. Rows go in proportion to capacity, except that a worker
+    whose share would not fit :data:`MEMORY_SHARE` of its memory limit keeps what fits
+    and the others share the rest (water-filling). Data that fits nowhere keeps the
+    proportional shares: :func:`check_memory` then refuses the plan, naming the worker.
+
+    Raises
+    ------
+    InvalidSettingError
+        When no worker has any capacity (all declare zero of the resource).
+    """
+    declared = any(CAPACITY_RESOURCE in (info.get(w, {}).get("resources") or {}) for w in workers)
+    if declared:
+        cap = {w: float((info.get(w, {}).get("resources") or {}).get(CAPACITY_RESOURCE, 0))
+               for w in workers}  # fmt: skip
+    else:
+        cap = {w: float(info.get(w, {}).get("nthreads") or 1) for w in workers}
+    if not any(v > 0 for v in cap.values()):
+        raise InvalidSettingError(
+            f"placement='resources' found no capacity: every worker declares "
+            f"{CAPACITY_RESOURCE}=0. Declare a positive amount (dask worker --resources "
+            f"'{CAPACITY_RESOURCE}=1'), or use placement='balanced'"
+        )
+    n = float(ds.n_samples)
+    room = dict.fromkeys(workers, math.inf)
+    if not streamed and ds.nnz_known:
+        per_row = partition_bytes(ds, 1, copies)
+        for w in workers:
+            limit = info.get(w, {}).get("memory_limit") or 0
+            if limit:
+                room[w] = MEMORY_SHARE * limit / per_row
+    rows: dict[str, float] = {}
+    free = [w for w in workers if cap[w] > 0]
+    left = n
+    while free:  # water-filling: the workers that would overflow keep what fits
+        total = sum(cap[w] for w in free)
+        full = [w for w in free if left * cap[w] / total > room[w]]
+        if not full:
+            rows.update({w: left * cap[w] / total for w in free})
+            break
+        for w in full:
+            rows[w] = room[w]
+            left -= room[w]
+        free = [w for w in free if w not in full]
+    if left > 0 and not free and sum(rows.values()) < n:
+        # fits nowhere: proportional, for check_memory to name the worker that overflows
+        total = sum(cap.values())
+        rows = {w: n * cap[w] / total for w in workers}
+    return {w: rows.get(w, 0.0) for w in workers}
 
 
 def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str, tuple]:
@@ -69,6 +170,11 @@ def sources(client: Client, ds: Dataset, plan: dict[str, list[int]]) -> dict[str
 #: Share of a worker's memory limit a training task's rows may take: distributed pauses a
 #: worker at 80% of its limit, and the task needs room for its batches and the model too.
 MEMORY_SHARE = 0.6
+
+
+def _copies(streamed: bool, mini_batch: bool) -> int:
+    """Copies of its rows a training task holds (a permuted one for in-memory mini-batches)."""
+    return 2 if mini_batch and not streamed else 1
 
 
 def _gib(b: float) -> str:
@@ -103,7 +209,7 @@ def check_memory(
         # a sparse dask array whose non-zeros are not counted yet: counting them would
         # cost a pass over X (and this runs on the client's event loop)
         return
-    copies = 2 if mini_batch and not streamed else 1
+    copies = _copies(streamed, mini_batch)
     for w, chunks in plan.items():
         limit = limits.get(w) or 0
         if not limit or not chunks:

@@ -59,6 +59,9 @@ OVR_LOSSES = ("hinge", "squared_hinge", "log_loss")
 #: Optimizers that only key-value (sparse, mini-batch) fits run (:mod:`daskgd.driver.keyed`).
 KEYED_ONLY = ("ftrl",)
 
+#: ``placement``: which rows each worker trains on (see :mod:`daskgd.driver.placement`).
+PLACEMENTS = ("auto", "balanced", "locality", "resources")
+
 _BOOL = (Boolean(),)
 _TOL = (NONE, Real(0.0))
 
@@ -92,6 +95,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "staleness_lr": _BOOL,
     "n_workers": (NONE, Integer(1)),
     "n_servers": (Options(("auto",)), Integer(0)),
+    "placement": (Options(PLACEMENTS),),
     "random_state": (NONE, Integer(0)),
     "progress": _BOOL,
     "callback": (NONE, CALLABLE),
@@ -171,6 +175,7 @@ class FitSettings:
     staleness_lr: bool = False
     n_workers: int | None = None
     n_servers: int | str = "auto"
+    placement: str = "auto"
     random_state: int | None = None
     progress: bool = False
     callback: Callable[[dict[str, Any]], Any] | None = None

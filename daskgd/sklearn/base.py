@@ -171,6 +171,8 @@ class LinearModel:
         self.n_updates_ = int(result.n_updates_)
         self.converged_ = bool(result.converged_)
         self.history_ = history_to_dict(result.history) if history is None else history
+        # which row-chunks each worker trained on (by ``placement``)
+        self.plan_ = {w: list(c) for w, c in getattr(result, "plan_", {}).items()}
 
     def _run(
         self,
@@ -243,6 +245,7 @@ class LinearModel:
                 fit_intercept=p["fit_intercept"],
                 max_staleness=p.get("max_staleness"),
                 n_servers=p.get("n_servers", "auto"),
+                placement=p.get("placement", "auto"),
                 random_state=engine_seed(p.get("random_state")),
                 coef_init=coef_init,
                 intercept_init=intercept_init,

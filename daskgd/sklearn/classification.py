@@ -52,7 +52,8 @@ class SGDClassifier(LinearClassifier):
     class_weight : dict, "balanced" or None, default None
         Weights multiplying each sample's weight by its class's.
     warm_start : bool, default False
-    batch_size, mode, optimizer, max_staleness, n_servers, client, checkpoint, checkpoint_every
+    batch_size, mode, optimizer, max_staleness, n_servers, placement, client, checkpoint,
+    checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -92,6 +93,7 @@ class SGDClassifier(LinearClassifier):
         optimizer: str = "sgd",
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
+        placement: str = "auto",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -118,6 +120,7 @@ class SGDClassifier(LinearClassifier):
         self.optimizer = optimizer
         self.max_staleness = max_staleness
         self.n_servers = n_servers
+        self.placement = placement
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -196,7 +199,7 @@ class LogisticRegression(LinearClassifier):
         "lbfgs" (one pass over the data per round, a line search on the exact loss) when
         the objective is smooth and the fit is full-batch sync, else "sgd" (proximal
         gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, n_servers, client, checkpoint, checkpoint_every
+    mode, max_staleness, n_servers, placement, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -234,6 +237,7 @@ class LogisticRegression(LinearClassifier):
         optimizer: str = "auto",
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
+        placement: str = "auto",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -254,6 +258,7 @@ class LogisticRegression(LinearClassifier):
         self.optimizer = optimizer
         self.max_staleness = max_staleness
         self.n_servers = n_servers
+        self.placement = placement
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every

@@ -233,6 +233,9 @@ class SGDRegressor(LinearRegressor):
         Parameter servers: 0 keeps the model and its optimizer state on the scheduler,
         K >= 1 cuts them into K shards on K workers (every optimizer but Newton);
         see :func:`daskgd.fit`.
+    placement : {"auto", "balanced", "locality", "resources"}, default "auto"
+        Which row-chunks each worker trains on ("resources": in proportion to each
+        worker's declared ``daskgd`` resource or threads); see :func:`daskgd.fit`.
     client : distributed.Client, str or None, default None
         The cluster: a client, a scheduler address, or None for the current client (else an
         embedded LocalCluster for the duration of the fit).
@@ -257,6 +260,8 @@ class SGDRegressor(LinearRegressor):
         A fit that stops short warns with ``ConvergenceWarning`` (when ``tol`` is not None).
     history_ : dict of lists
         Per-epoch loss, gradient norm, wall time, updates and staleness.
+    plan_ : dict of str to list of int
+        The row-chunks each worker trained on (see ``placement``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when X has string feature names (a DataFrame).
@@ -298,6 +303,7 @@ class SGDRegressor(LinearRegressor):
         optimizer: str = "sgd",
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
+        placement: str = "auto",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -324,6 +330,7 @@ class SGDRegressor(LinearRegressor):
         self.optimizer = optimizer
         self.max_staleness = max_staleness
         self.n_servers = n_servers
+        self.placement = placement
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -380,7 +387,7 @@ class LinearRegression(LinearRegressor):
         at most :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters, "lbfgs" (one pass
         over the data per round, a line search on the exact loss) for wider ones, else
         "sgd". Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, n_servers, client
+    mode, max_staleness, n_servers, placement, client
         As for :class:`SGDRegressor`.
     learning_rate : float or "auto", default "auto"
         Step size of first-order optimizers; "auto" is ``1 / L`` (see
@@ -415,6 +422,7 @@ class LinearRegression(LinearRegressor):
         learning_rate: float | str = "auto",
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
+        placement: str = "auto",
         random_state: Any = None,
         warm_start: bool = False,
         client: Any = None,
@@ -431,6 +439,7 @@ class LinearRegression(LinearRegressor):
         self.learning_rate = learning_rate
         self.max_staleness = max_staleness
         self.n_servers = n_servers
+        self.placement = placement
         self.random_state = random_state
         self.warm_start = warm_start
         self.client = client

@@ -1,0 +1,89 @@
+"""Heterogeneous clusters for the placement tests and benchmarks: workers with their own
+threads, declared resources and memory limits, and workers made slower at the kernels.
+
+Not part of daskgd: a real cluster is heterogeneous by itself. Here all workers share one
+machine, so a slow worker is played by :class:`Throttle`, a worker plugin that sleeps after
+each gradient kernel call for ``factor - 1`` times the call's own time. A throttled worker
+computes at ``1 / factor`` of its speed without using more CPU (a sleep, not a busy loop),
+which keeps the other workers' speed as it was on a machine with few cores.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distributed import Nanny, Scheduler, SpecCluster, WorkerPlugin
+
+__all__ = ["KERNELS", "Throttle", "heterogeneous_cluster"]
+
+#: The kernels a training task calls for its gradients (looked up in ``daskgd.kernels`` on
+#: every task, so patching the module's attributes reaches them).
+KERNELS = ("grad_loss", "grad_hess")
+
+
+class Throttle(WorkerPlugin):
+    """Make the named workers ``factor`` times slower at the gradient kernels.
+
+    Parameters
+    ----------
+    factor : float
+        At least 1: each kernel call is followed by a sleep of ``(factor - 1)`` times its
+        duration.
+    names : iterable of str
+        The workers' names (a :class:`SpecCluster`'s spec keys) to slow down; the others
+        are left as they are.
+    """
+
+    name = "daskgd-bench-throttle"
+
+    def __init__(self, factor: float, names: Any) -> None:
+        if not factor >= 1:
+            raise ValueError(f"factor must be at least 1, got {factor!r}")
+        self.factor = float(factor)
+        self.names = {str(n) for n in names}
+        self._saved: dict[str, Any] = {}
+
+    def setup(self, worker: Any) -> None:
+        if str(worker.name) not in self.names:
+            return
+        import daskgd.kernels as kernels
+
+        for attr in KERNELS:
+            original = getattr(kernels, attr)
+            self._saved[attr] = original
+            setattr(kernels, attr, _slowed(original, self.factor - 1.0))
+
+    def teardown(self, worker: Any) -> None:
+        import daskgd.kernels as kernels
+
+        for attr, original in self._saved.items():
+            setattr(kernels, attr, original)
+        self._saved.clear()
+
+
+def _slowed(kernel: Any, extra: float) -> Any:
+    """``kernel``, followed by a sleep of ``extra`` times its duration."""
+
+    def slowed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        out = kernel(*args, **kwargs)
+        time.sleep(extra * (time.perf_counter() - started))
+        return out
+
+    return slowed
+
+
+def heterogeneous_cluster(workers: dict[str, dict[str, Any]], **kwargs: Any) -> SpecCluster:
+    """A cluster of worker processes (with nannies), each with its own options.
+
+    ``workers`` maps a worker's name to its ``Nanny`` options (``nthreads``, default 1;
+    ``resources``; ``memory_limit``, default the machine's memory over the workers).
+    ``kwargs`` go to :class:`SpecCluster` (e.g. ``asynchronous=True``).
+    """
+    spec = {
+        name: {"cls": Nanny, "options": {"nthreads": 1, "silence_logs": 40, **options}}
+        for name, options in workers.items()
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=spec, scheduler=scheduler, **kwargs)
