@@ -33,6 +33,7 @@ import numpy as np
 from daskgd.objective.keyed import make_keyed_optimizer
 from daskgd.objective.keyed_base import check_keys, row_blocks
 from daskgd.objective.schedules import Schedule
+from daskgd.parameter_server.shard_state import RoundSlices
 
 __all__ = ["KeyedShardState", "key_shards", "owned_keys"]
 
@@ -63,7 +64,7 @@ def owned_keys(d: int, shard: int, n_shards: int) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
-class KeyedShardState:
+class KeyedShardState(RoundSlices):
     """Shard ``shard`` of ``n_shards`` of a key-value job (see the module docstring).
 
     Raises
@@ -129,10 +130,6 @@ class KeyedShardState:
         if eta is not None and isinstance(schedule, Schedule) and schedule.eta0 != eta:
             self.rule.schedule = replace(schedule, eta0=float(eta))  # type: ignore[attr-defined]
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
     # -- sync: a round's slices summed by key in rank order, one step --------------------
     def store(self, version: int, rank: int, incarnation: str | None, local: np.ndarray,
               grad: np.ndarray, grad_b: Any) -> None:  # fmt: skip
@@ -143,29 +140,6 @@ class KeyedShardState:
         self.pending.setdefault(version, {})[(rank, incarnation)] = (local, g, gb)
         self.arrived.set()
         self.arrived = asyncio.Event()
-
-    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
-        """Wait until the slices of ``ranks`` for ``version`` arrived (a task sends them with
-        its scalars at once: the round may close before they land); the ranks missing."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            got = self.pending.get(version, {})
-            missing = [r for r, inc in ranks if (r, inc) not in got]
-            left = deadline - loop.time()
-            if not missing or left <= 0 or self.closed:
-                return missing
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except TimeoutError:
-                pass
-
-    def take_round(self, version: int) -> dict:
-        """The slices of round ``version``, taken out; those of older rounds are dropped."""
-        got = self.pending.pop(version, {})
-        for v in [v for v in self.pending if v < version]:
-            del self.pending[v]
-        return got
 
     def round(self, version: int, ranks: list, got: dict, weight: float, t: int, epoch: int,
               eta: float | None) -> bool:  # fmt: skip

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -61,7 +61,7 @@ from distributed.protocol import ToPickle
 
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
-from daskgd.parameter_server.shard_state import ShardState, keep_version
+from daskgd.parameter_server.shard_state import RoundSlices, ShardState, keep_version
 
 __all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "HandlerPlugin", "ShardServer"]
 
@@ -82,16 +82,7 @@ SLICE_WAIT = 60.0
 HURRY_WAIT = 2.0
 
 
-class _Shard(Protocol):
-    """What :class:`HandlerPlugin` reads of a shard's state to free it."""
-
-    closed: bool
-    arrived: asyncio.Event
-
-    def notify(self) -> None: ...
-
-
-S = TypeVar("S", bound=_Shard)
+S = TypeVar("S", bound=RoundSlices)
 
 
 class HandlerPlugin(WorkerPlugin, Generic[S]):
