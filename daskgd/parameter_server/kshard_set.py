@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
+from daskgd.parameter_server.kshard_state import assemble_keyed
 from daskgd.parameter_server.sharding import SHARD_TIMEOUT, ShardError, ShardFanOut
 
 __all__ = ["KeyedShardSet"]
@@ -98,12 +99,7 @@ class KeyedShardSet(ShardFanOut):
 
     async def gather_async(self, shape: tuple[int, ...]) -> np.ndarray:
         """The whole parameter array, ``(d + 1,)`` or ``(d + 1, k)``, from the shards."""
-        replies = await self.call_async("export")
-        out = np.zeros(shape)
-        for r in replies:
-            out[np.asarray(r["keys"])] = np.asarray(r["w"])
-        out[-1] = replies[0]["b"]
-        return out
+        return assemble_keyed(await self.call_async("export"), shape)
 
     async def close(self, workers: Sequence[str]) -> None:
         """Free the shards on every worker still there (a worker that left took its

@@ -25,6 +25,7 @@ same float64 operations in the same order, bitwise.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +36,7 @@ from daskgd.objective.keyed_base import check_keys, row_blocks
 from daskgd.objective.schedules import Schedule
 from daskgd.parameter_server.shard_state import RoundSlices
 
-__all__ = ["KeyedShardState", "key_shards", "owned_keys"]
+__all__ = ["KeyedShardState", "assemble_keyed", "key_shards", "owned_keys"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -62,6 +63,17 @@ def owned_keys(d: int, shard: int, n_shards: int) -> np.ndarray:
     out = [rows.start + np.flatnonzero(key_shards(np.arange(rows.start, rows.stop), n_shards)
                                        == shard) for rows in row_blocks(d)]  # fmt: skip
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def assemble_keyed(replies: Sequence[dict[str, Any]], shape: tuple[int, ...]) -> np.ndarray:
+    """The whole parameter array, ``(d + 1,)`` or ``(d + 1, k)``, from the shards' exports
+    (each its ``keys`` and their weights ``w``), shard 0's first (its ``b``: the
+    intercept)."""
+    out = np.zeros(shape)
+    for r in replies:
+        out[np.asarray(r["keys"])] = np.asarray(r["w"])
+    out[-1] = replies[0]["b"]
+    return out
 
 
 class KeyedShardState(RoundSlices):
