@@ -11,7 +11,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cloudpickle
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# The memory probes below run on a cluster's processes (``client.run``), which cannot
+# import this folder: this module's functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def peak_mb(**_) -> float:
+    """Peak resident memory (MB) of this process: VmHWM (``ru_maxrss`` keeps the parent's
+    across exec)."""
+    return _status_mb("VmHWM")
+
+
+def rss_mb(**_) -> float:
+    """Resident memory (MB) of this process now: VmRSS."""
+    return _status_mb("VmRSS")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -75,7 +75,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import _common  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-from _common import table, use_peer_threads  # noqa: E402
+from _common import peak_mb, table, use_peer_threads  # noqa: E402
 from distributed import Client  # noqa: E402
 from distributed.deploy.subprocess import SubprocessCluster  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
@@ -164,12 +164,6 @@ class Oracle:
                       "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
-def _peak_mb(**_) -> float:
-    """Peak resident memory (MB): VmHWM (``ru_maxrss`` keeps the parent's across exec)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-
-
 @contextlib.contextmanager
 def cluster():
     """(client, seconds to start): the scheduler and each worker in a process of its own."""
@@ -200,7 +194,7 @@ def run_daskgd(name: str, kw: dict, p: Problem, oracle: Oracle, target: float, b
         res = daskgd.fit(p.path, loss="log_loss", alpha=p.alpha, client=client, tol=None,
                          max_epochs=100_000, max_time=budget, callback=callback,
                          callback_params=given_params, **kw)  # fmt: skip
-        sched, workers = client.run_on_scheduler(_peak_mb), client.run(_peak_mb)
+        sched, workers = client.run_on_scheduler(peak_mb), client.run(peak_mb)
     print(f"{name}: {res.reason}, {points[-1] if points else '-'}", flush=True)
     t = res.timings_
     return {
@@ -311,7 +305,7 @@ def _child(i: int, arg: object, setting: int, p: Problem, conn) -> None:
     _threads = use_peer_threads(2)
 
     def emit(seconds, coef, b, **info):
-        conn.send((seconds, np.ravel(coef), float(np.ravel(b)[0]), _peak_mb(), info))
+        conn.send((seconds, np.ravel(coef), float(np.ravel(b)[0]), peak_mb(), info))
 
     PEERS[i].fn(arg, setting, p, emit)
     conn.send(None)

@@ -48,18 +48,6 @@ CONFIGS = [
 ]
 
 
-def _peak_mb(**_) -> float:
-    """Peak resident memory (MB) of this process: VmHWM."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-
-
-def _rss_mb(**_) -> float:
-    """Resident memory (MB) of this process now: VmRSS."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def run(name: str, kw: dict, path: str) -> dict:
     """One fit on a fresh cluster; its peak memory by process."""
     with (
@@ -70,13 +58,13 @@ def run(name: str, kw: dict, path: str) -> dict:
         client.wait_for_workers(WORKERS)
         client.run(lambda: bool(importlib.import_module("daskgd.worker.task")))
         client.run_on_scheduler(lambda: bool(importlib.import_module("daskgd")))
-        idle = client.run_on_scheduler(_rss_mb)
+        idle = client.run_on_scheduler(_common.rss_mb)
         t0 = time.perf_counter()
         res = daskgd.fit(path, client=client, loss="log_loss", optimizer="adagrad", alpha=0.0,
                          batch_size=BATCH, max_epochs=EPOCHS, tol=None, random_state=0,
                          **kw)  # fmt: skip
         seconds = time.perf_counter() - t0
-        sched, workers = client.run_on_scheduler(_peak_mb), client.run(_peak_mb)
+        sched, workers = client.run_on_scheduler(_common.peak_mb), client.run(_common.peak_mb)
     t = res.timings_
     pushes = res.n_updates_ * (WORKERS if kw["mode"] == "sync" else 1)
     out = {

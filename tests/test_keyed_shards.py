@@ -118,32 +118,43 @@ def test_an_async_sharded_fit_reaches_the_logistic_optimum(client):
     assert abs(res.history[-1]["loss"] - f) < 0.05 * f
 
 
-def _spy(dask_scheduler):
-    """Record the pickled bytes of every ``daskgd_kpush`` message and reply, and whether
-    the job then holds no part of the model."""
-    inner = dask_scheduler.handlers["daskgd_kpush"]
-    sizes = dask_scheduler.daskgd_kpush_sizes = []
-    plugin = dask_scheduler.plugins["daskgd-parameter-server"]
+def _size(d):
+    """The pickled bytes of a message or reply (its arrays unwrapped)."""
+    return len(pickle.dumps({k: getattr(v, "data", v) for k, v in d.items()}))
 
-    def size(d):
-        return len(pickle.dumps({k: getattr(v, "data", v) for k, v in d.items()}))
+
+def _push_sizes(dask_scheduler, msg, reply):
+    """A ``daskgd_kpush``'s bytes each way, and whether its job then holds no part of the
+    model."""
+    j = dask_scheduler.plugins["daskgd-parameter-server"].jobs.get(msg["job"])
+    empty = j is None or (type(j).__name__ == "ShardedKeyedJob" and j.state == {})
+    return _size(msg), _size(reply), empty
+
+
+def _reply_size(dask_scheduler, msg, reply):
+    return _size(reply)
+
+
+def _spy(handler, measure, dask_scheduler):
+    """Record ``measure(dask_scheduler, msg, reply)`` of every call of the scheduler's
+    ``handler`` until :func:`_unspy`."""
+    inner = dask_scheduler.handlers[handler]
+    records = []
 
     async def spied(**msg):
         reply = await inner(**msg)
-        j = plugin.jobs.get(msg["job"])
-        empty = j is None or (type(j).__name__ == "ShardedKeyedJob" and j.state == {})
-        sizes.append((size(msg), size(reply), empty))
+        records.append(measure(dask_scheduler, msg, reply))
         return reply
 
-    spied.inner = inner  # type: ignore[attr-defined]
-    dask_scheduler.handlers["daskgd_kpush"] = spied
+    spied.inner, spied.records = inner, records  # type: ignore[attr-defined]
+    dask_scheduler.handlers[handler] = spied
 
 
-def _unspy(dask_scheduler):
-    dask_scheduler.handlers["daskgd_kpush"] = dask_scheduler.handlers["daskgd_kpush"].inner
-    sizes = dask_scheduler.daskgd_kpush_sizes
-    del dask_scheduler.daskgd_kpush_sizes
-    return sizes
+def _unspy(handler, dask_scheduler):
+    """Put ``handler`` back; what :func:`_spy` recorded."""
+    spied = dask_scheduler.handlers[handler]
+    dask_scheduler.handlers[handler] = spied.inner
+    return spied.records
 
 
 def test_the_scheduler_gets_scalars_only_whatever_d(client):
@@ -158,36 +169,16 @@ def test_the_scheduler_gets_scalars_only_whatever_d(client):
     client.register_plugin(ParameterServer())  # idempotent: the fits find it installed
     per_d = {}
     for data in (X, wide):
-        client.run_on_scheduler(_spy)
+        client.run_on_scheduler(_spy, "daskgd_kpush", _push_sizes)
         try:
             res = fit(_dask(data, y), **kw)
         finally:
-            sizes = client.run_on_scheduler(_unspy)
+            sizes = client.run_on_scheduler(_unspy, "daskgd_kpush")
         assert len(sizes) == res.n_updates_ * 2  # one message a rank a round
         per_d[data.shape[1]] = max(m for m, _, _ in sizes), max(r for _, r, _ in sizes)
         assert all(empty for _, _, empty in sizes)  # no keyed state on the scheduler
     assert per_d[2000][0] < 400 and per_d[2000][1] < 200, per_d
     assert per_d[2000] == per_d[100_000]
-
-
-def _spy_close(dask_scheduler):
-    inner = dask_scheduler.handlers["daskgd_close"]
-    sizes = dask_scheduler.daskgd_close_sizes = []
-
-    async def spied(**msg):
-        reply = await inner(**msg)
-        sizes.append(len(pickle.dumps({k: getattr(v, "data", v) for k, v in reply.items()})))
-        return reply
-
-    spied.inner = inner  # type: ignore[attr-defined]
-    dask_scheduler.handlers["daskgd_close"] = spied
-
-
-def _unspy_close(dask_scheduler):
-    dask_scheduler.handlers["daskgd_close"] = dask_scheduler.handlers["daskgd_close"].inner
-    sizes = dask_scheduler.daskgd_close_sizes
-    del dask_scheduler.daskgd_close_sizes
-    return sizes
 
 
 def test_the_final_model_is_read_from_the_shards_not_through_the_scheduler(client):
@@ -201,11 +192,11 @@ def test_the_final_model_is_read_from_the_shards_not_through_the_scheduler(clien
     sizes = {}
     for data in (X, wide):
         ref = fit(_dask(data, y), n_servers=0, **kw)
-        client.run_on_scheduler(_spy_close)
+        client.run_on_scheduler(_spy, "daskgd_close", _reply_size)
         try:
             res = fit(_dask(data, y), n_servers=2, **kw)
         finally:
-            sizes[data.shape[1]] = client.run_on_scheduler(_unspy_close)
+            sizes[data.shape[1]] = client.run_on_scheduler(_unspy, "daskgd_close")
         np.testing.assert_array_equal(res.coef_, ref.coef_)
         assert res.intercept_ == ref.intercept_
     assert max(sizes[100_000]) < 2 * max(sizes[2000]) < 20_000, sizes  # not 8 d bytes

@@ -135,6 +135,7 @@ async def gather_shards(client: Any, job: str, addresses: list[str], shape: tupl
     from distributed import wait
 
     from daskgd.parameter_server.kshard import export_shards
+    from daskgd.parameter_server.kshard_state import assemble_keyed
 
     held: dict[str, list[int]] = {}
     for shard, address in enumerate(addresses):
@@ -160,11 +161,8 @@ async def gather_shards(client: Any, job: str, addresses: list[str], shape: tupl
             f"the trained model could not be read from its parameter shards ({exc}); rerun "
             "the fit, with n_servers=0 or on workers that stay up"
         ) from exc
-    out = np.zeros(shape)
-    for reply in (r for per_worker in replies for r in per_worker):
-        out[np.asarray(reply["keys"])] = np.asarray(reply["w"])
-    out[-1] = replies[0][0]["b"]  # shard 0 (the first worker's first) holds the intercept
-    return out
+    # shard 0, which holds the intercept, is the first worker's first
+    return assemble_keyed([r for per_worker in replies for r in per_worker], shape)
 
 
 async def drop_shards(client: Any, job: str, addresses: list[str]) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "check_hess",
     "check_incarnation",
     "check_push",
+    "check_push_scalars",
     "check_rank",
     "check_ready",
     "check_status",
@@ -73,6 +74,12 @@ def check_push(job: Job, version, grad, n, weight, loss, worker) -> str | None:
         return f"grad has shape {grad.shape}; this job's parameters have {job.shape}"
     elif grad.dtype not in (np.float32, np.float64):
         return f"grad must be float32 or float64, got {grad.dtype}"
+    return check_push_scalars(n, weight, loss, worker)
+
+
+def check_push_scalars(n: Any, weight: Any, loss: Any, worker: Any) -> str | None:
+    """The scalars every push carries, dense or key-value, whole or sharded: the batch's
+    rows ``n``, its total sample ``weight``, its ``loss`` and the sender's ``worker``."""
     if not is_index(n) or n < 1:
         return f"n (rows in the batch) must be a positive integer, got {n!r}"
     if not (is_real(weight) and math.isfinite(weight) and weight >= 0):

@@ -51,7 +51,6 @@ import logging
 from typing import Any
 
 import numpy as np
-from distributed.protocol import ToPickle
 
 from daskgd.objective.keyed_base import check_keys
 from daskgd.parameter_server.checks import check_incarnation, check_rank, error
@@ -62,7 +61,7 @@ from daskgd.parameter_server.keyed_job import (
     check_keyed_ready,
     keyed_settings,
 )
-from daskgd.parameter_server.kshard_handlers import KeyedShardHandlers
+from daskgd.parameter_server.kshard_handlers import KeyedShardHandlers, keyed_reply
 from daskgd.parameter_server.kshard_job import ShardedKeyedJob
 
 __all__ = ["DENSE_PULL_FRACTION", "KeyedHandlers"]
@@ -83,19 +82,6 @@ def _current(j: KeyedJob, incarnation: str | None, step: Any, rank: int, *args: 
     if incarnation is not None and j.ranks[rank].incarnation not in (None, incarnation):
         return _SUPERSEDED
     return step(rank, *args)
-
-
-def _reply(j: KeyedJob, read: dict[str, Any] | None, status: str = "OK") -> dict[str, Any]:
-    out: dict[str, Any] = {"status": "stopped" if j.stopped else status,
-                           "version": j.version, "params": None}  # fmt: skip
-    if read is not None:
-        out["version"] = read["version"]
-        out["b"] = ToPickle(np.asarray(read["b"])) if np.ndim(read["b"]) else read["b"]
-        if "w" in read:
-            out["w"] = ToPickle(read["w"])
-    if j.stopped:
-        out.update(reason=j.reason, error=j.error, error_kind=j.error_kind)
-    return out
 
 
 class KeyedHandlers(KeyedShardHandlers):
@@ -190,7 +176,7 @@ class KeyedHandlers(KeyedShardHandlers):
                 await self.exclusive(j, j.auto_step, j.live(self.workers()))
 
             await self.wait_member(j, rank, lambda: j.eta is not None, retry)
-        return _reply(j, None)
+        return keyed_reply(j)
 
     async def keyed_pull(self, job, rank, keys=None, dense=False, incarnation=None):
         """The weights at ``keys`` (or all of them) and the intercept, now."""
@@ -214,7 +200,7 @@ class KeyedHandlers(KeyedShardHandlers):
                 return error(f"keys: {exc}")
         j.touch(rank)
         read = await self.exclusive(j, j.read, keys, dense, heavy=dense)
-        return _reply(j, read)
+        return keyed_reply(j, read)
 
     async def keyed_push(
         self, job, rank, version, keys, grad, grad_b, n, weight, loss, worker=None,
@@ -231,7 +217,7 @@ class KeyedHandlers(KeyedShardHandlers):
         if refused:
             return refused
         if j.stopped:
-            return _reply(j, None)
+            return keyed_reply(j)
         if isinstance(j, ShardedKeyedJob):
             return await self.kpush_sharded(j, rank, version, n, weight, loss, worker,
                                             incarnation, shard_error)  # fmt: skip
@@ -254,7 +240,7 @@ class KeyedHandlers(KeyedShardHandlers):
         r.active = True
         if await self.exclusive(j, j.over_time):
             self.wake(j)
-            return _reply(j, None)
+            return keyed_reply(j)
         if j.config.auto_lr and j.eta is None:  # a task that skipped kready
             if not j.reports:
                 return error("auto_lr: a push came before any rank reported kready")
@@ -272,7 +258,7 @@ class KeyedHandlers(KeyedShardHandlers):
             self.wake(j)
             if out is _SUPERSEDED:
                 return check_incarnation(j, rank, incarnation)
-            return _reply(j, out)
+            return keyed_reply(j, out)
         try:
             outcome = await self.exclusive(j, _current, j, incarnation, j.karrive_sync, *args,
                                            self.workers(), heavy=heavy)  # fmt: skip
@@ -289,6 +275,6 @@ class KeyedHandlers(KeyedShardHandlers):
             await self.wait_member(j, rank, lambda: j.version > version,
                                    lambda: self.maybe_finish(j))  # fmt: skip
         if j.stopped and j.error is not None:
-            return _reply(j, None)
+            return keyed_reply(j)
         read = await self.exclusive(j, j.read, next_keys, dense, heavy=heavy and dense)
-        return _reply(j, read, "stale" if outcome == "stale" else "OK")
+        return keyed_reply(j, read, "stale" if outcome == "stale" else "OK")

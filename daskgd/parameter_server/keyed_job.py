@@ -30,6 +30,7 @@ from daskgd.objective import Regularizer
 from daskgd.objective.keyed import KEYED_OPTIMIZERS, KeyedOptimizer, make_keyed_optimizer
 from daskgd.objective.keyed_base import row_blocks
 from daskgd.objective.schedules import Schedule
+from daskgd.parameter_server.checks import check_push_scalars
 from daskgd.parameter_server.config import JobConfig, check_quorum, is_index, is_real
 from daskgd.parameter_server.job import Job
 
@@ -144,14 +145,9 @@ def check_keyed_push(
         return f"grad_b must be a numpy array of shape {tail}, got {grad_b!r}"
     if not tail and not is_real(grad_b):
         return f"grad_b must be a real number, got {grad_b!r}"
-    if not is_index(n) or n < 1:
-        return f"n (rows in the batch) must be a positive integer, got {n!r}"
-    if not (is_real(weight) and math.isfinite(weight) and weight >= 0):
-        return f"weight must be a finite number >= 0, got {weight!r}"
-    if not is_real(loss):
-        return f"loss must be a real number, got {loss!r}"
-    if worker is not None and not isinstance(worker, str):
-        return f"worker must be None or an address string, got {type(worker).__name__}"
+    bad = check_push_scalars(n, weight, loss, worker)
+    if bad:
+        return bad
     if next_keys is not None and not _is_keys(next_keys):
         return f"next_keys must be None or a 1-D integer numpy array, got {next_keys!r}"
     if not isinstance(dense, bool):

@@ -44,13 +44,12 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import ToPickle
 
 from daskgd.parameter_server.checks import error
 from daskgd.parameter_server.config import is_index, is_real
 from daskgd.parameter_server.kshard_state import KeyedShardState
-from daskgd.parameter_server.shard import INLINE_ROWS, SLICE_WAIT
+from daskgd.parameter_server.shard import INLINE_ROWS, SLICE_WAIT, HandlerPlugin
 
 __all__ = ["KSHARD_PLUGIN_NAME", "KeyedShardServer", "export_shards"]
 
@@ -79,7 +78,7 @@ def _grad(s: KeyedShardState, local: np.ndarray, grad: Any, grad_b: Any) -> str 
     return None
 
 
-class KeyedShardServer(WorkerPlugin):
+class KeyedShardServer(HandlerPlugin[KeyedShardState]):
     """The worker half of key-hashed shards (see the module docstring).
 
     Registered on every worker by the driver of a key-value fit with ``n_servers >= 1``
@@ -87,35 +86,15 @@ class KeyedShardServer(WorkerPlugin):
     """
 
     name = KSHARD_PLUGIN_NAME
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.worker: Any = None
-        self.jobs: dict[tuple[str, int], KeyedShardState] = {}
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()  # type: ignore[misc]
-
-    def setup(self, worker) -> None:
-        self.worker = worker
-        worker.handlers.update({f"daskgd_kshard_{op}": getattr(self, op) for op in _OPS})
+    prefix = "kshard"
+    ops = _OPS
+    noun = "key shard"
 
     def teardown(self, worker) -> None:
-        for op in _OPS:
-            worker.handlers.pop(f"daskgd_kshard_{op}", None)
-        for s in self.jobs.values():
+        for s in self.jobs.values():  # wake the waiters: the shards are gone
             s.closed = True
             s.notify()
-        self.jobs.clear()
-
-    def _get(self, job: Any, shard: Any) -> KeyedShardState | dict:
-        if (job, shard) not in self.jobs:
-            return error(f"no key shard {shard!r} of job {job!r} on this worker",
-                         kind="unknown_shard")  # fmt: skip
-        return self.jobs[(job, shard)]
+        super().teardown(worker)
 
     async def _run(self, s: KeyedShardState, heavy: bool, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` as the shard's only owner; in a thread when ``heavy`` (O(d/K)
@@ -246,15 +225,6 @@ class KeyedShardServer(WorkerPlugin):
             return s
         read = await self._run(s, True, s.read, None, True)
         return {**_out(read), "keys": ToPickle(s.owned)}
-
-    async def drop(self, job):
-        """Free every shard of ``job`` on this worker (the job ended)."""
-        for key in [k for k in self.jobs if k[0] == job]:
-            s = self.jobs.pop(key)
-            s.closed = True
-            s.notify()
-            s.arrived.set()
-        return {"status": "OK"}
 
 
 def _data(v: Any) -> Any:

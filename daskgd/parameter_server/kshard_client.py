@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.errors import ParameterServerError, UnknownJobError
+from daskgd.errors import ParameterServerError
 from daskgd.parameter_server.kshard import KSHARD_PLUGIN_NAME
 from daskgd.parameter_server.kshard_state import key_shards
-from daskgd.parameter_server.replies import raise_for_reply
+from daskgd.parameter_server.shard_client import ShardRPC
 
 __all__ = ["KeyedShardCalls"]
 
@@ -42,15 +42,10 @@ class KeyedShardLostError(ParameterServerError):
     """A key-hashed shard's worker did not answer."""
 
 
-class KeyedShardCalls:
+class KeyedShardCalls(ShardRPC):
     """The key-shard half of a parameter-server client (see the module docstring)."""
 
-    job: str
-    timeout: float
-    wait_bound: float
     incarnation: str
-    address: str | None
-    pool: Any
     _call: Callable[..., Awaitable[dict[str, Any]]]
 
     #: the worker holding each key-hashed shard of a sharded key-value job, else None
@@ -76,24 +71,10 @@ class KeyedShardCalls:
     async def _kshard(self, k: int, op: str, **msg: Any) -> dict[str, Any]:
         assert self.kshards is not None
         address = self.kshards[k]
-        msg["shard"] = k
-        try:
-            async with asyncio.timeout(self.timeout + self.wait_bound):
-                if address == self.address and self.klocal is not None:
-                    msg = {n: v.data if isinstance(v, ToPickle) else v for n, v in msg.items()}
-                    reply = await getattr(self.klocal, op)(job=self.job, **msg)
-                    reply = {n: v.data if isinstance(v, ToPickle) else v for n, v in reply.items()}
-                else:
-                    handler = getattr(self.pool(address), f"daskgd_kshard_{op}")
-                    reply = await handler(job=self.job, **msg)
-        except (OSError, TimeoutError) as exc:
-            raise KeyedShardLostError(
-                f"key-hashed shard {k} on worker {address} did not answer {op}: {exc!r}",
-                op=f"kshard_{op}",
-            ) from exc
-        if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
-            raise UnknownJobError(str(reply.get("message")), op=f"kshard_{op}", kind="unknown_job")
-        return raise_for_reply(f"kshard_{op}", reply)
+        return await self._call_shard(
+            "kshard", op, address, self.klocal, {**msg, "shard": k}, KeyedShardLostError,
+            f"key-hashed shard {k} on worker {address}",
+        )  # fmt: skip
 
     def _ksplit(self, keys: np.ndarray) -> list[np.ndarray]:
         """The positions in ``keys`` of each shard's keys (in order: sorted slices)."""

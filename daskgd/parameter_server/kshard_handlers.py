@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Any
 
 import numpy as np
+from distributed.protocol import ToPickle
 
-from daskgd.parameter_server.checks import check_incarnation, error
-from daskgd.parameter_server.config import JobConfig, is_index, is_real
-from daskgd.parameter_server.keyed_job import RuleFacts
+from daskgd.parameter_server.checks import check_incarnation, check_push_scalars, error
+from daskgd.parameter_server.config import JobConfig, is_index
+from daskgd.parameter_server.keyed_job import KeyedJob, RuleFacts
 from daskgd.parameter_server.kshard_job import ShardedKeyedJob
 from daskgd.parameter_server.kshard_set import KeyedShardSet
 from daskgd.parameter_server.runner import JobRunner
 from daskgd.parameter_server.sharding import ShardError
 
-__all__ = ["KeyedShardHandlers"]
+__all__ = ["KeyedShardHandlers", "keyed_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,19 @@ def _if_current(j: ShardedKeyedJob, incarnation: Any, rank: int, fn: Any, *args:
     return fn(*args)
 
 
-def _kreply(j: ShardedKeyedJob, status: str = "OK") -> dict[str, Any]:
+def keyed_reply(
+    j: KeyedJob, read: dict[str, Any] | None = None, status: str = "OK"
+) -> dict[str, Any]:
+    """A key-value job's reply to a member: ``status`` (``stopped`` once the job stopped,
+    with why), the job's version and, with ``read`` (:meth:`KeyedJob.read`), the weights
+    and intercept read and their version; never the whole parameters (``params`` None)."""
     out: dict[str, Any] = {"status": "stopped" if j.stopped else status,
                            "version": j.version, "params": None}  # fmt: skip
+    if read is not None:
+        out["version"] = read["version"]
+        out["b"] = ToPickle(np.asarray(read["b"])) if np.ndim(read["b"]) else read["b"]
+        if "w" in read:
+            out["w"] = ToPickle(read["w"])
     if j.stopped:
         out.update(reason=j.reason, error=j.error, error_kind=j.error_kind)
     return out
@@ -54,14 +64,9 @@ def _kreply(j: ShardedKeyedJob, status: str = "OK") -> dict[str, Any]:
 def _check(j: ShardedKeyedJob, version, n, weight, loss, worker, shard_error) -> str | None:
     if not is_index(version) or version < 0 or version > j.version:
         return f"version must be an integer in [0, {j.version}], got {version!r}"
-    if not is_index(n) or n < 1:
-        return f"n (rows in the batch) must be a positive integer, got {n!r}"
-    if not (is_real(weight) and math.isfinite(weight) and weight >= 0):
-        return f"weight must be a finite number >= 0, got {weight!r}"
-    if not is_real(loss):
-        return f"loss must be a real number, got {loss!r}"
-    if worker is not None and not isinstance(worker, str):
-        return f"worker must be None or an address string, got {type(worker).__name__}"
+    bad = check_push_scalars(n, weight, loss, worker)
+    if bad:
+        return bad
     if shard_error is not None and not isinstance(shard_error, str):
         return "shard_error must be None or a message string"
     return None
@@ -122,10 +127,10 @@ class KeyedShardHandlers(JobRunner):
         if shard_error is not None:
             await self.exclusive(j, _if_current, j, incarnation, rank, j.diverged, shard_error)
             self.wake(j)
-            return _kreply(j)
+            return keyed_reply(j)
         if await self.exclusive(j, j.over_time):
             self.wake(j)
-            return _kreply(j)
+            return keyed_reply(j)
         if j.config.auto_lr and j.eta is None:  # a task that skipped kready
             if not j.reports:
                 return error("auto_lr: a push came before any rank reported kready")
@@ -142,7 +147,7 @@ class KeyedShardHandlers(JobRunner):
             self.wake(j)
             if out is _SUPERSEDED:
                 return check_incarnation(j, rank, incarnation)  # type: ignore[return-value]
-            reply = _kreply(j)
+            reply = keyed_reply(j)
             if out is not None and not j.stopped:
                 reply.update(step=out, version=out["t"] + 1)
             return reply
@@ -162,7 +167,7 @@ class KeyedShardHandlers(JobRunner):
         if outcome == "OK":
             await self.wait_member(j, rank, lambda: j.version > version,
                                    lambda: self.maybe_finish(j))  # fmt: skip
-        return _kreply(j, "stale" if outcome == "stale" else "OK")
+        return keyed_reply(j, None, "stale" if outcome == "stale" else "OK")
 
     # -- the plugin's bookkeeping --------------------------------------------------------
     def kshards_lost(self, worker: str) -> None:

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
-from daskgd.parameter_server.sharding import SHARD_TIMEOUT, ShardError
+from daskgd.parameter_server.kshard_state import assemble_keyed
+from daskgd.parameter_server.sharding import SHARD_TIMEOUT, ShardError, ShardFanOut
 
 __all__ = ["KeyedShardSet"]
 
 
-class KeyedShardSet:
+class KeyedShardSet(ShardFanOut):
     """The key-hashed shards of one job (see the module docstring).
 
     Parameters
@@ -40,15 +41,6 @@ class KeyedShardSet:
         The loop ``rpc`` runs on.
     """
 
-    def __init__(self, job: str, addresses: Sequence[str], rpc: Any, loop: Any) -> None:
-        self.job = job
-        self.addresses = list(addresses)
-        self.rpc = rpc
-        self.loop = loop
-        #: why the shards can no longer be used (a holder left, or the job closed)
-        self.broken: str | None = None
-        self._inflight: set[asyncio.Task] = set()
-
     def lose(self, address: str) -> str:
         """The worker at ``address`` left with its shard(s): cancel the calls in flight
         (a call to a dead worker would wait for the connect timeout, holding the job's
@@ -61,8 +53,7 @@ class KeyedShardSet:
             "fit, with n_servers=0 to keep the model on the scheduler, or on workers that "
             "stay up"
         )
-        for task in list(self._inflight):
-            task.cancel()
+        self.cancel_calls()
         return self.broken
 
     async def _one(self, k: int, op: str, msg: dict[str, Any]) -> dict[str, Any]:
@@ -83,30 +74,6 @@ class KeyedShardSet:
             message = reply.get("message") if isinstance(reply, dict) else reply
             raise ShardError(f"key-hashed shard {k} (worker {addr}) refused {op!r}: {message}")
         return reply
-
-    async def call_async(
-        self, op: str, per_shard: Sequence[dict[str, Any]] | None = None, **msg: Any
-    ) -> list[dict[str, Any]]:
-        """Call ``op`` on every shard at once (``per_shard[k]`` added to shard k's message)."""
-        extra = per_shard or [{}] * len(self.addresses)
-        tasks = [asyncio.ensure_future(self._one(k, op, {**msg, **extra[k]}))
-                 for k in range(len(self.addresses))]  # fmt: skip
-        self._inflight.update(tasks)
-        try:
-            return list(await asyncio.gather(*tasks))
-        except asyncio.CancelledError:
-            if self.broken is None:
-                raise
-            raise ShardError(self.broken) from None
-        finally:
-            self._inflight.difference_update(tasks)
-            for task in tasks:
-                task.cancel()
-
-    def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
-        """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""
-        coro = self.call_async(op, per_shard, **msg)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     # -- the operations ------------------------------------------------------------
     async def create(
@@ -132,12 +99,7 @@ class KeyedShardSet:
 
     async def gather_async(self, shape: tuple[int, ...]) -> np.ndarray:
         """The whole parameter array, ``(d + 1,)`` or ``(d + 1, k)``, from the shards."""
-        replies = await self.call_async("export")
-        out = np.zeros(shape)
-        for r in replies:
-            out[np.asarray(r["keys"])] = np.asarray(r["w"])
-        out[-1] = replies[0]["b"]
-        return out
+        return assemble_keyed(await self.call_async("export"), shape)
 
     async def close(self, workers: Sequence[str]) -> None:
         """Free the shards on every worker still there (a worker that left took its

@@ -25,6 +25,7 @@ same float64 operations in the same order, bitwise.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,8 +34,9 @@ import numpy as np
 from daskgd.objective.keyed import make_keyed_optimizer
 from daskgd.objective.keyed_base import check_keys, row_blocks
 from daskgd.objective.schedules import Schedule
+from daskgd.parameter_server.shard_state import RoundSlices
 
-__all__ = ["KeyedShardState", "key_shards", "owned_keys"]
+__all__ = ["KeyedShardState", "assemble_keyed", "key_shards", "owned_keys"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -63,7 +65,18 @@ def owned_keys(d: int, shard: int, n_shards: int) -> np.ndarray:
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
-class KeyedShardState:
+def assemble_keyed(replies: Sequence[dict[str, Any]], shape: tuple[int, ...]) -> np.ndarray:
+    """The whole parameter array, ``(d + 1,)`` or ``(d + 1, k)``, from the shards' exports
+    (each its ``keys`` and their weights ``w``), shard 0's first (its ``b``: the
+    intercept)."""
+    out = np.zeros(shape)
+    for r in replies:
+        out[np.asarray(r["keys"])] = np.asarray(r["w"])
+    out[-1] = replies[0]["b"]
+    return out
+
+
+class KeyedShardState(RoundSlices):
     """Shard ``shard`` of ``n_shards`` of a key-value job (see the module docstring).
 
     Raises
@@ -129,10 +142,6 @@ class KeyedShardState:
         if eta is not None and isinstance(schedule, Schedule) and schedule.eta0 != eta:
             self.rule.schedule = replace(schedule, eta0=float(eta))  # type: ignore[attr-defined]
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
     # -- sync: a round's slices summed by key in rank order, one step --------------------
     def store(self, version: int, rank: int, incarnation: str | None, local: np.ndarray,
               grad: np.ndarray, grad_b: Any) -> None:  # fmt: skip
@@ -143,29 +152,6 @@ class KeyedShardState:
         self.pending.setdefault(version, {})[(rank, incarnation)] = (local, g, gb)
         self.arrived.set()
         self.arrived = asyncio.Event()
-
-    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
-        """Wait until the slices of ``ranks`` for ``version`` arrived (a task sends them with
-        its scalars at once: the round may close before they land); the ranks missing."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            got = self.pending.get(version, {})
-            missing = [r for r, inc in ranks if (r, inc) not in got]
-            left = deadline - loop.time()
-            if not missing or left <= 0 or self.closed:
-                return missing
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except TimeoutError:
-                pass
-
-    def take_round(self, version: int) -> dict:
-        """The slices of round ``version``, taken out; those of older rounds are dropped."""
-        got = self.pending.pop(version, {})
-        for v in [v for v in self.pending if v < version]:
-            del self.pending[v]
-        return got
 
     def round(self, version: int, ranks: list, got: dict, weight: float, t: int, epoch: int,
               eta: float | None) -> bool:  # fmt: skip

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -61,9 +61,9 @@ from distributed.protocol import ToPickle
 
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
-from daskgd.parameter_server.shard_state import ShardState, keep_version
+from daskgd.parameter_server.shard_state import RoundSlices, ShardState, keep_version
 
-__all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "ShardServer"]
+__all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "HandlerPlugin", "ShardServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +82,25 @@ SLICE_WAIT = 60.0
 HURRY_WAIT = 2.0
 
 
-class ShardServer(WorkerPlugin):
-    """The worker half of sharded parameter servers (see the module docstring).
+S = TypeVar("S", bound=RoundSlices)
 
-    Registered on every worker by the driver of a fit with ``n_servers >= 1``
-    (``Client.register_plugin``, idempotent by name); workers that join later get it too.
-    """
 
-    name = SHARD_PLUGIN_NAME
+class HandlerPlugin(WorkerPlugin, Generic[S]):
+    """A worker plugin that holds its jobs' shards (``jobs``, by ``(job, shard)``) and
+    serves them through handlers ``daskgd_<prefix>_<op>``, one method for each op in
+    ``ops``, added to the worker's RPC server (the part the dense and the key-hashed
+    shard servers share). It travels empty: what it holds stays on its worker."""
+
     idempotent = True
+    #: the handlers' prefix after ``daskgd_``, and the methods they call
+    prefix: str
+    ops: tuple[str, ...]
+    #: what a shard is called in the reply for one this worker does not hold
+    noun: str
 
     def __init__(self) -> None:
         self.worker: Any = None
-        self.jobs: dict[tuple[str, int], ShardState] = {}
-        #: backups of shards held by other workers: (job, shard) -> version -> what
-        #: ``keep`` got
-        self.replicas: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+        self.jobs: dict[tuple[str, int], S] = {}
 
     def __getstate__(self) -> dict:
         return {}
@@ -107,17 +110,46 @@ class ShardServer(WorkerPlugin):
 
     def setup(self, worker) -> None:
         self.worker = worker
-        worker.handlers.update({f"daskgd_shard_{op}": getattr(self, op) for op in _OPS})
+        worker.handlers.update({f"daskgd_{self.prefix}_{op}": getattr(self, op) for op in self.ops})
 
     def teardown(self, worker) -> None:
-        for op in _OPS:
-            worker.handlers.pop(f"daskgd_shard_{op}", None)
+        for op in self.ops:
+            worker.handlers.pop(f"daskgd_{self.prefix}_{op}", None)
         self.jobs.clear()
 
-    def _get(self, job: Any, shard: Any) -> ShardState | dict:
+    def _get(self, job: Any, shard: Any) -> S | dict:
         if (job, shard) not in self.jobs:
-            return error(f"no shard {shard!r} of job {job!r} on this worker", kind="unknown_shard")
+            return error(f"no {self.noun} {shard!r} of job {job!r} on this worker",
+                         kind="unknown_shard")  # fmt: skip
         return self.jobs[(job, shard)]
+
+    async def drop(self, job):
+        """Free every shard of ``job`` on this worker (the job ended)."""
+        for key in [k for k in self.jobs if k[0] == job]:
+            s = self.jobs.pop(key)
+            s.closed = True
+            s.notify()
+            s.arrived.set()
+        return {"status": "OK"}
+
+
+class ShardServer(HandlerPlugin[ShardState]):
+    """The worker half of sharded parameter servers (see the module docstring).
+
+    Registered on every worker by the driver of a fit with ``n_servers >= 1``
+    (``Client.register_plugin``, idempotent by name); workers that join later get it too.
+    """
+
+    name = SHARD_PLUGIN_NAME
+    prefix = "shard"
+    ops = _OPS
+    noun = "shard"
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: backups of shards held by other workers: (job, shard) -> version -> what
+        #: ``keep`` got
+        self.replicas: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
 
     async def _run(self, s: ShardState, fn: Any, *args: Any) -> Any:
         """Run a change of ``s`` as its only owner, in a thread for a large shard."""
@@ -341,11 +373,6 @@ class ShardServer(WorkerPlugin):
 
     async def drop(self, job):
         """Free every shard and backup of ``job`` on this worker (the job ended)."""
-        for key in [k for k in self.jobs if k[0] == job]:
-            s = self.jobs.pop(key)
-            s.closed = True
-            s.notify()
-            s.arrived.set()
         for key in [k for k in self.replicas if k[0] == job]:
             del self.replicas[key]
-        return {"status": "OK"}
+        return await super().drop(job)

@@ -19,7 +19,7 @@ from distributed.protocol import ToPickle
 from daskgd.errors import ParameterServerError, SupersededError, UnknownJobError
 from daskgd.parameter_server.replies import RETRIES, RETRY_DELAY, raise_for_reply
 
-__all__ = ["ShardCalls"]
+__all__ = ["ShardCalls", "ShardRPC"]
 
 
 class ShardUnreachableError(ParameterServerError):
@@ -31,14 +31,57 @@ class ShardUnreachableError(ParameterServerError):
 LOSS_PROBE = 5.0
 
 
-class ShardCalls:
-    """The shard half of a parameter-server client (see the module docstring)."""
+class ShardRPC:
+    """A training task's call to one shard server's handler: the part the dense
+    (:class:`ShardCalls`) and the key-hashed
+    (:class:`~daskgd.parameter_server.kshard_client.KeyedShardCalls`) shard calls share."""
 
     job: str
     timeout: float
     wait_bound: float
-    incarnation: str
     address: str | None
+    #: the worker's connection pool (``worker.rpc``), through which a task calls shards
+    pool: Any = None
+
+    async def _call_shard(
+        self, kind: str, op: str, address: str, local: Any, msg: dict[str, Any],
+        lost: type[ParameterServerError], what: str, copy: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Call handler ``daskgd_<kind>_<op>`` at ``address`` with ``msg``, or ``op`` of
+        ``local`` (the shard server of this task's worker, called in process: no copy
+        through the worker's own TCP server) when the shard is here; ``copy`` gives that
+        one copies of the arrays (it keeps the slices it is sent, which may be views of
+        the task's buffers). Returns the reply.
+
+        Raises
+        ------
+        ParameterServerError
+            ``lost`` (saying ``what`` did not answer) when the call failed or timed out;
+            :class:`~daskgd.errors.UnknownJobError` when the shard is not there; the
+            reply's own error otherwise (:func:`~daskgd.parameter_server.replies.
+            raise_for_reply`).
+        """
+        try:
+            async with asyncio.timeout(self.timeout + self.wait_bound):
+                if address == self.address and local is not None:
+                    msg = {n: (np.array(v.data) if copy else v.data)
+                           if isinstance(v, ToPickle) else v for n, v in msg.items()}  # fmt: skip
+                    reply = await getattr(local, op)(job=self.job, **msg)
+                    reply = {n: v.data if isinstance(v, ToPickle) else v for n, v in reply.items()}
+                else:
+                    handler = getattr(self.pool(address), f"daskgd_{kind}_{op}")
+                    reply = await handler(job=self.job, **msg)
+        except (OSError, TimeoutError) as exc:
+            raise lost(f"{what} did not answer {op}: {exc!r}", op=f"{kind}_{op}") from exc
+        if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
+            raise UnknownJobError(str(reply.get("message")), op=f"{kind}_{op}", kind="unknown_job")
+        return raise_for_reply(f"{kind}_{op}", reply)  # a "stale" reply is returned
+
+
+class ShardCalls(ShardRPC):
+    """The shard half of a parameter-server client (see the module docstring)."""
+
+    incarnation: str
 
     #: the client's scheduler call (:meth:`ParameterServerClient._call`)
     _call: Callable[..., Awaitable[dict[str, Any]]]
@@ -47,8 +90,6 @@ class ShardCalls:
     shards: list[tuple[str, int, int]] | None = None
     #: the job's mode, told to a sharded job's tasks with the layout
     mode: str | None = None
-    #: the worker's connection pool (``worker.rpc``), through which a task calls shards
-    pool: Any = None
 
     #: the shard server of the worker this task runs on (its own shard is called in
     #: process: no copy through the worker's own TCP server)
@@ -58,25 +99,10 @@ class ShardCalls:
         """Call ``op`` on shard ``k`` of the current layout."""
         assert self.shards is not None
         address = self.shards[k][0]
-        msg["shard"] = k
-        try:
-            async with asyncio.timeout(self.timeout + self.wait_bound):
-                if address == self.address and self.local is not None:
-                    msg = {k: np.array(v.data) if isinstance(v, ToPickle) else v
-                           for k, v in msg.items()}  # fmt: skip
-                    reply = await getattr(self.local, op)(job=self.job, **msg)
-                    reply = {k: v.data if isinstance(v, ToPickle) else v for k, v in reply.items()}
-                else:
-                    handler = getattr(self.pool(address), f"daskgd_shard_{op}")
-                    reply = await handler(job=self.job, **msg)
-        except (OSError, TimeoutError) as exc:
-            raise ShardUnreachableError(
-                f"the parameter shard on worker {address} did not answer {op}: {exc!r}",
-                op=f"shard_{op}",
-            ) from exc
-        if isinstance(reply, dict) and reply.get("kind") == "unknown_shard":
-            raise UnknownJobError(str(reply.get("message")), op=f"shard_{op}", kind="unknown_job")
-        return reply if reply.get("status") == "stale" else raise_for_reply(f"shard_{op}", reply)
+        return await self._call_shard(
+            "shard", op, address, self.local, {**msg, "shard": k}, ShardUnreachableError,
+            f"the parameter shard on worker {address}", copy=True,
+        )  # fmt: skip
 
     async def shard_colsq(self, rank: int, colsq: np.ndarray, curvature: float) -> dict:
         """Send each shard its rows' part of the rank's column squares (L-BFGS's

@@ -18,7 +18,7 @@ from daskgd.objective import LBFGSOptimizer, Optimizer
 from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
-__all__ = ["BACKUPS", "ShardState", "keep_version"]
+__all__ = ["BACKUPS", "RoundSlices", "ShardState", "keep_version"]
 
 #: Backups a shard (and a replica holder) keeps, the newest by version.
 BACKUPS = 2
@@ -31,7 +31,49 @@ def keep_version(backups: dict[int, dict[str, Any]], b: dict[str, Any]) -> None:
         del backups[v]
 
 
-class ShardState:
+class RoundSlices:
+    """The open rounds' slices of a shard's state and the events its handlers wait on:
+    the part the dense (:class:`ShardState`) and the key-hashed
+    (:class:`~daskgd.parameter_server.kshard_state.KeyedShardState`) shards share. The
+    subclass sets the attributes below and stores the slices (``store``)."""
+
+    #: round -> (rank, incarnation) -> the slice that rank sent
+    pending: dict[int, dict[tuple[int, str | None], Any]]
+    changed: asyncio.Event  # set (and replaced) when a version is published
+    arrived: asyncio.Event  # set (and replaced) when a slice is stored
+    closed: bool
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
+        """Wait until the slices of ``ranks`` for ``version`` arrived (a rank sends its
+        slices and its scalars at once, so the coordinator may close a round before a
+        slice landed); returns the ranks still missing after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            got = self.pending.get(version, {})
+            missing = [r for r, inc in ranks if (r, inc) not in got]
+            left = deadline - loop.time()
+            if not missing or left <= 0 or self.closed:
+                return missing
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except TimeoutError:
+                pass
+
+    def take_round(self, version: int) -> dict:
+        """The slices of round ``version``, taken out (on the event loop, where they are
+        stored); those of older rounds, which closed without them, are dropped."""
+        got = self.pending.pop(version, {})
+        for v in [v for v in self.pending if v < version]:
+            del self.pending[v]
+        return got
+
+
+class ShardState(RoundSlices):
     """One job's shard on one worker: its rows, optimizer state and the open round."""
 
     def __init__(
@@ -97,40 +139,11 @@ class ShardState:
         are woken by :meth:`notify`, on the event loop: this may run in a thread)."""
         self.previous, self.published = self.published, (version, P)
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
     def store(self, version: int, rank: int, incarnation: str | None, grad: np.ndarray) -> None:
         # by run: a superseded run's late slice never takes the place of the new run's
         self.pending.setdefault(version, {})[(rank, incarnation)] = grad
         self.arrived.set()
         self.arrived = asyncio.Event()
-
-    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
-        """Wait until the slices of ``ranks`` for ``version`` arrived (a rank sends its
-        slices and its scalars at once, so the coordinator may close a round before a
-        slice landed); returns the ranks still missing after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            got = self.pending.get(version, {})
-            missing = [r for r, inc in ranks if (r, inc) not in got]
-            left = deadline - loop.time()
-            if not missing or left <= 0 or self.closed:
-                return missing
-            try:
-                await asyncio.wait_for(self.arrived.wait(), left)
-            except TimeoutError:
-                pass
-
-    def take_round(self, version: int) -> dict:
-        """The slices of round ``version``, taken out (on the event loop, where they are
-        stored); those of older rounds, which closed without them, are dropped."""
-        got = self.pending.pop(version, {})
-        for v in [v for v in self.pending if v < version]:
-            del self.pending[v]
-        return got
 
     def round(
         self, version: int, ranks: list, got: dict, close: bool, mean_w: float, lr: float,

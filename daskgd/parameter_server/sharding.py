@@ -22,7 +22,7 @@ from distributed.protocol import ToPickle
 from daskgd.objective import LBFGSOptimizer
 from daskgd.objective.lbfgs_sharded import rows_first
 
-__all__ = ["ShardError", "ShardSet", "split_rows"]
+__all__ = ["ShardError", "ShardFanOut", "ShardSet", "split_rows"]
 
 #: Seconds a shard has to answer a coordinator's call.
 SHARD_TIMEOUT = 120.0
@@ -55,7 +55,73 @@ def split_rows(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
     return out
 
 
-class ShardSet:
+class ShardFanOut:
+    """The calls a coordinator makes to every shard of one job at once, through the
+    scheduler's connection pool: the part the dense (:class:`ShardSet`) and the
+    key-hashed (:class:`~daskgd.parameter_server.kshard_set.KeyedShardSet`) layouts share.
+    A subclass says how one shard is called (:meth:`_one`).
+
+    Parameters
+    ----------
+    job : str
+    addresses : sequence of str
+        The worker holding each shard.
+    rpc : callable
+        ``rpc(address)``: the scheduler's connection pool.
+    loop : asyncio event loop
+        The loop ``rpc`` runs on.
+    """
+
+    def __init__(self, job: str, addresses: Sequence[str], rpc: Any, loop: Any) -> None:
+        self.job = job
+        self.addresses = list(addresses)
+        self.rpc = rpc
+        self.loop = loop
+        #: why the shards can no longer be used (a holder left, or the job closed), else None
+        self.broken: str | None = None
+        self._inflight: set[asyncio.Task] = set()
+
+    def cancel_calls(self) -> None:
+        """Cancel the calls in flight (a call to a dead worker would otherwise wait for the
+        connect timeout, holding the job's lock)."""
+        for task in list(self._inflight):
+            task.cancel()
+
+    async def _one(self, k: int, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Call ``op`` on shard ``k`` with ``msg``; its reply, or :class:`ShardError`."""
+        raise NotImplementedError
+
+    async def call_async(
+        self, op: str, per_shard: Sequence[dict[str, Any]] | None = None, **msg: Any
+    ) -> list[dict[str, Any]]:
+        """Call ``op`` on every shard at once (``per_shard[k]`` added to shard k's message)."""
+        extra = per_shard or [{}] * len(self.addresses)
+        tasks = [
+            asyncio.ensure_future(self._one(k, op, {**msg, **extra[k]}))
+            for k in range(len(self.addresses))
+        ]
+        self._inflight.update(tasks)
+        try:
+            return list(await asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            if self.broken is None:
+                raise
+            raise ShardError(self.broken) from None
+        finally:
+            self._inflight.difference_update(tasks)
+            for task in tasks:
+                task.cancel()
+
+    def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
+        """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""
+        return self._wait(self.call_async(op, per_shard, **msg))
+
+    def _wait(self, coro: Any) -> Any:
+        """Run ``coro`` on the plugin's loop from a thread of its pool and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+class ShardSet(ShardFanOut):
     """The shards of one job (see the module docstring).
 
     Parameters
@@ -76,13 +142,8 @@ class ShardSet:
         self, job: str, addresses: Sequence[str], ranges: Sequence[tuple[int, int]], rpc: Any,
         loop: Any,
     ) -> None:  # fmt: skip
-        self.job = job
-        self.addresses = list(addresses)
+        super().__init__(job, addresses, rpc, loop)
         self.ranges = [(int(lo), int(hi)) for lo, hi in ranges]
-        self.rpc = rpc
-        self.loop = loop
-        #: why the shards can no longer be used (a holder left), else None
-        self.broken: str | None = None
         #: the worker holding each shard's backup (None: none yet, or it left)
         self.replicas: list[str | None] = [None] * len(self.addresses)
         #: the version every shard's backup holds (None: no backup)
@@ -91,7 +152,6 @@ class ShardSet:
         self.no_replica = False
         #: the cluster's worker addresses now (set by the plugin; read on the loop)
         self.cluster: Any = lambda: self.addresses
-        self._inflight: set[asyncio.Task] = set()
 
     def lose(self, address: str) -> str:
         """The worker at ``address`` left: its shard is gone. Calls in flight are cancelled
@@ -103,8 +163,7 @@ class ShardSet:
             "part of the model is lost. Rerun the fit, or resume it from its checkpoint "
             "(checkpoint=..., resume=True)"
         )
-        for task in list(self._inflight):
-            task.cancel()
+        self.cancel_calls()
         return self.broken
 
     @property
@@ -136,35 +195,6 @@ class ShardSet:
             raise ShardError(f"shard {k} of the parameters (worker {addr}) refused {op!r}: "
                              f"{message}")  # fmt: skip
         return reply
-
-    async def call_async(
-        self, op: str, per_shard: Sequence[dict[str, Any]] | None = None, **msg: Any
-    ) -> list[dict[str, Any]]:
-        """Call ``op`` on every shard at once (``per_shard[k]`` added to shard k's message)."""
-        extra = per_shard or [{}] * len(self.addresses)
-        tasks = [
-            asyncio.ensure_future(self._one(k, op, {**msg, **extra[k]}))
-            for k in range(len(self.addresses))
-        ]
-        self._inflight.update(tasks)
-        try:
-            return list(await asyncio.gather(*tasks))
-        except asyncio.CancelledError:
-            if self.broken is None:
-                raise
-            raise ShardError(self.broken) from None
-        finally:
-            self._inflight.difference_update(tasks)
-            for task in tasks:
-                task.cancel()
-
-    def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
-        """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""
-        return self._wait(self.call_async(op, per_shard, **msg))
-
-    def _wait(self, coro: Any) -> Any:
-        """Run ``coro`` on the plugin's loop from a thread of its pool and wait for it."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     # -- the operations ------------------------------------------------------------
     async def create(
