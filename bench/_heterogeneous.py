@@ -10,12 +10,17 @@ which keeps the other workers' speed as it was on a machine with few cores.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
+import cloudpickle
 from distributed import Nanny, Scheduler, SpecCluster, WorkerPlugin
 
 __all__ = ["KERNELS", "Throttle", "heterogeneous_cluster"]
+
+# the plugin travels to worker processes that cannot import this folder: by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 #: The kernels a training task calls for its gradients (looked up in ``daskgd.kernels`` on
 #: every task, so patching the module's attributes reaches them).

@@ -49,3 +49,16 @@ def fit_and_kill(
 def first_worker(client: Client) -> str:
     """The first worker by address: the driver puts shard 0 there."""
     return sorted(client.scheduler_info()["workers"])[0]
+
+
+def runs_rank(client: Client, rank: int) -> str | None:
+    """The worker that runs training task ``rank`` of the fit in progress."""
+
+    def where(dask_scheduler=None):
+        prefix = f"daskgd-train-{rank}-"
+        for ts in dask_scheduler.tasks.values():
+            if str(ts.key).startswith(prefix) and ts.processing_on is not None:
+                return ts.processing_on.address
+        return None
+
+    return client.run_on_scheduler(where)

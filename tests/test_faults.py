@@ -414,19 +414,6 @@ def test_cv_chunk_evaluators_survive_a_killed_worker(pair, reliability, how):
             np.testing.assert_allclose(after[c][k][1], before[c][k][1], rtol=1e-12)
 
 
-def _runs_rank(client, rank):
-    """The worker that runs training task ``rank`` of the fit in progress."""
-
-    def where(dask_scheduler=None):
-        prefix = f"daskgd-train-{rank}-"
-        for ts in dask_scheduler.tasks.values():
-            if str(ts.key).startswith(prefix) and ts.processing_on is not None:
-                return ts.processing_on.address
-        return None
-
-    return client.run_on_scheduler(where)
-
-
 @pytest.mark.parametrize("optimizer", ["lbfgs", "newton"])
 def test_line_search_optimizer_survives_a_killed_worker(pair, reliability, optimizer):
     """Full-batch L-BFGS and Newton on the scheduler-hosted server: a round never closes
@@ -438,7 +425,7 @@ def test_line_search_optimizer_survives_a_killed_worker(pair, reliability, optim
     optimum: once accepted, no later step could beat it, and the fit stalled until
     ``max_epochs`` (found with the preconditioned L-BFGS). Rank 1 pushes 0.3 s after rank
     0 in each round, so the kill finds rank 0's push waiting in the round."""
-    from _kills import fit_and_kill
+    from _kills import fit_and_kill, runs_rank
 
     rng = np.random.default_rng(3)
     n, d = 4000, 6
@@ -453,7 +440,7 @@ def test_line_search_optimizer_survives_a_killed_worker(pair, reliability, optim
         loss, alpha = "squared_error", 0.0
     settings = {"optimizer": optimizer, "loss": loss, "alpha": alpha, "tol": None,
                 "gtol": 1e-10, "max_epochs": 150, "delay": {1: 0.3}}  # fmt: skip
-    out = fit_and_kill(pair, (X, y), settings, after_epoch=3, victim=lambda c: _runs_rank(c, 1))
+    out = fit_and_kill(pair, (X, y), settings, after_epoch=3, victim=lambda c: runs_rank(c, 1))
     reliability.add(f"worker kills (kill -9), {optimizer} on the scheduler", 1)
     assert "error" not in out, out.get("error")
     res = out["res"]

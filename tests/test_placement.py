@@ -1,4 +1,5 @@
-"""Placement policies (``fit(..., placement=...)``): which row-chunks each worker trains on.
+"""Placement policies (``fit(..., placement=...)``): which row-chunks each worker trains on,
+and, with ``placement="latency"``, how chunks move between them during a fit.
 
 The plans are checked on their own (``Dataset.partition`` with shares,
 ``capacity_shares`` with the scheduler's view of the workers), then end to end on real
@@ -25,7 +26,7 @@ from daskgd.errors import InvalidSettingError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from _heterogeneous import Throttle, heterogeneous_cluster
-from _kills import fit_and_kill
+from _kills import fit_and_kill, runs_rank
 
 
 def _problem(n: int = 4000, d: int = 5, seed: int = 0):
@@ -216,4 +217,87 @@ def test_worker_killed_mid_fit_with_resources_placement(dataset, reliability):
     assert "error" not in out, out.get("error")
     res = out["res"]
     assert res.converged_, (res.reason, res.history[-3:])
+    np.testing.assert_allclose(np.append(res.coef_, res.intercept_), _exact(X, y), atol=1e-8)
+
+
+# -- latency: chunks move at epoch boundaries ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def throttled():
+    """Three worker processes; "slow" computes its gradients ten times slower (on data this
+    small a gradient pass costs less than reading the rows: a move pays only when the
+    worker is much slower)."""
+    workers = {"slow": {}, "a": {}, "b": {}}
+    with heterogeneous_cluster(workers) as cluster, Client(cluster, set_as_default=False) as c:
+        c.wait_for_workers(3)
+        c.register_plugin(Throttle(10.0, ["slow"]))
+        yield c
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    X, y = _problem(n=120_000, d=20, seed=1)
+    path = str(tmp_path_factory.mktemp("latency") / "d.zarr")
+    daskgd.write_zarr(path, X, y, chunk_rows=5_000)  # 24 row-chunks
+    return path, X, y
+
+
+def _moves(res) -> list[dict]:
+    return [m for h in res.history for m in h.get("moves", ())]
+
+
+def test_latency_moves_rows_off_the_slow_worker_and_trains_on_every_row(throttled, wide):
+    path, X, y = wide
+    ds = open_zarr(path)
+    res = daskgd.fit(path, client=throttled, placement="latency", optimizer="lbfgs",
+                     gtol=1e-10, tol=None, max_epochs=200)  # fmt: skip
+    moves = _moves(res)
+    assert moves, "no chunk moved off a worker ten times slower"
+    rows = _rows(res.plan_, ds, _names(throttled))  # where the rows were at the end
+    assert sum(rows.values()) == ds.n_samples
+    assert rows["slow"] < rows["a"] and rows["slow"] < rows["b"]
+    assert all(m["gain_s"] > 0 and m["cost_s"] >= 0 for m in moves)
+    assert res.converged_
+    np.testing.assert_allclose(np.append(res.coef_, res.intercept_), _exact(X, y), atol=1e-8)
+
+
+def test_latency_mini_batches_keep_whole_epochs(throttled, wide):
+    path, _, _ = wide
+    ds = open_zarr(path)
+    res = daskgd.fit(path, client=throttled, placement="latency", batch_size=2_000,
+                     max_epochs=4, tol=None, learning_rate=0.01,
+                     random_state=0)  # fmt: skip
+    assert res.n_iter_ == 4 and all(h["complete"] for h in res.history)
+    assert _moves(res), "no chunk moved off a worker ten times slower"
+    rows = _rows(res.plan_, ds, _names(throttled))
+    assert sum(rows.values()) == ds.n_samples and rows["slow"] < rows["a"]
+    assert np.isfinite(res.history[-1]["loss"]) and res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_latency_refuses_what_it_cannot_move(throttled, wide):
+    X, y = _problem()
+    with pytest.raises(InvalidSettingError, match="Zarr store"):
+        daskgd.fit((X, y), client=throttled, placement="latency")
+    with pytest.raises(InvalidSettingError, match="mode='async'"):
+        daskgd.fit(wide[0], client=throttled, placement="latency", mode="async", batch_size=100)
+
+
+def test_worker_killed_mid_fit_with_latency_placement(wide, reliability):
+    """The rerun task of a killed worker loads its rank's chunks as they are then."""
+    path, X, y = wide
+    ds = open_zarr(path)
+    workers = {"slow": {}, "a": {}, "b": {}}
+    with heterogeneous_cluster(workers) as cluster, Client(cluster, set_as_default=False) as c:
+        c.wait_for_workers(3)
+        c.register_plugin(Throttle(10.0, ["slow"]))
+        # rank 1 pushes late: the kill lands mid-round, after the first moves
+        settings = {"optimizer": "lbfgs", "placement": "latency", "gtol": 1e-10, "tol": None,
+                    "max_epochs": 200, "delay": {1: 0.2}}  # fmt: skip
+        out = fit_and_kill(c, path, settings, after_epoch=3, victim=lambda c: runs_rank(c, 1))
+        reliability.add("worker kills (kill -9), latency placement")
+    assert "error" not in out, out.get("error")
+    res = out["res"]
+    assert res.converged_, res.reason
+    assert sorted(i for chunks in res.plan_.values() for i in chunks) == list(range(ds.n_chunks))
     np.testing.assert_allclose(np.append(res.coef_, res.intercept_), _exact(X, y), atol=1e-8)

@@ -16,7 +16,9 @@ from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
 from daskgd.driver.keyed import drop_shards, gather_shards, is_keyed, keyed_fit_settings
 from daskgd.driver.monitor import abort, drain, watch
 from daskgd.driver.placement import (
+    check_latency,
     check_memory,
+    final_plan,
     initial_params,
     label_encoding,
     plan_placement,
@@ -110,6 +112,8 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     keyed = is_keyed(ds, s)  # sparse mini-batches: pushes and pulls by key
     if keyed:
         s = keyed_fit_settings(s)
+    if s.placement == "latency":
+        check_latency(ds, s, keyed)
     known = (await scheduler(client).identity())["workers"]
     mini_batch = s.batch_size is not None
     plan = await plan_placement(client, ds, workers, s.placement, known,
@@ -119,6 +123,9 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     ranks = list(plan)
     nb = s.batches_per_epoch(ds.n_samples, [sum(ds.chunks[i] for i in plan[w]) for w in ranks])
     config = s.job_config(n_samples=ds.n_samples, batches_per_epoch=nb)
+    if s.placement == "latency":  # the server moves chunks between the ranks
+        config["rebalance"] = {"assignment": [list(plan[w]) for w in ranks],
+                               "chunk_rows": [int(c) for c in ds.chunks]}  # fmt: skip
     P0 = initial_params(ds, s)
     # the parameter server's rules, raised here rather than on the scheduler
     try:
@@ -138,6 +145,8 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     precondition = bool((s.optimizer_options or {}).get("precondition", True))
     spec["column_squares"] = s.optimizer == "lbfgs" and precondition
     spec["loss_curvature"] = config["loss_curvature"]
+    if s.placement == "latency":
+        spec["chunk_rows"] = [int(c) for c in ds.chunks]
     job = f"daskgd-{uuid.uuid4().hex}"
     ps = ParameterServerClient.from_client(client, job, timeout=RPC_TIMEOUT)
     try:
@@ -209,5 +218,5 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         n_features=ds.n_features,
         lbfgs=s.optimizer in ("lbfgs", "newton"),  # no learning rate
         timings=timings,
-        plan=plan,
+        plan=final_plan(plan, tasks) if s.placement == "latency" else plan,
     )

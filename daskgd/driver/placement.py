@@ -38,8 +38,10 @@ __all__ = [
     "CAPACITY_RESOURCE",
     "PLACEMENTS",
     "capacity_shares",
+    "check_latency",
     "check_memory",
     "chunk_rows_for",
+    "final_plan",
     "initial_params",
     "label_encoding",
     "plan_placement",
@@ -70,7 +72,7 @@ async def plan_placement(
     where the chunks of ``ds.X`` live asks the scheduler (``who_has``) through the
     client's blocking API.
     """
-    if placement == "resources":
+    if placement in ("resources", "latency"):  # latency starts from the capacities
         shares = capacity_shares(ds, workers, info or {}, streamed=streamed,
                                  copies=_copies(streamed, mini_batch))  # fmt: skip
         plan = ds.partition(workers, shares=shares)
@@ -79,6 +81,42 @@ async def plan_placement(
     else:
         plan = await asyncio.to_thread(ds.partition, workers, client)
     return {w: c for w, c in plan.items() if c}
+
+
+def check_latency(ds: Dataset, s: FitSettings, keyed: bool) -> None:
+    """Refuse ``placement="latency"`` where chunks cannot move: it reads moved chunks from
+    a Zarr store, and balances sync rounds.
+
+    Raises
+    ------
+    InvalidSettingError
+        Naming what to change.
+    """
+    why = None
+    if ds.path is None:
+        why = ("reads the row-chunks it moves from a Zarr store: write the data with "
+               "daskgd.write_zarr and pass its path")  # fmt: skip
+    elif s.mode != "sync":
+        why = f"evens out sync rounds; mode={s.mode!r} is not offered"
+    elif keyed:
+        why = "is not offered for key-value fits (sparse mini-batches)"
+    if why:
+        raise InvalidSettingError(
+            f"placement='latency' {why}. Use placement='resources' (rows by declared "
+            "capacity) or 'balanced'"
+        )
+
+
+def final_plan(plan: dict[str, list[int]], tasks: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Where the rows were at the end of a ``placement="latency"`` fit: each task's last
+    chunks on the worker it ran on (the start's ``plan`` for a task that did not say)."""
+    out: dict[str, list[int]] = {}
+    for t in sorted(tasks, key=lambda t: t["rank"]):
+        chunks = t.get("chunks")
+        if chunks is None:
+            return plan
+        out.setdefault(t["worker"], []).extend(chunks)
+    return {w: sorted(c) for w, c in out.items()}
 
 
 def capacity_shares(

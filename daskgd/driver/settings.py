@@ -60,7 +60,7 @@ OVR_LOSSES = ("hinge", "squared_hinge", "log_loss")
 KEYED_ONLY = ("ftrl",)
 
 #: ``placement``: which rows each worker trains on (see :mod:`daskgd.driver.placement`).
-PLACEMENTS = ("auto", "balanced", "locality", "resources")
+PLACEMENTS = ("auto", "balanced", "locality", "resources", "latency")
 
 _BOOL = (Boolean(),)
 _TOL = (NONE, Real(0.0))

@@ -268,11 +268,13 @@ class ParameterServerClient(ShardCalls, KeyedShardCalls):
         worker: str | None = None,
         class_loss: np.ndarray | None = None,
         hess: np.ndarray | None = None,
+        timing: list[float] | None = None,
     ) -> dict[str, Any]:
         """Push a gradient (``daskgd_push``); the reply has ``params`` and ``version``.
 
         ``hess`` (optimizer ``newton`` only): the summed Hessian of the loss over the
-        rows, float64 ``(d + 1, d + 1)``.
+        rows, float64 ``(d + 1, d + 1)``. ``timing``: ``[kernel seconds, seconds reading
+        rows, rows read]`` of the batch (``placement="latency"``).
 
         Raises
         ------
@@ -284,6 +286,8 @@ class ParameterServerClient(ShardCalls, KeyedShardCalls):
             msg["class_loss"] = ToPickle(class_loss)
         if hess is not None:
             msg["hess"] = ToPickle(hess)
+        if timing is not None:
+            msg["timing"] = [float(v) for v in timing]
         if self.shards is not None and self.mode != "sync":
             return await self._push_async_sharded(rank, version, grad, n=n, weight=weight,
                                                   loss=loss, worker=worker, **msg)  # fmt: skip

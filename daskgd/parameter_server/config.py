@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective import LBFGSOptimizer, Optimizer, make_optimizer
+from daskgd.parameter_server.rebalance import check_rebalance
 
 __all__ = [
     "INLINE_MAX_PARAMS",
@@ -116,6 +117,10 @@ class JobConfig:
         loop (tens of microseconds, cheaper than a thread hand-off); larger ones in the
         parameter server's worker threads, one step of a job at a time, so that O(d) work
         never holds up the scheduler.
+    rebalance : dict or None
+        Sync mode, ``placement="latency"``: ``{"assignment": each rank's row-chunks,
+        "chunk_rows": each chunk's rows}``; the job then moves chunks between the ranks at
+        epoch boundaries (:mod:`daskgd.parameter_server.rebalance`). None: never.
     """
 
     mode: str = "sync"
@@ -141,10 +146,17 @@ class JobConfig:
     checkpoint_every: int | None = None
     member_timeout: float = 600.0
     inline_max_params: int = INLINE_MAX_PARAMS
+    rebalance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.rebalance is not None:
+            bad = check_rebalance(self.rebalance)
+            if bad is None and self.mode != "sync":
+                bad = "rebalance (placement='latency') needs mode='sync'"
+            if bad:
+                raise ValueError(bad)
         for name in ("n_samples", "batches_per_epoch", "max_epochs", "n_iter_no_change"):
             v = getattr(self, name)
             if not (is_index(v) and v >= 1):

@@ -23,6 +23,7 @@ from distributed.protocol import ToPickle
 from daskgd.objective import LBFGSOptimizer, Optimizer
 from daskgd.objective.lbfgs_sharded import LBFGSCoordinator
 from daskgd.parameter_server.config import JobConfig
+from daskgd.parameter_server.rebalance import Rebalancer
 from daskgd.parameter_server.rounds import Steps
 from daskgd.parameter_server.sharding import ShardSet
 from daskgd.parameter_server.stats import EpochStats, Rank
@@ -71,6 +72,12 @@ class Job(Steps):
         #: held while a step of this job runs off the loop (large models only)
         self.lock = asyncio.Lock()
         self.ranks = [Rank(a) for a in ranks]
+        #: placement="latency": the ranks' row-chunks, moved at epoch boundaries
+        self.rebalancer: Rebalancer | None = None
+        if config.rebalance is not None:
+            self.rebalancer = Rebalancer(config.rebalance["assignment"],
+                                         config.rebalance["chunk_rows"],
+                                         config.batches_per_epoch)  # fmt: skip
         self.client = client
         self.start = time.time()
         self.epochs = 0

@@ -94,10 +94,12 @@ class MemberHandlers(JobRunner):
 
     async def push(
         self, job, rank, version, grad, n, weight, loss, worker=None, class_loss=None,
-        incarnation=None, hess=None, shard_error=None,
+        incarnation=None, hess=None, shard_error=None, timing=None,
     ):  # fmt: skip
         """Take a gradient; see :mod:`daskgd.parameter_server`. ``shard_error``: a task
-        of a sharded async job reports that a shard's rows became non-finite."""
+        of a sharded async job reports that a shard's rows became non-finite. ``timing``:
+        ``[kernel seconds, seconds reading rows, rows read]`` of the batch, for a
+        ``placement="latency"`` job (others ignore it)."""
         j = self.get_job(job)
         if isinstance(j, dict):
             return j
@@ -123,6 +125,8 @@ class MemberHandlers(JobRunner):
             class_loss = np.array(class_loss, dtype=np.float64)
         r = j.ranks[rank]
         j.touch(rank)
+        if j.rebalancer is not None and timing is not None and version == j.version:
+            j.rebalancer.observe(rank, int(n), timing)  # a stale push's time is not counted
         if worker is not None:
             r.address = worker
         r.active = True

@@ -32,6 +32,7 @@ from daskgd.parameter_server.job import Job
 from daskgd.parameter_server.keyed_handlers import KeyedHandlers
 from daskgd.parameter_server.kshard_job import ShardedKeyedJob
 from daskgd.parameter_server.members import MemberHandlers
+from daskgd.parameter_server.rebalance import check_rebalance
 from daskgd.parameter_server.runner import STEP_THREADS
 from daskgd.parameter_server.sharding import ShardError, ShardSet, split_rows
 from daskgd.parameter_server.stats import EpochStats
@@ -234,6 +235,10 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
             try:
                 cfg, opt = make_settings(params, config, optimizer)
                 check_quorum(cfg, opt, len(ranks))
+                if cfg.rebalance is not None:
+                    bad = check_rebalance(cfg.rebalance, len(ranks))
+                    if bad:
+                        return bad
             except (TypeError, ValueError, ArithmeticError) as exc:
                 return f"bad job settings: {exc}"
             return cfg, opt, params.astype(np.float64)

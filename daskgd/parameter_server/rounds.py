@@ -22,6 +22,7 @@ import numpy as np
 from daskgd.objective.curvature import loss_resolution
 from daskgd.objective.lbfgs_sharded import LBFGSCoordinator, whole_state
 from daskgd.parameter_server.config import WHOLE_DATA_OPTIMIZERS
+from daskgd.parameter_server.rebalance import Rebalancer
 from daskgd.parameter_server.sharding import ShardError, ShardSet
 from daskgd.parameter_server.stats import EpochRules
 
@@ -131,7 +132,12 @@ class Steps(EpochRules):
         if not (live <= set(self.pending) or (quorum is not None and len(self.pending) >= quorum)):
             return False
         pending, self.pending = self.pending, {}
+        epochs = self.epochs
         self.finish_round(pending)
+        if self.rebalancer is not None and self.epochs > epochs and not self.stopped:
+            moves = self.rebalancer.end_epoch(self.epochs, self.config.max_epochs - self.epochs)
+            if moves and self.history:
+                self.history[-1]["moves"] = moves
         return True
 
     def finish_round(self, pending: dict[int, tuple]) -> None:
@@ -232,6 +238,7 @@ class Steps(EpochRules):
         self.maybe_snapshot()
 
     lbfgs: LBFGSCoordinator | None
+    rebalancer: Rebalancer | None
     lbfgs_backups: dict[int, LBFGSCoordinator]
 
     def _lbfgs_direction(

@@ -110,6 +110,8 @@ class JobRunner:
             out["hessian"] = job.wants_hessian
         if job.shards is not None:  # the layout may change (a rebuilt shard)
             out["shards"] = job.shards.layout()
+        if job.rebalancer is not None:  # placement="latency": each rank's row-chunks
+            out["assign"] = job.rebalancer.message()
         if job.stopped:
             out.update(reason=job.reason, error=job.error, error_kind=job.error_kind)
         return out

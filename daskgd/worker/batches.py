@@ -254,9 +254,15 @@ def power_top(X: Any, sw: np.ndarray | None, intercept: bool, seed: int) -> floa
 class InMemoryBatches:
     """The rank's rows, loaded once; batches cut from a per-epoch permutation of them."""
 
-    def __init__(self, source: tuple, nb: int, seed: int, rank: int, check) -> None:
-        self.X, self.y, self.sw, self.off = load_rows(source)
-        self.y = check(self.y, self.sw, "")
+    def __init__(
+        self, source: tuple, nb: int, seed: int, rank: int, check, rows: Piece | None = None
+    ) -> None:
+        # ``rows``: the rank's rows already read and checked (a latency placement's move)
+        if rows is None:
+            self.X, self.y, self.sw, self.off = load_rows(source)
+            self.y = check(self.y, self.sw, "")
+        else:
+            self.X, self.y, self.sw, self.off = rows
         check_offset(self.off, f"rank {rank}")
         self.n, self.nb, self.key = self.X.shape[0], nb, (seed, rank)
         self.bounds = np.linspace(0, self.n, nb + 1).round().astype(np.intp)

@@ -50,6 +50,7 @@ from daskgd.worker.batches import (
     column_squares,
     head,
 )
+from daskgd.worker.moves import assigned_chunks, take_chunks
 
 __all__ = ["probe", "train_partition"]
 
@@ -209,7 +210,13 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
     ovr = multinomial and bool(spec.get("one_vs_rest"))
     nb = int(spec["batches_per_epoch"])
     kind = StreamingBatches if spec.get("out_of_core") else InMemoryBatches
+    chunk_rows: list[int] = spec.get("chunk_rows") or []  # placement="latency": chunks move
+    assigned = assigned_chunks(reply, rank)
+    if assigned is not None:  # a rerun task takes the rank's chunks as they are now
+        source = (*source[:2], assigned[1], source[3], [chunk_rows[c] for c in assigned[1]])
+    loading = clock()
     batches = kind(source, nb, int(spec["seed"]), rank, check)
+    read = [clock() - loading, batches.n]  # seconds and rows read since the last push
     if batches.n < nb:
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
     if spec.get("keyed"):  # sparse rows, keys pushed and pulled: its own loop
@@ -326,6 +333,9 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
         if pause:
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
+        timing = None
+        if assigned is not None:
+            timing, read = [t1 - t0 - pause, *read], [0.0, 0]
         reply = call(
             "push",
             rank=rank,
@@ -337,6 +347,7 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             worker=address,
             class_loss=class_loss if ovr else None,
             hess=hess,
+            timing=timing,
         )
         pushes += 1
         pushed += 0 if grad is None else grad.nbytes
@@ -349,5 +360,19 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             position = version
         elif reply["status"] == "OK":
             position += 1
-    return {"rank": rank, "worker": address, "pushes": pushes, "push_bytes": pushed,
-            "seconds": seconds}  # fmt: skip
+        now = assigned_chunks(reply, rank)
+        if assigned is not None and now is not None and now[0] != assigned[0]:
+            assigned = now
+            if sorted(now[1]) != sorted(source[2]):  # between epochs: this rank's rows move
+                batches, source, seconds_read, rows_read = take_chunks(
+                    batches, source, now[1], chunk_rows, rank, check)  # fmt: skip
+                read = [seconds_read, rows_read]
+                seconds["load"] += seconds_read
+    return {
+        "rank": rank,
+        "worker": address,
+        "pushes": pushes,
+        "push_bytes": pushed,
+        "seconds": seconds,
+        "chunks": list(source[2]) if source[0] == "zarr" else None,
+    }

@@ -1,0 +1,106 @@
+"""The latency placement's decisions (:mod:`daskgd.parameter_server.rebalance`), on their own:
+which chunks move, when a move does not pay, and the setting's checks. The fits that use
+it are in ``test_placement.py``."""
+
+from __future__ import annotations
+
+import pytest
+
+from daskgd.parameter_server.config import JobConfig
+from daskgd.parameter_server.rebalance import HORIZON, MIN_GAIN, Rebalancer, check_rebalance
+
+
+def _epoch(rb: Rebalancer, seconds_per_row: list[float], read: float = 0.0) -> None:
+    """Each rank pushes its rows once at its speed; ``read`` seconds per row read."""
+    for r, spr in enumerate(seconds_per_row):
+        rows = rb.rows(r)
+        rb.observe(r, rows, [rows * spr, rows * read, rows])
+
+
+def test_chunks_move_from_the_slow_rank_until_the_rounds_even_out():
+    rb = Rebalancer([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], [100] * 12, 1)
+    _epoch(rb, [2e-3, 1e-3, 1e-3])  # rank 0 half as fast: 0.8 s against 0.4 s
+    moves = rb.end_epoch(1, 50)
+    assert [m["from"] for m in moves] == [0] * len(moves)
+    assert {m["to"] for m in moves} == {1, 2}
+    # capacity 1 : 2 : 2 of 1200 rows: 240 : 480 : 480, in chunks of 100
+    assert sorted(rb.rows(r) for r in range(3)) == [200, 500, 500]
+    assert rb.version == 1 and rb.moves == moves
+    assert sorted(c for a in rb.assignment for c in a) == list(range(12))
+    # measured again with the new rows: even enough, nothing moves
+    _epoch(rb, [2e-3, 1e-3, 1e-3])
+    assert rb.end_epoch(1, 50) == [] and rb.version == 1
+    assert rb.message() == [1, rb.assignment]
+
+
+def test_equal_speeds_and_small_gains_move_nothing():
+    rb = Rebalancer([[0, 1], [2, 3]], [100] * 4, 1)
+    _epoch(rb, [1e-3, 1e-3])
+    assert rb.end_epoch(1, 10) == []
+    # a rank 4% slower: one chunk would gain less than MIN_GAIN of the epoch
+    _epoch(rb, [1.04e-3, 1e-3])
+    assert MIN_GAIN > 0.04 / 2 and rb.end_epoch(1, 10) == []
+
+
+def test_a_move_that_costs_more_than_it_gains_is_not_made():
+    rb = Rebalancer([[0, 1, 2, 3], [4, 5, 6, 7]], [100] * 8, 1)
+    # one chunk off rank 0 gains 0.2 s an epoch; reading it costs 100 rows x 2e-3 s
+    _epoch(rb, [2e-3, 1e-3], read=2e-3)
+    assert rb.end_epoch(1, 1) == []  # 0.2 s x 1 epoch left does not beat 0.2 s
+    _epoch(rb, [2e-3, 1e-3], read=2e-3)
+    moves = rb.end_epoch(1, 100)  # the gain counts over HORIZON epochs
+    assert moves and all(m["gain_s"] * HORIZON > m["cost_s"] for m in moves)
+
+
+def test_a_long_fit_counts_the_gain_over_as_many_epochs_as_it_ran():
+    def one(done: int) -> list:
+        rb = Rebalancer([[0, 1, 2, 3], [4, 5, 6, 7]], [100] * 8, 1)
+        _epoch(rb, [2e-3, 1e-3], read=1.2e-2)  # a chunk: 0.2 s gained an epoch, 1.2 s to read
+        return rb.end_epoch(done, 1000)
+
+    assert one(1) == [] and one(HORIZON) == []
+    assert one(7)
+
+
+def test_a_rank_keeps_a_chunk_and_a_batch_a_row():
+    rb = Rebalancer([[0], [1, 2]], [100, 100, 100], 1)
+    _epoch(rb, [1.0, 1e-3])  # rank 0 very slow, but it has one chunk only
+    assert rb.end_epoch(1, 10) == []
+    rb = Rebalancer([[0, 1], [2, 3]], [100] * 4, 150)  # 150 batches an epoch
+    _epoch(rb, [1.0, 1e-3])
+    assert rb.end_epoch(1, 10) == []  # 100 rows would be fewer than 150 batches
+
+
+def test_an_epoch_without_every_rank_measured_moves_nothing():
+    rb = Rebalancer([[0, 1], [2, 3]], [100] * 4, 1)
+    rb.observe(0, 200, [1.0, 0.0, 0])
+    assert rb.end_epoch(1, 10) == []
+    for bad in (None, [1.0], ["a", 0, 0], [float("nan"), 0, 0], [-1.0, 0, 0]):
+        rb.observe(0, 200, bad)  # ignored
+    assert rb.kernel == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ([], "a dict"),
+        ({"assignment": [[0]]}, "a dict"),
+        ({"assignment": [[0]], "chunk_rows": []}, "chunk_rows"),
+        ({"assignment": [[0]], "chunk_rows": [0]}, "chunk_rows"),
+        ({"assignment": [[0], [0]], "chunk_rows": [5]}, "every chunk to one rank"),
+        ({"assignment": [[0], []], "chunk_rows": [5]}, "every chunk to one rank"),
+        ({"assignment": [["a"]], "chunk_rows": [5]}, "lists of chunks"),
+    ],
+)
+def test_check_rebalance(spec, match):
+    assert match in check_rebalance(spec)
+    with pytest.raises(ValueError, match="rebalance"):
+        JobConfig(rebalance=spec)
+
+
+def test_rebalance_needs_sync_mode_and_one_list_per_rank():
+    ok = {"assignment": [[0, 1], [2]], "chunk_rows": [5, 5, 5]}
+    assert check_rebalance(ok) is None and check_rebalance(ok, 2) is None
+    assert "2 ranks, the job 3" in check_rebalance(ok, 3)
+    with pytest.raises(ValueError, match="mode='sync'"):
+        JobConfig(mode="async", rebalance=ok)
