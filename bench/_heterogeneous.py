@@ -28,36 +28,35 @@ KERNELS = ("grad_loss", "grad_hess")
 
 
 class Throttle(WorkerPlugin):
-    """Make the named workers ``factor`` times slower at the gradient kernels.
+    """Make the named workers slower at the gradient kernels.
 
     Parameters
     ----------
-    factor : float
-        At least 1: each kernel call is followed by a sleep of ``(factor - 1)`` times its
-        duration.
-    names : iterable of str
-        The workers' names (a :class:`SpecCluster`'s spec keys) to slow down; the others
-        are left as they are.
+    factors : mapping of str to float
+        Worker name (a :class:`SpecCluster`'s spec key) to how many times slower it
+        computes (at least 1): each kernel call is followed by a sleep of ``factor - 1``
+        times its duration. Workers not named are left as they are.
     """
 
     name = "daskgd-bench-throttle"
 
-    def __init__(self, factor: float, names: Any) -> None:
-        if not factor >= 1:
-            raise ValueError(f"factor must be at least 1, got {factor!r}")
-        self.factor = float(factor)
-        self.names = {str(n) for n in names}
+    def __init__(self, factors: dict[str, float]) -> None:
+        bad = {n: f for n, f in factors.items() if not f >= 1}
+        if bad:
+            raise ValueError(f"factors must be at least 1, got {bad}")
+        self.factors = {str(n): float(f) for n, f in factors.items()}
         self._saved: dict[str, Any] = {}
 
     def setup(self, worker: Any) -> None:
-        if str(worker.name) not in self.names:
+        factor = self.factors.get(str(worker.name))
+        if factor is None:
             return
         import daskgd.kernels as kernels
 
         for attr in KERNELS:
             original = getattr(kernels, attr)
             self._saved[attr] = original
-            setattr(kernels, attr, _slowed(original, self.factor - 1.0))
+            setattr(kernels, attr, _slowed(original, factor - 1.0))
 
     def teardown(self, worker: Any) -> None:
         import daskgd.kernels as kernels

@@ -18,6 +18,7 @@ BLOCKS = {
     "peers": ["## Summary"],
     "glm": ["## Summary", "## Cross-validated path"],
     "sparse": ["## Summary"],
+    "placement": ["## Summary"],
 }
 
 

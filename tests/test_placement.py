@@ -192,7 +192,7 @@ def test_throttled_worker_is_slower_at_the_kernels(dataset):
     workers = {"slow": {}, "fast": {}}
     with heterogeneous_cluster(workers) as cluster, Client(cluster, set_as_default=False) as c:
         c.wait_for_workers(2)
-        c.register_plugin(Throttle(3.0, ["slow"]))
+        c.register_plugin(Throttle({"slow": 3.0}))
         res = daskgd.fit(dataset[0], optimizer="lbfgs", client=c, max_epochs=5, tol=None,
                          placement="balanced")  # fmt: skip
         names = _names(c)
@@ -231,7 +231,7 @@ def throttled():
     workers = {"slow": {}, "a": {}, "b": {}}
     with heterogeneous_cluster(workers) as cluster, Client(cluster, set_as_default=False) as c:
         c.wait_for_workers(3)
-        c.register_plugin(Throttle(10.0, ["slow"]))
+        c.register_plugin(Throttle({"slow": 10.0}))
         yield c
 
 
@@ -290,7 +290,7 @@ def test_worker_killed_mid_fit_with_latency_placement(wide, reliability):
     workers = {"slow": {}, "a": {}, "b": {}}
     with heterogeneous_cluster(workers) as cluster, Client(cluster, set_as_default=False) as c:
         c.wait_for_workers(3)
-        c.register_plugin(Throttle(10.0, ["slow"]))
+        c.register_plugin(Throttle({"slow": 10.0}))
         # rank 1 pushes late: the kill lands mid-round, after the first moves
         settings = {"optimizer": "lbfgs", "placement": "latency", "gtol": 1e-10, "tol": None,
                     "max_epochs": 200, "delay": {1: 0.2}}  # fmt: skip
