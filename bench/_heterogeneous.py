@@ -3,7 +3,8 @@ threads, declared resources and memory limits, and workers made slower at the ke
 
 Not part of daskgd: a real cluster is heterogeneous by itself. Here all workers share one
 machine, so a slow worker is played by :class:`Throttle`, a worker plugin that sleeps after
-each gradient kernel call for ``factor - 1`` times the call's own time. A throttled worker
+each gradient kernel call (and each batch's preparation) for ``factor - 1`` times the
+call's own time. A throttled worker
 computes at ``1 / factor`` of its speed without using more CPU (a sleep, not a busy loop),
 which keeps the other workers' speed as it was on a machine with few cores.
 """
@@ -25,6 +26,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 #: The kernels a training task calls for its gradients (looked up in ``daskgd.kernels`` on
 #: every task, so patching the module's attributes reaches them).
 KERNELS = ("grad_loss", "grad_hess")
+#: A rank's batch preparation (each epoch's permutation of its rows, in mini-batch mode):
+#: a slow machine is slow at that too
+BATCHES = ("InMemoryBatches", "pieces")
 
 
 class Throttle(WorkerPlugin):
@@ -52,15 +56,23 @@ class Throttle(WorkerPlugin):
         if factor is None:
             return
         import daskgd.kernels as kernels
+        import daskgd.worker.batches as batches
 
         for attr in KERNELS:
             original = getattr(kernels, attr)
             self._saved[attr] = original
             setattr(kernels, attr, _slowed(original, factor - 1.0))
+        cls = getattr(batches, BATCHES[0])
+        self._saved["pieces"] = getattr(cls, BATCHES[1])
+        setattr(cls, BATCHES[1], _slowed(self._saved["pieces"], factor - 1.0))
 
     def teardown(self, worker: Any) -> None:
         import daskgd.kernels as kernels
+        import daskgd.worker.batches as batches
 
+        pieces = self._saved.pop("pieces", None)
+        if pieces is not None:
+            setattr(getattr(batches, BATCHES[0]), BATCHES[1], pieces)
         for attr, original in self._saved.items():
             setattr(kernels, attr, original)
         self._saved.clear()

@@ -16,7 +16,10 @@ least with them, one chunk at a time while a move shortens the epoch's slowest r
   are to come is not known (a tolerance may stop the fit): the gain is counted over as
   many epochs as have run, at least :data:`HORIZON` and at most what ``max_epochs``
   leaves, so that a long fit moves rows that a short one would not repay;
-- a rank keeps at least one chunk and at least ``batches_per_epoch`` rows.
+- a rank keeps at least one chunk and at least ``batches_per_epoch`` rows;
+- the epoch after a move decides nothing: the ranks that moved rows spent part of it on
+  one-off work (reading the new chunks, faulting in fresh memory), which would make them
+  look slower than they are and send chunks back.
 
 Moves happen only where an epoch ends (all ranks between two rounds, each with its whole
 partition's batches done), so every epoch still passes over every row exactly once, in
@@ -93,6 +96,7 @@ class Rebalancer:
         self.read = [0.0] * n  # seconds spent reading rows, since the start
         self.read_rows = [0] * n
         self.moves: list[dict[str, Any]] = []
+        self.settling = False  # the epoch after a move: measured, not decided on
 
     def message(self) -> list[Any]:
         """What every reply carries: ``[version, assignment]``."""
@@ -123,7 +127,7 @@ class Rebalancer:
         n = len(self.assignment)
         measured = all(self.kernel[r] > 0 and self.done[r] > 0 for r in range(n))
         moves: list[dict[str, Any]] = []
-        if measured and n > 1 and epochs_left > 0:
+        if measured and n > 1 and epochs_left > 0 and not self.settling:
             speed = [self.done[r] / self.kernel[r] for r in range(n)]
             t = [self.rows(r) / speed[r] for r in range(n)]  # the next epoch, as things are
             known = [self.read[r] / self.read_rows[r] for r in range(n) if self.read_rows[r]]
@@ -138,6 +142,7 @@ class Rebalancer:
                 moves.append(move)
         self.kernel = [0.0] * n
         self.done = [0] * n
+        self.settling = bool(moves)
         if moves:
             self.version += 1
             self.moves += moves
