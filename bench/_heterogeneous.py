@@ -94,7 +94,8 @@ def heterogeneous_cluster(workers: dict[str, dict[str, Any]], **kwargs: Any) -> 
     """A cluster of worker processes (with nannies), each with its own options.
 
     ``workers`` maps a worker's name to its ``Nanny`` options (``nthreads``, default 1;
-    ``resources``; ``memory_limit``, default the machine's memory over the workers).
+    ``resources``; ``memory_limit``, default Nanny's ``"auto"``: the machine's memory times
+    the worker's share of its cores).
     ``kwargs`` go to :class:`SpecCluster` (e.g. ``asynchronous=True``).
     """
     spec = {

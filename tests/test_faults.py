@@ -449,3 +449,19 @@ def test_line_search_optimizer_survives_a_killed_worker(pair, reliability, optim
     ref = fit((X, y), client=pair, **{k: v for k, v in settings.items() if k != "delay"})
     got, want = np.append(res.coef_, res.intercept_), np.append(ref.coef_, ref.intercept_)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+
+
+def test_line_search_round_stops_clearly_when_a_member_goes_silent(pair):
+    """A full-batch L-BFGS round waits for every member; one silent for member_timeout
+    (a task hung on a live worker) stops the fit with an error naming its rank, instead of
+    the others' calls timing out without saying why."""
+    X, y, _ = _problem()
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"rank 1 .*has not pushed.*member_timeout") as err:
+        settings = FitSettings(optimizer="lbfgs", member_timeout=2.0, max_epochs=50,
+                               delay={1: 12.0})  # fmt: skip
+        fit_with_settings((X, y), settings, client=pair)
+    # the job stops after ~member_timeout; the fit then lets its tasks end (the silent one
+    # sleeps 12 s here), at most 30 s
+    assert time.monotonic() - started < 40, "the silent member was not noticed"
+    assert "lbfgs" in str(err.value)

@@ -338,7 +338,8 @@ class Dataset:
         worker is below its fair share of rows; the other chunks go, largest first, to the
         worker furthest below its share. Without ``client`` each worker gets a contiguous
         run of chunks (sequential reads): chunk ``i`` goes to the worker whose part of the
-        rows holds the chunk's middle row, so a share is met to within half a chunk.
+        rows holds the chunk's middle row, so a share is met to within a chunk (half a
+        chunk at each end of its run).
 
         Parameters
         ----------
@@ -380,10 +381,15 @@ class Dataset:
         total = sum(sizes)
         if not holders:
             # contiguous: chunk i goes to the worker whose part of the rows holds its middle
+            # (equal shares in exact arithmetic: no rounding moves a chunk on a boundary)
             ends = np.cumsum([weight[w] for w in workers]) * total
             start = 0
             for i, s in enumerate(sizes):
-                k = int(np.searchsorted(ends, start + s / 2, side="right"))
+                mid = start + s / 2
+                if shares is None:
+                    k = int(mid * len(workers) / total)
+                else:
+                    k = int(np.searchsorted(ends, mid, side="right"))
                 plan[workers[min(k, len(workers) - 1)]].append(i)
                 start += s
             return plan

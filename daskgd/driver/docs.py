@@ -166,6 +166,8 @@ FIT_PARAMETERS = """
         round, an ssp wait or the ``"auto"`` step waits for it; after that it leaves the
         round (it rejoins when it pushes again), so a task that hangs on a live worker
         cannot stall the others forever. Raise it for batches whose gradient takes longer.
+        Full-batch ``lbfgs`` and ``newton`` rounds need every partition: there a task
+        silent that long stops the fit with an error naming its rank.
     out_of_core : bool, default=False
         Zarr data only: each training task reads its row-chunks from the store every
         epoch, one chunk in memory at a time, instead of loading them once; for data

@@ -8,7 +8,7 @@ import numpy as np
 from distributed import Client
 
 from daskgd.data import Dataset, as_dataset, no_classes_reason
-from daskgd.driver.placement import chunk_rows_for
+from daskgd.driver.placement import chunk_rows_for, chunks_per_worker
 from daskgd.driver.settings import FitSettings
 from daskgd.errors import DataValidationError
 from daskgd.objective import get_loss
@@ -28,7 +28,8 @@ def open_data(
     """Open ``data`` (a Dataset, a Zarr path, arrays) and check its labels against ``s``.
 
     Blocking: the driver runs it in a thread. The scan (``validate``) of dask input runs
-    on the cluster of ``client``; numpy input is cut into one chunk per worker.
+    on the cluster of ``client``; numpy input is cut into one chunk per worker (several
+    for ``placement="resources"``, which hands out whole chunks).
     ``offset`` (per-row offsets of the margin) replaces the data's own, if any.
     """
     ds = as_dataset(
@@ -36,7 +37,7 @@ def open_data(
         offset=offset,
         validate=validate,
         client=client,
-        chunk_rows=chunk_rows_for(data, n_workers),
+        chunk_rows=chunk_rows_for(data, n_workers, chunks_per_worker(s.placement)),
     )
     if ds.offset is not None and s.n_columns is not None:
         raise DataValidationError(

@@ -139,7 +139,7 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
     writer, resume = await setup_checkpoint(ds, s, config)
     if resume is not None:
         P0 = resume["params"]
-    shards = await place_shards(client, s, P0.size, workers, keyed)
+    shards = await place_shards(client, s, P0.size, ranks, keyed)  # workers that train
     # full-batch L-BFGS scales its steps by the data's column squares (its
     # ``precondition`` option), which the tasks measure as they load
     precondition = bool((s.optimizer_options or {}).get("precondition", True))

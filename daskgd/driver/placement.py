@@ -130,10 +130,11 @@ def capacity_shares(
     """The rows each worker should train on for ``placement="resources"``.
 
     Capacity is the worker's amount of :data:`CAPACITY_RESOURCE` when any worker declares
-    it (a worker that does not gets no rows, as Dask gives it no task that needs the
-    resource), else its threads. Rows go in proportion to capacity, except that a worker
-    whose share would not fit :data:`MEMORY_SHARE` of its memory limit keeps what fits
-    and the others share the rest (water-filling). Data that fits nowhere keeps the
+    it (a worker that does not gets no rows in the plan; a training task rerun after its
+    worker died may still run there), else its threads. Rows go in proportion to capacity,
+    except that a worker whose share would not fit :data:`MEMORY_SHARE` of its memory limit
+    keeps what fits (less one chunk: the plan's whole chunks may overshoot a share by that
+    much) and the others share the rest (water-filling). Data that fits nowhere keeps the
     proportional shares: :func:`check_memory` then refuses the plan, naming the worker.
 
     Raises
@@ -159,8 +160,8 @@ def capacity_shares(
         per_row = partition_bytes(ds, 1, copies)
         for w in workers:
             limit = info.get(w, {}).get("memory_limit") or 0
-            if limit:
-                room[w] = MEMORY_SHARE * limit / per_row
+            if limit:  # the plan hands out whole chunks: keep one chunk's room spare
+                room[w] = max(0.0, MEMORY_SHARE * limit / per_row - max(ds.chunks))
     rows: dict[str, float] = {}
     free = [w for w in workers if cap[w] > 0]
     left = n
@@ -275,9 +276,19 @@ def check_memory(
         )
 
 
-def chunk_rows_for(data: Any, n_workers: int) -> int | None:
-    """For in-memory numpy or scipy.sparse input: one chunk per worker, so every worker
-    gets rows."""
+#: Row-chunks per worker that in-memory input is cut into for ``placement="resources"``:
+#: a plan hands out whole chunks, so unequal shares need several per worker.
+RESOURCE_CHUNKS = 8
+
+
+def chunks_per_worker(placement: str) -> int:
+    """How many row-chunks per worker in-memory input is cut into for ``placement``."""
+    return RESOURCE_CHUNKS if placement == "resources" else 1
+
+
+def chunk_rows_for(data: Any, n_workers: int, per_worker: int = 1) -> int | None:
+    """For in-memory numpy or scipy.sparse input: ``per_worker`` chunks per worker (one by
+    default), so every worker gets rows."""
     if not isinstance(data, tuple | list) or not data:
         return None
     X = data[0]
@@ -285,7 +296,7 @@ def chunk_rows_for(data: Any, n_workers: int) -> int | None:
         return None
     if isinstance(X, da.Array):
         return None
-    return max(1, -(-X.shape[0] // max(1, n_workers)))
+    return max(1, -(-X.shape[0] // max(1, n_workers * per_worker)))
 
 
 def label_encoding(ds: Dataset, s: FitSettings) -> list | None:

@@ -105,6 +105,9 @@ Members and leases: each training-task run has an *incarnation* id, sent with
 are refused (kind ``superseded``), so a zombie task cannot push. A member silent for
 ``member_timeout`` seconds (no call) leaves the live set until it calls again, so a sync
 round, an ssp wait or an ``auto_lr`` start never waits forever on a member that hangs.
+A full-batch L-BFGS or Newton round closes only with every member's rows (its line search
+compares the whole data's losses; a dead member's rerun task pushes at the same version):
+there a member silent that long stops the job, naming its rank.
 
 One owner per job: every change of a job runs through :meth:`ParameterServer.exclusive`,
 on the event loop for a small model (at most ``inline_max_params`` numbers, where the

@@ -111,7 +111,9 @@ class JobConfig:
         ssp wait or an ``auto_lr`` start waits for it (its lease); after that it leaves
         the live set until it calls again, so a member that hangs cannot stall the others
         forever. A member whose gradient takes longer than this to compute is left out of
-        the rounds: raise it for very large batches.
+        the rounds: raise it for very large batches. Full-batch L-BFGS and Newton rounds
+        need every member (:data:`WHOLE_DATA_OPTIMIZERS`): a member silent that long
+        while the others wait stops the job, naming its rank.
     inline_max_params : int
         Models with at most this many parameters are stepped on the scheduler's event
         loop (tens of microseconds, cheaper than a thread hand-off); larger ones in the

@@ -118,8 +118,24 @@ class Steps(EpochRules):
         self.try_close_round(workers)
         return "OK"
 
+    def missing_member(self) -> int | None:
+        """A full-batch L-BFGS or Newton job's rank that the open round still waits for
+        and that has been silent for ``member_timeout`` (its round cannot close without
+        it: see :meth:`try_close_round`); None when there is none."""
+        if self.config.mode != "sync" or self.optimizer.name not in WHOLE_DATA_OPTIMIZERS:
+            return None
+        if not self.pending or self.stopped:
+            return None
+        now = time.monotonic()
+        for i, r in enumerate(self.ranks):
+            if i not in self.pending and now - r.last_seen > self.config.member_timeout:
+                return i
+        return None
+
     def try_close_round(self, workers: Container[str]) -> bool:
-        """Sync mode: close the open round if every live member (or the quorum) pushed."""
+        """Sync mode: close the open round if every live member (or the quorum) pushed; a
+        full-batch L-BFGS or Newton round waits for every member, live or not (a dead
+        member's rerun task pushes at the same version)."""
         if self.config.mode != "sync" or not self.pending or self.stopped or self.recovering:
             return False
         live = set(self.live(workers))

@@ -143,6 +143,16 @@ class JobRunner:
             await self.stop_job(j, "a parameter shard failed", f"{failed[1]} (its worker "
                                 f"did not leave within {SHARD_LOSS_WAIT:g} s)")  # fmt: skip
             return
+        missing = j.missing_member()
+        if missing is not None:
+            limit = j.config.member_timeout
+            await self.stop_job(j, "a partition stopped pushing", (
+                f"rank {missing} (last on worker {j.ranks[missing].address}) has not pushed "
+                f"for {limit:g} s while the other ranks wait in round {j.version}: optimizer "
+                f"{j.optimizer.name!r} needs every partition's rows in every round. Its task "
+                "may be hung, or slow to load its rows after a restart: raise member_timeout "
+                f"(now {limit:g} s) if its rows take longer than that"))  # fmt: skip
+            return
         try:
             await self.exclusive(j, j.try_close_round, self.workers(), heavy=True)
         except Exception as exc:

@@ -25,6 +25,7 @@ from sklearn.exceptions import ConvergenceWarning
 from daskgd import driver
 from daskgd.cluster import check_scheduler, connect
 from daskgd.data import Dataset
+from daskgd.driver.placement import chunks_per_worker
 from daskgd.history import history_to_dict
 from daskgd.progress import ProgressBar, progress_enabled
 from daskgd.sklearn.early_stopping import EarlyStopping
@@ -228,7 +229,8 @@ class LinearModel:
             callback = update_and_check
             extra["callback_params"] = True
         if not isinstance(data, Dataset):
-            data = in_memory_dataset(data, n_workers(client), classes)
+            data = in_memory_dataset(data, n_workers(client), classes,
+                                     chunks_per_worker(p.get("placement", "auto")))  # fmt: skip
         try:
             settings = driver.FitSettings(
                 loss=loss,

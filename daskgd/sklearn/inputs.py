@@ -211,14 +211,15 @@ def _lazy(
 
 
 def in_memory_dataset(
-    arrays: tuple[np.ndarray | None, ...], n_workers: int, classes: np.ndarray | None
-) -> Dataset:
+    arrays: tuple[np.ndarray | None, ...], n_workers: int, classes: np.ndarray | None,
+    per_worker: int = 1,
+) -> Dataset:  # fmt: skip
     """A Dataset over validated numpy ``(X, y[, sample_weight[, offset]])`` (the weights may
-    be None when offsets follow), one row-chunk per worker (so every worker gets rows), with
-    the targets' ``classes`` in the engine's encoding."""
+    be None when offsets follow), ``per_worker`` row-chunks per worker (so every worker gets
+    rows), with the targets' ``classes`` in the engine's encoding."""
     X, y = arrays[0], arrays[1]
     assert X is not None and y is not None
-    rows = max(1, -(-X.shape[0] // max(1, n_workers)))
+    rows = max(1, -(-X.shape[0] // max(1, n_workers * per_worker)))
     Xd = (
         sparse_to_dask(X, rows)
         if is_scipy_sparse(X)
