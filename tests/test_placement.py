@@ -302,6 +302,8 @@ def test_latency_refuses_what_it_cannot_move(throttled, wide):
     X, y = _problem()
     with pytest.raises(InvalidSettingError, match="Zarr store"):
         daskgd.fit((X, y), client=throttled, placement="latency")
+    with pytest.raises(InvalidSettingError, match="sync_quorum"):
+        daskgd.fit(wide[0], client=throttled, placement="latency", sync_quorum=2)
     with pytest.raises(InvalidSettingError, match="mode='async'"):
         daskgd.fit(wide[0], client=throttled, placement="latency", mode="async", batch_size=100)
 

@@ -100,6 +100,9 @@ def check_latency(ds: Dataset, s: FitSettings, keyed: bool) -> None:
         why = f"evens out sync rounds; mode={s.mode!r} is not offered"
     elif keyed:
         why = "is not offered for key-value fits (sparse mini-batches)"
+    elif s.sync_quorum is not None:
+        why = ("moves rows between epochs, which rounds closed without some ranks "
+               "(sync_quorum) would not line up with; use sync_quorum=None")  # fmt: skip
     if why:
         raise InvalidSettingError(
             f"placement='latency' {why}. Use placement='resources' (rows by declared "

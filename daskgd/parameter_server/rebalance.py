@@ -100,7 +100,7 @@ class Rebalancer:
 
     def message(self) -> list[Any]:
         """What every reply carries: ``[version, assignment]``."""
-        return [self.version, self.assignment]
+        return [self.version, [list(a) for a in self.assignment]]  # replies never change
 
     def rows(self, rank: int) -> int:
         return sum(self.chunk_rows[c] for c in self.assignment[rank])

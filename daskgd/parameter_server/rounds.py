@@ -148,9 +148,11 @@ class Steps(EpochRules):
         if not (live <= set(self.pending) or (quorum is not None and len(self.pending) >= quorum)):
             return False
         pending, self.pending = self.pending, {}
-        epochs = self.epochs
         self.finish_round(pending)
-        if self.rebalancer is not None and self.epochs > epochs and not self.stopped:
+        # moves only where the tasks start an epoch (their position is the version): the
+        # server's row-counted epochs drift from it when a round closes without a rank
+        boundary = self.version % self.config.batches_per_epoch == 0
+        if self.rebalancer is not None and boundary and not self.stopped:
             moves = self.rebalancer.end_epoch(self.epochs, self.config.max_epochs - self.epochs)
             if moves and self.history:
                 self.history[-1]["moves"] = moves
