@@ -9,6 +9,8 @@ from daskgd._version import __version__
 # (about a second to import) only the estimators.
 _LAZY = {
     "Dataset": "daskgd.data",
+    "FeatureBlocks": "daskgd.data",
+    "concat_features": "daskgd.data",
     "as_dataset": "daskgd.data",
     "load_chunk": "daskgd.data",
     "open_zarr": "daskgd.data",
@@ -45,8 +47,10 @@ _LAZY = {
 if TYPE_CHECKING:  # the names as type checkers and editors see them
     from daskgd.data import (
         Dataset,
+        FeatureBlocks,
         FeatureHashing,
         as_dataset,
+        concat_features,
         hash_features,
         hash_frame,
         load_chunk,
@@ -101,6 +105,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Dataset",
     "ElasticNetCV",
+    "FeatureBlocks",
     "FeatureHashing",
     "FitResult",
     "FitSettings",
@@ -115,6 +120,7 @@ __all__ = [
     "TweedieRegressor",
     "__version__",
     "as_dataset",
+    "concat_features",
     "fit",
     "fit_async",
     "hash_features",

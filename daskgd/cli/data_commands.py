@@ -44,6 +44,10 @@ def check_make_data(args: argparse.Namespace) -> None:
         raise UsageError("argument --n-classes: sparse classification data has 2 classes")
     if args.inner_chunk_rows is not None:
         raise UsageError("argument --inner-chunk-rows: not offered with --sparse")
+    if args.chunk_cols is not None:
+        raise UsageError(
+            "argument --chunk-cols: not offered with --sparse (feature partitioning needs dense X)"
+        )
     if (args.nnz_per_row or 40) > args.n_features:
         raise UsageError(
             f"argument --nnz-per-row: at most --n-features ({args.n_features}), got "
@@ -77,12 +81,14 @@ def cmd_make_data(args: argparse.Namespace) -> int:
         elif args.task == "regression":
             ds = make_regression(
                 args.path, args.n_samples, args.n_features, noise=args.noise,
-                client=client, inner_chunk_rows=args.inner_chunk_rows, **common,
+                client=client, inner_chunk_rows=args.inner_chunk_rows,
+                chunk_cols=args.chunk_cols, **common,
             )  # fmt: skip
         else:
             ds = make_classification(
                 args.path, args.n_samples, args.n_features, n_classes=args.n_classes,
-                client=client, inner_chunk_rows=args.inner_chunk_rows, **common,
+                client=client, inner_chunk_rows=args.inner_chunk_rows,
+                chunk_cols=args.chunk_cols, **common,
             )  # fmt: skip
     print(f"wrote {ds!r}")
     return 0
@@ -160,8 +166,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("attributes:")
     for key, value in info["attrs"].items():
         if key == "digests" and isinstance(value, dict):
-            arrays = ", ".join(k for k in value if k != "algorithm")
-            print(f"  digests: {value.get('algorithm')} of every row-chunk of {arrays}")
+            arrays = ", ".join(k for k in value if k not in ("algorithm", "X_blocks"))
+            blocks = " and every block of X" if "X_blocks" in value else ""
+            print(f"  digests: {value.get('algorithm')} of every row-chunk of {arrays}{blocks}")
             continue
         text = json.dumps(value, default=str)
         print(f"  {key}: {text if len(text) <= 80 else text[:77] + '...'}")
@@ -188,6 +195,9 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--nnz-per-row", type=positive_int, default=None,
                    help="with --sparse: non-zeros in each row (default 40)")  # fmt: skip
     p.add_argument("--chunk-rows", type=positive_int, default=None)
+    p.add_argument("--chunk-cols", type=positive_int, default=None,
+                   help="also cut X's columns into chunks of this many (dense only), so that "
+                   "workers can read column ranges (feature partitioning)")  # fmt: skip
     p.add_argument("--inner-chunk-rows", type=positive_int, default=None,
                    help="shard each row-chunk into inner chunks of this many rows")  # fmt: skip
     p.add_argument("--random-state", type=non_negative_int, default=0)

@@ -12,11 +12,14 @@ and values), :mod:`~daskgd.data.trust` (the record of a check), :mod:`~daskgd.da
 (:func:`write_zarr`; :mod:`~daskgd.data.staging`, the atomic write of a group;
 :mod:`~daskgd.data.sparse_write`, its CSR part), :mod:`~daskgd.data.synthetic` and
 :mod:`~daskgd.data.sparse_synthetic`; :mod:`~daskgd.data.hashing` (:func:`hash_features`:
-DataFrames hashed into sparse datasets, by :mod:`~daskgd.data.feature_hashing`).
+DataFrames hashed into sparse datasets, by :mod:`~daskgd.data.feature_hashing`);
+:mod:`~daskgd.data.columns` (feature partitioning: column ranges of a dense ``X`` stored
+with ``chunk_cols``, and :func:`concat_features`, datasets side by side).
 """
 
 from daskgd.data.checks import MAX_CLASSES, check_dense, no_classes_reason
 from daskgd.data.chunkio import load_chunk, read_row_arrays, read_row_chunks
+from daskgd.data.columns import FeatureBlocks, column_blocks, concat_features, read_columns
 from daskgd.data.convert import as_dataset
 from daskgd.data.csr import canonical_csr, is_sparse_array
 from daskgd.data.dataset import Dataset
@@ -44,13 +47,16 @@ __all__ = [
     "MAX_CLASSES",
     "Dataset",
     "DatasetWrite",
+    "FeatureBlocks",
     "FeatureHashing",
     "as_dataset",
     "auto_chunk_rows",
     "canonical_csr",
     "check_dense",
     "cluster_client",
+    "column_blocks",
     "compute_on_cluster",
+    "concat_features",
     "group_arrays",
     "hash_features",
     "hash_frame",
@@ -59,6 +65,7 @@ __all__ = [
     "no_classes_reason",
     "open_group",
     "open_zarr",
+    "read_columns",
     "read_row_arrays",
     "read_row_chunks",
     "rows_per_chunk",

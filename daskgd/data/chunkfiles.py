@@ -21,7 +21,9 @@ from daskgd.data.store import worker_suffix
 from daskgd.errors import DataNotFoundError, DataValidationError
 
 __all__ = [
+    "BLOCK_DIGESTS",
     "DIGEST_ALGORITHM",
+    "block_digests",
     "chunk_digest",
     "chunk_keys",
     "direct_folder",
@@ -30,11 +32,16 @@ __all__ = [
     "location",
     "missing_chunk_error",
     "read_chunk",
+    "recorded_block_digests",
     "recorded_digests",
 ]
 
 #: The digest of a row-chunk recorded in a dataset's ``digests`` attribute.
 DIGEST_ALGORITHM = "crc32c"
+
+#: The entry of the ``digests`` attribute that holds the digest of every block of an ``X``
+#: whose columns are cut into chunks: a list (per row-chunk) of lists (per column chunk).
+BLOCK_DIGESTS = "X_blocks"
 
 
 def chunk_digest(a: np.ndarray) -> int:
@@ -282,3 +289,26 @@ def recorded_digests(attrs: Mapping[str, Any], name: str, n_chunks: int) -> list
     if not isinstance(values, list) or len(values) != n_chunks:
         return None
     return [int(v) for v in values]
+
+
+def block_digests(values: np.ndarray, chunk_cols: int) -> list[int]:
+    """The :func:`chunk_digest` of each block of a row-chunk's values, ``chunk_cols`` columns
+    each (the last one narrower), left to right."""
+    d = int(values.shape[1])
+    return [chunk_digest(values[:, c : c + chunk_cols]) for c in range(0, d, chunk_cols)]
+
+
+def recorded_block_digests(
+    attrs: Mapping[str, Any], n_chunks: int, n_col_chunks: int
+) -> list[list[int]] | None:
+    """The recorded digests of ``X``'s blocks (``[i][j]``: row-chunk ``i``, column chunk
+    ``j``), or None when there are none of that many row-chunks and column chunks."""
+    recorded = attrs.get("digests")
+    if not isinstance(recorded, Mapping) or recorded.get("algorithm") != DIGEST_ALGORITHM:
+        return None
+    values = recorded.get(BLOCK_DIGESTS)
+    if not isinstance(values, list) or len(values) != n_chunks:
+        return None
+    if not all(isinstance(row, list) and len(row) == n_col_chunks for row in values):
+        return None
+    return [[int(v) for v in row] for row in values]

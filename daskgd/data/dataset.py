@@ -82,6 +82,10 @@ class Dataset:
     nnz : int, optional
         The number of stored values of a sparse ``X``, when known (else counted when
         :attr:`nnz` is first read).
+    column_chunks : sequence of int, optional
+        The widths of the column chunks ``X`` is stored in at ``path``, when its columns are
+        cut into more than one (``write_zarr(..., chunk_cols=...)``); they sum to
+        ``n_features``. The dask ``X`` still has one chunk along the columns.
 
     Attributes
     ----------
@@ -93,6 +97,10 @@ class Dataset:
         The names of the features, if known.
     values_checked : bool
         True once the values passed a check (:meth:`validate`).
+    column_chunks : tuple of int or None
+        As given: the stored column-chunk widths, None for one chunk along the columns or
+        data not read from a store (feature partitioning reads column ranges on those
+        boundaries: :func:`~daskgd.data.columns.column_blocks`).
 
     Examples
     --------
@@ -106,6 +114,8 @@ class Dataset:
     #: None unless given (also for a Dataset pickled before offsets existed)
     offset: da.Array | None = None
     _nnz: int | None = None
+    #: None unless given (also for a Dataset pickled before column chunks existed)
+    column_chunks: tuple[int, ...] | None = None
 
     def __init__(
         self,
@@ -122,6 +132,7 @@ class Dataset:
         values_checked: bool = False,
         client: Any = None,
         nnz: int | None = None,
+        column_chunks: Sequence[int] | None = None,
     ) -> None:
         check_shapes(
             X.shape,
@@ -174,6 +185,14 @@ class Dataset:
                 )
         self.feature_names: list[str] | None = feature_names
         self.values_checked = bool(values_checked)
+        if column_chunks is not None:
+            widths = tuple(int(c) for c in column_chunks)
+            if min(widths, default=0) < 1 or sum(widths) != X.shape[1]:
+                raise DataValidationError(
+                    f"column_chunks {widths} must be positive widths summing to the "
+                    f"{X.shape[1]} features of X"
+                )
+            self.column_chunks = widths
 
     @property
     def classes_(self) -> np.ndarray | None:

@@ -77,7 +77,10 @@ def open_zarr(
     Returns
     -------
     Dataset
-        Lazy dask arrays over whole row-chunks (whole shards for sharded arrays). A sparse
+        Lazy dask arrays over whole row-chunks (whole shards for sharded arrays), one chunk
+        along the columns; when ``X``'s columns are stored in several chunks
+        (``write_zarr(..., chunk_cols=...)``) their widths are :attr:`Dataset.column_chunks`
+        and each row-chunk is read from all of them. A sparse
         group (format version 2, ``X`` stored as CSR: :mod:`~daskgd.data.sparse_store`)
         gives a sparse Dataset (:attr:`Dataset.is_sparse`): ``X``'s blocks are canonical
         ``scipy.sparse.csr_matrix``, one per row-chunk, each read and checked on its own.
@@ -161,7 +164,7 @@ def open_zarr(
         extra["feature_names"] = names
     ds = Dataset(
         X, y, w, offset=o, path=p, storage_options=storage_options, attrs=attrs, client=client,
-        nnz=None if csr is None else csr.nnz, **extra,
+        nnz=None if csr is None else csr.nnz, column_chunks=_column_chunks(zX), **extra,
     )  # fmt: skip
     if validate == "full" or (validate and trusted_record(arrays, attrs) is None):
         # labels the attributes state are found again in the same pass: without a record
@@ -179,3 +182,13 @@ def open_zarr(
     if task is not None:
         ds.check_task(task)
     return ds
+
+
+def _column_chunks(z: zarr.Array | None) -> tuple[int, ...] | None:
+    """The widths of ``X``'s column chunks (shards when sharded); None for one chunk."""
+    if z is None or len(z.shape) != 2:
+        return None
+    d, width = int(z.shape[1]), int((z.shards or z.chunks)[1])
+    if width >= d:
+        return None
+    return tuple(min(width, d - c) for c in range(0, d, width))

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from daskgd.data.chunkfiles import DIGEST_ALGORITHM
+from daskgd.data.chunkfiles import BLOCK_DIGESTS, DIGEST_ALGORITHM
 from daskgd.data.sparse_store import CSRLayout, create_csr
 from daskgd.data.store import (
     DENSE_FORMAT_VERSION,
@@ -32,7 +32,7 @@ from daskgd.data.store import (
 )
 from daskgd.data.trust import RECORD_ATTR, make_record
 
-__all__ = ["DEFAULT_COMPRESSOR", "DatasetWrite"]
+__all__ = ["DEFAULT_COMPRESSOR", "DatasetWrite", "check_chunk_cols"]
 
 
 class _Default:
@@ -54,6 +54,17 @@ def _compressors(compressor: Any) -> Any:
     if isinstance(compressor, list | tuple):
         return tuple(compressor)
     return (compressor,)
+
+
+def check_chunk_cols(chunk_cols: Any, n_features: int) -> int | None:
+    """``chunk_cols`` (None, or a positive int) checked, at most ``n_features``."""
+    if chunk_cols is None:
+        return None
+    if not isinstance(chunk_cols, int | np.integer) or isinstance(chunk_cols, bool):
+        raise ValueError(f"chunk_cols must be a positive int or None, got {chunk_cols!r}")
+    if chunk_cols < 1:
+        raise ValueError(f"chunk_cols must be a positive int or None, got {chunk_cols!r}")
+    return min(int(chunk_cols), int(n_features))
 
 
 class DatasetWrite:
@@ -79,6 +90,9 @@ class DatasetWrite:
     CSR subgroup for that layout and the group gets format version 2
     (:data:`~daskgd.data.store.FORMAT_VERSION`); dense groups keep version 1
     (:data:`~daskgd.data.store.DENSE_FORMAT_VERSION`), whose layout did not change.
+    With ``chunk_cols``, a dense ``X``'s columns are cut into chunks of that many too (a
+    shard of ``(chunk_rows, chunk_cols)`` of inner ``(inner_chunk_rows, chunk_cols)`` chunks
+    when sharded), recorded in the attribute ``chunk_cols``; the other arrays are unchanged.
     """
 
     def __init__(
@@ -98,6 +112,7 @@ class DatasetWrite:
         storage_options: dict[str, Any] | None,
         attrs: dict[str, Any],
         csr: CSRLayout | None = None,
+        chunk_cols: int | None = None,
     ) -> None:
         check_storage_options(final, storage_options)  # before anything is written
         self.final, self.options = final, storage_options
@@ -117,6 +132,12 @@ class DatasetWrite:
                 "CSR X is read on its own already (its index pointer and its segment of the "
                 "non-zeros); leave inner_chunk_rows out"
             )
+        if chunk_cols is not None and csr is not None:
+            raise ValueError(
+                "chunk_cols is not offered for sparse X: a CSR X is cut by rows only (feature "
+                "partitioning needs dense X); leave chunk_cols out"
+            )
+        self.chunk_cols = check_chunk_cols(chunk_cols, n_features)
         beside = (
             sibling_path(final, "tmp") if local_dir(final) is not None or self.existed else None
         )
@@ -162,6 +183,8 @@ class DatasetWrite:
                 **attrs,
             }
         )
+        if self.chunk_cols is not None:
+            g.attrs["chunk_cols"] = self.chunk_cols
         codecs = _compressors(compressor)
         specs = [("X", (n_samples, n_features), dtype), ("y", (n_samples,), y_dtype)]
         if self.csr is not None:
@@ -173,11 +196,13 @@ class DatasetWrite:
         if self.with_offset:
             specs.append(("offset", (n_samples,), np.float64))
         for name, shape, dt in specs:
-            outer = (chunk_rows, *shape[1:])
+            # X's columns cut into chunks of chunk_cols (a shard of inner row-chunks each)
+            cols = shape[1:] if name != "X" or self.chunk_cols is None else (self.chunk_cols,)
+            outer = (chunk_rows, *cols)
             if inner_chunk_rows is None:
                 chunks, shards = outer, None
             else:
-                chunks, shards = (inner_chunk_rows, *shape[1:]), outer
+                chunks, shards = (inner_chunk_rows, *cols), outer
             g.create_array(
                 name,
                 shape=shape,
@@ -196,6 +221,7 @@ class DatasetWrite:
         *,
         checked: bool = False,
         weight_sum: float | None = None,
+        blocks: Sequence[Sequence[int]] | None = None,
     ) -> None:
         """Record the chunks' digests and final attributes, mark complete, move into place.
 
@@ -210,9 +236,14 @@ class DatasetWrite:
             (:mod:`daskgd.data.trust`), so that opening the dataset does not scan it again.
         weight_sum : float, optional
             The sum of the weights, with ``checked`` and a ``sample_weight`` array.
+        blocks : sequence of sequence of int, optional
+            With ``chunk_cols``: the digest of each block of ``X`` (per row-chunk, per column
+            chunk), recorded as ``digests["X_blocks"]``.
         """
         recorded: dict[str, Any] = {"algorithm": DIGEST_ALGORITHM}
         recorded.update({name: [int(v) for v in d] for name, d in digests.items()})
+        if blocks is not None:
+            recorded[BLOCK_DIGESTS] = [[int(v) for v in row] for row in blocks]
         final = {**(attrs or {}), "digests": recorded, "complete": True}
         if checked:
             arrays = {n: array_member(self.group, n) for n in digests}

@@ -3,7 +3,9 @@
 Every row-chunk is drawn from its own random stream, ``SeedSequence(random_state,
 spawn_key=(1, i))`` for chunk ``i``, and the true coefficients from
 ``SeedSequence(random_state, spawn_key=(0,))``: the data depend on ``random_state`` and
-``chunk_rows`` only, never on how many workers write it or in which order. Each task
+``chunk_rows`` only, never on how many workers write it or in which order, nor on
+``chunk_cols`` (how ``X``'s columns are cut into chunks on disk: a chunk's rows are drawn
+whole, then stored block by block). Each task
 generates one chunk and writes it to its own region of the pre-created Zarr arrays, so no
 process ever holds more than a chunk (10 million x 100 float64 is 8 GB on disk and a few
 chunks in memory).
@@ -18,10 +20,10 @@ import dask
 import numpy as np
 
 from daskgd.data.checks import block_stats
-from daskgd.data.chunkio import chunk_digest
+from daskgd.data.chunkfiles import block_digests, chunk_digest
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
-from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
+from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite, check_chunk_cols
 from daskgd.data.store import (
     auto_chunk_rows,
     cluster_client,
@@ -71,11 +73,12 @@ def _write_chunk(
     rows: int,
     start: int,
     params: dict[str, Any],
-) -> tuple[int, dict[str, int], bool]:
+) -> tuple[int, dict[str, int], bool, list[int] | None]:
     """Generate row-chunk ``i`` and write it into the pre-created arrays (runs on a worker).
 
-    Returns the rows written, the chunk's digest in each array, and whether its values
-    are all finite (checked here, in memory, for the record of the check).
+    Returns the rows written, the chunk's digest in each array, whether its values are all
+    finite (checked here, in memory, for the record of the check) and, when ``X``'s columns
+    are cut into chunks, the digest of each of its blocks.
     """
     rng = seeded_rng(params["entropy"], 1, i)
     d = params["n_features"]
@@ -93,6 +96,7 @@ def _write_chunk(
         y = np.argmax(margin + rng.gumbel(size=margin.shape), axis=1).astype(np.int32)
     g = open_group(path, "r+", storage_options)
     digests = {}
+    blocks = None
     finite = True
     for name, values in (("X", X), ("y", y)):
         z = writable_array(g, name)
@@ -100,7 +104,9 @@ def _write_chunk(
         finite = finite and block_stats(values, "value")[0] == 0
         z[start : start + rows] = values
         digests[name] = chunk_digest(values)
-    return rows, digests, finite
+        if name == "X" and params["chunk_cols"] is not None:
+            blocks = block_digests(values, params["chunk_cols"])
+    return rows, digests, finite, blocks
 
 
 def _generate(
@@ -110,6 +116,7 @@ def _generate(
     n_features: int,
     *,
     chunk_rows: int | None,
+    chunk_cols: int | None,
     random_state: int | None,
     dtype: Any,
     client: Any,
@@ -124,6 +131,7 @@ def _generate(
 ) -> Dataset:
     p = store_path(path)
     rows = _check_sizes(n_samples, n_features, chunk_rows, dtype)
+    cols = check_chunk_cols(chunk_cols, n_features)
     client = cluster_client(client)  # checked before anything is removed or written
     classes = extra_attrs.get("classes")
     writer = DatasetWrite(
@@ -138,6 +146,7 @@ def _generate(
         compressor=compressor,
         overwrite=overwrite,
         storage_options=storage_options,
+        chunk_cols=cols,
         attrs={
             "task": task,
             "feature_names": None,
@@ -156,6 +165,7 @@ def _generate(
         "intercept": intercept,
         "task": task,
         "noise": float(extra_attrs.get("noise", 0.0)),
+        "chunk_cols": cols,
     }
     params_d = dask.delayed(params, traverse=False)  # one copy in the graph, not one per task
     write = dask.delayed(_write_chunk, pure=True)
@@ -173,11 +183,13 @@ def _generate(
     ]
     try:
         written = compute_on_cluster(tasks, client)
-        if sum(r for r, _, _ in written) != n_samples:  # pragma: no cover - a broken store
-            raise RuntimeError(f"wrote {sum(r for r, _, _ in written)} rows, expected {n_samples}")
-        finite = all(ok for _, _, ok in written)
-        writer.finish({name: [d[name] for _, d, _ in written] for name in ("X", "y")},
-                      checked=finite)  # fmt: skip
+        total = sum(w[0] for w in written)
+        if total != n_samples:  # pragma: no cover - a broken store
+            raise RuntimeError(f"wrote {total} rows, expected {n_samples}")
+        finite = all(w[2] for w in written)
+        blocks = None if cols is None else [w[3] for w in written]
+        writer.finish({name: [w[1][name] for w in written] for name in ("X", "y")},
+                      checked=finite, blocks=blocks)  # fmt: skip
     except BaseException:
         writer.abort()
         raise
@@ -192,6 +204,7 @@ def make_regression(
     n_features: int,
     *,
     chunk_rows: int | None = None,
+    chunk_cols: int | None = None,
     noise: float = 0.0,
     bias: float = 0.0,
     random_state: int | None = None,
@@ -215,6 +228,9 @@ def make_regression(
         Shape of ``X``.
     chunk_rows : int, optional
         Rows per chunk (one task each); default about 64 MiB of ``X``.
+    chunk_cols : int, optional
+        Also cut ``X``'s columns into chunks of this many on disk, for feature
+        partitioning (as for :func:`daskgd.write_zarr`). The values do not depend on it.
     noise : float, default 0.0
         Standard deviation of the Gaussian noise added to ``y``.
     bias : float, default 0.0
@@ -243,6 +259,7 @@ def make_regression(
     ((40, 40, 20), 3)
     """
     _check_sizes(n_samples, n_features, chunk_rows, dtype)
+    check_chunk_cols(chunk_cols, n_features)
     if not np.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     entropy = seed_entropy(random_state)
@@ -253,6 +270,7 @@ def make_regression(
         n_samples,
         n_features,
         chunk_rows=chunk_rows,
+        chunk_cols=chunk_cols,
         random_state=random_state,
         dtype=dtype,
         client=client,
@@ -274,6 +292,7 @@ def make_classification(
     *,
     n_classes: int = 2,
     chunk_rows: int | None = None,
+    chunk_cols: int | None = None,
     class_sep: float = 1.0,
     random_state: int | None = None,
     dtype: Any = np.float64,
@@ -302,6 +321,9 @@ def make_classification(
         Number of classes (>= 2).
     chunk_rows : int, optional
         Rows per chunk (one task each); default about 64 MiB of ``X``.
+    chunk_cols : int, optional
+        Also cut ``X``'s columns into chunks of this many on disk, for feature
+        partitioning (as for :func:`daskgd.write_zarr`). The values do not depend on it.
     class_sep : float, default 1.0
         Scales the coefficients: larger separates the classes more.
     random_state : int, optional
@@ -318,6 +340,7 @@ def make_classification(
     Dataset
     """
     _check_sizes(n_samples, n_features, chunk_rows, dtype)
+    check_chunk_cols(chunk_cols, n_features)
     if not isinstance(n_classes, int | np.integer) or n_classes < 2:
         raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
     if not np.isfinite(class_sep) or class_sep <= 0:
@@ -337,6 +360,7 @@ def make_classification(
         n_samples,
         n_features,
         chunk_rows=chunk_rows,
+        chunk_cols=chunk_cols,
         random_state=random_state,
         dtype=dtype,
         client=client,

@@ -10,7 +10,8 @@ and :func:`~daskgd.data.open_zarr` (``validate=True``) trusts it instead of scan
 again, as long as the group is unchanged. The ``token`` ties the record to the group's
 content without reading any chunk:
 
-* it hashes the recorded **digests** of every row-chunk, and every chunk that is read (by a
+* it hashes the recorded **digests** of every row-chunk (and of every block of an ``X``
+  whose columns are cut into chunks, ``X_blocks``), and every chunk that is read (by a
   training task, :func:`~daskgd.data.load_chunk`, or the dataset's dask arrays) is checked
   against its digest. A chunk that was rewritten after the check therefore cannot be read
   at all: the read raises :class:`~daskgd.errors.DataValidationError`. The record holds for
@@ -34,6 +35,7 @@ from typing import Any
 
 import zarr
 
+from daskgd.data.chunkfiles import BLOCK_DIGESTS
 from daskgd.data.chunkio import recorded_digests
 
 __all__ = ["RECORD_ATTR", "RECORD_VERSION", "content_token", "make_record", "trusted_record"]
@@ -73,6 +75,11 @@ def content_token(arrays: Mapping[str, zarr.Array], attrs: Mapping[str, Any]) ->
         if found is None:
             return None
         digests[name] = found
+    recorded = attrs.get("digests")
+    if isinstance(recorded, Mapping) and BLOCK_DIGESTS in recorded:
+        # the digests that reads of column ranges check: editing them with a block breaks
+        # the record too (left out when there are none, so that older tokens still hold)
+        digests[BLOCK_DIGESTS] = recorded[BLOCK_DIGESTS]
     h = hashlib.sha256()
     h.update(json.dumps(digests, sort_keys=True).encode())
     # what a trusted open takes from the attributes without reading y: an edited class

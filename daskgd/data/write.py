@@ -23,7 +23,7 @@ from daskgd.data.checks import (
     find_classes,
     validate_local,
 )
-from daskgd.data.chunkio import chunk_digest
+from daskgd.data.chunkfiles import block_digests, chunk_digest
 from daskgd.data.convert import (
     arrays_to_dask,
     csr_input,
@@ -35,7 +35,7 @@ from daskgd.data.csr import is_scipy_sparse, is_sparse_array
 from daskgd.data.dataset import Dataset
 from daskgd.data.opening import open_zarr
 from daskgd.data.sparse_write import csr_write_tasks, plan_csr, write_csr_local
-from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite
+from daskgd.data.staging import DEFAULT_COMPRESSOR, DatasetWrite, check_chunk_cols
 from daskgd.data.store import (
     auto_chunk_rows,
     cluster_client,
@@ -64,15 +64,21 @@ def _check_block(block: np.ndarray, name: str, kind: str, i: int, start: int) ->
 
 
 def _write_block(
-    target: Any, block: np.ndarray, name: str, kind: str | None, i: int, start: int
-) -> tuple[Exception | None, int | None, float]:
+    target: Any,
+    block: np.ndarray,
+    name: str,
+    kind: str | None,
+    i: int,
+    start: int,
+    chunk_cols: int | None = None,
+) -> tuple[Exception | None, int | tuple[int, list[int]] | None, float]:
     """Write one row-chunk to Zarr (checked first when ``kind`` is given).
 
     Returns ``(failure, digest, weight sum)``: the failure instead of raising it, so that the caller
     can wait for every chunk task to end before it removes a half-written group (a raised
     failure would end the computation while sibling chunks may still be writing), and the
-    chunk's :func:`~daskgd.data.chunkio.chunk_digest` as stored, and the sum of a checked
-    block of weights (0 otherwise).
+    chunk's :func:`~daskgd.data.chunkio.chunk_digest` as stored (with ``chunk_cols``: that and
+    the digest of each of its blocks), and the sum of a checked block of weights (0 otherwise).
     """
     total = 0.0
     try:
@@ -90,6 +96,8 @@ def _write_block(
         target[start : start + values.shape[0]] = values
     except Exception as exc:
         return exc, None, 0.0
+    if chunk_cols is not None:
+        return None, (chunk_digest(values), block_digests(values, chunk_cols)), total
     return None, chunk_digest(values), total
 
 
@@ -101,6 +109,7 @@ def write_zarr(
     *,
     offset: Any = None,
     chunk_rows: int | None = None,
+    chunk_cols: int | None = None,
     compressor: Any = DEFAULT_COMPRESSOR,
     overwrite: bool = False,
     client: Any = None,
@@ -138,6 +147,14 @@ def write_zarr(
         Rows per row-chunk; default: the row chunks of dask ``X`` when regular, else about
         64 MiB of ``X`` per chunk (sparse ``X``: of its values and indices; for a sparse
         dask ``X`` with irregular chunks, its largest chunk).
+    chunk_cols : int, optional
+        Dense ``X`` only: also cut its columns into chunks of this many (the last one
+        narrower), so that a column range can be read without the rest
+        (:func:`~daskgd.data.columns.read_columns`, for feature partitioning). ``X`` is
+        stored in blocks of ``(chunk_rows, chunk_cols)`` (with ``inner_chunk_rows``: shards
+        of that shape, of inner chunks of ``(inner_chunk_rows, chunk_cols)``). The attribute
+        ``chunk_cols`` records it, and ``digests["X_blocks"][i][j]`` the digest of block
+        ``(i, j)`` besides each row-chunk's digest. Default: one chunk along the columns.
     compressor : zarr codec, list of codecs, or None
         Default Zstandard level 1; None stores uncompressed.
     overwrite : bool, default False
@@ -145,8 +162,9 @@ def write_zarr(
     client : distributed.Client, optional
         Runs the write; default: dask's current scheduler.
     inner_chunk_rows : int, optional
-        Shard the arrays: each row-chunk becomes one shard of inner chunks of this many
-        rows (must divide ``chunk_rows``). Not offered for sparse ``X``.
+        Shard the arrays: each row-chunk (each block with ``chunk_cols``) becomes one shard
+        of inner chunks of this many rows (must divide ``chunk_rows``). Not offered for
+        sparse ``X``.
     feature_names : sequence of str, optional
         Stored in the attributes; length ``n_features``. Default: the column names of a
         DataFrame ``X`` (pandas and dask DataFrames are taken as by
@@ -171,10 +189,19 @@ def write_zarr(
         ``path`` exists and ``overwrite`` is False.
     DataValidationError
         Bad shapes, dtypes or values; nothing that looks complete is left behind.
+    ValueError
+        ``chunk_cols`` with a sparse ``X``, or not a positive int.
     """
     p = store_path(path)
     X, y, sample_weight, names = frames_to_arrays(X, y, sample_weight)
     sparse = is_sparse_array(X)
+    if chunk_cols is not None:
+        if sparse:
+            raise ValueError(
+                "chunk_cols is not offered for sparse X: feature partitioning needs dense X, "
+                "and a CSR X is stored by rows only. Leave chunk_cols out, or write a dense X"
+            )
+        check_chunk_cols(chunk_cols, 1)  # before anything is read or written
     if is_scipy_sparse(X):
         # once: checked, counted and written from the same matrix
         X, chunk_rows = csr_input(X, chunk_rows)
@@ -194,6 +221,7 @@ def write_zarr(
         else:
             chunk_rows = max(c) if sparse else auto_chunk_rows(n, d, Xd.dtype.itemsize)
     chunk_rows = min(int(chunk_rows), n)
+    cols = check_chunk_cols(chunk_cols, d)
     if feature_names is not None:
         feature_names = [str(f) for f in feature_names]
         if len(feature_names) != d:
@@ -253,9 +281,11 @@ def write_zarr(
         storage_options=storage_options,
         attrs=attrs,
         csr=csr,
+        chunk_cols=cols,
     )
     g = writer.group
     digests: dict[str, list[int]] = {}
+    blocks: list[list[int]] | None = None if cols is None else []
     weight_sum = 0.0
     try:
         if in_memory:
@@ -276,6 +306,9 @@ def write_zarr(
                     chunk_digest(values[offsets[i] : offsets[i + 1]])
                     for i in range(len(offsets) - 1)
                 ]
+                if name == "X" and cols is not None:
+                    blocks = [block_digests(values[offsets[i] : offsets[i + 1]], cols)
+                              for i in range(len(offsets) - 1)]  # fmt: skip
         else:
             # one task per row-chunk, all awaited before a failure is raised (see _write_block)
             write = dask.delayed(_write_block, pure=True)
@@ -291,8 +324,9 @@ def write_zarr(
                 kind = ("weight" if name == "sample_weight" else "value") if check else None
                 target = dask.delayed(writable_array(g, name), traverse=False)
                 starts = np.cumsum((0, *a.chunks[0][:-1]))
+                by = cols if name == "X" else None
                 for i, block in enumerate(a.to_delayed().ravel()):
-                    tasks.append(write(target, block, name, kind, i, int(starts[i])))
+                    tasks.append(write(target, block, name, kind, i, int(starts[i]), by))
                     names.append(name)
             results = compute_on_cluster(tasks, client)
             failures = [f for f, _, _ in results if f is not None]
@@ -303,10 +337,14 @@ def write_zarr(
                     for part, value in digest.items():
                         digests.setdefault(part, []).append(value)
                     continue
+                if isinstance(digest, tuple):  # X with chunk_cols: its blocks' digests too
+                    digest, row_blocks = digest
+                    assert blocks is not None
+                    blocks.append(row_blocks)
                 digests.setdefault(name, []).append(digest)
                 if name == "sample_weight":
                     weight_sum += total
-        writer.finish(digests, checked=validate, weight_sum=weight_sum)
+        writer.finish(digests, checked=validate, weight_sum=weight_sum, blocks=blocks)
     except BaseException:
         writer.abort()
         raise
