@@ -51,11 +51,12 @@ def first_worker(client: Client) -> str:
     return sorted(client.scheduler_info()["workers"])[0]
 
 
-def runs_rank(client: Client, rank: int) -> str | None:
-    """The worker that runs training task ``rank`` of the fit in progress."""
+def runs_rank(client: Client, rank: int, kind: str = "train") -> str | None:
+    """The worker that runs training task ``rank`` of the fit in progress (``kind``
+    "block": a feature-partitioned fit's)."""
 
     def where(dask_scheduler=None):
-        prefix = f"daskgd-train-{rank}-"
+        prefix = f"daskgd-{kind}-{rank}-"
         for ts in dask_scheduler.tasks.values():
             if str(ts.key).startswith(prefix) and ts.processing_on is not None:
                 return ts.processing_on.address

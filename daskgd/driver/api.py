@@ -25,13 +25,15 @@ from typing import Any
 from distributed import Client, LocalCluster, get_client
 
 from daskgd.cluster import check_scheduler_async, connect
+from daskgd.data import Dataset, FeatureBlocks
 from daskgd.driver.connection import client_closed_error, scheduler
 from daskgd.driver.docs import FIT_PARAMETERS
-from daskgd.driver.inputs import open_data
+from daskgd.driver.features import run_feature_job
+from daskgd.driver.inputs import check_classes, open_data
 from daskgd.driver.job import run_job
 from daskgd.driver.result import FitResult
 from daskgd.driver.settings import FitSettings
-from daskgd.errors import DataValidationError, SchedulerLostError
+from daskgd.errors import DataValidationError, InvalidSettingError, SchedulerLostError
 
 __all__ = ["fit", "fit_async", "fit_with_settings", "fit_with_settings_async"]
 
@@ -76,6 +78,7 @@ def fit(
     n_workers: int | None = None,
     n_servers: int | str = "auto",
     placement: str = "auto",
+    partition: str = "rows",
     random_state: int | None = None,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], Any] | None = None,
@@ -136,6 +139,7 @@ async def fit_async(
     n_workers: int | None = None,
     n_servers: int | str = "auto",
     placement: str = "auto",
+    partition: str = "rows",
     random_state: int | None = None,
     progress: bool = False,
     callback: Callable[[dict[str, Any]], Any] | None = None,
@@ -248,11 +252,28 @@ async def _fit(
         n_avail = len((await scheduler(client).identity())["workers"])
         if s.n_workers:
             n_avail = min(n_avail, s.n_workers)
-        ds = await asyncio.to_thread(
-            open_data, data, s, client, validate=validate, n_workers=n_avail, offset=offset
-        )
+        if isinstance(data, FeatureBlocks):
+            if s.partition != "features":
+                raise InvalidSettingError(
+                    "concat_features() data is partitioned by columns: fit it with "
+                    "partition='features'"
+                )
+            if offset is not None:
+                raise InvalidSettingError(
+                    "offset with concat_features() data: store the offsets in the first group"
+                )
+            check_classes(data.targets, s, client)
+            ds: Dataset | FeatureBlocks = data
+        else:
+            ds = await asyncio.to_thread(
+                open_data, data, s, client, validate=validate, n_workers=n_avail, offset=offset
+            )
         opened = time.perf_counter() - started
-        result = await run_job(client, ds, s)
+        if s.partition == "features":
+            result = await run_feature_job(client, ds, s)
+        else:
+            assert isinstance(ds, Dataset)
+            result = await run_job(client, ds, s)
     except Exception as exc:
         if client.status in ("closing", "closed") and not isinstance(
             exc, DataValidationError | SchedulerLostError

@@ -137,6 +137,21 @@ FIT_PARAMETERS = """
         threads), no worker past 60% of its memory limit while others have room. "auto"
         is "locality" (for Zarr data, nothing is in memory: balanced). The plan is
         ``FitResult.plan_``.
+    partition : {"rows", "features"}, default="rows"
+        How the data is split between the training tasks. "rows": each task trains on
+        row-chunks (see ``placement``) and the parameter server holds the model.
+        "features": each task holds every row of one block of columns and owns that
+        block of the parameters, so that no process computes with the whole model (very
+        wide data, or columns that come from different stores: see
+        :func:`daskgd.concat_features`); the blocks are the store's column chunks
+        (``write_zarr(chunk_cols=...)``) grouped into one contiguous block per worker,
+        or even column ranges. Each iteration reduces the blocks' partial margins (a
+        vector as long as the data has rows) on the scheduler. Sync mode, dense data,
+        full-batch ``lbfgs`` (what "auto" picks) or gradient descent, or mini-batch SGD
+        (``batch_size``: the same rows on every block) with the coordinate-wise
+        optimizers; not multinomial, checkpoints, ``out_of_core`` or ``sync_quorum``.
+        A task rerun after its worker died restarts every block from the last iterate
+        they all reached (``FitResult.recoveries_``).
     random_state : int, optional
         Seeds the mini-batch order.
     validate : bool, default=True

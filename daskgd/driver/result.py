@@ -66,7 +66,13 @@ class FitResult:
         Sharded fits (``n_servers >= 1``, any mode): each parameter shard rebuilt after its
         worker died: ``shard``, ``from`` and ``to`` (worker addresses), ``version`` (the
         steps taken when it was lost), ``restored`` (the version of the backup the job
-        went on from) and ``steps_lost`` (the steps undone and redone).
+        went on from) and ``steps_lost`` (the steps undone and redone). Feature-partitioned
+        fits: each restart after a column block's task was rerun: ``rank``, ``worker``
+        (where the rerun joined), ``generation`` and ``epoch`` (the iterate every block
+        restarted from; None: the start).
+    blocks_ : list of dict
+        Feature-partitioned fits (``partition="features"``): per column block, its
+        ``rank``, the ``worker`` whose task returned it and its ``columns`` ``(c0, c1)``.
     """
 
     coef_: np.ndarray
@@ -81,6 +87,7 @@ class FitResult:
     learning_rate_: float | None = None
     plan_: dict[str, list[int]] = field(default_factory=dict)
     recoveries_: list[dict[str, Any]] = field(default_factory=list)
+    blocks_: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def loss_(self) -> float:

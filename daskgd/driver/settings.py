@@ -62,6 +62,9 @@ KEYED_ONLY = ("ftrl",)
 #: ``placement``: which rows each worker trains on (see :mod:`daskgd.driver.placement`).
 PLACEMENTS = ("auto", "balanced", "locality", "resources", "latency")
 
+#: ``partition``: how the data is split between the training tasks.
+PARTITIONS = ("rows", "features")
+
 _BOOL = (Boolean(),)
 _TOL = (NONE, Real(0.0))
 
@@ -96,6 +99,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "n_workers": (NONE, Integer(1)),
     "n_servers": (Options(("auto",)), Integer(0)),
     "placement": (Options(PLACEMENTS),),
+    "partition": (Options(PARTITIONS),),
     "random_state": (NONE, Integer(0)),
     "progress": _BOOL,
     "callback": (NONE, CALLABLE),
@@ -176,6 +180,7 @@ class FitSettings:
     n_workers: int | None = None
     n_servers: int | str = "auto"
     placement: str = "auto"
+    partition: str = "rows"
     random_state: int | None = None
     progress: bool = False
     callback: Callable[[dict[str, Any]], Any] | None = None

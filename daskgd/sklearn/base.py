@@ -248,6 +248,7 @@ class LinearModel:
                 max_staleness=p.get("max_staleness"),
                 n_servers=p.get("n_servers", "auto"),
                 placement=p.get("placement", "auto"),
+                partition=p.get("partition", "rows"),
                 random_state=engine_seed(p.get("random_state")),
                 coef_init=coef_init,
                 intercept_init=intercept_init,

@@ -52,7 +52,8 @@ class SGDClassifier(LinearClassifier):
     class_weight : dict, "balanced" or None, default None
         Weights multiplying each sample's weight by its class's.
     warm_start : bool, default False
-    batch_size, mode, optimizer, max_staleness, n_servers, placement, client, checkpoint,
+    batch_size, mode, optimizer, max_staleness, n_servers, placement, partition, client,
+    checkpoint,
     checkpoint_every
         As for :class:`SGDRegressor`.
 
@@ -94,6 +95,7 @@ class SGDClassifier(LinearClassifier):
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
         placement: str = "auto",
+        partition: str = "rows",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -121,6 +123,7 @@ class SGDClassifier(LinearClassifier):
         self.max_staleness = max_staleness
         self.n_servers = n_servers
         self.placement = placement
+        self.partition = partition
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -199,7 +202,7 @@ class LogisticRegression(LinearClassifier):
         "lbfgs" (one pass over the data per round, a line search on the exact loss) when
         the objective is smooth and the fit is full-batch sync, else "sgd" (proximal
         gradient descent, which handles L1). Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, n_servers, placement, client, checkpoint, checkpoint_every
+    mode, max_staleness, n_servers, placement, partition, client, checkpoint, checkpoint_every
         As for :class:`SGDRegressor`.
 
     Attributes
@@ -238,6 +241,7 @@ class LogisticRegression(LinearClassifier):
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
         placement: str = "auto",
+        partition: str = "rows",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -259,6 +263,7 @@ class LogisticRegression(LinearClassifier):
         self.max_staleness = max_staleness
         self.n_servers = n_servers
         self.placement = placement
+        self.partition = partition
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every

@@ -236,6 +236,9 @@ class SGDRegressor(LinearRegressor):
     placement : {"auto", "balanced", "locality", "resources"}, default "auto"
         Which row-chunks each worker trains on ("resources": in proportion to each
         worker's declared ``daskgd`` resource or threads); see :func:`daskgd.fit`.
+    partition : {"rows", "features"}, default "rows"
+        "features": each worker holds every row of one block of columns and that block of
+        the coefficients (wide data, columns from several stores); see :func:`daskgd.fit`.
     client : distributed.Client, str or None, default None
         The cluster: a client, a scheduler address, or None for the current client (else an
         embedded LocalCluster for the duration of the fit).
@@ -304,6 +307,7 @@ class SGDRegressor(LinearRegressor):
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
         placement: str = "auto",
+        partition: str = "rows",
         client: Any = None,
         checkpoint: str | None = None,
         checkpoint_every: int = 10,
@@ -331,6 +335,7 @@ class SGDRegressor(LinearRegressor):
         self.max_staleness = max_staleness
         self.n_servers = n_servers
         self.placement = placement
+        self.partition = partition
         self.client = client
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
@@ -387,7 +392,7 @@ class LinearRegression(LinearRegressor):
         at most :data:`daskgd.objective.NEWTON_MAX_FEATURES` parameters, "lbfgs" (one pass
         over the data per round, a line search on the exact loss) for wider ones, else
         "sgd". Any :func:`daskgd.fit` optimizer.
-    mode, max_staleness, n_servers, placement, client
+    mode, max_staleness, n_servers, placement, partition, client
         As for :class:`SGDRegressor`.
     learning_rate : float or "auto", default "auto"
         Step size of first-order optimizers; "auto" is ``1 / L`` (see
@@ -423,6 +428,7 @@ class LinearRegression(LinearRegressor):
         max_staleness: int | None = None,
         n_servers: int | str = "auto",
         placement: str = "auto",
+        partition: str = "rows",
         random_state: Any = None,
         warm_start: bool = False,
         client: Any = None,
@@ -440,6 +446,7 @@ class LinearRegression(LinearRegressor):
         self.max_staleness = max_staleness
         self.n_servers = n_servers
         self.placement = placement
+        self.partition = partition
         self.random_state = random_state
         self.warm_start = warm_start
         self.client = client

@@ -1,0 +1,357 @@
+"""Solvers for one column block of a feature-partitioned fit, in lockstep with the others.
+
+Rank ``k`` holds ``X_k`` (every row, its columns) and its block of the parameters
+``v_k = [w_k, b_k]``: ``b_k`` is the intercept on rank 0 and an unused zero elsewhere, so
+that every coordinate-wise rule of :mod:`daskgd.objective.optimizers` (and the
+:class:`~daskgd.objective.regularizers.Regularizer`, which leaves the last entry alone)
+applies to a block as to the whole model. The margins ``m = sum_k X_k w_k + b`` are what
+the blocks share: each rank keeps the whole (reduced) margin vector, and everything that
+is a function of it (the loss, its derivative in the margin, the loss along a search
+direction) it computes itself, identically on every rank. What needs every block goes
+through ``reduce`` (:class:`BlockExchange`), an all-reduce whose sums every rank receives
+alike, so that every rank takes the same steps.
+
+Per iteration, full batch, on each rank: ``g_k = X_k^T loss'(m)`` (one pass over its
+block), a ``"stats"`` reduction (objective, gradient norm and, for L-BFGS, the Gram
+matrix of its memory), the step ``p_k``, then ``X_k p_k`` (a second pass) reduced, which
+moves the margins to the next iterate: ``m += t X p``. L-BFGS runs vector-free (Chen et
+al., "Large-scale L-BFGS using MapReduce", NIPS 2014): its two-loop recursion needs only
+the dot products of its ``2 memory + 1`` vectors, which one small reduction gives, and its
+line search runs on the margins ``m + t X p`` without touching the data: one reduction of
+``X p`` per iteration, however many trial steps.
+
+Mini-batch SGD draws the same seeded batches of rows on every rank (a permutation of all
+rows per epoch): one reduction of the batch's margins per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from daskgd.objective.lbfgs import backtrack_step
+from daskgd.objective.loss_base import Loss
+from daskgd.objective.optimizers import Optimizer
+from daskgd.objective.regularizers import Regularizer
+
+__all__ = ["BlockData", "BlockExchange", "BlockLBFGS", "run_block_solver"]
+
+#: ``reduce(value, kind, epoch, backup) -> (sum, stop)``: the all-reduce (see the module).
+Reduce = Callable[..., tuple[np.ndarray, dict[str, Any] | None]]
+
+
+@dataclass
+class BlockData:
+    """One rank's share of a feature-partitioned problem.
+
+    Parameters
+    ----------
+    X : ndarray, (n, d_k)
+        The rank's columns, every row (float32 or float64).
+    y : ndarray, (n,)
+        Targets, encoded for the loss (-1/+1 labels for the binary classifiers).
+    weight : ndarray, (n,)
+        Row weights divided by their sum (the mean over rows is their dot product).
+    offset : ndarray or None
+        Per-row offsets added to the margins.
+    loss : Loss
+    epsilon, power : float
+        The Huber/epsilon and Tweedie parameters of the loss.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    weight: np.ndarray
+    offset: np.ndarray | None
+    loss: Loss
+    epsilon: float = 0.1
+    power: float = 1.5
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """``X_k v[:-1] + v[-1]`` in float64 (float32 data multiply in float32)."""
+        out = self.X @ v[:-1].astype(self.X.dtype, copy=False)
+        out = out.astype(np.float64, copy=False)
+        if v[-1] != 0.0:
+            out += v[-1]
+        return out
+
+    def rmatvec(self, r: np.ndarray) -> np.ndarray:
+        """``[X_k^T r, sum(r)]`` in float64."""
+        g = np.empty(self.X.shape[1] + 1)
+        g[:-1] = self.X.T @ r.astype(self.X.dtype, copy=False)
+        g[-1] = math.fsum(r) if r.size < 64 else float(r.sum())
+        return g
+
+    def derivative(self, m: np.ndarray, rows: Any = slice(None)) -> tuple[float, np.ndarray]:
+        """The mean loss at margins ``m`` (of ``rows``) and its derivative per row, weighted."""
+        p = m if self.offset is None else m + self.offset[rows]
+        loss, d = self.loss.reference(p, self.y[rows], self.epsilon, self.power)
+        w = self.weight[rows]
+        return float(w @ loss), w * d
+
+    def column_squares(self) -> np.ndarray:
+        """``sum_i weight_i x_ij**2`` per column, and 1 for the intercept's slot."""
+        out = np.ones(self.X.shape[1] + 1)
+        Xw = self.X * self.weight[:, None].astype(self.X.dtype)
+        out[:-1] = np.einsum("ij,ij->j", Xw, self.X, dtype=np.float64)
+        return out
+
+    def top_curvature(self, intercept: bool) -> float:
+        """The largest eigenvalue of ``A^T diag(weight) A`` (``A`` the block, with a column
+        of ones when ``intercept``), by Lanczos on the block: no reduction needed."""
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        d = self.X.shape[1] + (1 if intercept else 0)
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            u = np.append(np.ravel(v)[: self.X.shape[1]], v[-1] if intercept else 0.0)
+            out = self.rmatvec(self.weight * self.matvec(u))
+            return out if intercept else out[:-1]
+
+        if d <= 64:
+            eye = np.eye(d)
+            return float(np.linalg.eigvalsh(np.column_stack([mv(c) for c in eye]))[-1])
+        op = LinearOperator((d, d), matvec=mv, dtype=np.float64)
+        v0 = np.ones(d) / math.sqrt(d)
+        return float(eigsh(op, k=1, which="LA", tol=1e-3, v0=v0, return_eigenvectors=False)[0])
+
+
+class BlockExchange:
+    """The reductions of one rank, numbered in the order every rank makes them."""
+
+    def __init__(self, reduce: Reduce) -> None:
+        self._reduce = reduce
+        self.calls = 0
+        self.bytes = 0
+
+    def __call__(self, value: np.ndarray, kind: str = "sum", epoch: int | None = None,
+                 backup: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:  # fmt: skip
+        self.calls += 1
+        self.bytes += value.nbytes + (0 if backup is None else backup.nbytes)
+        return self._reduce(value, kind=kind, epoch=epoch, backup=backup)
+
+
+@dataclass
+class BlockLBFGS:
+    """Vector-free L-BFGS memory of one block: the scaled pairs ``(s~, y~)``; ``h`` the
+    diagonal preconditioner (the variables are scaled by ``sqrt(h)``, as
+    :class:`~daskgd.objective.lbfgs.LBFGS` does with its ``h0``)."""
+
+    h: np.ndarray
+    memory: int = 10
+    s: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = np.sqrt(self.h)
+
+    def basis(self, g: np.ndarray) -> np.ndarray:
+        """The rows ``s~_1..s~_m, y~_1..y~_m, g~``."""
+        return np.vstack([*self.s, *self.y, g / self.root]) if self.s else (g / self.root)[None]
+
+    def direction(self, B: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, float]:
+        """The two-loop recursion on the coefficients of the basis, from its Gram matrix
+        ``B`` (every block's part summed): the block's direction and ``g.p`` (global)."""
+        m = len(self.s)
+        delta = np.zeros(2 * m + 1)
+        delta[-1] = 1.0
+        alphas = []
+        for i in reversed(range(m)):
+            rho = 1.0 / B[i, m + i]
+            a = rho * float(B[i] @ delta)
+            delta[m + i] -= a
+            alphas.append((rho, a))
+        if m:
+            delta *= B[m - 1, 2 * m - 1] / B[2 * m - 1, 2 * m - 1]
+        for i, (rho, a) in zip(range(m), reversed(alphas), strict=True):
+            b = rho * float(B[m + i] @ delta)
+            delta[i] += a - b
+        slope = -float(B[-1] @ delta)
+        return -(delta @ basis) / self.root, slope
+
+    def remember(self, s: np.ndarray, y: np.ndarray) -> None:
+        self.s.append(s * self.root)
+        self.y.append(y / self.root)
+        if len(self.s) > self.memory:
+            del self.s[0], self.y[0]
+
+    def forget_last(self) -> None:
+        del self.s[-1], self.y[-1]
+
+    def clear(self) -> None:
+        self.s.clear()
+        self.y.clear()
+
+
+def _line_search(data: BlockData, m: np.ndarray, Xp: np.ndarray, f0: float, slope: float,
+                 wp: float, pp: float, ww: float, l2: float, t: float,
+                 max_backtracks: int = 30, c1: float = 1e-4) -> float:  # fmt: skip
+    """Armijo backtracking along ``p`` on the margins alone (no pass over the data): the
+    accepted step, or 0 when none decreases the objective. ``wp, pp, ww``: the penalised
+    coordinates' dot products (``w.p``, ``p.p``, ``w.w``, every block's summed)."""
+    for _ in range(max_backtracks):
+        loss, d = data.derivative(m + t * Xp)
+        f = loss + 0.5 * l2 * (ww + 2 * t * wp + t * t * pp)
+        if math.isfinite(f) and f <= f0 + c1 * t * slope:
+            return t
+        if math.isfinite(f) and abs(f - f0) <= 16 * np.finfo(float).eps * max(abs(f0), 1e-300):
+            # at the rounding level of the objective: accept when the slope shrank
+            if abs(float(d @ Xp) + l2 * (wp + t * pp)) < abs(slope):
+                return t
+        t = backtrack_step(f, f0, slope, t)
+    return 0.0
+
+
+def run_block_solver(
+    data: BlockData,
+    v: np.ndarray,
+    reduce: Reduce,
+    *,
+    optimizer: Optimizer,
+    epoch: int = 0,
+    memory: int = 10,
+    precondition: bool = True,
+    curvature: float = 1.0,
+    batch_rows: int | None = None,
+    seed: int = 0,
+    lead: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run one rank's solver until the coordinator says stop; return its block and the stop.
+
+    ``v``: the block's parameters at iterate ``epoch`` (a restart's, or the start);
+    ``optimizer``: the rule, with the block's regularizer and ``fit_intercept`` (False
+    on ranks that do not own the intercept); ``optimizer.name == "lbfgs"``: vector-free
+    L-BFGS, else the rule's coordinate-wise steps (gradient descent, or mini-batch SGD with
+    ``batch_rows``). ``curvature``: the loss's curvature bound (the preconditioner's scale).
+    ``lead``: this rank reports the loss (rank 0; the loss is the same on every rank, and
+    the coordinator adds the ranks' reports).
+
+    Returns
+    -------
+    v : ndarray
+        The block's parameters where the fit stopped.
+    stop : dict
+        The coordinator's decision: ``reason`` and ``converged``.
+    """
+    reg: Regularizer = optimizer.regularizer
+    xchg = reduce if isinstance(reduce, BlockExchange) else BlockExchange(reduce)
+    v = np.array(v, dtype=np.float64)
+    if batch_rows is not None:
+        return _minibatch(data, v, xchg, optimizer, epoch, batch_rows, seed, lead)
+    m = xchg(data.matvec(v))[0].copy()  # updated in place: never the reduction's own array
+    lbfgs = None
+    if optimizer.name == "lbfgs":
+        h = np.ones(v.size)
+        if precondition:
+            h = np.maximum(curvature * data.column_squares() + reg.l2, 1e-12 * curvature)
+            h[-1] = curvature  # the intercept's column of ones
+        lbfgs = BlockLBFGS(h, memory)
+    g_prev: np.ndarray | None = None
+    step: np.ndarray | None = None
+    state = optimizer.init_state(v)
+    while True:
+        loss, r = data.derivative(m)
+        loss = loss if lead else 0.0
+        g = data.rmatvec(r)
+        if lbfgs is None:
+            pg = reg.proximal_gradient(v, g.copy(), optimizer.fit_intercept)
+            stats = np.array([loss, float(pg @ pg), reg.penalty(v)])
+            total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v)
+            if stop:
+                return v, stop
+            new = optimizer.step(v, g, state, epoch, epoch)
+            dm, _ = xchg(data.matvec(new - v))
+            m += dm
+            v = new
+            epoch += 1
+            continue
+        reg.add_gradient(v, g)
+        if not optimizer.fit_intercept:
+            g[-1] = 0.0
+        if g_prev is not None and step is not None:
+            lbfgs.remember(step, g - g_prev)
+        basis = lbfgs.basis(g)
+        stats = np.concatenate([[loss, float(g @ g), reg.penalty(v),
+                                 float(np.abs(g / lbfgs.root).sum())],
+                                (basis @ basis.T).ravel()])  # fmt: skip
+        total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v)
+        if stop:
+            return v, stop
+        k = basis.shape[0]
+        B = total[4:].reshape(k, k)
+        if lbfgs.s:  # the new pair is kept only with positive curvature (every block's s.y)
+            i = len(lbfgs.s) - 1
+            sy, ss, yy = B[i, k // 2 + i], B[i, i], B[k // 2 + i, k // 2 + i]
+            if not sy > 1e-10 * math.sqrt(ss * yy):
+                lbfgs.forget_last()
+                keep = [j for j in range(k) if j not in (i, k // 2 + i)]
+                basis, B = basis[keep], B[np.ix_(keep, keep)]
+        p, slope = lbfgs.direction(B, basis)
+        if not slope < 0:  # not a descent direction: steepest descent
+            lbfgs.clear()
+            basis, B = basis[-1:], B[-1:, -1:]
+            p, slope = lbfgs.direction(B, basis)
+        pen = p.copy()
+        pen[-1] = 0.0
+        wpen = v.copy()
+        wpen[-1] = 0.0
+        red, _ = xchg(np.append(data.matvec(p), [float(wpen @ pen), float(pen @ pen),
+                                                 float(wpen @ wpen)]))  # fmt: skip
+        Xp, (wp, pp, ww) = red[:-3], red[-3:]
+        f0 = total[0] + total[2]
+        t0 = 1.0 if lbfgs.s else min(1.0, 1.0 / max(float(total[3]), 1e-300))
+        t = _line_search(data, m, Xp, f0, slope, wp, pp, ww, reg.l2, t0)
+        if t == 0.0:  # no decrease along it: start the memory again from here
+            lbfgs.clear()
+        g_prev, step = g, t * p
+        v = v + step
+        m += t * Xp
+        epoch += 1
+
+
+def _minibatch(data: BlockData, v: np.ndarray, xchg: BlockExchange, optimizer: Optimizer,
+               epoch: int, batch_rows: int, seed: int, lead: bool
+               ) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Mini-batch steps: the same permutation of the rows on every rank, each epoch;
+    ``epoch`` epochs are done (a restart's backup is the block after them)."""
+    n = data.X.shape[0]
+    reg = optimizer.regularizer
+    state = optimizer.init_state(v)
+    t = epoch * -(-n // batch_rows)  # the schedule goes on where the epochs left it
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        loss_sum = weight_sum = 0.0
+        g_sum = np.zeros(v.size)
+        for lo in range(0, n, batch_rows):
+            rows = np.sort(order[lo : lo + batch_rows])
+            Xb = data.X[rows]
+            mb, _ = xchg(data_matvec(Xb, v))
+            wb = data.weight[rows]
+            wsum = float(wb.sum())
+            loss, r = data.derivative(mb, rows)
+            if wsum > 0:
+                g = np.empty(v.size)
+                g[:-1] = Xb.T @ (r / wsum).astype(Xb.dtype, copy=False)
+                g[-1] = float(r.sum()) / wsum
+                g_sum += wsum * g
+                v = optimizer.step(v, g, state, t, epoch)
+                t += 1
+            loss_sum += loss
+            weight_sum += wsum
+        # the epoch's mean batch gradient stands for the gradient (as in row mini-batches)
+        pg = reg.proximal_gradient(v, g_sum / max(weight_sum, 1e-300), optimizer.fit_intercept)
+        stats = np.array([loss_sum if lead else 0.0, float(pg @ pg), reg.penalty(v)])
+        epoch += 1
+        _, stop = xchg(stats, kind="stats", epoch=epoch, backup=v)
+        if stop:
+            return v, stop
+
+
+def data_matvec(X: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``X v[:-1] + v[-1]`` in float64, for a block of rows ``X``."""
+    out = (X @ v[:-1].astype(X.dtype, copy=False)).astype(np.float64, copy=False)
+    return out + v[-1] if v[-1] != 0.0 else out

@@ -1,0 +1,233 @@
+"""The training task of a feature-partitioned fit: one column block per task.
+
+:func:`train_block` loads every row of its rank's columns (from Zarr with
+:func:`daskgd.data.read_columns`, or a block the cluster computed), and the targets, joins
+the job on the coordinator (:mod:`daskgd.parameter_server.blocks`), then runs its block's
+solver (:func:`daskgd.objective.block_solvers.run_block_solver`) in lockstep with the other
+ranks, each shared quantity an all-reduce through the coordinator. When another rank's task
+is rerun (its worker died), the coordinator answers ``restart``: the solver starts again
+from this rank's block of the last iterate every rank backed up. Like the row-partitioned
+task it secedes from the worker's thread pool at once (every rank must run together).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from distributed import get_worker, secede
+
+from daskgd.errors import (
+    DataValidationError,
+    ParameterServerError,
+    SupersededError,
+    TrainingError,
+    UnknownJobError,
+)
+from daskgd.objective import check_targets, get_loss
+from daskgd.objective.block_solvers import BlockData, BlockExchange, run_block_solver
+from daskgd.objective.optimizers import make_optimizer
+from daskgd.parameter_server.blocks import BlockClient
+
+__all__ = ["train_block"]
+
+
+class _Restart(Exception):
+    """The coordinator started a new generation: restart from ``position``."""
+
+    def __init__(self, position: dict[str, Any]) -> None:
+        super().__init__("restart")
+        self.position = position
+
+
+class _Stopped(Exception):
+    """The job stopped (an error on another rank, the driver closed it)."""
+
+
+def train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, Any]) -> dict:
+    """Train one column block of a feature-partitioned job until the coordinator says stop.
+
+    Parameters
+    ----------
+    job : str
+        The job id on the coordinator.
+    rank : int
+        The column block's index (a rerun on another worker takes the same columns).
+    source : dict
+        ``{"pieces": [(path, storage_options, c0, c1), ...], "targets": (path,
+        storage_options, n_chunks)}`` (Zarr) or ``{"X": array, "targets": {"y": ...,
+        "sample_weight": ..., "offset": ...}}`` (blocks the cluster computed).
+    spec : dict
+        ``loss``, ``epsilon``, ``power``, ``classes``, ``fit_intercept``, ``optimizer``
+        (:func:`~daskgd.objective.optimizers.make_optimizer`'s arguments), ``auto_lr``,
+        ``curvature``, ``init`` (this block's starting parameters, the intercept last),
+        ``batch_rows``, ``seed``, ``precondition``, ``memory``, ``delay`` (optional; a
+        testing hook: rank -> seconds this rank sleeps before each iterate's report).
+
+    Returns
+    -------
+    dict
+        ``rank``, ``worker``, ``block`` (its parameters, the intercept's slot last),
+        ``seconds`` (``load``, ``solve``), ``reductions`` and ``reduce_bytes`` (what this
+        rank sent to the coordinator), ``restarts``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=max(1, int(get_worker().state.nthreads)), user_api="blas"):
+        return _train_block(job, rank, source, spec)
+
+
+def _load(source: dict[str, Any], rank: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The block's columns and the targets, as numpy arrays."""
+    if "pieces" in source:
+        from daskgd.data import read_columns, read_row_arrays
+
+        parts = [read_columns(p, c0, c1, storage_options=so) for p, so, c0, c1 in source["pieces"]]
+        X = parts[0] if len(parts) == 1 else np.hstack(parts)
+        path, so, n_chunks = source["targets"]
+        targets = read_row_arrays(path, list(range(n_chunks)), storage_options=so,
+                                  names=("y", "sample_weight", "offset"))  # fmt: skip
+        return X, targets
+    return np.ascontiguousarray(source["X"]), dict(source["targets"])
+
+
+def _encode(y: np.ndarray, sw: np.ndarray | None, spec: dict[str, Any], rank: int) -> np.ndarray:
+    """Labels in the loss's encoding (-1/+1), checked with the weights."""
+    loss = get_loss(spec["loss"])
+    classes = spec.get("classes")
+    if classes is not None:
+        classes = np.asarray(classes)
+        idx = np.searchsorted(classes, y)
+        known = (idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y)
+        if not np.all(known):
+            first = int(np.flatnonzero(~known)[0])
+            raise DataValidationError(
+                f"y holds the label {y[first]!r} at row {first}, which is not among the "
+                f"dataset's classes {classes.tolist()}"
+            )
+        y = (2 * idx - 1).astype(np.float64)
+    try:
+        check_targets(loss, y, name=f"y (column block {rank})", power=spec.get("power", 1.5))
+    except ValueError as exc:
+        raise DataValidationError(str(exc)) from None
+    if sw is not None and np.any(sw < 0):
+        raise DataValidationError("sample_weight has negative entries")
+    return np.asarray(y, dtype=np.float64)
+
+
+def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, Any]) -> dict:
+    worker = get_worker()
+    secede()
+    bc = BlockClient.from_worker(job, worker)
+    started = time.perf_counter()
+
+    def call(op: str, **kw: Any) -> dict[str, Any]:
+        try:
+            return bc.call_sync("blocks", op, **kw)
+        except (UnknownJobError, SupersededError) as exc:
+            # the job ended while the call was on its way, or a newer run of this rank took over
+            raise _Stopped(str(exc)) from None
+        except ParameterServerError as exc:
+            raise TrainingError(
+                f"the coordinator rejected {op} from column block {rank} on {worker.address}: {exc}"
+            ) from exc
+
+    try:
+        joined = call("join", rank=rank, worker=worker.address)
+    except _Stopped:
+        return {"rank": rank, "worker": worker.address, "block": None}
+    if joined.get("final"):  # the fit ended; this rerun hands in the rank's last block
+        return {"rank": rank, "worker": worker.address, "block": joined["block"],
+                "seconds": {}, "reductions": 0, "reduce_bytes": 0, "restarts": 0}  # fmt: skip
+    X, targets = _load(source, rank)
+    y = np.asarray(targets["y"])
+    sw = targets.get("sample_weight")
+    y = _encode(y, sw, spec, rank)
+    weight = np.ones(len(y)) if sw is None else np.asarray(sw, dtype=np.float64)
+    total = float(weight.sum())
+    if not total > 0:
+        raise DataValidationError("sample_weight sums to 0: no row counts")
+    offset = targets.get("offset")
+    offset = None if offset is None else np.asarray(offset, dtype=np.float64)
+    loss = get_loss(spec["loss"])
+    data = BlockData(
+        X, y, weight / total, offset, loss, float(spec["epsilon"]), float(spec["power"])
+    )
+    loaded = time.perf_counter()
+    owner = rank == 0
+    optimizer = make_optimizer(**spec["optimizer"],
+                               fit_intercept=bool(spec["fit_intercept"]) and owner)  # fmt: skip
+    init = np.asarray(spec["init"], dtype=np.float64)
+    incarnation = joined["incarnation"]
+    position = joined
+    seq = 0
+    restarts = 0
+    xchg: BlockExchange | None = None
+    lam: float | None = None  # this block's top curvature (auto_lr), kept across restarts
+
+    pause = float((spec.get("delay") or {}).get(rank, 0.0))
+
+    def reduce(value, kind="sum", epoch=None, backup=None):
+        nonlocal seq
+        seq += 1
+        if pause and kind == "stats":
+            time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
+        msg: dict[str, Any] = {"value": value, "kind": kind, "epoch": epoch, "backup": backup}
+        while True:
+            reply = call("reduce", rank=rank, incarnation=incarnation,
+                         generation=position["generation"], seq=seq, **msg)  # fmt: skip
+            if reply["status"] == "ok":
+                return reply["value"], reply["stop"]
+            if reply["status"] == "restart":
+                raise _Restart(reply)
+            if reply["status"] == "stopped":
+                raise _Stopped(reply.get("error") or reply.get("reason"))
+            msg = {"value": None, "kind": kind, "epoch": epoch, "backup": None}  # "wait"
+
+    v = init
+    stop: dict[str, Any] | None = None
+    while stop is None:
+        seq = 0
+        xchg = BlockExchange(reduce) if xchg is None else xchg
+        epoch = position.get("epoch")
+        v = init if epoch is None else np.asarray(position["block"], dtype=np.float64)
+        start = 0 if epoch is None else (epoch if spec.get("batch_rows") else epoch - 1)
+        try:
+            if spec["auto_lr"]:
+                if lam is None:
+                    lam = data.top_curvature(owner and bool(spec["fit_intercept"]))
+                lam_sum = float(xchg(np.array([lam]))[0][0])
+                l2 = optimizer.regularizer.l2
+                eta = 1.0 / max(float(spec["curvature"]) * lam_sum + l2, 1e-300)
+                optimizer.schedule = replace(optimizer.schedule, eta0=eta)
+            v, stop = run_block_solver(
+                data,
+                v,
+                xchg,
+                optimizer=optimizer,
+                epoch=start,
+                memory=int(spec.get("memory", 10)),
+                precondition=bool(spec.get("precondition", True)),
+                curvature=float(spec["curvature"]),
+                batch_rows=spec.get("batch_rows"),
+                seed=int(spec["seed"]),
+                lead=owner,
+            )
+        except _Restart as r:
+            position = r.position
+            restarts += 1
+        except _Stopped:
+            break
+    done = time.perf_counter()
+    return {
+        "rank": rank,
+        "worker": worker.address,
+        "block": v,
+        "learning_rate": float(optimizer.schedule.eta0),
+        "seconds": {"load": loaded - started, "solve": done - loaded},
+        "reductions": 0 if xchg is None else xchg.calls,
+        "reduce_bytes": 0 if xchg is None else xchg.bytes,
+        "restarts": restarts,
+    }
