@@ -9,6 +9,8 @@ the same batches for mini-batches; a worker killed mid-fit in every mode.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from _kills import fit_and_kill, runs_rank
@@ -246,3 +248,34 @@ def test_worker_killed_mid_fit_restarts_every_block(tmp_path, source, reliabilit
     else:
         assert res.converged_, res.reason
         np.testing.assert_allclose(res.coef_, ref[:-1], atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize(("loss", "alpha", "l1_ratio"), [("squared_error", 0.1, 0.0),
+                                                         ("log_loss", 0.01, 0.0),
+                                                         ("squared_error", 0.2, 0.5)])  # fmt: skip
+def test_block_method_converges_to_the_exact_optimum(trio, tmp_path, loss, alpha, l1_ratio):
+    """optimizer='cocoa': local proximal steps between reductions; the objective decreases
+    every round and the fit reaches the optimum (closed form, scipy, or gradient descent
+    run to convergence for the elastic net)."""
+    X, y = _problem(n=900, d=12, scales=False)
+    if loss == "log_loss":
+        y = np.where(y > np.median(y), 1.0, -1.0)
+        ref = _logistic(X, y, alpha)
+    elif l1_ratio:
+        ref = fit((X, y), optimizer="sgd", learning_rate=0.3, alpha=alpha, l1_ratio=l1_ratio,
+                  max_epochs=5000, tol=None, gtol=1e-12, client=trio)  # fmt: skip
+        ref = np.append(ref.coef_, ref.intercept_)
+    else:
+        ref = _ridge(X, y, alpha)
+    res = fit((X, y), loss=loss, partition="features", optimizer="cocoa", alpha=alpha,
+              l1_ratio=l1_ratio, optimizer_options={"local_steps": 5}, gtol=1e-9, tol=None,
+              max_epochs=3000, client=trio)  # fmt: skip
+    assert res.converged_, res.reason
+    losses = [h["loss"] for h in res.history]
+    assert all(b <= a + 1e-12 * abs(a) for a, b in itertools.pairwise(losses))
+    np.testing.assert_allclose(res.coef_, ref[:-1], atol=1e-6)
+    assert res.intercept_ == pytest.approx(ref[-1], abs=1e-6)
+    # one reduction of the margins per round (and one of its scalars)
+    assert res.timings_["reductions"][0] <= 3 + 2 * res.n_iter_
+    with pytest.raises(InvalidSettingError, match="partition='features'"):
+        fit((X, y), optimizer="cocoa", client=trio)

@@ -30,7 +30,7 @@ from daskgd.cli.common import (
     positive_float,
     positive_int,
 )
-from daskgd.driver.settings import PLACEMENTS
+from daskgd.driver.settings import PARTITIONS, PLACEMENTS
 from daskgd.history import to_jsonable
 from daskgd.io import load_model, save_model
 from daskgd.objective import LOSSES, OPTIMIZERS, SCHEDULES
@@ -59,6 +59,7 @@ def _estimator(args: argparse.Namespace, client: Any) -> Any:
         optimizer=args.optimizer,
         max_staleness=args.max_staleness,
         placement=args.placement,
+        partition=args.partition,
         random_state=args.random_state,
         verbose="auto" if args.progress else 0,
         client=client,
@@ -251,6 +252,9 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--placement", choices=list(PLACEMENTS), default="auto",
                    help="which rows each worker trains on (resources: by the workers' "
                    "declared 'daskgd' resource, else their threads)")  # fmt: skip
+    p.add_argument("--partition", choices=list(PARTITIONS), default="rows",
+                   help="features: each worker holds every row of one block of columns and "
+                   "that block of the coefficients (wide data)")  # fmt: skip
     p.add_argument("--output", help="model file to write: model.json or model.zarr")
     p.add_argument("--plot", help="convergence plot to write (PNG)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")

@@ -38,7 +38,7 @@ from daskgd.worker.block_task import train_block
 __all__ = ["BLOCK_OPTIMIZERS", "check_feature_settings", "run_feature_job"]
 
 #: The optimizers a feature-partitioned fit runs (coordinate-wise rules and L-BFGS).
-BLOCK_OPTIMIZERS = ("lbfgs", "sgd", "momentum", "nesterov", "adagrad", "adam")
+BLOCK_OPTIMIZERS = ("lbfgs", "cocoa", "sgd", "momentum", "nesterov", "adagrad", "adam")
 
 
 def check_feature_settings(s: FitSettings, data: Any) -> FitSettings:
@@ -151,7 +151,13 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
     spec: dict[str, Any] = {
         "loss": s.loss, "epsilon": float(s.epsilon), "power": float(s.power),
         "classes": classes, "fit_intercept": s.fit_intercept,
-        "optimizer": {k: v for k, v in s.optimizer_spec().items() if k != "fit_intercept"},
+        "optimizer": _optimizer_spec(s),
+        "local_steps": (
+            int((s.optimizer_options or {}).get("local_steps", 10))
+            if s.optimizer == "cocoa"
+            else None
+        ),
+        "n_blocks": len(plan),
         "auto_lr": s.auto_lr, "curvature": curvature_bound(s.loss),
         "batch_rows": batch_rows, "seed": int(s.seed),
         "precondition": bool((s.optimizer_options or {}).get("precondition", True)),
@@ -225,6 +231,15 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
             for r in range(len(plan))
         ],
     )
+
+
+def _optimizer_spec(s: FitSettings) -> dict[str, Any]:
+    """``make_optimizer``'s arguments but ``fit_intercept`` (the block's); the block
+    method's local steps are plain proximal gradient steps."""
+    out = {k: v for k, v in s.optimizer_spec().items() if k != "fit_intercept"}
+    if s.optimizer == "cocoa":
+        out.update(name="sgd", options={})
+    return out
 
 
 class _Shape:

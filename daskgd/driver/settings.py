@@ -51,13 +51,16 @@ from daskgd.objective import (
 )
 from daskgd.parameter_server import MODES, make_settings
 
-__all__ = ["CONSTRAINTS", "KEYED_ONLY", "OVR_LOSSES", "FitSettings"]
+__all__ = ["CONSTRAINTS", "FEATURES_ONLY", "KEYED_ONLY", "OVR_LOSSES", "FitSettings"]
 
 #: The binary losses a one-vs-rest fit trains, one column per class.
 OVR_LOSSES = ("hinge", "squared_hinge", "log_loss")
 
 #: Optimizers that only key-value (sparse, mini-batch) fits run (:mod:`daskgd.driver.keyed`).
 KEYED_ONLY = ("ftrl",)
+
+#: Optimizers of feature-partitioned fits only (``partition="features"``): the block method.
+FEATURES_ONLY = ("cocoa",)
 
 #: ``placement``: which rows each worker trains on (see :mod:`daskgd.driver.placement`).
 PLACEMENTS = ("auto", "balanced", "locality", "resources", "latency")
@@ -72,7 +75,7 @@ _TOL = (NONE, Real(0.0))
 CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "loss": (Options(tuple(sorted(LOSSES))),),
     "mode": (Options(MODES),),
-    "optimizer": (Options((*OPTIMIZERS, *KEYED_ONLY, "auto")),),
+    "optimizer": (Options((*OPTIMIZERS, *KEYED_ONLY, *FEATURES_ONLY, "auto")),),
     "learning_rate": (Options(("auto",)), Real(0.0, open=True)),
     "lr_schedule": (Options(SCHEDULES),),
     "power_t": (Real(),),
@@ -277,6 +280,9 @@ class FitSettings:
             # "auto": every optimizer it may stand for must accept the other settings
             names = [self.optimizer] if self.optimizer != "auto" else self.auto_candidates()
             for name in names:
+                if name in FEATURES_ONLY:
+                    self._check_features_only()
+                    continue
                 if name in KEYED_ONLY:
                     self._check_keyed_only()
                     continue
@@ -286,6 +292,23 @@ class FitSettings:
             raise
         except ValueError as exc:  # the lower layers' rules, in their words
             raise InvalidSettingError(str(exc)) from None
+
+    def _check_features_only(self) -> None:
+        """``cocoa``: the block method of feature-partitioned, full-batch fits; its one
+        option, ``local_steps`` (an integer >= 1)."""
+        if self.partition != "features" or self.batch_size is not None:
+            raise InvalidSettingError(
+                f"optimizer={self.optimizer!r} is the block method of feature-partitioned "
+                "fits: use partition='features' and full batches (batch_size=None)"
+            )
+        options = dict(self.optimizer_options or {})
+        unknown = set(options) - {"local_steps"}
+        steps = options.get("local_steps", 10)
+        if unknown or not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise InvalidSettingError(
+                f"optimizer={self.optimizer!r} takes one option, local_steps (an integer "
+                f">= 1, default 10); got {options!r}"
+            )
 
     def _check_keyed_only(self) -> None:
         """``ftrl``: mini-batches, and the rule's own settings (sparse data is checked

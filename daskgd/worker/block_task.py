@@ -195,9 +195,10 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         v = init if epoch is None else np.asarray(position["block"], dtype=np.float64)
         start = 0 if epoch is None else (epoch if spec.get("batch_rows") else epoch - 1)
         try:
-            if spec["auto_lr"]:
-                if lam is None:
-                    lam = data.top_curvature(owner and bool(spec["fit_intercept"]))
+            local_steps = spec.get("local_steps")
+            if (spec["auto_lr"] or local_steps) and lam is None:
+                lam = data.top_curvature(owner and bool(spec["fit_intercept"]))
+            if spec["auto_lr"] and not local_steps:
                 lam_sum = float(xchg(np.array([lam]))[0][0])
                 l2 = optimizer.regularizer.l2
                 eta = 1.0 / max(float(spec["curvature"]) * lam_sum + l2, 1e-300)
@@ -214,6 +215,9 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
                 batch_rows=spec.get("batch_rows"),
                 seed=int(spec["seed"]),
                 lead=owner,
+                local_steps=local_steps,
+                n_blocks=int(spec.get("n_blocks", 1)),
+                block_curvature=lam or 1.0,
             )
         except _Restart as r:
             position = r.position
