@@ -19,6 +19,7 @@ BLOCKS = {
     "glm": ["## Summary", "## Cross-validated path"],
     "sparse": ["## Summary"],
     "placement": ["## Summary"],
+    "features": ["## Summary"],
 }
 
 

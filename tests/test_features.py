@@ -191,7 +191,7 @@ def test_estimators_take_partition(trio, tmp_path):
         ({"optimizer": "lbfgs", "alpha": 0.1, "l1_ratio": 0.5}, "smooth objective"),
         ({"checkpoint": "x.ckpt"}, "checkpoints"),
         ({"placement": "latency"}, "placement='latency'"),
-        ({"partition": "grid"}, "partition"),
+        ({"partition": "grid", "batch_size": 10}, "partition=.grid."),
     ],
 )
 def test_what_feature_partitioning_does_not_run_is_refused(trio, settings, match):
@@ -279,3 +279,67 @@ def test_block_method_converges_to_the_exact_optimum(trio, tmp_path, loss, alpha
     assert res.timings_["reductions"][0] <= 3 + 2 * res.n_iter_
     with pytest.raises(InvalidSettingError, match="partition='features'"):
         fit((X, y), optimizer="cocoa", client=trio)
+
+
+@pytest.fixture(scope="module")
+def quad():
+    """Four worker processes: a 2 x 2 grid."""
+    with (
+        LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        yield c
+
+
+def test_grid_gradient_descent_follows_the_row_partitioned_iterates(quad, tmp_path):
+    """partition='grid': 2 row blocks x 2 column blocks; the same iterates as rows."""
+    X, y = _problem(n=1200, d=10, scales=False)
+    sw = np.random.default_rng(3).uniform(0.5, 2.0, len(y))
+    path = str(tmp_path / "grid.zarr")
+    write_zarr(path, X, y, sw, chunk_rows=300, chunk_cols=5)
+    common = dict(optimizer="sgd", learning_rate=0.05, alpha=0.1, tol=None, client=quad)
+    rows = fit(path, partition="rows", max_epochs=20, **common)
+    grid = fit(path, partition="grid", max_epochs=21, **common)
+    np.testing.assert_allclose(grid.coef_, rows.coef_, rtol=0, atol=1e-10)
+    assert grid.intercept_ == pytest.approx(rows.intercept_, abs=1e-10)
+    assert [(b["columns"], b["row_chunks"]) for b in grid.blocks_] == [
+        ((0, 5), [0, 1]), ((5, 10), [0, 1]), ((0, 5), [2, 3]), ((5, 10), [2, 3])
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["zarr", "memory"])
+def test_grid_lbfgs_reaches_the_optimum(quad, tmp_path, source):
+    X, y = _problem(n=1200, d=10)
+    noise = np.random.default_rng(4).normal(0.0, 3.0 * y.std(), len(y))  # not separable
+    labels = np.where(y + noise > np.median(y), 1.0, -1.0)
+    path = str(tmp_path / "grid.zarr")
+    write_zarr(path, X, labels, chunk_rows=300, chunk_cols=5, task="classification")
+    ref = _logistic(X, labels, 0.01)
+    res = fit(path if source == "zarr" else (X, labels), loss="log_loss", partition="grid",
+              optimizer="lbfgs",
+              alpha=0.01, gtol=1e-9, tol=None, max_epochs=500, client=quad)  # fmt: skip
+    assert res.converged_, res.reason
+    np.testing.assert_allclose(res.coef_, ref[:-1], atol=1e-5)
+    assert res.intercept_ == pytest.approx(ref[-1], abs=1e-5)
+    assert len({b["worker"] for b in res.blocks_}) == 4
+
+
+def test_worker_killed_mid_fit_in_a_grid(tmp_path, reliability):
+    X, y = _problem(n=1200, d=10, scales=False)
+    ref = _ridge(X, y, 0.1)
+    path = str(tmp_path / "kill.zarr")
+    write_zarr(path, X, y, chunk_rows=300, chunk_cols=5)
+    settings = dict(partition="grid", alpha=0.1, tol=None, max_epochs=400, optimizer="sgd",
+                    learning_rate=0.5, gtol=1e-8, delay={3: 0.05})  # fmt: skip
+    with (
+        LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        out = fit_and_kill(c, path, settings, after_epoch=3,
+                           victim=lambda c: runs_rank(c, 3, kind="block"))  # fmt: skip
+        reliability.add("worker kills (kill -9), feature partitioning")
+    assert "error" not in out, out.get("error")
+    res = out["res"]
+    assert res.recoveries_ and res.recoveries_[0]["rank"] == 3
+    assert res.converged_, res.reason
+    np.testing.assert_allclose(res.coef_, ref[:-1], atol=1e-5 * np.abs(ref).max())

@@ -147,8 +147,10 @@ def read_columns(
     c1: int,
     *,
     storage_options: dict[str, Any] | None = None,
+    row_chunks: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Read the columns ``[c0, c1)`` of every row of a dense dataset's ``X``.
+    """Read the columns ``[c0, c1)`` of every row (or of some row-chunks) of a dense
+    dataset's ``X``.
 
     Read chunk by chunk (one row-chunk's blocks at a time) into the returned array, never
     the whole ``X``; every chunk the range touches is checked as
@@ -167,11 +169,14 @@ def read_columns(
         The column range, ``0 <= c0 < c1 <= n_features``.
     storage_options : dict, optional
         fsspec options for a URL.
+    row_chunks : sequence of int, optional
+        Only these row-chunks (whole shards when sharded), in this order (the row blocks
+        of a grid partition); default every row.
 
     Returns
     -------
     numpy.ndarray
-        ``X[:, c0:c1]``, a new C-contiguous array of the dataset's dtype.
+        ``X[:, c0:c1]`` (of those rows), a new C-contiguous array of the dataset's dtype.
 
     Raises
     ------
@@ -193,39 +198,48 @@ def read_columns(
     outer = z.shards or z.chunks
     rows, width = int(outer[0]), int(outer[1])
     n_chunks = -(-n // rows)
-    out = np.empty((n, c1 - c0), dtype=z.dtype)
+    chunks = list(range(n_chunks)) if row_chunks is None else [int(i) for i in row_chunks]
+    if any(not 0 <= i < n_chunks for i in chunks):
+        raise IndexError(f"row-chunks {chunks} out of range: {p} has {n_chunks} row-chunks")
+    sizes = [min(rows, n - i * rows) for i in chunks]
+    out = np.empty((sum(sizes), c1 - c0), dtype=z.dtype)
     if width >= d:
-        _read_row_chunks(z, p, attrs, rows, n_chunks, c0, c1, out)
+        _read_row_chunks(z, p, attrs, rows, n_chunks, c0, c1, out, chunks)
         return out
     blocks = recorded_block_digests(attrs, n_chunks, -(-d // width))
-    for i in range(n_chunks):
-        r0, r1 = i * rows, min(n, i * rows + rows)
+    at = 0
+    for i, size in zip(chunks, sizes, strict=True):
+        r0, r1 = i * rows, i * rows + size
         for j in range(c0 // width, (c1 - 1) // width + 1):
             b0, b1 = j * width, min(d, j * width + width)
             block = _read_block(z, p, i, j, rows, (r0, r1), (b0, b1),
                                 None if blocks is None else blocks[i][j])  # fmt: skip
             lo, hi = max(c0, b0), min(c1, b1)
-            out[r0:r1, lo - c0 : hi - c0] = block[:, lo - b0 : hi - b0]
+            out[at : at + size, lo - c0 : hi - c0] = block[:, lo - b0 : hi - b0]
+        at += size
     return out
 
 
 def _read_row_chunks(
     z: zarr.Array, p: str, attrs: dict[str, Any], rows: int, n_chunks: int, c0: int, c1: int,
-    out: np.ndarray,
+    out: np.ndarray, chunks: Sequence[int],
 ) -> None:  # fmt: skip
-    """Fill ``out`` with ``z[:, c0:c1]`` of an ``X`` in one chunk along the columns."""
-    n, d = out.shape[0], int(z.shape[1])
+    """Fill ``out`` with ``z[:, c0:c1]`` of the row-chunks ``chunks`` of an ``X`` in one
+    chunk along the columns."""
+    n, d = int(z.shape[0]), int(z.shape[1])
     folder, decoder = direct_reader(z, rows)
     digests = recorded_digests(attrs, "X", n_chunks)
     whole = (c0, c1) == (0, d)  # then each chunk is read straight into its rows
     buf = None if whole else np.empty((min(rows, n), d), dtype=z.dtype)
-    for i in range(n_chunks):
-        r0, r1 = i * rows, min(n, i * rows + rows)
-        target = out[r0:r1] if buf is None else buf[: r1 - r0]
+    at = 0
+    for i in chunks:
+        size = min(rows, n - i * rows)
+        target = out[at : at + size] if buf is None else buf[:size]
         read_chunk(z, "X", p, i, rows, target, folder=folder, decoder=decoder,
                    digest=None if digests is None else digests[i])  # fmt: skip
         if buf is not None:
-            out[r0:r1] = target[:, c0:c1]
+            out[at : at + size] = target[:, c0:c1]
+        at += size
 
 
 def _read_block(

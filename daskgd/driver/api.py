@@ -269,7 +269,7 @@ async def _fit(
                 open_data, data, s, client, validate=validate, n_workers=n_avail, offset=offset
             )
         opened = time.perf_counter() - started
-        if s.partition == "features":
+        if s.partition in ("features", "grid"):
             result = await run_feature_job(client, ds, s)
         else:
             assert isinstance(ds, Dataset)

@@ -10,6 +10,7 @@ or the groups of :func:`daskgd.concat_features`, or even column ranges of in-mem
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any, cast
@@ -72,43 +73,61 @@ def check_feature_settings(s: FitSettings, data: Any) -> FitSettings:
         why = "out_of_core=True (each task holds its column block in memory)"
     elif s.checkpoint is not None:
         why = "checkpoints (the blocks stay on the workers); fit partition='rows'"
+    if why is None and s.partition == "grid":
+        if s.batch_size is not None or s.optimizer == "cocoa":
+            why = ("mini-batches or optimizer='cocoa' in a grid (partition='grid' runs "
+                   "full-batch lbfgs and gradient descent); use partition='features'")  # fmt: skip
+        elif isinstance(data, FeatureBlocks):
+            why = "concat_features() data in a grid; use partition='features'"
     if why is None and isinstance(data, Dataset) and data.is_sparse:
         why = "sparse X (column blocks of CSR data are not built); fit partition='rows'"
     if why:
-        raise InvalidSettingError(f"partition='features' does not support {why}")
+        raise InvalidSettingError(f"partition={s.partition!r} does not support {why}")
     return s
 
 
-def _plan(ds: Dataset | FeatureBlocks, workers: list[str]) -> list[list[tuple[int, int, int]]]:
-    """Per rank, its pieces ``(part, c0, c1)`` (column ranges within part ``part``)."""
+def _plan(ds: Dataset | FeatureBlocks, workers: list[str], grid: bool) -> tuple[list, int]:
+    """Per rank, its pieces ``(part, c0, c1)`` (column ranges within part ``part``) and
+    its row-chunks (None: every row); and the number of row blocks. A grid of ``W``
+    workers has about ``sqrt(W)`` column blocks (on the column chunks) and ``W // C`` row
+    blocks of contiguous row-chunks; rank ``i * C + j`` holds block ``(i, j)``."""
     if isinstance(ds, FeatureBlocks):
         k = min(len(ds.parts), len(workers))
         groups = np.array_split(np.arange(len(ds.parts)), k)
-        return [[(int(p), 0, ds.parts[p].n_features) for p in g] for g in groups]
-    bounds = column_blocks(ds.n_features, len(workers), ds.column_chunks)
-    return [[(0, c0, c1)] for c0, c1 in bounds]
+        return [([(int(p), 0, ds.parts[p].n_features) for p in g], None) for g in groups], 1
+    n_cols = max(1, round(math.sqrt(len(workers)))) if grid else len(workers)
+    bounds = column_blocks(ds.n_features, n_cols, ds.column_chunks)
+    if not grid:
+        return [([(0, c0, c1)], None) for c0, c1 in bounds], 1
+    R = max(1, min(len(workers) // len(bounds), ds.n_chunks))
+    rows = [[int(i) for i in g] for g in np.array_split(np.arange(ds.n_chunks), R)]
+    return [([(0, c0, c1)], chunks) for chunks in rows for c0, c1 in bounds], R
 
 
 def _sources(client: Client, ds: Dataset | FeatureBlocks, plan, workers: list[str]) -> list[dict]:
-    """What each rank's task reads: Zarr column ranges, or blocks computed on its worker."""
+    """What each rank's task reads: Zarr column ranges (of some row-chunks in a grid), or
+    blocks computed on its worker."""
+    import dask.array as da
+
     parts = ds.parts if isinstance(ds, FeatureBlocks) else (ds,)
     t = ds.targets if isinstance(ds, FeatureBlocks) else ds
     out: list[dict[str, Any]] = []
     if all(p.path is not None for p in parts) and t.path is not None:
-        targets = (t.path, t.storage_options, t.n_chunks)
-        for pieces in plan:
+        for pieces, chunks in plan:
             zarr_pieces = [
                 (parts[p].path, parts[p].storage_options, c0, c1) for p, c0, c1 in pieces
             ]
-            out.append({"pieces": zarr_pieces, "targets": targets})
+            every = list(range(t.n_chunks)) if chunks is None else chunks
+            out.append({"pieces": zarr_pieces, "row_chunks": chunks,
+                        "targets": (t.path, t.storage_options, every)})  # fmt: skip
         return out
     names = ("y", "sample_weight", "offset")
-    arrays = {n: getattr(t, n) for n in names if getattr(t, n) is not None}
-    for rank, pieces in enumerate(plan):
+    for rank, (pieces, chunks) in enumerate(plan):
         w = workers[rank]
-        cols = [parts[p].X[:, c0:c1] for p, c0, c1 in pieces]
-        import dask.array as da
-
+        lo, hi = (0, t.n_samples) if chunks is None else (
+            t.chunk_bounds(chunks[0])[0], t.chunk_bounds(chunks[-1])[1])  # fmt: skip
+        arrays = {n: getattr(t, n)[lo:hi] for n in names if getattr(t, n) is not None}
+        cols = [parts[p].X[lo:hi, c0:c1] for p, c0, c1 in pieces]
         X = cols[0] if len(cols) == 1 else da.concatenate(cols, axis=1)
         # one computed array per rank on its worker; a rerun elsewhere recomputes it
         whole = [X.rechunk({0: -1, 1: -1}), *[a.rechunk(-1) for a in arrays.values()]]
@@ -141,12 +160,14 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
         workers = workers[: s.n_workers]
     targets = ds.targets if isinstance(ds, FeatureBlocks) else ds
     classes = label_encoding(targets, s)
-    plan = _plan(ds, workers)
+    plan, R = _plan(ds, workers, s.partition == "grid")
+    C = len(plan) // R
     workers = workers[: len(plan)]
     n_features = ds.n_features
     P0 = initial_params(_Shape(n_features), s)  # type: ignore[arg-type]
-    # the blocks are contiguous: rank k holds the columns offsets[k]:offsets[k + 1]
-    offsets = np.cumsum([0, *[sum(c1 - c0 for _, c0, c1 in pieces) for pieces in plan]])
+    # the column blocks are contiguous: block j holds the columns offsets[j]:offsets[j + 1]
+    widths = [sum(c1 - c0 for _, c0, c1 in pieces) for pieces, _ in plan[:C]]
+    offsets = np.cumsum([0, *widths])
     batch_rows = s.batch_size
     spec: dict[str, Any] = {
         "loss": s.loss, "epsilon": float(s.epsilon), "power": float(s.power),
@@ -158,6 +179,7 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
             else None
         ),
         "n_blocks": len(plan),
+        "grid": [R, C],
         "auto_lr": s.auto_lr, "curvature": curvature_bound(s.loss),
         "batch_rows": batch_rows, "seed": int(s.seed),
         "precondition": bool((s.optimizer_options or {}).get("precondition", True)),
@@ -172,13 +194,14 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
     }  # fmt: skip
     job = f"daskgd-blocks-{uuid.uuid4().hex}"
     bc = cast(BlockClient, BlockClient.from_client(client, job, timeout=RPC_TIMEOUT))
-    await bc.blocks("create", n_ranks=len(plan), rules=rules,
-                    member_timeout=s.member_timeout, client=client.id)  # fmt: skip
+    await bc.blocks("create", n_ranks=len(plan), rules=rules, member_timeout=s.member_timeout,
+                    client=client.id, grid=[R, C] if R > 1 else None)  # fmt: skip
     futures: list[Future] = []
     try:
         where = _sources(client, ds, plan, workers)
         for rank, w in enumerate(workers):
-            init = np.append(P0[offsets[rank] : offsets[rank + 1]], P0[-1] if rank == 0 else 0.0)
+            j = rank % C
+            init = np.append(P0[offsets[j] : offsets[j + 1]], P0[-1] if j == 0 else 0.0)
             futures.append(client.submit(
                 train_block, job, rank, where[rank], {**spec, "init": init},
                 workers=[w], allow_other_workers=True, pure=False,
@@ -203,7 +226,8 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
     missing = sorted(set(range(len(plan))) - set(blocks))
     if missing:
         raise TrainingError(f"the training tasks of column block(s) {missing} returned no result")
-    coef = np.concatenate([np.asarray(blocks[r]["block"])[:-1] for r in range(len(plan))])
+    # a grid's blocks (i, j) of one column block hold the same parameters: take row 0's
+    coef = np.concatenate([np.asarray(blocks[j]["block"])[:-1] for j in range(C)])
     rank0 = blocks[0]
     return FitResult(
         coef_=coef,
@@ -226,7 +250,8 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
             {
                 "rank": r,
                 "worker": blocks[r]["worker"],
-                "columns": (int(offsets[r]), int(offsets[r + 1])),
+                "columns": (int(offsets[r % C]), int(offsets[r % C + 1])),
+                **({"row_chunks": list(plan[r][1])} if R > 1 else {}),
             }
             for r in range(len(plan))
         ],

@@ -66,7 +66,7 @@ FEATURES_ONLY = ("cocoa",)
 PLACEMENTS = ("auto", "balanced", "locality", "resources", "latency")
 
 #: ``partition``: how the data is split between the training tasks.
-PARTITIONS = ("rows", "features")
+PARTITIONS = ("rows", "features", "grid")
 
 _BOOL = (Boolean(),)
 _TOL = (NONE, Real(0.0))

@@ -129,10 +129,14 @@ class BlockExchange:
         self.bytes = 0
 
     def __call__(self, value: np.ndarray, kind: str = "sum", epoch: int | None = None,
-                 backup: np.ndarray | None = None) -> tuple[np.ndarray, dict | None]:  # fmt: skip
+                 backup: np.ndarray | None = None,
+                 group: str = "row") -> tuple[np.ndarray, dict | None]:  # fmt: skip
+        """Reduce ``value`` over ``group``: ``"row"`` (the blocks of this rank's rows: every
+        rank unless the partition is a grid), ``"col"`` (the blocks of its columns) or
+        ``"all"``; ``kind="stats"`` sums go to every rank and carry the stop."""
         self.calls += 1
         self.bytes += value.nbytes + (0 if backup is None else backup.nbytes)
-        return self._reduce(value, kind=kind, epoch=epoch, backup=backup)
+        return self._reduce(value, kind=kind, epoch=epoch, backup=backup, group=group)
 
 
 @dataclass
@@ -187,20 +191,17 @@ class BlockLBFGS:
         self.y.clear()
 
 
-def _line_search(data: BlockData, m: np.ndarray, Xp: np.ndarray, f0: float, slope: float,
-                 wp: float, pp: float, ww: float, l2: float, t: float,
-                 max_backtracks: int = 30, c1: float = 1e-4) -> float:  # fmt: skip
-    """Armijo backtracking along ``p`` on the margins alone (no pass over the data): the
-    accepted step, or 0 when none decreases the objective. ``wp, pp, ww``: the penalised
-    coordinates' dot products (``w.p``, ``p.p``, ``w.w``, every block's summed)."""
+def _line_search(phi: Callable[[float], tuple[float, float]], f0: float, slope: float,
+                 t: float, max_backtracks: int = 30, c1: float = 1e-4) -> float:  # fmt: skip
+    """Armijo backtracking along a direction, ``phi(t)`` the objective there and its slope:
+    the accepted step, or 0 when none decreases the objective."""
     for _ in range(max_backtracks):
-        loss, d = data.derivative(m + t * Xp)
-        f = loss + 0.5 * l2 * (ww + 2 * t * wp + t * t * pp)
+        f, df = phi(t)
         if math.isfinite(f) and f <= f0 + c1 * t * slope:
             return t
         if math.isfinite(f) and abs(f - f0) <= 16 * np.finfo(float).eps * max(abs(f0), 1e-300):
             # at the rounding level of the objective: accept when the slope shrank
-            if abs(float(d @ Xp) + l2 * (wp + t * pp)) < abs(slope):
+            if abs(df) < abs(slope):
                 return t
         t = backtrack_step(f, f0, slope, t)
     return 0.0
@@ -222,6 +223,8 @@ def run_block_solver(
     local_steps: int | None = None,
     n_blocks: int = 1,
     block_curvature: float = 1.0,
+    row_blocks: int = 1,
+    counts_block: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run one rank's solver until the coordinator says stop; return its block and the stop.
 
@@ -233,7 +236,10 @@ def run_block_solver(
     ``lead``: this rank reports the loss (rank 0; the loss is the same on every rank, and
     the coordinator adds the ranks' reports). ``local_steps``: the communication-saving
     block method instead (:func:`_local_rounds`), for ``n_blocks`` blocks, this one's
-    ``A_k^T W A_k`` with top eigenvalue ``block_curvature``.
+    ``A_k^T W A_k`` with top eigenvalue ``block_curvature``. A grid (``row_blocks`` > 1):
+    this rank holds some rows of its columns; its block's gradient is reduced over the
+    column's blocks, its loss over the row's, and ``counts_block`` says whether it reports
+    its column block's share of the norms (one rank per column block does).
 
     Returns
     -------
@@ -247,6 +253,7 @@ def run_block_solver(
     v = np.array(v, dtype=np.float64)
     if batch_rows is not None:
         return _minibatch(data, v, xchg, optimizer, epoch, batch_rows, seed, lead)
+    grid = row_blocks > 1
     m = xchg(data.matvec(v))[0].copy()  # updated in place: never the reduction's own array
     if local_steps is not None:
         eta = 1.0 / (n_blocks * curvature * block_curvature + reg.l2)
@@ -255,7 +262,9 @@ def run_block_solver(
     if optimizer.name == "lbfgs":
         h = np.ones(v.size)
         if precondition:
-            h = np.maximum(curvature * data.column_squares() + reg.l2, 1e-12 * curvature)
+            sq = data.column_squares()
+            sq = xchg(sq, group="col")[0] if grid else sq  # every row of the columns
+            h = np.maximum(curvature * sq + reg.l2, 1e-12 * curvature)
             h[-1] = curvature  # the intercept's column of ones
         lbfgs = BlockLBFGS(h, memory)
     g_prev: np.ndarray | None = None
@@ -265,10 +274,13 @@ def run_block_solver(
         loss, r = data.derivative(m)
         loss = loss if lead else 0.0
         g = data.rmatvec(r)
+        if grid:
+            g = xchg(g, group="col")[0].copy()
+        share = 1.0 if counts_block else 0.0  # a column block's norms, counted once
         if lbfgs is None:
             pg = reg.proximal_gradient(v, g.copy(), optimizer.fit_intercept)
-            stats = np.array([loss, float(pg @ pg), reg.penalty(v)])
-            total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v)
+            stats = np.array([loss, share * float(pg @ pg), share * reg.penalty(v)])
+            total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v, group="all")
             if stop:
                 return v, stop
             new = optimizer.step(v, g, state, epoch, epoch)
@@ -283,10 +295,11 @@ def run_block_solver(
         if g_prev is not None and step is not None:
             lbfgs.remember(step, g - g_prev)
         basis = lbfgs.basis(g)
-        stats = np.concatenate([[loss, float(g @ g), reg.penalty(v),
-                                 float(np.abs(g / lbfgs.root).sum())],
-                                (basis @ basis.T).ravel()])  # fmt: skip
-        total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v)
+        stats = share * np.concatenate([[0.0, float(g @ g), reg.penalty(v),
+                                         float(np.abs(g / lbfgs.root).sum())],
+                                        (basis @ basis.T).ravel()])  # fmt: skip
+        stats[0] = loss
+        total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v, group="all")
         if stop:
             return v, stop
         k = basis.shape[0]
@@ -312,7 +325,16 @@ def run_block_solver(
         Xp, (wp, pp, ww) = red[:-3], red[-3:]
         f0 = total[0] + total[2]
         t0 = 1.0 if lbfgs.s else min(1.0, 1.0 / max(float(total[3]), 1e-300))
-        t = _line_search(data, m, Xp, f0, slope, wp, pp, ww, reg.l2, t0)
+
+        def phi(t: float, m=m, Xp=Xp, wp=wp, pp=pp, ww=ww, l2=reg.l2) -> tuple[float, float]:
+            # the objective along p from the margins alone; a grid adds its row blocks' losses
+            loss, d = data.derivative(m + t * Xp)
+            dl = float(d @ Xp)
+            if grid:
+                loss, dl = xchg(np.array([loss, dl]) if lead else np.zeros(2), group="all")[0]
+            return loss + 0.5 * l2 * (ww + 2 * t * wp + t * t * pp), dl + l2 * (wp + t * pp)
+
+        t = _line_search(phi, f0, slope, t0)
         if t == 0.0:  # no decrease along it: start the memory again from here
             lbfgs.clear()
         g_prev, step = g, t * p

@@ -136,6 +136,8 @@ class BlockJob:
         Seconds a reduction waits for a rank that sent nothing before the job stops, naming it.
     client : str, optional
         The driver's client id (the job is freed when it disconnects).
+    grid : (int, int), optional
+        A grid partition's row blocks and column blocks (``partition="grid"``).
     """
 
     def __init__(
@@ -145,13 +147,15 @@ class BlockJob:
         rules: BlockRules,
         member_timeout: float = 600.0,
         client: str | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> None:
         self.id, self.n_ranks, self.rules = job_id, n_ranks, rules
+        self.grid = grid  # (row blocks, column blocks): rank i * C + j holds block (i, j)
         self.member_timeout, self.client = member_timeout, client
         self.generation = 0
         self.incarnations: list[str | None] = [None] * n_ranks
         self.workers: list[str | None] = [None] * n_ranks
-        self.reductions: dict[tuple[int, int], _Reduction] = {}
+        self.reductions: dict[tuple[int, int, str], _Reduction] = {}
         self.backups: list[dict[int, np.ndarray]] = [{} for _ in range(n_ranks)]
         self.restore_epoch: int | None = None  # the iterate the current generation started at
         self.history: list[dict[str, Any]] = []
@@ -223,18 +227,19 @@ class BlockJob:
         epoch: int | None,
         backup: np.ndarray | None,
         wait: float,
+        group: str = "all",
+        size: int | None = None,
     ) -> dict[str, Any]:
-        """Add ``rank``'s part to reduction ``seq`` of ``generation`` (``value`` None: it
-        was sent already) and wait up to ``wait`` seconds for the sum."""
-        if (
-            self.stopped
-            and generation == self.generation
-            and (generation, seq) not in self.reductions
-        ):
+        """Add ``rank``'s part to reduction ``seq`` of ``generation`` among the ``size``
+        ranks of ``group`` (default: every rank; a grid's row or column of blocks), and wait
+        up to ``wait`` seconds for the sum (``value`` None: the part was sent already)."""
+        key = (generation, seq, group)
+        size = self.n_ranks if size is None else size
+        if self.stopped and generation == self.generation and key not in self.reductions:
             return self.stopped_reply()
         if generation != self.generation:
             return {"status": "restart", **self.position(rank)}
-        r = self.reductions.setdefault((generation, seq), _Reduction())
+        r = self.reductions.setdefault(key, _Reduction())
         if value is not None and r.total is None:
             r.parts[rank] = value
             if backup is not None and epoch is not None:
@@ -242,7 +247,7 @@ class BlockJob:
                 kept[epoch] = backup
                 for old in sorted(kept)[:-2]:
                     del kept[old]
-            if len(r.parts) == self.n_ranks:
+            if len(r.parts) == size:
                 self.close(r, kind, epoch)
         if r.total is None:
             try:
@@ -254,7 +259,7 @@ class BlockJob:
             if r.total is None:
                 silent = time.monotonic() - r.started
                 if silent > self.member_timeout and not self.stopped:
-                    missing = sorted(set(range(self.n_ranks)) - set(r.parts))
+                    missing = sorted(set(self.members(group)) - set(r.parts))
                     self.fail(
                         f"rank(s) {missing} (column blocks on "
                         f"{[self.workers[m] for m in missing]}) sent nothing for {silent:.0f} s "
@@ -265,14 +270,23 @@ class BlockJob:
                 return self.stopped_reply() if self.stopped else {"status": "wait"}
         r.readers.add(rank)
         out = {"status": "ok", "value": r.total, "stop": r.stop}
-        if len(r.readers) == self.n_ranks:
-            del self.reductions[(generation, seq)]
+        if len(r.readers) == size:
+            del self.reductions[key]
         return out
+
+    def members(self, group: str) -> list[int]:
+        """The ranks of ``group``: every rank, or (``grid`` set) a row or column of blocks."""
+        if self.grid is None or group == "all":
+            return list(range(self.n_ranks))
+        R, C = self.grid
+        k = int(group[1:])
+        return [k * C + j for j in range(C)] if group[0] == "r" else [i * C + k for i in range(R)]
 
     def close(self, r: _Reduction, kind: str, epoch: int | None) -> None:
         """Every part is in: sum them in rank order, and decide the stop on a stats sum."""
-        total = np.array(r.parts[0], dtype=np.float64)
-        for k in range(1, self.n_ranks):
+        ranks = sorted(r.parts)
+        total = np.array(r.parts[ranks[0]], dtype=np.float64)
+        for k in ranks[1:]:
             total += r.parts[k]
         r.total, r.parts = total, {}
         if kind == "stats" and epoch is not None:

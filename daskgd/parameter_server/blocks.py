@@ -9,11 +9,12 @@ arrays travel wrapped in :class:`distributed.protocol.ToPickle`.
 ==========================  ====================================================
 handler                     arguments -> reply (besides ``status``)
 ==========================  ====================================================
-``daskgd_blocks_create``    ``job, n_ranks, rules, member_timeout, client``
+``daskgd_blocks_create``    ``job, n_ranks, rules, member_timeout, client, grid``
 ``daskgd_blocks_join``      ``job, rank, worker`` -> ``incarnation, generation,
                             epoch, block`` (where a rerun task restarts)
 ``daskgd_blocks_reduce``    ``job, rank, incarnation, generation, seq, value, kind,
-                            epoch, backup, wait`` -> ``value, stop`` (the sum), or
+                            epoch, backup, wait, group`` -> ``value, stop`` (the sum
+                            over ``group``: every rank, or a grid's ``r<i>``/``c<j>``), or
                             ``wait`` (call again with ``value=None``), or ``restart``
                             with the rank's ``generation, epoch, block``
 ``daskgd_blocks_status``    ``job, since, wait`` -> the job's stop state and history
@@ -113,15 +114,19 @@ class BlockCoordinator(SchedulerPlugin):
         return j
 
     # -- handlers -------------------------------------------------------------------------
-    async def op_create(self, job, n_ranks, rules, member_timeout=600.0, client=None):
+    async def op_create(self, job, n_ranks, rules, member_timeout=600.0, client=None, grid=None):
         if not isinstance(job, str) or job in self.jobs:
             return error(f"job must be a new string id, got {job!r}")
         if not isinstance(n_ranks, int) or n_ranks < 1:
             return error(f"n_ranks must be an integer >= 1, got {n_ranks!r}")
         if not isinstance(rules, dict) or not set(rules) <= _RULE_FIELDS:
             return error(f"rules must be a dict with keys among {sorted(_RULE_FIELDS)}")
+        if grid is not None:
+            grid = tuple(grid)
+            if len(grid) != 2 or grid[0] * grid[1] != n_ranks:
+                return error(f"grid must be (row blocks, column blocks) of {n_ranks} ranks")
         self.jobs[job] = BlockJob(job, n_ranks, BlockRules(**rules), float(member_timeout),
-                                  client)  # fmt: skip
+                                  client, grid)  # fmt: skip
         return {"status": "ok"}
 
     async def op_join(self, job, rank, worker):
@@ -134,8 +139,8 @@ class BlockCoordinator(SchedulerPlugin):
             logger.warning("daskgd: job %s: rank %d restarts on %s", job, rank, worker)
         return j.join(rank, str(worker))
 
-    async def op_reduce(self, job, rank, incarnation, generation, seq, value=None,
-                        kind="sum", epoch=None, backup=None, wait=REDUCE_WAIT):  # fmt: skip
+    async def op_reduce(self, job, rank, incarnation, generation, seq, value=None, kind="sum",
+                        epoch=None, backup=None, wait=REDUCE_WAIT, group="all"):  # fmt: skip
         j = self._job(job)
         if isinstance(j, dict):
             return j
@@ -152,8 +157,16 @@ class BlockCoordinator(SchedulerPlugin):
             return error(f"value must be a 1-d numpy array, got {type(value).__name__}")
         if kind not in ("sum", "stats"):
             return error(f"kind must be 'sum' or 'stats', got {kind!r}")
+        ok = group == "all" or (
+            j.grid is not None and isinstance(group, str) and group[:1] in ("r", "c")
+            and group[1:].isdigit() and int(group[1:]) < j.grid[group[0] == "c"]
+        )  # fmt: skip
+        if not ok or rank not in j.members(group):
+            return error(f"group must be 'all', or the 'r<i>'/'c<j>' of a grid job that holds "
+                         f"rank {rank}; got {group!r}")  # fmt: skip
         wait = min(max(float(wait), 0.0), 30.0)
-        return await j.add(rank, generation, seq, value, kind, epoch, backup, wait)
+        return await j.add(rank, generation, seq, value, kind, epoch, backup, wait, group,
+                           len(j.members(group)))  # fmt: skip
 
     async def op_status(self, job, since=0, wait=0.0):
         j = self._job(job)

@@ -84,10 +84,14 @@ def _load(source: dict[str, Any], rank: int) -> tuple[np.ndarray, dict[str, Any]
     if "pieces" in source:
         from daskgd.data import read_columns, read_row_arrays
 
-        parts = [read_columns(p, c0, c1, storage_options=so) for p, so, c0, c1 in source["pieces"]]
+        rows = source.get("row_chunks")  # a grid's row block; None: every row
+        parts = [
+            read_columns(p, c0, c1, storage_options=so, row_chunks=rows)
+            for p, so, c0, c1 in source["pieces"]
+        ]
         X = parts[0] if len(parts) == 1 else np.hstack(parts)
-        path, so, n_chunks = source["targets"]
-        targets = read_row_arrays(path, list(range(n_chunks)), storage_options=so,
+        path, so, chunks = source["targets"]
+        targets = read_row_arrays(path, chunks, storage_options=so,
                                   names=("y", "sample_weight", "offset"))  # fmt: skip
         return X, targets
     return np.ascontiguousarray(source["X"]), dict(source["targets"])
@@ -147,7 +151,9 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
     y = _encode(y, sw, spec, rank)
     weight = np.ones(len(y)) if sw is None else np.asarray(sw, dtype=np.float64)
     total = float(weight.sum())
-    if not total > 0:
+    R, C = (int(k) for k in spec.get("grid") or (1, 1))
+    i, j = divmod(rank, C)  # a grid's block (i, j); else (0, rank)
+    if not total > 0 and R == 1:
         raise DataValidationError("sample_weight sums to 0: no row counts")
     offset = targets.get("offset")
     offset = None if offset is None else np.asarray(offset, dtype=np.float64)
@@ -156,7 +162,7 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         X, y, weight / total, offset, loss, float(spec["epsilon"]), float(spec["power"])
     )
     loaded = time.perf_counter()
-    owner = rank == 0
+    owner = j == 0  # the intercept's block, which reports the loss of its rows
     optimizer = make_optimizer(**spec["optimizer"],
                                fit_intercept=bool(spec["fit_intercept"]) and owner)  # fmt: skip
     init = np.asarray(spec["init"], dtype=np.float64)
@@ -169,14 +175,16 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
 
     pause = float((spec.get("delay") or {}).get(rank, 0.0))
 
-    def reduce(value, kind="sum", epoch=None, backup=None):
+    def reduce(value, kind="sum", epoch=None, backup=None, group="row"):
         nonlocal seq
+        # a grid's row ("r<i>") or column ("c<j>") of blocks; otherwise every rank
+        label = "all" if R == 1 or group == "all" else (f"r{i}" if group == "row" else f"c{j}")
         seq += 1
         if pause and kind == "stats":
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         msg: dict[str, Any] = {"value": value, "kind": kind, "epoch": epoch, "backup": backup}
         while True:
-            reply = call("reduce", rank=rank, incarnation=incarnation,
+            reply = call("reduce", rank=rank, incarnation=incarnation, group=label,
                          generation=position["generation"], seq=seq, **msg)  # fmt: skip
             if reply["status"] == "ok":
                 return reply["value"], reply["stop"]
@@ -195,11 +203,17 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         v = init if epoch is None else np.asarray(position["block"], dtype=np.float64)
         start = 0 if epoch is None else (epoch if spec.get("batch_rows") else epoch - 1)
         try:
+            if R > 1:  # the weights are normalised by their sum over every row block
+                everywhere = float(xchg(np.array([total]), group="col")[0][0])
+                if not everywhere > 0:
+                    raise DataValidationError("sample_weight sums to 0: no row counts")
+                data.weight = weight / everywhere
             local_steps = spec.get("local_steps")
             if (spec["auto_lr"] or local_steps) and lam is None:
                 lam = data.top_curvature(owner and bool(spec["fit_intercept"]))
             if spec["auto_lr"] and not local_steps:
-                lam_sum = float(xchg(np.array([lam]))[0][0])
+                # a bound: the blocks' top eigenvalues summed
+                lam_sum = float(xchg(np.array([lam]), group="all")[0][0])
                 l2 = optimizer.regularizer.l2
                 eta = 1.0 / max(float(spec["curvature"]) * lam_sum + l2, 1e-300)
                 optimizer.schedule = replace(optimizer.schedule, eta0=eta)
@@ -218,6 +232,8 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
                 local_steps=local_steps,
                 n_blocks=int(spec.get("n_blocks", 1)),
                 block_curvature=lam or 1.0,
+                row_blocks=R,
+                counts_block=i == 0,
             )
         except _Restart as r:
             position = r.position
