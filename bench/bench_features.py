@@ -21,9 +21,13 @@ a fresh cluster for each run (started, and the workers' imports done, outside th
   store: each worker reads one block of 2 column chunks;
 - ``features, L-BFGS, 4 groups``: the same from ``concat_features`` of the 4 groups, 2 per
   worker (opening the groups is timed);
-- ``features, gradient descent``: ``optimizer="sgd"`` full batch (``learning_rate="auto"``).
-
-Grid partitioning (row and column blocks together) is not built in daskgd: it is left out.
+- ``features, gradient descent``: ``optimizer="sgd"`` full batch (``learning_rate="auto"``);
+- ``features, block method (cocoa)``: ``optimizer="cocoa"`` (10 local steps a round);
+- ``grid, L-BFGS``: ``partition="grid"``, ``optimizer="lbfgs"``. A grid of W workers has
+  ``round(sqrt(W))`` column blocks: on these 2 workers, 1 column block x 2 row blocks, so
+  each worker holds every column of half the rows, as partitioned by rows, but through the
+  block coordinator; a grid of column and row blocks needs 4 workers or more, which this
+  2-core machine does not hold apart.
 
 f*: a reference fit (``rows, L-BFGS``, ``tol=None``, stopped once 20 history rows have
 improved on the best loss before them by less than 1e-10 of it, or at 300) whose final
@@ -37,9 +41,11 @@ callback for the first history row whose loss is within 1e-6 of f* ((f - f*) / |
 ``fit s`` to its return (the stop, gathering the blocks, the result).
 
 ``iterations``: history rows to the target. Row-partitioned L-BFGS has one per round, a
-gradient at a trial point (accepted or not): one pass over X. Feature-partitioned fits
-have one per accepted iterate: two passes over each block (``X_k^T r`` and ``X_k p``) and
-two all-reduces; the line search runs on the margins without the data.
+gradient at a trial point (accepted or not): one pass over X. Feature-partitioned and grid
+fits have one per accepted iterate: two passes over each block (``X_k^T r`` and ``X_k p``)
+and two all-reduces (a grid: three, the gradient's over a column of blocks); the line
+search runs on the margins without the data. The block method has one per round of 10
+local steps (20 passes over each block) and two all-reduces.
 
 ``MB per iteration``: to the server (rows: every worker's gradient, in float32,
 ``timings_["push_bytes"]``) or to the coordinator (features: each rank's partial margins,
@@ -48,8 +54,9 @@ back (rows: the whole model, 8 (d + 1) bytes, to every worker each round; featur
 reduction's sum, to every rank; the backups are not sent back). ``parameters a worker
 holds``: rows, the whole model (each round's copy); features, its block of coefficients
 (the intercept's slot included). ``on the scheduler``: rows, the model (its L-BFGS memory,
-20 more vectors of d + 1, is there too); features, the coordinator keeps each block's last
-two iterates as backups (2 (d + 1) values), to restart after a lost worker, never for
+20 more vectors of d + 1, is there too); features and grid, the coordinator keeps each
+rank's block of the last two iterates as backups (2 (d + K) values for K column blocks; a
+grid's row blocks each keep their copy), to restart after a lost worker, never for
 computing: a feature-partitioned worker keeps its block's L-BFGS memory itself.
 
 ``final subopt``: the final coefficients' relative suboptimality, evaluated here.
@@ -68,6 +75,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -88,6 +96,7 @@ from daskgd.data import read_columns, read_row_arrays, read_row_chunks  # noqa: 
 REL = 1e-6  # the target's relative suboptimality
 ALPHA = 1e-3
 WORKERS, GROUPS, REF_EPOCHS, SETTLE = 2, 4, 300, 20
+GRID_COLS = max(1, round(math.sqrt(WORKERS)))  # the column blocks of partition="grid"
 NORMAL_EQUATIONS_MAX_D = 5_000  # a (d + 1)^2 float64 Gram matrix in this process
 # rows, columns, rows per chunk, columns per chunk (= a group's columns), budget (s)
 SIZES = {"full": (50_000, 20_000, 6_250, 5_000, 1800.0),
@@ -100,6 +109,9 @@ SYSTEMS = [
     (f"features, L-BFGS, {GROUPS} groups", "groups",
      {"partition": "features", "optimizer": "lbfgs"}),
     ("features, gradient descent", "store", {"partition": "features", "optimizer": "sgd"}),
+    ("features, block method (cocoa)", "store",
+     {"partition": "features", "optimizer": "cocoa"}),
+    ("grid, L-BFGS", "store", {"partition": "grid", "optimizer": "lbfgs"}),
 ]  # fmt: skip
 
 
@@ -241,7 +253,8 @@ def run(name: str, data: str | list[str], loss: str, kw: dict,
         backups = sum(8 * (w + 1) * rows for w in widths)  # one with each iterate's stats
         sent = sum(t["reduce_bytes"])
         out.update(to_bytes=sent / rows, back_bytes=(sent - backups) / rows,
-                   worker_params=max(widths) + 1, scheduler_params=2 * (d + 1),
+                   worker_params=max(widths) + 1,
+                   scheduler_params=2 * sum(w + 1 for w in widths),
                    blocks=res.blocks_, reductions=t["reductions"])  # fmt: skip
     print(f"{name}: {res.reason}; {len(points)} rows, {wall:.1f} s", flush=True)
     return out
@@ -340,15 +353,18 @@ def reading(results: dict, n: int, d: int) -> str:
             f"the rows, n = {n:,}, the row partition's with the columns, d = {d:,})."
         )
     first = results[next(iter(results))]["runs"]
-    w = next(r["worker_params"] for r in first if r["system"] == "features, L-BFGS")
+    cols = next(r for r in first if r["system"] == "features, L-BFGS")
     out.append(
         f"The largest parameter block a process computes with: {d + 1:,} values (the whole "
         f"model, on the scheduler and sent to every worker each round) partitioned by rows, "
-        f"{w:,} partitioned by features. The coordinator still keeps 2 x {d + 1:,} values: "
-        "each block's last two iterates, backups to restart from after a lost worker, not "
-        f"used to compute; and each feature-partitioned worker holds margin vectors of n = "
-        f"{n:,} values. Grid partitioning is not built, so not measured."
+        f"{cols['worker_params']:,} partitioned by features. The coordinator still keeps "
+        f"{cols['scheduler_params']:,} values: each block's last two iterates, backups to "
+        "restart from after a lost worker, not used to compute; and each feature-partitioned "
+        f"worker holds margin vectors of n = {n:,} values."
     )
+    if GRID_COLS == 1:
+        out[-1] += (f" The grid on {WORKERS} workers is one column block: every worker holds "
+                    "the whole model, as partitioned by rows.")  # fmt: skip
     return "\n\n".join(out) + "\n"
 
 
@@ -373,8 +389,9 @@ def main() -> None:
     header = ["problem", "system", "to 1e-6 s", "fit s", "iterations",
               "MB per iteration (to / back)", "parameters a worker holds",
               "on the scheduler"]  # fmt: skip
-    md.append(f"\n## Summary\n\n{n:,} x {d:,} float32, {WORKERS} workers; grid partitioning "
-              "is not built (left out).\n\n" + table(summary_rows(results), header))  # fmt: skip
+    grid = f"{GRID_COLS} column block(s) x {WORKERS // GRID_COLS} row blocks"
+    md.append(f"\n## Summary\n\n{n:,} x {d:,} float32, {WORKERS} workers (the grid: {grid})."
+              "\n\n" + table(summary_rows(results), header))  # fmt: skip
     md.append("\n" + reading(results, n, d))
     dheader = ["problem", "system", "load s (slowest rank)", "history rows", "final subopt",
                "history vs exact", "peak RSS MB (worker)", "peak RSS MB (scheduler)",

@@ -80,7 +80,7 @@ def test_lbfgs_reaches_the_ridge_optimum_from_a_column_chunked_store(trio, tmp_p
     write_zarr(path, X.astype(dtype), y, sw, chunk_rows=500, chunk_cols=8)
     Xs = X.astype(dtype).astype(np.float64)
     ref = _ridge(Xs, y, 0.1, sw)
-    # float32 data: margins and gradients in float32, as the row kernels compute them
+    # float32 data: the values are float32, their sums float64 (as in the row kernels)
     stop = {"gtol": 1e-9} if dtype == np.float64 else {"gtol_rel": 1e-5}
     res = fit(path, partition="features", optimizer="lbfgs", alpha=0.1, tol=None,
               max_epochs=300, client=trio, **stop)  # fmt: skip
@@ -88,6 +88,10 @@ def test_lbfgs_reaches_the_ridge_optimum_from_a_column_chunked_store(trio, tmp_p
     tol = 1e-8 if dtype == np.float64 else 1e-3
     np.testing.assert_allclose(res.coef_, ref[:-1], atol=tol * np.abs(ref).max())
     assert res.intercept_ == pytest.approx(ref[-1], abs=tol * 10)
+    # the reported objective is that of the returned coefficients (float64 sums)
+    r = Xs @ res.coef_ + res.intercept_ - y
+    f = 0.5 * (sw @ (r * r)) / sw.sum() + 0.05 * res.coef_ @ res.coef_
+    assert res.history[-1]["loss"] == pytest.approx(f, rel=1e-12 if dtype == np.float64 else 1e-9)
     # one block per worker, on the store's column chunks, covering every column once
     assert [b["columns"] for b in res.blocks_] == [(0, 8), (8, 16), (16, 24)]
     assert len({b["worker"] for b in res.blocks_}) == 3

@@ -95,7 +95,9 @@ def _plan(ds: Dataset | FeatureBlocks, workers: list[str], grid: bool) -> tuple[
         k = min(len(ds.parts), len(workers))
         groups = np.array_split(np.arange(len(ds.parts)), k)
         return [([(int(p), 0, ds.parts[p].n_features) for p in g], None) for g in groups], 1
-    n_cols = max(1, round(math.sqrt(len(workers)))) if grid else len(workers)
+    # a grid has at least 2 column blocks (one would send every margin through the
+    # coordinator for nothing): with fewer than 4 workers it is a feature partition
+    n_cols = max(2, round(math.sqrt(len(workers)))) if grid else len(workers)
     bounds = column_blocks(ds.n_features, n_cols, ds.column_chunks)
     if not grid:
         return [([(0, c0, c1)], None) for c0, c1 in bounds], 1

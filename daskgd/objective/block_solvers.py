@@ -71,18 +71,36 @@ class BlockData:
     epsilon: float = 0.1
     power: float = 1.5
 
+    def _row_slices(self) -> list[slice]:
+        """Slices of rows whose float64 copy takes about 8 MB (float32 data)."""
+        n, d = self.X.shape
+        step = max(1, (1 << 20) // max(d, 1))
+        return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
     def matvec(self, v: np.ndarray) -> np.ndarray:
-        """``X_k v[:-1] + v[-1]`` in float64 (float32 data multiply in float32)."""
-        out = self.X @ v[:-1].astype(self.X.dtype, copy=False)
-        out = out.astype(np.float64, copy=False)
+        """``X_k v[:-1] + v[-1]``, summed in float64 (float32 rows are widened a slice at
+        a time, as the row kernels widen them: the margins, carried from iterate to
+        iterate, must not drift by float32 roundings)."""
+        w = np.ascontiguousarray(v[:-1], dtype=np.float64)
+        if self.X.dtype == np.float64:
+            out = self.X @ w
+        else:
+            out = np.empty(self.X.shape[0])
+            for rows in self._row_slices():
+                np.matmul(self.X[rows].astype(np.float64), w, out=out[rows])
         if v[-1] != 0.0:
             out += v[-1]
         return out
 
     def rmatvec(self, r: np.ndarray) -> np.ndarray:
-        """``[X_k^T r, sum(r)]`` in float64."""
+        """``[X_k^T r, sum(r)]``, summed in float64."""
         g = np.empty(self.X.shape[1] + 1)
-        g[:-1] = self.X.T @ r.astype(self.X.dtype, copy=False)
+        if self.X.dtype == np.float64:
+            g[:-1] = self.X.T @ r
+        else:
+            g[:-1] = 0.0
+            for rows in self._row_slices():
+                g[:-1] += self.X[rows].astype(np.float64).T @ r[rows]
         g[-1] = math.fsum(r) if r.size < 64 else float(r.sum())
         return g
 
@@ -96,8 +114,10 @@ class BlockData:
     def column_squares(self) -> np.ndarray:
         """``sum_i weight_i x_ij**2`` per column, and 1 for the intercept's slot."""
         out = np.ones(self.X.shape[1] + 1)
-        Xw = self.X * self.weight[:, None].astype(self.X.dtype)
-        out[:-1] = np.einsum("ij,ij->j", Xw, self.X, dtype=np.float64)
+        out[:-1] = 0.0
+        for rows in self._row_slices():  # no copy of the whole block
+            Xr = self.X[rows].astype(np.float64)
+            out[:-1] += self.weight[rows] @ (Xr * Xr)
         return out
 
     def top_curvature(self, intercept: bool) -> float:
@@ -400,14 +420,14 @@ def _minibatch(data: BlockData, v: np.ndarray, xchg: BlockExchange, optimizer: O
         g_sum = np.zeros(v.size)
         for lo in range(0, n, batch_rows):
             rows = np.sort(order[lo : lo + batch_rows])
-            Xb = data.X[rows]
+            Xb = data.X[rows].astype(np.float64, copy=False)  # summed in float64
             mb, _ = xchg(data_matvec(Xb, v))
             wb = data.weight[rows]
             wsum = float(wb.sum())
             loss, r = data.derivative(mb, rows)
             if wsum > 0:
                 g = np.empty(v.size)
-                g[:-1] = Xb.T @ (r / wsum).astype(Xb.dtype, copy=False)
+                g[:-1] = Xb.T @ (r / wsum)
                 g[-1] = float(r.sum()) / wsum
                 g_sum += wsum * g
                 v = optimizer.step(v, g, state, t, epoch)
@@ -424,6 +444,6 @@ def _minibatch(data: BlockData, v: np.ndarray, xchg: BlockExchange, optimizer: O
 
 
 def data_matvec(X: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``X v[:-1] + v[-1]`` in float64, for a block of rows ``X``."""
-    out = (X @ v[:-1].astype(X.dtype, copy=False)).astype(np.float64, copy=False)
+    """``X v[:-1] + v[-1]`` for a float64 block of rows ``X``."""
+    out = X @ v[:-1]
     return out + v[-1] if v[-1] != 0.0 else out

@@ -179,6 +179,8 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         nonlocal seq
         # a grid's row ("r<i>") or column ("c<j>") of blocks; otherwise every rank
         label = "all" if R == 1 or group == "all" else (f"r{i}" if group == "row" else f"c{j}")
+        if label[0] == "r" and C == 1:  # a row of one block: its own sum
+            return value, None
         seq += 1
         if pause and kind == "stats":
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
