@@ -1,7 +1,8 @@
 """Feature partitioning on a wide problem: time to a 1e-6 relative suboptimality, bytes per
 iteration and the largest parameter block, rows against features.
 
-``python bench/bench_features.py [--quick] [--budget S] [--data DIR]``
+``python bench/bench_features.py [--quick] [--systems NAME,NAME] [--problems LOSS,LOSS]
+[--budget S] [--slow-budget S] [--data DIR]``
 
 Two problems on 50,000 x 20,000 float32 (4 GB; ``--quick``: 20,000 x 4,000), written by
 ``daskgd.make_regression`` (noise 1) and ``daskgd.make_classification`` in row-chunks of
@@ -9,11 +10,15 @@ Two problems on 50,000 x 20,000 float32 (4 GB; ``--quick``: 20,000 x 4,000), wri
 (``loss="squared_error"``) and L2 logistic regression (``loss="log_loss"``), both with
 alpha = 1e-3. The same columns are also written as 4 separate groups of 5,000 (1,000)
 columns (``read_columns`` of the store, then ``write_zarr``; each holds ``y``) and joined
-with ``daskgd.concat_features``. ``--data DIR`` keeps the data (a folder per problem and
-size) and reuses it.
+with ``daskgd.concat_features`` (the generator draws each row whole, so a narrower call
+would not give the same columns). ``--data DIR`` keeps the data (a folder per problem and
+size) and reuses it. ``--problems`` picks the problems by loss (default both),
+``--systems`` the systems whose names contain one of the given strings (default all; the
+reference runs whatever is picked).
 
-Systems, each on 2 worker processes x 1 thread and the scheduler in a process of its own,
-a fresh cluster for each run (started, and the workers' imports done, outside the timing):
+Systems: the scheduler in a process of its own and 2 worker processes x 1 thread (the grid:
+4), a fresh cluster for each run (started, and the workers' imports done, outside the
+timing):
 
 - ``rows, L-BFGS``: ``partition="rows"``, ``optimizer="lbfgs"`` (what ``"auto"`` picks
   for a model over 512 parameters), from the column-chunked store;
@@ -23,22 +28,27 @@ a fresh cluster for each run (started, and the workers' imports done, outside th
   worker (opening the groups is timed);
 - ``features, gradient descent``: ``optimizer="sgd"`` full batch (``learning_rate="auto"``);
 - ``features, block method (cocoa)``: ``optimizer="cocoa"`` (10 local steps a round);
-- ``grid, L-BFGS``: ``partition="grid"``, ``optimizer="lbfgs"``. A grid of W workers has
-  ``round(sqrt(W))`` column blocks: on these 2 workers, 1 column block x 2 row blocks, so
-  each worker holds every column of half the rows, as partitioned by rows, but through the
-  block coordinator; a grid of column and row blocks needs 4 workers or more, which this
-  2-core machine does not hold apart.
+- ``grid, L-BFGS``: ``partition="grid"``, ``optimizer="lbfgs"``, on a cluster of its own of
+  4 worker processes x 1 thread: a grid of W workers has ``max(2, round(sqrt(W)))`` column
+  blocks (on 2 workers, a feature partition) and ``W //`` that row blocks, so here 2 column
+  blocks x 2 row blocks, each worker holding a quarter of X. Its 4 processes share this
+  machine's 2 cores, so its time is not comparable one to one with the others': it is
+  there for the bytes per iteration, the parameters a process holds and the iterations.
 
-f*: a reference fit (``rows, L-BFGS``, ``tol=None``, stopped once 20 history rows have
-improved on the best loss before them by less than 1e-10 of it, or at 300) whose final
-coefficients are evaluated here in float64 (chunk by chunk, from the store); for least
-squares with d <= 5,000 also the normal equations, in float64. f* is the least of those,
-of every run's final coefficients evaluated here and of the row-partitioned runs' history
-losses (exact: the row kernels add in float64). Each run stops (its callback) at the
-first history row within ``REL`` = 1e-6 of the reference, or at the budget (``--budget``:
-1800 s, ``--quick`` 120 s); ``to 1e-6 s`` is from ``daskgd.fit``'s call to the driver's
-callback for the first history row whose loss is within 1e-6 of f* ((f - f*) / |f*|), and
-``fit s`` to its return (the stop, gathering the blocks, the result).
+f*: the ``rows, L-BFGS`` run is also the reference. It runs on (``tol=None``) until 20
+history rows have improved on the best loss before them by less than 1e-10 of it (or 300
+rows, or its budget); its final coefficients are evaluated here in float64 (chunk by chunk,
+from the store); for least squares with d <= 5,000 also the normal equations, in float64.
+Its ``to 1e-6 s`` is read off its history as every run's is; its ``fit s`` is to the
+plateau. f* is the least of those, of every run's final coefficients evaluated here (in
+one pass over the store after the runs) and of the row-partitioned run's history losses
+(exact: the row kernels add in float64). Each other run stops (its callback) at the first
+history row within ``REL`` = 1e-6 of the reference, or at its budget: ``--budget`` (600 s)
+for the L-BFGS systems, ``--slow-budget`` (120 s) for gradient descent and the block
+method, shown "not in S s" with the relative suboptimality reached. ``to 1e-6 s`` is from
+``daskgd.fit``'s call to the driver's callback for the first history row whose loss is
+within 1e-6 of f* ((f - f*) / |f*|), and ``fit s`` to its return (the stop, gathering the
+blocks, the result).
 
 ``iterations``: history rows to the target. Row-partitioned L-BFGS has one per round, a
 gradient at a trial point (accepted or not): one pass over X. Feature-partitioned and grid
@@ -60,11 +70,15 @@ grid's row blocks each keep their copy), to restart after a lost worker, never f
 computing: a feature-partitioned worker keeps its block's L-BFGS memory itself.
 
 ``final subopt``: the final coefficients' relative suboptimality, evaluated here.
-``history vs exact`` (feature-partitioned fits; a row-partitioned result is the step after
-its last history row): the relative gap between the last history loss and the final
-coefficients' loss evaluated here: the block solver carries the margins from iterate to iterate
-(``m += t X p``) in products of the data's precision, so its history loss may drift from
-the loss of its coefficients. ``peak RSS MB``: the largest worker's resident memory.
+``history vs exact`` (feature-partitioned and grid fits; a row-partitioned result is the
+step after its last history row): the relative gap between the last history loss and the
+final coefficients' loss evaluated here. The block fits sum float32 blocks in float64 (a
+slice of rows widened at a time, as the row kernels do), so the margins they carry from
+iterate to iterate (``m += t X p``) keep to rounding and the gap is about 1e-12; a larger
+one would be a fault. ``peak RSS MB``: the largest worker's resident memory.
+
+Progress lines (the clock time and the seconds since the start) go to standard output:
+each dataset written, each run's start and end, a running fit's loss every 30 s.
 
 Writes ``bench/results/features.md`` and ``features.json``.
 """
@@ -81,6 +95,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # inherited by the Dask processes (see _common)
@@ -95,61 +110,91 @@ from daskgd.data import read_columns, read_row_arrays, read_row_chunks  # noqa: 
 
 REL = 1e-6  # the target's relative suboptimality
 ALPHA = 1e-3
-WORKERS, GROUPS, REF_EPOCHS, SETTLE = 2, 4, 300, 20
-GRID_COLS = max(1, round(math.sqrt(WORKERS)))  # the column blocks of partition="grid"
+WORKERS, GRID_WORKERS, GROUPS, REF_EPOCHS, SETTLE = 2, 4, 4, 300, 20
+PROGRESS_S = 30.0  # a running fit's loss is printed this often
 NORMAL_EQUATIONS_MAX_D = 5_000  # a (d + 1)^2 float64 Gram matrix in this process
-# rows, columns, rows per chunk, columns per chunk (= a group's columns), budget (s)
-SIZES = {"full": (50_000, 20_000, 6_250, 5_000, 1800.0),
-         "quick": (20_000, 4_000, 2_500, 1_000, 120.0)}  # fmt: skip
+# rows, columns, rows per chunk, columns per chunk (= a group's columns)
+SIZES = {"full": (50_000, 20_000, 6_250, 5_000), "quick": (20_000, 4_000, 2_500, 1_000)}
 PROBLEMS = {"least squares": "squared_error", "logistic": "log_loss"}
-# name, data ("store" or "groups"), daskgd.fit keyword arguments
+START = time.perf_counter()
+
+
+class System(NamedTuple):
+    name: str
+    data: str  # "store" (the column-chunked store) or "groups" (concat_features of them)
+    kw: dict  # daskgd.fit keyword arguments
+    workers: int = WORKERS
+    slow: bool = False  # a first-order method, stopped at --slow-budget
+
+
 SYSTEMS = [
-    ("rows, L-BFGS", "store", {"partition": "rows", "optimizer": "lbfgs"}),
-    ("features, L-BFGS", "store", {"partition": "features", "optimizer": "lbfgs"}),
-    (f"features, L-BFGS, {GROUPS} groups", "groups",
-     {"partition": "features", "optimizer": "lbfgs"}),
-    ("features, gradient descent", "store", {"partition": "features", "optimizer": "sgd"}),
-    ("features, block method (cocoa)", "store",
-     {"partition": "features", "optimizer": "cocoa"}),
-    ("grid, L-BFGS", "store", {"partition": "grid", "optimizer": "lbfgs"}),
+    System("rows, L-BFGS", "store", {"partition": "rows", "optimizer": "lbfgs"}),
+    System("features, L-BFGS", "store", {"partition": "features", "optimizer": "lbfgs"}),
+    System(f"features, L-BFGS, {GROUPS} groups", "groups",
+           {"partition": "features", "optimizer": "lbfgs"}),
+    System("features, gradient descent", "store",
+           {"partition": "features", "optimizer": "sgd"}, slow=True),
+    System("features, block method (cocoa)", "store",
+           {"partition": "features", "optimizer": "cocoa"}, slow=True),
+    System("grid, L-BFGS", "store", {"partition": "grid", "optimizer": "lbfgs"},
+           workers=GRID_WORKERS),
 ]  # fmt: skip
+REFERENCE = SYSTEMS[0]  # runs on to its plateau: its final loss is the reference
+
+
+def log(message: str) -> None:
+    """A progress line: the clock time and the seconds since the start."""
+    print(f"[{time.strftime('%H:%M:%S')} {time.perf_counter() - START:7.1f} s] {message}",
+          flush=True)  # fmt: skip
 
 
 @contextlib.contextmanager
-def cluster():
+def cluster(workers: int = WORKERS):
     """A client of a fresh cluster: the scheduler and each worker in a process of its own."""
     with (
-        SubprocessCluster(n_workers=WORKERS, threads_per_worker=1, dashboard_address=None,
+        SubprocessCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
                           silence_logs=logging.ERROR) as c,
         Client(c) as client,
     ):  # fmt: skip
-        client.wait_for_workers(WORKERS)
+        client.wait_for_workers(workers)
         yield client
 
 
-def prepare(root: Path, loss: str, size: tuple, client: Client) -> tuple[str, list[str]]:
-    """The column-chunked store and its column groups, written unless there already."""
-    n, d, chunk_rows, chunk_cols, _ = size
+def prepare(root: Path, loss: str, size: tuple, client: Client,
+            with_groups: bool) -> tuple[str, list[str], dict]:  # fmt: skip
+    """The column-chunked store and (``with_groups``) its column groups, written unless
+    there already; and the seconds spent writing them."""
+    n, d, chunk_rows, chunk_cols = size
     folder = root / f"{loss}-{n}x{d}"
     folder.mkdir(parents=True, exist_ok=True)
     store = str(folder / "X.zarr")
+    seconds: dict[str, float] = {}
     if not Path(store).exists():
+        log(f"writing {store} ({n * d * 4 / 1e9:.2f} GB)")
+        t = time.perf_counter()
         make = daskgd.make_regression if loss == "squared_error" else daskgd.make_classification
         extra = {"noise": 1.0} if loss == "squared_error" else {}
         make(store, n, d, chunk_rows=chunk_rows, chunk_cols=chunk_cols, dtype=np.float32,
              random_state=0, client=client, compressor=None, **extra)  # fmt: skip
+        seconds["store"] = time.perf_counter() - t
+        log(f"wrote the store in {seconds['store']:.1f} s")
     groups = [str(folder / f"group-{k}.zarr") for k in range(GROUPS)]
     width = d // GROUPS
     y = None
-    for k, g in enumerate(groups):
+    t = time.perf_counter()
+    for k, g in enumerate(groups if with_groups else []):
         if not Path(g).exists():
             if y is None:
                 every = list(range(daskgd.open_zarr(store).n_chunks))
                 y = read_row_arrays(store, every, names=("y",))["y"]
-            X = read_columns(store, k * width, (k + 1) * width)  # one group at a time
+            # one group at a time: its column chunk of each row-chunk, read whole
+            X = read_columns(store, k * width, (k + 1) * width)
             daskgd.write_zarr(g, X, y, chunk_rows=chunk_rows, compressor=None, client=client)
             del X
-    return store, groups
+            log(f"wrote group {k} ({n * width * 4 / 1e9:.2f} GB)")
+    if y is not None:
+        seconds["groups"] = time.perf_counter() - t
+    return store, groups, seconds
 
 
 class Objective:
@@ -165,18 +210,21 @@ class Objective:
             y = y.astype(np.float64)
             yield X.astype(np.float64), (2 * y - 1 if self.loss == "log_loss" else y)
 
-    def __call__(self, coef: np.ndarray, intercept: float) -> float:
-        w = np.asarray(coef, dtype=np.float64)
-        total = n = 0.0
+    def __call__(self, params: list[tuple[np.ndarray, float]]) -> list[float]:
+        """The objective at each ``(coef, intercept)``, all in one pass over the store."""
+        W = np.column_stack([np.asarray(c, dtype=np.float64) for c, _ in params])
+        b = np.array([float(i) for _, i in params])
+        total = np.zeros(len(params))
+        n = 0
         with use_peer_threads(2):
             for X, y in self._chunks():
-                z = X @ w + float(intercept)
+                Z = X @ W + b
                 if self.loss == "log_loss":
-                    total += float(np.logaddexp(0.0, -y * z).sum())
+                    total += np.logaddexp(0.0, -y[:, None] * Z).sum(axis=0)
                 else:
-                    total += 0.5 * float(((z - y) ** 2).sum())
+                    total += 0.5 * ((Z - y[:, None]) ** 2).sum(axis=0)
                 n += len(y)
-        return total / n + 0.5 * ALPHA * float(w @ w)
+        return [float(v) for v in total / n + 0.5 * ALPHA * (W * W).sum(axis=0)]
 
     def normal_equations(self) -> float:
         """The ridge optimum's objective, from ``(A^T A / n + alpha I') v = A^T y / n``."""
@@ -193,7 +241,7 @@ class Objective:
             H /= n
             H[np.arange(d), np.arange(d)] += ALPHA
             v = np.linalg.solve(H, b / n)
-        return self(v[:-1], v[-1])
+        return self([(v[:-1], v[-1])])[0]
 
 
 def below(level: float) -> Callable[[list[dict]], bool]:
@@ -210,21 +258,26 @@ def settled(points: list[dict]) -> bool:
     return min(p["loss"] for p in points[-SETTLE:]) >= before - REL * 1e-4 * abs(before)
 
 
-def run(name: str, data: str | list[str], loss: str, kw: dict,
-        stop: Callable[[list[dict]], bool], budget: float,
-        max_epochs: int = 100_000) -> dict:  # fmt: skip
-    """One fit on a fresh cluster, stopped by its callback when ``stop(points)`` (or at the
-    budget)."""
+def run(system: System, data: str | list[str], loss: str, stop: Callable[[list[dict]], bool],
+        budget: float, max_epochs: int = 100_000) -> dict:  # fmt: skip
+    """One fit on a fresh cluster, stopped by its callback when ``stop(points)`` or at
+    ``budget`` seconds."""
+    name, kw = system.name, system.kw
     points: list[dict] = []
-    with cluster() as client:
+    log(f"{name}: starting ({system.workers} workers, budget {budget:g} s)")
+    with cluster(system.workers) as client:
         client.run(lambda: [importlib.import_module(f"daskgd.worker.{m}")
                             for m in ("task", "block_task")] and None)  # fmt: skip
-        t0 = time.perf_counter()
+        t0 = shown = time.perf_counter()
 
         def callback(h: dict):
-            points.append({"epoch": h["epoch"], "seconds": time.perf_counter() - t0,
-                           "loss": h["loss"]})  # fmt: skip
-            return False if stop(points) else None
+            nonlocal shown
+            now = time.perf_counter()
+            points.append({"epoch": h["epoch"], "seconds": now - t0, "loss": h["loss"]})
+            if now - shown >= PROGRESS_S:
+                shown = now
+                log(f"  {name}: {len(points)} rows, loss {h['loss']:.12g}")
+            return False if stop(points) or now - t0 >= budget else None
 
         source = data if isinstance(data, str) else daskgd.concat_features(data, client=client)
         res = daskgd.fit(source, loss=loss, alpha=ALPHA, tol=None, max_epochs=max_epochs,
@@ -234,7 +287,8 @@ def run(name: str, data: str | list[str], loss: str, kw: dict,
         sched = client.run_on_scheduler(peak_mb)
     t = res.timings_
     out = {
-        "system": name, "settings": kw, "reason": res.reason, "fit_s": wall,
+        "system": name, "settings": kw, "workers": system.workers, "budget_s": budget,
+        "reason": res.reason, "fit_s": wall,
         "open_s": t["open"], "load_s": max(r["load"] for r in t["ranks"]),
         "history_rows": len(res.history), "points": points,
         "peak_MB": {"scheduler": sched, "workers": sorted(workers.values())},
@@ -252,11 +306,14 @@ def run(name: str, data: str | list[str], loss: str, kw: dict,
         widths = [b["columns"][1] - b["columns"][0] for b in res.blocks_]
         backups = sum(8 * (w + 1) * rows for w in widths)  # one with each iterate's stats
         sent = sum(t["reduce_bytes"])
+        n_cols = len({tuple(b["columns"]) for b in res.blocks_})
         out.update(to_bytes=sent / rows, back_bytes=(sent - backups) / rows,
                    worker_params=max(widths) + 1,
                    scheduler_params=2 * sum(w + 1 for w in widths),
-                   blocks=res.blocks_, reductions=t["reductions"])  # fmt: skip
-    print(f"{name}: {res.reason}; {len(points)} rows, {wall:.1f} s", flush=True)
+                   blocks=res.blocks_, grid=[len(res.blocks_) // n_cols, n_cols],
+                   reductions=t["reductions"])  # fmt: skip
+    log(f"{name}: {res.reason}; {len(points)} rows, loss {out['last_history_loss']:.12g}, "
+        f"{wall:.1f} s")  # fmt: skip
     return out
 
 
@@ -265,28 +322,35 @@ def reached(run_: dict, f_star: float) -> dict | None:
     return next((p for p in run_["points"] if (p["loss"] - f_star) / abs(f_star) <= REL), None)
 
 
-def solve(problem: str, loss: str, store: str, groups: list[str], size: tuple) -> dict:
-    """The reference, every system's run, f*, for one problem."""
-    d, budget = size[1], size[-1]
+def solve(loss: str, store: str, groups: list[str], size: tuple, systems: list[System],
+          budget: float, slow_budget: float) -> dict:  # fmt: skip
+    """The reference (the row-partitioned L-BFGS run), every other picked system's run and
+    f*, for one problem."""
+    d = size[1]
     objective = Objective(store, loss)
-    ref = run("reference (rows, L-BFGS)", store, loss, SYSTEMS[0][2], settled, budget * 2,
-              max_epochs=REF_EPOCHS)  # fmt: skip
-    exact = {"reference": objective(ref["coef"], ref["intercept"])}
+    ref = run(REFERENCE, store, loss, settled, budget, max_epochs=REF_EPOCHS)
+    log("evaluating the reference's coefficients")
+    exact = {"reference": objective([(ref.pop("coef"), ref["intercept"])])[0]}
     if loss == "squared_error" and d <= NORMAL_EQUATIONS_MAX_D:
         exact["normal equations"] = objective.normal_equations()
     f_ref = min(*exact.values(), ref["min_history_loss"])
-    runs = []
-    for name, kind, kw in SYSTEMS:
-        r = run(name, store if kind == "store" else groups, loss, kw,
-                below(f_ref + REL * abs(f_ref)), budget)  # fmt: skip
-        r["final_loss"] = objective(r.pop("coef"), r["intercept"])
-        runs.append(r)
+    log(f"reference: {f_ref!r} ({exact})")
     ref["final_loss"] = exact["reference"]
-    candidates = [*exact.values(), *(r["final_loss"] for r in runs), ref["min_history_loss"]]
-    candidates += [r["min_history_loss"] for r in runs if r["settings"]["partition"] == "rows"]
+    runs = [ref] if REFERENCE in systems else []
+    for s in systems:
+        if s is not REFERENCE:
+            runs.append(run(s, store if s.data == "store" else groups, loss,
+                            below(f_ref + REL * abs(f_ref)),
+                            slow_budget if s.slow else budget))  # fmt: skip
+    others = [r for r in runs if r is not ref]
+    if others:
+        log(f"evaluating {len(others)} runs' coefficients (one pass over the store)")
+        finals = objective([(r.pop("coef"), r["intercept"]) for r in others])
+        for r, f in zip(others, finals, strict=True):
+            r["final_loss"] = f
+    candidates = [*exact.values(), *(r["final_loss"] for r in others), ref["min_history_loss"]]
     f_star = min(candidates)
-    for r in [ref, *runs]:
-        r.pop("coef", None)
+    for r in [ref, *others]:
         hit = reached(r, f_star)
         r["to_target_s"] = None if hit is None else hit["seconds"]
         r["iterations"] = None if hit is None else hit["epoch"]
@@ -295,6 +359,7 @@ def solve(problem: str, loss: str, store: str, groups: list[str], size: tuple) -
         rows = r["settings"]["partition"] == "rows"
         gap = (r["last_history_loss"] - r["final_loss"]) / abs(f_star)
         r["history_vs_exact"] = None if rows else gap
+    log(f"f* = {f_star!r}")
     return {"loss": loss, "f_star": f_star, "f_ref": f_ref, "exact": exact,
             "reference": ref, "runs": runs}  # fmt: skip
 
@@ -309,10 +374,13 @@ def summary_rows(results: dict) -> list[list[str]]:
         for r in res["runs"]:
             hit = r["to_target_s"]
             best = min((p["loss"] for p in r["points"]), default=np.nan)
-            to = (f"{hit:.1f}" if hit is not None else
-                  f"not reached ({(best - res['f_star']) / abs(res['f_star']):.1e})")  # fmt: skip
+            to = (f"{hit:.1f}" if hit is not None else f"not in {r['budget_s']:g} s "
+                  f"({(best - res['f_star']) / abs(res['f_star']):.1e})")  # fmt: skip
+            fit = f"{r['fit_s']:.1f}"
+            if r is res["reference"]:
+                fit += " (to the plateau)"
             rows.append([
-                problem, r["system"], to, f"{r['fit_s']:.1f}",
+                problem, r["system"], to, fit,
                 "" if r["iterations"] is None else str(r["iterations"]),
                 f"{_mb(r['to_bytes'])} / {_mb(r['back_bytes'])}",
                 f"{r['worker_params']:,}", f"{r['scheduler_params']:,}",
@@ -323,9 +391,11 @@ def summary_rows(results: dict) -> list[list[str]]:
 def detail_rows(results: dict) -> list[list[str]]:
     rows = []
     for problem, res in results.items():
-        for r in [res["reference"], *res["runs"]]:
+        shown = res["runs"] if res["reference"] in res["runs"] else [res["reference"]]
+        for r in shown + [r for r in res["runs"] if r not in shown]:
             rows.append([
-                problem, r["system"], f"{r['load_s']:.1f}", str(r["history_rows"]),
+                problem, r["system"] + (" (the reference)" if r is res["reference"] else ""),
+                f"{r['load_s']:.1f}", str(r["history_rows"]),
                 f"{r['final_subopt']:.1e}",
                 "" if r["history_vs_exact"] is None else f"{r['history_vs_exact']:.1e}",
                 f"{max(r['peak_MB']['workers']):,.0f}", f"{r['peak_MB']['scheduler']:,.0f}",
@@ -334,12 +404,18 @@ def detail_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+def _bytes(r: dict) -> float:
+    return r["to_bytes"] + r["back_bytes"]
+
+
 def reading(results: dict, n: int, d: int) -> str:
-    """A few sentences on the figures, from them."""
+    """A few sentences on the figures, from them (of the systems that ran)."""
     out = []
     for problem, res in results.items():
         by = {r["system"]: r for r in res["runs"]}
-        rows, cols = by["rows, L-BFGS"], by["features, L-BFGS"]
+        rows, cols = by.get("rows, L-BFGS"), by.get("features, L-BFGS")
+        if rows is None or cols is None:
+            continue
         if rows["to_target_s"] and cols["to_target_s"]:
             ratio = cols["to_target_s"] / rows["to_target_s"]
             out.append(f"{problem}: feature-partitioned L-BFGS reached 1e-6 in "
@@ -347,60 +423,107 @@ def reading(results: dict, n: int, d: int) -> str:
                        f"{rows['to_target_s']:.1f} s")  # fmt: skip
         else:
             out.append(f"{problem}: rows or features L-BFGS did not reach 1e-6 (see the table)")
-        ratio_b = (cols["to_bytes"] + cols["back_bytes"]) / (rows["to_bytes"] + rows["back_bytes"])
         out[-1] += (
-            f"; it moved {ratio_b:.2f}x the bytes per iteration (its messages grow with "
-            f"the rows, n = {n:,}, the row partition's with the columns, d = {d:,})."
+            f"; it moved {_bytes(cols) / _bytes(rows):.2f}x the bytes per iteration (its "
+            f"messages grow with the rows, n = {n:,}, the row partition's with the columns, "
+            f"d = {d:,})."
         )
-    first = results[next(iter(results))]["runs"]
-    cols = next(r for r in first if r["system"] == "features, L-BFGS")
-    out.append(
-        f"The largest parameter block a process computes with: {d + 1:,} values (the whole "
-        f"model, on the scheduler and sent to every worker each round) partitioned by rows, "
-        f"{cols['worker_params']:,} partitioned by features. The coordinator still keeps "
-        f"{cols['scheduler_params']:,} values: each block's last two iterates, backups to "
-        "restart from after a lost worker, not used to compute; and each feature-partitioned "
-        f"worker holds margin vectors of n = {n:,} values."
-    )
-    if GRID_COLS == 1:
-        out[-1] += (f" The grid on {WORKERS} workers is one column block: every worker holds "
-                    "the whole model, as partitioned by rows.")  # fmt: skip
+    runs = [r for res in results.values() for r in res["runs"]]
+    cols = next((r for r in runs if r["system"] == "features, L-BFGS"), None)
+    if cols is not None:
+        out.append(
+            f"The largest parameter block a process computes with: {d + 1:,} values (the "
+            "whole model, on the scheduler and sent to every worker each round) partitioned "
+            f"by rows, {cols['worker_params']:,} partitioned by features. The coordinator "
+            f"still keeps {cols['scheduler_params']:,} values: each block's last two "
+            "iterates, backups to restart from after a lost worker, not used to compute; "
+            f"and each feature-partitioned worker holds margin vectors of n = {n:,} values."
+        )
+    for problem, res in results.items():
+        by = {r["system"]: r for r in res["runs"]}
+        grid, cols = by.get("grid, L-BFGS"), by.get("features, L-BFGS")
+        if grid is None:
+            continue
+        R, C = grid["grid"]
+        text = (f"{problem}: the grid ({C} column blocks x {R} row blocks, {GRID_WORKERS} "
+                f"processes on {os.cpu_count()} cores) took "
+                f"{grid['iterations'] or 'more than ' + str(grid['history_rows'])} "
+                f"iterations, each process holding {grid['worker_params']:,} parameters and "
+                f"{n // R:,} rows")  # fmt: skip
+        if cols is not None:
+            text += (f", and moved {_bytes(grid) / _bytes(cols):.2f}x the bytes per "
+                     f"iteration of the feature partition on {WORKERS} workers")  # fmt: skip
+        out.append(text + ".")
     return "\n\n".join(out) + "\n"
+
+
+def pick(spec: str, names: list[str], what: str, exact: bool) -> list[str]:
+    """The names a comma-separated ``spec`` picks: equal to one of its items (``exact``)
+    or containing one."""
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    for w in wanted:
+        if not any(w == n if exact else w in n for n in names):
+            raise SystemExit(f"--{what}: {w!r} picks none of: " + "; ".join(names))
+    return [n for n in names if any(w == n if exact else w in n for w in wanted)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--budget", type=float, default=None, help="seconds a run may take")
+    parser.add_argument("--budget", type=float, default=600.0,
+                        help="seconds an L-BFGS run may take (default 600)")
+    parser.add_argument("--slow-budget", type=float, default=120.0,
+                        help="seconds a gradient-descent or block-method run may take "
+                             "(default 120)")
+    parser.add_argument("--systems", default=",".join(s.name for s in SYSTEMS),
+                        help="comma-separated parts of the system names (default all)")
+    parser.add_argument("--problems", default=",".join(PROBLEMS.values()),
+                        help="comma-separated losses: squared_error, log_loss (default both)")
     parser.add_argument("--data", default=None, help="folder for the Zarr datasets (kept)")
-    args = parser.parse_args()
+    args = parser.parse_args()  # fmt: skip
     size = SIZES["quick" if args.quick else "full"]
-    if args.budget is not None:
-        size = (*size[:-1], args.budget)
     n, d = size[:2]
+    picked = pick(args.systems, [s.name for s in SYSTEMS], "systems", exact=False)
+    systems = [s for s in SYSTEMS if s.name in picked]
+    losses = pick(args.problems, list(PROBLEMS.values()), "problems", exact=True)
     root = Path(args.data or tempfile.mkdtemp(prefix="daskgd-bench-features-"))
-    results = {}
+    log(f"{n:,} x {d:,}: {', '.join(losses)}; systems: {'; '.join(picked)}; data in {root}")
+    results, written = {}, {}
     for problem, loss in PROBLEMS.items():
+        if loss not in losses:
+            continue
         with cluster() as client:
-            store, groups = prepare(root, loss, size, client)
-        results[problem] = solve(problem, loss, store, groups, size)
-        print(problem, {k: results[problem][k] for k in ("f_star", "exact")}, flush=True)
+            store, groups, written[problem] = prepare(
+                root, loss, size, client, any(s.data == "groups" for s in systems)
+            )
+        results[problem] = solve(loss, store, groups, size, systems, args.budget,
+                                 args.slow_budget)  # fmt: skip
+    total = time.perf_counter() - START
+    log(f"done in {total:.0f} s")
     md = ["# Feature partitioning on a wide problem\n\n{header}", __doc__.split("\n\n", 2)[2]]
     header = ["problem", "system", "to 1e-6 s", "fit s", "iterations",
               "MB per iteration (to / back)", "parameters a worker holds",
               "on the scheduler"]  # fmt: skip
-    grid = f"{GRID_COLS} column block(s) x {WORKERS // GRID_COLS} row blocks"
-    md.append(f"\n## Summary\n\n{n:,} x {d:,} float32, {WORKERS} workers (the grid: {grid})."
-              "\n\n" + table(summary_rows(results), header))  # fmt: skip
+    C = max(2, round(math.sqrt(GRID_WORKERS)))
+    grid = (f"the grid: {GRID_WORKERS} workers, {C} column blocks x {GRID_WORKERS // C} row "
+            f"blocks; its {GRID_WORKERS} processes share this machine's {os.cpu_count()} "
+            "cores, so its time is not comparable one to one")  # fmt: skip
+    md.append(f"\n## Summary\n\n{n:,} x {d:,} float32, {WORKERS} workers ({grid}). Budgets: "
+              f"{args.budget:g} s (L-BFGS), {args.slow_budget:g} s (gradient descent, the "
+              "block method).\n\n" + table(summary_rows(results), header))  # fmt: skip
     md.append("\n" + reading(results, n, d))
     dheader = ["problem", "system", "load s (slowest rank)", "history rows", "final subopt",
                "history vs exact", "peak RSS MB (worker)", "peak RSS MB (scheduler)",
                "reason"]  # fmt: skip
     md.append("\n## Details\n\n" + table(detail_rows(results), dheader))
     f = "; ".join(f"{p}: f* = {r['f_star']:.12g}" for p, r in results.items())
-    md.append(f"\n{f}.\n")
-    write_results("features", {"n": n, "d": d, "workers": WORKERS, "alpha": ALPHA,
-                               "rel": REL, "results": results}, "".join(md))  # fmt: skip
+    w = "; ".join(f"{p}: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.items()) or f"{p}: reused"
+                  for p, s in written.items())  # fmt: skip
+    md.append(f"\n{f}. Data written: {w}. The whole run: {total:.0f} s.\n")
+    write_results("features", {"n": n, "d": d, "workers": WORKERS, "grid_workers": GRID_WORKERS,
+                               "alpha": ALPHA, "rel": REL, "budget_s": args.budget,
+                               "slow_budget_s": args.slow_budget, "written_s": written,
+                               "total_s": total, "results": results}, "".join(md))  # fmt: skip
 
 
 if __name__ == "__main__":

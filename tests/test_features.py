@@ -114,15 +114,15 @@ def test_logistic_lbfgs_on_in_memory_input_with_offsets_matches_scipy(trio):
 @pytest.mark.parametrize(("alpha", "l1_ratio"), [(0.1, 0.0), (0.5, 0.9)])
 def test_gradient_descent_follows_the_row_partitioned_iterates(trio, tmp_path, alpha, l1_ratio):
     """Full batch: the same iterates as partition='rows' to 1e-10 (L1 by proximal steps).
-    A feature-partitioned result is the iterate of its last history row; a row-partitioned
-    one has taken the step after it, hence one epoch more here."""
+    Both take max_epochs steps; the feature-partitioned history also reports the objective
+    of the iterate it returns (its first row is the start)."""
     X, y = _problem(d=12, scales=False)
     path = str(tmp_path / "gd.zarr")
     write_zarr(path, X, y, chunk_rows=500, chunk_cols=4)
     common = dict(optimizer="sgd", learning_rate=0.05, alpha=alpha, l1_ratio=l1_ratio, tol=None,
                   client=trio)  # fmt: skip
     rows = fit(path, partition="rows", max_epochs=25, **common)
-    cols = fit(path, partition="features", max_epochs=26, **common)
+    cols = fit(path, partition="features", max_epochs=25, **common)
     np.testing.assert_allclose(cols.coef_, rows.coef_, rtol=0, atol=1e-10)
     assert cols.intercept_ == pytest.approx(rows.intercept_, abs=1e-10)
     losses = [h["loss"] for h in cols.history[:25]]
@@ -139,8 +139,6 @@ def test_minibatch_sgd_draws_the_same_batches_on_every_block(trio, tmp_path):
     write_zarr(path, X, y, chunk_rows=300, chunk_cols=3)
     res = fit(path, partition="features", optimizer="sgd", batch_size=64, learning_rate=0.02,
               alpha=0.01, max_epochs=4, tol=None, random_state=7, client=trio)  # fmt: skip
-    seed = res.history and None  # the seed is the random_state given
-    del seed
     v = np.zeros(10)
     n = len(y)
     for epoch in range(4):
@@ -196,6 +194,8 @@ def test_estimators_take_partition(trio, tmp_path):
         ({"checkpoint": "x.ckpt"}, "checkpoints"),
         ({"placement": "latency"}, "placement='latency'"),
         ({"partition": "grid", "batch_size": 10}, "partition=.grid."),
+        ({"optimizer": "cocoa", "loss": "poisson"}, "curvature"),
+        ({"optimizer": "cocoa", "loss": "hinge"}, "curvature"),
     ],
 )
 def test_what_feature_partitioning_does_not_run_is_refused(trio, settings, match):
@@ -246,6 +246,8 @@ def test_worker_killed_mid_fit_restarts_every_block(tmp_path, source, reliabilit
     assert "error" not in out, out.get("error")
     res = out["res"]
     assert res.recoveries_ and res.recoveries_[0]["rank"] == 1
+    epochs = [h["epoch"] for h in res.history]  # a restart's replayed iterate is not repeated
+    assert epochs == sorted(set(epochs))
     if source == "minibatch":
         assert res.history[-1]["loss"] < res.history[0]["loss"]
         np.testing.assert_allclose(res.coef_, ref[:-1], atol=0.05 * np.abs(ref).max())
@@ -303,7 +305,7 @@ def test_grid_gradient_descent_follows_the_row_partitioned_iterates(quad, tmp_pa
     write_zarr(path, X, y, sw, chunk_rows=300, chunk_cols=5)
     common = dict(optimizer="sgd", learning_rate=0.05, alpha=0.1, tol=None, client=quad)
     rows = fit(path, partition="rows", max_epochs=20, **common)
-    grid = fit(path, partition="grid", max_epochs=21, **common)
+    grid = fit(path, partition="grid", max_epochs=20, **common)
     np.testing.assert_allclose(grid.coef_, rows.coef_, rtol=0, atol=1e-10)
     assert grid.intercept_ == pytest.approx(rows.intercept_, abs=1e-10)
     assert [(b["columns"], b["row_chunks"]) for b in grid.blocks_] == [

@@ -28,7 +28,7 @@ from daskgd.cluster import check_scheduler_async, connect
 from daskgd.data import Dataset, FeatureBlocks
 from daskgd.driver.connection import client_closed_error, scheduler
 from daskgd.driver.docs import FIT_PARAMETERS
-from daskgd.driver.features import run_feature_job
+from daskgd.driver.features import check_feature_settings, run_feature_job
 from daskgd.driver.inputs import check_classes, open_data
 from daskgd.driver.job import run_job
 from daskgd.driver.result import FitResult
@@ -252,6 +252,8 @@ async def _fit(
         n_avail = len((await scheduler(client).identity())["workers"])
         if s.n_workers:
             n_avail = min(n_avail, s.n_workers)
+        if s.partition != "rows":  # before the data is opened: refuse what it does not run
+            s = check_feature_settings(s, data)
         if isinstance(data, FeatureBlocks):
             if s.partition != "features":
                 raise InvalidSettingError(

@@ -38,6 +38,9 @@ from daskgd.worker.block_task import train_block
 
 __all__ = ["BLOCK_OPTIMIZERS", "check_feature_settings", "run_feature_job"]
 
+#: The losses of the block method: smooth, with a bound on their curvature in the margin.
+COCOA_LOSSES = ("squared_error", "huber", "log_loss", "squared_hinge")
+
 #: The optimizers a feature-partitioned fit runs (coordinate-wise rules and L-BFGS).
 BLOCK_OPTIMIZERS = ("lbfgs", "cocoa", "sgd", "momentum", "nesterov", "adagrad", "adam")
 
@@ -56,6 +59,9 @@ def check_feature_settings(s: FitSettings, data: Any) -> FitSettings:
     if s.optimizer not in BLOCK_OPTIMIZERS:
         why = (f"optimizer={s.optimizer!r} (its steps need the whole model in one place); "
                f"use one of {', '.join(BLOCK_OPTIMIZERS)}")  # fmt: skip
+    elif s.optimizer == "cocoa" and s.loss not in COCOA_LOSSES:
+        why = (f"optimizer='cocoa' with loss={s.loss!r} (its step needs a bound on the loss's "
+               f"curvature: {', '.join(COCOA_LOSSES)}); use optimizer='lbfgs'")  # fmt: skip
     elif s.optimizer == "lbfgs" and s.batch_size is not None:
         why = "optimizer='lbfgs' with batch_size (L-BFGS is full batch); drop batch_size"
     elif s.optimizer == "lbfgs" and s.l1_ratio > 0 and s.alpha > 0:
@@ -224,16 +230,18 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
     if final["error"]:
         cls = DivergenceError if final["error_kind"] == "divergence" else TrainingError
         raise cls(final["error"])
-    blocks = {t["rank"]: t for t in tasks if t.get("block") is not None}
-    missing = sorted(set(range(len(plan))) - set(blocks))
-    if missing:
-        raise TrainingError(f"the training tasks of column block(s) {missing} returned no result")
+    final_blocks = final.get("blocks")
+    if final_blocks is None:
+        raise TrainingError(f"the fit stopped ({final['reason']}) before any iterate was complete")
+    # every rank's block as it sent it with the last iterate (a task may have died since);
     # a grid's blocks (i, j) of one column block hold the same parameters: take row 0's
-    coef = np.concatenate([np.asarray(blocks[j]["block"])[:-1] for j in range(C)])
+    coef = np.concatenate([np.asarray(final_blocks[j])[:-1] for j in range(C)])
+    done = {t["rank"]: t for t in tasks}
+    blocks = {r: done.get(r, {}) for r in range(len(plan))}
     rank0 = blocks[0]
     return FitResult(
         coef_=coef,
-        intercept_=float(np.asarray(rank0["block"])[-1]),
+        intercept_=float(np.asarray(final_blocks[0])[-1]),
         n_iter_=int(final["epochs"]),
         n_updates_=int(final["epochs"]),
         converged_=bool(final["converged"]),
@@ -241,9 +249,9 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
         reason=final["reason"],
         timings_={
             "setup": setup,
-            "ranks": [blocks[r]["seconds"] for r in range(len(plan))],
-            "reduce_bytes": [blocks[r]["reduce_bytes"] for r in range(len(plan))],
-            "reductions": [blocks[r]["reductions"] for r in range(len(plan))],
+            "ranks": [blocks[r].get("seconds", {}) for r in range(len(plan))],
+            "reduce_bytes": [blocks[r].get("reduce_bytes", 0) for r in range(len(plan))],
+            "reductions": [blocks[r].get("reductions", 0) for r in range(len(plan))],
         },
         learning_rate_=None if s.optimizer == "lbfgs" else rank0.get("learning_rate"),
         plan_={},
@@ -251,7 +259,7 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
         blocks_=[
             {
                 "rank": r,
-                "worker": blocks[r]["worker"],
+                "worker": blocks[r].get("worker"),
                 "columns": (int(offsets[r % C]), int(offsets[r % C + 1])),
                 **({"row_chunks": list(plan[r][1])} if R > 1 else {}),
             }

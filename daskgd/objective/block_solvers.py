@@ -198,10 +198,18 @@ class BlockLBFGS:
         return -(delta @ basis) / self.root, slope
 
     def remember(self, s: np.ndarray, y: np.ndarray) -> None:
+        """Add a pair; :meth:`trim` drops the oldest once the new one passed its test."""
         self.s.append(s * self.root)
         self.y.append(y / self.root)
-        if len(self.s) > self.memory:
-            del self.s[0], self.y[0]
+
+    def trim(self, basis: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep ``memory`` pairs: the oldest goes, with its rows of ``basis`` and ``B``."""
+        if len(self.s) <= self.memory:
+            return basis, B
+        m = len(self.s)
+        del self.s[0], self.y[0]
+        keep = [j for j in range(2 * m + 1) if j not in (0, m)]
+        return basis[keep], B[np.ix_(keep, keep)]
 
     def forget_last(self) -> None:
         del self.s[-1], self.y[-1]
@@ -248,7 +256,10 @@ def run_block_solver(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run one rank's solver until the coordinator says stop; return its block and the stop.
 
-    ``v``: the block's parameters at iterate ``epoch`` (a restart's, or the start);
+    ``v``: the block's parameters after ``epoch`` steps (full batch) or epochs
+    (mini-batches): a restart's, or the start. Full batch reports each iterate with the
+    steps taken before it (0: the start), so a fit of ``max_epochs`` takes that many steps
+    and returns the iterate of its last history row, whose objective it reports;
     ``optimizer``: the rule, with the block's regularizer and ``fit_intercept`` (False
     on ranks that do not own the intercept); ``optimizer.name == "lbfgs"``: vector-free
     L-BFGS, else the rule's coordinate-wise steps (gradient descent, or mini-batch SGD with
@@ -300,7 +311,7 @@ def run_block_solver(
         if lbfgs is None:
             pg = reg.proximal_gradient(v, g.copy(), optimizer.fit_intercept)
             stats = np.array([loss, share * float(pg @ pg), share * reg.penalty(v)])
-            total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v, group="all")
+            total, stop = xchg(stats, kind="stats", epoch=epoch, backup=v, group="all")
             if stop:
                 return v, stop
             new = optimizer.step(v, g, state, epoch, epoch)
@@ -319,7 +330,7 @@ def run_block_solver(
                                          float(np.abs(g / lbfgs.root).sum())],
                                         (basis @ basis.T).ravel()])  # fmt: skip
         stats[0] = loss
-        total, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v, group="all")
+        total, stop = xchg(stats, kind="stats", epoch=epoch, backup=v, group="all")
         if stop:
             return v, stop
         k = basis.shape[0]
@@ -331,6 +342,7 @@ def run_block_solver(
                 lbfgs.forget_last()
                 keep = [j for j in range(k) if j not in (i, k // 2 + i)]
                 basis, B = basis[keep], B[np.ix_(keep, keep)]
+            basis, B = lbfgs.trim(basis, B)
         p, slope = lbfgs.direction(B, basis)
         if not slope < 0:  # not a descent direction: steepest descent
             lbfgs.clear()
@@ -350,8 +362,10 @@ def run_block_solver(
             # the objective along p from the margins alone; a grid adds its row blocks' losses
             loss, d = data.derivative(m + t * Xp)
             dl = float(d @ Xp)
-            if grid:
-                loss, dl = xchg(np.array([loss, dl]) if lead else np.zeros(2), group="all")[0]
+            # every rank takes the lead's numbers (a grid's: the row blocks' sum): sums on
+            # workers with other BLAS threads may differ in the last bits, and a step
+            # accepted on one rank and not on another would part the blocks' margins
+            loss, dl = xchg(np.array([loss, dl]) if lead else np.zeros(2), group="all")[0]
             return loss + 0.5 * l2 * (ww + 2 * t * wp + t * t * pp), dl + l2 * (wp + t * pp)
 
         t = _line_search(phi, f0, slope, t0)
@@ -386,7 +400,7 @@ def _local_rounds(data: BlockData, v: np.ndarray, m: np.ndarray, xchg: BlockExch
         g = data.rmatvec(r)
         pg = reg.proximal_gradient(v, g.copy(), optimizer.fit_intercept)
         stats = np.array([loss if lead else 0.0, float(pg @ pg), reg.penalty(v)])
-        _, stop = xchg(stats, kind="stats", epoch=epoch + 1, backup=v)
+        _, stop = xchg(stats, kind="stats", epoch=epoch, backup=v)
         if stop:
             return v, stop
         w = v

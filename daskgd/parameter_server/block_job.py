@@ -3,7 +3,7 @@
 In a feature-partitioned fit (``partition="features"``) rank ``k`` holds every row of its
 column block ``X_k`` and owns that block of the parameters, ``w_k``: no process computes
 with the whole model. The ranks run the same deterministic algorithm in lockstep
-(:mod:`daskgd.worker.block_loop`); what they must share goes through :meth:`BlockJob.add`,
+(:mod:`daskgd.worker.block_task`); what they must share goes through :meth:`BlockJob.add`,
 an all-reduce: every rank sends its part (the partial margins ``X_k w_k``, or a few
 dot products of its block's vectors), and every rank gets the same sum, added in rank order,
 so that every rank takes the same decisions. The coordinator adds nothing of its own but
@@ -168,6 +168,7 @@ class BlockJob:
         self.error_kind: str | None = None
         self.user_stop: str | None = None
         self.final_epoch: int | None = None  # the iterate the fit stopped at
+        self.checked = -1  # the last iterate the stop rules judged
         self.progress = asyncio.Event()
 
     # -- membership ---------------------------------------------------------------------
@@ -296,6 +297,11 @@ class BlockJob:
     def account(self, epoch: int, total: np.ndarray) -> dict[str, Any] | None:
         """Record iterate ``epoch``'s objective and apply the stop rules: the decision every
         rank gets (None: go on)."""
+        if epoch <= self.checked:
+            # a restart's replay of an iterate recorded and judged already: the same
+            # numbers, and they did not stop the fit
+            return None
+        self.checked = epoch
         loss = float(total[0] + total[2])
         gnorm = math.sqrt(max(float(total[1]), 0.0))
         elapsed = time.monotonic() - self.started
@@ -349,4 +355,14 @@ class BlockJob:
             "history": [dict(h) for h in self.history[since:]],
             "restarts": [dict(r) for r in self.restarts],
             "epochs": self.history[-1]["epoch"] if self.history else 0,
+            "blocks": self.final_blocks(),
         }
+
+    def final_blocks(self) -> list[np.ndarray] | None:
+        """Every rank's block where the fit stopped (sent with that iterate's report), so
+        that the result never depends on which tasks lived to return theirs; None
+        before the stop or after an error."""
+        e = self.final_epoch
+        if e is None or self.error is not None or any(e not in b for b in self.backups):
+            return None
+        return [b[e] for b in self.backups]

@@ -49,8 +49,13 @@ _RULE_FIELDS = {f.name for f in fields(BlockRules)} - {"g0", "first_loss", "best
 
 
 def _wrap(reply: dict[str, Any]) -> dict[str, Any]:
-    """Arrays of a reply wrapped for the wire (zero-copy, no pickle fallback warnings)."""
-    return {k: ToPickle(v) if isinstance(v, np.ndarray) else v for k, v in reply.items()}
+    """Arrays (and lists of arrays) of a reply wrapped for the wire (no pickle fallback)."""
+    return {k: ToPickle(v) if isinstance(v, np.ndarray | list) and _arrays(v) else v
+            for k, v in reply.items()}  # fmt: skip
+
+
+def _arrays(v: Any) -> bool:
+    return isinstance(v, np.ndarray) or all(isinstance(x, np.ndarray) for x in v)
 
 
 class BlockCoordinator(SchedulerPlugin):

@@ -203,7 +203,7 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         xchg = BlockExchange(reduce) if xchg is None else xchg
         epoch = position.get("epoch")
         v = init if epoch is None else np.asarray(position["block"], dtype=np.float64)
-        start = 0 if epoch is None else (epoch if spec.get("batch_rows") else epoch - 1)
+        start = 0 if epoch is None else epoch  # steps (full batch) or epochs done
         try:
             if R > 1:  # the weights are normalised by their sum over every row block
                 everywhere = float(xchg(np.array([total]), group="col")[0][0])
@@ -240,14 +240,23 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         except _Restart as r:
             position = r.position
             restarts += 1
-        except _Stopped:
-            break
+        except _Stopped:  # an error elsewhere, or the job closed: no block to hand in
+            return {"rank": rank, "worker": worker.address, "block": None}
     done = time.perf_counter()
     return {
         "rank": rank,
         "worker": worker.address,
         "block": v,
-        "learning_rate": float(optimizer.schedule.eta0),
+        # the block method's step is its own (the surrogate's curvature), not the schedule's
+        "learning_rate": (
+            1.0
+            / (
+                int(spec.get("n_blocks", 1)) * float(spec["curvature"]) * (lam or 1.0)
+                + optimizer.regularizer.l2
+            )
+            if spec.get("local_steps")
+            else float(optimizer.schedule.eta0)
+        ),
         "seconds": {"load": loaded - started, "solve": done - loaded},
         "reductions": 0 if xchg is None else xchg.calls,
         "reduce_bytes": 0 if xchg is None else xchg.bytes,
