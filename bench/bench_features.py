@@ -10,15 +10,14 @@ Two problems on 50,000 x 20,000 float32 (4 GB; ``--quick``: 20,000 x 4,000), wri
 (``loss="squared_error"``) and L2 logistic regression (``loss="log_loss"``), both with
 alpha = 1e-3. The same columns are also written as 4 separate groups of 5,000 (1,000)
 columns (``read_columns`` of the store, then ``write_zarr``; each holds ``y``) and joined
-with ``daskgd.concat_features`` (the generator draws each row whole, so a narrower call
-would not give the same columns). ``--data DIR`` keeps the data (a folder per problem and
-size) and reuses it. ``--problems`` picks the problems by loss (default both),
-``--systems`` the systems whose names contain one of the given strings (default all; the
-reference runs whatever is picked).
+with ``daskgd.concat_features`` (the generator draws each row whole: a narrower call gives
+other columns). ``--data DIR`` keeps the data (a folder per problem and size) and reuses
+it. ``--problems``: the losses to run; ``--systems``: the systems named, or whose names
+contain a string given (split at a comma not followed by a space: ``"rows, L-BFGS,grid"``
+is two); the reference runs whatever is picked.
 
 Systems: the scheduler in a process of its own and 2 worker processes x 1 thread (the grid:
-4), a fresh cluster for each run (started, and the workers' imports done, outside the
-timing):
+4), a fresh cluster a run (started, the workers' imports done, outside the timing):
 
 - ``rows, L-BFGS``: ``partition="rows"``, ``optimizer="lbfgs"`` (what ``"auto"`` picks
   for a model over 512 parameters), from the column-chunked store;
@@ -28,27 +27,25 @@ timing):
   worker (opening the groups is timed);
 - ``features, gradient descent``: ``optimizer="sgd"`` full batch (``learning_rate="auto"``);
 - ``features, block method (cocoa)``: ``optimizer="cocoa"`` (10 local steps a round);
-- ``grid, L-BFGS``: ``partition="grid"``, ``optimizer="lbfgs"``, on a cluster of its own of
-  4 worker processes x 1 thread: a grid of W workers has ``max(2, round(sqrt(W)))`` column
-  blocks (on 2 workers, a feature partition) and ``W //`` that row blocks, so here 2 column
-  blocks x 2 row blocks, each worker holding a quarter of X. Its 4 processes share this
-  machine's 2 cores, so its time is not comparable one to one with the others': it is
-  there for the bytes per iteration, the parameters a process holds and the iterations.
+- ``grid, L-BFGS``: ``partition="grid"``, ``optimizer="lbfgs"`` on 4 worker processes x 1
+  thread: ``max(2, round(sqrt(W)))`` column blocks of W workers (on 2, a feature partition),
+  here 2 x 2 row blocks, a quarter of X a worker. Its 4 processes share this machine's 2
+  cores, so its time is not comparable one to one: it is there for the bytes per
+  iteration, the parameters a process holds and the iterations.
 
-f*: the ``rows, L-BFGS`` run is also the reference. It runs on (``tol=None``) until 20
-history rows have improved on the best loss before them by less than 1e-10 of it (or 300
-rows, or its budget); its final coefficients are evaluated here in float64 (chunk by chunk,
-from the store); for least squares with d <= 5,000 also the normal equations, in float64.
-Its ``to 1e-6 s`` is read off its history as every run's is; its ``fit s`` is to the
-plateau. f* is the least of those, of every run's final coefficients evaluated here (in
-one pass over the store after the runs) and of the row-partitioned run's history losses
-(exact: the row kernels add in float64). Each other run stops (its callback) at the first
+f*: the ``rows, L-BFGS`` run is the reference: it runs on (``tol=None``) until 20 history
+rows improved on the best loss before them by less than 1e-10 of it (or 300 rows, or its
+budget); its final coefficients are evaluated here in float64, chunk by chunk from the
+store (for least squares with d <= 5,000 also the normal equations). Its ``to 1e-6 s`` is
+read off its history, its ``fit s`` is to the plateau. f* is the least of those and of
+every run's final coefficients evaluated here (one pass over the store after the runs),
+not of history losses (the row-partitioned history went 2e-9 below the normal equations'
+optimum at ``--quick``: not exact). Each other run stops (its callback) at the first
 history row within ``REL`` = 1e-6 of the reference, or at its budget: ``--budget`` (600 s)
-for the L-BFGS systems, ``--slow-budget`` (120 s) for gradient descent and the block
-method, shown "not in S s" with the relative suboptimality reached. ``to 1e-6 s`` is from
-``daskgd.fit``'s call to the driver's callback for the first history row whose loss is
-within 1e-6 of f* ((f - f*) / |f*|), and ``fit s`` to its return (the stop, gathering the
-blocks, the result).
+for L-BFGS, ``--slow-budget`` (120 s) for gradient descent and the block method ("not in
+S s", with the relative suboptimality reached).
+``to 1e-6 s``: from ``daskgd.fit``'s call to the callback of the first history row within
+1e-6 of f* ((f - f*) / |f*|); ``fit s``: to its return (the stop, the blocks, the result).
 
 ``iterations``: history rows to the target. Row-partitioned L-BFGS has one per round, a
 gradient at a trial point (accepted or not): one pass over X. Feature-partitioned and grid
@@ -70,15 +67,13 @@ grid's row blocks each keep their copy), to restart after a lost worker, never f
 computing: a feature-partitioned worker keeps its block's L-BFGS memory itself.
 
 ``final subopt``: the final coefficients' relative suboptimality, evaluated here.
-``history vs exact`` (feature-partitioned and grid fits; a row-partitioned result is the
-step after its last history row): the relative gap between the last history loss and the
-final coefficients' loss evaluated here. The block fits sum float32 blocks in float64 (a
-slice of rows widened at a time, as the row kernels do), so the margins they carry from
-iterate to iterate (``m += t X p``) keep to rounding and the gap is about 1e-12; a larger
-one would be a fault. ``peak RSS MB``: the largest worker's resident memory.
-
-Progress lines (the clock time and the seconds since the start) go to standard output:
-each dataset written, each run's start and end, a running fit's loss every 30 s.
+``history vs exact`` (block fits; a row-partitioned result is the step after its last
+history row): the relative gap between the last history loss and the final coefficients'
+loss evaluated here. The block fits sum float32 blocks in float64 (a slice of rows widened
+at a time, as the row kernels do), so the margins they carry from iterate to iterate
+(``m += t X p``) keep to rounding (below 1e-12); more would be a fault. ``peak RSS MB``:
+the largest worker's resident memory. Progress lines (clock time, seconds since the
+start) go to standard output: each dataset written, each run, a fit's loss every 30 s.
 
 Writes ``bench/results/features.md`` and ``features.json``.
 """
@@ -91,6 +86,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -144,8 +140,7 @@ REFERENCE = SYSTEMS[0]  # runs on to its plateau: its final loss is the referenc
 
 def log(message: str) -> None:
     """A progress line: the clock time and the seconds since the start."""
-    print(f"[{time.strftime('%H:%M:%S')} {time.perf_counter() - START:7.1f} s] {message}",
-          flush=True)  # fmt: skip
+    print(f"[{time.strftime('%X')} {time.perf_counter() - START:7.1f} s] {message}", flush=True)
 
 
 @contextlib.contextmanager
@@ -162,8 +157,7 @@ def cluster(workers: int = WORKERS):
 
 def prepare(root: Path, loss: str, size: tuple, client: Client,
             with_groups: bool) -> tuple[str, list[str], dict]:  # fmt: skip
-    """The column-chunked store and (``with_groups``) its column groups, written unless
-    there already; and the seconds spent writing them."""
+    """The column-chunked store and its groups, written unless there; the seconds it took."""
     n, d, chunk_rows, chunk_cols = size
     folder = root / f"{loss}-{n}x{d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,8 +174,7 @@ def prepare(root: Path, loss: str, size: tuple, client: Client,
         log(f"wrote the store in {seconds['store']:.1f} s")
     groups = [str(folder / f"group-{k}.zarr") for k in range(GROUPS)]
     width = d // GROUPS
-    y = None
-    t = time.perf_counter()
+    y, t = None, time.perf_counter()
     for k, g in enumerate(groups if with_groups else []):
         if not Path(g).exists():
             if y is None:
@@ -228,16 +221,14 @@ class Objective:
 
     def normal_equations(self) -> float:
         """The ridge optimum's objective, from ``(A^T A / n + alpha I') v = A^T y / n``."""
-        H = b = None
-        n = 0
+        d = daskgd.open_zarr(self.path).n_features
+        H, b, n = np.zeros((d + 1, d + 1)), np.zeros(d + 1), 0
         with use_peer_threads(2):
             for X, y in self._chunks():
                 A = np.column_stack([X, np.ones(len(y))])
-                H = A.T @ A if H is None else H + A.T @ A
-                b = A.T @ y if b is None else b + A.T @ y
+                H += A.T @ A
+                b += A.T @ y
                 n += len(y)
-            assert H is not None and b is not None
-            d = H.shape[0] - 1
             H /= n
             H[np.arange(d), np.arange(d)] += ALPHA
             v = np.linalg.solve(H, b / n)
@@ -250,8 +241,7 @@ def below(level: float) -> Callable[[list[dict]], bool]:
 
 
 def settled(points: list[dict]) -> bool:
-    """Stop when the best loss of the last ``SETTLE`` rows improved on the best before them
-    by less than ``REL * 1e-4`` of it (the reference has converged far past the target)."""
+    """Stop once the last ``SETTLE`` rows improved on the best before by < ``REL * 1e-4``."""
     if len(points) <= SETTLE:
         return False
     before = min(p["loss"] for p in points[:-SETTLE])
@@ -260,8 +250,7 @@ def settled(points: list[dict]) -> bool:
 
 def run(system: System, data: str | list[str], loss: str, stop: Callable[[list[dict]], bool],
         budget: float, max_epochs: int = 100_000) -> dict:  # fmt: skip
-    """One fit on a fresh cluster, stopped by its callback when ``stop(points)`` or at
-    ``budget`` seconds."""
+    """One fit on a fresh cluster, stopped by its callback at ``stop(points)`` or ``budget``."""
     name, kw = system.name, system.kw
     points: list[dict] = []
     log(f"{name}: starting ({system.workers} workers, budget {budget:g} s)")
@@ -283,21 +272,19 @@ def run(system: System, data: str | list[str], loss: str, stop: Callable[[list[d
         res = daskgd.fit(source, loss=loss, alpha=ALPHA, tol=None, max_epochs=max_epochs,
                          max_time=budget, callback=callback, client=client, **kw)  # fmt: skip
         wall = time.perf_counter() - t0
-        workers = client.run(peak_mb)
-        sched = client.run_on_scheduler(peak_mb)
+        workers, sched = client.run(peak_mb), client.run_on_scheduler(peak_mb)
     t = res.timings_
     out = {
         "system": name, "settings": kw, "workers": system.workers, "budget_s": budget,
-        "reason": res.reason, "fit_s": wall,
-        "open_s": t["open"], "load_s": max(r["load"] for r in t["ranks"]),
+        "reason": res.reason, "fit_s": wall, "open_s": t["open"],
+        "load_s": max(r["load"] for r in t["ranks"]),
         "history_rows": len(res.history), "points": points,
         "peak_MB": {"scheduler": sched, "workers": sorted(workers.values())},
         "coef": res.coef_, "intercept": float(np.ravel(res.intercept_)[0]),
         "min_history_loss": min(h["loss"] for h in res.history),
         "last_history_loss": res.history[-1]["loss"],
     }  # fmt: skip
-    d = res.coef_.size
-    rows = len(res.history)
+    d, rows = res.coef_.size, len(res.history)
     if kw["partition"] == "rows":
         pushes = sum(t["push_bytes"]) / (4 * (d + 1))  # float32 gradients of d + 1
         out.update(to_bytes=sum(t["push_bytes"]) / rows, back_bytes=pushes * 8 * (d + 1) / rows,
@@ -312,8 +299,7 @@ def run(system: System, data: str | list[str], loss: str, stop: Callable[[list[d
                    scheduler_params=2 * sum(w + 1 for w in widths),
                    blocks=res.blocks_, grid=[len(res.blocks_) // n_cols, n_cols],
                    reductions=t["reductions"])  # fmt: skip
-    log(f"{name}: {res.reason}; {len(points)} rows, loss {out['last_history_loss']:.12g}, "
-        f"{wall:.1f} s")  # fmt: skip
+    log(f"{name}: {res.reason}; {len(points)} rows, {wall:.1f} s")
     return out
 
 
@@ -324,48 +310,43 @@ def reached(run_: dict, f_star: float) -> dict | None:
 
 def solve(loss: str, store: str, groups: list[str], size: tuple, systems: list[System],
           budget: float, slow_budget: float) -> dict:  # fmt: skip
-    """The reference (the row-partitioned L-BFGS run), every other picked system's run and
-    f*, for one problem."""
-    d = size[1]
+    """The reference (rows, L-BFGS), every other picked system's run and f*, for a problem."""
     objective = Objective(store, loss)
     ref = run(REFERENCE, store, loss, settled, budget, max_epochs=REF_EPOCHS)
     log("evaluating the reference's coefficients")
     exact = {"reference": objective([(ref.pop("coef"), ref["intercept"])])[0]}
-    if loss == "squared_error" and d <= NORMAL_EQUATIONS_MAX_D:
+    if loss == "squared_error" and size[1] <= NORMAL_EQUATIONS_MAX_D:
         exact["normal equations"] = objective.normal_equations()
-    f_ref = min(*exact.values(), ref["min_history_loss"])
+    f_ref = min(exact.values())
     log(f"reference: {f_ref!r} ({exact})")
     ref["final_loss"] = exact["reference"]
-    runs = [ref] if REFERENCE in systems else []
-    for s in systems:
-        if s is not REFERENCE:
+    runs, failed = [ref] if REFERENCE in systems else [], {}
+    for s in (s for s in systems if s is not REFERENCE):
+        try:  # one system's failure must not lose the others' figures
             runs.append(run(s, store if s.data == "store" else groups, loss,
                             below(f_ref + REL * abs(f_ref)),
                             slow_budget if s.slow else budget))  # fmt: skip
+        except Exception as e:
+            log(f"{s.name}: FAILED: {e!r}")
+            failed[s.name] = repr(e)
     others = [r for r in runs if r is not ref]
     if others:
         log(f"evaluating {len(others)} runs' coefficients (one pass over the store)")
         finals = objective([(r.pop("coef"), r["intercept"]) for r in others])
         for r, f in zip(others, finals, strict=True):
             r["final_loss"] = f
-    candidates = [*exact.values(), *(r["final_loss"] for r in others), ref["min_history_loss"]]
-    f_star = min(candidates)
+    f_star = min(*exact.values(), *(r["final_loss"] for r in others))
     for r in [ref, *others]:
         hit = reached(r, f_star)
         r["to_target_s"] = None if hit is None else hit["seconds"]
         r["iterations"] = None if hit is None else hit["epoch"]
         r["final_subopt"] = (r["final_loss"] - f_star) / abs(f_star)
         # a row-partitioned result has taken the step after its last history row
-        rows = r["settings"]["partition"] == "rows"
         gap = (r["last_history_loss"] - r["final_loss"]) / abs(f_star)
-        r["history_vs_exact"] = None if rows else gap
+        r["history_vs_exact"] = None if r["settings"]["partition"] == "rows" else gap
     log(f"f* = {f_star!r}")
     return {"loss": loss, "f_star": f_star, "f_ref": f_ref, "exact": exact,
-            "reference": ref, "runs": runs}  # fmt: skip
-
-
-def _mb(x: float) -> str:
-    return f"{x / 1e6:.2f}"
+            "reference": ref, "runs": runs, "failed": failed}  # fmt: skip
 
 
 def summary_rows(results: dict) -> list[list[str]]:
@@ -376,13 +357,11 @@ def summary_rows(results: dict) -> list[list[str]]:
             best = min((p["loss"] for p in r["points"]), default=np.nan)
             to = (f"{hit:.1f}" if hit is not None else f"not in {r['budget_s']:g} s "
                   f"({(best - res['f_star']) / abs(res['f_star']):.1e})")  # fmt: skip
-            fit = f"{r['fit_s']:.1f}"
-            if r is res["reference"]:
-                fit += " (to the plateau)"
+            fit = f"{r['fit_s']:.1f}" + (" (to the plateau)" if r is res["reference"] else "")
             rows.append([
                 problem, r["system"], to, fit,
                 "" if r["iterations"] is None else str(r["iterations"]),
-                f"{_mb(r['to_bytes'])} / {_mb(r['back_bytes'])}",
+                f"{r['to_bytes'] / 1e6:.2f} / {r['back_bytes'] / 1e6:.2f}",
                 f"{r['worker_params']:,}", f"{r['scheduler_params']:,}",
             ])  # fmt: skip
     return rows
@@ -391,12 +370,11 @@ def summary_rows(results: dict) -> list[list[str]]:
 def detail_rows(results: dict) -> list[list[str]]:
     rows = []
     for problem, res in results.items():
-        shown = res["runs"] if res["reference"] in res["runs"] else [res["reference"]]
-        for r in shown + [r for r in res["runs"] if r not in shown]:
+        ref, runs = res["reference"], res["runs"]
+        for r in runs if any(r is ref for r in runs) else [ref, *runs]:
             rows.append([
-                problem, r["system"] + (" (the reference)" if r is res["reference"] else ""),
-                f"{r['load_s']:.1f}", str(r["history_rows"]),
-                f"{r['final_subopt']:.1e}",
+                problem, r["system"] + (" (the reference)" if r is ref else ""),
+                f"{r['load_s']:.1f}", str(r["history_rows"]), f"{r['final_subopt']:.1e}",
                 "" if r["history_vs_exact"] is None else f"{r['history_vs_exact']:.1e}",
                 f"{max(r['peak_MB']['workers']):,.0f}", f"{r['peak_MB']['scheduler']:,.0f}",
                 r["reason"],
@@ -416,18 +394,13 @@ def reading(results: dict, n: int, d: int) -> str:
         rows, cols = by.get("rows, L-BFGS"), by.get("features, L-BFGS")
         if rows is None or cols is None:
             continue
-        if rows["to_target_s"] and cols["to_target_s"]:
-            ratio = cols["to_target_s"] / rows["to_target_s"]
-            out.append(f"{problem}: feature-partitioned L-BFGS reached 1e-6 in "
-                       f"{cols['to_target_s']:.1f} s, {ratio:.2f}x the row-partitioned "
-                       f"{rows['to_target_s']:.1f} s")  # fmt: skip
-        else:
-            out.append(f"{problem}: rows or features L-BFGS did not reach 1e-6 (see the table)")
-        out[-1] += (
-            f"; it moved {_bytes(cols) / _bytes(rows):.2f}x the bytes per iteration (its "
-            f"messages grow with the rows, n = {n:,}, the row partition's with the columns, "
-            f"d = {d:,})."
-        )
+        a, b = cols["to_target_s"], rows["to_target_s"]
+        out.append((f"{problem}: feature-partitioned L-BFGS reached 1e-6 in {a:.1f} s, "
+                    f"{a / b:.2f}x the row-partitioned {b:.1f} s" if a and b else
+                    f"{problem}: rows or features L-BFGS did not reach 1e-6 (see the table)")
+                   + f"; it moved {_bytes(cols) / _bytes(rows):.2f}x the bytes per iteration "
+                   f"(its messages grow with the rows, n = {n:,}, the row partition's with "
+                   f"the columns, d = {d:,}).")  # fmt: skip
     runs = [r for res in results.values() for r in res["runs"]]
     cols = next((r for r in runs if r["system"] == "features, L-BFGS"), None)
     if cols is not None:
@@ -442,50 +415,46 @@ def reading(results: dict, n: int, d: int) -> str:
     for problem, res in results.items():
         by = {r["system"]: r for r in res["runs"]}
         grid, cols = by.get("grid, L-BFGS"), by.get("features, L-BFGS")
-        if grid is None:
-            continue
-        R, C = grid["grid"]
-        text = (f"{problem}: the grid ({C} column blocks x {R} row blocks, {GRID_WORKERS} "
-                f"processes on {os.cpu_count()} cores) took "
-                f"{grid['iterations'] or 'more than ' + str(grid['history_rows'])} "
-                f"iterations, each process holding {grid['worker_params']:,} parameters and "
-                f"{n // R:,} rows")  # fmt: skip
-        if cols is not None:
-            text += (f", and moved {_bytes(grid) / _bytes(cols):.2f}x the bytes per "
-                     f"iteration of the feature partition on {WORKERS} workers")  # fmt: skip
-        out.append(text + ".")
+        if grid is not None and cols is not None:
+            R, C = grid["grid"]
+            its = grid["iterations"] or f"over {grid['history_rows']}"
+            out.append(f"{problem}: the {C} x {R} grid took {its} iterations (features: "
+                       f"{cols['iterations']}), {grid['worker_params']:,} parameters and "
+                       f"{n // R:,} rows a process, and moved {_bytes(grid) / _bytes(cols):.2f}x"
+                       " the bytes per iteration of the feature partition.")  # fmt: skip
     return "\n\n".join(out) + "\n"
 
 
-def pick(spec: str, names: list[str], what: str, exact: bool) -> list[str]:
-    """The names a comma-separated ``spec`` picks: equal to one of its items (``exact``)
-    or containing one."""
-    wanted = [w.strip() for w in spec.split(",") if w.strip()]
-    for w in wanted:
-        if not any(w == n if exact else w in n for n in names):
+def pick(spec: str, names: list[str], what: str) -> list[str]:
+    """The names ``spec`` picks: its items are split at commas not followed by a space (the
+    names hold ", "); an item picks the name it equals, else every name containing it."""
+    picked = set()
+    for w in (w.strip() for w in re.split(r",(?! )", spec) if w.strip()):
+        hits = [n for n in names if n == w] or [n for n in names if w in n]
+        if not hits:
             raise SystemExit(f"--{what}: {w!r} picks none of: " + "; ".join(names))
-    return [n for n in names if any(w == n if exact else w in n for w in wanted)]
+        picked.update(hits)
+    return [n for n in names if n in picked]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--budget", type=float, default=600.0,
-                        help="seconds an L-BFGS run may take (default 600)")
+                        help="seconds an L-BFGS run may take (default 600)")  # fmt: skip
     parser.add_argument("--slow-budget", type=float, default=120.0,
-                        help="seconds a gradient-descent or block-method run may take "
-                             "(default 120)")
+                        help="seconds a first-order run may take (default 120)")  # fmt: skip
     parser.add_argument("--systems", default=",".join(s.name for s in SYSTEMS),
-                        help="comma-separated parts of the system names (default all)")
+                        help='names or parts, split at "," (not ", "); default all')  # fmt: skip
     parser.add_argument("--problems", default=",".join(PROBLEMS.values()),
-                        help="comma-separated losses: squared_error, log_loss (default both)")
+                        help="comma-separated losses (default squared_error,log_loss)")  # fmt: skip
     parser.add_argument("--data", default=None, help="folder for the Zarr datasets (kept)")
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
     n, d = size[:2]
-    picked = pick(args.systems, [s.name for s in SYSTEMS], "systems", exact=False)
+    picked = pick(args.systems, [s.name for s in SYSTEMS], "systems")
     systems = [s for s in SYSTEMS if s.name in picked]
-    losses = pick(args.problems, list(PROBLEMS.values()), "problems", exact=True)
+    losses = pick(args.problems, list(PROBLEMS.values()), "problems")
     root = Path(args.data or tempfile.mkdtemp(prefix="daskgd-bench-features-"))
     log(f"{n:,} x {d:,}: {', '.join(losses)}; systems: {'; '.join(picked)}; data in {root}")
     results, written = {}, {}
@@ -505,19 +474,19 @@ def main() -> None:
               "MB per iteration (to / back)", "parameters a worker holds",
               "on the scheduler"]  # fmt: skip
     C = max(2, round(math.sqrt(GRID_WORKERS)))
-    grid = (f"the grid: {GRID_WORKERS} workers, {C} column blocks x {GRID_WORKERS // C} row "
-            f"blocks; its {GRID_WORKERS} processes share this machine's {os.cpu_count()} "
-            "cores, so its time is not comparable one to one")  # fmt: skip
+    grid = (f"the grid: {GRID_WORKERS} workers, {C} column x {GRID_WORKERS // C} row blocks, "
+            f"sharing {os.cpu_count()} cores: its time is not comparable one to one")  # fmt: skip
     md.append(f"\n## Summary\n\n{n:,} x {d:,} float32, {WORKERS} workers ({grid}). Budgets: "
               f"{args.budget:g} s (L-BFGS), {args.slow_budget:g} s (gradient descent, the "
               "block method).\n\n" + table(summary_rows(results), header))  # fmt: skip
-    md.append("\n" + reading(results, n, d))
+    failed = [f"{p}, {k}: {e}" for p, r in results.items() for k, e in r["failed"].items()]
+    md.append("".join(f"\nFAILED: {f}.\n" for f in failed) + "\n" + reading(results, n, d))
     dheader = ["problem", "system", "load s (slowest rank)", "history rows", "final subopt",
                "history vs exact", "peak RSS MB (worker)", "peak RSS MB (scheduler)",
                "reason"]  # fmt: skip
     md.append("\n## Details\n\n" + table(detail_rows(results), dheader))
     f = "; ".join(f"{p}: f* = {r['f_star']:.12g}" for p, r in results.items())
-    w = "; ".join(f"{p}: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.items()) or f"{p}: reused"
+    w = "; ".join(f"{p}: " + (", ".join(f"{k} {v:.0f} s" for k, v in s.items()) or "reused")
                   for p, s in written.items())  # fmt: skip
     md.append(f"\n{f}. Data written: {w}. The whole run: {total:.0f} s.\n")
     write_results("features", {"n": n, "d": d, "workers": WORKERS, "grid_workers": GRID_WORKERS,
