@@ -20,7 +20,7 @@ from scipy.optimize import minimize
 from daskgd import LinearRegression, LogisticRegression, concat_features
 from daskgd.data import write_zarr
 from daskgd.driver import fit
-from daskgd.errors import DivergenceError, InvalidSettingError
+from daskgd.errors import DataValidationError, DivergenceError, InvalidSettingError
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +349,22 @@ def test_worker_killed_mid_fit_in_a_grid(tmp_path, reliability):
     assert res.recoveries_ and res.recoveries_[0]["rank"] == 3
     assert res.converged_, res.reason
     np.testing.assert_allclose(res.coef_, ref[:-1], atol=1e-5 * np.abs(ref).max())
+
+
+def test_bad_data_is_refused_before_training(trio, tmp_path):
+    """Bad input for a feature-partitioned fit: a clear error, nothing trained."""
+    X, y = _problem(n=300, d=6)
+    three = np.arange(300) % 3
+    with pytest.raises(DataValidationError, match="3 classes"):
+        fit((X, three), loss="log_loss", partition="features", client=trio)
+    bad = X.copy()
+    bad[7, 2] = np.nan
+    with pytest.raises(DataValidationError, match="NaN|non-finite|inf"):
+        fit((bad, y), partition="features", client=trio)
+    path = str(tmp_path / "gone.zarr")
+    write_zarr(path, X, y, chunk_rows=100, chunk_cols=3)
+    import shutil
+
+    shutil.rmtree(f"{path}/X/c/1")  # a row of blocks deleted after the write
+    with pytest.raises(DataValidationError, match="no chunk 1"):
+        fit(path, partition="features", optimizer="lbfgs", client=trio)

@@ -240,17 +240,30 @@ def read_chunk(
         except OSError:
             raise  # the store itself failed (permissions, network): its own message says so
         except Exception as exc:
-            raise DataValidationError(
-                f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} cannot be "
-                f"decoded ({type(exc).__name__}: {exc}): {location(z, key)} is damaged. "
-                "Write the dataset again"
-            ) from exc
-    if digest is not None and (found := chunk_digest(out)) != digest:
+            raise undecodable(
+                f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()}",
+                location(z, key), exc,
+            ) from exc  # fmt: skip
+    check_digest(out, digest, f"chunk {i} of array {name!r} of the dataset {dataset}"
+                 f"{worker_suffix()}", location(z, key))  # fmt: skip
+
+
+def undecodable(what: str, where: str, exc: Exception) -> DataValidationError:
+    """The error for ``what`` (a chunk, named), stored at ``where``, that cannot be decoded."""
+    return DataValidationError(
+        f"{what} cannot be decoded ({type(exc).__name__}: {exc}): {where} is damaged. "
+        "Write the dataset again"
+    )
+
+
+def check_digest(values: np.ndarray, digest: int | None, what: str, where: str) -> None:
+    """Raise when ``values`` of ``what`` (a chunk, named), stored at ``where``, do not match
+    their recorded ``digest`` (None: nothing recorded, nothing to check)."""
+    if digest is not None and (found := chunk_digest(values)) != digest:
         raise DataValidationError(
-            f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} does not match "
-            f"its digest ({DIGEST_ALGORITHM} {found:#010x}, recorded {int(digest):#010x}): "
-            f"{location(z, key)} was altered or torn after it was written. Write the dataset "
-            "again"
+            f"{what} does not match its digest ({DIGEST_ALGORITHM} {found:#010x}, recorded "
+            f"{int(digest):#010x}): {where} was altered or torn after it was written. Write "
+            "the dataset again"
         )
 
 

@@ -51,12 +51,10 @@ from daskgd.data.store import (
     ARRAY_NAMES,
     group_arrays,
     is_csr_group,
-    open_group,
+    open_for_reading,
     rows_per_chunk,
     store_path,
-    worker_suffix,
 )
-from daskgd.errors import DataNotFoundError
 
 __all__ = [
     "DIGEST_ALGORITHM",
@@ -170,15 +168,7 @@ def read_row_arrays(
         directly (:meth:`~daskgd.data.sparse_store.CSRChunks.rows`).
     """
     p = store_path(path)
-    try:
-        g = open_group(p, "r", storage_options)
-    except FileNotFoundError as exc:
-        raise DataNotFoundError(
-            f"the dataset {p} does not exist{worker_suffix()} ({exc}): it was opened where it "
-            "exists, but this process cannot see it (or it was moved or deleted since). Keep the "
-            "dataset on a filesystem that every worker mounts at the same path, or use a URL "
-            "every worker can read (s3://..., gs://...)"
-        ) from exc
+    g = open_for_reading(p, storage_options)
     attrs = dict(g.attrs)
     arrays = group_arrays(g, p)
     csr = CSRChunks(g, p, attrs) if is_csr_group(attrs) else None

@@ -21,8 +21,7 @@ import numpy as np
 import zarr
 
 from daskgd.data.chunkfiles import (
-    DIGEST_ALGORITHM,
-    chunk_digest,
+    check_digest,
     direct_reader,
     key_exists,
     location,
@@ -30,6 +29,7 @@ from daskgd.data.chunkfiles import (
     read_chunk,
     recorded_block_digests,
     recorded_digests,
+    undecodable,
 )
 from daskgd.data.column_parts import check_parts, joined_feature_names, part_bounds, part_name
 from daskgd.data.dataset import Dataset
@@ -37,11 +37,11 @@ from daskgd.data.opening import open_zarr
 from daskgd.data.store import (
     group_arrays,
     is_csr_group,
-    open_group,
+    open_for_reading,
     store_path,
     worker_suffix,
 )
-from daskgd.errors import DataNotFoundError, DataValidationError
+from daskgd.errors import DataValidationError
 
 __all__ = ["FeatureBlocks", "column_blocks", "concat_features", "read_columns"]
 
@@ -123,15 +123,7 @@ def _open_dense_X(
     p: str, storage_options: dict[str, Any] | None
 ) -> tuple[zarr.Array, dict[str, Any]]:
     """The group's ``X`` (dense) and its attributes, as a read of column ranges needs them."""
-    try:
-        g = open_group(p, "r", storage_options)
-    except FileNotFoundError as exc:
-        raise DataNotFoundError(
-            f"the dataset {p} does not exist{worker_suffix()} ({exc}): it was opened where it "
-            "exists, but this process cannot see it (or it was moved or deleted since). Keep the "
-            "dataset on a filesystem that every worker mounts at the same path, or use a URL "
-            "every worker can read (s3://..., gs://...)"
-        ) from exc
+    g = open_for_reading(p, storage_options)
     attrs = dict(g.attrs)
     if is_csr_group(attrs):
         raise ValueError(
@@ -258,16 +250,8 @@ def _read_block(
     except OSError:
         raise  # the store itself failed (permissions, network): its own message says so
     except Exception as exc:
-        raise DataValidationError(
-            f"{what} cannot be decoded ({type(exc).__name__}: {exc}): {location(z, key)} is "
-            "damaged. Write the dataset again"
-        ) from exc
-    if digest is not None and (found := chunk_digest(block)) != digest:
-        raise DataValidationError(
-            f"{what} does not match its digest ({DIGEST_ALGORITHM} {found:#010x}, recorded "
-            f"{int(digest):#010x}): {location(z, key)} was altered or torn after it was "
-            "written. Write the dataset again"
-        )
+        raise undecodable(what, location(z, key), exc) from exc
+    check_digest(block, digest, what, location(z, key))
     return block
 
 

@@ -18,7 +18,7 @@ import dask
 import zarr
 
 from daskgd.cluster import check_scheduler
-from daskgd.errors import DataValidationError
+from daskgd.errors import DataNotFoundError, DataValidationError
 
 __all__ = [
     "ARRAY_NAMES",
@@ -207,6 +207,25 @@ def worker_suffix() -> str:
         return f" on worker {get_worker().address}"
     except (ImportError, ValueError):
         return ""
+
+
+def open_for_reading(p: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    """The dataset's group at ``p``, opened to read its chunks (on a worker, usually).
+
+    Raises
+    ------
+    DataNotFoundError
+        The group is not there in this process, named with the worker it runs on.
+    """
+    try:
+        return open_group(p, "r", storage_options)
+    except FileNotFoundError as exc:
+        raise DataNotFoundError(
+            f"the dataset {p} does not exist{worker_suffix()} ({exc}): it was opened where it "
+            "exists, but this process cannot see it (or it was moved or deleted since). Keep the "
+            "dataset on a filesystem that every worker mounts at the same path, or use a URL "
+            "every worker can read (s3://..., gs://...)"
+        ) from exc
 
 
 def is_csr_group(attrs: Mapping[str, Any]) -> bool:

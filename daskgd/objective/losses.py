@@ -56,6 +56,7 @@ __all__ = [
     "check_power",
     "check_targets",
     "curvature_bound",
+    "encode_labels",
     "get_loss",
     "link",
 ]
@@ -215,6 +216,27 @@ def get_loss(name: str) -> Loss:
     except (KeyError, TypeError):
         known = ", ".join(sorted(LOSSES))
         raise ValueError(f"unknown loss {name!r}; choose one of: {known}") from None
+
+
+def encode_labels(y: np.ndarray, classes: np.ndarray, multinomial: bool, name: str) -> np.ndarray:
+    """Class labels ``y`` in the kernels' encoding: the class indices ``0..k-1``
+    (``multinomial``) or ``-1``/``+1`` (binary), float (``y``'s own float dtype, else float64).
+
+    Raises
+    ------
+    ValueError
+        A label of ``y`` (named ``name`` in the message) is not among the sorted ``classes``.
+    """
+    idx = np.searchsorted(classes, y)
+    known = (idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y)
+    if not np.all(known):
+        first = int(np.flatnonzero(~known)[0])
+        raise ValueError(
+            f"{name} holds the label {y[first]!r} (its row {first}), which is not among the "
+            f"dataset's classes {classes.tolist()}"
+        )
+    dtype = y.dtype if y.dtype.kind == "f" else np.float64
+    return (idx if multinomial else 2 * idx - 1).astype(dtype)
 
 
 def check_targets(

@@ -28,6 +28,7 @@ from daskgd.errors import (
 )
 from daskgd.objective import check_targets, get_loss
 from daskgd.objective.block_solvers import BlockData, BlockExchange, run_block_solver
+from daskgd.objective.losses import encode_labels
 from daskgd.objective.optimizers import make_optimizer
 from daskgd.parameter_server.blocks import BlockClient
 
@@ -101,19 +102,11 @@ def _encode(y: np.ndarray, sw: np.ndarray | None, spec: dict[str, Any], rank: in
     """Labels in the loss's encoding (-1/+1), checked with the weights."""
     loss = get_loss(spec["loss"])
     classes = spec.get("classes")
-    if classes is not None:
-        classes = np.asarray(classes)
-        idx = np.searchsorted(classes, y)
-        known = (idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y)
-        if not np.all(known):
-            first = int(np.flatnonzero(~known)[0])
-            raise DataValidationError(
-                f"y holds the label {y[first]!r} at row {first}, which is not among the "
-                f"dataset's classes {classes.tolist()}"
-            )
-        y = (2 * idx - 1).astype(np.float64)
+    name = f"y (column block {rank})"
     try:
-        check_targets(loss, y, name=f"y (column block {rank})", power=spec.get("power", 1.5))
+        if classes is not None:
+            y = encode_labels(y, np.asarray(classes), False, name)
+        check_targets(loss, y, name=name, power=spec.get("power", 1.5))
     except ValueError as exc:
         raise DataValidationError(str(exc)) from None
     if sw is not None and np.any(sw < 0):

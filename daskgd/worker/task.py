@@ -42,6 +42,7 @@ from daskgd.errors import (
     UnknownJobError,
 )
 from daskgd.objective import check_targets, get_loss
+from daskgd.objective.losses import encode_labels
 from daskgd.parameter_server import ParameterServerClient
 from daskgd.worker.batches import (
     MEASURE_ROWS,
@@ -183,16 +184,7 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
         # labels are encoded for the kernel (-1/+1 or 0..k-1) and, with the weights,
         # checked once per block read; the kernel then skips the check
         if classes is not None:
-            idx = np.searchsorted(classes, y)
-            known = (idx < len(classes)) & (classes[np.minimum(idx, len(classes) - 1)] == y)
-            if not np.all(known):
-                first = int(np.flatnonzero(~known)[0])
-                raise ValueError(
-                    f"y (rank {rank}{where}) holds the label {y[first]!r}, which is not among "
-                    f"the dataset's classes {classes.tolist()}"
-                )
-            y = (idx if multinomial else 2 * idx - 1).astype(y.dtype if y.dtype.kind == "f"
-                                                              else np.float64)  # fmt: skip
+            y = encode_labels(y, classes, multinomial, f"y (rank {rank}{where})")
         try:
             check_targets(loss_info, y, multinomial=multinomial,
                           n_classes=shape[1] if multinomial else 0,
