@@ -359,7 +359,7 @@ def test_bad_data_is_refused_before_training(trio, tmp_path):
         fit((X, three), loss="log_loss", partition="features", client=trio)
     bad = X.copy()
     bad[7, 2] = np.nan
-    with pytest.raises(DataValidationError, match="NaN|non-finite|inf"):
+    with pytest.raises(DataValidationError, match=r"NaN|non-finite|inf"):
         fit((bad, y), partition="features", client=trio)
     path = str(tmp_path / "gone.zarr")
     write_zarr(path, X, y, chunk_rows=100, chunk_cols=3)
