@@ -11,7 +11,10 @@ server on the scheduler applies the updates.
 Input kinds
     ``fit`` takes numpy arrays and pandas DataFrames (validated like scikit-learn does),
     dask arrays and dask DataFrames, a :class:`daskgd.Dataset` or a Zarr path/URL (then
-    ``y`` may be omitted: the stored targets and weights are used). ``feature_names_in_``
+    ``y`` may be omitted: the stored targets and weights are used), and, with
+    ``partition="features"``, groups holding the same rows joined by
+    :func:`daskgd.concat_features` (trained on the first group's targets; predictions sum
+    the groups' margins: :mod:`~daskgd.sklearn.feature_input`). ``feature_names_in_``
     comes from any frame. ``predict``, ``predict_proba``, ``decision_function`` and
     ``score`` return numpy for in-memory input and lazy dask arrays for dask/Dataset/Zarr
     input.
@@ -19,7 +22,8 @@ Input kinds
 The modules
     :mod:`~daskgd.sklearn.base` (the cluster, the engine call, fitted attributes),
     :mod:`~daskgd.sklearn.params` (declared parameter constraints),
-    :mod:`~daskgd.sklearn.inputs` (data intake), :mod:`~daskgd.sklearn.regression`,
+    :mod:`~daskgd.sklearn.inputs` (data intake), :mod:`~daskgd.sklearn.feature_input`
+    (concat_features data), :mod:`~daskgd.sklearn.regression`,
     :mod:`~daskgd.sklearn.classification`, :mod:`~daskgd.sklearn.glm` (Poisson, Gamma and
     Tweedie regression with offsets; :mod:`~daskgd.sklearn.families`, their losses),
     :mod:`~daskgd.sklearn.labels`,

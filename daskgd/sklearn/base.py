@@ -24,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from daskgd import driver
 from daskgd.cluster import check_scheduler, connect
-from daskgd.data import Dataset
+from daskgd.data import Dataset, FeatureBlocks
 from daskgd.driver.placement import chunks_per_worker
 from daskgd.history import history_to_dict
 from daskgd.progress import ProgressBar, progress_enabled
@@ -177,7 +177,7 @@ class LinearModel:
 
     def _run(
         self,
-        data: tuple[np.ndarray | None, ...] | Dataset,
+        data: tuple[np.ndarray | None, ...] | Dataset | FeatureBlocks,
         client: Any,
         *,
         loss: str,
@@ -193,9 +193,9 @@ class LinearModel:
     ) -> Any:
         """One engine fit on ``client``; returns the FitResult. The client is never kept.
 
-        ``data`` is a Dataset (lazy input: the engine validates its values once) or numpy
-        arrays already validated here (the engine skips its scan), with their targets'
-        ``classes`` in the engine's encoding.
+        ``data`` is a Dataset (lazy input: the engine validates its values once), a
+        FeatureBlocks (checked when it was made) or numpy arrays already validated here (the
+        engine skips its scan), with their targets' ``classes`` in the engine's encoding.
         """
         p = self.get_params(deep=False)  # type: ignore[attr-defined]
         extra.update(self._checkpoint_settings(p, partial=extra.pop("partial", False)))
@@ -207,7 +207,7 @@ class LinearModel:
         bar = ProgressBar(max_iter, enabled=progress_enabled(p.get("verbose", 0)), desc=desc)
         callback: Callable[[dict[str, Any]], Any] = bar.update
         stopper = None
-        lazy = isinstance(data, Dataset)
+        lazy = isinstance(data, Dataset | FeatureBlocks)
         if p.get("early_stopping") and max_iter > 1:  # not for partial_fit's single epoch
             if lazy:
                 raise ValueError(
@@ -228,7 +228,7 @@ class LinearModel:
 
             callback = update_and_check
             extra["callback_params"] = True
-        if not isinstance(data, Dataset):
+        if not isinstance(data, Dataset | FeatureBlocks):
             data = in_memory_dataset(data, n_workers(client), classes,
                                      chunks_per_worker(p.get("placement", "auto")))  # fmt: skip
         try:

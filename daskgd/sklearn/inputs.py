@@ -20,7 +20,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from daskgd.data import Dataset, as_dataset, check_dense
+from daskgd.data import Dataset, FeatureBlocks, as_dataset, check_dense
 from daskgd.data.checks import OFFSET_HINT
 from daskgd.data.convert import attach_offset, offset_to_dask
 from daskgd.data.csr import is_scipy_sparse, sparse_to_dask
@@ -51,8 +51,9 @@ def is_dask_frame(a: Any) -> bool:
 
 
 def is_lazy(X: Any) -> bool:
-    """Dask collections, Datasets and Zarr paths stay on the cluster; anything else is numpy."""
-    return isinstance(X, da.Array | Dataset | str | os.PathLike) or is_dask_frame(X)
+    """Dask collections, Datasets, FeatureBlocks and Zarr paths stay on the cluster; anything
+    else is numpy."""
+    return isinstance(X, da.Array | Dataset | FeatureBlocks | str | os.PathLike) or is_dask_frame(X)
 
 
 def compute(collections: Sequence[Any], client: Any) -> list[Any]:
@@ -170,6 +171,13 @@ def _lazy(
 ) -> tuple[LazyData, Dataset | None]:
     """The lazy input, and the Dataset it came from (passed, or opened from a path)."""
     ds = source = None
+    if isinstance(X, FeatureBlocks):
+        # only the estimators that partition by features take it (their own route)
+        raise TypeError(
+            "concat_features() data is taken by SGDRegressor, SGDClassifier, LinearRegression "
+            "and LogisticRegression with partition='features' (and by daskgd.fit): pass the "
+            "columns as one dataset here"
+        )
     if isinstance(X, str | os.PathLike):
         # for training, checked now: a group daskgd wrote is trusted by its record (no
         # pass), and the engine does not scan a Dataset checked already

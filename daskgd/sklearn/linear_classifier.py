@@ -19,8 +19,15 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from daskgd.data import Dataset
+from daskgd.data import Dataset, FeatureBlocks
 from daskgd.sklearn.base import LinearModel, fit_client
+from daskgd.sklearn.feature_input import (
+    block_margins,
+    block_targets,
+    check_block_fit,
+    check_block_targets,
+    with_targets,
+)
 from daskgd.sklearn.inputs import (
     dask_map,
     is_lazy,
@@ -70,6 +77,9 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
     ) -> Any:
         self._check_params()
         name = type(self).__name__
+        fb = X if isinstance(X, FeatureBlocks) else None
+        if fb is not None:
+            check_block_fit(self)
         lazy = is_lazy(X)
         first = not (partial and hasattr(self, "coef_"))
         if not lazy:  # checked before any cluster is started or reached
@@ -82,7 +92,14 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
         with fit_client(self.client) as client:
             ds = None
-            if lazy:
+            if fb is not None:
+                self._check_frame_names(fb, reset=first)
+                check_block_targets(fb, y, sample_weight, name, client)
+                self._check_n_features(fb.n_features, reset=first)
+                # the engine trains on the first group's targets, which hold the labels
+                ds = fb.targets
+                X, y, sample_weight = ds.X, ds.y, ds.sample_weight
+            elif lazy:
                 self._check_frame_names(X, reset=first)
                 X, y, sample_weight, ds = lazy_inputs(X, y, sample_weight, client)
                 if y is None:
@@ -103,10 +120,12 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
             ovr = k > 2 and loss != "log_loss"
             cw = getattr(self, "class_weight", None)
             direct = _direct(ds, self.classes_, cw)
-            data: tuple[np.ndarray, ...] | Dataset
+            data: tuple[np.ndarray, ...] | Dataset | FeatureBlocks
             enc: np.ndarray | None = None  # the classes of the targets handed to the engine
             if direct is not None:
                 data, sample_weight = direct, direct.sample_weight
+                if fb is not None:
+                    data = with_targets(fb, direct)
             else:
                 codes = encode(y, self.classes_)
                 sample_weight = apply_class_weight(cw, self.classes_, codes, sample_weight,
@@ -115,7 +134,10 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
                     targets, enc = binary_targets(codes, X.dtype), np.array([-1.0, 1.0])
                 else:
                     targets, enc = codes.astype(X.dtype), np.arange(k, dtype=np.float64)
-                if lazy:
+                if fb is not None:
+                    # encoded here: the groups are then read through dask, not the store
+                    data = with_targets(fb, Dataset(X, targets, sample_weight, classes=enc))
+                elif lazy:
                     data = Dataset(X, targets, sample_weight, classes=enc)
                 else:
                     data = (X, targets) if sample_weight is None else (X, targets, sample_weight)
@@ -171,11 +193,14 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame (pandas or dask), dask array, Dataset or str
-            Features, or a dataset (then ``y`` may be omitted).
+        X : array-like, DataFrame (pandas or dask), dask array, Dataset, FeatureBlocks or str
+            Features, or a dataset (then ``y`` may be omitted). A FeatureBlocks
+            (:func:`daskgd.concat_features`) needs ``partition="features"``; it is trained on
+            its first group's labels and weights.
         y : array-like, dask array or Series, optional
-            Class labels of any type.
+            Class labels of any type (with a FeatureBlocks: only the first group's, checked).
         sample_weight : array-like or dask array, optional
+            (with a FeatureBlocks: as ``y``)
 
         Returns
         -------
@@ -187,6 +212,11 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
 
     def _margins(self, X: Any) -> Any:
         check_is_fitted(self)
+        if isinstance(X, FeatureBlocks):
+            self._check_frame_names(X, reset=False)
+            self._check_n_features(X.n_features)
+            m = block_margins(X, self.coef_.T, self.intercept_)
+            return m[:, 0] if m.shape[1] == 1 else m
         if is_lazy(X):
             self._check_frame_names(X, reset=False)
             return self._block_margins(lazy_features(X))
@@ -213,7 +243,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, dask array, Dataset or str
+        X : array-like, DataFrame, dask array, Dataset, FeatureBlocks or str
 
         Returns
         -------
@@ -226,7 +256,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, dask array, Dataset or str
+        X : array-like, DataFrame, dask array, Dataset, FeatureBlocks or str
 
         Returns
         -------
@@ -263,7 +293,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, dask array, Dataset or str
+        X : array-like, DataFrame, dask array, Dataset, FeatureBlocks or str
 
         Returns
         -------
@@ -298,7 +328,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, dask array, Dataset or str
+        X : array-like, DataFrame, dask array, Dataset, FeatureBlocks or str
         y : array-like or dask array, optional (taken from the dataset when omitted)
         sample_weight : array-like, optional
 
@@ -309,11 +339,16 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
         if not is_lazy(X):
             return super().score(X, y, sample_weight)
         check_is_fitted(self)
-        self._check_frame_names(X, reset=False)
-        Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
+        if isinstance(X, FeatureBlocks):
+            m = self._margins(X)
+            yd, sw = block_targets(X, y, sample_weight)
+        else:
+            self._check_frame_names(X, reset=False)
+            Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
+            m = self._block_margins(Xd)
         if yd is None:
             raise ValueError("score needs y (the dataset has no targets)")
-        hit = (self._labels(self._block_margins(Xd)) == yd).astype(np.float64)
+        hit = (self._labels(m) == yd).astype(np.float64)
         if sw is None:
             return hit.mean()
         return (hit * sw).sum() / sw.sum()

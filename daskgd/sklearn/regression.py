@@ -9,8 +9,14 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from daskgd.data import Dataset
+from daskgd.data import Dataset, FeatureBlocks
 from daskgd.sklearn.base import LinearModel, fit_client
+from daskgd.sklearn.feature_input import (
+    block_margins,
+    block_targets,
+    check_block_fit,
+    check_block_targets,
+)
 from daskgd.sklearn.inputs import (
     dask_map,
     is_lazy,
@@ -52,6 +58,9 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
     def _fit(self, X: Any, y: Any, sample_weight: Any, *, partial: bool, offset: Any = None) -> Any:
         self._check_params()
         loss, alpha, l1_ratio, extra = self._objective()
+        blocks = isinstance(X, FeatureBlocks)
+        if blocks:
+            check_block_fit(self)
         lazy = is_lazy(X)
         first = not (partial and hasattr(self, "coef_"))
         if not lazy:  # checked before any cluster is started or reached
@@ -64,8 +73,13 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
             self._check_y(y)
         warm = not first or (getattr(self, "warm_start", False) and hasattr(self, "coef_"))
         with fit_client(self.client) as client:
-            data: tuple[np.ndarray, ...] | Dataset
-            if lazy:
+            data: tuple[np.ndarray, ...] | Dataset | FeatureBlocks
+            if blocks:
+                self._check_frame_names(X, reset=first)
+                check_block_targets(X, y, sample_weight, type(self).__name__, client)
+                self._check_n_features(X.n_features, reset=first)
+                data = X  # the engine trains on the first group's targets
+            elif lazy:
                 self._check_frame_names(X, reset=first)
                 (Xd, yd, sw, ds), off = lazy_offset_inputs(X, y, sample_weight, offset, client)
                 if yd is None:
@@ -108,12 +122,14 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame (pandas or dask), dask array, Dataset or str
+        X : array-like, DataFrame (pandas or dask), dask array, Dataset, FeatureBlocks or str
             ``(n_samples, n_features)`` features, or a dataset (then ``y`` may be omitted).
+            A FeatureBlocks (:func:`daskgd.concat_features`) needs
+            ``partition="features"``; it is trained on its first group's targets and weights.
         y : array-like, dask array or Series, optional
-            Targets.
+            Targets (with a FeatureBlocks: only the first group's, checked).
         sample_weight : array-like or dask array, optional
-            Non-negative row weights.
+            Non-negative row weights (with a FeatureBlocks: as ``y``).
 
         Returns
         -------
@@ -124,6 +140,10 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
     def _decision(self, X: Any) -> Any:
         check_is_fitted(self)
         coef, b = self.coef_, float(self.intercept_[0])
+        if isinstance(X, FeatureBlocks):
+            self._check_frame_names(X, reset=False)
+            self._check_n_features(X.n_features)
+            return block_margins(X, coef, b)
         if is_lazy(X):
             self._check_frame_names(X, reset=False)
             return self._lazy_decision(lazy_features(X))
@@ -140,7 +160,7 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, dask array, Dataset or str
+        X : array-like, DataFrame, dask array, Dataset, FeatureBlocks or str
 
         Returns
         -------
@@ -153,7 +173,7 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, DataFrame, dask array, Dataset or str
+        X : array-like, DataFrame, dask array, Dataset, FeatureBlocks or str
         y : array-like or dask array, optional (taken from the dataset when omitted)
         sample_weight : array-like, optional
 
@@ -164,11 +184,15 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
         if not is_lazy(X):
             return super().score(X, y, sample_weight)
         check_is_fitted(self)
-        self._check_frame_names(X, reset=False)
-        Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
+        if isinstance(X, FeatureBlocks):
+            pred = self._decision(X)
+            yd, sw = block_targets(X, y, sample_weight)
+        else:
+            self._check_frame_names(X, reset=False)
+            Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
+            pred = self._lazy_decision(Xd)
         if yd is None:
             raise ValueError("score needs y (the dataset has no targets)")
-        pred = self._lazy_decision(Xd)
         w = da.ones_like(yd, dtype=np.float64) if sw is None else sw.astype(np.float64)
         yd = yd.astype(np.float64)
         mean = (w * yd).sum() / w.sum()
