@@ -152,6 +152,16 @@ FIT_PARAMETERS = """
         optimizers; not multinomial, checkpoints, ``out_of_core`` or ``sync_quorum``.
         A task rerun after its worker died restarts every block from the last iterate
         they all reached (``FitResult.recoveries_``).
+    reduction : {"auto", "coordinator", "tree"}, default="auto"
+        How a feature-partitioned fit (``partition="features"`` or ``"grid"``) sums the
+        blocks' partial margins each iteration. "coordinator": every rank sends its part
+        to the scheduler, which adds them in rank order and sends the sum back. "tree":
+        the ranks add them worker to worker along a binary tree (the root sends the
+        total to every rank), so no margin passes through the scheduler; the small sums
+        (the objective, the stop rules, the backups) stay on the scheduler. Both give the
+        same result to rounding (the tree adds in another fixed order). "auto": the tree
+        from 1,000,000 rows, where it measured faster (``bench/results/reduction.md``),
+        else the coordinator.
     random_state : int, optional
         Seeds the mini-batch order.
     validate : bool, default=True

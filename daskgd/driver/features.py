@@ -33,6 +33,7 @@ from daskgd.errors import (
     TrainingError,
 )
 from daskgd.objective.losses import curvature_bound
+from daskgd.parameter_server.block_tree import TREE_MIN_ROWS, TreeReducer
 from daskgd.parameter_server.blocks import BlockClient, BlockCoordinator
 from daskgd.worker.block_task import train_block
 
@@ -144,7 +145,8 @@ def _sources(client: Client, ds: Dataset | FeatureBlocks, plan, workers: list[st
     return out
 
 
-async def _install(client: Client) -> None:
+async def _install(client: Client, tree: bool) -> None:
+    """The coordinator on the scheduler; with ``tree``, the tree reductions' worker plugin."""
     try:
         await asyncio.wait_for(client.register_plugin(BlockCoordinator()), 30.0)
     except Exception as exc:
@@ -152,6 +154,16 @@ async def _install(client: Client) -> None:
             f"the Dask scheduler at {scheduler(client).address} cannot run daskgd's "
             f"coordinator ({type(exc).__name__}: {exc}). Install daskgd (the same version) "
             "in the scheduler's and every worker's Python environment."
+        ) from exc
+    if not tree:
+        return
+    try:
+        await asyncio.wait_for(client.register_plugin(TreeReducer()), 30.0)
+    except Exception as exc:
+        raise SchedulerSetupError(
+            f"the workers cannot run daskgd's tree reductions ({type(exc).__name__}: {exc}). "
+            "Install daskgd (the same version) in every worker's Python environment, or use "
+            "reduction='coordinator'"
         ) from exc
 
 
@@ -162,7 +174,9 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
     from daskgd.driver.job import install
 
     await install(client)  # daskgd on every worker, checked
-    await _install(client)
+    # "auto": the tree where it measured faster (bench/results/reduction.md)
+    tree = s.reduction == "tree" or (s.reduction == "auto" and ds.n_samples >= TREE_MIN_ROWS)
+    await _install(client, tree)
     workers = await some_workers(client, s.worker_timeout)
     if s.n_workers is not None:
         workers = workers[: s.n_workers]
@@ -193,6 +207,7 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
         "precondition": bool((s.optimizer_options or {}).get("precondition", True)),
         "memory": int((s.optimizer_options or {}).get("memory", 10)),
         "delay": {int(r): float(t) for r, t in (s.delay or {}).items()},
+        "reduction": "tree" if tree else "coordinator",
     }  # fmt: skip
     rules = {
         "max_epochs": s.max_epochs, "tol": s.tol, "n_iter_no_change": s.n_iter_no_change,
@@ -252,6 +267,9 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
             "ranks": [blocks[r].get("seconds", {}) for r in range(len(plan))],
             "reduce_bytes": [blocks[r].get("reduce_bytes", 0) for r in range(len(plan))],
             "reductions": [blocks[r].get("reductions", 0) for r in range(len(plan))],
+            # both ways through the scheduler, and worker to worker (reduction="tree")
+            "scheduler_bytes": [blocks[r].get("scheduler_bytes", 0) for r in range(len(plan))],
+            "peer_bytes": [blocks[r].get("peer_bytes", 0) for r in range(len(plan))],
         },
         learning_rate_=None if s.optimizer == "lbfgs" else rank0.get("learning_rate"),
         plan_={},

@@ -68,6 +68,9 @@ PLACEMENTS = ("auto", "balanced", "locality", "resources", "latency")
 #: ``partition``: how the data is split between the training tasks.
 PARTITIONS = ("rows", "features", "grid")
 
+#: ``reduction``: how a feature-partitioned fit sums the blocks' partial margins.
+REDUCTIONS = ("auto", "coordinator", "tree")
+
 _BOOL = (Boolean(),)
 _TOL = (NONE, Real(0.0))
 
@@ -103,6 +106,7 @@ CONSTRAINTS: dict[str, tuple[Constraint, ...]] = {
     "n_servers": (Options(("auto",)), Integer(0)),
     "placement": (Options(PLACEMENTS),),
     "partition": (Options(PARTITIONS),),
+    "reduction": (Options(REDUCTIONS),),
     "random_state": (NONE, Integer(0)),
     "progress": _BOOL,
     "callback": (NONE, CALLABLE),
@@ -184,6 +188,7 @@ class FitSettings:
     n_servers: int | str = "auto"
     placement: str = "auto"
     partition: str = "rows"
+    reduction: str = "auto"
     random_state: int | None = None
     progress: bool = False
     callback: Callable[[dict[str, Any]], Any] | None = None
@@ -270,6 +275,12 @@ class FitSettings:
                 )
         if self.mode != "ssp" and self.max_staleness is not None:
             raise InvalidSettingError("max_staleness applies to mode='ssp' only")
+        if self.reduction == "tree" and self.partition == "rows":
+            raise InvalidSettingError(
+                f"reduction={self.reduction!r} sums the column blocks' partial margins of "
+                "partition='features' or 'grid'; partition='rows' sums gradients on the "
+                "parameter server: drop reduction, or use partition='features'"
+            )
         check_servers(self)
         if self.resume and self.checkpoint is None:
             raise InvalidSettingError(

@@ -125,6 +125,7 @@ answered with an error, and an unexpected failure is logged and answered with an
 error of kind ``"internal"`` rather than raised into the scheduler.
 """
 
+from daskgd.parameter_server.block_tree import TREE_PLUGIN_NAME, TreeReducer
 from daskgd.parameter_server.client import ParameterServerClient
 from daskgd.parameter_server.config import (
     INLINE_MAX_PARAMS,
@@ -141,10 +142,12 @@ __all__ = [
     "INLINE_MAX_PARAMS",
     "MODES",
     "PLUGIN_NAME",
+    "TREE_PLUGIN_NAME",
     "Job",
     "JobConfig",
     "ParameterServer",
     "ParameterServerClient",
+    "TreeReducer",
     "check_quorum",
     "make_settings",
 ]

@@ -28,11 +28,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BlockJob", "BlockRules"]
+__all__ = ["TREE_QUIET", "BlockJob", "BlockRules", "group_members"]
 
 #: Entries at the start of a ``"stats"`` reduction: the data loss, the squared norm of the
 #: (proximal) gradient and the penalty.
 STATS = 3
+
+#: Seconds without a call from a rank after which a tree reduction's wait counts it silent
+#: (a rank waiting on its own child asks every few seconds, so it is not the one to name).
+TREE_QUIET = 10.0
+
+
+def group_members(group: str, n_ranks: int, grid: tuple[int, int] | None) -> list[int]:
+    """The ranks of ``group`` in rank order: ``"all"`` (every rank), or in a ``grid`` of
+    (row blocks, column blocks) the row ``"r<i>"`` or the column ``"c<j>"`` of blocks
+    (rank ``i * C + j`` holds block ``(i, j)``)."""
+    if grid is None or group == "all":
+        return list(range(n_ranks))
+    R, C = grid
+    k = int(group[1:])
+    return [k * C + j for j in range(C)] if group[0] == "r" else [i * C + k for i in range(R)]
 
 
 @dataclass
@@ -155,6 +170,7 @@ class BlockJob:
         self.generation = 0
         self.incarnations: list[str | None] = [None] * n_ranks
         self.workers: list[str | None] = [None] * n_ranks
+        self.seen: list[float] = [time.monotonic()] * n_ranks  # each rank's last call
         self.reductions: dict[tuple[int, int, str], _Reduction] = {}
         self.backups: list[dict[int, np.ndarray]] = [{} for _ in range(n_ranks)]
         self.restore_epoch: int | None = None  # the iterate the current generation started at
@@ -177,6 +193,7 @@ class BlockJob:
         rerun = self.incarnations[rank] is not None
         self.incarnations[rank] = uuid.uuid4().hex
         self.workers[rank] = worker
+        self.seen[rank] = time.monotonic()
         if rerun and self.final_epoch is not None:
             # the fit ended without this rank's result (its worker died after the stop):
             # its block where the fit stopped is the backup sent with the last iterate
@@ -236,6 +253,7 @@ class BlockJob:
         up to ``wait`` seconds for the sum (``value`` None: the part was sent already)."""
         key = (generation, seq, group)
         size = self.n_ranks if size is None else size
+        self.seen[rank] = time.monotonic()
         if self.stopped and generation == self.generation and key not in self.reductions:
             return self.stopped_reply()
         if generation != self.generation:
@@ -277,11 +295,37 @@ class BlockJob:
 
     def members(self, group: str) -> list[int]:
         """The ranks of ``group``: every rank, or (``grid`` set) a row or column of blocks."""
-        if self.grid is None or group == "all":
-            return list(range(self.n_ranks))
-        R, C = self.grid
-        k = int(group[1:])
-        return [k * C + j for j in range(C)] if group[0] == "r" else [i * C + k for i in range(R)]
+        return group_members(group, self.n_ranks, self.grid)
+
+    # -- the tree's questions -----------------------------------------------------------
+    def tree_check(
+        self, rank: int, generation: int, silent: list[int], waited: float, unreachable: bool
+    ) -> dict[str, Any]:
+        """A rank of a tree reduction (:mod:`daskgd.parameter_server.block_tree`) has
+        waited ``waited`` seconds for ``silent`` (its children's parts, or its parent's
+        total; ``unreachable``: sends to them failed): whether to go on (the ranks'
+        ``workers``), restart (a new generation) or stop. Past ``member_timeout`` the job
+        fails naming the silent ranks: those that called nothing for :data:`TREE_QUIET`
+        seconds (a rank waiting on its own child still calls), or the unreachable ones."""
+        now = time.monotonic()
+        self.seen[rank] = now
+        if generation != self.generation:
+            return {"status": "restart", **self.position(rank)}
+        if self.stopped:
+            return self.stopped_reply()
+        named = silent if unreachable else [r for r in silent if now - self.seen[r] > TREE_QUIET]
+        if named and waited > self.member_timeout:
+            how = "could not be reached from" if unreachable else "sent nothing to"
+            self.fail(
+                f"rank(s) {named} (column blocks on {[self.workers[m] for m in named]}) {how} "
+                f"rank {rank} (on {self.workers[rank]}) through the reduction tree for "
+                f"{waited:.0f} s (member_timeout={self.member_timeout:g}): their tasks hang, "
+                "their workers are overloaded, or the workers cannot connect to each other. "
+                "Rerun the fit, raise member_timeout, or use reduction='coordinator'",
+                "member_timeout",
+            )
+            return self.stopped_reply()
+        return {"status": "ok", "workers": list(self.workers)}
 
     def close(self, r: _Reduction, kind: str, epoch: int | None) -> None:
         """Every part is in: sum them in rank order, and decide the stop on a stats sum."""

@@ -17,6 +17,11 @@ handler                     arguments -> reply (besides ``status``)
                             over ``group``: every rank, or a grid's ``r<i>``/``c<j>``), or
                             ``wait`` (call again with ``value=None``), or ``restart``
                             with the rank's ``generation, epoch, block``
+``daskgd_blocks_tree``      ``job, rank, incarnation, generation, silent, waited,
+                            unreachable`` -> ``workers`` (every rank's worker), or
+                            ``restart`` or ``stopped``: a rank of a tree reduction
+                            (:mod:`~daskgd.parameter_server.block_tree`) that waited
+                            for ``silent`` asks whether to go on
 ``daskgd_blocks_status``    ``job, since, wait`` -> the job's stop state and history
 ``daskgd_blocks_stop``      ``job, reason``
 ``daskgd_blocks_close``     ``job, since`` -> the final status; the job is freed
@@ -66,7 +71,7 @@ class BlockCoordinator(SchedulerPlugin):
 
     name = "daskgd-blocks"
     idempotent = True
-    ops = ("create", "join", "reduce", "status", "stop", "close")
+    ops = ("create", "join", "reduce", "tree", "status", "stop", "close")
 
     def __init__(self) -> None:
         self.scheduler: Any = None
@@ -146,18 +151,9 @@ class BlockCoordinator(SchedulerPlugin):
 
     async def op_reduce(self, job, rank, incarnation, generation, seq, value=None, kind="sum",
                         epoch=None, backup=None, wait=REDUCE_WAIT, group="all"):  # fmt: skip
-        j = self._job(job)
+        j = self._member(job, rank, incarnation)
         if isinstance(j, dict):
             return j
-        bad = j.check_member(rank, incarnation)
-        if bad == "superseded":
-            return error(
-                f"rank {rank}: a newer run of this training task joined the job; this run "
-                "(its worker was thought lost) must end",
-                "superseded",
-            )
-        if bad:
-            return error(bad)
         if value is not None and not (isinstance(value, np.ndarray) and value.ndim == 1):
             return error(f"value must be a 1-d numpy array, got {type(value).__name__}")
         if kind not in ("sum", "stats"):
@@ -172,6 +168,34 @@ class BlockCoordinator(SchedulerPlugin):
         wait = min(max(float(wait), 0.0), 30.0)
         return await j.add(rank, generation, seq, value, kind, epoch, backup, wait, group,
                            len(j.members(group)))  # fmt: skip
+
+    async def op_tree(self, job, rank, incarnation, generation, silent=(), waited=0.0,
+                      unreachable=False):  # fmt: skip
+        j = self._member(job, rank, incarnation)
+        if isinstance(j, dict):
+            return j
+        silent = list(silent) if isinstance(silent, list | tuple) else None
+        if silent is None or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 0 <= r < j.n_ranks for r in silent
+        ):
+            return error(f"silent must be a list of ranks in [0, {j.n_ranks})")
+        if not isinstance(waited, int | float) or not waited >= 0:
+            return error(f"waited must be a number of seconds >= 0, got {waited!r}")
+        return j.tree_check(rank, generation, silent, float(waited), bool(unreachable))
+
+    def _member(self, job: Any, rank: Any, incarnation: Any) -> BlockJob | dict:
+        """The job, if ``rank``'s run ``incarnation`` is its current member; else the error."""
+        j = self._job(job)
+        if isinstance(j, dict):
+            return j
+        bad = j.check_member(rank, incarnation)
+        if bad == "superseded":
+            return error(
+                f"rank {rank}: a newer run of this training task joined the job; this run "
+                "(its worker was thought lost) must end",
+                "superseded",
+            )
+        return error(bad) if bad else j
 
     async def op_status(self, job, since=0, wait=0.0):
         j = self._job(job)

@@ -30,6 +30,8 @@ from daskgd.objective import check_targets, get_loss
 from daskgd.objective.block_solvers import BlockData, BlockExchange, run_block_solver
 from daskgd.objective.losses import encode_labels
 from daskgd.objective.optimizers import make_optimizer
+from daskgd.parameter_server.block_job import group_members
+from daskgd.parameter_server.block_tree import TreeLink
 from daskgd.parameter_server.blocks import BlockClient
 
 __all__ = ["train_block"]
@@ -65,14 +67,19 @@ def train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, Any
         (:func:`~daskgd.objective.optimizers.make_optimizer`'s arguments), ``auto_lr``,
         ``curvature``, ``init`` (this block's starting parameters, the intercept last),
         ``batch_rows``, ``seed``, ``precondition``, ``memory``, ``delay`` (optional; a
-        testing hook: rank -> seconds this rank sleeps before each iterate's report).
+        testing hook: rank -> seconds this rank sleeps before each iterate's report, or
+        with the tree and full batches before each sum of its margins),
+        ``reduction`` (optional: ``"tree"`` sums the margins worker to worker,
+        :mod:`daskgd.parameter_server.block_tree`; else every sum goes to the coordinator).
 
     Returns
     -------
     dict
         ``rank``, ``worker``, ``block`` (its parameters, the intercept's slot last),
         ``seconds`` (``load``, ``solve``), ``reductions`` and ``reduce_bytes`` (what this
-        rank sent to the coordinator), ``restarts``.
+        rank sent to the coordinator), ``scheduler_bytes`` (what it sent to and got from
+        the coordinator), ``peer_bytes`` and ``tree_reductions`` (what it sent to other
+        ranks, in how many tree reductions), ``restarts``.
     """
     from threadpoolctl import threadpool_limits
 
@@ -167,6 +174,18 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
     lam: float | None = None  # this block's top curvature (auto_lr), kept across restarts
 
     pause = float((spec.get("delay") or {}).get(rank, 0.0))
+    sent = {"scheduler": 0, "tree": 0}  # bytes of the reductions, by the way they went
+
+    def ask(silent: list[int], waited: float, unreachable: bool) -> list[Any]:
+        reply = call("tree", rank=rank, incarnation=incarnation, silent=silent, waited=waited,
+                     unreachable=unreachable, generation=position["generation"])  # fmt: skip
+        if reply["status"] == "restart":
+            raise _Restart(reply)
+        if reply["status"] == "stopped":
+            raise _Stopped(reply.get("error") or reply.get("reason"))
+        return list(reply["workers"])
+
+    tree = TreeLink(worker, job, rank, ask) if spec.get("reduction") == "tree" else None
 
     def reduce(value, kind="sum", epoch=None, backup=None, group="row"):
         nonlocal seq
@@ -175,13 +194,22 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         if label[0] == "r" and C == 1:  # a row of one block: its own sum
             return value, None
         seq += 1
-        if pause and kind == "stats":
+        if tree is not None and kind == "sum" and group == "row" and value.size >= len(y):
+            # the margins of every row (the big sums): worker to worker
+            sent["tree"] += value.nbytes
+            if pause:  # the straggler lags in the tree, where the margins go
+                time.sleep(pause)
+            members = group_members(label, R * C, (R, C) if R > 1 else None)
+            return tree.reduce(value, position["generation"], seq, label, members), None
+        if pause and kind == "stats" and (tree is None or spec.get("batch_rows")):
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         msg: dict[str, Any] = {"value": value, "kind": kind, "epoch": epoch, "backup": backup}
+        sent["scheduler"] += value.nbytes + (0 if backup is None else backup.nbytes)
         while True:
             reply = call("reduce", rank=rank, incarnation=incarnation, group=label,
                          generation=position["generation"], seq=seq, **msg)  # fmt: skip
             if reply["status"] == "ok":
+                sent["scheduler"] += reply["value"].nbytes
                 return reply["value"], reply["stop"]
             if reply["status"] == "restart":
                 raise _Restart(reply)
@@ -234,6 +262,8 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
             position = r.position
             restarts += 1
         except _Stopped:  # an error elsewhere, or the job closed: no block to hand in
+            if tree is not None:
+                tree.close()
             return {"rank": rank, "worker": worker.address, "block": None}
     done = time.perf_counter()
     return {
@@ -252,6 +282,9 @@ def _train_block(job: str, rank: int, source: dict[str, Any], spec: dict[str, An
         ),
         "seconds": {"load": loaded - started, "solve": done - loaded},
         "reductions": 0 if xchg is None else xchg.calls,
-        "reduce_bytes": 0 if xchg is None else xchg.bytes,
+        "reduce_bytes": 0 if xchg is None else xchg.bytes - sent["tree"],
+        "scheduler_bytes": sent["scheduler"],
+        "peer_bytes": 0 if tree is None else tree.bytes,
+        "tree_reductions": 0 if tree is None else tree.calls,
         "restarts": restarts,
     }
