@@ -398,3 +398,35 @@ def test_auto_step_with_a_worker_killed_while_loading(client):
     sol, _ = _lsq(X, y)
     np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-6)
     client.wait_for_workers(2, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_async_full_batch_claims_convergence_only_at_the_optimum(client, mode):
+    """Async/ssp full batch with a constant step: each push steps towards its own
+    partition's optimum, and where the pushes come in a regular order the iterates settle
+    on a cycle whose gradients sum to zero along it (test_job.py builds one). Whatever the
+    order here, a fit that says it converged is at the optimum: its gradient test was
+    checked at one point (a check's norm is recorded on the history)."""
+    X, y = _regression(n=4000, d=5, seed=3)
+    y = y + np.repeat([2.0, -2.0], 2000)  # the two partitions' optima far apart
+    extra = {"max_staleness": 1} if mode == "ssp" else {}
+    res = fit((X, y), mode=mode, learning_rate=0.5, gtol=1e-8, tol=None, max_epochs=200,
+              client=client, **extra)  # fmt: skip
+    w = np.append(res.coef_, res.intercept_)
+    true = np.linalg.norm(_augmented(X).T @ (_augmented(X) @ w - y)) / len(y)
+    if res.converged_:
+        assert "confirmed at version" in res.reason and true <= 1e-7, (res.reason, true)
+    checks = [h["check"] for h in res.history if "check" in h]
+    failed = checks[:-1] if res.converged_ else checks  # the steps went on after these
+    assert all(c["grad_norm"] > 1e-8 for c in failed), checks
+
+
+def test_async_full_batch_on_one_worker_is_confirmed_at_one_point(client):
+    """One rank: async full batch is gradient descent, the gradient test holds at one point
+    too, and the fit is converged, its gradient checked there."""
+    X, y = _regression(n=2000, d=5)
+    sol, _ = _lsq(X, y)
+    res = fit((X, y), mode="async", gtol=1e-9, tol=None, max_epochs=500, n_workers=1,
+              client=client)  # fmt: skip
+    assert res.converged_ and "confirmed at version" in res.reason, res.reason
+    np.testing.assert_allclose(np.append(res.coef_, res.intercept_), sol, atol=1e-8)

@@ -141,7 +141,7 @@ def test_worker_killed_mid_fit(pair, tmp_path, reliability, mode, how, source):
     _assert_killed(client, victim, pid)
     assert "exc" not in out, out.get("exc")
     res = out["res"]
-    assert res.converged_, res.reason
+    _stopped_on_its_rule(res, mode)
     A = np.column_stack([X, np.ones(len(X))])
     f = 0.5 * np.mean((A @ np.append(res.coef_, res.intercept_) - y) ** 2)
     fstar = 0.5 * np.mean((A @ sol - y) ** 2)
@@ -156,6 +156,17 @@ def test_worker_killed_mid_fit(pair, tmp_path, reliability, mode, how, source):
 
 def _train_tasks_submitted(dask_scheduler) -> bool:
     return any(str(k).startswith("daskgd-train-") for k in dask_scheduler.tasks)
+
+
+def _stopped_on_its_rule(res, mode: str) -> None:
+    """Sync full batch stops converged on gtol. Async and ssp stop on the stalled loss,
+    converged only where their check at one point found the gradient small: with a
+    constant step their iterates circle the optimum (daskgd.parameter_server.confirm), and
+    the suboptimality the caller checks is the test of the result."""
+    if mode == "sync":
+        assert res.converged_, res.reason
+    else:
+        assert res.reason.startswith("loss improved by less than tol"), res.reason
 
 
 def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None):
@@ -214,7 +225,7 @@ def _fit_under_a_kill(client, tmp_path, reliability, mode, how, seed, when=None)
     _assert_killed(client, victim, pid)
     assert "exc" not in out, out.get("exc")
     res = out["res"]
-    assert res.converged_, res.reason
+    _stopped_on_its_rule(res, mode)
     A = np.column_stack([X, np.ones(len(X))])
     f = 0.5 * np.mean((A @ np.append(res.coef_, res.intercept_) - y) ** 2)
     fstar = 0.5 * np.mean((A @ sol - y) ** 2)

@@ -1,6 +1,7 @@
 """The job state machine of the parameter server, without RPC: steps, rounds, stop,
 incarnations, leases, snapshots and the history's parameter vectors."""
 
+import itertools
 import time
 
 import numpy as np
@@ -153,3 +154,57 @@ def test_a_zombie_push_checked_before_the_rerun_joined_is_refused_by_the_owner()
     j2.join(1, "w1", "run-2", WORKERS)
     assert _if_current(j2, "run-1", j2.apply_async, 1, 0, np.ones(4), 10, 10.0, 1.0) is _SUPERSEDED
     assert j2.version == 0
+
+
+def _cyclic(j, X, y, parts, pushes):
+    """Ranks push in turn, each its partition's least-squares gradient at the published
+    parameters (a full batch each): incremental gradient descent."""
+    for k in range(pushes):
+        if j.stopped:
+            break
+        r, (v, P) = k % len(parts), j.published
+        rows = parts[r]
+        resid = X[rows] @ P[:-1] + P[-1] - y[rows]
+        grad = np.append(X[rows].T @ resid, resid.sum())
+        if j.check is not None:  # what the push handler does: the check's part, no step
+            j.take_check_part(r, j.check, v, grad, float(len(rows)), 0.0)
+        else:
+            j.apply_async(r, v, grad, len(rows), float(len(rows)), 0.5 * float(resid @ resid))
+
+
+def test_async_gradient_test_on_a_cycle_is_checked_at_one_point():
+    """Two partitions with far-apart optima, stepped in turn with a constant step: the
+    iterates settle on a cycle whose gradients sum to zero along it. The gradient test
+    holds on that sum; checked at one point it does not, and the fit is not converged."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    y = X @ np.array([1.0, -1.0]) + np.repeat([3.0, -3.0], 10)
+    cfg = JobConfig(mode="async", n_samples=20, max_epochs=200, tol=None, gtol=1e-10)
+    j = Job("j", np.zeros(3), cfg, make_optimizer(name="sgd", learning_rate=0.5), ["w0", "w1"],
+            None)  # fmt: skip
+    _cyclic(j, X, y, [np.arange(10), np.arange(10, 20)], 10_000)
+    A = np.column_stack([X, np.ones(20)])
+    checks = [(h["epoch"], h["check"]) for h in j.history if "check" in h]
+    assert j.stopped and not j.converged and "max_epochs" in j.reason
+    assert "gradient at one point" in j.reason
+    assert checks and all(c["grad_norm"] > 1e-3 for _, c in checks)
+    # the check's norm is the exact gradient's at the parameters it was taken at
+    e, c = checks[0]
+    assert e >= 1 and c["version"] >= 1
+    # checks come at epochs at least twice apart
+    assert all(b >= 2 * a for (a, _), (b, _) in itertools.pairwise(checks))
+    w = j.params
+    assert np.linalg.norm(A.T @ (A @ w - y) / 20) > 1e-3
+
+
+def test_async_gradient_test_confirmed_at_one_point_converges():
+    """One partition: async full batch is gradient descent; the check confirms the test."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 2))
+    y = X @ np.array([1.0, -1.0]) + 0.5
+    cfg = JobConfig(mode="async", n_samples=20, max_epochs=2000, tol=None, gtol=1e-10)
+    j = Job("j", np.zeros(3), cfg, make_optimizer(name="sgd", learning_rate=0.5), ["w0"], None)
+    _cyclic(j, X, y, [np.arange(20)], 10_000)
+    assert j.converged and "confirmed at version" in j.reason, j.reason
+    A = np.column_stack([X, np.ones(20)])
+    np.testing.assert_allclose(j.params, np.linalg.lstsq(A, y, rcond=None)[0], atol=1e-9)

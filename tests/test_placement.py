@@ -304,8 +304,27 @@ def test_latency_refuses_what_it_cannot_move(throttled, wide):
         daskgd.fit((X, y), client=throttled, placement="latency")
     with pytest.raises(InvalidSettingError, match="sync_quorum"):
         daskgd.fit(wide[0], client=throttled, placement="latency", sync_quorum=2)
-    with pytest.raises(InvalidSettingError, match="mode='async'"):
-        daskgd.fit(wide[0], client=throttled, placement="latency", mode="async", batch_size=100)
+
+
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_latency_in_async_modes_moves_rows_off_the_slow_worker(throttled, wide, mode):
+    """Async/ssp: chunks move off the slow worker where the server's epochs close, each
+    task takes its new chunks where its own epoch ends, and mini-batch epochs still pass
+    over every row once (the server counts rows); the fit goes on to a finite loss."""
+    path, _, _ = wide
+    ds = open_zarr(path)
+    extra = {"max_staleness": 2} if mode == "ssp" else {}
+    res = daskgd.fit(path, client=throttled, placement="latency", mode=mode, batch_size=2_000,
+                     max_epochs=8, tol=None, learning_rate=0.01, random_state=0,
+                     **extra)  # fmt: skip
+    moves = _moves(res)
+    assert moves, "no chunk moved off a worker ten times slower"
+    rows = _rows(res.plan_, ds, _names(throttled))
+    assert sum(rows.values()) == ds.n_samples
+    assert rows["slow"] < rows["a"] and rows["slow"] < rows["b"]
+    assert all(m["from"] != m["to"] and m["rows"] == 5_000 for m in moves)
+    assert res.n_iter_ == 8 and np.isfinite(res.history[-1]["loss"])
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
 
 
 def test_worker_killed_mid_fit_with_latency_placement(wide, reliability):

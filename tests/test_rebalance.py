@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from daskgd.parameter_server.config import JobConfig
-from daskgd.parameter_server.rebalance import HORIZON, MIN_GAIN, Rebalancer, check_rebalance
+from daskgd.parameter_server.rebalance import (
+    ASYNC_MIN_GAIN,
+    HORIZON,
+    MIN_GAIN,
+    Rebalancer,
+    check_rebalance,
+)
 
 
 def _epoch(rb: Rebalancer, seconds_per_row: list[float], read: float = 0.0) -> None:
@@ -102,9 +108,82 @@ def test_check_rebalance(spec, match):
         JobConfig(rebalance=spec)
 
 
-def test_rebalance_needs_sync_mode_and_one_list_per_rank():
+def test_rebalance_takes_every_mode_and_one_list_per_rank():
     ok = {"assignment": [[0, 1], [2]], "chunk_rows": [5, 5, 5]}
     assert check_rebalance(ok) is None and check_rebalance(ok, 2) is None
     assert "2 ranks, the job 3" in check_rebalance(ok, 3)
-    with pytest.raises(ValueError, match="mode='sync'"):
-        JobConfig(mode="async", rebalance=ok)
+    for mode in ("sync", "async", "ssp"):
+        JobConfig(mode=mode, rebalance=ok, max_staleness=2 if mode == "ssp" else None)
+
+
+# -- async and ssp ---------------------------------------------------------------------
+
+
+def _pushes(rb: Rebalancer, clock: list[float], rank: int, k: int, spr: float, fixed: float,
+            held: float = 0.0, version: int = 0) -> None:  # fmt: skip
+    """``k`` pushes of ``rank``, each a batch at ``spr`` seconds per row, ``fixed`` seconds
+    beside the kernel, then ``held`` seconds waiting on the server (ssp)."""
+    rows = rb.rows(rank) // rb.nb
+    for _ in range(k):
+        clock[rank] += rows * spr + fixed
+        rb.observe(rank, rows, [rows * spr, 0.0, 0, float(version)], now=clock[rank])
+        rb.held(rank, held)
+        clock[rank] += held
+
+
+def test_async_steps_weigh_each_push_by_its_rows():
+    rb = Rebalancer([[0, 1, 2], [3]], [100] * 4, 10, patient=True)
+    assert rb.step_scale(30) == 1.0  # a batch of the largest rank (300 rows / 10)
+    assert rb.step_scale(10) == pytest.approx(1 / 3)
+    assert rb.step_scale(45) == 1.0  # never more than the configured step
+
+
+def test_async_measures_until_every_rank_passed_over_its_rows():
+    """A server epoch in which the slow rank did not pass over its rows decides nothing,
+    and what was measured so far is kept for the next."""
+    rb = Rebalancer([[0, 1, 2, 3], [4, 5, 6, 7]], [100] * 8, 4, patient=True)
+    clock = [0.0, 0.0]
+    _pushes(rb, clock, 1, 4, 1e-3, 1e-3)  # rank 1 passed over its rows
+    _pushes(rb, clock, 0, 2, 2e-3, 1e-3)  # rank 0, twice as slow, half of them
+    assert rb.end_epoch(1, 100) == [] and rb.done == [200, 400]
+    _pushes(rb, clock, 0, 2, 2e-3, 1e-3)
+    _pushes(rb, clock, 1, 4, 1e-3, 1e-3)
+    moves = rb.end_epoch(2, 100)
+    # 1 : 2 of 800 rows, in chunks of 100: 300 : 500 (the fixed cost is each rank's)
+    assert {(m["from"], m["to"]) for m in moves} == {(0, 1)}
+    assert (rb.rows(0), rb.rows(1)) == (300, 500) and rb.version == 1
+    # timings measured on the former rows (version 0) are not counted
+    _pushes(rb, clock, 0, 4, 2e-3, 1e-3, version=0)
+    assert rb.done == [0, 0]
+
+
+def test_async_fixed_costs_and_server_waits():
+    """The gaps between a rank's pushes, less its kernel time and the time the server held
+    it (ssp), are its fixed cost per push: counted in its epoch, which no move changes."""
+    rb = Rebalancer([[0, 1], [2, 3]], [100] * 4, 2, patient=True)
+    clock = [0.0, 0.0]
+    _pushes(rb, clock, 0, 3, 1e-3, 0.05, held=0.2)
+    _pushes(rb, clock, 1, 3, 1e-3, 0.01, held=0.0)
+    assert rb.gaps == [2, 2]
+    assert rb.overhead[0] == pytest.approx(2 * 0.05) and rb.overhead[1] == pytest.approx(0.02)
+    speed, fixed = rb._speeds()
+    assert speed == pytest.approx([1e3, 1e3]) and fixed == pytest.approx([0.1, 0.02])
+    # rank 0 takes 0.3 s an epoch, rank 1 0.22 s: one chunk (0.1 s) would make them
+    # 0.2 s and 0.32 s, a longer epoch, so nothing moves
+    assert rb.end_epoch(1, 100) == []
+
+
+def test_async_moves_only_when_together_they_gain_enough():
+    """One chunk at a time may gain less than ASYNC_MIN_GAIN; the moves are judged
+    together, and none made when together they gain too little."""
+    rb = Rebalancer([list(range(10)), list(range(10, 20))], [100] * 20, 1, patient=True)
+    clock = [0.0, 0.0]
+    _pushes(rb, clock, 0, 1, 1.5e-3, 0.0)  # 1.5 s against 1 s an epoch
+    _pushes(rb, clock, 1, 1, 1e-3, 0.0)
+    moves = rb.end_epoch(1, 100)
+    assert len(moves) == 2 and all(m["gain_s"] < ASYNC_MIN_GAIN * 1.5 for m in moves)
+    assert (rb.rows(0), rb.rows(1)) == (800, 1200)
+    rb = Rebalancer([list(range(10)), list(range(10, 20))], [100] * 20, 1, patient=True)
+    _pushes(rb, clock, 0, 1, 1.1e-3, 0.0)  # 10% slower: at best 1.1 s -> 1.05 s
+    _pushes(rb, clock, 1, 1, 1e-3, 0.0)
+    assert rb.end_epoch(1, 100) == [] and rb.version == 0

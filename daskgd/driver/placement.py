@@ -85,7 +85,7 @@ async def plan_placement(
 
 def check_latency(ds: Dataset, s: FitSettings, keyed: bool) -> None:
     """Refuse ``placement="latency"`` where chunks cannot move: it reads moved chunks from
-    a Zarr store, and balances sync rounds.
+    a Zarr store, and its moves must line up with whole epochs.
 
     Raises
     ------
@@ -96,8 +96,6 @@ def check_latency(ds: Dataset, s: FitSettings, keyed: bool) -> None:
     if ds.path is None:
         why = ("reads the row-chunks it moves from a Zarr store: write the data with "
                "daskgd.write_zarr and pass its path")  # fmt: skip
-    elif s.mode != "sync":
-        why = f"evens out sync rounds; mode={s.mode!r} is not offered"
     elif keyed:
         why = "is not offered for key-value fits (sparse mini-batches)"
     elif s.sync_quorum is not None:

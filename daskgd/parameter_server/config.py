@@ -120,9 +120,10 @@ class JobConfig:
         parameter server's worker threads, one step of a job at a time, so that O(d) work
         never holds up the scheduler.
     rebalance : dict or None
-        Sync mode, ``placement="latency"``: ``{"assignment": each rank's row-chunks,
-        "chunk_rows": each chunk's rows}``; the job then moves chunks between the ranks at
-        epoch boundaries (:mod:`daskgd.parameter_server.rebalance`). None: never.
+        ``placement="latency"``: ``{"assignment": each rank's row-chunks, "chunk_rows":
+        each chunk's rows}``; the job then moves chunks between the ranks at epoch
+        boundaries, and in async/ssp modes weighs each push's step by its rows
+        (:mod:`daskgd.parameter_server.rebalance`). None: never.
     """
 
     mode: str = "sync"
@@ -155,8 +156,6 @@ class JobConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.rebalance is not None:
             bad = check_rebalance(self.rebalance)
-            if bad is None and self.mode != "sync":
-                bad = "rebalance (placement='latency') needs mode='sync'"
             if bad:
                 raise ValueError(bad)
         for name in ("n_samples", "batches_per_epoch", "max_epochs", "n_iter_no_change"):

@@ -77,7 +77,8 @@ class Job(Steps):
         if config.rebalance is not None:
             self.rebalancer = Rebalancer(config.rebalance["assignment"],
                                          config.rebalance["chunk_rows"],
-                                         config.batches_per_epoch)  # fmt: skip
+                                         config.batches_per_epoch,
+                                         patient=config.mode != "sync")  # fmt: skip
         self.client = client
         self.start = time.time()
         self.epochs = 0

@@ -201,6 +201,8 @@ class KeyedJob(Job):
         The penalty of the starting parameters (of a warm start; zero ones have none).
     """
 
+    checkable = False  # no gradient norm: its stop rules are the loss's
+
     def __init__(
         self,
         job_id: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -125,8 +126,12 @@ class MemberHandlers(JobRunner):
             class_loss = np.array(class_loss, dtype=np.float64)
         r = j.ranks[rank]
         j.touch(rank)
-        if j.rebalancer is not None and timing is not None and version == j.version:
-            j.rebalancer.observe(rank, int(n), timing)  # a stale push's time is not counted
+        if j.rebalancer is not None and timing is not None:
+            # sync: a stale push's time is not counted (async pushes are all a little stale)
+            if j.config.mode != "sync":
+                j.rebalancer.observe(rank, int(n), timing, now=time.monotonic())
+            elif version == j.version:
+                j.rebalancer.observe(rank, int(n), timing)
         if worker is not None:
             r.address = worker
         r.active = True
@@ -140,6 +145,8 @@ class MemberHandlers(JobRunner):
                 return error("auto_lr: a push came before any rank reported ready")
             # the reports are read by the owner: a ready call may be adding one
             await self.exclusive(j, lambda: j.auto_step(list(j.reports)))
+        if j.check is not None and j.config.mode != "sync":
+            return await self._check_push(j, incarnation, rank, version, grad, weight, loss)
         args = (rank, version, grad, n, float(weight), float(loss), class_loss)
         if j.config.mode == "sync":
             return await self._push_sync(j, incarnation, *args, hess=hess)
@@ -158,7 +165,43 @@ class MemberHandlers(JobRunner):
         if outcome is _SUPERSEDED:
             return check_incarnation(j, rank, incarnation)
         if j.config.mode == "ssp":
+            held = time.monotonic()
             await self._ssp_wait(j, rank)
+            if j.rebalancer is not None:
+                j.rebalancer.held(rank, time.monotonic() - held)
+        return self.params_reply(j)
+
+    async def _check_push(self, j: Job, incarnation, rank, version, grad, weight, loss):
+        """Async/ssp full batch while a gradient check is open (see
+        :mod:`daskgd.parameter_server.confirm`): no step; a gradient at the check's version
+        is kept and its rank waits for the others', any other is dropped and its rank
+        answered with the check's parameters. A check that waits longer than
+        ``member_timeout`` (a rank silent) is abandoned and the steps resume."""
+        check = j.check
+        assert check is not None
+        if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+            await self.exclusive(j, j._reject, rank, version)  # the job stops on it
+            self.wake(j)
+            return self.params_reply(j)
+        kept = await self.exclusive(j, _if_current, j, incarnation, j.take_check_part, rank,
+                                    check, version, grad, float(weight), float(loss),
+                                    heavy=True)  # fmt: skip
+        if kept is _SUPERSEDED:
+            return check_incarnation(j, rank, incarnation)
+        if not kept:
+            j.dropped += 1
+        self.wake(j)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + j.config.member_timeout
+
+        def over() -> bool:
+            return j.check is not check or loop.time() >= deadline
+
+        if rank in check.parts:
+            await self.wait_member(j, rank, over)
+            if j.check is check:
+                await self.exclusive(j, j.close_check, "a rank sent nothing for member_timeout")
+                self.wake(j)
         return self.params_reply(j)
 
     async def _push_sync(self, j: Job, incarnation, rank, version, *rest, hess=None):
@@ -190,7 +233,10 @@ class MemberHandlers(JobRunner):
         if j.config.mode == "ssp":
             # before the admission, not after (as the whole-model server does): an admitted
             # push must reach the shards at once, or an epoch's close would wait on it
+            held = time.monotonic()
             await self._ssp_wait(j, rank, ahead=1)
+            if j.rebalancer is not None:
+                j.rebalancer.held(rank, time.monotonic() - held)
         while True:
             await self.wait_member(j, rank, lambda: not (j.epoch_due or j.recovering),
                                    lambda: self.maybe_finish(j))  # fmt: skip
@@ -207,9 +253,12 @@ class MemberHandlers(JobRunner):
         if out["due"]:
             self.spawn(self._close_epoch(j, out["epoch"], out["count"], out["mean_w"]))
         # the layout the push's generation applies to (a rebuild moves shards)
-        return {"status": "OK", "version": j.version, "params": None,
-                "shards": j.shards.layout() if j.shards is not None else None,
-                **{k: out[k] for k in ("t", "lr", "epoch", "weight", "gen")}}  # fmt: skip
+        reply = {"status": "OK", "version": j.version, "params": None,
+                 "shards": j.shards.layout() if j.shards is not None else None,
+                 **{k: out[k] for k in ("t", "lr", "epoch", "weight", "gen")}}  # fmt: skip
+        if j.rebalancer is not None:  # placement="latency": each rank's row-chunks
+            reply["assign"] = j.rebalancer.message()
+        return reply
 
     async def _close_epoch(self, j: Job, epoch: int, count: int, mean_w: float) -> None:
         """Async/ssp with shards: close ``epoch`` with the shards' figures once they applied

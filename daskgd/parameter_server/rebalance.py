@@ -28,6 +28,36 @@ and each rank's chunks), and a task whose chunks changed reads the new ones befo
 next batch; a rerun task (its worker died) loads the rank's current chunks. Every move is
 recorded on the history row of the epoch that decided it.
 
+**Async and ssp modes.** There no round waits, but each push steps with its batch's mean
+gradient, so a rank that pushes twice as often weighs its rows twice as much: the fixed
+point favours the fast workers' rows. Evening that out takes two things:
+
+- the same moves, decided where the server's (row-counted) epoch closes: they make every
+  rank's pass over its rows take the same time, so every row is visited equally often and
+  every rank pushes equally often (an ssp bound then rarely holds anyone back);
+- each push's step weighted by its rows (:meth:`Rebalancer.step_scale`): a rank with more
+  rows has larger batches, whose mean gradient stands for more rows. The largest batch
+  steps as it always did and smaller ones take a proportionally smaller step, so no step
+  grows beyond the configured learning rate.
+
+What differs from sync mode:
+
+- a rank's epoch is its kernel seconds plus a fixed cost per push (the gaps between its
+  pushes arriving here, less its kernel and reading time and any time the ssp bound held
+  it here), which no move changes: where those costs dominate, moves gain little and are
+  not made;
+- the figures add up over the server's epochs until every rank has passed over all its
+  rows under the current assignment, and go on adding up while it stands (their noise
+  shrinks as they do); a move starts them afresh, after a settling window as in sync mode;
+- a decision's moves are judged together: made if together they shorten the epoch by
+  :data:`ASYNC_MIN_GAIN` of it and repay their reads (one chunk at a time is often too
+  small a step to pass a threshold set above the noise);
+- each task takes a new assignment where its own epoch ends (its position a multiple of
+  the batches per epoch), so each of its epochs passes over its rows exactly once. Until
+  it does, it computes on its former rows and its timings are not counted (they carry the
+  assignment version they were measured under). A chunk may meanwhile be trained by both
+  ranks, or by neither, for part of an epoch: async epochs are each rank's own anyway.
+
 This module is plain Python: it runs in the scheduler.
 """
 
@@ -36,10 +66,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["HORIZON", "MIN_GAIN", "Rebalancer", "check_rebalance"]
+__all__ = ["ASYNC_MIN_GAIN", "HORIZON", "MIN_GAIN", "STEP_GAIN", "Rebalancer", "check_rebalance"]
 
 #: A move must shorten the epoch's predicted time by at least this share of it.
 MIN_GAIN = 0.05
+#: Async/ssp: the least share of the epoch one of several moves must gain.
+STEP_GAIN = 0.01
+#: Async/ssp: the share of the epoch a decision's moves must gain together (their timings
+#: are noisier: a window holds few of a slow rank's pushes, and a rank's gaps between
+#: pushes include the server's replies to the others).
+ASYNC_MIN_GAIN = 0.15
 #: The fewest epochs over which a move's gain is counted against its cost.
 HORIZON = 5
 
@@ -81,11 +117,17 @@ class Rebalancer:
         Rows of each chunk.
     batches_per_epoch : int
         Batches each rank cuts its rows into (a rank keeps at least that many rows).
+    patient : bool
+        Async/ssp: the measurement goes on over the server's epochs until every rank has
+        passed over all its rows under the current assignment (a slow rank may push only
+        a few times in one server epoch, or still compute on its former rows); only then
+        are moves decided. Sync: every epoch is measured on its own.
     """
 
     def __init__(
-        self, assignment: list[list[int]], chunk_rows: list[int], batches_per_epoch: int
-    ) -> None:
+        self, assignment: list[list[int]], chunk_rows: list[int], batches_per_epoch: int,
+        patient: bool = False,
+    ) -> None:  # fmt: skip
         self.assignment = [list(a) for a in assignment]
         self.chunk_rows = list(chunk_rows)
         self.nb = int(batches_per_epoch)
@@ -97,6 +139,12 @@ class Rebalancer:
         self.read_rows = [0] * n
         self.moves: list[dict[str, Any]] = []
         self.settling = False  # the epoch after a move: measured, not decided on
+        self.patient = patient
+        # async/ssp: each push's fixed cost (its round trip and the task's own work beside
+        # the kernel), from the gaps between a rank's pushes arriving here
+        self.overhead = [0.0] * n
+        self.gaps = [0] * n
+        self.last: list[tuple[float, float] | None] = [None] * n  # (arrival, seconds held)
 
     def message(self) -> list[Any]:
         """What every reply carries: ``[version, assignment]``."""
@@ -105,17 +153,47 @@ class Rebalancer:
     def rows(self, rank: int) -> int:
         return sum(self.chunk_rows[c] for c in self.assignment[rank])
 
-    def observe(self, rank: int, rows: int, timing: Any) -> None:
+    def step_scale(self, rows: int) -> float:
+        """Async/ssp: the factor of a push's step (its batch's mean gradient) that weighs
+        its ``rows`` as many as they are: the push's rows over the largest rank's batch
+        (see the module notes), at most 1."""
+        largest = max(self.rows(r) for r in range(len(self.assignment))) / self.nb
+        return min(1.0, rows / largest) if largest > 0 else 1.0
+
+    def held(self, rank: int, seconds: float) -> None:
+        """Async/ssp: ``rank``'s last push was held here ``seconds`` (the ssp bound), time
+        that is not the rank's own."""
+        last = self.last[rank]
+        if last is not None:
+            self.last[rank] = (last[0], last[1] + seconds)
+
+    def observe(self, rank: int, rows: int, timing: Any, now: float | None = None) -> None:
         """A push's timing: ``[kernel seconds, seconds reading rows since the last push,
-        rows read]`` (non-negative finite numbers; anything else is ignored)."""
-        if not (isinstance(timing, list | tuple) and len(timing) == 3):
+        rows read]`` (non-negative finite numbers; anything else is ignored), optionally
+        followed by the assignment version the rank computed under (a timing measured on
+        an earlier assignment's rows is not counted). ``now``: the push's arrival (async/ssp),
+        whose gap from the rank's previous push, less that push's hold, kernel and reading
+        time, is the rank's fixed cost per push."""
+        if not (isinstance(timing, list | tuple) and len(timing) in (3, 4)):
             return
+        if len(timing) == 4:
+            try:  # the push's client sends the timing as floats
+                if float(timing[3]) != self.version:
+                    return
+            except (TypeError, ValueError):
+                return
+            timing = timing[:3]
         try:
             kernel, read, read_rows = (float(v) for v in timing)
         except (TypeError, ValueError):
             return
         if not all(math.isfinite(v) and v >= 0 for v in (kernel, read, read_rows)):
             return
+        if now is not None:
+            last, self.last[rank] = self.last[rank], (now, 0.0)
+            if last is not None:
+                self.overhead[rank] += max(0.0, now - last[0] - last[1] - kernel - read)
+                self.gaps[rank] += 1
         self.kernel[rank] += kernel
         self.done[rank] += int(rows)
         self.read[rank] += read
@@ -126,33 +204,78 @@ class Rebalancer:
         epoch's measurement; returns the moves."""
         n = len(self.assignment)
         measured = all(self.kernel[r] > 0 and self.done[r] > 0 for r in range(n))
+        if self.patient:
+            # a whole pass of every rank over its rows: a slow rank's few pushes in one
+            # short server epoch would be too noisy a measure
+            if not all(self.kernel[r] > 0 and self.done[r] >= self.rows(r) for r in range(n)):
+                return []
         moves: list[dict[str, Any]] = []
         if measured and n > 1 and epochs_left > 0 and not self.settling:
-            speed = [self.done[r] / self.kernel[r] for r in range(n)]
-            t = [self.rows(r) / speed[r] for r in range(n)]  # the next epoch, as things are
+            speed, fixed = self._speeds()
+            # the next epoch, as things are (async/ssp: with each push's fixed cost, which
+            # no move changes)
+            t = [self.rows(r) / speed[r] + fixed[r] for r in range(n)]
             known = [self.read[r] / self.read_rows[r] for r in range(n) if self.read_rows[r]]
             typical = sorted(known)[len(known) // 2] if known else 0.0
             per_row = [self.read[r] / self.read_rows[r] if self.read_rows[r] else typical
                        for r in range(n)]  # fmt: skip
             horizon = min(max(HORIZON, epochs_done), epochs_left)
-            for _ in range(len(self.chunk_rows)):
-                move = self._best_move(t, speed, per_row, horizon)
-                if move is None:
-                    break
-                moves.append(move)
-        self.kernel = [0.0] * n
-        self.done = [0] * n
+            if self.patient:
+                moves = self._plan(t, speed, per_row, horizon)
+            else:
+                for _ in range(len(self.chunk_rows)):
+                    move = self._best_move(t, speed, per_row, horizon, MIN_GAIN)
+                    if move is None:
+                        break
+                    moves.append(move)
+        if moves or self.settling or not self.patient:
+            # async/ssp: the figures add up while the assignment stands (its noise shrinks
+            # as they do); a move, and the one-off work after it, starts them afresh
+            self.kernel = [0.0] * n
+            self.done = [0] * n
+            self.overhead, self.gaps = [0.0] * n, [0] * n
         self.settling = bool(moves)
         if moves:
             self.version += 1
             self.moves += moves
         return moves
 
-    def _best_move(
+    def _speeds(self) -> tuple[list[float], list[float]]:
+        """Each rank's rows per kernel second and fixed seconds per epoch (its pushes' mean
+        fixed cost, ``nb`` times; sync: none), as measured."""
+        n = len(self.assignment)
+        speed = [self.done[r] / self.kernel[r] for r in range(n)]
+        fixed = [self.nb * self.overhead[r] / self.gaps[r] if self.gaps[r] else 0.0
+                 for r in range(n)]  # fmt: skip
+        return speed, fixed
+
+    def _plan(
         self, t: list[float], speed: list[float], per_row: list[float], horizon: int
-    ) -> dict[str, Any] | None:
-        """The one move off the slowest rank that shortens the epoch most, applied to
-        ``t`` and the assignment; None when no move pays."""
+    ) -> list[dict[str, Any]]:
+        """Async/ssp: the moves, one chunk at a time while each shortens the epoch (by
+        :data:`STEP_GAIN` of it at least), made
+        only if together they shorten it by :data:`ASYNC_MIN_GAIN` of it and repay their
+        reads (one chunk is often too small a step to pass the threshold on its own, the
+        several a slow rank should give away are not)."""
+        now, before = max(t), [list(a) for a in self.assignment]
+        moves: list[dict[str, Any]] = []
+        for _ in range(len(self.chunk_rows)):
+            move = self._best_move(t, speed, per_row, horizon, STEP_GAIN)
+            if move is None:
+                break
+            moves.append(move)
+        gain, cost = now - max(t), sum(m["cost_s"] for m in moves)
+        if moves and (gain < ASYNC_MIN_GAIN * now or gain * horizon <= cost):
+            self.assignment = before
+            return []
+        return moves
+
+    def _best_move(
+        self, t: list[float], speed: list[float], per_row: list[float], horizon: int,
+        least: float,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """The one move off the slowest rank that shortens the epoch most (by at least
+        ``least`` of it), applied to ``t`` and the assignment; None when no move pays."""
         src = max(range(len(t)), key=lambda r: t[r])
         if len(self.assignment[src]) < 2:
             return None
@@ -172,7 +295,7 @@ class Rebalancer:
                 after[dst] += rows / speed[dst]
                 gain = now - max(after)
                 cost = rows * per_row[dst]
-                if gain < MIN_GAIN * now or gain * horizon <= cost:
+                if gain <= least * now or gain * horizon <= cost:
                     continue
                 if best is None or gain > best[0]:
                     best = (gain, c, dst, after, cost)

@@ -379,6 +379,8 @@ class Steps(EpochRules):
         self.account(([rank], [n]), loss, weight, g, [staleness], class_loss)
         if self.error is None:
             scale = 1.0 / max(1, staleness) if self.config.staleness_lr else 1.0
+            if self.rebalancer is not None:  # placement="latency": weighed by its rows
+                scale *= self.rebalancer.step_scale(n)
             if weight > 0:
                 self._step(g / weight, scale)
             else:
@@ -411,6 +413,8 @@ class Steps(EpochRules):
         if self.error is not None:
             return None
         scale = 1.0 / max(1, staleness) if self.config.staleness_lr else 1.0
+        if self.rebalancer is not None:
+            scale *= self.rebalancer.step_scale(n)
         lr = self.optimizer.schedule(v, self.epochs + (1 if self.epoch_due else 0)) * scale
         self.published = (v + 1, None)
         return {"t": v, "lr": lr, "epoch": epoch, "weight": max(weight, 0.0),

@@ -19,6 +19,7 @@ from distributed.protocol import ToPickle
 
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.config import JobConfig
+from daskgd.parameter_server.confirm import Confirmation, needs_check
 
 __all__ = ["EpochRules", "EpochStats", "Rank"]
 
@@ -53,7 +54,7 @@ class EpochStats:
     ranks: set[int] = field(default_factory=set)
 
 
-class EpochRules:
+class EpochRules(Confirmation):
     """Epochs, stop rules and references of a job (a base of ``Job``)."""
 
     id: str
@@ -63,6 +64,7 @@ class EpochRules:
     # (version, params): replaced, never mutated; params None when shards hold them
     published: tuple[int, Any]
     shards: Any  # the job's ShardSet, or None
+    rebalancer: Any  # placement="latency": the job's Rebalancer, or None
     #: async/ssp with shards: the epoch's pushes are all in, its close waits for the shards
     epoch_due: bool = False
     opt_state: Any
@@ -311,6 +313,12 @@ class EpochRules:
                 **({"params": ToPickle(P)} if cfg.record_params else {}),
             }
         )
+        if self.rebalancer is not None and cfg.mode != "sync":
+            # async/ssp, placement="latency": moves where the server's epoch closes (sync
+            # moves where the tasks' epochs end: Steps.try_close_round)
+            moves = self.rebalancer.end_epoch(self.epochs, cfg.max_epochs - self.epochs)
+            if moves:
+                self.history[-1]["moves"] = moves
         if not (math.isfinite(loss) and math.isfinite(gnorm)) and not opt.needs_hessian:
             self.diverged(f"the loss became {loss} at epoch {self.epochs}")
             return
@@ -344,7 +352,9 @@ class EpochRules:
         # worker's absence (a restart) cannot make a partial objective look converged
         if complete:
             gtest = self._gradient_test(gnorm) or self._newton_test(loss, gnorm)
-            if gtest:
+            if gtest and self.checkable and needs_check(cfg):  # async/ssp: see confirm.py
+                self.open_check(gtest, self._gradient_bound())
+            elif gtest:
                 self.stop(gtest, converged=True)
                 return
             if cfg.tol is not None:
@@ -357,7 +367,16 @@ class EpochRules:
                     self._stalled(gnorm)
                     return
         if self.epochs >= cfg.max_epochs:
-            self.stop(f"reached max_epochs={cfg.max_epochs}")
+            self.stop(f"reached max_epochs={cfg.max_epochs}{self.check_note()}")
+
+    def _gradient_bound(self) -> float:
+        """The gradient norm the gradient tolerances ask for (the smaller of them)."""
+        cfg, bounds = self.config, []
+        if cfg.gtol is not None:
+            bounds.append(cfg.gtol)
+        if cfg.gtol_rel is not None and self.g0 is not None:
+            bounds.append(cfg.gtol_rel * self.g0)
+        return min(bounds) if bounds else 0.0
 
     def _gradient_test(self, gnorm: float) -> str:
         """The reason to stop when a gradient tolerance holds, else an empty string."""
@@ -418,6 +437,12 @@ class EpochRules:
         cfg = self.config
         what = f"loss improved by less than tol={cfg.tol} for {cfg.n_iter_no_change} epochs"
         assert cfg.tol is not None
+        if self.checkable and needs_check(cfg) and cfg.smooth and self.g0 is not None:
+            # async/ssp full batch: the stalled loss may be a cycle's (see confirm.py)
+            gtols = cfg.gtol is not None or cfg.gtol_rel is not None
+            bound = self._gradient_bound() if gtols else math.sqrt(cfg.tol) * self.g0
+            self.open_check(what, bound, final=True)
+            return
         if self.stochastic() or not cfg.smooth:
             self.stop(what, converged=True)
             return

@@ -326,8 +326,8 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
             time.sleep(pause)  # a straggler on purpose (tests); the task has seceded
         t1 = clock()
         timing = None
-        if assigned is not None:
-            timing, read = [t1 - t0 - pause, *read], [0.0, 0]
+        if assigned is not None:  # measured on the rows of assignment ``assigned[0]``
+            timing, read = [t1 - t0 - pause, *read, assigned[0]], [0.0, 0]
         reply = call(
             "push",
             rank=rank,
@@ -353,7 +353,10 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
         elif reply["status"] == "OK":
             position += 1
         now = assigned_chunks(reply, rank)
-        if assigned is not None and now is not None and now[0] != assigned[0]:
+        # sync: the server moves chunks only between epochs; async/ssp: the task takes a
+        # new assignment where its own epoch ends, so each epoch passes over its rows once
+        boundary = sync_mode or position % nb == 0
+        if assigned is not None and now is not None and now[0] != assigned[0] and boundary:
             assigned = now
             if sorted(now[1]) != sorted(source[2]):  # between epochs: this rank's rows move
                 batches, source, seconds_read, rows_read = take_chunks(
