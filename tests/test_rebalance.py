@@ -11,6 +11,7 @@ from daskgd.parameter_server.rebalance import (
     ASYNC_MIN_GAIN,
     HORIZON,
     MIN_GAIN,
+    PASSES,
     Rebalancer,
     check_rebalance,
 )
@@ -143,12 +144,15 @@ def test_async_measures_until_every_rank_passed_over_its_rows():
     and what was measured so far is kept for the next."""
     rb = Rebalancer([[0, 1, 2, 3], [4, 5, 6, 7]], [100] * 8, 4, patient=True)
     clock = [0.0, 0.0]
-    _pushes(rb, clock, 1, 4, 1e-3, 1e-3)  # rank 1 passed over its rows
-    _pushes(rb, clock, 0, 2, 2e-3, 1e-3)  # rank 0, twice as slow, half of them
-    assert rb.end_epoch(1, 100) == [] and rb.done == [200, 400]
-    _pushes(rb, clock, 0, 2, 2e-3, 1e-3)
-    _pushes(rb, clock, 1, 4, 1e-3, 1e-3)
-    moves = rb.end_epoch(2, 100)
+    _pushes(rb, clock, 1, 8, 1e-3, 1e-3)  # rank 1 passed over its rows twice (PASSES)
+    _pushes(rb, clock, 0, 4, 2e-3, 1e-3)  # rank 0, twice as slow, once
+    assert PASSES == 2 and rb.end_epoch(1, 100) == [] and rb.done == [400, 800]
+    # the first whole window holds the tasks' start: measured, not decided on
+    _pushes(rb, clock, 0, 4, 2e-3, 1e-3)
+    assert rb.end_epoch(2, 100) == [] and rb.done == [0, 0] and not rb.settling
+    _pushes(rb, clock, 0, 8, 2e-3, 1e-3)
+    _pushes(rb, clock, 1, 8, 1e-3, 1e-3)
+    moves = rb.end_epoch(3, 100)
     # 1 : 2 of 800 rows, in chunks of 100: 300 : 500 (the fixed cost is each rank's)
     assert {(m["from"], m["to"]) for m in moves} == {(0, 1)}
     assert (rb.rows(0), rb.rows(1)) == (300, 500) and rb.version == 1
@@ -157,15 +161,20 @@ def test_async_measures_until_every_rank_passed_over_its_rows():
     assert rb.done == [0, 0]
 
 
+def _past_the_start(rb: Rebalancer) -> Rebalancer:
+    rb.settling = False  # as after the first window (see the test above)
+    return rb
+
+
 def test_async_fixed_costs_and_server_waits():
     """The gaps between a rank's pushes, less its kernel time and the time the server held
     it (ssp), are its fixed cost per push: counted in its epoch, which no move changes."""
-    rb = Rebalancer([[0, 1], [2, 3]], [100] * 4, 2, patient=True)
+    rb = _past_the_start(Rebalancer([[0, 1], [2, 3]], [100] * 4, 2, patient=True))
     clock = [0.0, 0.0]
-    _pushes(rb, clock, 0, 3, 1e-3, 0.05, held=0.2)
-    _pushes(rb, clock, 1, 3, 1e-3, 0.01, held=0.0)
-    assert rb.gaps == [2, 2]
-    assert rb.overhead[0] == pytest.approx(2 * 0.05) and rb.overhead[1] == pytest.approx(0.02)
+    _pushes(rb, clock, 0, 5, 1e-3, 0.05, held=0.2)
+    _pushes(rb, clock, 1, 5, 1e-3, 0.01, held=0.0)
+    assert rb.gaps == [4, 4]
+    assert rb.overhead[0] == pytest.approx(4 * 0.05) and rb.overhead[1] == pytest.approx(0.04)
     speed, fixed = rb._speeds()
     assert speed == pytest.approx([1e3, 1e3]) and fixed == pytest.approx([0.1, 0.02])
     # rank 0 takes 0.3 s an epoch, rank 1 0.22 s: one chunk (0.1 s) would make them
@@ -176,14 +185,20 @@ def test_async_fixed_costs_and_server_waits():
 def test_async_moves_only_when_together_they_gain_enough():
     """One chunk at a time may gain less than ASYNC_MIN_GAIN; the moves are judged
     together, and none made when together they gain too little."""
-    rb = Rebalancer([list(range(10)), list(range(10, 20))], [100] * 20, 1, patient=True)
+    rb = _past_the_start(
+        Rebalancer([list(range(20)), list(range(20, 40))], [50] * 40, 1, patient=True)
+    )
     clock = [0.0, 0.0]
-    _pushes(rb, clock, 0, 1, 1.5e-3, 0.0)  # 1.5 s against 1 s an epoch
-    _pushes(rb, clock, 1, 1, 1e-3, 0.0)
+    _pushes(rb, clock, 0, 2, 1.5e-3, 0.0)  # 1.5 s against 1 s an epoch
+    _pushes(rb, clock, 1, 2, 1e-3, 0.0)
     moves = rb.end_epoch(1, 100)
-    assert len(moves) == 2 and all(m["gain_s"] < ASYNC_MIN_GAIN * 1.5 for m in moves)
+    # each chunk narrows the 0.5 s spread by 0.125 s, less than 15% of 1.5 s; four even
+    # the epochs out (1.2 s each)
+    assert len(moves) == 4 and all(m["gain_s"] < ASYNC_MIN_GAIN * 1.5 for m in moves)
     assert (rb.rows(0), rb.rows(1)) == (800, 1200)
-    rb = Rebalancer([list(range(10)), list(range(10, 20))], [100] * 20, 1, patient=True)
-    _pushes(rb, clock, 0, 1, 1.1e-3, 0.0)  # 10% slower: at best 1.1 s -> 1.05 s
-    _pushes(rb, clock, 1, 1, 1e-3, 0.0)
+    rb = _past_the_start(
+        Rebalancer([list(range(10)), list(range(10, 20))], [100] * 20, 1, patient=True)
+    )
+    _pushes(rb, clock, 0, 2, 1.1e-3, 0.0)  # 10% slower: at best 1.1 s -> 1.05 s
+    _pushes(rb, clock, 1, 2, 1e-3, 0.0)
     assert rb.end_epoch(1, 100) == [] and rb.version == 0

@@ -47,11 +47,14 @@ What differs from sync mode:
   it here), which no move changes: where those costs dominate, moves gain little and are
   not made;
 - the figures add up over the server's epochs until every rank has passed over all its
-  rows under the current assignment, and go on adding up while it stands (their noise
+  rows :data:`PASSES` times under the current assignment (and the first such window, which
+  holds the tasks' start, decides nothing), and go on adding up while it stands (their noise
   shrinks as they do); a move starts them afresh, after a settling window as in sync mode;
-- a decision's moves are judged together: made if together they shorten the epoch by
-  :data:`ASYNC_MIN_GAIN` of it and repay their reads (one chunk at a time is often too
-  small a step to pass a threshold set above the noise);
+- the moves even the ranks' epochs out (from the longest to the shortest), not only
+  shorten the longest: the rank with the shortest epoch pushes most often. A decision's
+  moves are judged together: made if together they narrow the spread by
+  :data:`ASYNC_MIN_GAIN` of the longest epoch and repay their reads (one chunk at a time
+  is often too small a step to pass a threshold set above the noise);
 - each task takes a new assignment where its own epoch ends (its position a multiple of
   the batches per epoch), so each of its epochs passes over its rows exactly once. Until
   it does, it computes on its former rows and its timings are not counted (they carry the
@@ -66,10 +69,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["ASYNC_MIN_GAIN", "HORIZON", "MIN_GAIN", "STEP_GAIN", "Rebalancer", "check_rebalance"]
+__all__ = [
+    "ASYNC_MIN_GAIN",
+    "HORIZON",
+    "MIN_GAIN",
+    "PASSES",
+    "STEP_GAIN",
+    "Rebalancer",
+    "check_rebalance",
+]
 
 #: A move must shorten the epoch's predicted time by at least this share of it.
 MIN_GAIN = 0.05
+#: Async/ssp: the passes over its rows every rank makes before a decision.
+PASSES = 2
 #: Async/ssp: the least share of the epoch one of several moves must gain.
 STEP_GAIN = 0.01
 #: Async/ssp: the share of the epoch a decision's moves must gain together (their timings
@@ -138,7 +151,9 @@ class Rebalancer:
         self.read = [0.0] * n  # seconds spent reading rows, since the start
         self.read_rows = [0] * n
         self.moves: list[dict[str, Any]] = []
-        self.settling = False  # the epoch after a move: measured, not decided on
+        # the epoch after a move: measured, not decided on (async/ssp: the first too, whose
+        # timings hold the tasks' start: loading, warming up)
+        self.settling = patient
         self.patient = patient
         # async/ssp: each push's fixed cost (its round trip and the task's own work beside
         # the kernel), from the gaps between a rank's pushes arriving here
@@ -205,9 +220,11 @@ class Rebalancer:
         n = len(self.assignment)
         measured = all(self.kernel[r] > 0 and self.done[r] > 0 for r in range(n))
         if self.patient:
-            # a whole pass of every rank over its rows: a slow rank's few pushes in one
-            # short server epoch would be too noisy a measure
-            if not all(self.kernel[r] > 0 and self.done[r] >= self.rows(r) for r in range(n)):
+            # PASSES whole passes of every rank over its rows: a slow rank's few pushes in
+            # one short server epoch would be too noisy a measure
+            passes = PASSES
+            if not all(self.kernel[r] > 0 and self.done[r] >= passes * self.rows(r)
+                       for r in range(n)):  # fmt: skip
                 return []
         moves: list[dict[str, Any]] = []
         if measured and n > 1 and epochs_left > 0 and not self.settling:
@@ -252,23 +269,59 @@ class Rebalancer:
     def _plan(
         self, t: list[float], speed: list[float], per_row: list[float], horizon: int
     ) -> list[dict[str, Any]]:
-        """Async/ssp: the moves, one chunk at a time while each shortens the epoch (by
-        :data:`STEP_GAIN` of it at least), made
-        only if together they shorten it by :data:`ASYNC_MIN_GAIN` of it and repay their
-        reads (one chunk is often too small a step to pass the threshold on its own, the
-        several a slow rank should give away are not)."""
+        """Async/ssp: the moves that even the ranks' epochs out, one chunk at a time from
+        the rank that takes longest to the one that takes least, while each narrows the
+        spread between them (by :data:`STEP_GAIN` of the longest epoch at least); made
+        only if together they narrow it by :data:`ASYNC_MIN_GAIN` of the longest epoch
+        and repay their reads (one chunk is often too small a step to pass the threshold
+        on its own, the several a slow rank should give away are not). Evening out, not
+        only shortening the longest (sync's aim): a rank whose epoch is shortest pushes
+        most often, and its rows would weigh most."""
         now, before = max(t), [list(a) for a in self.assignment]
+        spread0 = max(t) - min(t)
         moves: list[dict[str, Any]] = []
         for _ in range(len(self.chunk_rows)):
-            move = self._best_move(t, speed, per_row, horizon, STEP_GAIN)
+            move = self._even_move(t, speed, per_row)
             if move is None:
                 break
             moves.append(move)
-        gain, cost = now - max(t), sum(m["cost_s"] for m in moves)
+        gain, cost = spread0 - (max(t) - min(t)), sum(m["cost_s"] for m in moves)
         if moves and (gain < ASYNC_MIN_GAIN * now or gain * horizon <= cost):
             self.assignment = before
             return []
         return moves
+
+    def _even_move(
+        self, t: list[float], speed: list[float], per_row: list[float]
+    ) -> dict[str, Any] | None:
+        """The chunk off the longest rank onto the shortest that narrows the spread of
+        ``t`` most, applied to ``t`` and the assignment; None when none narrows it by
+        :data:`STEP_GAIN` of the longest epoch."""
+        src = max(range(len(t)), key=lambda r: t[r])
+        dst = min(range(len(t)), key=lambda r: t[r])
+        if src == dst or len(self.assignment[src]) < 2:
+            return None
+        spread = max(t) - min(t)
+        best: tuple[float, int, list[float]] | None = None
+        for c in {self.chunk_rows[c]: c for c in self.assignment[src]}.values():
+            rows = self.chunk_rows[c]
+            if self.rows(src) - rows < self.nb:
+                continue
+            after = list(t)
+            after[src] -= rows / speed[src]
+            after[dst] += rows / speed[dst]
+            narrower = spread - (max(after) - min(after))
+            if narrower > STEP_GAIN * max(t) and (best is None or narrower > best[0]):
+                best = (narrower, c, after)
+        if best is None:
+            return None
+        narrower, c, after = best
+        self.assignment[src].remove(c)
+        self.assignment[dst].append(c)
+        t[:] = after
+        rows = self.chunk_rows[c]
+        return {"chunk": c, "rows": rows, "from": src, "to": dst, "gain_s": narrower,
+                "cost_s": rows * per_row[dst]}  # fmt: skip
 
     def _best_move(
         self, t: list[float], speed: list[float], per_row: list[float], horizon: int,
