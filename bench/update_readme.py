@@ -19,7 +19,9 @@ BLOCKS = {
     "glm": ["## Summary", "## Cross-validated path"],
     "sparse": ["## Summary"],
     "placement": ["## Summary"],
+    "placement_async": ["## Summary"],
     "features": ["## Summary"],
+    "reduction": ["## Results"],
 }
 
 

@@ -53,9 +53,9 @@ __all__ = [
 
 TREE_PLUGIN_NAME = "daskgd-tree"
 #: ``reduction="auto"`` sums the margins along the tree from this many rows: measured on 4
-#: worker processes (bench/results/reduction.md), the tree and the coordinator took the
-#: same time per iteration at 200,000 rows, the tree 3-9% less at 1,000,000 and 4,000,000
-#: on a quiet machine, and about 45% less where the scheduler's process was busy.
+#: worker processes (bench/results/reduction.md), the coordinator took 7% less time per
+#: iteration at 200,000 rows, the tree 9% and 7% less at 1,000,000 and 4,000,000 on a
+#: quiet machine, and about 45% less where the scheduler's process was busy.
 TREE_MIN_ROWS = 1_000_000
 #: Seconds a rank waits for a part before it asks the coordinator whether to go on.
 TREE_WAIT = 2.0
