@@ -203,8 +203,18 @@ async def test_stop_rules(c, s, a, b):
     await _create(c, s, job="g", mode="async", n_samples=20, gtol=1e-3)
     for rank in range(2):  # an epoch only counts once every rank contributed
         reply = await _push(c, "g", rank, rank, [0, 0, 0, 0])
+    # async full batch: the test, met on gradients taken at different parameters, is
+    # checked at one point (confirm.py): each rank's gradient at the current version
+    st = await c.scheduler.daskgd_status(job="g")
+    assert not st["stopped"]
+    v = reply["version"]
+    stale = await _push(c, "g", 0, v - 1, [9, 9, 9, 9])  # not at the check's version: dropped
+    assert stale["status"] == "OK" and stale["version"] == v
+    replies = await asyncio.gather(*(_push(c, "g", r, v, [0, 0, 0, 0]) for r in range(2)))
+    assert all(r["status"] == "stopped" for r in replies)
     st = await c.scheduler.daskgd_status(job="g")
     assert st["stopped"] and st["converged"] and "gtol" in st["reason"]
+    assert "confirmed at version" in st["reason"]
     await _create(c, s, job="u", mode="sync")
     st = await c.scheduler.daskgd_stop(job="u", reason="enough")
     assert st["stopped"] and st["reason"] == "enough"

@@ -313,6 +313,28 @@ def test_grid_gradient_descent_follows_the_row_partitioned_iterates(quad, tmp_pa
     ]  # fmt: skip
 
 
+def test_grid_of_concat_features_groups(quad, tmp_path):
+    """A grid of groups from separate stores: the groups are its column blocks, runs of
+    their (shared) row-chunks its row blocks; the same iterates as rows. Groups whose
+    row-chunks differ are refused for a grid."""
+    X, y = _problem(n=1200, d=10, scales=False)
+    paths = []
+    for k, (c0, c1) in enumerate([(0, 4), (4, 10)]):
+        paths.append(str(tmp_path / f"part{k}.zarr"))
+        write_zarr(paths[-1], X[:, c0:c1], y, chunk_rows=300)
+    common = dict(optimizer="sgd", learning_rate=0.05, alpha=0.1, tol=None, client=quad)
+    rows = fit((X, y), partition="rows", max_epochs=20, **common)
+    grid = fit(concat_features(paths), partition="grid", max_epochs=20, **common)
+    np.testing.assert_allclose(grid.coef_, rows.coef_, rtol=0, atol=1e-10)
+    assert grid.intercept_ == pytest.approx(rows.intercept_, abs=1e-10)
+    assert [(b["columns"], b["row_chunks"]) for b in grid.blocks_] == [
+        ((0, 4), [0, 1]), ((4, 10), [0, 1]), ((0, 4), [2, 3]), ((4, 10), [2, 3])
+    ]  # fmt: skip
+    write_zarr(paths[1], X[:, 4:], y, chunk_rows=400, overwrite=True)
+    with pytest.raises(InvalidSettingError, match="different row-chunks"):
+        fit(concat_features(paths), partition="grid", client=quad)
+
+
 @pytest.mark.parametrize("source", ["zarr", "memory"])
 def test_grid_lbfgs_reaches_the_optimum(quad, tmp_path, source):
     X, y = _problem(n=1200, d=10)

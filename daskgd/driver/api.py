@@ -257,10 +257,10 @@ async def _fit(
         if s.partition != "rows":  # before the data is opened: refuse what it does not run
             s = check_feature_settings(s, data)
         if isinstance(data, FeatureBlocks):
-            if s.partition != "features":
+            if s.partition == "rows":
                 raise InvalidSettingError(
                     "concat_features() data is partitioned by columns: fit it with "
-                    "partition='features'"
+                    "partition='features' (or 'grid')"
                 )
             if offset is not None:
                 raise InvalidSettingError(

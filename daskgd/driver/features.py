@@ -85,7 +85,7 @@ def check_feature_settings(s: FitSettings, data: Any) -> FitSettings:
             why = ("mini-batches or optimizer='cocoa' in a grid (partition='grid' runs "
                    "full-batch lbfgs and gradient descent); use partition='features'")  # fmt: skip
         elif isinstance(data, FeatureBlocks):
-            why = "concat_features() data in a grid; use partition='features'"
+            why = _grid_of_groups(data)
     if why is None and isinstance(data, Dataset) and data.is_sparse:
         why = "sparse X (column blocks of CSR data are not built); fit partition='rows'"
     if why:
@@ -93,24 +93,42 @@ def check_feature_settings(s: FitSettings, data: Any) -> FitSettings:
     return s
 
 
+def _grid_of_groups(data: FeatureBlocks) -> str | None:
+    """Why ``concat_features`` data cannot be cut into a grid, or None: its row blocks are
+    runs of row-chunks, the same in every group."""
+    if len(data.parts) < 2:
+        return "concat_features() of one group in a grid (its column blocks are the groups)"
+    chunks = data.targets.chunks
+    if any(tuple(p.chunks) != tuple(chunks) for p in data.parts):
+        return ("concat_features() groups with different row-chunks in a grid (its row "
+                "blocks are runs of row-chunks): write the groups with the same chunk_rows, "
+                "or use partition='features'")  # fmt: skip
+    return None
+
+
 def _plan(ds: Dataset | FeatureBlocks, workers: list[str], grid: bool) -> tuple[list, int]:
     """Per rank, its pieces ``(part, c0, c1)`` (column ranges within part ``part``) and
     its row-chunks (None: every row); and the number of row blocks. A grid of ``W``
-    workers has about ``sqrt(W)`` column blocks (on the column chunks) and ``W // C`` row
-    blocks of contiguous row-chunks; rank ``i * C + j`` holds block ``(i, j)``."""
-    if isinstance(ds, FeatureBlocks):
-        k = min(len(ds.parts), len(workers))
-        groups = np.array_split(np.arange(len(ds.parts)), k)
-        return [([(int(p), 0, ds.parts[p].n_features) for p in g], None) for g in groups], 1
+    workers has about ``sqrt(W)`` column blocks (on the column chunks, or the groups of
+    ``concat_features`` data) and ``W // C`` row blocks of contiguous row-chunks; rank
+    ``i * C + j`` holds block ``(i, j)``."""
     # a grid has at least 2 column blocks (one would send every margin through the
     # coordinator for nothing): with fewer than 4 workers it is a feature partition
     n_cols = max(2, round(math.sqrt(len(workers)))) if grid else len(workers)
-    bounds = column_blocks(ds.n_features, n_cols, ds.column_chunks)
+    if isinstance(ds, FeatureBlocks):
+        k = min(len(ds.parts), n_cols)
+        groups = np.array_split(np.arange(len(ds.parts)), k)
+        columns = [[(int(p), 0, ds.parts[p].n_features) for p in g] for g in groups]
+        n_chunks = ds.targets.n_chunks
+    else:
+        bounds = column_blocks(ds.n_features, n_cols, ds.column_chunks)
+        columns = [[(0, c0, c1)] for c0, c1 in bounds]
+        n_chunks = ds.n_chunks
     if not grid:
-        return [([(0, c0, c1)], None) for c0, c1 in bounds], 1
-    R = max(1, min(len(workers) // len(bounds), ds.n_chunks))
-    rows = [[int(i) for i in g] for g in np.array_split(np.arange(ds.n_chunks), R)]
-    return [([(0, c0, c1)], chunks) for chunks in rows for c0, c1 in bounds], R
+        return [(pieces, None) for pieces in columns], 1
+    R = max(1, min(len(workers) // len(columns), n_chunks))
+    rows = [[int(i) for i in g] for g in np.array_split(np.arange(n_chunks), R)]
+    return [(pieces, chunks) for chunks in rows for pieces in columns], R
 
 
 def _sources(client: Client, ds: Dataset | FeatureBlocks, plan, workers: list[str]) -> list[dict]:
