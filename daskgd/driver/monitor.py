@@ -92,14 +92,20 @@ async def _check_tasks(futures: list[Future]) -> None:
 async def drain(client: Client, futures: list[Future], timeout: float = 30.0) -> list[dict]:
     """Let the tasks see ``stopped`` and end; cancel what is left (e.g. a queued rerun).
 
-    Returns what the tasks that ended normally returned.
+    Returns what the tasks that ended normally returned. A task that found its data
+    changed as it ended (:meth:`daskgd.data.mapped.MappedRows.verify`) fails the fit: its
+    error is raised.
     """
     results: list[dict] = []
     try:
         results = await asyncio.wait_for(client.gather(futures, errors="skip"), timeout)
     except TimeoutError:
         pass
+    errors = [await f.exception() for f in futures if f.status == "error"]
     await client.cancel(futures)
+    for exc in errors:
+        if isinstance(exc, DataValidationError | DataNotFoundError):
+            raise exc
     return results
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "head",
     "load_rows",
     "power_top",
+    "rows_curvature",
 ]
 
 
@@ -225,30 +226,45 @@ def column_squares(pieces, n_features: int) -> np.ndarray:
     return out
 
 
-def power_top(X: Any, sw: np.ndarray | None, intercept: bool, seed: int) -> float:
-    """An estimate of the largest eigenvalue of ``A^T W A`` by power iteration.
+def power_top(parts: list[tuple[Any, np.ndarray | None]], intercept: bool, seed: int) -> float:
+    """An estimate of the largest eigenvalue of ``A^T W A`` by power iteration, ``A`` the
+    rows of ``parts`` (``(X, sample_weight)`` pairs) with a column of ones for the intercept.
 
     The Rayleigh quotient approaches the top eigenvalue from below; the caller scales it
     by a margin, so that a step ``1 / L`` stays below the ``2 / lambda_max`` where full-batch
     descent on a quadratic would diverge even when the estimate is off by a third.
     """
-    d = X.shape[1]
+    d = parts[0][0].shape[1]
     v = np.random.default_rng([seed, 7]).standard_normal(d + intercept)
     v /= np.linalg.norm(v)
     theta = 0.0
     for _ in range(_POWER_ITERATIONS):
-        u = X @ v[:d].astype(X.dtype) + (v[d] if intercept else 0.0)
-        wu = u if sw is None else u * sw
-        z = np.empty_like(v)
-        z[:d] = np.asarray(X.T @ wu.astype(X.dtype)).ravel()
-        if intercept:
-            z[d] = float(wu.sum())
+        z = np.zeros_like(v)
+        for X, sw in parts:
+            u = X @ v[:d].astype(X.dtype) + (v[d] if intercept else 0.0)
+            wu = u if sw is None else u * sw
+            z[:d] += np.asarray(X.T @ wu.astype(X.dtype)).ravel()
+            if intercept:
+                z[d] += float(wu.sum())
         theta = float(v @ z)
         nz = float(np.linalg.norm(z))
         if nz == 0.0:
             break
         v = z / nz
     return theta
+
+
+def rows_curvature(parts: list[tuple[Any, np.ndarray | None]], intercept: bool, seed: int):
+    """:meth:`InMemoryBatches.curvature` of the rows of ``parts`` (``(X, sample_weight)``
+    pairs, dense or CSR): exact up to :data:`GRAM_MAX` parameters, by power iteration
+    above."""
+    g = Gram(parts[0][0].shape[1], intercept)
+    for X, sw in parts:
+        g.add(X, sw)
+    top = g.top()
+    if top is None:
+        top = min(g.sq, _POWER_MARGIN * power_top(parts, intercept, seed))
+    return top, g.sq, g.weight, g.sendable()
 
 
 class InMemoryBatches:
@@ -280,12 +296,7 @@ class InMemoryBatches:
     def curvature(self, intercept: bool, seed: int):
         """(top eigenvalue of ``A^T W A``, weighted sum of squared row norms, weight, and
         ``A^T W A`` itself when small enough to send, else None)."""
-        g = Gram(self.X.shape[1], intercept)
-        g.add(self.X, self.sw)
-        top = g.top()
-        if top is None:
-            top = min(g.sq, _POWER_MARGIN * power_top(self.X, self.sw, intercept, seed))
-        return top, g.sq, g.weight, g.sendable()
+        return rows_curvature([(self.X, self.sw)], intercept, seed)
 
     def pieces(self, epoch: int, b: int) -> list[Piece]:
         if self.nb > 1 and epoch != self.epoch:

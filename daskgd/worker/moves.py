@@ -3,12 +3,12 @@ server assigns to its rank (see :mod:`daskgd.parameter_server.rebalance`).
 
 Every reply of a latency job carries ``assign``: ``[version, each rank's chunks]``. When
 this rank's chunks changed, the task keeps the rows of the chunks it still owns, reads the
-new ones from the Zarr store and lets the others go, before its next batch (the server
-moves chunks only between epochs). A full-batch rank then holds its rows as one piece per
-chunk (:class:`ChunkBatches`; the kernels sum over pieces): no copy of the rows it kept,
-which on a machine where fresh memory is slow to fault in costs more than the read. A
-mini-batch rank concatenates them (each epoch permutes a copy of them anyway). Out of core
-nothing is held: the new chunk list is all.
+new ones from the Zarr store and lets the others go, before its next batch (the server moves
+chunks only between epochs). A full-batch rank then holds its rows as one piece per chunk
+(:class:`~daskgd.worker.chunk_batches.ChunkBatches`; the kernels sum over pieces): no copy
+of the rows it kept, which on a machine where fresh memory is slow to fault in costs more
+than the read. A mini-batch rank concatenates them (each epoch permutes a copy of them
+anyway). Out of core nothing is held: the new chunk list is all.
 """
 
 from __future__ import annotations
@@ -20,20 +20,9 @@ from typing import Any
 import numpy as np
 
 from daskgd.worker.batches import InMemoryBatches, Piece, StreamingBatches, load_rows
+from daskgd.worker.chunk_batches import ChunkBatches
 
-__all__ = ["ChunkBatches", "assigned_chunks", "take_chunks"]
-
-
-class ChunkBatches:
-    """A full-batch rank's rows as one piece per row-chunk (after a latency move)."""
-
-    def __init__(self, parts: list[Piece], key: tuple[int, int]) -> None:
-        self.parts = parts
-        self.n = sum(len(p[1]) for p in parts)
-        self.nb, self.key = 1, key
-
-    def pieces(self, epoch: int, b: int) -> list[Piece]:
-        return self.parts
+__all__ = ["assigned_chunks", "take_chunks"]
 
 
 def assigned_chunks(reply: dict[str, Any], rank: int) -> tuple[int, list[int]] | None:
@@ -67,7 +56,7 @@ def take_chunks(
         parts.update(zip(new, _split(loaded, [chunk_rows[c] for c in new]), strict=True))
     pieces = [parts[c] for c in order]
     if batches.nb == 1:
-        out: Any = ChunkBatches(pieces, batches.key)
+        out: Any = ChunkBatches(pieces, batches.key, getattr(batches, "mapped", None))
     else:
         rows = load_rows(("blocks", pieces)) if len(pieces) > 1 else pieces[0]
         out = InMemoryBatches(moved, batches.nb, batches.key[0], rank, check, rows=rows)

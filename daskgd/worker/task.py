@@ -1,10 +1,11 @@
 """The training task: one long-running task per Dask worker.
 
 :func:`train_partition` loads its rank's row-chunks once (from Zarr with
-:func:`daskgd.data.chunkio.read_row_chunks`, or as blocks the cluster computed), joins the
-job on the parameter server, then loops: take a mini-batch, compute the summed
-loss and gradient with the compiled kernel (which releases the GIL, so the
-worker's heartbeats go on), push them, continue from the parameters in the
+:func:`daskgd.data.chunkio.read_row_chunks`, or as blocks the cluster computed; a full-batch
+rank holds them one piece per chunk, mapped from uncompressed chunk files:
+:mod:`daskgd.worker.chunk_batches`), joins the job on the parameter server, then loops: take
+a mini-batch, compute the summed loss and gradient with the compiled kernel (which releases
+the GIL, so the worker's heartbeats go on), push them, continue from the parameters in the
 reply, until the reply says ``stopped``.
 
 The task secedes from the worker's thread pool at once: Dask has no gang
@@ -44,13 +45,8 @@ from daskgd.errors import (
 from daskgd.objective import check_targets, get_loss
 from daskgd.objective.losses import encode_labels
 from daskgd.parameter_server import ParameterServerClient
-from daskgd.worker.batches import (
-    MEASURE_ROWS,
-    InMemoryBatches,
-    StreamingBatches,
-    column_squares,
-    head,
-)
+from daskgd.worker.batches import MEASURE_ROWS, column_squares, head
+from daskgd.worker.chunk_batches import ChunkBatches, open_batches
 from daskgd.worker.moves import assigned_chunks, take_chunks
 
 __all__ = ["probe", "train_partition"]
@@ -201,13 +197,13 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
     # column, all k columns pushed together (one round trip per batch for the k problems)
     ovr = multinomial and bool(spec.get("one_vs_rest"))
     nb = int(spec["batches_per_epoch"])
-    kind = StreamingBatches if spec.get("out_of_core") else InMemoryBatches
     chunk_rows: list[int] = spec.get("chunk_rows") or []  # placement="latency": chunks move
     assigned = assigned_chunks(reply, rank)
     if assigned is not None:  # a rerun task takes the rank's chunks as they are now
         source = (*source[:2], assigned[1], source[3], [chunk_rows[c] for c in assigned[1]])
     loading = clock()
-    batches = kind(source, nb, int(spec["seed"]), rank, check)
+    batches = open_batches(source, nb, int(spec["seed"]), rank, check,
+                           out_of_core=bool(spec.get("out_of_core")))  # fmt: skip
     read = [clock() - loading, batches.n]  # seconds and rows read since the last push
     if batches.n < nb:
         raise TrainingError(f"rank {rank} has {batches.n} rows, fewer than {nb} batches per epoch")
@@ -363,6 +359,8 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
                     batches, source, now[1], chunk_rows, rank, check)  # fmt: skip
                 read = [seconds_read, rows_read]
                 seconds["load"] += seconds_read
+    if isinstance(batches, ChunkBatches):
+        batches.verify()  # mapped chunk files: the rows trained on are still the dataset's
     return {
         "rank": rank,
         "worker": address,

@@ -1,0 +1,166 @@
+"""Full-batch ranks map uncompressed chunk files instead of copying them, checked again at the end.
+
+The reference is the copying read (:func:`daskgd.data.chunkio.read_row_arrays`): the mapped
+rows are the same values, the same checks refuse the same damaged files, and a fit on the
+mapped rows is the fit on the same data read another way (Zstandard chunks, read into one
+array). A chunk file changed while a fit trains on it is an error, never a model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import daskgd
+from daskgd.data import write_zarr
+from daskgd.data.chunkio import read_row_arrays
+from daskgd.data.mapped import map_row_chunks
+from daskgd.errors import DataValidationError
+from daskgd.worker.batches import InMemoryBatches
+from daskgd.worker.chunk_batches import ChunkBatches, open_batches
+
+
+def _data(n: int = 250, d: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = X @ np.arange(1.0, d + 1) + 0.5 + 0.1 * rng.standard_normal(n)
+    return X, y, np.linspace(0.5, 1.5, n)
+
+
+def _chunk_file(path: Path, name: str, i: int) -> Path:
+    return path / name / "c" / str(i) / ("0" if name == "X" else "")
+
+
+def _source(path: Path, chunks: list[int]) -> tuple:
+    return ("zarr", str(path), chunks, None, [0] * len(chunks))
+
+
+def _keep(y, sw, where):
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mapped_rows_are_the_rows_read(tmp_path, dtype):
+    X, y, w = _data()
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X.astype(dtype), y, sample_weight=w, chunk_rows=100, compressor=None)
+    chunks = [2, 0]  # the edge chunk (50 rows of a 100-row file) and the first
+    mapped = map_row_chunks(path, chunks)
+    assert mapped is not None and len(mapped.mapped) == 3 * len(chunks)
+    read = read_row_arrays(path, chunks)
+    got = [np.concatenate([p[k] for p in mapped.pieces]) for k in range(3)]
+    for a, name in zip(got, ["X", "y", "sample_weight"], strict=True):
+        np.testing.assert_array_equal(a, read[name])
+        assert a.dtype == read[name].dtype
+    assert all(p[3] is None for p in mapped.pieces)  # no offsets in this dataset
+    X0 = mapped.pieces[0][0]
+    assert X0.shape == (50, 4) and not X0.flags.writeable and X0.flags.c_contiguous
+    mapped.verify()  # nothing changed
+
+
+def test_what_cannot_be_mapped_is_read(tmp_path):
+    X, y, _ = _data()
+    write_zarr(tmp_path / "zstd.zarr", X, y, chunk_rows=100)
+    assert map_row_chunks(tmp_path / "zstd.zarr", [0]) is None
+    batches = open_batches(_source(tmp_path / "zstd.zarr", [0, 1, 2]), 1, 0, 0, _keep,
+                           out_of_core=False)  # fmt: skip
+    assert isinstance(batches, InMemoryBatches)
+    write_zarr(tmp_path / "raw.zarr", X, y, chunk_rows=100, compressor=None)
+    batches = open_batches(_source(tmp_path / "raw.zarr", [0, 1]), 4, 0, 0, _keep,
+                           out_of_core=False)  # fmt: skip
+    assert isinstance(batches, InMemoryBatches)  # mini-batches permute a copy anyway
+
+
+def test_chunk_batches_curvature_is_the_whole_arrays(tmp_path):
+    X, y, w = _data(n=300, d=5)
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X, y, sample_weight=w, chunk_rows=70, compressor=None)
+    src = _source(path, [0, 1, 2, 3, 4])
+    pieces = open_batches(src, 1, 0, 0, _keep, out_of_core=False)
+    whole = InMemoryBatches(src, 1, 0, 0, _keep)
+    assert isinstance(pieces, ChunkBatches) and pieces.n == whole.n == 300
+    for a, b in zip(pieces.curvature(True, 0), whole.curvature(True, 0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_damaged_files_are_refused_as_a_read_refuses_them(tmp_path):
+    X, y, w = _data()
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X, y, sample_weight=w, chunk_rows=100, compressor=None)
+    f = _chunk_file(path, "X", 1)
+    data = f.read_bytes()
+    f.write_bytes(data[:1000])
+    with pytest.raises(DataValidationError, match=rf"chunk 1 of array 'X' .* wrong size: {f}"):
+        map_row_chunks(path, [0, 1])
+    changed = bytearray(data)
+    changed[8] ^= 0x40
+    f.write_bytes(bytes(changed))
+    with pytest.raises(DataValidationError, match=r"chunk 1 of array 'X' .* does not match"):
+        map_row_chunks(path, [1])
+    _chunk_file(path, "sample_weight", 2).unlink()
+    with pytest.raises(DataValidationError, match=r"array 'sample_weight' .* has no chunk 2"):
+        map_row_chunks(path, [2])
+
+
+@pytest.mark.parametrize("how", ["in place", "replaced", "removed"])
+def test_a_chunk_file_changed_after_mapping_fails_the_check(tmp_path, how):
+    X, y, _ = _data()
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X, y, chunk_rows=100, compressor=None)
+    mapped = map_row_chunks(path, [0, 1])
+    assert mapped is not None
+    f = _chunk_file(path, "X", 1)
+    if how == "in place":  # the same file, one value changed: the mapping sees it
+        with open(f, "r+b") as fh:
+            fh.seek(8)
+            fh.write(np.float64(7.0).tobytes())
+        assert mapped.pieces[1][0][0, 1] == 7.0
+    elif how == "replaced":  # a new file, identical bytes: the mapping keeps the old one
+        tmp = f.with_name("new")
+        tmp.write_bytes(f.read_bytes())
+        os.replace(tmp, f)
+    else:
+        f.unlink()
+    with pytest.raises(DataValidationError, match=rf"chunk 1 of array 'X' .* changed while "
+                       rf"the fit was reading it \({f} was rewritten"):  # fmt: skip
+        mapped.verify()
+
+
+def test_fit_on_mapped_chunks_is_the_fit_on_read_chunks(client, tmp_path):
+    X, y, w = _data(n=2000, d=6, seed=1)
+    write_zarr(tmp_path / "raw.zarr", X, y, sample_weight=w, chunk_rows=300, compressor=None)
+    write_zarr(tmp_path / "zstd.zarr", X, y, sample_weight=w, chunk_rows=300)
+    fits = {
+        name: daskgd.fit(str(tmp_path / f"{name}.zarr"), client=client, optimizer="lbfgs",
+                         alpha=1e-3, tol=None, gtol=1e-10, max_epochs=200)
+        for name in ("raw", "zstd")
+    }  # fmt: skip
+    raw, zstd = fits["raw"], fits["zstd"]
+    assert raw.converged_ and zstd.converged_
+    # the same data, summed one piece per chunk (mapped) or in one array (read)
+    np.testing.assert_allclose(raw.coef_, zstd.coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(raw.intercept_, zstd.intercept_, rtol=1e-9, atol=1e-12)
+
+
+def test_a_dataset_rewritten_during_a_fit_is_an_error(client, tmp_path):
+    X, y, _ = _data(n=400)
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X, y, chunk_rows=100, compressor=None)
+    f = _chunk_file(path, "X", 3)
+    seen = []
+
+    def rewrite(row):
+        # the first epoch's row: the tasks hold their rows; change one, then stop the fit
+        seen.append(row["epoch"])
+        with open(f, "r+b") as fh:
+            fh.seek(0)
+            fh.write(np.float64(1e3).tobytes())
+        return False
+
+    with pytest.raises(DataValidationError, match=r"chunk 3 of array 'X' .* changed while"):
+        daskgd.fit(str(path), client=client, optimizer="lbfgs", tol=None, max_epochs=10_000,
+                   max_time=120, callback=rewrite)  # fmt: skip
+    assert seen == [1]
