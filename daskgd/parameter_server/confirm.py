@@ -27,7 +27,6 @@ claiming convergence.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +58,6 @@ class GradientCheck:
     bound: float  # the gradient norm that confirms it
     final: bool = False  # the stop rule stops the fit either way (the stalled loss's)
     parts: dict[int, tuple[np.ndarray, float, float]] = field(default_factory=dict)
-    opened: float = field(default_factory=time.monotonic)
 
     def add(self, rank: int, grad: np.ndarray, weight: float, loss: float) -> None:
         self.parts[rank] = (np.array(grad, dtype=np.float64), float(weight), float(loss))
