@@ -1,4 +1,5 @@
-"""Shared fixtures: one real LocalCluster (worker processes with nannies) per test session."""
+"""Shared fixtures: one real LocalCluster (worker processes with nannies) per test session,
+and the three- and four-worker clusters (``trio``, ``quad``) of the modules that ask for them."""
 
 from __future__ import annotations
 
@@ -56,6 +57,27 @@ def cluster() -> Iterator[LocalCluster]:
         memory_limit="2GiB",
     ) as c:
         yield c
+
+
+def _local_client(n_workers: int) -> Iterator[Client]:
+    """A client of a LocalCluster of ``n_workers`` worker processes x 1 thread, its own."""
+    with (
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def trio() -> Iterator[Client]:
+    """Three worker processes: three column blocks."""
+    yield from _local_client(3)
+
+
+@pytest.fixture(scope="module")
+def quad() -> Iterator[Client]:
+    """Four worker processes: four column blocks, or a 2 x 2 grid."""
+    yield from _local_client(4)
 
 
 @pytest.fixture

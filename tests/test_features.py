@@ -23,16 +23,6 @@ from daskgd.driver import fit
 from daskgd.errors import DataValidationError, DivergenceError, InvalidSettingError
 
 
-@pytest.fixture(scope="module")
-def trio():
-    """Three worker processes: three column blocks."""
-    with (
-        LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
-        yield c
-
-
 def _problem(n=1500, d=24, seed=0, scales=True):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
@@ -285,16 +275,6 @@ def test_block_method_converges_to_the_exact_optimum(trio, tmp_path, loss, alpha
     assert res.timings_["reductions"][0] <= 3 + 2 * res.n_iter_
     with pytest.raises(InvalidSettingError, match="partition='features'"):
         fit((X, y), optimizer="cocoa", client=trio)
-
-
-@pytest.fixture(scope="module")
-def quad():
-    """Four worker processes: a 2 x 2 grid."""
-    with (
-        LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
-        yield c
 
 
 def test_grid_gradient_descent_follows_the_row_partitioned_iterates(quad, tmp_path):

@@ -23,16 +23,6 @@ from daskgd.parameter_server.block_job import TREE_QUIET, BlockJob, BlockRules
 from daskgd.parameter_server.block_tree import tree_neighbours
 
 
-@pytest.fixture(scope="module")
-def quad():
-    """Four worker processes: four column blocks, or a 2 x 2 grid."""
-    with (
-        LocalCluster(n_workers=4, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster, set_as_default=False) as c,
-    ):
-        yield c
-
-
 def _problem(n=1200, d=12, seed=0, classify=False):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d)) * rng.uniform(0.5, 2.0, size=d)

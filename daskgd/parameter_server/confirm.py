@@ -27,7 +27,6 @@ claiming convergence.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,13 +52,14 @@ def needs_check(config: Any) -> bool:
 class GradientCheck:
     """An open check: the version every rank computes its gradient at, and the parts in."""
 
-    version: int  # the parameters' version every rank computes its gradient at
     reason: str  # the test that opened it
     epoch: int  # the epoch whose history row records it
     bound: float  # the gradient norm that confirms it
     final: bool = False  # the stop rule stops the fit either way (the stalled loss's)
+    #: the parameters' version every rank computes its gradient at: None until the first
+    #: push taken (the push that opened the check applies its own step after opening it)
+    version: int | None = None
     parts: dict[int, tuple[np.ndarray, float, float]] = field(default_factory=dict)
-    opened: float = field(default_factory=time.monotonic)
 
     def add(self, rank: int, grad: np.ndarray, weight: float, loss: float) -> None:
         self.parts[rank] = (np.array(grad, dtype=np.float64), float(weight), float(loss))
@@ -123,7 +123,7 @@ class Confirmation:
             )
             return
         if self.check is None and (final or self.epochs >= self.next_check):
-            self.check = GradientCheck(self.published[0], reason, self.epochs, bound, final)
+            self.check = GradientCheck(reason, self.epochs, bound, final)
 
     def take_check_part(
         self, rank: int, check: GradientCheck, version: int, grad: np.ndarray, weight: float,
@@ -131,9 +131,10 @@ class Confirmation:
     ) -> bool:  # fmt: skip
         """A push while ``check`` is open: kept if computed at its version (the check
         closes when every rank's is in), else dropped. Returns whether it was kept."""
-        # the check's version is the one published: the push that closed the epoch opened
-        # the check before its own step was applied
-        check.version = self.published[0]
+        # the check's version is the one published when its first push is taken: the push
+        # that closed the epoch opened the check before its own step was applied
+        if check.version is None:
+            check.version = self.published[0]
         if check is not self.check or version != check.version or rank in check.parts:
             return False
         check.add(rank, grad, weight, loss)
@@ -147,6 +148,7 @@ class Confirmation:
         check, self.check = self.check, None
         if check is None:
             return
+        # its version is set: a check closes only after a push was taken (take_check_part)
         self.next_check = max(2 * self.epochs, self.epochs + 1)
         row = next((h for h in self.history if h["epoch"] == check.epoch), None)
         if abandoned is not None:

@@ -73,7 +73,7 @@ class Job(Steps):
         self.lock = asyncio.Lock()
         self.ranks = [Rank(a) for a in ranks]
         #: placement="latency": the ranks' row-chunks, moved at epoch boundaries
-        self.rebalancer: Rebalancer | None = None
+        self.rebalancer = None
         if config.rebalance is not None:
             self.rebalancer = Rebalancer(config.rebalance["assignment"],
                                          config.rebalance["chunk_rows"],

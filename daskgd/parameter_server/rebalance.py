@@ -67,6 +67,7 @@ This module is plain Python: it runs in the scheduler.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -299,29 +300,15 @@ class Rebalancer:
         :data:`STEP_GAIN` of the longest epoch."""
         src = max(range(len(t)), key=lambda r: t[r])
         dst = min(range(len(t)), key=lambda r: t[r])
-        if src == dst or len(self.assignment[src]) < 2:
+        if src == dst:
             return None
-        spread = max(t) - min(t)
-        best: tuple[float, int, list[float]] | None = None
-        for c in {self.chunk_rows[c]: c for c in self.assignment[src]}.values():
-            rows = self.chunk_rows[c]
-            if self.rows(src) - rows < self.nb:
-                continue
-            after = list(t)
-            after[src] -= rows / speed[src]
-            after[dst] += rows / speed[dst]
-            narrower = spread - (max(after) - min(after))
-            if narrower > STEP_GAIN * max(t) and (best is None or narrower > best[0]):
-                best = (narrower, c, after)
-        if best is None:
-            return None
-        narrower, c, after = best
-        self.assignment[src].remove(c)
-        self.assignment[dst].append(c)
-        t[:] = after
-        rows = self.chunk_rows[c]
-        return {"chunk": c, "rows": rows, "from": src, "to": dst, "gain_s": narrower,
-                "cost_s": rows * per_row[dst]}  # fmt: skip
+        spread, least = max(t) - min(t), STEP_GAIN * max(t)
+
+        def narrower(after: list[float], cost: float) -> float | None:
+            value = spread - (max(after) - min(after))
+            return value if value > least else None
+
+        return self._move_one(t, speed, per_row, src, [dst], narrower, smallest_first=False)
 
     def _best_move(
         self, t: list[float], speed: list[float], per_row: list[float], horizon: int,
@@ -330,33 +317,48 @@ class Rebalancer:
         """The one move off the slowest rank that shortens the epoch most (by at least
         ``least`` of it), applied to ``t`` and the assignment; None when no move pays."""
         src = max(range(len(t)), key=lambda r: t[r])
+        now = max(t)
+
+        def gain(after: list[float], cost: float) -> float | None:
+            value = now - max(after)
+            return None if value <= least * now or value * horizon <= cost else value
+
+        dsts = [dst for dst in range(len(t)) if dst != src]
+        return self._move_one(t, speed, per_row, src, dsts, gain, smallest_first=True)
+
+    def _move_one(
+        self, t: list[float], speed: list[float], per_row: list[float], src: int,
+        dsts: list[int], objective: Callable[[list[float], float], float | None],
+        smallest_first: bool,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        """The move of one chunk off ``src`` onto one of ``dsts`` with the largest
+        ``objective(after, cost)`` (``after``: ``t`` with the move made; ``cost``: the
+        receiving rank's seconds to read the chunk; None: the move does not qualify),
+        applied to ``t`` and the assignment; None when no move qualifies. One chunk of
+        each size is tried (the last of that size), the sizes in the order they first
+        appear in ``src``'s chunks or, ``smallest_first``, from the smallest (the first
+        of equal values wins), and ``src`` keeps at least one chunk and ``nb`` rows."""
         if len(self.assignment[src]) < 2:
             return None
-        now = max(t)
+        by_size = {self.chunk_rows[c]: c for c in self.assignment[src]}
         best: tuple[float, int, int, list[float], float] | None = None
-        by_size: dict[int, int] = {}
-        for c in reversed(self.assignment[src]):  # one chunk of each size is enough
-            by_size.setdefault(self.chunk_rows[c], c)
-        for rows, c in sorted(by_size.items()):
+        for rows in sorted(by_size) if smallest_first else list(by_size):
+            c = by_size[rows]
             if self.rows(src) - rows < self.nb:
                 continue
-            for dst in range(len(t)):
-                if dst == src:
-                    continue
+            for dst in dsts:
                 after = list(t)
                 after[src] -= rows / speed[src]
                 after[dst] += rows / speed[dst]
-                gain = now - max(after)
                 cost = rows * per_row[dst]
-                if gain <= least * now or gain * horizon <= cost:
-                    continue
-                if best is None or gain > best[0]:
-                    best = (gain, c, dst, after, cost)
+                value = objective(after, cost)
+                if value is not None and (best is None or value > best[0]):
+                    best = (value, c, dst, after, cost)
         if best is None:
             return None
-        gain, c, dst, after, cost = best
+        value, c, dst, after, cost = best
         self.assignment[src].remove(c)
         self.assignment[dst].append(c)
         t[:] = after
         return {"chunk": c, "rows": self.chunk_rows[c], "from": src, "to": dst,
-                "gain_s": gain, "cost_s": cost}  # fmt: skip
+                "gain_s": value, "cost_s": cost}  # fmt: skip

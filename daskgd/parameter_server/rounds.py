@@ -22,7 +22,6 @@ import numpy as np
 from daskgd.objective.curvature import loss_resolution
 from daskgd.objective.lbfgs_sharded import LBFGSCoordinator, whole_state
 from daskgd.parameter_server.config import WHOLE_DATA_OPTIMIZERS
-from daskgd.parameter_server.rebalance import Rebalancer
 from daskgd.parameter_server.sharding import ShardError, ShardSet
 from daskgd.parameter_server.stats import EpochRules
 
@@ -256,7 +255,6 @@ class Steps(EpochRules):
         self.maybe_snapshot()
 
     lbfgs: LBFGSCoordinator | None
-    rebalancer: Rebalancer | None
     lbfgs_backups: dict[int, LBFGSCoordinator]
 
     def _lbfgs_direction(

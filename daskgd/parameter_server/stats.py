@@ -20,6 +20,7 @@ from distributed.protocol import ToPickle
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.config import JobConfig
 from daskgd.parameter_server.confirm import Confirmation, needs_check
+from daskgd.parameter_server.rebalance import Rebalancer
 
 __all__ = ["EpochRules", "EpochStats", "Rank"]
 
@@ -64,7 +65,7 @@ class EpochRules(Confirmation):
     # (version, params): replaced, never mutated; params None when shards hold them
     published: tuple[int, Any]
     shards: Any  # the job's ShardSet, or None
-    rebalancer: Any  # placement="latency": the job's Rebalancer, or None
+    rebalancer: Rebalancer | None  # placement="latency": the job's, else None
     #: async/ssp with shards: the epoch's pushes are all in, its close waits for the shards
     epoch_due: bool = False
     opt_state: Any

@@ -10,6 +10,7 @@ ranges and sum the groups' margins, lazily, so that no task ever holds a whole r
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,13 +19,14 @@ import numpy as np
 
 from daskgd.data import Dataset, FeatureBlocks
 from daskgd.errors import DataValidationError, InvalidSettingError
-from daskgd.sklearn.inputs import compute, dask_map, frames_to_arrays, is_dask_frame
+from daskgd.sklearn.inputs import compute, dask_map, frames_to_arrays, is_dask_frame, lazy_inputs
 
 __all__ = [
     "block_margins",
     "block_targets",
     "check_block_fit",
     "check_block_targets",
+    "score_inputs",
     "with_targets",
 ]
 
@@ -216,3 +218,47 @@ def block_targets(fb: FeatureBlocks, y: Any, sample_weight: Any) -> tuple[Any, A
             )
         out.append(a.rechunk(t.y.chunks))
     return out[0], out[1]
+
+
+def score_inputs(
+    est: Any,
+    X: Any,
+    y: Any,
+    sample_weight: Any,
+    margins: Callable[[FeatureBlocks], Any],
+    lazy_margins: Callable[[da.Array], Any],
+) -> tuple[Any, Any, Any]:
+    """What a fitted estimator's ``score`` compares for lazy ``X`` (a FeatureBlocks, a
+    dask array or DataFrame, a Dataset or a path): the margins, ``y`` and the weights.
+
+    Parameters
+    ----------
+    est : estimator
+        The fitted estimator (the feature names of a dask ``X`` are checked against it).
+    X, y, sample_weight
+        As passed to ``score``.
+    margins : callable
+        The estimator's margins of a FeatureBlocks.
+    lazy_margins : callable
+        The estimator's margins of the dask features of any other lazy ``X``.
+
+    Returns
+    -------
+    tuple of (dask.array.Array, dask.array.Array, dask.array.Array or None)
+        The margins, ``y`` (given, else the data's) and the weights (None: none).
+
+    Raises
+    ------
+    ValueError
+        No ``y`` given and the data has no targets.
+    """
+    if isinstance(X, FeatureBlocks):
+        m = margins(X)
+        yd, sw = block_targets(X, y, sample_weight)
+    else:
+        est._check_frame_names(X, reset=False)
+        Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
+        m = lazy_margins(Xd)
+    if yd is None:
+        raise ValueError("score needs y (the dataset has no targets)")
+    return m, yd, sw

@@ -23,9 +23,9 @@ from daskgd.data import Dataset, FeatureBlocks
 from daskgd.sklearn.base import LinearModel, fit_client
 from daskgd.sklearn.feature_input import (
     block_margins,
-    block_targets,
     check_block_fit,
     check_block_targets,
+    score_inputs,
     with_targets,
 )
 from daskgd.sklearn.inputs import (
@@ -339,15 +339,7 @@ class LinearClassifier(LinearModel, ClassifierMixin, BaseEstimator):
         if not is_lazy(X):
             return super().score(X, y, sample_weight)
         check_is_fitted(self)
-        if isinstance(X, FeatureBlocks):
-            m = self._margins(X)
-            yd, sw = block_targets(X, y, sample_weight)
-        else:
-            self._check_frame_names(X, reset=False)
-            Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
-            m = self._block_margins(Xd)
-        if yd is None:
-            raise ValueError("score needs y (the dataset has no targets)")
+        m, yd, sw = score_inputs(self, X, y, sample_weight, self._margins, self._block_margins)
         hit = (self._labels(m) == yd).astype(np.float64)
         if sw is None:
             return hit.mean()

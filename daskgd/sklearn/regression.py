@@ -13,15 +13,14 @@ from daskgd.data import Dataset, FeatureBlocks
 from daskgd.sklearn.base import LinearModel, fit_client
 from daskgd.sklearn.feature_input import (
     block_margins,
-    block_targets,
     check_block_fit,
     check_block_targets,
+    score_inputs,
 )
 from daskgd.sklearn.inputs import (
     dask_map,
     is_lazy,
     lazy_features,
-    lazy_inputs,
     lazy_offset_inputs,
     offset_array,
     sample_weight_array,
@@ -184,15 +183,7 @@ class LinearRegressor(LinearModel, RegressorMixin, BaseEstimator):
         if not is_lazy(X):
             return super().score(X, y, sample_weight)
         check_is_fitted(self)
-        if isinstance(X, FeatureBlocks):
-            pred = self._decision(X)
-            yd, sw = block_targets(X, y, sample_weight)
-        else:
-            self._check_frame_names(X, reset=False)
-            Xd, yd, sw, _ = lazy_inputs(X, y, sample_weight)
-            pred = self._lazy_decision(Xd)
-        if yd is None:
-            raise ValueError("score needs y (the dataset has no targets)")
+        pred, yd, sw = score_inputs(self, X, y, sample_weight, self._decision, self._lazy_decision)
         w = da.ones_like(yd, dtype=np.float64) if sw is None else sw.astype(np.float64)
         yd = yd.astype(np.float64)
         mean = (w * yd).sum() / w.sum()
