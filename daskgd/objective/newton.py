@@ -86,6 +86,16 @@ _DAMPING = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4)
 _PIVOT = 1e-10
 
 
+def _cholesky_solve(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``(L L^T)^-1 rhs`` by two triangular solves. Not ``np.linalg.solve``: its general
+    (LU) solver runs on OpenBLAS's threads, whose helper then spins about 0.1 s on a core
+    after each call, a core a worker needs where the scheduler shares the machine
+    (``bench/NOTES.md``, section 10); the triangular solves run on the calling thread."""
+    from scipy.linalg import solve_triangular  # on first use: the kernels' import stays light
+
+    return solve_triangular(L.T, solve_triangular(L, rhs, lower=True), lower=False)
+
+
 @dataclass
 class Newton:
     """Newton's method with damping and an Armijo line search, one evaluation per call.
@@ -369,7 +379,7 @@ class Newton:
             L = np.linalg.cholesky(S)
             if float(np.min(np.diag(L))) ** 2 >= _PIVOT:
                 self.damping = 0.0
-                return np.linalg.solve(L.T, np.linalg.solve(L, rhs)) * s
+                return _cholesky_solve(L, rhs) * s
         except np.linalg.LinAlgError:
             pass
         lam, V = np.linalg.eigh(S)
@@ -391,7 +401,7 @@ class Newton:
                 continue
             if float(np.min(np.diag(L))) ** 2 < _PIVOT and mu < _DAMPING[-1]:
                 continue
-            z = np.linalg.solve(L.T, np.linalg.solve(L, rhs))
+            z = _cholesky_solve(L, rhs)
             if not np.all(np.isfinite(z)):
                 continue
             self.damping = mu

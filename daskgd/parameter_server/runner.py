@@ -2,7 +2,7 @@
 
 :class:`JobRunner` is the base of the plugin (:class:`daskgd.parameter_server.plugin.
 ParameterServer`): it holds the jobs and the thread pool, and :meth:`JobRunner.exclusive`
-is the only way a handler changes a job (on one BLAS thread: :mod:`~daskgd.parameter_server.blas`).
+is the only way a handler changes a job.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from distributed.protocol import ToPickle
 
-from daskgd.parameter_server.blas import one_blas_thread
 from daskgd.parameter_server.checks import error
 from daskgd.parameter_server.job import Job
 
@@ -35,12 +34,6 @@ SHARD_LOSS_WAIT = 30.0
 #: Seconds between re-checks of a waiting member's condition (a lease may run out, a
 #: worker may be dropped silently).
 RECHECK = 1.0
-
-
-def _on_one_blas_thread(fn: Callable[..., T], *args: Any) -> T:
-    # the scheduler's process shares its cores with workers (see parameter_server.blas)
-    with one_blas_thread():
-        return fn(*args)
 
 
 class JobRunner:
@@ -62,12 +55,12 @@ class JobRunner:
         while the loop, and other jobs, go on.
         """
         if j.inline:
-            return _on_one_blas_thread(fn, *args)
+            return fn(*args)
         async with j.lock:
             if not heavy:
-                return _on_one_blas_thread(fn, *args)
+                return fn(*args)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, _on_one_blas_thread, fn, *args)
+            return await loop.run_in_executor(self._executor, fn, *args)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
