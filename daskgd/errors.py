@@ -16,6 +16,11 @@ class DataValidationError(DaskgdError, ValueError):
     """The data is malformed: wrong shape, dtype, chunks, NaN/inf, bad labels or weights."""
 
 
+class DataChangedError(DataValidationError):
+    """A chunk file a training task mapped changed while the fit read it (a dataset written
+    while a fit trains on it): the model would mix two datasets, so none is returned."""
+
+
 class InvalidSettingError(DaskgdError, ValueError, TypeError):
     """A fit setting has the wrong type or value, or settings contradict each other.
 

@@ -18,7 +18,7 @@ import daskgd
 from daskgd.data import write_zarr
 from daskgd.data.chunkio import read_row_arrays
 from daskgd.data.mapped import map_row_chunks
-from daskgd.errors import DataValidationError
+from daskgd.errors import DataChangedError, DataValidationError
 from daskgd.worker.batches import InMemoryBatches
 from daskgd.worker.chunk_batches import ChunkBatches, open_batches
 
@@ -124,7 +124,7 @@ def test_a_chunk_file_changed_after_mapping_fails_the_check(tmp_path, how):
         os.replace(tmp, f)
     else:
         f.unlink()
-    with pytest.raises(DataValidationError, match=rf"chunk 1 of array 'X' .* changed while "
+    with pytest.raises(DataChangedError, match=rf"chunk 1 of array 'X' .* changed while "
                        rf"the fit was reading it \({f} was rewritten"):  # fmt: skip
         mapped.verify()
 
@@ -160,7 +160,7 @@ def test_a_dataset_rewritten_during_a_fit_is_an_error(client, tmp_path):
             fh.write(np.float64(1e3).tobytes())
         return False
 
-    with pytest.raises(DataValidationError, match=r"chunk 3 of array 'X' .* changed while"):
+    with pytest.raises(DataChangedError, match=r"chunk 3 of array 'X' .* changed while"):
         daskgd.fit(str(path), client=client, optimizer="lbfgs", tol=None, max_epochs=10_000,
                    max_time=120, callback=rewrite)  # fmt: skip
     assert seen == [1]

@@ -43,7 +43,7 @@ from daskgd.data.store import (
     store_path,
     worker_suffix,
 )
-from daskgd.errors import DaskgdError, DataValidationError
+from daskgd.errors import DaskgdError, DataChangedError, DataValidationError
 
 __all__ = ["MappedChunk", "MappedRows", "map_row_chunks"]
 
@@ -75,7 +75,7 @@ class MappedRows:
 
 
 def verify_chunk(m: MappedChunk) -> None:
-    """Raise a :class:`~daskgd.errors.DataValidationError` if ``m``'s file changed since it
+    """Raise a :class:`~daskgd.errors.DataChangedError` if ``m``'s file changed since it
     was mapped (its rows no longer match their digest, or the file was replaced)."""
     try:
         now = _stat(os.stat(m.path))
@@ -88,10 +88,12 @@ def verify_chunk(m: MappedChunk) -> None:
         except DataValidationError:
             changed = True
     if changed:
-        raise DataValidationError(
+        raise DataChangedError(
             f"{m.what}{worker_suffix()} changed while the fit was reading it ({m.path} was "
             "rewritten, replaced or removed): the model would mix two datasets, so it is not "
-            "returned. Do not write a dataset while a fit trains on it; fit again"
+            "returned. Do not write a dataset while a fit trains on it; fit again from the "
+            "start (a checkpoint written by this fit holds the mixed parameters: do not "
+            "resume from it)"
         )
 
 

@@ -14,7 +14,7 @@ from daskgd.checkpoint import CheckpointWriter
 from daskgd.driver.checkpointing import checkpoint_tick
 from daskgd.driver.connection import RPC_TIMEOUT, call, no_workers_error
 from daskgd.driver.settings import FitSettings
-from daskgd.errors import DataNotFoundError, DataValidationError, TrainingError
+from daskgd.errors import DataChangedError, DataNotFoundError, DataValidationError, TrainingError
 from daskgd.parameter_server import ParameterServerClient
 
 __all__ = ["abort", "drain", "watch"]
@@ -92,9 +92,9 @@ async def _check_tasks(futures: list[Future]) -> None:
 async def drain(client: Client, futures: list[Future], timeout: float = 30.0) -> list[dict]:
     """Let the tasks see ``stopped`` and end; cancel what is left (e.g. a queued rerun).
 
-    Returns what the tasks that ended normally returned. A task that found its data
-    changed as it ended (:meth:`daskgd.data.mapped.MappedRows.verify`) fails the fit: its
-    error is raised.
+    Returns what the tasks that ended normally returned. A task that found the chunk files
+    it mapped changed as it ended (:class:`~daskgd.errors.DataChangedError`, see
+    :meth:`daskgd.data.mapped.MappedRows.verify`) fails the fit: that error is raised.
     """
     results: list[dict] = []
     try:
@@ -104,7 +104,7 @@ async def drain(client: Client, futures: list[Future], timeout: float = 30.0) ->
     errors = [await f.exception() for f in futures if f.status == "error"]
     await client.cancel(futures)
     for exc in errors:
-        if isinstance(exc, DataValidationError | DataNotFoundError):
+        if isinstance(exc, DataChangedError):
             raise exc
     return results
 
