@@ -80,7 +80,9 @@ def make_problems(root: Path, quick: bool) -> list[Problem]:
 
 def generate(p: Problem, client) -> None:
     rows = max(1_000, p.n // 8)  # 8 equal chunks: 4 per worker
-    common = {"chunk_rows": rows, "random_state": 0, "client": client, "compressor": None}
+    # written again on every run (``--data`` keeps the folder, not stale data)
+    common = {"chunk_rows": rows, "random_state": 0, "client": client, "compressor": None,
+              "overwrite": True}  # fmt: skip
     if p.kind == "least_squares":
         daskgd.make_regression(p.path, p.n, p.d, noise=1.0, **common)
     else:
