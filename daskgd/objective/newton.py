@@ -67,7 +67,7 @@ from daskgd.objective.curvature import (
     reuse_contraction,
 )
 from daskgd.objective.lbfgs import backtrack_step
-from daskgd.objective.quadratic import coordinate_descent
+from daskgd.objective.quadratic import cholesky_solve, coordinate_descent
 from daskgd.objective.regularizers import soft_threshold
 
 __all__ = [
@@ -84,16 +84,6 @@ _DAMPING = (0.0, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4)
 #: this (relative to the largest eigenvalue) is singular: rounding would be amplified by
 #: more than 1e10 along it.
 _PIVOT = 1e-10
-
-
-def _cholesky_solve(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """``(L L^T)^-1 rhs`` by two triangular solves. Not ``np.linalg.solve``: its general
-    (LU) solver runs on OpenBLAS's threads, whose helper then spins about 0.1 s on a core
-    after each call, a core a worker needs where the scheduler shares the machine
-    (``bench/NOTES.md``, section 10); the triangular solves run on the calling thread."""
-    from scipy.linalg import solve_triangular  # on first use: the kernels' import stays light
-
-    return solve_triangular(L.T, solve_triangular(L, rhs, lower=True), lower=False)
 
 
 @dataclass
@@ -379,7 +369,7 @@ class Newton:
             L = np.linalg.cholesky(S)
             if float(np.min(np.diag(L))) ** 2 >= _PIVOT:
                 self.damping = 0.0
-                return _cholesky_solve(L, rhs) * s
+                return cholesky_solve(L, rhs) * s
         except np.linalg.LinAlgError:
             pass
         lam, V = np.linalg.eigh(S)
@@ -401,7 +391,7 @@ class Newton:
                 continue
             if float(np.min(np.diag(L))) ** 2 < _PIVOT and mu < _DAMPING[-1]:
                 continue
-            z = _cholesky_solve(L, rhs)
+            z = cholesky_solve(L, rhs)
             if not np.all(np.isfinite(z)):
                 continue
             self.damping = mu

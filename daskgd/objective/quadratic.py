@@ -1,12 +1,13 @@
-"""Coordinate descent on a quadratic model with an L1 term: the inner solver of Newton's
-steps with lasso or elastic-net penalties (:mod:`daskgd.objective.newton`), as glum's
-IRLS-CD does. Plain numpy (the scheduler imports it)."""
+"""The solvers of Newton's quadratic models (:mod:`daskgd.objective.newton`): coordinate
+descent with an L1 term, the inner solver of its steps with lasso or elastic-net penalties,
+as glum's IRLS-CD does, and the Cholesky solve of its smooth steps. numpy, and scipy's
+triangular solve (the scheduler imports it)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_SWEEPS", "coordinate_descent"]
+__all__ = ["MAX_SWEEPS", "cholesky_solve", "coordinate_descent"]
 
 #: Most sweeps over the coordinates one model takes. Each sweep lowers the model, so a cut
 #: short solve is still a descent direction for the line search.
@@ -79,3 +80,16 @@ def coordinate_descent(
                 break
         first = sweep(everything)
     return z - x
+
+
+def cholesky_solve(L: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``(L L^T)^-1 rhs`` by two triangular solves (``L`` lower triangular).
+
+    Not ``np.linalg.solve``: its general (LU) solver runs on OpenBLAS's threads, whose
+    helper then spins about 0.1 s on a core after each call, a core a worker needs where
+    the scheduler shares the machine (``bench/NOTES.md``, section 10); the triangular
+    solves run on the calling thread.
+    """
+    from scipy.linalg import solve_triangular  # on first use: the kernels' import stays light
+
+    return solve_triangular(L.T, solve_triangular(L, rhs, lower=True), lower=False)
