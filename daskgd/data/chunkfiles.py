@@ -34,6 +34,7 @@ __all__ = [
     "read_chunk",
     "recorded_block_digests",
     "recorded_digests",
+    "wrong_size_error",
 ]
 
 #: The digest of a row-chunk recorded in a dataset's ``digests`` attribute.
@@ -224,12 +225,10 @@ def read_chunk(
                 while got < view.nbytes and (k := f.readinto(view[got:])):
                     got += k
             if size != expected or got != view.nbytes:
-                raise DataValidationError(
-                    f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()} has "
-                    f"the wrong size: {path} holds {size if got == 0 else got} bytes, an "
-                    f"uncompressed chunk of shape {tuple(z.chunks)} {z.dtype} has {expected}. "
-                    "The file is truncated or damaged: write the dataset again"
-                )
+                raise wrong_size_error(
+                    z, f"chunk {i} of array {name!r} of the dataset {dataset}{worker_suffix()}",
+                    path, size if got == 0 else got, expected,
+                )  # fmt: skip
     else:
         for k in keys:
             if not key_exists(z, k):
@@ -246,6 +245,18 @@ def read_chunk(
             ) from exc  # fmt: skip
     check_digest(out, digest, f"chunk {i} of array {name!r} of the dataset {dataset}"
                  f"{worker_suffix()}", location(z, key))  # fmt: skip
+
+
+def wrong_size_error(
+    z: zarr.Array, what: str, path: str, held: int, expected: int
+) -> DataValidationError:
+    """The error for ``what`` (a chunk, named), stored uncompressed in ``path``, whose file
+    holds ``held`` bytes where a chunk of ``z`` has ``expected``."""
+    return DataValidationError(
+        f"{what} has the wrong size: {path} holds {held} bytes, an uncompressed chunk of "
+        f"shape {tuple(z.chunks)} {z.dtype} has {expected}. The file is truncated or "
+        "damaged: write the dataset again"
+    )
 
 
 def undecodable(what: str, where: str, exc: Exception) -> DataValidationError:

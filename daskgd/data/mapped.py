@@ -11,9 +11,10 @@ rows read into new arrays took 0.11-0.74 s in a new process, mapped and digest-c
 A mapping is only as stable as its file: a dataset rewritten while a fit reads it would
 change the rows under the fit. :meth:`MappedRows.verify` therefore checks every mapped
 chunk again when the task ends (against its recorded digest, and its file's size, inode
-and modification time): a change is an error, never a model trained on two datasets.
-A file truncated while it is mapped faults the worker process (SIGBUS), which distributed
-reports as a worker that died.
+and modification time): a change raises :class:`~daskgd.errors.DataChangedError`, and no
+model is returned. The check covers each task's files as that task mapped them: a task
+rerun after a worker died maps the files as they are then. A file truncated while it is
+mapped faults the worker process (SIGBUS), which distributed reports as a worker that died.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from daskgd.data.chunkfiles import (
     location,
     missing_chunk_error,
     recorded_digests,
+    wrong_size_error,
 )
 from daskgd.data.store import (
     group_arrays,
@@ -181,12 +183,8 @@ def _map_chunk(z: Any, name: str, dataset: str, i: int, rows: int, folder: str,
         # an edge chunk is stored at full chunk size: its first rows are ours
         expected = int(np.prod(z.chunks)) * z.dtype.itemsize
         if st.st_size != expected:
-            raise DataValidationError(
-                f"{what}{worker_suffix()} has the wrong size: {location(z, key)} holds "
-                f"{st.st_size} bytes, an uncompressed chunk of shape {tuple(z.chunks)} "
-                f"{z.dtype} has {expected}. The file is truncated or damaged: write the "
-                "dataset again"
-            )
+            raise wrong_size_error(z, f"{what}{worker_suffix()}", location(z, key),
+                                   st.st_size, expected)  # fmt: skip
         if expected == 0:
             buf: Any = b""
         elif hasattr(mmap, "MAP_POPULATE"):  # Linux: the pages mapped in one call
