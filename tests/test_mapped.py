@@ -163,4 +163,5 @@ def test_a_dataset_rewritten_during_a_fit_is_an_error(client, tmp_path):
     with pytest.raises(DataChangedError, match=r"chunk 3 of array 'X' .* changed while"):
         daskgd.fit(str(path), client=client, optimizer="lbfgs", tol=None, max_epochs=10_000,
                    max_time=120, callback=rewrite)  # fmt: skip
-    assert seen == [1]
+    # the rows of epochs the driver got together with the first are given to it as well
+    assert seen[0] == 1
