@@ -165,3 +165,51 @@ def test_a_dataset_rewritten_during_a_fit_is_an_error(client, tmp_path):
                    max_time=120, callback=rewrite)  # fmt: skip
     # the rows of epochs the driver got together with the first are given to it as well
     assert seen[0] == 1
+
+
+def _labels(X: np.ndarray) -> np.ndarray:
+    noise = np.random.default_rng(3).logistic(size=len(X))
+    return np.where(X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 + 2 * noise > 0, 5, 2)
+
+
+def test_cross_validation_on_mapped_chunks_is_the_one_on_read_chunks(client, tmp_path):
+    X, _, w = _data(n=600)
+    t = _labels(X)
+    for name, codec in (("raw", {"compressor": None}), ("zstd", {})):
+        write_zarr(tmp_path / f"{name}.zarr", X, t, sample_weight=w, chunk_rows=60, **codec)
+    paths = {name: str(tmp_path / f"{name}.zarr") for name in ("raw", "zstd")}
+    assert map_row_chunks(paths["raw"], [0]) is not None  # the rows are mapped...
+    assert map_row_chunks(paths["zstd"], [0]) is None  # ...and read
+    logistic = {k: daskgd.LogisticRegressionCV(Cs=5, tol=1e-10).fit(p) for k, p in paths.items()}
+    ridge = {k: daskgd.RidgeCV(alphas=[0.1, 1.0, 10.0]).fit(p) for k, p in paths.items()}
+    for fits in (logistic, ridge):
+        raw, zstd = fits["raw"], fits["zstd"]
+        # the same chunks' sums (the workers' may come in another order)
+        np.testing.assert_allclose(raw.coef_, zstd.coef_, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(raw.intercept_, zstd.intercept_, rtol=1e-12, atol=1e-14)
+    assert logistic["raw"].converged_ and logistic["raw"].C_ == logistic["zstd"].C_
+    np.testing.assert_array_equal(logistic["raw"].scores_[5], logistic["zstd"].scores_[5])
+
+
+def test_a_dataset_rewritten_during_a_cross_validation_is_an_error(client, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    import daskgd.sklearn.cv_logistic as cv_logistic
+
+    X, _, _ = _data(n=400)
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X, _labels(X), chunk_rows=50, compressor=None)
+    f = _chunk_file(path, "X", 6)
+    run_paths = cv_logistic.run_paths
+
+    def rewrite_after(*args, **kwargs):
+        # the path's rounds are done on the rows held on the workers: change one of them
+        passes = run_paths(*args, **kwargs)
+        with open(f, "r+b") as fh:
+            fh.write(np.float64(1e3).tobytes())
+        return passes
+
+    monkeypatch.setattr(cv_logistic, "run_paths", rewrite_after)
+    est = daskgd.LogisticRegressionCV(Cs=3)
+    with pytest.raises(DataChangedError, match=r"chunk 6 of array 'X' .* changed while"):
+        est.fit(str(path))
+    assert not hasattr(est, "coef_")  # nothing that looks trained

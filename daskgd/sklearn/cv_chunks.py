@@ -5,7 +5,10 @@ dozen of them, so the way a round reaches the workers matters: a task per worker
 round costs two trips through the scheduler (measured 21-31 ms per round on two workers),
 a call to a Dask actor (:doc:`distributed:actors`) one direct trip (6-9 ms). Each worker
 gets one :class:`ChunkEvaluator` actor built on the chunks it holds in memory (the
-persisted futures: no copy); every round then calls its methods.
+persisted futures: no copy); every round then calls its methods. Chunks mapped from their
+files (:func:`~daskgd.sklearn.cv_tasks.open_chunk`) are held with their files' records, and
+:meth:`EvaluatorPool.verify` checks, once the rounds are done, that no file changed under
+them.
 
 When a worker dies the actors on it are gone: :func:`call_all` then waits for Dask to
 recompute the lost chunks elsewhere, builds new evaluators and repeats the round (the calls
@@ -32,10 +35,19 @@ LOSS_WAIT = 30.0
 
 
 class ChunkEvaluator:
-    """A Dask actor holding one worker's row-chunks ``(X, t, sample_weight)``."""
+    """A Dask actor holding one worker's row-chunks ``(X, t, sample_weight)`` (and, for
+    mapped chunks, their :class:`~daskgd.data.mapped.MappedRows`: ``held``)."""
 
-    def __init__(self, *chunks: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> None:
+    def __init__(
+        self, *chunks: tuple[np.ndarray, np.ndarray, np.ndarray | None], held: Sequence[Any] = ()
+    ) -> None:
         self.chunks = chunks
+        self.held = held
+
+    def verify(self) -> None:
+        """Raise :class:`~daskgd.errors.DataChangedError` if a mapped chunk's file changed."""
+        for rows in self.held:
+            rows.verify()
 
     def stats(
         self, fit_intercept: bool, wanted: list[dict[int, np.ndarray]]
@@ -84,14 +96,16 @@ def by_worker(
 
 
 class EvaluatorPool:
-    """One :class:`ChunkEvaluator` per worker over the persisted ``chunks``.
+    """One :class:`ChunkEvaluator` per worker over the persisted ``chunks`` (and ``held``:
+    each chunk's mapped files, or none; see :func:`~daskgd.sklearn.cv_folds.persist_chunks`).
 
     Use as a context manager: the actors are released on exit.
     """
 
-    def __init__(self, client: Any, chunks: Sequence[Any]) -> None:
+    def __init__(self, client: Any, chunks: Sequence[Any], held: Sequence[Any] = ()) -> None:
         self.client = client
         self.chunks = list(chunks)
+        self.held = list(held)
         self.groups: list[tuple[Any, list[int]]] = []
         self._futures: list[Any] = []
         self._workers: list[str] = []
@@ -105,6 +119,7 @@ class EvaluatorPool:
                 self.client.submit(
                     ChunkEvaluator,
                     *[self.chunks[c] for c in idx],
+                    held=[self.held[c] for c in idx] if self.held else [],
                     # a preference: a worker that leaves before the actor starts must not
                     # leave it waiting for that worker forever
                     workers=[worker] if worker else None,
@@ -131,6 +146,12 @@ class EvaluatorPool:
                     raise
                 self._build(REBUILD_TIMEOUT)  # the lost chunks are recomputed on the workers left
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def verify(self) -> None:
+        """Check, on the workers, that no mapped chunk's file changed since it was mapped
+        (:class:`~daskgd.errors.DataChangedError` if one did); nothing to do without."""
+        if self.held:
+            self.call_all(lambda actor, idx: actor.verify())
 
     def _lost_a_worker(self, exc: BaseException) -> bool:
         """Whether the call failed because a worker that held an evaluator is gone: it left

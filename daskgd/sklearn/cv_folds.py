@@ -9,9 +9,10 @@ The data as chunk *sources*
     :func:`cv_data` turns any input the estimators take into one source per row-chunk: a
     ``dask.delayed`` of that chunk's ``(X, y, sample_weight)`` (dask arrays, frames, a Dataset
     or a Zarr path: the chunk is read on the worker that runs its task, from the store for a
-    path) or a future of the chunk scattered from numpy input. :func:`map_chunks` runs one
-    task per chunk on those sources; :func:`persist_chunks` reads each chunk once into its
-    worker's memory, for the estimators that make many passes.
+    path, its files mapped where they allow: :func:`~daskgd.sklearn.cv_tasks.open_chunk`) or
+    a future of the chunk scattered from numpy input. :func:`map_chunks` runs one task per
+    chunk on those sources; :func:`persist_chunks` reads each chunk once into its worker's
+    memory, for the estimators that make many passes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sklearn.utils.validation import validate_data
 
 from daskgd.data.csr import is_sparse_array
 from daskgd.sklearn.base import n_workers
-from daskgd.sklearn.cv_tasks import ChunkTask, prepare_chunk
+from daskgd.sklearn.cv_tasks import ChunkTask, open_chunk, prepare_chunk
 from daskgd.sklearn.inputs import is_lazy, lazy_inputs, sample_weight_array
 from daskgd.sklearn.labels import find_classes
 
@@ -104,7 +105,9 @@ class CVData:
     """The data of a cross-validated fit: one source per row-chunk and what is known of it.
 
     ``sources[i]`` is a ``dask.delayed`` or a ``distributed.Future`` of row-chunk ``i``'s
-    ``(X, y, sample_weight)`` (raw: labels as given, not yet checked unless ``checked``).
+    ``(X, y, sample_weight)`` (raw: labels as given, not yet checked unless ``checked``), or,
+    with ``mapped``, of its :func:`~daskgd.sklearn.cv_tasks.open_chunk` rows, which must be
+    verified once used.
     """
 
     sources: list[Any]
@@ -115,6 +118,7 @@ class CVData:
     classes: np.ndarray | None = None
     checked: bool = False
     weighted: bool = False
+    mapped: bool = False
 
     @property
     def n_folds(self) -> int:
@@ -218,10 +222,18 @@ def cv_data(
     )
     import dask
 
-    xs = Xd.to_delayed()[:, 0]
-    ys = yd.to_delayed()
-    ws = swd.to_delayed() if swd is not None else [None] * len(sizes)
-    sources = [dask.delayed(tuple)([a, b, c]) for a, b, c in zip(xs, ys, ws, strict=True)]
+    mapped = ds is not None and ds.path is not None
+    if mapped:  # read as the training tasks read it: by path, mapped where the files allow
+        assert ds is not None
+        sources = [
+            dask.delayed(open_chunk, pure=False)(ds.path, i, ds.storage_options)
+            for i in range(len(sizes))
+        ]
+    else:
+        xs = Xd.to_delayed()[:, 0]
+        ys = yd.to_delayed()
+        ws = swd.to_delayed() if swd is not None else [None] * len(sizes)
+        sources = [dask.delayed(tuple)([a, b, c]) for a, b, c in zip(xs, ys, ws, strict=True)]
     checked = ds is not None and ds.values_checked
     return CVData(
         sources,
@@ -232,6 +244,7 @@ def cv_data(
         classes,
         checked=checked,
         weighted=swd is not None,
+        mapped=mapped,
     )
 
 
@@ -256,9 +269,12 @@ def map_chunks(
         del futures
 
 
-def persist_chunks(client: Any, data: CVData) -> list[Any]:
+def persist_chunks(client: Any, data: CVData) -> tuple[list[Any], list[Any]]:
     """Each row-chunk read once (checked, labels encoded) into its worker's memory: one future
-    per chunk, which later tasks (:meth:`distributed.Client.submit`) read from memory."""
+    per chunk, which later tasks (:meth:`distributed.Client.submit`) read from memory; and,
+    for ``data.mapped``, one future per chunk of its mapped files
+    (:class:`~daskgd.data.mapped.MappedRows`, held with the chunk), to verify when the
+    estimator is done with the rows (else none)."""
     import dask
 
     jobs = [
@@ -267,7 +283,10 @@ def persist_chunks(client: Any, data: CVData) -> list[Any]:
         )
         for i, src in enumerate(data.sources)
     ]
-    return list(client.compute(jobs))
+    if not data.mapped:
+        return list(client.compute(jobs)), []
+    futures = list(client.compute(jobs + list(data.sources)))  # each source computed once
+    return futures[: len(jobs)], futures[len(jobs) :]
 
 
 def fold_sums(per_chunk: Sequence[Any], fold_of: np.ndarray) -> tuple[Any, list[Any]]:

@@ -209,12 +209,12 @@ class LogisticRegressionCV(LinearClassifier):
                     "(multinomial) with sklearn's GridSearchCV, or one binary problem per class"
                 )
             self.classes_ = data.classes
-            chunks = persist_chunks(client, data)
+            chunks, held = persist_chunks(client, data)
             try:
-                with EvaluatorPool(client, chunks) as pool:
+                with EvaluatorPool(client, chunks, held) as pool:
                     self._fit_paths(client, data, chunks, pool, Cs)
             finally:
-                del chunks
+                del chunks, held
         return self
 
     def _scores(
@@ -319,6 +319,7 @@ class LogisticRegressionCV(LinearClassifier):
             C_best = float(np.mean([Cs[c] for _, c in picks]))
             r_best = float(np.mean([r_of[lb] for lb, _ in picks]))
             theta = np.mean([coefs[k, lb, c] for k, (lb, c) in enumerate(picks)], axis=0)
+        pool.verify()  # mapped rows: before any attribute is set, no file changed under them
         n_iter = np.array(
             [[models[j * K + k].n_iter for j in range(L)] for k in range(K)], dtype=np.int64
         )  # (K, L, n_cs)
@@ -377,4 +378,4 @@ def _persisted(data: Any, chunks: list[Any]) -> Any:
     """``data`` with its sources replaced by the chunks in memory (already prepared)."""
     from dataclasses import replace
 
-    return replace(data, sources=chunks, checked=True, classes=None, dtype=data.dtype)
+    return replace(data, sources=chunks, checked=True, classes=None, dtype=data.dtype, mapped=False)

@@ -1,7 +1,8 @@
-"""What a cross-validation runs on its workers to read a row-chunk: :func:`prepare_chunk`.
+"""What a cross-validation runs on its workers to read a row-chunk: :func:`open_chunk` (a
+dataset's chunk, by path) and :func:`prepare_chunk`.
 
 Kept apart from :mod:`~daskgd.sklearn.cv_folds` (the driver's side, which imports
-scikit-learn): a worker unpickling these imports numpy and daskgd's errors only.
+scikit-learn): a worker unpickling these imports numpy and daskgd's data modules only.
 """
 
 from __future__ import annotations
@@ -11,13 +12,31 @@ from typing import Any
 
 import numpy as np
 
+from daskgd.data.mapped import MappedRows
 from daskgd.errors import DataValidationError
 
-__all__ = ["ChunkTask", "prepare_chunk", "weight_sum"]
+__all__ = ["ChunkTask", "open_chunk", "prepare_chunk", "weight_sum"]
+
+
+def open_chunk(path: str, i: int, storage_options: dict[str, Any] | None) -> MappedRows:
+    """Runs on a worker: row-chunk ``i`` of the dataset at ``path``, its files mapped where
+    they allow (:func:`~daskgd.data.mapped.map_row_chunks`: no copy, checked as a read is)
+    and read otherwise. Whoever uses the rows after the chunk's task calls
+    :meth:`~daskgd.data.mapped.MappedRows.verify` once done with them: a mapping follows its
+    file."""
+    from daskgd.data.chunkio import read_row_arrays
+    from daskgd.data.mapped import map_row_chunks
+
+    held = map_row_chunks(path, [i], storage_options=storage_options)
+    if held is not None:
+        return held
+    out = read_row_arrays(path, [i], storage_options=storage_options,
+                          names=("X", "y", "sample_weight"))  # fmt: skip
+    return MappedRows([(out["X"], out["y"], out.get("sample_weight"), None)], [])
 
 
 def prepare_chunk(
-    chunk: tuple[Any, Any, Any],
+    chunk: tuple[Any, Any, Any] | MappedRows,
     index: int,
     dtype: Any,
     *,
@@ -26,8 +45,9 @@ def prepare_chunk(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Runs on a worker: a chunk as the kernels take it (C-contiguous, ``dtype``), its
     values checked (unless a scan or its record did already) and, with ``classes`` (two),
-    its labels encoded as -1/+1."""
-    X, y, sw = chunk
+    its labels encoded as -1/+1. ``chunk``: its ``(X, y, sample_weight)``, or
+    :func:`open_chunk`'s rows (used as they are where their dtype is ``dtype``)."""
+    X, y, sw = chunk.pieces[0][:3] if isinstance(chunk, MappedRows) else chunk
     X = np.ascontiguousarray(X, dtype=dtype)
     y = np.asarray(y)
     if check:
@@ -65,7 +85,10 @@ class ChunkTask:
     def __call__(
         self, chunk: Any, index: int, dtype: Any, classes: Any, check: bool, *args: Any
     ) -> Any:
-        return self.fn(prepare_chunk(chunk, index, dtype, classes=classes, check=check), *args)
+        out = self.fn(prepare_chunk(chunk, index, dtype, classes=classes, check=check), *args)
+        if isinstance(chunk, MappedRows):  # the rows did not change while fn read them
+            chunk.verify()
+        return out
 
 
 def weight_sum(chunk: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> tuple[np.ndarray]:
