@@ -143,6 +143,25 @@ def test_offsets_against_scipy(tmp_path, client, family):
     assert _objective(X, y, plain.coef_, plain.intercept_[0], power, w, off) > best * (1 + 1e-3)
 
 
+def test_the_start_intercept_is_the_same_from_every_input(tmp_path, client):
+    """``log(sum s y / sum s exp(o))``: summed on the workers from a stored dataset's files
+    (raw or compressed, one task per worker), through dask for other lazy input, in numpy."""
+    from daskgd.data import Dataset, open_zarr
+    from daskgd.sklearn.glm_start import log_mean_intercept
+
+    X, y, w, off = _data("poisson", n=1000, offset=True, seed=2)
+    want = np.log((w @ y) / (w @ np.exp(off)))
+    for name, codec in (("raw", {"compressor": None}), ("zstd", {})):
+        path = str(tmp_path / f"{name}.zarr")
+        write_zarr(path, X, y, w, offset=off, chunk_rows=130, **codec)
+        assert log_mean_intercept(open_zarr(path), client) == pytest.approx(want, rel=1e-13)
+    lazy = Dataset(*(da.from_array(a, chunks=250) for a in (X, y, w)),
+                   offset=da.from_array(off, chunks=250))  # fmt: skip
+    assert log_mean_intercept(lazy, client) == pytest.approx(want, rel=1e-13)
+    assert log_mean_intercept((X, y, w, off), client) == pytest.approx(want, rel=1e-13)
+    assert log_mean_intercept((X, 0 * y), client) is None  # all zero: the tasks refuse it
+
+
 @pytest.mark.parametrize(("family", "scale"), [("poisson", 80.0), ("gamma", 1e-3)])
 def test_losses_below_zero_train(client, family, scale):
     """The engine's losses drop the deviance's terms in y alone, so they go below zero (large

@@ -14,7 +14,6 @@ is exactly ``alpha / 2 * ||coef||^2``: the optimum is scikit-learn's.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, ClassVar
 
@@ -30,8 +29,8 @@ from daskgd.sklearn.families import (
     solver_optimizer,
     unit_deviance,
 )
+from daskgd.sklearn.glm_start import log_mean_intercept
 from daskgd.sklearn.inputs import (
-    compute,
     dask_map,
     is_lazy,
     lazy_features,
@@ -95,22 +94,7 @@ class _GLM(LinearRegressor):
         _, _, link = self._family()
         if not self.fit_intercept or link != "log":
             return None
-        if isinstance(data, Dataset):
-            w = data.sample_weight
-            y = data.y.astype(np.float64)
-            ones = da.ones_like(y) if w is None else w.astype(np.float64)
-            expo = ones if data.offset is None else ones * da.exp(data.offset)
-            num, den = compute([(ones * y).sum(), expo.sum()], client)
-        else:
-            y = data[1]
-            w = data[2] if len(data) > 2 else None
-            off = data[3] if len(data) > 3 else None
-            ones = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
-            num = float(ones @ np.asarray(y, dtype=np.float64))
-            den = float(ones.sum() if off is None else ones @ np.exp(off))
-        if not (num > 0 and den > 0 and math.isfinite(num) and math.isfinite(den)):
-            return None  # zero (or bad) targets: the worker's check says what is wrong
-        return math.log(num / den)
+        return log_mean_intercept(data, client)
 
     def fit(
         self, X: Any, y: Any = None, sample_weight: Any = None, offset: Any = None
