@@ -213,3 +213,33 @@ def test_a_dataset_rewritten_during_a_cross_validation_is_an_error(client, tmp_p
     with pytest.raises(DataChangedError, match=r"chunk 6 of array 'X' .* changed while"):
         est.fit(str(path))
     assert not hasattr(est, "coef_")  # nothing that looks trained
+
+
+def test_a_dataset_written_again_during_a_fit_is_an_error_read_or_mapped(client, tmp_path):
+    """A task rerun after a worker died would read the dataset as it is then: the fit checks
+    at its end that the dataset is still the one it opened (its write id and digests)."""
+    from daskgd.data.trust import check_unchanged
+
+    X, y, _ = _data(n=400)
+    path = tmp_path / "zstd.zarr"  # read into the tasks' memory: their rows do not change
+    write_zarr(path, X, y, chunk_rows=100)
+    attrs = daskgd.open_zarr(path).attrs
+    check_unchanged(str(path), None, attrs)  # unchanged
+
+    def rewrite(row):
+        write_zarr(path, X + 1.0, y, chunk_rows=100, overwrite=True)
+        return False
+
+    with pytest.raises(
+        DataChangedError, match=r"zstd.zarr was written again, or removed, after the fit opened it"
+    ):
+        daskgd.fit(str(path), client=client, optimizer="lbfgs", tol=None, max_epochs=10_000,
+                   max_time=120, callback=rewrite)  # fmt: skip
+    with pytest.raises(DataChangedError, match="written again"):
+        check_unchanged(str(path), None, attrs)
+    import shutil
+
+    shutil.rmtree(path)
+    with pytest.raises(DataChangedError, match="or removed"):
+        check_unchanged(str(path), None, attrs)
+    check_unchanged(str(path), None, {})  # nothing recorded to compare: passes

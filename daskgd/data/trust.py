@@ -38,7 +38,14 @@ import zarr
 from daskgd.data.chunkfiles import BLOCK_DIGESTS
 from daskgd.data.chunkio import recorded_digests
 
-__all__ = ["RECORD_ATTR", "RECORD_VERSION", "content_token", "make_record", "trusted_record"]
+__all__ = [
+    "RECORD_ATTR",
+    "RECORD_VERSION",
+    "check_unchanged",
+    "content_token",
+    "make_record",
+    "trusted_record",
+]
 
 #: The group attribute that holds the record.
 RECORD_ATTR = "checked"
@@ -138,3 +145,36 @@ def trusted_record(
     if not isinstance(token, str) or token != content_token(arrays, attrs):
         return None
     return dict(record)
+
+
+def check_unchanged(
+    path: str, storage_options: dict[str, Any] | None, attrs: Mapping[str, Any]
+) -> None:
+    """Raise :class:`~daskgd.errors.DataChangedError` if the dataset at ``path`` is no longer
+    the one whose attributes, when it was opened, were ``attrs``: it was written again (a new
+    ``write_id``), its recorded chunk digests changed, or it is gone.
+
+    A fit calls this when its training tasks are done. Each task's rows are checked against
+    the digests as it reads them (and mapped rows again as it ends), but a task rerun after
+    a worker died reads the dataset as it is then: without this check, a dataset rewritten
+    meanwhile would give a model of two datasets. A dataset written by another tool, with
+    neither attribute, cannot be compared and passes.
+    """
+    from daskgd.data.store import open_group
+    from daskgd.errors import DataChangedError
+
+    keys = [k for k in ("write_id", "digests") if k in attrs]
+    if not keys:
+        return
+    try:
+        now = dict(open_group(path, "r", storage_options).attrs)
+    except FileNotFoundError:
+        now = {}
+    if all(now.get(k) == attrs[k] for k in keys):
+        return
+    raise DataChangedError(
+        f"the dataset {path} was written again, or removed, after the fit opened it: the "
+        "model could mix two datasets, so it is not returned. Do not write a dataset while a "
+        "fit trains on it (open it again after writing it); fit again from the start (a "
+        "checkpoint written by this fit may hold mixed parameters: do not resume from it)"
+    )
