@@ -380,6 +380,7 @@ def test_workers_of_a_cross_validation_do_not_import_scikit_learn():
     code = (
         "import sys\n"
         "import daskgd.sklearn.cv_chunks, daskgd.sklearn.cv_gram, daskgd.sklearn.cv_tasks\n"
+        "import daskgd.sklearn.glm_start\n"
         "assert 'sklearn' not in sys.modules, 'scikit-learn imported'\n"
         "from daskgd.sklearn import LogisticRegressionCV\n"
         "assert 'sklearn' in sys.modules\n"

@@ -243,3 +243,43 @@ def test_a_dataset_written_again_during_a_fit_is_an_error_read_or_mapped(client,
     with pytest.raises(DataChangedError, match="or removed"):
         check_unchanged(str(path), None, attrs)
     check_unchanged(str(path), None, {})  # nothing recorded to compare: passes
+
+
+@pytest.mark.parametrize("codec", ["raw", "zstd"])
+def test_a_cross_validation_on_a_dataset_written_again_since_it_was_opened_is_an_error(
+    client, tmp_path, codec
+):
+    """The folds, sizes and classes are the opened dataset's: rows read from another one
+    (the same shape, or other row-chunks) would be a silent mix."""
+    X, _, _ = _data(n=600)
+    t = _labels(X)
+    kw = {"compressor": None} if codec == "raw" else {}
+    path = tmp_path / "d.zarr"
+    write_zarr(path, X, t, chunk_rows=60, **kw)
+    ds = daskgd.open_zarr(path)
+    write_zarr(path, 2 * X, t, chunk_rows=60, overwrite=True, **kw)
+    with pytest.raises(DataChangedError, match="written again, or removed, after the fit"):
+        daskgd.RidgeCV(alphas=[1.0]).fit(ds)
+    ds = daskgd.open_zarr(path)
+    write_zarr(path, X, t, chunk_rows=30, overwrite=True, **kw)
+    est = daskgd.LogisticRegressionCV(Cs=3)
+    with pytest.raises(DataChangedError, match="written again"):
+        est.fit(ds)
+    assert not hasattr(est, "classes_") and not hasattr(est, "coef_")
+    assert daskgd.LogisticRegressionCV(Cs=3).fit(daskgd.open_zarr(path)).converged_
+
+
+def test_a_feature_partitioned_fit_checks_its_parts_at_the_end(client, tmp_path):
+    X, y, _ = _data(n=400, d=4)
+    paths = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
+    write_zarr(paths[0], X[:, :2], y, chunk_rows=100)
+    write_zarr(paths[1], X[:, 2:], y, chunk_rows=100)
+    parts = daskgd.concat_features([str(p) for p in paths])
+
+    def rewrite(row):
+        write_zarr(paths[1], X[:, 2:] + 1.0, y, chunk_rows=100, overwrite=True)
+        return False
+
+    with pytest.raises(DataChangedError, match=r"b.zarr was written again"):
+        daskgd.fit(parts, client=client, partition="features", optimizer="lbfgs", tol=None,
+                   max_epochs=10_000, max_time=120, callback=rewrite)  # fmt: skip

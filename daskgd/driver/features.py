@@ -20,7 +20,7 @@ from distributed import Client, Future
 
 from daskgd.data import Dataset, FeatureBlocks, column_blocks
 from daskgd.driver.connection import RPC_TIMEOUT, scheduler, some_workers
-from daskgd.driver.monitor import drain
+from daskgd.driver.monitor import check_unchanged_data, drain
 from daskgd.driver.placement import initial_params, label_encoding
 from daskgd.driver.result import FitResult
 from daskgd.driver.settings import FitSettings
@@ -252,6 +252,10 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
         history = await _watch(client, bc, futures, s)
         final = await bc.blocks("close", since=len(history))
         tasks = await drain(client, futures)
+        if isinstance(ds, FeatureBlocks):
+            await check_unchanged_data([*ds.parts, ds.targets])
+        else:
+            await check_unchanged_data([ds])
     except BaseException:
         try:
             await asyncio.wait_for(bc.blocks("close"), 5.0)

@@ -11,11 +11,10 @@ from typing import Any
 from distributed import Client, Future
 
 from daskgd.data import Dataset
-from daskgd.data.trust import check_unchanged
 from daskgd.driver.checkpointing import final_checkpoint, setup_checkpoint
 from daskgd.driver.connection import RPC_TIMEOUT, call, scheduler, some_workers
 from daskgd.driver.keyed import drop_shards, gather_shards, is_keyed, keyed_fit_settings
-from daskgd.driver.monitor import abort, drain, watch
+from daskgd.driver.monitor import abort, check_unchanged_data, drain, watch
 from daskgd.driver.placement import (
     check_latency,
     check_memory,
@@ -189,8 +188,7 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         final = await call(client, writer, ps.close, since=len(history),
                            gather=not (keyed and shards))  # fmt: skip
         tasks = await drain(client, futures)
-        if ds.path is not None:  # a task rerun on a rewritten dataset read the new one
-            await asyncio.to_thread(check_unchanged, ds.path, ds.storage_options, ds.attrs)
+        await check_unchanged_data([ds])
         if final.get("kshards"):
             final["params"] = await gather_shards(client, job, final["kshards"], P0.shape)
     except SchedulerLostError:

@@ -17,7 +17,7 @@ from daskgd.driver.settings import FitSettings
 from daskgd.errors import DataChangedError, DataNotFoundError, DataValidationError, TrainingError
 from daskgd.parameter_server import ParameterServerClient
 
-__all__ = ["abort", "drain", "watch"]
+__all__ = ["abort", "check_unchanged_data", "drain", "watch"]
 
 
 async def watch(
@@ -107,6 +107,19 @@ async def drain(client: Client, futures: list[Future], timeout: float = 30.0) ->
         if isinstance(exc, DataChangedError):
             raise exc
     return results
+
+
+async def check_unchanged_data(datasets: list[Any]) -> None:
+    """After the tasks: each dataset read by path is still the one the fit opened (a task
+    rerun after a worker died read the files as they were then;
+    :func:`~daskgd.data.trust.check_unchanged`)."""
+    from daskgd.data.trust import check_unchanged
+
+    seen = set()
+    for ds in datasets:
+        if ds.path is not None and ds.path not in seen:
+            seen.add(ds.path)
+            await asyncio.to_thread(check_unchanged, ds.path, ds.storage_options, ds.attrs)
 
 
 async def abort(client: Client, ps: ParameterServerClient, futures: list[Future]) -> None:

@@ -36,7 +36,8 @@ LOSS_WAIT = 30.0
 
 class ChunkEvaluator:
     """A Dask actor holding one worker's row-chunks ``(X, t, sample_weight)`` (and, for
-    mapped chunks, their :class:`~daskgd.data.mapped.MappedRows`: ``held``)."""
+    mapped chunks, their files' records: ``held``, lists of
+    :class:`~daskgd.data.mapped.MappedChunk`)."""
 
     def __init__(
         self, *chunks: tuple[np.ndarray, np.ndarray, np.ndarray | None], held: Sequence[Any] = ()
@@ -46,8 +47,11 @@ class ChunkEvaluator:
 
     def verify(self) -> None:
         """Raise :class:`~daskgd.errors.DataChangedError` if a mapped chunk's file changed."""
-        for rows in self.held:
-            rows.verify()
+        from daskgd.data.mapped import verify_chunk
+
+        for records in self.held:
+            for m in records:
+                verify_chunk(m)
 
     def stats(
         self, fit_intercept: bool, wanted: list[dict[int, np.ndarray]]
@@ -73,7 +77,8 @@ def by_worker(
     client: Any, chunks: Sequence[Any], timeout: float | None = None
 ) -> dict[str, list[int]]:
     """The chunks (indices) each worker holds in memory, once all are computed; "" for
-    chunks no worker holds. Raises :class:`~daskgd.errors.NoWorkersError` after ``timeout``."""
+    chunks no worker holds. Raises :class:`~daskgd.errors.NoWorkersError` after ``timeout``,
+    and the error of a chunk that could not be read (a damaged or changed file)."""
     from distributed import wait
 
     from daskgd.errors import NoWorkersError
@@ -87,6 +92,9 @@ def by_worker(
             f"workers left within {timeout:g} s ({len(client.nthreads())} workers now); "
             "start workers or find out why they die (memory limits, killed processes)"
         ) from None
+    for f in chunks:
+        if f.status == "error":  # a chunk that could not be read: its own error, raised here
+            f.result()
     who = client.who_has(list(chunks))
     groups: dict[str, list[int]] = {}
     for i, f in enumerate(chunks):
@@ -123,7 +131,7 @@ class EvaluatorPool:
                     # a preference: a worker that leaves before the actor starts must not
                     # leave it waiting for that worker forever
                     workers=[worker] if worker else None,
-                    allow_other_workers=True,
+                    allow_other_workers=bool(worker),
                     actor=True,
                     pure=False,
                 )
@@ -180,6 +188,7 @@ class EvaluatorPool:
     def close(self) -> None:
         self.groups = []
         self._futures = []
+        self.chunks, self.held = [], []  # a pool kept by a traceback holds no worker memory
 
     def __enter__(self) -> EvaluatorPool:
         return self

@@ -29,7 +29,7 @@ from sklearn.utils.validation import validate_data
 
 from daskgd.data.csr import is_sparse_array
 from daskgd.sklearn.base import n_workers
-from daskgd.sklearn.cv_tasks import ChunkTask, open_chunk, prepare_chunk
+from daskgd.sklearn.cv_tasks import ChunkTask, mapped_records, open_chunk, prepare_chunk
 from daskgd.sklearn.inputs import is_lazy, lazy_inputs, sample_weight_array
 from daskgd.sklearn.labels import find_classes
 
@@ -225,9 +225,10 @@ def cv_data(
     mapped = ds is not None and ds.path is not None
     if mapped:  # read as the training tasks read it: by path, mapped where the files allow
         assert ds is not None
+        opened = {k: ds.attrs[k] for k in ("write_id", "digests") if k in ds.attrs}
         sources = [
-            dask.delayed(open_chunk, pure=False)(ds.path, i, ds.storage_options)
-            for i in range(len(sizes))
+            dask.delayed(open_chunk, pure=False)(ds.path, i, ds.storage_options, opened, rows)
+            for i, rows in enumerate(sizes)
         ]
     else:
         xs = Xd.to_delayed()[:, 0]
@@ -272,9 +273,9 @@ def map_chunks(
 def persist_chunks(client: Any, data: CVData) -> tuple[list[Any], list[Any]]:
     """Each row-chunk read once (checked, labels encoded) into its worker's memory: one future
     per chunk, which later tasks (:meth:`distributed.Client.submit`) read from memory; and,
-    for ``data.mapped``, one future per chunk of its mapped files
-    (:class:`~daskgd.data.mapped.MappedRows`, held with the chunk), to verify when the
-    estimator is done with the rows (else none)."""
+    for ``data.mapped``, one future per chunk of its mapped files' records
+    (:func:`~daskgd.sklearn.cv_tasks.mapped_records`, empty for a chunk that was read), to
+    verify when the estimator is done with the rows (else none)."""
     import dask
 
     jobs = [
@@ -285,7 +286,8 @@ def persist_chunks(client: Any, data: CVData) -> tuple[list[Any], list[Any]]:
     ]
     if not data.mapped:
         return list(client.compute(jobs)), []
-    futures = list(client.compute(jobs + list(data.sources)))  # each source computed once
+    records = [dask.delayed(mapped_records, pure=False)(src) for src in data.sources]
+    futures = list(client.compute(jobs + records))  # each source read once
     return futures[: len(jobs)], futures[len(jobs) :]
 
 

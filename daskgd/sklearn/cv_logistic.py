@@ -208,7 +208,6 @@ class LogisticRegressionCV(LinearClassifier):
                     f"{len(data.classes)} classes {data.classes!r}; use LogisticRegression "
                     "(multinomial) with sklearn's GridSearchCV, or one binary problem per class"
                 )
-            self.classes_ = data.classes
             chunks, held = persist_chunks(client, data)
             try:
                 with EvaluatorPool(client, chunks, held) as pool:
@@ -224,6 +223,7 @@ class LogisticRegressionCV(LinearClassifier):
         pool: EvaluatorPool,
         fold_of: np.ndarray,
         coefs: np.ndarray,
+        classes: np.ndarray,
     ) -> np.ndarray:
         """Each fold's validation score of each C, ``(n_folds, n_cs)``, on the workers: chunk by
         chunk for accuracy and log loss, else by the scorer on each fold's chunks together."""
@@ -250,7 +250,7 @@ class LogisticRegressionCV(LinearClassifier):
             client.submit(
                 score_fold,
                 self.scoring,
-                self.classes_,
+                classes,
                 coefs[k],
                 self.fit_intercept,
                 *[c for c, f in zip(chunks, fold_of, strict=True) if f == k],
@@ -299,9 +299,9 @@ class LogisticRegressionCV(LinearClassifier):
         coefs = np.stack(  # (K, L, n_cs, m)
             [np.stack([np.stack(models[j * K + k].coefs) for j in range(L)]) for k in range(K)]
         )
-        scores = self._scores(client, chunks, pool, fold_of, coefs.reshape(K, L * n_cs, m)).reshape(
-            K, L, n_cs
-        )
+        scores = self._scores(
+            client, chunks, pool, fold_of, coefs.reshape(K, L * n_cs, m), data.classes
+        ).reshape(K, L, n_cs)
         passes += 1
         unconverged: list[tuple[Any, float]] = [
             (i % K, C) for i, model in models.items() for C in model.unconverged
@@ -323,6 +323,7 @@ class LogisticRegressionCV(LinearClassifier):
         n_iter = np.array(
             [[models[j * K + k].n_iter for j in range(L)] for k in range(K)], dtype=np.int64
         )  # (K, L, n_cs)
+        self.classes_ = data.classes
         self.Cs_ = Cs
         self.C_ = np.array([C_best])
         self.coef_ = np.asarray(theta[:d], dtype=np.float64).reshape(1, -1)

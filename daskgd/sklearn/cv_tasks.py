@@ -12,27 +12,53 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.data.mapped import MappedRows
-from daskgd.errors import DataValidationError
+from daskgd.data.mapped import MappedChunk, MappedRows
+from daskgd.errors import DataChangedError, DataValidationError
 
-__all__ = ["ChunkTask", "open_chunk", "prepare_chunk", "weight_sum"]
+__all__ = ["ChunkTask", "mapped_records", "open_chunk", "prepare_chunk", "weight_sum"]
 
 
-def open_chunk(path: str, i: int, storage_options: dict[str, Any] | None) -> MappedRows:
+def open_chunk(
+    path: str,
+    i: int,
+    storage_options: dict[str, Any] | None,
+    opened: dict[str, Any],
+    rows: int,
+) -> MappedRows:
     """Runs on a worker: row-chunk ``i`` of the dataset at ``path``, its files mapped where
     they allow (:func:`~daskgd.data.mapped.map_row_chunks`: no copy, checked as a read is)
     and read otherwise. Whoever uses the rows after the chunk's task calls
     :meth:`~daskgd.data.mapped.MappedRows.verify` once done with them: a mapping follows its
-    file."""
+    file.
+
+    ``opened`` holds the dataset's ``write_id`` and ``digests`` as the driver opened it and
+    ``rows`` the chunk's row count then: a dataset written again since (before the fit, or
+    during it: a chunk read again after a worker died) raises
+    :class:`~daskgd.errors.DataChangedError` instead of giving other rows.
+    """
     from daskgd.data.chunkio import read_row_arrays
     from daskgd.data.mapped import map_row_chunks
+    from daskgd.data.trust import check_unchanged
 
+    check_unchanged(path, storage_options, opened)
     held = map_row_chunks(path, [i], storage_options=storage_options)
-    if held is not None:
-        return held
-    out = read_row_arrays(path, [i], storage_options=storage_options,
-                          names=("X", "y", "sample_weight"))  # fmt: skip
-    return MappedRows([(out["X"], out["y"], out.get("sample_weight"), None)], [])
+    if held is None:
+        out = read_row_arrays(path, [i], storage_options=storage_options,
+                              names=("X", "y", "sample_weight"))  # fmt: skip
+        held = MappedRows([(out["X"], out["y"], out.get("sample_weight"), None)], [])
+    if len(held.pieces[0][1]) != rows:  # a dataset without a write id or digests
+        raise DataChangedError(
+            f"row-chunk {i} of the dataset {path} has {len(held.pieces[0][1])} rows, and had "
+            f"{rows} when the fit opened it: it was written again. Open it again after "
+            "writing it, and do not write a dataset while a fit reads it"
+        )
+    return held
+
+
+def mapped_records(held: MappedRows) -> list[MappedChunk]:
+    """Runs on a worker: what :meth:`~daskgd.data.mapped.MappedRows.verify` checks of
+    :func:`open_chunk`'s rows (none for rows that were read), without the rows read."""
+    return list(held.mapped)
 
 
 def prepare_chunk(

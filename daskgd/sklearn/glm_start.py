@@ -18,6 +18,9 @@ import numpy as np
 
 __all__ = ["log_mean_intercept"]
 
+#: row-chunks a worker reads at once for the sums (each read opens the group once)
+SUM_CHUNKS = 8
+
 
 def log_mean_intercept(data: Any, client: Any) -> float | None:
     """``log`` of the weighted mean target over the weighted mean exposure of ``data`` (a
@@ -64,14 +67,17 @@ def _path_sums(
     of the dataset at ``path`` (checked as the training tasks' read is)."""
     from daskgd.data.chunkio import read_row_arrays
 
-    a = read_row_arrays(path, chunks, storage_options=storage_options,
-                        names=("y", "sample_weight", "offset"))  # fmt: skip
-    y = a["y"].astype(np.float64, copy=False)
-    w = a.get("sample_weight")
-    off = a.get("offset")
-    w = np.ones(len(y)) if w is None else w.astype(np.float64, copy=False)
-    den = w.sum() if off is None else w @ np.exp(off.astype(np.float64, copy=False))
-    return float(w @ y), float(den)
+    num = den = 0.0
+    # a few row-chunks at a time: an out-of-core fit's worker never holds its rows at once
+    for k in range(0, len(chunks), SUM_CHUNKS):
+        a = read_row_arrays(path, chunks[k : k + SUM_CHUNKS], storage_options=storage_options,
+                            names=("y", "sample_weight", "offset"))  # fmt: skip
+        y = a["y"].astype(np.float64, copy=False)
+        w, off = a.get("sample_weight"), a.get("offset")
+        w = np.ones(len(y)) if w is None else w.astype(np.float64, copy=False)
+        num += float(w @ y)
+        den += float(w.sum() if off is None else w @ np.exp(off.astype(np.float64, copy=False)))
+    return num, den
 
 
 def _lazy_sums(data: Any, client: Any) -> tuple[float, float]:
