@@ -160,6 +160,10 @@ def test_the_start_intercept_is_the_same_from_every_input(tmp_path, client):
     assert log_mean_intercept(lazy, client) == pytest.approx(want, rel=1e-13)
     assert log_mean_intercept((X, y, w, off), client) == pytest.approx(want, rel=1e-13)
     assert log_mean_intercept((X, 0 * y), client) is None  # all zero: the tasks refuse it
+    plain = str(tmp_path / "plain.zarr")  # neither weights nor offsets: the mean target
+    write_zarr(plain, X, y, chunk_rows=130)
+    got = log_mean_intercept(open_zarr(plain), client)
+    assert got == pytest.approx(np.log(y.mean()), rel=1e-13)
 
 
 @pytest.mark.parametrize(("family", "scale"), [("poisson", 80.0), ("gamma", 1e-3)])

@@ -283,3 +283,32 @@ def test_a_feature_partitioned_fit_checks_its_parts_at_the_end(client, tmp_path)
     with pytest.raises(DataChangedError, match=r"b.zarr was written again"):
         daskgd.fit(parts, client=client, partition="features", optimizer="lbfgs", tol=None,
                    max_epochs=10_000, max_time=120, callback=rewrite)  # fmt: skip
+
+
+def test_a_chunk_task_checks_its_mapped_rows_after_its_function(tmp_path):
+    """RidgeCV's and ElasticNetCV's passes (one task a chunk, ``ChunkTask``) check the rows
+    they mapped once their function has read them."""
+    from daskgd.sklearn.cv_tasks import ChunkTask, open_chunk
+
+    X, y, _ = _data(n=200)
+    path = tmp_path / "raw.zarr"
+    write_zarr(path, X, y, chunk_rows=100, compressor=None)
+    opened = {k: daskgd.open_zarr(path).attrs[k] for k in ("write_id", "digests")}
+    f = _chunk_file(path, "X", 1)
+
+    def column_sums(chunk):
+        return chunk[0].sum(axis=0)
+
+    task = ChunkTask(column_sums)
+    got = task(open_chunk(str(path), 1, None, opened, 100), 1, np.float64, None, False)
+    np.testing.assert_array_equal(got, X[100:].sum(axis=0))
+
+    def sums_then_rewrite(chunk):
+        out = chunk[0].sum(axis=0)
+        with open(f, "r+b") as fh:  # the file changes while the pass holds its rows
+            fh.write(np.float64(1e3).tobytes())
+        return out
+
+    task = ChunkTask(sums_then_rewrite)
+    with pytest.raises(DataChangedError, match=r"chunk 1 of array 'X' .* changed while"):
+        task(open_chunk(str(path), 1, None, opened, 100), 1, np.float64, None, False)
