@@ -13,8 +13,10 @@ change the rows under the fit. :meth:`MappedRows.verify` therefore checks every 
 chunk again when the task ends (against its recorded digest, and its file's size, inode
 and modification time): a change raises :class:`~daskgd.errors.DataChangedError`, and no
 model is returned. The check covers each task's files as that task mapped them: a task
-rerun after a worker died maps the files as they are then. A file truncated while it is
-mapped faults the worker process (SIGBUS), which distributed reports as a worker that died.
+rerun after a worker died maps the files as they are then, and the fit's own check when its
+tasks are done (:func:`~daskgd.data.trust.check_unchanged`) finds a dataset written again
+meanwhile. A file truncated while it is mapped faults the worker process (SIGBUS), which
+distributed reports as a worker that died.
 """
 
 from __future__ import annotations
