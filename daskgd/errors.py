@@ -17,8 +17,9 @@ class DataValidationError(DaskgdError, ValueError):
 
 
 class DataChangedError(DataValidationError):
-    """A chunk file a training task mapped changed while the fit read it (a dataset written
-    while a fit trains on it): the model would mix two datasets, so none is returned."""
+    """A dataset changed after the fit opened it: a chunk file a task mapped changed while
+    the fit read it, or the dataset was written again (its write id or digests differ) or
+    removed. The model would mix two datasets, so none is returned."""
 
 
 class InvalidSettingError(DaskgdError, ValueError, TypeError):

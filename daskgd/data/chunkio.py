@@ -32,7 +32,7 @@ read by :mod:`~daskgd.data.sparse_store`, with the same checks, into one ``csr_m
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from daskgd.data.chunkfiles import (
 from daskgd.data.sparse_store import CSRChunks
 from daskgd.data.store import (
     ARRAY_NAMES,
+    check_opened,
     group_arrays,
     is_csr_group,
     open_for_reading,
@@ -156,8 +157,13 @@ def read_row_arrays(
     *,
     storage_options: dict[str, Any] | None = None,
     names: Sequence[str] = ARRAY_NAMES,
+    opened: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """As :func:`read_row_chunks`, each array of ``names`` the dataset has, by name.
+
+    ``opened``: the dataset's attributes that tell its writings apart
+    (:func:`~daskgd.data.store.opened_attrs`) as the caller opened it; a dataset written
+    again since raises :class:`~daskgd.errors.DataChangedError` (None: not compared).
 
     Returns
     -------
@@ -170,6 +176,7 @@ def read_row_arrays(
     p = store_path(path)
     g = open_for_reading(p, storage_options)
     attrs = dict(g.attrs)
+    check_opened(p, attrs, opened)
     arrays = group_arrays(g, p)
     csr = CSRChunks(g, p, attrs) if is_csr_group(attrs) else None
     if csr is not None:

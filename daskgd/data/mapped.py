@@ -40,6 +40,7 @@ from daskgd.data.chunkfiles import (
     wrong_size_error,
 )
 from daskgd.data.store import (
+    check_opened,
     group_arrays,
     is_csr_group,
     open_for_reading,
@@ -110,8 +111,11 @@ def map_row_chunks(
     chunks: Sequence[int],
     *,
     storage_options: dict[str, Any] | None = None,
+    opened: dict[str, Any] | None = None,
 ) -> MappedRows | None:
-    """Map the row-chunks ``chunks`` of a dense dataset's ``X`` (checked as a read is).
+    """Map the row-chunks ``chunks`` of a dense dataset's ``X`` (checked as a read is; a
+    dataset written again since ``opened`` raises as for
+    :func:`~daskgd.data.chunkio.read_row_arrays`).
 
     Returns None when ``X`` cannot be mapped (compressed, sharded, remote, split into column
     chunks, sparse, or on a filesystem that does not map files): read it with
@@ -129,6 +133,7 @@ def map_row_chunks(
     p = store_path(path)
     g = open_for_reading(p, storage_options)
     attrs = dict(g.attrs)
+    check_opened(p, attrs, opened)
     if is_csr_group(attrs):
         return None
     arrays = group_arrays(g, p)

@@ -18,7 +18,7 @@ import dask
 import zarr
 
 from daskgd.cluster import check_scheduler
-from daskgd.errors import DataNotFoundError, DataValidationError
+from daskgd.errors import DataChangedError, DataNotFoundError, DataValidationError
 
 __all__ = [
     "ARRAY_NAMES",
@@ -26,9 +26,11 @@ __all__ = [
     "DENSE_FORMAT_VERSION",
     "FORMAT_VERSION",
     "OPTIONAL_ARRAYS",
+    "WRITE_ATTRS",
     "X_FORMAT_ATTR",
     "array_member",
     "auto_chunk_rows",
+    "check_opened",
     "check_storage_options",
     "cluster_client",
     "compute_on_cluster",
@@ -37,6 +39,7 @@ __all__ = [
     "is_url",
     "local_dir",
     "open_group",
+    "opened_attrs",
     "remove_store",
     "rows_per_chunk",
     "sibling_path",
@@ -226,6 +229,30 @@ def open_for_reading(p: str, storage_options: dict[str, Any] | None) -> zarr.Gro
             "dataset on a filesystem that every worker mounts at the same path, or use a URL "
             "every worker can read (s3://..., gs://...)"
         ) from exc
+
+
+#: the attributes that tell one writing of a dataset from another
+WRITE_ATTRS = ("write_id", "digests")
+
+
+def opened_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`check_opened` compares, taken from a dataset's attributes when it is
+    opened."""
+    return {k: attrs[k] for k in WRITE_ATTRS if k in attrs}
+
+
+def check_opened(path: str, attrs: Mapping[str, Any], opened: Mapping[str, Any] | None) -> None:
+    """Raise :class:`~daskgd.errors.DataChangedError` if a dataset's attributes now,
+    ``attrs``, are not those it had when it was opened (its ``write_id`` or recorded
+    ``digests`` in ``opened``; None or neither attribute: nothing to compare)."""
+    if not opened or all(attrs.get(k) == v for k, v in opened.items() if k in WRITE_ATTRS):
+        return
+    raise DataChangedError(
+        f"the dataset {path} was written again, or removed, after the fit opened it: the "
+        "model could mix two datasets, so it is not returned. Do not write a dataset while a "
+        "fit trains on it (open it again after writing it); fit again from the start (a "
+        "checkpoint written by this fit may hold mixed parameters: do not resume from it)"
+    )
 
 
 def is_csr_group(attrs: Mapping[str, Any]) -> bool:

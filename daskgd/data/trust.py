@@ -37,6 +37,7 @@ import zarr
 
 from daskgd.data.chunkfiles import BLOCK_DIGESTS
 from daskgd.data.chunkio import recorded_digests
+from daskgd.data.store import check_opened, open_group, opened_attrs
 
 __all__ = [
     "RECORD_ATTR",
@@ -160,21 +161,11 @@ def check_unchanged(
     meanwhile would give a model of two datasets. A dataset written by another tool, with
     neither attribute, cannot be compared and passes.
     """
-    from daskgd.data.store import open_group
-    from daskgd.errors import DataChangedError
-
-    keys = [k for k in ("write_id", "digests") if k in attrs]
-    if not keys:
+    opened = opened_attrs(attrs)
+    if not opened:
         return
     try:
         now = dict(open_group(path, "r", storage_options).attrs)
     except FileNotFoundError:
         now = {}
-    if all(now.get(k) == attrs[k] for k in keys):
-        return
-    raise DataChangedError(
-        f"the dataset {path} was written again, or removed, after the fit opened it: the "
-        "model could mix two datasets, so it is not returned. Do not write a dataset while a "
-        "fit trains on it (open it again after writing it); fit again from the start (a "
-        "checkpoint written by this fit may hold mixed parameters: do not resume from it)"
-    )
+    check_opened(path, now, opened)

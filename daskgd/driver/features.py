@@ -252,10 +252,7 @@ async def run_feature_job(client: Client, ds: Dataset | FeatureBlocks, s: FitSet
         history = await _watch(client, bc, futures, s)
         final = await bc.blocks("close", since=len(history))
         tasks = await drain(client, futures)
-        if isinstance(ds, FeatureBlocks):
-            await check_unchanged_data([*ds.parts, ds.targets])
-        else:
-            await check_unchanged_data([ds])
+        await check_unchanged_data(list(ds.parts) if isinstance(ds, FeatureBlocks) else [ds])
     except BaseException:
         try:
             await asyncio.wait_for(bc.blocks("close"), 5.0)

@@ -28,6 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from daskgd.data.csr import is_sparse_array
+from daskgd.data.store import opened_attrs
 from daskgd.sklearn.base import n_workers
 from daskgd.sklearn.cv_tasks import ChunkTask, mapped_records, open_chunk, prepare_chunk
 from daskgd.sklearn.inputs import is_lazy, lazy_inputs, sample_weight_array
@@ -225,7 +226,7 @@ def cv_data(
     mapped = ds is not None and ds.path is not None
     if mapped:  # read as the training tasks read it: by path, mapped where the files allow
         assert ds is not None
-        opened = {k: ds.attrs[k] for k in ("write_id", "digests") if k in ds.attrs}
+        opened = opened_attrs(ds.attrs)
         sources = [
             dask.delayed(open_chunk, pure=False)(ds.path, i, ds.storage_options, opened, rows)
             for i, rows in enumerate(sizes)

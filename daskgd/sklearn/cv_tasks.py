@@ -31,20 +31,19 @@ def open_chunk(
     :meth:`~daskgd.data.mapped.MappedRows.verify` once done with them: a mapping follows its
     file.
 
-    ``opened`` holds the dataset's ``write_id`` and ``digests`` as the driver opened it and
+    ``opened`` holds the dataset's ``write_id`` and ``digests`` as the driver opened it
+    (:func:`~daskgd.data.store.opened_attrs`, compared where the group is opened) and
     ``rows`` the chunk's row count then: a dataset written again since (before the fit, or
     during it: a chunk read again after a worker died) raises
     :class:`~daskgd.errors.DataChangedError` instead of giving other rows.
     """
     from daskgd.data.chunkio import read_row_arrays
     from daskgd.data.mapped import map_row_chunks
-    from daskgd.data.trust import check_unchanged
 
-    check_unchanged(path, storage_options, opened)
-    held = map_row_chunks(path, [i], storage_options=storage_options)
+    held = map_row_chunks(path, [i], storage_options=storage_options, opened=opened)
     if held is None:
         out = read_row_arrays(path, [i], storage_options=storage_options,
-                              names=("X", "y", "sample_weight"))  # fmt: skip
+                              names=("X", "y", "sample_weight"), opened=opened)  # fmt: skip
         held = MappedRows([(out["X"], out["y"], out.get("sample_weight"), None)], [])
     if len(held.pieces[0][1]) != rows:  # a dataset without a write id or digests
         raise DataChangedError(
