@@ -428,3 +428,31 @@ def test_csr_kernels_release_the_gil(build, kind):
         if counts[-1] > 0:
             break
     assert counts[-1] > 0, counts
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index", [np.int32, np.int64])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_column_squares_kernel_is_the_weighted_sum_of_squares(build, dtype, index, weighted):
+    """``column_squares_csr`` adds ``sum_i w_i x_ij^2`` to each column (numpy oracle),
+    each stored entry on its own (a repeated column adds its squares, as scipy's
+    ``w @ (X o X)`` did), and leaves ``out`` alone for an empty block."""
+    rng = np.random.default_rng(5)
+    X = sp.random(400, 30, density=0.1, format="csr", random_state=6, dtype=np.float64)
+    X = sp.csr_matrix((X.data.astype(dtype), X.indices.astype(index), X.indptr.astype(index)),
+                      shape=X.shape)  # fmt: skip
+    X.indices[:3] = X.indices[0]  # a repeated column within the first row adds
+    sw = rng.uniform(0.5, 2.0, size=400) if weighted else None
+    rows = np.repeat(np.arange(400), np.diff(X.indptr))
+    want = np.zeros(30)
+    np.add.at(want, X.indices, (1.0 if sw is None else sw[rows]) * X.data.astype(np.float64) ** 2)
+    out = np.full(30, 1.0)
+    available_builds()[build].column_squares_csr(X.data, X.indices, X.indptr, sw, out)
+    np.testing.assert_allclose(out, want + 1.0, rtol=1e-12)
+    empty = sp.csr_matrix((0, 30), dtype=dtype)
+    out = np.zeros(30)
+    available_builds()[build].column_squares_csr(
+        empty.data, empty.indices.astype(index), empty.indptr.astype(index), None, out
+    )
+    assert not np.any(out)

@@ -90,6 +90,9 @@ class LBFGS:
     _t: float = field(default=1.0, repr=False)  # trial step along _p
     _backtracks: int = field(default=0, repr=False)
     _hinv: tuple | None = field(default=None, repr=False)  # (h0, 1 / h0, 1 / sqrt(h0))
+    #: float64 arrays the next pairs are computed into before new ones are made (the
+    #: pairs the memory dropped, or arrays a caller made ready)
+    spares: list = field(default_factory=list, repr=False)
     iterations: int = 0
 
     def tell(self, x: np.ndarray, f: float, g: np.ndarray, keep: bool = False) -> np.ndarray:
@@ -111,24 +114,42 @@ class LBFGS:
         if np.isfinite(f) and (
             f <= self._f + self.c1 * self._t * slope or self._rounding_level(f, g, g_k)
         ):
-            s = x - x_k
-            y = g - g_k
+            # into arrays this process already holds where it can: a new array of
+            # millions of parameters costs its page faults (on some virtual machines
+            # 30x the subtraction itself)
+            s, y = self._take(x.shape), self._take(x.shape)
+            np.subtract(x, x_k, out=s)
+            np.subtract(g, g_k, out=y)
             sy = float(s @ y)
             if sy > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
                 self._s.append(s)
                 self._y.append(y)
                 if len(self._s) > self.memory:
-                    self._s.popleft()
-                    self._y.popleft()
+                    self.spares += [self._s.popleft(), self._y.popleft()]
+            else:
+                self.spares += [s, y]
             return self._accept(x, float(f), g)
         # Not enough decrease: backtrack, interpolating the step where possible.
         self._backtracks += 1
         if self._backtracks > self.max_backtracks:
-            self._s.clear()
-            self._y.clear()
+            self._forget()
             return self._accept(x_k, self._f, g_k, first=True)
         self._t = backtrack_step(f, self._f, slope, self._t)
         return x_k + self._t * p
+
+    def _forget(self) -> None:
+        """Drop every pair (a restart); their arrays become spares."""
+        self.spares += [*self._s, *self._y]
+        self._s.clear()
+        self._y.clear()
+
+    def _take(self, shape: tuple) -> np.ndarray:
+        """An array for a new ``s`` or ``y``: a spare one of this shape, else a new one."""
+        while self.spares:
+            a = self.spares.pop()
+            if a.shape == shape and a.dtype == np.float64:
+                return a
+        return np.empty(shape)
 
     def _rounding_level(self, f: float, g: np.ndarray, g_k: np.ndarray) -> bool:
         # Near the optimum the loss changes by less than its own rounding error, so the
@@ -145,8 +166,7 @@ class LBFGS:
         p = self._two_loop(g, out=self._p)
         np.negative(p, out=p)
         if not float(g @ p) < 0:  # not a descent direction: restart
-            self._s.clear()
-            self._y.clear()
+            self._forget()
             p = -self._two_loop(g)  # steepest descent (in the scaled variables)
         self._p = p
         if self._s:

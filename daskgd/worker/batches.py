@@ -209,15 +209,16 @@ def column_squares(pieces, n_features: int) -> np.ndarray:
     for X, _, sw, _ in pieces:
         n = X.shape[0]
         w = np.ones(n) if sw is None else np.asarray(sw, dtype=np.float64)
-        out[-1] += w.sum()
+        out[-1] += n if sw is None else w.sum()
         if is_sparse(X):
-            import scipy.sparse as sp
+            from daskgd.kernels.builds import KERNELS
 
             X = as_csr(X)
-            v = X.data.astype(np.float64)
-            v *= v
-            # w^T (X o X): scipy's compiled CSR product, 5x faster than np.bincount
-            out[:-1] += w @ sp.csr_array((v, X.indices, X.indptr), shape=X.shape, copy=False)
+            # one pass of the compiled kernel over the stored entries, no temporaries
+            # (scipy's w @ (X o X) needs a float64 copy of the values: 160 MB for
+            # 20,000,000 entries, which cost more than the product)
+            KERNELS.column_squares_csr(X.data, X.indices, X.indptr,
+                                       None if sw is None else w, out[:-1])  # fmt: skip
             continue
         rows = max(1, 2**22 // max(X.shape[1], 1))  # float64 blocks of 32 MB at most
         for lo in range(0, n, rows):
