@@ -110,7 +110,9 @@ def _scaled_logistic(seed=2, n=600, d=12, alpha=1e-4):
 def test_h0_gives_the_iterates_of_lbfgs_on_the_scaled_variables():
     fg, h, d = _scaled_logistic()
     D = np.sqrt(h)
-    pre, plain = LBFGS(h0=h), LBFGS()
+    # on the scaled variables the preconditioner is the identity; given, so that the first
+    # step is tried at length 1 there too (without one it is min(1, 1 / |g|_1))
+    pre, plain = LBFGS(h0=h), LBFGS(h0=np.ones(d))
     x, v = np.zeros(d), np.zeros(d)
     for _ in range(15):  # to a gradient of 1e-12 (past it, rounding decides)
         f, g = fg(x)

@@ -116,6 +116,7 @@ class LBFGSSlice:
             "gY": [float(g @ v) for v in self.Y],
             "gg": float(g @ g),
             "gabs": float(np.abs(g).sum()),
+            "scaled": float(self.D is not None),  # preconditioned (summed: any shard)
         }
         if self.x is not None and self.g is not None:
             s, y = x - self.x, g - self.g
@@ -213,6 +214,7 @@ class LBFGSCoordinator:
     backtracks: int = 0
     iterations: int = 0
     started: bool = False
+    scaled: bool = False  # the shards keep scaled vectors (the preconditioner)
 
     def tell(self, f: float, d: dict[str, Any]) -> dict[str, Any]:
         """Take the objective ``f`` at the evaluated point and the summed dot products
@@ -229,7 +231,7 @@ class LBFGSCoordinator:
             gg = self.G[-1, -1]
             self.G = np.array([[gg]])
             self.slope = -gg
-            self.t = 1.0 if self.gabs == 0 else min(1.0, 1.0 / self.gabs)
+            self.t = self._first_step()
             return {"action": "reset", "t": self.t}
         self.t = backtrack_step(f, self.f, self.slope, self.t)
         return {"action": "backtrack", "t": self.t}
@@ -241,6 +243,7 @@ class LBFGSCoordinator:
             keep = [i for i in range(2 * self.m + 1) if i not in (0, self.m)]
             self.G, self.m = self.G[np.ix_(keep, keep)], self.m - 1
         self.f, self.gabs, self.started = float(f), float(d["gabs"]), True
+        self.scaled = float(d.get("scaled", 0.0)) > 0
         self.backtracks = 0
         self.iterations += 0 if first else 1
         coef = two_loop(self.G, self.m)
@@ -250,9 +253,16 @@ class LBFGSCoordinator:
             self.G, self.m = self.G[-1:, -1:].copy(), 0
             coef, slope = np.ones(1), -float(self.G[0, 0])
         self.slope = slope
-        self.t = 1.0 if self.m or self.gabs == 0 else min(1.0, 1.0 / self.gabs)
+        self.t = 1.0 if self.m else self._first_step()
         return {"action": "accept", "keep_pair": pair, "clear": clear, "coef": coef.tolist(),
                 "t": self.t}  # fmt: skip
+
+    def _first_step(self) -> float:
+        """The step along a direction without pairs, as :class:`LBFGS` takes it: 1 with
+        the preconditioner (the diagonal Newton step), else ``min(1, 1 / |g|_1)``."""
+        if self.scaled or self.gabs == 0:
+            return 1.0
+        return min(1.0, 1.0 / self.gabs)
 
     def _new_gram(self, d: dict[str, Any], pair: bool) -> tuple[np.ndarray, int]:
         """The dot products of the new base: the old pairs (and the new one) and the new g."""
