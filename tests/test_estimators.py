@@ -41,13 +41,6 @@ _XFAIL = {
     # one-vs-rest margins does not favour class 0 as the check demands (> 87 %). scikit-learn
     # passes through its per-sample step sizes that scale with the weight, not the optimum.
     ("SGDClassifier", "check_class_weight_classifiers"): "OvR margins under extreme weights",
-    # Multinomial, L-BFGS with its column-squares preconditioner: the weighted fit and the
-    # fit on repeated rows differ by up to 3e-7 relative in one decision value (1e-8
-    # absolute; the check asks 1e-7), with tol=1e-9 and with 1e-11 alike. Fits of that
-    # kind agree to 1e-10 elsewhere (weights 0-2 on 30 rows); not yet explained.
-    ("LogisticRegression", "check_sample_weight_equivalence_on_dense_data"): (
-        "preconditioned multinomial L-BFGS: weighted vs repeated rows differ by 3e-7"
-    ),
 }
 
 

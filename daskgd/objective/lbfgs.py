@@ -102,13 +102,17 @@ class LBFGS:
 
         ``x`` must be the point this method returned last (or the starting point on
         the first call). The returned array is new; ``x`` and ``g`` are not kept unless
-        ``keep`` (the caller never changes them: two copies fewer, which count at
-        millions of parameters).
+        ``keep`` (two copies fewer, which count at millions of parameters): then the
+        caller never changes ``x``, and ``g`` becomes this object's, whose memory holds
+        later vectors once it is done with it (the caller does not read ``g`` again;
+        :meth:`take` gives an array to compute it into).
         """
         x = np.asarray(x, dtype=np.float64)
-        g = np.asarray(g, dtype=np.float64) if keep else np.array(g, dtype=np.float64)
         if not keep:
             x = x.copy()
+            g_in, g = g, self.take(x.shape)
+            np.copyto(g, np.reshape(g_in, x.shape))
+        g = np.asarray(g, dtype=np.float64)
         x_k, g_k, p = self._x, self._g, self._p
         if x_k is None or g_k is None or p is None:
             return self._accept(x, float(f), g, first=True)
@@ -119,19 +123,21 @@ class LBFGS:
             # into arrays this process already holds where it can: a new array of
             # millions of parameters costs its page faults (on some virtual machines
             # 30x the subtraction itself)
-            s, y = self._take(x.shape), self._take(x.shape)
+            s, y = self.take(x.shape), self.take(x.shape)
             np.subtract(x, x_k, out=s)
             np.subtract(g, g_k, out=y)
+            self._give(g_k)  # done with: g is the new one
             sy = float(s @ y)
             if sy > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
                 self._s.append(s)
                 self._y.append(y)
                 if len(self._s) > self.memory:
-                    self.spares += [self._s.popleft(), self._y.popleft()]
+                    self._give(self._s.popleft(), self._y.popleft())
             else:
-                self.spares += [s, y]
+                self._give(s, y)
             return self._accept(x, float(f), g)
         # Not enough decrease: backtrack, interpolating the step where possible.
+        self._give(g)  # the trial point's gradient is done with
         self._backtracks += 1
         if self._backtracks > self.max_backtracks:
             self._forget()
@@ -141,12 +147,18 @@ class LBFGS:
 
     def _forget(self) -> None:
         """Drop every pair (a restart); their arrays become spares."""
-        self.spares += [*self._s, *self._y]
+        self._give(*self._s, *self._y)
         self._s.clear()
         self._y.clear()
 
-    def _take(self, shape: tuple) -> np.ndarray:
-        """An array for a new ``s`` or ``y``: a spare one of this shape, else a new one."""
+    def _give(self, *arrays: np.ndarray) -> None:
+        """Keep arrays done with as spares, up to the three a round takes (the rest freed)."""
+        room = 3 - len(self.spares)
+        self.spares += list(arrays[: max(room, 0)])
+
+    def take(self, shape: tuple) -> np.ndarray:
+        """A float64 array of ``shape`` to compute a vector into (its values are
+        arbitrary): a spare one (a dropped pair's, a gradient done with), else a new one."""
         while self.spares:
             a = self.spares.pop()
             if a.shape == shape and a.dtype == np.float64:

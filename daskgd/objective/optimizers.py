@@ -350,13 +350,17 @@ class LBFGSOptimizer(Optimizer):
     def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None, hess=None):
         if loss is None:
             raise ValueError("optimizer 'lbfgs' needs the round's loss (full-batch sync mode)")
-        g = np.array(grad, dtype=np.float64)
+        lbfgs = state["lbfgs"]
+        # into memory the state machine is done with (a new array of millions of
+        # parameters costs its page faults every round)
+        g = lbfgs.take((params.size,)).reshape(params.shape)
+        np.copyto(g, grad)
         self.regularizer.add_gradient(params, g)
         if not self.fit_intercept:
             g[-1] = 0.0
         f = float(loss) + self.regularizer.penalty(params)
-        # the published parameters are never changed in place, and g is this call's own
-        new = state["lbfgs"].tell(params.ravel(), f, g.ravel(), keep=True).reshape(params.shape)
+        # the published parameters are never changed in place, and g is handed over
+        new = lbfgs.tell(params.ravel(), f, g.ravel(), keep=True).reshape(params.shape)
         if not self.fit_intercept:
             new[-1] = params[-1]
         return new

@@ -19,6 +19,9 @@ import numpy as np
 
 __all__ = ["Regularizer", "soft_threshold"]
 
+#: Entries a temporary of the penalty's arithmetic holds at most (512 kB in float64).
+BLOCK = 65536
+
 
 def soft_threshold(x: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """The proximal operator of ``threshold * ||x||_1``: shrink towards zero, exact zeros.
@@ -93,8 +96,14 @@ class Regularizer:
 
     def add_gradient(self, params: np.ndarray, grad: np.ndarray) -> None:
         """Add the L2 part's gradient to ``grad`` in place (intercept row excluded)."""
-        if self.l2:
-            grad[:-1] += self.l2 * params[:-1]
+        if not self.l2:
+            return
+        g, w = grad[:-1], params[:-1]
+        # by blocks of rows: ``l2 * w`` whole is a temporary the size of the model, which
+        # at millions of parameters costs its page faults (each block's is reused memory)
+        rows = max(1, BLOCK // max(1, int(np.prod(g.shape[1:]))))
+        for lo in range(0, g.shape[0], rows):
+            g[lo : lo + rows] += self.l2 * w[lo : lo + rows]
 
     def prox(self, params: np.ndarray, step: np.ndarray | float) -> None:
         """Apply the L1 proximal step in place; ``step`` is the (per-coordinate) step size."""

@@ -180,7 +180,11 @@ class Steps(EpochRules):
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss,
                      owned=True)  # fmt: skip
         if self.error is None and weight > 0:
-            self._step(grad_sum / weight, loss=loss_sum / weight)
+            # the open epoch's sum is left as it is; once the epoch closed with it, it is
+            # divided in place (no new array of d numbers)
+            kept = self.stats.grad_sum is grad_sum
+            mean = grad_sum / weight if kept else np.divide(grad_sum, weight, out=grad_sum)
+            self._step(mean, loss=loss_sum / weight)
         elif self.error is None:
             self.published = (self.version + 1, self.params)
         self.maybe_snapshot()

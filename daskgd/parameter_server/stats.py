@@ -68,6 +68,9 @@ class EpochRules(Confirmation):
     rebalancer: Rebalancer | None  # placement="latency": the job's, else None
     #: async/ssp with shards: the epoch's pushes are all in, its close waits for the shards
     epoch_due: bool = False
+    #: the closing epoch's mean gradient, in memory reused from epoch to epoch (a new array
+    #: of millions of parameters costs its page faults, every epoch of a full-batch fit)
+    _mean_grad: np.ndarray | None = None
     opt_state: Any
     model_decrement: float | None  # Newton: the model's decrease from the evaluated point
     initial: np.ndarray
@@ -155,15 +158,21 @@ class EpochRules(Confirmation):
         sums = [r[6] for _, r in sorted(self.reports.items()) if len(r) > 6 and r[6] is not None]
         if not sums:
             return None
-        total = np.sum(sums, axis=0)
-        if not total[-1] > 0:
+        # in one array, summed in rank order: at millions of parameters each temporary
+        # costs its page faults, and this runs while every worker waits
+        h = np.array(sums[0], dtype=np.float64)
+        for more in sums[1:]:
+            h += more
+        weight = float(h[-1])
+        if not weight > 0:
             return None
         c = self.config.loss_curvature
         c = c if math.isfinite(c) and c > 0 else 1.0
-        h = c * total / total[-1]
+        h *= c
+        h /= weight
         h[:-1] += self.optimizer.regularizer.l2
         # a column without values (and no ridge) has no curvature: keep h positive
-        h = np.maximum(h, 1e-12 * c)
+        np.maximum(h, 1e-12 * c, out=h)
         k = self.params.size // h.size
         return np.repeat(h, k) if k > 1 else h
 
@@ -285,7 +294,11 @@ class EpochRules(Confirmation):
             penalty, gnorm = shard_stats["penalty"], shard_stats["grad_norm"]
             class_pen = shard_stats.get("class_penalty")
         else:
-            penalty, gnorm = reg.penalty(P), self.grad_norm(P, s.grad_sum / mean_w)
+            g, want = self._mean_grad, s.grad_sum
+            if g is None or g.shape != want.shape or g.dtype != want.dtype:
+                g = self._mean_grad = np.empty_like(want)
+            np.divide(s.grad_sum, mean_w, out=g)
+            penalty, gnorm = reg.penalty(P), self.grad_norm(P, g)
             class_pen = None
             if s.class_loss_sum is not None:
                 class_pen = reg.column_penalty(P)
