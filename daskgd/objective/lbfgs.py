@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LBFGS", "backtrack_step", "rounding_level"]
+__all__ = ["FLOAT32_PAIRS", "LBFGS", "backtrack_step", "rounding_level"]
+
+#: Parameters from which :class:`LBFGS` keeps its correction pairs in float32.
+FLOAT32_PAIRS = 2**20
 
 
 def backtrack_step(f: float, f0: float, slope: float, t: float) -> float:
@@ -67,6 +70,14 @@ class LBFGS:
         the diagonal Newton step ``-g / h0``, tried at length 1. None: the identity,
         and a first step of ``min(1, 1 / |g|_1)`` along ``-g``.
 
+    Notes
+    -----
+    From :data:`FLOAT32_PAIRS` parameters on (1-D points), the correction pairs are kept
+    in float32: half the memory (``2 m d`` numbers: 335 MB instead of 671 MB at
+    ``d = 2^22``) and half the bytes the recursion reads, its sums still in float64.
+    The pairs only shape the inverse-Hessian model; the points, the gradients and the
+    line search's tests stay in float64.
+
     Examples
     --------
     >>> import numpy as np
@@ -95,6 +106,7 @@ class LBFGS:
     #: float64 arrays the next pairs are computed into before new ones are made (the
     #: pairs the memory dropped, or arrays a caller made ready)
     spares: list = field(default_factory=list, repr=False)
+    _ops: _Mixed | None = field(default=None, repr=False)  # the float32 pairs' arithmetic
     iterations: int = 0
 
     def tell(self, x: np.ndarray, f: float, g: np.ndarray, keep: bool = False) -> np.ndarray:
@@ -105,7 +117,7 @@ class LBFGS:
         ``keep`` (two copies fewer, which count at millions of parameters): then the
         caller never changes ``x``, and ``g`` becomes this object's, whose memory holds
         later vectors once it is done with it (the caller does not read ``g`` again;
-        :meth:`take` gives an array to compute it into).
+        :meth:`own_copy` makes it in such memory).
         """
         x = np.asarray(x, dtype=np.float64)
         if not keep:
@@ -123,12 +135,17 @@ class LBFGS:
             # into arrays this process already holds where it can: a new array of
             # millions of parameters costs its page faults (on some virtual machines
             # 30x the subtraction itself)
-            s, y = self.take(x.shape), self.take(x.shape)
-            np.subtract(x, x_k, out=s)
-            np.subtract(g, g_k, out=y)
+            dtype = np.float32 if x.ndim == 1 and x.size >= FLOAT32_PAIRS else np.float64
+            s, y = self.take(x.shape, dtype), self.take(x.shape, dtype)
+            np.subtract(x, x_k, out=s, casting="same_kind")
+            np.subtract(g, g_k, out=y, casting="same_kind")
             self._give(g_k)  # done with: g is the new one
-            sy = float(s @ y)
-            if sy > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
+            if dtype == np.float64:
+                sy, norms = float(s @ y), np.linalg.norm(s) * np.linalg.norm(y)
+            else:
+                dot = self._mixed().dot
+                sy, norms = dot(s, y), np.sqrt(dot(s, s) * dot(y, y))
+            if sy > 1e-10 * norms:
                 self._s.append(s)
                 self._y.append(y)
                 if len(self._s) > self.memory:
@@ -156,14 +173,26 @@ class LBFGS:
         room = 3 - len(self.spares)
         self.spares += list(arrays[: max(room, 0)])
 
-    def take(self, shape: tuple) -> np.ndarray:
-        """A float64 array of ``shape`` to compute a vector into (its values are
+    def _mixed(self) -> _Mixed:
+        """The float32 pairs' arithmetic (its buffer made once)."""
+        if self._ops is None:
+            self._ops = _Mixed()
+        return self._ops
+
+    def own_copy(self, a: np.ndarray) -> np.ndarray:
+        """A float64 copy of ``a`` in memory this object is done with, where it has some
+        (to hand to :meth:`tell` with ``keep``)."""
+        out = self.take((a.size,)).reshape(a.shape)
+        np.copyto(out, a)
+        return out
+
+    def take(self, shape: tuple, dtype: type = np.float64) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` to compute a vector into (its values are
         arbitrary): a spare one (a dropped pair's, a gradient done with), else a new one."""
-        while self.spares:
-            a = self.spares.pop()
-            if a.shape == shape and a.dtype == np.float64:
-                return a
-        return np.empty(shape)
+        for i, a in enumerate(self.spares):
+            if a.shape == shape and a.dtype == dtype:
+                return self.spares.pop(i)
+        return np.empty(shape, dtype=dtype)
 
     def _rounding_level(self, f: float, g: np.ndarray, g_k: np.ndarray) -> bool:
         # Near the optimum the loss changes by less than its own rounding error, so the
@@ -215,23 +244,36 @@ class LBFGS:
         else:
             q = g.copy()
         alphas = []
+        k = self._mixed() if self._s and self._s[0].dtype == np.float32 else None
         for s, y in zip(reversed(self._s), reversed(self._y), strict=True):
-            rho = 1.0 / float(y @ s)
-            a = rho * float(s @ q)
-            q = daxpy(y, q, a=-a)
+            if k is None:
+                rho = 1.0 / float(y @ s)
+                a = rho * float(s @ q)
+                q = daxpy(y, q, a=-a)
+            else:  # float32 pairs, float64 sums and q
+                rho = 1.0 / k.dot(y, s)
+                a = rho * k.dot(s, q)
+                k.axpy(-a, y, q)
             alphas.append((rho, a))
         hinv = None if self.h0 is None else self._inverse()
         if self._s:
             s, y = self._s[-1], self._y[-1]
-            yy = float(y @ y) if hinv is None else float(np.einsum("i,i,i->", y, y, hinv))
-            q *= float(s @ y) / yy
+            if k is not None:
+                q *= k.dot(s, y) / k.dot(y, y, hinv)
+            else:
+                yy = float(y @ y) if hinv is None else float(np.einsum("i,i,i->", y, y, hinv))
+                q *= float(s @ y) / yy
         if hinv is not None:
             q *= hinv
         for (s, y), (rho, a) in zip(
             zip(self._s, self._y, strict=True), reversed(alphas), strict=True
         ):
-            b = rho * float(y @ q)
-            q = daxpy(s, q, a=a - b)
+            if k is None:
+                b = rho * float(y @ q)
+                q = daxpy(s, q, a=a - b)
+            else:
+                b = rho * k.dot(y, q)
+                k.axpy(a - b, s, q)
         return q
 
     def state(self) -> dict:
@@ -280,10 +322,41 @@ class LBFGS:
             pairs.append(m)
         if len(pairs[0]) != len(pairs[1]) or len(pairs[0]) > self.memory:
             raise ValueError("L-BFGS state: s and y must hold the same number of pairs <= memory")
-        self._s = deque(row.copy() for row in pairs[0])
-        self._y = deque(row.copy() for row in pairs[1])
+        dtype = np.float32 if n >= FLOAT32_PAIRS else np.float64
+        self._s = deque(row.astype(dtype) for row in pairs[0])
+        self._y = deque(row.astype(dtype) for row in pairs[1])
         self._x, self._g, self._p = vec("x"), vec("g"), vec("p")
         self._f = float(state.get("f", np.inf))
         self._t = float(state.get("t", 1.0))
         self._backtracks = int(state.get("backtracks", 0))
         self.iterations = int(state.get("iterations", 0))
+
+
+class _Mixed:
+    """Products of float32 vectors (the pairs) with float64 ones, summed in float64, by
+    blocks through one reused float64 buffer: numpy alone would cast a whole float32
+    vector to a float64 temporary (page faults at millions of parameters), and its
+    float32 dot products accumulate in float32."""
+
+    BLOCK = 65536
+
+    def __init__(self) -> None:
+        self.buf = np.empty(self.BLOCK)
+
+    def dot(self, a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float:
+        """``sum_i a_i b_i (w_i)`` in float64."""
+        total = 0.0
+        for lo in range(0, a.size, self.BLOCK):
+            t = self.buf[: min(self.BLOCK, a.size - lo)]
+            np.multiply(a[lo : lo + t.size], b[lo : lo + t.size], out=t, dtype=np.float64)
+            if w is not None:
+                t *= w[lo : lo + t.size]
+            total += float(t.sum())
+        return total
+
+    def axpy(self, alpha: float, x: np.ndarray, y: np.ndarray) -> None:
+        """``y += alpha * x`` in place (``y`` float64)."""
+        for lo in range(0, x.size, self.BLOCK):
+            t = self.buf[: min(self.BLOCK, x.size - lo)]
+            np.multiply(x[lo : lo + t.size], alpha, out=t, dtype=np.float64)
+            y[lo : lo + t.size] += t

@@ -350,11 +350,7 @@ class LBFGSOptimizer(Optimizer):
     def step(self, params, grad, state, t, epoch, lr_scale=1.0, loss=None, hess=None):
         if loss is None:
             raise ValueError("optimizer 'lbfgs' needs the round's loss (full-batch sync mode)")
-        lbfgs = state["lbfgs"]
-        # into memory the state machine is done with (a new array of millions of
-        # parameters costs its page faults every round)
-        g = lbfgs.take((params.size,)).reshape(params.shape)
-        np.copyto(g, grad)
+        g = (lbfgs := state["lbfgs"]).own_copy(np.reshape(grad, params.shape))
         self.regularizer.add_gradient(params, g)
         if not self.fit_intercept:
             g[-1] = 0.0
