@@ -59,6 +59,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import ToPickle
 
+from daskgd import allocator
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
 from daskgd.parameter_server.shard_state import RoundSlices, ShardState, keep_version
@@ -115,7 +116,19 @@ class HandlerPlugin(WorkerPlugin, Generic[S]):
     def teardown(self, worker) -> None:
         for op in self.ops:
             worker.handlers.pop(f"daskgd_{self.prefix}_{op}", None)
+        for s in self.jobs.values():
+            allocator.release(s)
         self.jobs.clear()
+
+    def _serve(self, key: tuple[str, int], s: S, nbytes: int = 0) -> None:
+        """Hold ``s`` under ``key``; with ``nbytes`` (its rows' size) the worker keeps
+        freed buffers of that size for reuse while it does (:mod:`daskgd.allocator`)."""
+        old = self.jobs.get(key)
+        if old is not None:
+            allocator.release(old)
+        self.jobs[key] = s
+        if nbytes:
+            allocator.hold(s, nbytes)
 
     def _get(self, job: Any, shard: Any) -> S | dict:
         if (job, shard) not in self.jobs:
@@ -127,6 +140,7 @@ class HandlerPlugin(WorkerPlugin, Generic[S]):
         """Free every shard of ``job`` on this worker (the job ended)."""
         for key in [k for k in self.jobs if k[0] == job]:
             s = self.jobs.pop(key)
+            allocator.release(s)
             s.closed = True
             s.notify()
             s.arrived.set()
@@ -166,7 +180,7 @@ class ShardServer(HandlerPlugin[ShardState]):
             s = await asyncio.to_thread(ShardState, params, optimizer, bool(padded), version, state)
         except (TypeError, ValueError) as exc:
             return error(f"shard {shard} of job {job!r}: {exc}")
-        self.jobs[(job, shard)] = s
+        self._serve((job, shard), s, s.published[1].nbytes)
         return {"status": "OK"}
 
     async def colsq(self, job, shard, rank, colsq, curvature):
@@ -355,7 +369,7 @@ class ShardServer(HandlerPlugin[ShardState]):
         s.backups[source] = {k: b[k] for k in ("params", "state", "version")}
         s.scale = b.get("scale")  # L-BFGS goes on in the scaled variables it was in
         s.generation = int(gen)
-        self.jobs[(job, shard)] = s
+        self._serve((job, shard), s, s.published[1].nbytes)
         return {"status": "OK"}
 
     async def restore(self, job, shard, version, source, gen=0):

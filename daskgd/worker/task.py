@@ -35,6 +35,7 @@ import numpy as np
 from distributed import get_worker, secede
 
 from daskgd._version import __version__
+from daskgd.allocator import FreedMemory
 from daskgd.errors import (
     DataValidationError,
     ParameterServerError,
@@ -130,12 +131,18 @@ def train_partition(job: str, rank: int, source: tuple, spec: dict[str, Any]) ->
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=max(1, int(get_worker().state.nthreads)), user_api="blas"):
-        return _train(job, rank, source, spec)
+    with (
+        threadpool_limits(limits=max(1, int(get_worker().state.nthreads)), user_api="blas"),
+        FreedMemory() as memory,
+    ):
+        return _train(job, rank, source, spec, memory)
 
 
-def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str, Any]:
-    """The loop of :func:`train_partition`."""
+def _train(
+    job: str, rank: int, source: tuple, spec: dict[str, Any], memory: FreedMemory
+) -> dict[str, Any]:
+    """The loop of :func:`train_partition`; ``memory`` keeps the freed buffers of the
+    model's size for reuse (:mod:`daskgd.allocator`)."""
     from daskgd.kernels import grad_loss
 
     worker = get_worker()
@@ -170,6 +177,8 @@ def _train(job: str, rank: int, source: tuple, spec: dict[str, Any]) -> dict[str
     params, version, position = reply["params"], reply["version"], reply["position"]
     # a key-value job's parameters stay on the server: its shape comes with the spec
     shape = tuple(spec["keyed"]["shape"]) if spec.get("keyed") else params.shape
+    if not spec.get("keyed"):  # every reply carries the parameters
+        memory.keep(8 * math.prod(shape))
     d = shape[0] - 1
     multinomial = len(shape) == 2
     loss_info = get_loss(spec["loss"])
