@@ -166,18 +166,23 @@ class Optimizer:
         return self.apply(params, grad, state, t, self.schedule(t, epoch) * lr_scale)
 
     def apply(
-        self, params: np.ndarray, grad: np.ndarray, state: dict[str, Any], t: int, lr: float
-    ) -> np.ndarray:
+        self, params: np.ndarray, grad: np.ndarray, state: dict[str, Any], t: int, lr: float,
+        *, overwrite_grad: bool = False,
+    ) -> np.ndarray:  # fmt: skip
         """:meth:`step` with the learning rate given: a rule that acts coordinate by
         coordinate applies it to any slice of the rows of ``params`` (a parameter shard,
         with its own last row standing for the intercept) as it would to the whole.
-        Rules with a line search (L-BFGS, Newton) do not have it."""
-        g = np.array(grad, dtype=np.float64)
+        Rules with a line search (L-BFGS, Newton) do not have it. With ``overwrite_grad``
+        a float64 ``grad`` is used as scratch space (no copy of the model's size)."""
+        own = overwrite_grad and grad.dtype == np.float64 and grad.flags.c_contiguous
+        g = grad if own else np.array(grad, dtype=np.float64)
         self.regularizer.add_gradient(params, g)
         if not self.fit_intercept:
             g[-1] = 0.0
         d, scale = self.direction(g, state, t)
-        new = params - lr * scale * d
+        # params - (lr * scale) * d, with one array of the model's size, not two
+        new = np.multiply(lr * scale, d)
+        np.subtract(params, new, out=new)
         self.regularizer.prox(new, lr * scale)
         if not self.fit_intercept:
             new[-1] = params[-1]

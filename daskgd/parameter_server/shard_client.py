@@ -45,13 +45,14 @@ class ShardRPC:
 
     async def _call_shard(
         self, kind: str, op: str, address: str, local: Any, msg: dict[str, Any],
-        lost: type[ParameterServerError], what: str, copy: bool = False,
+        lost: type[ParameterServerError], what: str,
     ) -> dict[str, Any]:  # fmt: skip
         """Call handler ``daskgd_<kind>_<op>`` at ``address`` with ``msg``, or ``op`` of
         ``local`` (the shard server of this task's worker, called in process: no copy
-        through the worker's own TCP server) when the shard is here; ``copy`` gives that
-        one copies of the arrays (it keeps the slices it is sent, which may be views of
-        the task's buffers). Returns the reply.
+        through the worker's own TCP server) when the shard is here. That one gets the
+        task's arrays themselves, not copies: a task's gradient is a new array every
+        push, and the task waits for the reply, by which time the shard has used the
+        slice (summed into its round, or applied). Returns the reply.
 
         Raises
         ------
@@ -64,8 +65,7 @@ class ShardRPC:
         try:
             async with asyncio.timeout(self.timeout + self.wait_bound):
                 if address == self.address and local is not None:
-                    msg = {n: (np.array(v.data) if copy else v.data)
-                           if isinstance(v, ToPickle) else v for n, v in msg.items()}  # fmt: skip
+                    msg = {n: v.data if isinstance(v, ToPickle) else v for n, v in msg.items()}
                     reply = await getattr(local, op)(job=self.job, **msg)
                     reply = {n: v.data if isinstance(v, ToPickle) else v for n, v in reply.items()}
                 else:
@@ -101,7 +101,7 @@ class ShardCalls(ShardRPC):
         address = self.shards[k][0]
         return await self._call_shard(
             "shard", op, address, self.local, {**msg, "shard": k}, ShardUnreachableError,
-            f"the parameter shard on worker {address}", copy=True,
+            f"the parameter shard on worker {address}",
         )  # fmt: skip
 
     async def shard_colsq(self, rank: int, colsq: np.ndarray, curvature: float) -> dict:

@@ -172,11 +172,17 @@ class ShardState(RoundSlices):
             if entry is None:
                 return error(f"shard has no gradient of rank {rank} for version {version}")
             g = self._padded_grad(entry)
-            total = g.astype(np.float64, copy=True) if total is None else total + g
+            if total is None:
+                total = g.astype(np.float64, copy=True)
+            else:
+                np.add(total, g, out=total)
         if total is None:
             return error(f"round {version} has no ranks")
         self.round_sum = total
-        self.epoch_sum = total.copy() if self.epoch_sum is None else self.epoch_sum + total
+        if self.epoch_sum is None:
+            self.epoch_sum = total.copy()
+        else:
+            np.add(self.epoch_sum, total, out=self.epoch_sum)
         out: dict[str, Any] = {"status": "OK"}
         if close:
             out.update(self._epoch_pieces(mean_w))
@@ -193,7 +199,9 @@ class ShardState(RoundSlices):
         assert self.epoch_sum is not None
         P, opt = self.published[1], self.optimizer
         reg = opt.regularizer
-        g = reg.proximal_gradient(P, self.epoch_sum / mean_w, opt.fit_intercept)
+        # the epoch's sum is done with: it becomes the mean gradient in place
+        g = reg.proximal_gradient(P, np.divide(self.epoch_sum, mean_w, out=self.epoch_sum),
+                                  opt.fit_intercept)  # fmt: skip
         self.epoch_sum = None
         if self.padded:
             g = g[:-1]
@@ -262,7 +270,8 @@ class ShardState(RoundSlices):
         published) when the rows became non-finite."""
         P = self.published[1]
         if weight > 0 and self.round_sum is not None:
-            new = self.optimizer.apply(P, self.round_sum / weight, self.opt_state, t, lr)
+            mean = np.divide(self.round_sum, weight, out=self.round_sum)  # the round's own sum
+            new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
             if not np.all(np.isfinite(new)):
                 return False
             if self.padded:
@@ -284,13 +293,18 @@ class ShardState(RoundSlices):
             return None
         g = self._padded_grad(np.asarray(grad, dtype=np.float64))
         if epoch > self.closed_through:
-            self.epoch_sums[epoch] = g.copy() if epoch not in self.epoch_sums else (
-                self.epoch_sums[epoch] + g)  # fmt: skip
+            if epoch in self.epoch_sums:
+                np.add(self.epoch_sums[epoch], g, out=self.epoch_sums[epoch])
+            else:
+                self.epoch_sums[epoch] = g.copy()
             self.epoch_counts[epoch] = self.epoch_counts.get(epoch, 0) + 1
         v, P = self.published
         new = P
         if weight > 0:
-            new = self.optimizer.apply(P, g / weight, self.opt_state, t, lr)
+            # g / weight: into g when it is a copy made here (float32 slices, or padded)
+            own = g is not grad
+            mean = np.divide(g, weight, out=g) if own else g / weight
+            new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
             if not np.all(np.isfinite(new)):
                 return False
             if self.padded:
