@@ -1,19 +1,22 @@
 """Sharded parameter servers: sync round time, async pushes/s and MB/s against d and n_servers;
 and how many pushes a second one scheduler, the coordinator, can carry.
 
-``python bench/bench_servers.py [--quick]``; writes ``bench/results/servers.md`` and
-``servers.json``.
+``python bench/bench_servers.py [--quick] [--repeats N]``; writes
+``bench/results/servers.md`` and ``servers.json``.
 
 Full-batch sync gradient descent (least squares, sgd) on very wide, very short data (8 rows
 a worker), so that the parameter traffic, not the kernel, sets the pace; 2 worker
-processes x 1 thread, d = 10^2, 10^4, 10^5, 10^6, 4 * 10^6 (``--quick``: up to 10^6),
+processes x 1 thread, d = 10^2, 10^4, 10^5, 3 * 10^5, 10^6, 4 * 10^6 (``--quick``: up to
+10^6),
 ``n_servers`` = 0 (the whole model on the scheduler), 1 and 2 (as many shards as workers).
 Then 4 worker processes (oversubscribed on this 2-core machine: ``n_servers`` may not
 exceed the workers), ``n_servers`` = 0, 2 and 4 at d = 10^5 and 10^6 (``--quick``: 10^5).
 
-For each, in sync and async mode: the median time of an epoch (sync: a round), pushes per
-second, the MB/s of parameter traffic (each push's gradient in, float32 as the data, and
-the float64 parameters out), and what the scheduler process paid per push: its CPU time (psutil).
+For each, in sync and async mode (the long fit ``--repeats`` times, 5 by default, the
+n_servers taking turns, the median reported): the median time of an epoch (sync: a round),
+pushes per second, the MB/s of parameter traffic (each push's gradient in, float32 as the
+data, and the float64 parameters out), and what the scheduler process paid per push: its
+CPU time (psutil).
 
 The coordinator's ceiling: 4, 8, 16 and 32 worker processes x 1 thread (``--quick``: 4 and
 8; all on the 2 cores), async pushes at d = 100 with the model on the scheduler and in
@@ -41,6 +44,9 @@ import daskgd
 
 ROWS_PER_WORKER = 8
 ROUNDS = 30
+#: long fits per row of the servers tables (the median reported): one measurement of
+#: 30 rounds on a shared 2-core machine varies by 15% from one fit to the next
+REPEATS = 5
 # the coordinator's ceiling: a small model, the same number of pushes whatever the workers
 COORD_D = 100
 COORD_PUSHES = 960
@@ -70,16 +76,13 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
     wall = time.perf_counter() - t0
     c2 = client.run_on_scheduler(_scheduler_cpu)
     extra = sum(h["updates"] for h in res.history) - sum(h["updates"] for h in short.history)
-    times = [h["time"] for h in res.history]
-    pushes = sum(h["updates"] for h in res.history[1:])
-    span = times[-1] - times[0]  # from the end of the first epoch: no start-up in it
-    per_s = pushes / span
+    per_s, round_ms = _rate(res)
     return {
         "mode": mode,
         "d": d,
         "n_servers": k,
         "pushes_per_s": per_s,
-        "round_ms": 1e3 * statistics.median(np.diff(times)),
+        "round_ms": round_ms,
         # each push: a float32 gradient in (the data's precision), float64 parameters out
         "MB_per_s": per_s * (4 + 8) * (d + 1) / 1e6,
         "fit_s": wall,
@@ -90,6 +93,34 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
         "extra_pushes": extra,
         "sched_cpu_margin_s": (c2 - c1) - (c1 - c0),
     }
+
+
+def _rate(res) -> tuple[float, float]:
+    """Pushes a second and the median ms between epochs of a fit, from the end of its
+    first epoch (no start-up in it)."""
+    times = [h["time"] for h in res.history]
+    pushes = sum(h["updates"] for h in res.history[1:])
+    return pushes / (times[-1] - times[0]), 1e3 * statistics.median(np.diff(times))
+
+
+def _again(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> tuple:
+    """:func:`_rate` of one more long fit (the repeats)."""
+    res = daskgd.fit(path, client=client, max_epochs=rounds, optimizer="sgd",
+                     learning_rate=0.1 / d, tol=None, validate=False, n_servers=k,
+                     mode=mode)  # fmt: skip
+    return _rate(res)
+
+
+def _median_of_repeats(runs: dict[int, dict], more: dict[int, list[tuple]], d: int) -> None:
+    """Each run's pushes/s and round time: the median of its first measurement and the
+    repeats; the spread of pushes/s beside it."""
+    for k, r in runs.items():
+        rates = [r["pushes_per_s"], *(p for p, _ in more[k])]
+        r["pushes_per_s"] = statistics.median(rates)
+        r["pushes_per_s_min"], r["pushes_per_s_max"] = min(rates), max(rates)
+        r["round_ms"] = statistics.median([r["round_ms"], *(m for _, m in more[k])])
+        r["MB_per_s"] = r["pushes_per_s"] * (4 + 8) * (d + 1) / 1e6
+        r["repeats"] = len(rates)
 
 
 @contextmanager
@@ -123,15 +154,25 @@ def _write(tmp: str, n_workers: int, d: int) -> str:
     return path
 
 
-def _servers(n_workers: int, sizes: list[int], ks: tuple[int, ...], memory_limit: str) -> list:
-    """The servers table's rows: every d, sync and async, every n_servers in ``ks``."""
+def _servers(
+    n_workers: int, sizes: list[int], ks: tuple[int, ...], memory_limit: str, repeats: int
+) -> list:
+    """The servers table's rows: every d, sync and async, every n_servers in ``ks``; the
+    long fit ``repeats`` times, the n_servers taking turns (a machine that slows down for
+    a while slows each of them alike)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp, _client(n_workers, memory_limit) as client:
         for d in sizes:
             path = _write(tmp, n_workers, d)
             for mode in ("sync", "async"):
-                for k in ks:
-                    r = {"workers": n_workers, **_one(client, path, d, k, mode, ROUNDS)}
+                runs = {k: {"workers": n_workers, **_one(client, path, d, k, mode, ROUNDS)}
+                        for k in ks}  # fmt: skip
+                more: dict[int, list[tuple]] = {k: [] for k in ks}
+                for _ in range(repeats - 1):
+                    for k in ks:
+                        more[k].append(_again(client, path, d, k, mode, ROUNDS))
+                _median_of_repeats(runs, more, d)
+                for r in runs.values():
                     print(r, flush=True)
                     rows.append(r)
     return rows
@@ -188,10 +229,18 @@ def _coordinator(n_workers: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help="long fits per row, the median reported (default %(default)s)",
+    )
     args = ap.parse_args()
-    sizes = [100, 10**4, 10**5, 10**6] + ([] if args.quick else [4 * 10**6])
-    rows = _servers(2, sizes, (0, 1, 2), "auto")
-    rows += _servers(4, [10**5] + ([] if args.quick else [10**6]), (0, 2, 4), "2GiB")
+    # 3 * 10^5: n_servers="auto"'s crossover (daskgd.driver.servers.AUTO_SHARD_PARAMS)
+    sizes = [100, 10**4, 10**5, 3 * 10**5, 10**6] + ([] if args.quick else [4 * 10**6])
+    rows = _servers(2, sizes, (0, 1, 2), "auto", args.repeats)
+    rows += _servers(4, [10**5] + ([] if args.quick else [10**6]), (0, 2, 4), "2GiB",
+                     args.repeats)  # fmt: skip
     ns = (4, 8) if args.quick else (4, 8, 16, 32)
     coord = [r for n in ns for r in _coordinator(n)]
     by = {(r["workers"], r["mode"], r["d"], r["n_servers"]): r for r in rows}
@@ -199,8 +248,9 @@ def main() -> None:
         r["vs_scheduler_MBps"] = (
             r["MB_per_s"] / by[(r["workers"], r["mode"], r["d"], 0)]["MB_per_s"]
         )
-    cols = ["mode", "d", "n_servers", "round_ms", "pushes_per_s", "MB_per_s",
-            "vs_scheduler_MBps", "sched_cpu_ms_per_push", "sched_cpu_share", "fit_s"]  # fmt: skip
+    cols = ["mode", "d", "n_servers", "round_ms", "pushes_per_s", "pushes_per_s_min",
+            "pushes_per_s_max", "MB_per_s", "vs_scheduler_MBps", "sched_cpu_ms_per_push",
+            "sched_cpu_share", "fit_s"]  # fmt: skip
     md2 = table([[_fmt(r[c]) for c in cols] for r in rows if r["workers"] == 2], cols)
     md4 = table([[_fmt(r[c]) for c in ["workers", *cols]] for r in rows if r["workers"] == 4],
                 ["workers", *cols])  # fmt: skip
@@ -214,9 +264,12 @@ def main() -> None:
         "\n\n{header}"
         f"Least squares, sgd, {ROWS_PER_WORKER} rows a worker in one batch (the traffic, not "
         "the kernel, sets the pace), 2 worker processes x 1 thread on one 2-core machine; "
-        "the scheduler (and the driver) in the benchmark's process. `round_ms`: median gap "
+        "the scheduler (and the driver) in the benchmark's process. Each row's long fit "
+        f"({ROUNDS} epochs) ran {args.repeats} times, the n_servers of a mode and d taking "
+        "turns; the table has the medians. `round_ms`: median gap "
         "between epochs (sync: one round; async: each worker's push); `pushes_per_s` from "
-        "the history after the first epoch; `MB_per_s`: parameter traffic (each push's "
+        "the history after the first epoch (`_min`, `_max`: the slowest and the fastest of "
+        "the repeats); `MB_per_s`: parameter traffic (each push's "
         "float32 gradient in, the data's precision, and float64 parameters out); "
         "`vs_scheduler_MBps`: against n_servers=0 "
         "in the same mode at the same d; `sched_cpu_ms_per_push`: the CPU time of the "

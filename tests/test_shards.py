@@ -193,15 +193,34 @@ def test_more_servers_than_workers_is_refused_with_the_fix(client):
         fit((X, y), client=client, n_servers=3, max_epochs=1)
 
 
-def test_auto_keeps_the_model_on_the_scheduler_until_a_crossover_is_measured(monkeypatch):
-    s = FitSettings()
+def test_auto_shards_a_large_first_order_model_from_the_measured_crossover(monkeypatch):
+    s = FitSettings(optimizer="sgd")
+    assert servers.AUTO_SHARD_PARAMS == 300_000  # bench/results/servers.md
+    assert resolve_servers(s, 299_999, 4) == 0
+    assert resolve_servers(s, 300_000, 4) == 2
+    assert resolve_servers(s, 300_000, 2) == 2
+    # one worker: nobody to keep a shard's backup
+    assert resolve_servers(s, 10**7, 1) == 0
+    # key-hashed shards keep no replicas; L-BFGS and Newton are paced by the data
+    assert resolve_servers(s, 10**7, 4, keyed=True) == 0
+    for rule in ("lbfgs", "newton"):
+        assert resolve_servers(FitSettings(optimizer=rule), 10**7, 4) == 0
+    for rule in ("momentum", "nesterov", "adagrad", "adam"):
+        assert resolve_servers(FitSettings(optimizer=rule), 10**7, 4) == 2
+    assert resolve_servers(FitSettings(optimizer="sgd", callback_params=True), 10**7, 4) == 0
+    monkeypatch.setattr(servers, "AUTO_SHARD_PARAMS", None)
     assert resolve_servers(s, 10**8, 4) == 0
-    monkeypatch.setattr(servers, "AUTO_SHARD_PARAMS", 1000)
-    assert resolve_servers(s, 999, 4) == 0
-    assert resolve_servers(s, 1000, 4) == 2
-    assert resolve_servers(s, 1000, 1) == 1
-    assert resolve_servers(FitSettings(optimizer="newton"), 10**7, 4) == 0
-    assert resolve_servers(FitSettings(callback_params=True), 10**7, 4) == 0
+
+
+def test_auto_shards_a_fit_from_the_crossover_and_says_where(client, monkeypatch):
+    X, y = _problem()
+    kw = dict(client=client, optimizer="sgd", learning_rate=0.05, max_epochs=3, tol=None)
+    assert fit((X, y), **kw).servers_ == []  # 10 parameters: on the scheduler
+    monkeypatch.setattr(servers, "AUTO_SHARD_PARAMS", 10)  # the driver resolves "auto"
+    auto = fit((X, y), **kw)
+    workers = sorted(client.scheduler_info()["workers"])
+    assert sorted(auto.servers_) == workers  # 2 shards, one on each worker
+    assert np.array_equal(_params(auto), _params(fit((X, y), n_servers=0, **kw)))
 
 
 def test_a_sync_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(reliability):

@@ -75,7 +75,7 @@ async def place_shards(
 ):
     """The workers that hold the parameter shards (None: the model stays on the scheduler),
     with the shard servers (key-hashed ones for a key-value fit) installed on every worker."""
-    k = resolve_servers(s, n_params, len(workers))
+    k = resolve_servers(s, n_params, len(workers), keyed)
     if k == 0:
         return None
     try:
@@ -220,4 +220,5 @@ async def run_job(client: Client, ds: Dataset, s: FitSettings) -> FitResult:
         lbfgs=s.optimizer in ("lbfgs", "newton"),  # no learning rate
         timings=timings,
         plan=final_plan(plan, tasks) if s.placement == "latency" else plan,
+        servers=shards,
     )

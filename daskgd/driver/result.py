@@ -73,6 +73,10 @@ class FitResult:
     blocks_ : list of dict
         Feature-partitioned fits (``partition="features"``): per column block, its
         ``rank``, the ``worker`` whose task returned it and its ``columns`` ``(c0, c1)``.
+    servers_ : list of str
+        The workers that held the parameter shards, in shard order, as the fit started
+        (``n_servers`` given, or what ``"auto"`` chose); empty: the model was on the
+        scheduler.
     """
 
     coef_: np.ndarray
@@ -88,6 +92,7 @@ class FitResult:
     plan_: dict[str, list[int]] = field(default_factory=dict)
     recoveries_: list[dict[str, Any]] = field(default_factory=list)
     blocks_: list[dict[str, Any]] = field(default_factory=list)
+    servers_: list[str] = field(default_factory=list)
 
     @property
     def loss_(self) -> float:
@@ -103,8 +108,10 @@ def build_result(
     lbfgs: bool,
     timings: dict[str, Any],
     plan: dict[str, list[int]],
+    servers: list[str] | None = None,
 ) -> FitResult:
-    """The result of a job from its final reply (``close``) and the history the driver saw.
+    """The result of a job from its final reply (``close``) and the history the driver saw
+    (``servers``: the workers holding its shards).
 
     Raises
     ------
@@ -132,4 +139,5 @@ def build_result(
         learning_rate_=None if lbfgs else final.get("learning_rate"),
         plan_={w: list(c) for w, c in plan.items()},
         recoveries_=[dict(r) for r in final.get("recoveries") or []],
+        servers_=list(servers or []),
     )

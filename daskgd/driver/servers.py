@@ -3,11 +3,13 @@
 ``n_servers=0`` keeps the whole model on the scheduler (the parameter server of
 :mod:`daskgd.parameter_server`); ``n_servers=K >= 1`` cuts the parameters and the
 optimizer state into K shards held by K workers (:mod:`daskgd.parameter_server.shard`),
-and the scheduler coordinates. ``"auto"`` shards a model of at least
-:data:`AUTO_SHARD_PARAMS` parameters, when the settings allow it: measured on one 2-core
-machine (``bench/results/servers.md``), shards took the scheduler's load off it but did
-not raise throughput enough at any d up to 4 * 10^6 to pay for themselves, so that size is
-not set and ``"auto"`` means 0 until a measured crossover gives it one.
+and the scheduler coordinates. ``"auto"`` shards a dense model of at least
+:data:`AUTO_SHARD_PARAMS` parameters trained by a first-order rule on two workers or more:
+measured on one 2-core machine (``bench/results/servers.md``, 2 workers), 2 shards gave
+0.85-0.96x the scheduler-hosted throughput at 10^5 parameters and 1.3-1.5x from
+3 * 10^5 to 4 * 10^6. L-BFGS's rounds are set by the pass over the data, not the traffic
+(the sparse benchmark: 10.5 s on the scheduler, 10.8 s in 2 shards), and key-hashed shards
+keep no replicas, so ``"auto"`` keeps those on the scheduler.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ from typing import Any
 
 from daskgd.errors import InvalidSettingError
 
-__all__ = ["AUTO_SHARDS", "AUTO_SHARD_PARAMS", "check_servers", "resolve_servers"]
+__all__ = [
+    "AUTO_SHARDS",
+    "AUTO_SHARD_PARAMS",
+    "AUTO_SHARD_RULES",
+    "check_servers",
+    "resolve_servers",
+]
 
-#: The model size (parameters) from which ``n_servers="auto"`` shards; None: never (no
-#: crossover measured yet: ``bench/results/servers.md``).
-AUTO_SHARD_PARAMS: int | None = None
+#: The model size (parameters) from which ``n_servers="auto"`` shards (the crossover
+#: measured in ``bench/results/servers.md``); None: never.
+AUTO_SHARD_PARAMS: int | None = 300_000
 #: Shards ``"auto"`` makes (at most the workers there are).
 AUTO_SHARDS = 2
+#: The update rules ``"auto"`` shards: those whose rounds the parameter traffic paces.
+AUTO_SHARD_RULES = ("sgd", "momentum", "nesterov", "adagrad", "adam")
 
 
 def _why_not(s: Any) -> str | None:
@@ -51,8 +61,9 @@ def check_servers(s: Any) -> None:
             )
 
 
-def resolve_servers(s: Any, n_params: int, n_workers: int) -> int:
-    """The number of shards for a fit of ``n_params`` parameters on ``n_workers`` workers.
+def resolve_servers(s: Any, n_params: int, n_workers: int, keyed: bool = False) -> int:
+    """The number of shards for a fit of ``n_params`` parameters on ``n_workers`` workers
+    (``keyed``: a key-value fit, whose shards are hashed by key).
 
     Raises
     ------
@@ -61,7 +72,15 @@ def resolve_servers(s: Any, n_params: int, n_workers: int) -> int:
     """
     k = s.n_servers
     if k == "auto":
-        if _why_not(s) is not None or AUTO_SHARD_PARAMS is None or n_params < AUTO_SHARD_PARAMS:
+        # one worker: no neighbour to keep a shard's backup (its loss would end the fit)
+        if (
+            _why_not(s) is not None
+            or keyed
+            or s.optimizer not in AUTO_SHARD_RULES
+            or n_workers < 2
+            or AUTO_SHARD_PARAMS is None
+            or n_params < AUTO_SHARD_PARAMS
+        ):
             return 0
         return min(AUTO_SHARDS, n_workers)
     if k > n_workers:
