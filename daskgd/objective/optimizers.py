@@ -1,17 +1,12 @@
-"""Update rules the parameter server applies: plain, momentum, Nesterov, AdaGrad, Adam, L-BFGS,
-Newton.
-
-Everything here is plain numpy and runs on the scheduler (inside the parameter
-server's one-thread executor), so it must not import the compiled kernels.
+"""Update rules the parameter server applies: plain, momentum, Nesterov, AdaGrad, Adam,
+L-BFGS, Newton. Plain numpy: it runs on the scheduler, which never imports the kernels.
 
 Parameters are one array ``P`` of shape ``(d + 1,)`` (or ``(d + 1, k)`` for the
-multinomial loss): the coefficients in ``P[:d]`` and the intercept in ``P[d]``,
-the same layout as the kernel's gradient buffer. The objective and its penalty are
-described in :mod:`daskgd.objective.regularizers`; the learning rate comes from a
-:class:`~daskgd.objective.schedules.Schedule`.
-
-Optimizers are kept in a name -> class registry (:data:`OPTIMIZERS`);
-:func:`make_optimizer` builds one from plain values.
+multinomial loss): the coefficients in ``P[:d]`` and the intercept in ``P[d]``, the same
+layout as the kernel's gradient buffer. The objective and its penalty are described in
+:mod:`daskgd.objective.regularizers`; the learning rate comes from a
+:class:`~daskgd.objective.schedules.Schedule`. Optimizers are kept in a name -> class
+registry (:data:`OPTIMIZERS`); :func:`make_optimizer` builds one from plain values.
 """
 
 from __future__ import annotations
@@ -174,14 +169,13 @@ class Optimizer:
         with its own last row standing for the intercept) as it would to the whole.
         Rules with a line search (L-BFGS, Newton) do not have it. With ``overwrite_grad``
         a float64 ``grad`` is used as scratch space (no copy of the model's size)."""
-        own = overwrite_grad and grad.dtype == np.float64 and grad.flags.c_contiguous
+        own = overwrite_grad and grad.dtype == np.float64
         g = grad if own else np.array(grad, dtype=np.float64)
         self.regularizer.add_gradient(params, g)
         if not self.fit_intercept:
             g[-1] = 0.0
         d, scale = self.direction(g, state, t)
-        # params - (lr * scale) * d, with one array of the model's size, not two
-        new = np.multiply(lr * scale, d)
+        new = np.multiply(lr * scale, d)  # params - lr * scale * d, one new array, not two
         np.subtract(params, new, out=new)
         self.regularizer.prox(new, lr * scale)
         if not self.fit_intercept:
