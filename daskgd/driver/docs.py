@@ -126,8 +126,10 @@ FIT_PARAMETERS = """
         momentum, nesterov, adagrad and adam in every mode, lbfgs in sync mode; a
         key-value fit's keyed state split by a hash of the column), the scheduler
         coordinating;
-        "auto" is 0 for now: on the machines measured the shards' extra messages cost
-        more than they save. See the README's "Sharded parameter servers".
+        "auto": 2 shards for a model of 300,000 parameters or more (not a key-value one)
+        trained by sgd, momentum, nesterov, adagrad or adam on 2 workers or more, where
+        they were measured faster; else 0. ``FitResult.servers_`` says which workers held
+        shards. See the README's "Sharded parameter servers".
     placement : {"auto", "balanced", "locality", "resources"}, default="auto"
         Which row-chunks each worker trains on. "locality": chunks of dask input that a
         worker already holds in memory stay there, the rest are balanced; "balanced":

@@ -3,13 +3,14 @@
 ``n_servers=0`` keeps the whole model on the scheduler (the parameter server of
 :mod:`daskgd.parameter_server`); ``n_servers=K >= 1`` cuts the parameters and the
 optimizer state into K shards held by K workers (:mod:`daskgd.parameter_server.shard`),
-and the scheduler coordinates. ``"auto"`` shards a dense model of at least
-:data:`AUTO_SHARD_PARAMS` parameters trained by a first-order rule on two workers or more:
-measured on one 2-core machine (``bench/results/servers.md``, 2 workers), 2 shards gave
-0.85-0.96x the scheduler-hosted throughput at 10^5 parameters and 1.3-1.5x from
-3 * 10^5 to 4 * 10^6. L-BFGS's rounds are set by the pass over the data, not the traffic
-(the sparse benchmark: 10.5 s on the scheduler, 10.8 s in 2 shards), and key-hashed shards
-keep no replicas, so ``"auto"`` keeps those on the scheduler.
+and the scheduler coordinates. ``"auto"`` shards a model of at least
+:data:`AUTO_SHARD_PARAMS` parameters (not a key-value one) trained by a first-order rule on
+two workers or more: measured on one 2-core machine (``bench/results/servers.md``, 2
+workers, sync and async), 2 shards gave 0.82-1.17x the scheduler-hosted throughput at 10^5
+parameters, 1.09-1.14x at 3 * 10^5 and 1.18-1.37x at 10^6 and 4 * 10^6. L-BFGS's rounds
+are set by the pass over the data, not the traffic (the sparse benchmark: 10.5 s on the
+scheduler, 10.8 s in 2 shards), and key-hashed shards keep no replicas, so ``"auto"``
+keeps those on the scheduler.
 """
 
 from __future__ import annotations
