@@ -236,6 +236,8 @@ def main() -> None:
         help="long fits per row, the median reported (default %(default)s)",
     )
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be 1 or more")
     # 3 * 10^5: n_servers="auto"'s crossover (daskgd.driver.servers.AUTO_SHARD_PARAMS)
     sizes = [100, 10**4, 10**5, 3 * 10**5, 10**6] + ([] if args.quick else [4 * 10**6])
     rows = _servers(2, sizes, (0, 1, 2), "auto", args.repeats)
@@ -266,7 +268,9 @@ def main() -> None:
         "the kernel, sets the pace), 2 worker processes x 1 thread on one 2-core machine; "
         "the scheduler (and the driver) in the benchmark's process. Each row's long fit "
         f"({ROUNDS} epochs) ran {args.repeats} times, the n_servers of a mode and d taking "
-        "turns; the table has the medians. `round_ms`: median gap "
+        "turns: `round_ms`, `pushes_per_s` and the figures from it (`MB_per_s`, "
+        "`vs_scheduler_MBps`) are the medians; the scheduler's CPU and `fit_s` come from "
+        "the first measurement. `round_ms`: median gap "
         "between epochs (sync: one round; async: each worker's push); `pushes_per_s` from "
         "the history after the first epoch (`_min`, `_max`: the slowest and the fastest of "
         "the repeats); `MB_per_s`: parameter traffic (each push's "

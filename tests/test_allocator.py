@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,8 +25,8 @@ def test_settings_follow_the_largest_holder_within_bounds():
     assert allocator.settings(10**9) == (allocator.MMAP_CEILING, allocator.TRIM_CEILING)
 
 
-#: In a process started as Dask's nanny starts workers (MALLOC_TRIM_THRESHOLD_=65536): the
-#: free bytes glibc keeps after a 16 MB buffer is freed, before, during and after a hold.
+#: The free bytes glibc keeps after a 16 MB buffer is freed, before, during and after a
+#: hold, in a process started with the environment the test gives.
 _KEPT = """
 import ctypes, json
 from daskgd import allocator
@@ -43,33 +44,63 @@ def kept():
     del b
     return libc.mallinfo2().fordblks
 
-out = {"before": kept()}
+out = {"own": allocator._OWN, "before": [kept(), kept()]}
 allocator.hold("task", 16 * 2**20)
 out["during"] = kept()
+out["set"] = allocator._current
 allocator.hold("shard", 2**20)
 allocator.release("task")
-out["smaller"] = list(allocator.settings(max(allocator._holders.values())))
+out["smaller"] = allocator._current
 allocator.release("shard")
-out["after"] = kept()
+out["after"] = [kept(), kept()]
 out["holders"] = len(allocator._holders)
+out["current"] = allocator._current
 print(json.dumps(out))
 """
 
 
-@glibc
-def test_a_hold_keeps_freed_buffers_and_its_release_gives_them_back():
+def _kept(**env: str) -> dict:
     import json
 
-    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-c", _KEPT], env=env, capture_output=True,
-                         text=True, check=True)  # fmt: skip
-    got = json.loads(out.stdout)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", _KEPT], env={**clean, **env},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout)
+
+
+@glibc
+def test_under_the_nannys_setting_a_hold_keeps_freed_buffers_and_its_release_restores():
+    got = _kept(MALLOC_TRIM_THRESHOLD_="65536")  # as Dask's nanny starts workers
     mb = 2**20
-    assert got["before"] < 4 * mb  # mmapped and unmapped at free: nothing to reuse
+    assert got["own"] == [128 * 1024, 65536]
+    assert max(got["before"]) < 4 * mb  # mmapped and unmapped at free: nothing to reuse
+    assert got["set"] == [32 * mb, 128 * mb]
     assert got["during"] >= 16 * mb  # kept in the heap for the next message
     assert got["smaller"] == [2 * mb, 8 * mb]  # the shard's own size once the task left
-    assert got["after"] < 4 * mb  # the process's own settings again
-    assert got["holders"] == 0
+    assert max(got["after"]) < 4 * mb  # the process's own settings again
+    assert got["holders"] == 0 and got["current"] is None
+
+
+@glibc
+def test_glibcs_own_dynamic_thresholds_are_left_alone():
+    """Without a MALLOC_* setting glibc raises its mmap threshold itself; a mallopt call
+    would fix it for good, so a hold changes nothing and the reuse goes on after it."""
+    got = _kept()
+    mb = 2**20
+    assert got["own"] is None
+    assert got["before"][1] >= 16 * mb  # the second buffer came from the heap, and stayed
+    assert got["set"] is None and got["smaller"] is None
+    assert got["after"][1] >= 16 * mb
+
+
+def test_tunables_fix_the_thresholds_too(monkeypatch):
+    for name in allocator._FIXING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=65536:glibc.foo=1")
+    assert allocator._own_settings() == (128 * 1024, 65536)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=512")
+    assert allocator._own_settings() is None
 
 
 def _held(dask_worker=None) -> tuple[int, object]:
@@ -86,4 +117,8 @@ def test_a_fit_leaves_no_holder_on_the_workers(client, tmp_path, n_servers):
     res = daskgd.fit(path, client=client, optimizer="sgd", learning_rate=0.01, max_epochs=3,
                      tol=None, n_servers=n_servers)  # fmt: skip
     assert res.n_iter_ == 3
+    # the shards are dropped after the fit returns (the close does not wait for that)
+    deadline = time.monotonic() + 30
+    while set(client.run(_held).values()) != {(0, None)} and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert set(client.run(_held).values()) == {(0, None)}

@@ -128,8 +128,8 @@ FIT_PARAMETERS = """
         coordinating;
         "auto": 2 shards for a model of 300,000 parameters or more (not a key-value one)
         trained by sgd, momentum, nesterov, adagrad or adam on 2 workers or more, where
-        they were measured faster; else 0. ``FitResult.servers_`` says which workers held
-        shards. See the README's "Sharded parameter servers".
+        they were measured faster; else 0. ``FitResult.servers_`` lists the workers that
+        held the shards as the fit started. See the README's "Sharded parameter servers".
     placement : {"auto", "balanced", "locality", "resources"}, default="auto"
         Which row-chunks each worker trains on. "locality": chunks of dask input that a
         worker already holds in memory stay there, the rest are balanced; "balanced":

@@ -50,9 +50,10 @@ class ShardRPC:
         """Call handler ``daskgd_<kind>_<op>`` at ``address`` with ``msg``, or ``op`` of
         ``local`` (the shard server of this task's worker, called in process: no copy
         through the worker's own TCP server) when the shard is here. That one gets the
-        task's arrays themselves, not copies: a task's gradient is a new array every
-        push, and the task waits for the reply, by which time the shard has used the
-        slice (summed into its round, or applied). Returns the reply.
+        task's arrays themselves, not copies: a task's gradient is a new array every push,
+        never written again once pushed, and a shard only reads what it is sent (a slice
+        it keeps for a round that closes without it stays until a later round's take).
+        Returns the reply.
 
         Raises
         ------

@@ -302,7 +302,7 @@ class ShardState(RoundSlices):
         new = P
         if weight > 0:
             # g / weight: into g when it is a copy made here (float32 slices, or padded)
-            own = g is not grad
+            own = not np.may_share_memory(g, grad)
             mean = np.divide(g, weight, out=g) if own else g / weight
             new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
             if not np.all(np.isfinite(new)):
