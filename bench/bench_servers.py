@@ -61,9 +61,20 @@ def _scheduler_cpu(dask_scheduler=None) -> float:
     return cpu.user + cpu.system
 
 
+def _fit_kwargs(d: int, k: int, mode: str) -> dict:
+    """The settings of every fit of a row (d, n_servers, mode)."""
+    return dict(optimizer="sgd", learning_rate=0.1 / d, tol=None, validate=False,
+                n_servers=k, mode=mode)  # fmt: skip
+
+
+def _mb_per_s(pushes_per_s: float, d: int) -> float:
+    """Parameter traffic: each push a float32 gradient in (the data's precision), float64
+    parameters out."""
+    return pushes_per_s * (4 + 8) * (d + 1) / 1e6
+
+
 def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> dict:
-    kw = dict(optimizer="sgd", learning_rate=0.1 / d, tol=None, validate=False, n_servers=k,
-              mode=mode)  # fmt: skip
+    kw = _fit_kwargs(d, k, mode)
     daskgd.fit(path, client=client, max_epochs=2, **kw)  # warm: imports, page cache
     # the scheduler's CPU per push at the margin: a short and a long fit, the difference
     # (a fit's O(d) start and end, which do pass through the scheduler, cancel out)
@@ -83,8 +94,7 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
         "n_servers": k,
         "pushes_per_s": per_s,
         "round_ms": round_ms,
-        # each push: a float32 gradient in (the data's precision), float64 parameters out
-        "MB_per_s": per_s * (4 + 8) * (d + 1) / 1e6,
+        "MB_per_s": _mb_per_s(per_s, d),
         "fit_s": wall,
         "sched_cpu_ms_per_push": 1e3 * ((c2 - c1) - (c1 - c0)) / extra,
         "sched_cpu_share": (c2 - c1) / wall,
@@ -105,10 +115,7 @@ def _rate(res) -> tuple[float, float]:
 
 def _again(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> tuple:
     """:func:`_rate` of one more long fit (the repeats)."""
-    res = daskgd.fit(path, client=client, max_epochs=rounds, optimizer="sgd",
-                     learning_rate=0.1 / d, tol=None, validate=False, n_servers=k,
-                     mode=mode)  # fmt: skip
-    return _rate(res)
+    return _rate(daskgd.fit(path, client=client, max_epochs=rounds, **_fit_kwargs(d, k, mode)))
 
 
 def _median_of_repeats(runs: dict[int, dict], more: dict[int, list[tuple]], d: int) -> None:
@@ -119,7 +126,7 @@ def _median_of_repeats(runs: dict[int, dict], more: dict[int, list[tuple]], d: i
         r["pushes_per_s"] = statistics.median(rates)
         r["pushes_per_s_min"], r["pushes_per_s_max"] = min(rates), max(rates)
         r["round_ms"] = statistics.median([r["round_ms"], *(m for _, m in more[k])])
-        r["MB_per_s"] = r["pushes_per_s"] * (4 + 8) * (d + 1) / 1e6
+        r["MB_per_s"] = _mb_per_s(r["pushes_per_s"], d)
         r["repeats"] = len(rates)
 
 
