@@ -6,13 +6,14 @@ worker count is bitwise the same with any number of shards (each shard sums the 
 slices in rank order and steps its rows with the same float64 arithmetic).
 """
 
+import asyncio
 import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-from _kills import first_worker, fit_and_kill
+from _kills import exit_after_next_push, first_worker, fit_and_kill
 from distributed import Client, LocalCluster
 
 from daskgd.checkpoint import load_checkpoint
@@ -296,21 +297,55 @@ def test_losing_a_worker_that_holds_no_shard_costs_its_pushes_only(mode, reliabi
         LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-
-        def without_shard(c: Client) -> str:
-            held = c.run_on_scheduler(_holders)
-            return next(w for w in c.scheduler_info()["workers"] if w not in held)
-
         outcome = fit_and_kill(c, (X, y), dict(n_servers=2, mode=mode, optimizer="adam",
                                learning_rate=0.02 if mode == "sync" else 0.005,
                                batch_size=100, max_epochs=60, tol=None, max_time=150,
                                random_state=0, delay=dict.fromkeys(range(3), 0.003)),
-                               8, without_shard)  # fmt: skip
+                               8, _without_shard)  # fmt: skip
     assert "error" not in outcome, outcome.get("error")
     res = outcome["res"]
     reliability.add(f"workers without a shard killed (sharded {mode} fit)")
     assert res.recoveries_ == [] and res.history[-1]["epoch"] == 60
     np.testing.assert_allclose(_params(res), sol, atol=0.03)  # async noise at this step
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_a_worker_dying_between_its_scalars_and_its_slices_costs_that_push(optimizer, reliability):
+    """Sync, 3 workers, 2 shards: the worker without a shard sends a push's scalars to the
+    coordinator, none of its slices, and dies. The round must not wait for those slices
+    (it holds the job, and the driver's status calls, while it waits): told the run died,
+    the shards close it without them; the push is counted in ``dropped_gradients_``, that
+    epoch's figures are partial (no stop rule reads them; L-BFGS evaluates the point
+    again), and the fit completes at the optimum."""
+    X, y = _problem(n=3000)
+    A = np.column_stack([X, np.ones(len(y))])
+    sol = np.linalg.lstsq(A, y, rcond=None)[0]
+    if optimizer == "lbfgs":
+        kw = dict(optimizer="lbfgs", max_epochs=300, gtol=1e-9, tol=None)
+        after = 3
+    else:
+        kw = dict(optimizer="adam", learning_rate=0.02, batch_size=100, max_epochs=40,
+                  tol=None)  # fmt: skip
+        after = 5
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as c,
+    ):
+        outcome = fit_and_kill(c, (X, y), dict(n_servers=2, mode="sync", max_time=150,
+                               random_state=0, delay=dict.fromkeys(range(3), 0.02), **kw),
+                               after, _without_shard, exit_after_next_push)  # fmt: skip
+    assert "error" not in outcome, outcome.get("error")
+    res = outcome["res"]
+    reliability.add(f"workers dying mid-push (sharded sync {optimizer} fit)")
+    assert res.recoveries_ == []
+    assert res.dropped_gradients_ >= 1
+    assert not all(h["complete"] for h in res.history)
+    if optimizer == "lbfgs":
+        assert res.converged_
+        np.testing.assert_allclose(_params(res), sol, atol=1e-6)
+    else:
+        assert res.history[-1]["epoch"] == 40
+        np.testing.assert_allclose(_params(res), sol, atol=0.03)
 
 
 def test_losing_the_only_worker_that_holds_a_shard_stops_the_fit_with_what_to_do():
@@ -351,6 +386,12 @@ def test_losing_the_only_worker_that_holds_a_shard_stops_the_fit_with_what_to_do
 def _holders(dask_scheduler) -> list[str]:
     plugin = dask_scheduler.plugins["daskgd-parameter-server"]
     return [a for j in plugin.jobs.values() for a in j.shards.addresses]
+
+
+def _without_shard(c: Client) -> str:
+    """A worker that holds no shard of the fit in progress."""
+    held = c.run_on_scheduler(_holders)
+    return next(w for w in c.scheduler_info()["workers"] if w not in held)
 
 
 def _has_job(c: Client) -> bool:
@@ -419,6 +460,38 @@ def test_a_backup_is_filed_under_the_coordinators_version():
     assert s.published[0] == 13
     np.testing.assert_allclose(s.rows, -0.1 * np.ones(3))
     assert s.apply_push(np.ones(3), 0.1, 13, 1.0, epoch=1, generation=0) is None  # stale
+
+
+def test_a_round_waits_briefly_for_the_slices_of_a_run_that_died(monkeypatch):
+    """A round waits for a live run's late slice; once the coordinator says the run died
+    (``forget``), only ``HURRY_WAIT`` more, then reports it missing and dead: the handler
+    steps without it. A run still alive is reported missing, not dead."""
+    from daskgd.objective import make_optimizer
+    from daskgd.parameter_server import shard_state
+    from daskgd.parameter_server.shard_state import ShardState
+
+    monkeypatch.setattr(shard_state, "HURRY_WAIT", 0.2)
+
+    async def main():
+        opt = make_optimizer("sgd", learning_rate=0.1)
+        s = ShardState(np.zeros((3,)), opt, padded=False, version=4, state=None)
+        s.store(4, 0, "a", np.ones(3))
+        ranks = [(0, "a"), (1, "b")]
+        assert await s.wait_for_slices(4, ranks, 0.1) == ([1], False)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, s.forget, [(1, "b")])
+        start = loop.time()
+        assert await s.wait_for_slices(4, ranks, 30.0) == ([1], True)
+        assert loop.time() - start < 5
+        out = s.round(4, [(0, "a")], s.take_round(4), False, 2.0, 0.1, 4, 2.0)
+        assert out["finite"] and s.published[0] == 5
+        np.testing.assert_allclose(s.rows, -0.05 * np.ones(3))  # rank 1's weight counted
+        s.forget([(2, "c")])  # every slice lost: a zero gradient, the penalty's step only
+        assert (await s.wait_for_slices(5, [(2, "c")], 30.0)) == ([2], True)
+        assert s.round(5, [], s.take_round(5), False, 1.0, 0.1, 5, 1.0)["finite"]
+        np.testing.assert_allclose(s.rows, -0.05 * np.ones(3))
+
+    asyncio.run(main())
 
 
 def test_a_sync_quorum_steps_the_shards_without_the_straggler(client):

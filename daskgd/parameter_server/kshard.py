@@ -22,8 +22,9 @@ handler                     arguments -> reply (besides ``status``)
                             ``dense``, all of the shard's, in key order) and, on shard 0,
                             ``b``
 ``daskgd_kshard_round``     ``job, shard, version, ranks, weight, t, epoch, eta`` ->
-                            ``finite``: sum round ``version``'s slices of ``ranks`` (rank
-                            order), step, publish ``version + 1``
+                            ``finite, without``: sum round ``version``'s slices of ``ranks``
+                            (rank order; ``without``: dead runs whose slices never came),
+                            step, publish ``version + 1``
 ``daskgd_kshard_apply``     ``job, shard, keys, grad, grad_b, weight, t, epoch, lr_scale,
                             eta, next_keys=None, dense=False`` -> ``finite, version, w``
                             (``b``): async, applied on arrival
@@ -32,6 +33,7 @@ handler                     arguments -> reply (besides ``status``)
 ``daskgd_kshard_penalty``   ``job, shard`` -> ``l1, l2``: the sums of ``|w|`` and ``w^2``
 ``daskgd_kshard_export``    ``job, shard`` -> ``keys, w`` (``b``): the whole shard
 ``daskgd_kshard_drop``      ``job``: free the job's shards on this worker
+``daskgd_kshard_gone``      ``job, shard, ranks``: those runs died (see the dense shards')
 ==========================  ================================================================
 
 A shard's steps and reads run one at a time (its lock); those of more than
@@ -55,7 +57,7 @@ __all__ = ["KSHARD_PLUGIN_NAME", "KeyedShardServer", "export_shards"]
 
 KSHARD_PLUGIN_NAME = "daskgd-kshards"
 
-_OPS = ("create", "push", "round", "apply", "pull", "penalty", "export", "drop")
+_OPS = ("create", "push", "round", "apply", "pull", "penalty", "export", "drop", "gone")
 
 
 def _out(read: dict[str, Any]) -> dict[str, Any]:
@@ -174,15 +176,16 @@ class KeyedShardServer(HandlerPlugin[KeyedShardState]):
         if s.version != version:
             return error(f"key shard is at version {s.version}, asked to close {version}")
         ranks = [(int(r), inc) for r, inc in ranks]
-        missing = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
-        if missing:
+        missing, dead = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
+        if missing and not dead:
             return error(f"the slices of rank(s) {missing} for version {version} did not "
                          f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
         got = s.take_round(int(version))
-        finite = await self._run(s, True, s.round, int(version), ranks, got, float(weight),
+        present = [(r, inc) for r, inc in ranks if r not in missing]
+        finite = await self._run(s, True, s.round, int(version), present, got, float(weight),
                                  int(t), int(epoch), eta)  # fmt: skip
         s.notify()
-        return {"status": "OK", "finite": finite}
+        return {"status": "OK", "finite": finite, "without": missing}
 
     async def apply(self, job, shard, keys, grad, grad_b, weight, t, epoch, lr_scale,
                     eta=None, next_keys=None, dense=False):  # fmt: skip

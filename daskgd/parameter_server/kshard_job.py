@@ -112,10 +112,12 @@ class ShardedKeyedJob(KeyedJob):
             if self.error is not None:
                 return
             ranks = [(r, self.ranks[r].incarnation) for r in order]
-            finite = self.kshards.round(v, ranks, max(weight, 0.0), v, self.epochs, self.eta)
+            finite, lost = self.kshards.round(v, ranks, max(weight, 0.0), v, self.epochs,
+                                              self.eta)  # fmt: skip
         except ShardError as exc:
             self._lost(exc)
             return
+        self.dropped += len(lost)  # a dead rank's slice that missed a shard
         if not finite:
             self.diverged(f"the parameters became non-finite at update {v + 1}")
             return

@@ -22,7 +22,7 @@ import numpy as np
 from distributed.protocol import ToPickle
 
 from daskgd.parameter_server.kshard_state import assemble_keyed
-from daskgd.parameter_server.sharding import SHARD_TIMEOUT, ShardError, ShardFanOut
+from daskgd.parameter_server.sharding import SHARD_TIMEOUT, ShardError, ShardFanOut, without
 
 __all__ = ["KeyedShardSet"]
 
@@ -86,11 +86,12 @@ class KeyedShardSet(ShardFanOut):
                               params=None if params is None else ToPickle(params))  # fmt: skip
 
     def round(self, version: int, ranks: list, weight: float, t: int, epoch: int,
-              eta: float | None) -> bool:  # fmt: skip
-        """Close sync round ``version`` on every shard; whether every one stayed finite."""
+              eta: float | None) -> tuple[bool, list[int]]:  # fmt: skip
+        """Close sync round ``version`` on every shard; whether every one stayed finite,
+        and the ranks whose slice a shard went without (their worker died)."""
         replies = self.call("round", version=version, ranks=ranks, weight=weight, t=t,
                             epoch=epoch, eta=eta)  # fmt: skip
-        return all(r["finite"] for r in replies)
+        return all(r["finite"] for r in replies), without(replies)
 
     def penalty_sums(self) -> tuple[float, float]:
         """``(sum |w|, sum w^2)`` over the whole model, summed in shard order."""

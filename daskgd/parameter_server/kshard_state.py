@@ -113,6 +113,7 @@ class KeyedShardState(RoundSlices):
         self.changed = asyncio.Event()  # set (and replaced) when a version is published
         self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
         self.closed = False
+        self.gone = {}
 
     @property
     def size(self) -> int:
@@ -157,10 +158,11 @@ class KeyedShardState(RoundSlices):
               eta: float | None) -> bool:  # fmt: skip
         """Sum the round's slices by key (the union of the ranks' keys, in rank order, as
         :meth:`~daskgd.parameter_server.keyed_job.KeyedJob.finish_round`) and step with the
-        row-weighted mean; publish ``version + 1``. False when the weights became
+        row-weighted mean (of the weight of every rank the coordinator counted: a dead
+        rank's missing slice adds nothing); publish ``version + 1``. False when the weights became
         non-finite (nothing published)."""
-        if weight > 0:
-            parts = [got[(r, inc)] for r, inc in ranks]
+        parts = [got[(r, inc)] for r, inc in ranks]  # those whose slices came (kshard.round)
+        if weight > 0 and parts:
             keys = np.unique(np.concatenate([p[0] for p in parts]))
             grad = np.zeros((keys.size, *self.tail))
             grad_b = np.zeros(self.tail)

@@ -146,11 +146,26 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
             for r in job.ranks:
                 if r.address == worker and r.active:
                     r.active, hit = False, True
+            fan = job.shards if job.shards is not None else getattr(job, "kshards", None)
+            dead = [(i, r.incarnation) for i, r in enumerate(job.ranks) if r.address == worker]
+            if fan is not None and dead and job.config.mode == "sync" and not job.stopped:
+                self.spawn(self._gone(fan, dead))
             if hit:
                 if job.shards is not None and job.config.mode != "sync" and not job.stopped:
                     self.spawn(self._hurry(job))
                 self.spawn(self.maybe_finish(job))
                 self.wake(job)
+
+    async def _gone(self, fan: Any, dead: list[tuple[int, str | None]]) -> None:
+        """Sync with shards: the runs ``dead`` died; a slice of theirs that is not on a
+        shard yet never comes, and the round closing (which holds the job's lock, and so
+        its status) must not wait :data:`~daskgd.parameter_server.shard.SLICE_WAIT` for
+        it: the shards close it without that slice once it is late
+        (``daskgd_shard_gone``), and the push is counted lost."""
+        try:
+            await fan.call_async("gone", ranks=[[r, inc] for r, inc in dead])
+        except ShardError:  # a shard's worker left too: that job is rebuilt or stopped
+            pass
 
     async def _hurry(self, j: Job) -> None:
         """Async/ssp with shards: a member died, perhaps with a push admitted that will

@@ -211,11 +211,11 @@ class Steps(EpochRules):
         mean_w = total_w if total_w > 0 else 1.0
         try:
             if self.lbfgs is not None:
-                stats, dots = self.shards.evaluate(v, ranks, mean_w, max(weight, 0.0))
+                stats, dots, lost = self.shards.evaluate(v, ranks, mean_w, max(weight, 0.0))
                 finite = True
             else:
-                stats, finite = self.shards.round(v, ranks, closing, mean_w, lr, v,
-                                                  max(weight, 0.0))  # fmt: skip
+                stats, finite, lost = self.shards.round(v, ranks, closing, mean_w, lr, v,
+                                                        max(weight, 0.0))  # fmt: skip
         except ShardError as exc:
             if self.recovering or self.shards.backup_version is not None:
                 # a shard's worker is lost (the scheduler may notice it only after this
@@ -226,11 +226,14 @@ class Steps(EpochRules):
                 return
             raise
         self.shard_stats = stats if closing else None
+        if lost:  # a dead rank's slice missed a shard: its push is lost (shard.round)
+            self.dropped += len(lost)
+            self.stats.partial = True
         grad_sum = np.zeros(0)  # the gradient is in the shards (see account)
         self.account((order, rows), loss_sum, weight, grad_sum, [0] * len(order), class_loss)
         if self.lbfgs is not None and self.error is None:
             try:
-                finite = self._lbfgs_direction(v, weight, loss_sum, stats, dots)
+                finite = self._lbfgs_direction(v, weight, loss_sum, stats, dots, bool(lost))
             except ShardError as exc:
                 if not (self.recovering or self.shards.backup_version is not None):
                     raise
@@ -262,14 +265,16 @@ class Steps(EpochRules):
     lbfgs_backups: dict[int, LBFGSCoordinator]
 
     def _lbfgs_direction(
-        self, v: int, weight: float, loss_sum: float, stats: dict[str, Any], dots: dict
-    ) -> bool:
+        self, v: int, weight: float, loss_sum: float, stats: dict[str, Any], dots: dict,
+        lost: bool = False,
+    ) -> bool:  # fmt: skip
         """Sharded L-BFGS: decide on the point round ``v`` evaluated, from the objective
         (the round's loss and the shards' penalty) and the summed dot products; the shards
-        step to the next point. Whether it is finite."""
+        step to the next point. Whether it is finite. A round that ``lost`` a rank's
+        slice has a partial gradient: the shards stay, to evaluate the point again."""
         assert self.lbfgs is not None and self.shards is not None
         decision: dict[str, Any] = {"action": "stay"}
-        if weight > 0:
+        if weight > 0 and not lost:
             decision = self.lbfgs.tell(loss_sum / weight + stats["penalty"], dots)
         return self.shards.direction(v, decision)
 
@@ -432,6 +437,8 @@ class Steps(EpochRules):
         if self.stopped:
             return
         self.dropped += lost
+        if lost:  # its figures miss those pushes on some shards: no stop rule reads them
+            self.stats.partial = True
         self.shard_stats = stats
         self.close_epoch()
         self.shard_stats = None

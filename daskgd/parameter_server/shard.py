@@ -21,7 +21,7 @@ handler                         arguments -> reply (besides ``status``)
 ``daskgd_shard_push``           ``job, version, rank, incarnation, grad, wait=0`` (a slice)
                                 -> (with ``wait``: once the round closed) ``params, version``
 ``daskgd_shard_round``          ``job, version, ranks, closing, mean_w, lr, t, weight`` ->
-                                ``finite`` (and the epoch's ``penalty, grad_sq,
+                                ``finite, without`` (and the epoch's ``penalty, grad_sq,
                                 class_penalty`` when ``closing``)
 ``daskgd_shard_direction``      ``job, version, decision`` -> ``finite`` (L-BFGS: after a
                                 ``round`` whose reply had the dot products, ``dots``)
@@ -34,6 +34,9 @@ handler                         arguments -> reply (besides ``status``)
                                 epoch's pieces (async/ssp)
 ``daskgd_shard_hurry``          ``job, epoch``: a member died; closes of epochs up to
                                 ``epoch`` wait :data:`HURRY_WAIT` s at most for pushes
+``daskgd_shard_gone``           ``job, ranks``: sync; the runs ``[rank, incarnation]`` died:
+                                a round waits :data:`HURRY_WAIT` s at most for their slices
+                                and closes without them (its reply's ``without``)
 ``daskgd_shard_backup``         ``job, shard, replica``: keep a copy here, send one there
 ``daskgd_shard_keep``           ``job, shard, version, params, state, padded, optimizer``
 ``daskgd_shard_promote``        ``job, shard, version, source, gen``: rebuild the shard from
@@ -62,7 +65,7 @@ from distributed.protocol import ToPickle
 from daskgd import allocator
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
-from daskgd.parameter_server.shard_state import RoundSlices, ShardState, keep_version
+from daskgd.parameter_server.shard_state import HURRY_WAIT, RoundSlices, ShardState, keep_version
 
 __all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "HandlerPlugin", "ShardServer"]
 
@@ -74,13 +77,10 @@ INLINE_ROWS = 1 << 16
 
 _OPS = (
     "create", "push", "round", "apply", "epoch", "rollback", "pull", "export",
-    "backup", "keep", "promote", "restore", "drop", "direction", "hurry", "colsq",
+    "backup", "keep", "promote", "restore", "drop", "direction", "hurry", "colsq", "gone",
 )  # fmt: skip
 #: Seconds a round waits for a slice whose rank's scalars reached the coordinator.
 SLICE_WAIT = 60.0
-#: Seconds an epoch's close waits for its pushes once a member died (:meth:`hurry`): the
-#: live members' pushes in flight land within it, the dead member's never come.
-HURRY_WAIT = 2.0
 
 
 S = TypeVar("S", bound=RoundSlices)
@@ -135,6 +135,16 @@ class HandlerPlugin(WorkerPlugin, Generic[S]):
             return error(f"no {self.noun} {shard!r} of job {job!r} on this worker",
                          kind="unknown_shard")  # fmt: skip
         return self.jobs[(job, shard)]
+
+    async def gone(self, job, shard, ranks):
+        """Sync: the runs ``ranks`` (``[rank, incarnation]`` pairs) died; a round waits for
+        their slices only :data:`~daskgd.parameter_server.shard_state.HURRY_WAIT` seconds
+        more, then closes without them (its reply names them: ``without``)."""
+        s = self._get(job, shard)
+        if isinstance(s, dict):
+            return s
+        s.forget(ranks)
+        return {"status": "OK"}
 
     async def drop(self, job):
         """Free every shard of ``job`` on this worker (the job ended)."""
@@ -223,15 +233,17 @@ class ShardServer(HandlerPlugin[ShardState]):
         if s.published[0] != version:
             return error(f"shard is at version {s.published[0]}, asked to close {version}")
         ranks = [(int(r), inc) for r, inc in ranks]
-        missing = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
-        if missing:
+        missing, dead = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
+        if missing and not dead:
             return error(f"the slices of rank(s) {missing} for version {version} did not "
                          f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
+        # a dead run's slice that never came counts as zero (the coordinator counts it lost)
+        present = [(r, inc) for r, inc in ranks if r not in missing]
         got = s.take_round(int(version))
-        out = await self._run(s, s.round, int(version), ranks, got, bool(closing), float(mean_w),
-                              float(lr), int(t), float(weight))  # fmt: skip
+        out = await self._run(s, s.round, int(version), present, got, bool(closing),
+                              float(mean_w), float(lr), int(t), float(weight))  # fmt: skip
         s.notify()
-        return out
+        return {**out, "without": missing}
 
     async def direction(self, job, shard, version, decision):
         """L-BFGS: step to the point the coordinator's ``decision`` gives; publish it."""

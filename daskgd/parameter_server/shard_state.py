@@ -18,10 +18,14 @@ from daskgd.objective import LBFGSOptimizer, Optimizer
 from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
-__all__ = ["BACKUPS", "RoundSlices", "ShardState", "keep_version"]
+__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "keep_version"]
 
 #: Backups a shard (and a replica holder) keeps, the newest by version.
 BACKUPS = 2
+#: Seconds a shard waits, once a member died, for what it may have sent: the slices of
+#: an open sync round, an epoch's async pushes (in flight from live members they land
+#: within it; the dead member's never come).
+HURRY_WAIT = 2.0
 
 
 def keep_version(backups: dict[int, dict[str, Any]], b: dict[str, Any]) -> None:
@@ -42,23 +46,41 @@ class RoundSlices:
     changed: asyncio.Event  # set (and replaced) when a version is published
     arrived: asyncio.Event  # set (and replaced) when a slice is stored
     closed: bool
+    #: (rank, incarnation) -> when the coordinator said that run died (:meth:`forget`)
+    gone: dict[tuple[int, str | None], float]
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    async def wait_for_slices(self, version: int, ranks: list, timeout: float) -> list[int]:
+    def forget(self, ranks: list) -> None:
+        """The coordinator says the runs ``ranks`` (``(rank, incarnation)``) died: a round
+        waits :data:`HURRY_WAIT` seconds more at most for their slices."""
+        now = asyncio.get_running_loop().time()
+        for r, inc in ranks:
+            self.gone.setdefault((int(r), inc), now)
+        self.arrived.set()  # wake a round waiting for them
+        self.arrived = asyncio.Event()
+
+    async def wait_for_slices(
+        self, version: int, ranks: list, timeout: float
+    ) -> tuple[list[int], bool]:
         """Wait until the slices of ``ranks`` for ``version`` arrived (a rank sends its
         slices and its scalars at once, so the coordinator may close a round before a
-        slice landed); returns the ranks still missing after ``timeout`` seconds."""
+        slice landed). Returns the ranks still missing after ``timeout`` seconds, and
+        whether all of those died (:meth:`forget`; their slices are waited for only
+        :data:`HURRY_WAIT` seconds from then, as one in flight lands by then)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        gone = self.gone
         while True:
             got = self.pending.get(version, {})
-            missing = [r for r, inc in ranks if (r, inc) not in got]
-            left = deadline - loop.time()
+            missing = [(r, inc) for r, inc in ranks if (r, inc) not in got]
+            dead = bool(missing) and all(m in gone for m in missing)
+            end = min(deadline, max(gone[m] for m in missing) + HURRY_WAIT) if dead else deadline
+            left = end - loop.time()
             if not missing or left <= 0 or self.closed:
-                return missing
+                return [r for r, _ in missing], dead
             try:
                 await asyncio.wait_for(self.arrived.wait(), left)
             except TimeoutError:
@@ -104,11 +126,12 @@ class ShardState(RoundSlices):
         self.changed = asyncio.Event()  # set (and replaced) when a version is published
         self.arrived = asyncio.Event()  # set (and replaced) when a slice is stored
         self.closed = False
+        self.gone = {}
         #: async/ssp: the coordinator's recovery count; a push admitted before the last
         #: rebuild (an older generation) is refused, so every shard applies the same pushes
         self.generation = 0
         #: async/ssp: a member died while epochs up to this one were open: their closes
-        #: wait only briefly for pushes it may have had admitted (see shard.HURRY_WAIT)
+        #: wait only briefly for pushes it may have had admitted (see HURRY_WAIT)
         self.hurry_through = -1
         #: async/ssp: the last epoch whose figures this shard gave (a push of it arriving
         #: later, counted lost, is applied but not added to a closed epoch)
@@ -176,8 +199,8 @@ class ShardState(RoundSlices):
                 total = g.astype(np.float64, copy=True)
             else:
                 np.add(total, g, out=total)
-        if total is None:
-            return error(f"round {version} has no ranks")
+        if total is None:  # every rank's slice was lost with its worker (shard.round)
+            total = np.zeros_like(self.published[1])
         self.round_sum = total
         if self.epoch_sum is None:
             self.epoch_sum = total.copy()
@@ -249,7 +272,8 @@ class ShardState(RoundSlices):
         return np.sqrt(h).reshape(-1, *([1] * (P.ndim - 1))) * np.ones_like(P)
 
     def direction(self, version: int, decision: dict[str, Any]) -> bool:
-        """L-BFGS: apply the coordinator's ``decision`` (or stay, for weightless data) and
+        """L-BFGS: apply the coordinator's ``decision`` (or stay: weightless data, or a
+        round that lost a slice, whose point is evaluated again) and
         publish the next point as ``version + 1``; False (nothing published) when it is not
         finite."""
         P = self.published[1]

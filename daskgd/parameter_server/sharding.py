@@ -22,7 +22,7 @@ from distributed.protocol import ToPickle
 from daskgd.objective import LBFGSOptimizer
 from daskgd.objective.lbfgs_sharded import rows_first
 
-__all__ = ["ShardError", "ShardFanOut", "ShardSet", "split_rows"]
+__all__ = ["ShardError", "ShardFanOut", "ShardSet", "split_rows", "without"]
 
 #: Seconds a shard has to answer a coordinator's call.
 SHARD_TIMEOUT = 120.0
@@ -222,12 +222,13 @@ class ShardSet(ShardFanOut):
     def round(
         self, version: int, ranks: list, close: bool, mean_w: float, lr: float, t: int,
         weight: float,
-    ) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    ) -> tuple[dict[str, Any], bool, list[int]]:  # fmt: skip
         """Close sync round ``version`` on every shard: sum the ranks' slices in rank order,
         step with learning rate ``lr``, publish ``version + 1``. Returns, when the epoch
         closes (``close``), its penalty, gradient norm and per-column penalties summed over
-        the shards (shard order), taken at the parameters before the step; and whether
-        every shard stayed finite (if not, every shard is put back at ``version``)."""
+        the shards (shard order), taken at the parameters before the step; whether every
+        shard stayed finite (if not, every shard is put back at ``version``); and the
+        ranks whose slice some shard stepped without (:func:`without`)."""
         replies = self.call(
             "round", version=version, ranks=ranks, closing=close, mean_w=mean_w, lr=lr, t=t,
             weight=weight,
@@ -235,20 +236,21 @@ class ShardSet(ShardFanOut):
         finite = all(r["finite"] for r in replies)
         if not finite:
             self.rollback(version + 1)
-        return (_sum_pieces(replies) if close else {}), finite
+        return (_sum_pieces(replies) if close else {}), finite, without(replies)
 
     def evaluate(
         self, version: int, ranks: list, mean_w: float, weight: float
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[dict[str, Any], dict[str, Any], list[int]]:
         """L-BFGS (full batch: every round closes an epoch): close sync round ``version``
         without stepping. Returns the epoch's figures and the dot products of
         :meth:`daskgd.objective.lbfgs_sharded.LBFGSSlice.evaluate`, summed over the shards
-        (shard order); :meth:`direction` then steps."""
+        (shard order), and the ranks whose slice a shard went without (:func:`without`);
+        :meth:`direction` then steps."""
         replies = self.call("round", version=version, ranks=ranks, closing=True, mean_w=mean_w,
                             lr=0.0, t=version, weight=weight)  # fmt: skip
         dots = {k: np.sum([np.asarray(r["dots"][k], dtype=np.float64) for r in replies], axis=0)
                 for k in replies[0]["dots"]}  # fmt: skip
-        return _sum_pieces(replies), dots
+        return _sum_pieces(replies), dots, without(replies)
 
     def direction(self, version: int, decision: dict[str, Any]) -> bool:
         """L-BFGS: every shard steps to the point ``decision`` gives and publishes it as
@@ -351,6 +353,13 @@ class ShardSet(ShardFanOut):
                 await self.rpc(addr).daskgd_shard_drop(job=self.job)
 
         await asyncio.gather(*(drop(a) for a in workers), return_exceptions=True)
+
+
+def without(replies: list[dict[str, Any]]) -> list[int]:
+    """The ranks whose slice at least one shard closed a sync round without: their worker
+    died after their scalars reached the coordinator and before that slice reached the
+    shard (``daskgd_shard_gone``). Their push is counted lost."""
+    return sorted({int(r) for reply in replies for r in reply.get("without") or ()})
 
 
 def _sum_pieces(replies: list[dict[str, Any]]) -> dict[str, Any]:

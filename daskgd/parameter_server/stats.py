@@ -53,6 +53,9 @@ class EpochStats:
     st_sum: int = 0
     per_worker: dict[str, int] = field(default_factory=dict)
     ranks: set[int] = field(default_factory=set)
+    #: sharded: some push's slice never reached a shard (its worker died): the figures
+    #: are partial, like an epoch a partition missed
+    partial: bool = False
 
 
 class EpochRules(Confirmation):
@@ -306,7 +309,7 @@ class EpochRules(Confirmation):
         per_class = {}
         if s.class_loss_sum is not None:  # each column's objective: its loss and its penalty
             per_class["class_loss"] = (s.class_loss_sum / mean_w + class_pen).tolist()
-        complete = len(s.ranks) == len(self.ranks)
+        complete = len(s.ranks) == len(self.ranks) and not s.partial
         dropped, self._dropped_before = self.dropped - self._dropped_before, self.dropped
         self.history.append(
             {
