@@ -70,7 +70,8 @@ class Regularizer:
         w = np.ravel(params[:-1])  # a view: the rows are contiguous
         # w @ w: no temporary array (at millions of parameters each one costs its page faults)
         l1 = self.l1 * float(np.abs(w).sum()) if self.l1 else 0.0
-        return float(0.5 * self.l2 * float(w @ w) + l1)
+        l2 = 0.5 * self.l2 * float(w @ w) if self.l2 else 0.0  # a pass over w saved
+        return float(l2 + l1)
 
     def column_penalty(self, params: np.ndarray) -> np.ndarray:
         """The penalty of each column of 2-D ``params`` (intercept row excluded)."""

@@ -86,6 +86,15 @@ SLICE_WAIT = 60.0
 S = TypeVar("S", bound=RoundSlices)
 
 
+def _bad_slice(s: ShardState, grad: Any) -> str:
+    """What is wrong with ``grad`` as a slice of shard ``s`` (empty: nothing)."""
+    want = s.rows.shape
+    if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
+        got = getattr(grad, "shape", type(grad).__name__)
+        return f"grad slice must be a float array of shape {want}, got {got}"
+    return ""
+
+
 class HandlerPlugin(WorkerPlugin, Generic[S]):
     """A worker plugin that holds its jobs' shards (``jobs``, by ``(job, shard)``) and
     serves them through handlers ``daskgd_<prefix>_<op>``, one method for each op in
@@ -216,10 +225,9 @@ class ShardServer(HandlerPlugin[ShardState]):
         if isinstance(s, dict):
             return s
         if version >= s.published[0]:
-            want = s.rows.shape
-            if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
-                got = getattr(grad, "shape", type(grad).__name__)
-                return error(f"grad slice must be a float array of shape {want}, got {got}")
+            bad = _bad_slice(s, grad)
+            if bad:
+                return error(bad)
             s.store(int(version), int(rank), incarnation, grad)
         if not wait:
             return {"status": "OK"}
@@ -262,10 +270,9 @@ class ShardServer(HandlerPlugin[ShardState]):
         s = self._get(job, shard)
         if isinstance(s, dict):
             return s
-        want = s.rows.shape
-        if not isinstance(grad, np.ndarray) or grad.shape != want or grad.dtype.kind != "f":
-            got = getattr(grad, "shape", type(grad).__name__)
-            return error(f"grad slice must be a float array of shape {want}, got {got}")
+        bad = _bad_slice(s, grad)
+        if bad:
+            return error(bad)
         finite = await self._run(s, s.apply_push, grad, float(lr), int(t), float(weight),
                                  int(epoch), int(gen))  # fmt: skip
         if finite is None:

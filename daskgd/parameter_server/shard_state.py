@@ -10,6 +10,7 @@ takes that part and every real row is stepped exactly as the whole-model server 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from daskgd.objective import LBFGSOptimizer, Optimizer
 from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
-__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "keep_version"]
+__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "finite", "keep_version"]
 
 #: Backups a shard (and a replica holder) keeps, the newest by version.
 BACKUPS = 2
@@ -26,6 +27,13 @@ BACKUPS = 2
 #: an open sync round, an epoch's async pushes (in flight from live members they land
 #: within it; the dead member's never come).
 HURRY_WAIT = 2.0
+
+
+def finite(a: np.ndarray) -> bool:
+    """Whether every number of ``a`` is finite: its sum is (one pass, no temporary), or,
+    when the sum is not (a non-finite number, or finite ones summing past the largest
+    float), the numbers are, one by one."""
+    return math.isfinite(float(np.add.reduce(a, axis=None))) or bool(np.all(np.isfinite(a)))
 
 
 def keep_version(backups: dict[int, dict[str, Any]], b: dict[str, Any]) -> None:
@@ -112,6 +120,7 @@ class ShardState(RoundSlices):
         self.previous = self.published
         self.pending: dict[int, dict[tuple[int, str | None], np.ndarray]] = {}
         self.round_sum: np.ndarray | None = None
+        self.round_divided = False  # round_sum holds the round's mean (reduce)
         self.epoch_sum: np.ndarray | None = None
         #: L-BFGS's preconditioner: each rank's column squares of these rows, the loss's
         #: curvature bound, and the scale ``sqrt(h0)`` (P's shape) made from them
@@ -175,7 +184,7 @@ class ShardState(RoundSlices):
         """One sync round: :meth:`reduce`, then :meth:`step`; the reply has the epoch's
         pieces (when it closes) and ``finite``. L-BFGS does not step here: the reply has
         the dot products (:meth:`evaluate`) and :meth:`direction` steps."""
-        out = self.reduce(version, ranks, got, close, mean_w)
+        out = self.reduce(version, ranks, got, close, mean_w, weight)
         if out["status"] != "OK":
             return out
         if isinstance(self.opt_state, LBFGSSlice):
@@ -185,52 +194,77 @@ class ShardState(RoundSlices):
         return out
 
     def reduce(
-        self, version: int, ranks: list, got: dict, close: bool, mean_w: float
-    ) -> dict[str, Any]:
+        self, version: int, ranks: list, got: dict, close: bool, mean_w: float,
+        weight: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """Sum the round's slices ``got`` in the coordinator's (rank) order; add them to
-        the epoch; when the epoch closes, its pieces of the penalty and the gradient norm."""
-        total = None
+        the epoch; when the epoch closes, its pieces of the penalty and the gradient norm.
+        An epoch of this one round (its weight ``mean_w`` is the round's ``weight``) has
+        the round's mean gradient: made once, read by the pieces and then the step."""
+        slices = []
         for rank, incarnation in ranks:
             entry = got.get((rank, incarnation))
             if entry is None:
                 return error(f"shard has no gradient of rank {rank} for version {version}")
-            g = self._padded_grad(entry)
-            if total is None:
-                total = g.astype(np.float64, copy=True)
-            else:
-                np.add(total, g, out=total)
-        if total is None:  # every rank's slice was lost with its worker (shard.round)
-            total = np.zeros_like(self.published[1])
-        self.round_sum = total
+            slices.append(entry)
+        total = self._sum(slices)
+        self.round_sum, self.round_divided = total, False
+        out: dict[str, Any] = {"status": "OK"}
+        alone = (
+            close and self.epoch_sum is None and weight is not None and weight > 0
+            and mean_w == weight and not isinstance(self.opt_state, LBFGSSlice)
+            and not self.optimizer.regularizer.l2  # the pieces would add its part to it
+        )  # fmt: skip
+        if alone:
+            self.round_divided = True
+            out.update(self._pieces(np.divide(total, mean_w, out=total)))
+            return out
         if self.epoch_sum is None:
             self.epoch_sum = total.copy()
         else:
             np.add(self.epoch_sum, total, out=self.epoch_sum)
-        out: dict[str, Any] = {"status": "OK"}
         if close:
             out.update(self._epoch_pieces(mean_w))
         return out
 
-    def _padded_grad(self, g: np.ndarray) -> np.ndarray:
-        if not self.padded:
-            return g
-        return np.concatenate([g, np.zeros((1, *g.shape[1:]), dtype=g.dtype)])
+    def _sum(self, slices: list[np.ndarray]) -> np.ndarray:
+        """A new float64 array (with the padding row) of the slices summed in their order,
+        each one read once: ``float64(g0) + float64(g1) + ...``, bitwise."""
+        total = np.empty(self.published[1].shape)
+        body = total[:-1] if self.padded else total
+        if self.padded:
+            total[-1] = 0.0
+        if not slices:  # every rank's slice was lost with its worker (shard.round)
+            body[...] = 0.0
+        elif len(slices) == 1:
+            np.copyto(body, slices[0])
+        else:
+            np.add(slices[0], slices[1], out=body, dtype=np.float64)
+            for g in slices[2:]:
+                np.add(body, g, out=body)
+        return total
 
     def _epoch_pieces(self, mean_w: float) -> dict[str, Any]:
         """This shard's share of the epoch's penalty and (proximal) gradient norm, as the
         whole-model server computes them (``EpochRules.close_epoch``)."""
         assert self.epoch_sum is not None
+        # the epoch's sum is done with: it becomes the mean gradient in place
+        mean = np.divide(self.epoch_sum, mean_w, out=self.epoch_sum)
+        self.epoch_sum = None
+        return self._pieces(mean)
+
+    def _pieces(self, mean: np.ndarray) -> dict[str, Any]:
+        """The epoch's pieces from its ``mean`` gradient (changed in place only by an L2
+        penalty's part)."""
         P, opt = self.published[1], self.optimizer
         reg = opt.regularizer
-        # the epoch's sum is done with: it becomes the mean gradient in place
-        g = reg.proximal_gradient(P, np.divide(self.epoch_sum, mean_w, out=self.epoch_sum),
-                                  opt.fit_intercept)  # fmt: skip
-        self.epoch_sum = None
+        g = reg.proximal_gradient(P, mean, opt.fit_intercept)
         if self.padded:
             g = g[:-1]
+        flat = g.ravel()  # a view: the rows are contiguous
         out: dict[str, Any] = {
             "penalty": reg.penalty(P),
-            "grad_sq": float(np.sum(g * g)),
+            "grad_sq": float(flat @ flat),  # no temporary of the shard's size
         }
         if P.ndim == 2:
             out["class_penalty"] = reg.column_penalty(P).tolist()
@@ -294,9 +328,11 @@ class ShardState(RoundSlices):
         published) when the rows became non-finite."""
         P = self.published[1]
         if weight > 0 and self.round_sum is not None:
-            mean = np.divide(self.round_sum, weight, out=self.round_sum)  # the round's own sum
+            mean = self.round_sum  # the round's own sum, or its mean already (reduce)
+            if not self.round_divided:
+                mean = np.divide(mean, weight, out=mean)
             new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
-            if not np.all(np.isfinite(new)):
+            if not finite(new):
                 return False
             if self.padded:
                 new[-1] = 0.0
@@ -315,21 +351,24 @@ class ShardState(RoundSlices):
         done) when the push was admitted before the last rebuild."""
         if generation != self.generation:
             return None
-        g = self._padded_grad(np.asarray(grad, dtype=np.float64))
+        grad = np.asarray(grad)
+        # a float64 copy (padded) made here, read once; a float64 slice as it is
+        own = grad.dtype != np.float64 or self.padded
+        g = self._sum([grad]) if own else grad
+        kept = False  # g became the epoch's sum
         if epoch > self.closed_through:
             if epoch in self.epoch_sums:
                 np.add(self.epoch_sums[epoch], g, out=self.epoch_sums[epoch])
             else:
-                self.epoch_sums[epoch] = g.copy()
+                self.epoch_sums[epoch] = g if own else g.copy()
+                kept = own
             self.epoch_counts[epoch] = self.epoch_counts.get(epoch, 0) + 1
         v, P = self.published
         new = P
         if weight > 0:
-            # g / weight: into g when it is a copy made here (float32 slices, or padded)
-            own = not np.may_share_memory(g, grad)
-            mean = np.divide(g, weight, out=g) if own else g / weight
+            mean = np.divide(g, weight, out=g) if own and not kept else g / weight
             new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
-            if not np.all(np.isfinite(new)):
+            if not finite(new):
                 return False
             if self.padded:
                 new[-1] = 0.0

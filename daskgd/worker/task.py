@@ -229,6 +229,7 @@ def _train(
         summed loss) at ``P`` over a batch's pieces."""
         loss, rows, weight, grad = 0.0, 0, 0.0, None
         class_loss = None
+        dtypes: set[np.dtype] = set()
         for Xp, yp, swp, offp in pieces:
             if ovr:
                 piece_grad, piece_losses = _one_vs_rest(Xp, yp, swp, P, spec)
@@ -238,9 +239,9 @@ def _train(
                 weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
                 grad = piece_grad if grad is None else grad + piece_grad
                 continue
-            out = buffers.get(Xp.dtype)
+            out = buffers.pop(Xp.dtype, None)
             if out is None:
-                out = buffers[Xp.dtype] = np.empty(P.shape, dtype=Xp.dtype)
+                out = np.empty(P.shape, dtype=Xp.dtype)
             piece_loss, _, _ = grad_loss(Xp, yp, P[:d], P[d], loss=spec["loss"],
                                          sample_weight=swp, out=out, epsilon=spec["epsilon"],
                                          check_input=False, offset=offp,
@@ -248,13 +249,18 @@ def _train(
             loss += piece_loss
             rows += len(yp)
             weight += float(len(yp)) if swp is None else float(swp.sum(dtype=np.float64))
-            # a copy (``out`` is reused for the next piece and the next batch); pieces
-            # are summed in float64
-            grad = out.copy() if grad is None else np.add(grad, out, dtype=np.float64)
+            dtypes.add(Xp.dtype)
+            if grad is None:
+                # the first piece's buffer is the gradient (no copy): a pushed gradient is
+                # never written again, and the next batch gets a new buffer
+                grad = out
+            else:  # pieces are summed in float64; ``out`` is reused for the next piece
+                grad = np.add(grad, out, dtype=np.float64)
+                buffers[Xp.dtype] = out
         if grad is not None:
             # the gradient travels in the data's precision (each piece's is float32
             # already): half the bytes of a push; the server sums in float64
-            f32 = not ovr and set(buffers) == {np.dtype(np.float32)}
+            f32 = not ovr and dtypes == {np.dtype(np.float32)}
             grad = grad.astype(np.float32 if f32 else np.float64, copy=False)
         return loss, rows, weight, grad, class_loss
 
