@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol import ToPickle
 
+from daskgd.objective.finite import all_finite
 from daskgd.parameter_server.checks import (
     check_class_loss,
     check_hess,
@@ -179,7 +180,7 @@ class MemberHandlers(JobRunner):
         ``member_timeout`` (a rank silent) is abandoned and the steps resume."""
         check = j.check
         assert check is not None
-        if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+        if not (math.isfinite(loss) and all_finite(grad)):
             await self.exclusive(j, j._reject, rank, version)  # the job stops on it
             self.wake(j)
             return self.params_reply(j)

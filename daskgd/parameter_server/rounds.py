@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective.curvature import loss_resolution
+from daskgd.objective.finite import all_finite
 from daskgd.objective.lbfgs_sharded import LBFGSCoordinator, whole_state
 from daskgd.parameter_server.config import WHOLE_DATA_OPTIMIZERS
 from daskgd.parameter_server.sharding import ShardError, ShardSet
@@ -33,7 +34,7 @@ RECOVERY_EVERY = 5
 
 
 def _finite(grad: np.ndarray | None, loss: float, class_loss: np.ndarray | None) -> bool:
-    if not math.isfinite(loss) or (grad is not None and not np.all(np.isfinite(grad))):
+    if not math.isfinite(loss) or (grad is not None and not all_finite(grad)):
         return False
     return class_loss is None or bool(np.all(np.isfinite(class_loss)))
 
@@ -78,7 +79,7 @@ class Steps(EpochRules):
             lbfgs.h0 = self.lbfgs_diagonal()
             self.reports = {r: (*v[:6], None) for r, v in self.reports.items()}  # (d + 1) each
         new = self.optimizer.step(P, mean_grad, self.opt_state, v, self.epochs, lr_scale, loss)
-        if not np.all(np.isfinite(new)):
+        if not all_finite(new):
             self.diverged(f"the parameters became non-finite at update {v + 1}")
             return
         self.published = (v + 1, new)  # readers keep the old pair, which is never mutated

@@ -10,16 +10,16 @@ takes that part and every real row is stepped exactly as the whole-model server 
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 import numpy as np
 
 from daskgd.objective import LBFGSOptimizer, Optimizer
+from daskgd.objective.finite import all_finite
 from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
-__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "finite", "keep_version"]
+__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "keep_version"]
 
 #: Backups a shard (and a replica holder) keeps, the newest by version.
 BACKUPS = 2
@@ -27,13 +27,6 @@ BACKUPS = 2
 #: an open sync round, an epoch's async pushes (in flight from live members they land
 #: within it; the dead member's never come).
 HURRY_WAIT = 2.0
-
-
-def finite(a: np.ndarray) -> bool:
-    """Whether every number of ``a`` is finite: its sum is (one pass, no temporary), or,
-    when the sum is not (a non-finite number, or finite ones summing past the largest
-    float), the numbers are, one by one."""
-    return math.isfinite(float(np.add.reduce(a, axis=None))) or bool(np.all(np.isfinite(a)))
 
 
 def keep_version(backups: dict[int, dict[str, Any]], b: dict[str, Any]) -> None:
@@ -318,7 +311,7 @@ class ShardState(RoundSlices):
             if self.opt_state.D is not None:  # the scaled variables' point, unscaled
                 assert self.scale is not None
                 new = new / self.scale
-            if not np.all(np.isfinite(new)):
+            if not all_finite(new):
                 return False
         self.publish(version + 1, new)
         return True
@@ -332,7 +325,7 @@ class ShardState(RoundSlices):
             if not self.round_divided:
                 mean = np.divide(mean, weight, out=mean)
             new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
-            if not finite(new):
+            if not all_finite(new):
                 return False
             if self.padded:
                 new[-1] = 0.0
@@ -368,7 +361,7 @@ class ShardState(RoundSlices):
         if weight > 0:
             mean = np.divide(g, weight, out=g) if own and not kept else g / weight
             new = self.optimizer.apply(P, mean, self.opt_state, t, lr, overwrite_grad=True)
-            if not finite(new):
+            if not all_finite(new):
                 return False
             if self.padded:
                 new[-1] = 0.0
