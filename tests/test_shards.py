@@ -235,7 +235,7 @@ def test_a_sync_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(reliabil
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as c,
     ):
-        # killed from epoch 20 on: past the first backups
+        # killed from epoch 20 on (the backups: at the start, then every 5 epochs and 1 s)
         outcome = fit_and_kill(c, (X, y), dict(n_servers=2, max_epochs=100_000, tol=None,
                                gtol=1e-8, max_time=150, learning_rate=0.05,
                                delay={0: 0.005, 1: 0.005}), 20, first_worker)  # fmt: skip

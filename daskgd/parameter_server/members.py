@@ -263,8 +263,9 @@ class MemberHandlers(JobRunner):
 
     async def _close_epoch(self, j: Job, epoch: int, count: int, mean_w: float) -> None:
         """Async/ssp with shards: close ``epoch`` with the shards' figures once they applied
-        its ``count`` pushes; every :data:`RECOVERY_EVERY` epochs, while no push is
-        admitted (every shard has applied the same pushes), each shard keeps a backup."""
+        its ``count`` pushes; every :data:`RECOVERY_EVERY` epochs (and at least
+        ``BACKUP_SPACING`` seconds), while no push is admitted (every shard has applied
+        the same pushes), each shard keeps a backup."""
         assert j.shards is not None
         generation = j.generation  # a rebuild meanwhile reopens the epoch: this close is void
 
@@ -277,6 +278,7 @@ class MemberHandlers(JobRunner):
             if j.generation != generation:
                 return
             due = (j.epochs + 1) % RECOVERY_EVERY == 0 and not j.shards.no_replica
+            due = due and j.shards.spaced()
             if due and lost == 0 and not j.stopped:
                 backup_at = j.version
                 try:

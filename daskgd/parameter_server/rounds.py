@@ -29,7 +29,8 @@ from daskgd.parameter_server.stats import EpochRules
 __all__ = ["RECOVERY_EVERY", "Steps"]
 
 #: With shards: epochs between two backups of every shard on a neighbouring
-#: worker (the point a lost shard is rebuilt from; the steps since are redone).
+#: worker (the point a lost shard is rebuilt from; the steps since are redone), and at
+#: least :data:`~daskgd.parameter_server.sharding.BACKUP_SPACING` seconds.
 RECOVERY_EVERY = 5
 
 
@@ -252,7 +253,7 @@ class Steps(EpochRules):
             self.published = (v + 1, None)
             due = not self.shards.no_replica and (
                 self.shards.backup_version is None
-                or (closing and self.epochs % RECOVERY_EVERY == 0)
+                or (closing and self.epochs % RECOVERY_EVERY == 0 and self.shards.spaced())
             )
             if due and not self.stopped:
                 try:

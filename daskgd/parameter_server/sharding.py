@@ -13,6 +13,8 @@ loop), so the blocking forms (:meth:`ShardSet.call`) hand each call to the loop 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,9 @@ SHARD_TIMEOUT = 120.0
 #: Seconds a shard waits for the pushes of a closing epoch (async/ssp) before it reports
 #: what arrived: a task that died after its admission never sends its slices.
 EPOCH_WAIT = 30.0
+#: Seconds at least between two periodic backups: each copies the model to another
+#: worker, and epochs of a few milliseconds would otherwise pay for one every few rounds.
+BACKUP_SPACING = 1.0
 
 
 class ShardError(RuntimeError):
@@ -148,6 +153,8 @@ class ShardSet(ShardFanOut):
         self.replicas: list[str | None] = [None] * len(self.addresses)
         #: the version every shard's backup holds (None: no backup)
         self.backup_version: int | None = None
+        #: when (time.monotonic) the last backup was complete
+        self.backup_time = -math.inf
         #: True once a backup found no other worker to hold a copy
         self.no_replica = False
         #: the cluster's worker addresses now (set by the plugin; read on the loop)
@@ -298,7 +305,12 @@ class ShardSet(ShardFanOut):
             return False
         await self.call_async("backup", [{"replica": r} for r in self.replicas], version=version)
         self.backup_version = int(version)
+        self.backup_time = time.monotonic()
         return True
+
+    def spaced(self) -> bool:
+        """Whether :data:`BACKUP_SPACING` seconds passed since the last backup."""
+        return time.monotonic() - self.backup_time >= BACKUP_SPACING
 
     def backup(self, version: int) -> bool:
         """:meth:`backup_async` from a thread of the plugin's pool."""
