@@ -51,6 +51,9 @@ def test_split_rows_cuts_contiguous_near_equal_ranges():
         ("nesterov", {"alpha": 0.02, "l1_ratio": 1.0}),
         ("adagrad", {"learning_rate": 0.1}),
         ("adam", {"learning_rate": 0.01, "alpha": 0.001, "l1_ratio": 0.3}),
+        # full batch, no L2: each epoch is one round, whose mean the shards make once
+        ("momentum", {"batch_size": None, "alpha": 0.01, "l1_ratio": 1.0}),
+        ("adagrad", {"batch_size": None, "learning_rate": 0.1, "fit_intercept": False}),
     ],
 )
 def test_sync_fits_are_bitwise_those_of_the_whole_model_server(client, optimizer, extra):
