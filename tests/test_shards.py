@@ -257,9 +257,10 @@ def test_a_sync_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(reliabil
 @pytest.mark.parametrize("mode", ["async", "ssp"])
 def test_an_async_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(mode, reliability):
     """kill -9 of a shard's worker in async/ssp mode: the shards roll back to the backup
-    taken at an epoch's close (every 5 epochs, while no push is admitted, so every shard
-    has applied the same pushes); pushes admitted before the rebuild are refused by the
-    rebuilt shards and counted in ``steps_lost``; the fit completes at the optimum."""
+    taken at an epoch's close (every 5 epochs and at least 1 s apart, while no push is
+    admitted, so every shard has applied the same pushes); pushes admitted before the
+    rebuild are refused by the rebuilt shards and counted in ``steps_lost``; the fit
+    completes at the optimum."""
     X, y = _problem(n=2000)
     A = np.column_stack([X, np.ones(len(y))])
     sol = np.linalg.lstsq(A, y, rcond=None)[0]
@@ -283,7 +284,7 @@ def test_an_async_fit_rebuilds_the_shard_of_a_killed_worker_and_completes(mode, 
     assert res.history[-1]["epoch"] == 60
     # async Adam at a constant step wanders about the optimum by ~0.02 (as without a kill,
     # see test_async_and_ssp_shards_apply_each_push_on_arrival_and_converge); the rebuild
-    # undid up to 5 epochs of it
+    # undid the epochs since its last backup (at the start, then every 5 epochs and 1 s)
     np.testing.assert_allclose(_params(res), sol, atol=0.04)
 
 
@@ -468,10 +469,11 @@ def test_a_backup_is_filed_under_the_coordinators_version():
 def test_a_round_waits_briefly_for_the_slices_of_a_run_that_died(monkeypatch):
     """A round waits for a live run's late slice; once the coordinator says the run died
     (``forget``), only ``HURRY_WAIT`` more, then reports it missing and dead: the handler
-    steps without it. A run still alive is reported missing, not dead."""
+    steps without it, with the present ranks' mean (none present: the rows stay). A run
+    still alive is reported missing, not dead."""
     from daskgd.objective import make_optimizer
     from daskgd.parameter_server import shard_state
-    from daskgd.parameter_server.shard_state import ShardState
+    from daskgd.parameter_server.shard_state import ShardState, present_weight
 
     monkeypatch.setattr(shard_state, "HURRY_WAIT", 0.2)
 
@@ -486,13 +488,22 @@ def test_a_round_waits_briefly_for_the_slices_of_a_run_that_died(monkeypatch):
         start = loop.time()
         assert await s.wait_for_slices(4, ranks, 30.0) == ([1], True)
         assert loop.time() - start < 5
-        out = s.round(4, [(0, "a")], s.take_round(4), False, 2.0, 0.1, 4, 2.0)
+        # the step is the present ranks' mean: rank 0's weight (1 of the round's 2)
+        weight = present_weight(ranks, [1.0, 1.0], [1], 2.0)
+        assert weight == 1.0 and present_weight(ranks, [1.0, 1.0], [], 2.0) == 2.0
+        out = s.round(4, [(0, "a")], s.take_round(4), False, 2.0, 0.1, 4, weight)
         assert out["finite"] and s.published[0] == 5
-        np.testing.assert_allclose(s.rows, -0.05 * np.ones(3))  # rank 1's weight counted
-        s.forget([(2, "c")])  # every slice lost: a zero gradient, the penalty's step only
+        np.testing.assert_allclose(s.rows, -0.1 * np.ones(3))
+        s.forget([(2, "c")])  # every slice lost: no weight left, the rows stay
         assert (await s.wait_for_slices(5, [(2, "c")], 30.0)) == ([2], True)
-        assert s.round(5, [], s.take_round(5), False, 1.0, 0.1, 5, 1.0)["finite"]
-        np.testing.assert_allclose(s.rows, -0.05 * np.ones(3))
+        weight = present_weight([(2, "c")], [1.0], [2], 1.0)
+        assert s.round(5, [], s.take_round(5), False, 1.0, 0.1, 5, weight)["finite"]
+        np.testing.assert_allclose(s.rows, -0.1 * np.ones(3))
+        # a run without an incarnation is never marked dead; a slice that comes clears it
+        s.forget([(3, None), (4, "d")])
+        assert (3, None) not in s.gone and (4, "d") in s.gone
+        s.store(6, 4, "d", np.ones(3))
+        assert (4, "d") not in s.gone
 
     asyncio.run(main())
 

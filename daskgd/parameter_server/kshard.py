@@ -21,8 +21,8 @@ handler                     arguments -> reply (besides ``status``)
                             without ``wait``): ``version, w`` (at ``next_keys`` or, with
                             ``dense``, all of the shard's, in key order) and, on shard 0,
                             ``b``
-``daskgd_kshard_round``     ``job, shard, version, ranks, weight, t, epoch, eta`` ->
-                            ``finite, without``: sum round ``version``'s slices of ``ranks``
+``daskgd_kshard_round``     ``job, shard, version, ranks, weight, t, epoch, eta, weights``
+                            -> ``finite, without``: sum round ``version``'s slices of ``ranks``
                             (rank order; ``without``: dead runs whose slices never came),
                             step, publish ``version + 1``
 ``daskgd_kshard_apply``     ``job, shard, keys, grad, grad_b, weight, t, epoch, lr_scale,
@@ -52,6 +52,7 @@ from daskgd.parameter_server.checks import error
 from daskgd.parameter_server.config import is_index, is_real
 from daskgd.parameter_server.kshard_state import KeyedShardState
 from daskgd.parameter_server.shard import INLINE_ROWS, SLICE_WAIT, HandlerPlugin
+from daskgd.parameter_server.shard_state import present_weight
 
 __all__ = ["KSHARD_PLUGIN_NAME", "KeyedShardServer", "export_shards"]
 
@@ -168,8 +169,10 @@ class KeyedShardServer(HandlerPlugin[KeyedShardState]):
                          f"not close within {wait:g} s", kind="timeout")  # fmt: skip
         return await self._read(s, next_keys, dense)
 
-    async def round(self, job, shard, version, ranks, weight, t, epoch, eta=None):
-        """Close round ``version``: sum the ranks' slices by key (rank order), step."""
+    async def round(self, job, shard, version, ranks, weight, t, epoch, eta=None,
+                    weights=None):  # fmt: skip
+        """Close round ``version``: sum the ranks' slices by key (rank order), step
+        (without a dead rank's slice: the present ranks' mean, as the dense shards)."""
         s = self._get(job, shard)
         if isinstance(s, dict):
             return s
@@ -182,7 +185,8 @@ class KeyedShardServer(HandlerPlugin[KeyedShardState]):
                          f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
         got = s.take_round(int(version))
         present = [(r, inc) for r, inc in ranks if r not in missing]
-        finite = await self._run(s, True, s.round, int(version), present, got, float(weight),
+        weight = present_weight(ranks, weights, missing, float(weight))
+        finite = await self._run(s, True, s.round, int(version), present, got, weight,
                                  int(t), int(epoch), eta)  # fmt: skip
         s.notify()
         return {"status": "OK", "finite": finite, "without": missing}

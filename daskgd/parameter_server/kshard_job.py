@@ -113,7 +113,7 @@ class ShardedKeyedJob(KeyedJob):
                 return
             ranks = [(r, self.ranks[r].incarnation) for r in order]
             finite, lost = self.kshards.round(v, ranks, max(weight, 0.0), v, self.epochs,
-                                              self.eta)  # fmt: skip
+                                              self.eta, [pending[r][2] for r in order])  # fmt: skip
         except ShardError as exc:
             self._lost(exc)
             return

@@ -86,11 +86,13 @@ class KeyedShardSet(ShardFanOut):
                               params=None if params is None else ToPickle(params))  # fmt: skip
 
     def round(self, version: int, ranks: list, weight: float, t: int, epoch: int,
-              eta: float | None) -> tuple[bool, list[int]]:  # fmt: skip
+              eta: float | None, weights: list[float] | None = None,
+              ) -> tuple[bool, list[int]]:  # fmt: skip
         """Close sync round ``version`` on every shard; whether every one stayed finite,
-        and the ranks whose slice a shard went without (their worker died)."""
+        and the ranks whose slice a shard went without (their worker died; ``weights``,
+        each rank's, give that shard the present ranks' mean)."""
         replies = self.call("round", version=version, ranks=ranks, weight=weight, t=t,
-                            epoch=epoch, eta=eta)  # fmt: skip
+                            epoch=epoch, eta=eta, weights=weights)  # fmt: skip
         return all(r["finite"] for r in replies), without(replies)
 
     def penalty_sums(self) -> tuple[float, float]:

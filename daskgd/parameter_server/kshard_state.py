@@ -151,6 +151,7 @@ class KeyedShardState(RoundSlices):
         g = np.array(grad, dtype=np.float64)
         gb = np.zeros(self.tail) if grad_b is None else np.array(grad_b, dtype=np.float64)
         self.pending.setdefault(version, {})[(rank, incarnation)] = (local, g, gb)
+        self.gone.pop((rank, incarnation), None)  # it came: no more hurry for that run
         self.arrived.set()
         self.arrived = asyncio.Event()
 

@@ -162,10 +162,9 @@ class ParameterServer(KeyedHandlers, MemberHandlers, SchedulerPlugin):
         its status) must not wait :data:`~daskgd.parameter_server.shard.SLICE_WAIT` for
         it: the shards close it without that slice once it is late
         (``daskgd_shard_gone``), and the push is counted lost."""
-        try:
-            await fan.call_async("gone", ranks=[[r, inc] for r, inc in dead])
-        except ShardError:  # a shard's worker left too: that job is rebuilt or stopped
-            pass
+        # each shard on its own: one that left (its job is rebuilt or stopped) or refuses
+        # must not cancel the notice to the others
+        await fan.call_each("gone", ranks=[[r, inc] for r, inc in dead])
 
     async def _hurry(self, j: Job) -> None:
         """Async/ssp with shards: a member died, perhaps with a push admitted that will

@@ -171,7 +171,8 @@ class Steps(EpochRules):
         for r in order:
             self.ranks[r].updates += 1
         if self.shards is not None:
-            self._sharded_round(order, rows, weight, loss_sum, class_loss)
+            self._sharded_round(order, rows, weight, loss_sum, class_loss,
+                                [pending[r][2] for r in order])  # fmt: skip
             return
         grad_sum = pending[order[0]][0].astype(np.float64, copy=True)
         for r in order[1:]:
@@ -196,7 +197,7 @@ class Steps(EpochRules):
 
     def _sharded_round(
         self, order: list[int], rows: list[int], weight: float, loss_sum: float,
-        class_loss: np.ndarray | None,
+        class_loss: np.ndarray | None, weights: list[float],
     ) -> None:  # fmt: skip
         """Sync mode, sharded: one call to every shard sums the round's slices in rank
         order, gives its pieces of the epoch's figures when the epoch closes (taken before
@@ -213,11 +214,12 @@ class Steps(EpochRules):
         mean_w = total_w if total_w > 0 else 1.0
         try:
             if self.lbfgs is not None:
-                stats, dots, lost = self.shards.evaluate(v, ranks, mean_w, max(weight, 0.0))
+                stats, dots, lost = self.shards.evaluate(v, ranks, mean_w, max(weight, 0.0),
+                                                         weights)  # fmt: skip
                 finite = True
             else:
                 stats, finite, lost = self.shards.round(v, ranks, closing, mean_w, lr, v,
-                                                        max(weight, 0.0))  # fmt: skip
+                                                        max(weight, 0.0), weights)  # fmt: skip
         except ShardError as exc:
             if self.recovering or self.shards.backup_version is not None:
                 # a shard's worker is lost (the scheduler may notice it only after this

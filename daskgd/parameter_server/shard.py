@@ -20,7 +20,8 @@ handler                         arguments -> reply (besides ``status``)
 ``daskgd_shard_create``         ``job, shard, params, optimizer, padded, version, state=None``
 ``daskgd_shard_push``           ``job, version, rank, incarnation, grad, wait=0`` (a slice)
                                 -> (with ``wait``: once the round closed) ``params, version``
-``daskgd_shard_round``          ``job, version, ranks, closing, mean_w, lr, t, weight`` ->
+``daskgd_shard_round``          ``job, version, ranks, closing, mean_w, lr, t, weight,
+                                weights`` ->
                                 ``finite, without`` (and the epoch's ``penalty, grad_sq,
                                 class_penalty`` when ``closing``)
 ``daskgd_shard_direction``      ``job, version, decision`` -> ``finite`` (L-BFGS: after a
@@ -65,7 +66,13 @@ from distributed.protocol import ToPickle
 from daskgd import allocator
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
-from daskgd.parameter_server.shard_state import HURRY_WAIT, RoundSlices, ShardState, keep_version
+from daskgd.parameter_server.shard_state import (
+    HURRY_WAIT,
+    RoundSlices,
+    ShardState,
+    keep_version,
+    present_weight,
+)
 
 __all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "HandlerPlugin", "ShardServer"]
 
@@ -233,8 +240,11 @@ class ShardServer(HandlerPlugin[ShardState]):
             return {"status": "OK"}
         return await self.pull(job, shard, version + 1, wait)
 
-    async def round(self, job, shard, version, ranks, closing, mean_w, lr, t, weight):
-        """Close round ``version``: sum the ranks' slices (rank order), step, publish."""
+    async def round(self, job, shard, version, ranks, closing, mean_w, lr, t, weight,
+                    weights=None):  # fmt: skip
+        """Close round ``version``: sum the ranks' slices (rank order), step, publish.
+        ``weights``: each rank's; without a dead rank's slice, the step is the present
+        ranks' mean (none present: the rows stay as they are)."""
         s = self._get(job, shard)
         if isinstance(s, dict):
             return s
@@ -245,11 +255,12 @@ class ShardServer(HandlerPlugin[ShardState]):
         if missing and not dead:
             return error(f"the slices of rank(s) {missing} for version {version} did not "
                          f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
-        # a dead run's slice that never came counts as zero (the coordinator counts it lost)
+        # a dead run's slice that never came is left out (the coordinator counts it lost)
         present = [(r, inc) for r, inc in ranks if r not in missing]
+        weight = present_weight(ranks, weights, missing, float(weight))
         got = s.take_round(int(version))
         out = await self._run(s, s.round, int(version), present, got, bool(closing),
-                              float(mean_w), float(lr), int(t), float(weight))  # fmt: skip
+                              float(mean_w), float(lr), int(t), weight)  # fmt: skip
         s.notify()
         return {**out, "without": missing}
 

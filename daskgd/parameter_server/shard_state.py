@@ -10,6 +10,7 @@ takes that part and every real row is stepped exactly as the whole-model server 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from daskgd.objective.finite import all_finite
 from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
-__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "keep_version"]
+__all__ = ["BACKUPS", "HURRY_WAIT", "RoundSlices", "ShardState", "keep_version", "present_weight"]
 
 #: Backups a shard (and a replica holder) keeps, the newest by version.
 BACKUPS = 2
@@ -27,6 +28,16 @@ BACKUPS = 2
 #: an open sync round, an epoch's async pushes (in flight from live members they land
 #: within it; the dead member's never come).
 HURRY_WAIT = 2.0
+
+
+def present_weight(ranks: list, weights: list | None, missing: list[int], weight: float) -> float:
+    """The weight a round steps with: ``weight`` (every rank's, as the coordinator summed
+    it), or, when the slices of dead ranks ``missing`` never came, the present ranks'
+    (``weights``: each rank's, in ``ranks``' order), so that the step is their mean."""
+    if not missing or weights is None:
+        return weight
+    kept = [float(w) for (r, _), w in zip(ranks, weights, strict=True) if r not in missing]
+    return max(math.fsum(kept), 0.0)
 
 
 def keep_version(backups: dict[int, dict[str, Any]], b: dict[str, Any]) -> None:
@@ -59,7 +70,8 @@ class RoundSlices:
         waits :data:`HURRY_WAIT` seconds more at most for their slices."""
         now = asyncio.get_running_loop().time()
         for r, inc in ranks:
-            self.gone.setdefault((int(r), inc), now)
+            if inc is not None:  # a run without one cannot be told from its successor
+                self.gone.setdefault((int(r), inc), now)
         self.arrived.set()  # wake a round waiting for them
         self.arrived = asyncio.Event()
 
@@ -167,6 +179,7 @@ class ShardState(RoundSlices):
     def store(self, version: int, rank: int, incarnation: str | None, grad: np.ndarray) -> None:
         # by run: a superseded run's late slice never takes the place of the new run's
         self.pending.setdefault(version, {})[(rank, incarnation)] = grad
+        self.gone.pop((rank, incarnation), None)  # it came: no more hurry for that run
         self.arrived.set()
         self.arrived = asyncio.Event()
 
@@ -247,8 +260,9 @@ class ShardState(RoundSlices):
         return self._pieces(mean)
 
     def _pieces(self, mean: np.ndarray) -> dict[str, Any]:
-        """The epoch's pieces from its ``mean`` gradient (changed in place only by an L2
-        penalty's part)."""
+        """The epoch's pieces from its ``mean`` gradient, which they change in place: the
+        L2 penalty's part added, the intercept's entry zeroed when it is not fitted (the
+        step zeroes it too, so without L2 the step may reuse ``mean``: see reduce)."""
         P, opt = self.published[1], self.optimizer
         reg = opt.regularizer
         g = reg.proximal_gradient(P, mean, opt.fit_intercept)

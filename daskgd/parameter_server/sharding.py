@@ -117,6 +117,12 @@ class ShardFanOut:
             for task in tasks:
                 task.cancel()
 
+    async def call_each(self, op: str, **msg: Any) -> None:
+        """Call ``op`` on every shard at once, each on its own: one that fails does not
+        cancel the calls to the others (a notice every live shard must get)."""
+        await asyncio.gather(*(self._one(k, op, dict(msg)) for k in range(len(self.addresses))),
+                             return_exceptions=True)  # fmt: skip
+
     def call(self, op: str, per_shard=None, **msg: Any) -> list[dict[str, Any]]:
         """:meth:`call_async` from a thread of the plugin's pool, waiting for the replies."""
         return self._wait(self.call_async(op, per_shard, **msg))
@@ -228,17 +234,18 @@ class ShardSet(ShardFanOut):
 
     def round(
         self, version: int, ranks: list, close: bool, mean_w: float, lr: float, t: int,
-        weight: float,
+        weight: float, weights: list[float] | None = None,
     ) -> tuple[dict[str, Any], bool, list[int]]:  # fmt: skip
         """Close sync round ``version`` on every shard: sum the ranks' slices in rank order,
         step with learning rate ``lr``, publish ``version + 1``. Returns, when the epoch
         closes (``close``), its penalty, gradient norm and per-column penalties summed over
         the shards (shard order), taken at the parameters before the step; whether every
         shard stayed finite (if not, every shard is put back at ``version``); and the
-        ranks whose slice some shard stepped without (:func:`without`)."""
+        ranks whose slice some shard stepped without (:func:`without`; ``weights``, each
+        rank's, give that shard the present ranks' mean)."""
         replies = self.call(
             "round", version=version, ranks=ranks, closing=close, mean_w=mean_w, lr=lr, t=t,
-            weight=weight,
+            weight=weight, weights=weights,
         )  # fmt: skip
         finite = all(r["finite"] for r in replies)
         if not finite:
@@ -246,15 +253,16 @@ class ShardSet(ShardFanOut):
         return (_sum_pieces(replies) if close else {}), finite, without(replies)
 
     def evaluate(
-        self, version: int, ranks: list, mean_w: float, weight: float
-    ) -> tuple[dict[str, Any], dict[str, Any], list[int]]:
+        self, version: int, ranks: list, mean_w: float, weight: float,
+        weights: list[float] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], list[int]]:  # fmt: skip
         """L-BFGS (full batch: every round closes an epoch): close sync round ``version``
         without stepping. Returns the epoch's figures and the dot products of
         :meth:`daskgd.objective.lbfgs_sharded.LBFGSSlice.evaluate`, summed over the shards
         (shard order), and the ranks whose slice a shard went without (:func:`without`);
         :meth:`direction` then steps."""
         replies = self.call("round", version=version, ranks=ranks, closing=True, mean_w=mean_w,
-                            lr=0.0, t=version, weight=weight)  # fmt: skip
+                            lr=0.0, t=version, weight=weight, weights=weights)  # fmt: skip
         dots = {k: np.sum([np.asarray(r["dots"][k], dtype=np.float64) for r in replies], axis=0)
                 for k in replies[0]["dots"]}  # fmt: skip
         return _sum_pieces(replies), dots, without(replies)
