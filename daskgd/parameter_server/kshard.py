@@ -52,7 +52,6 @@ from daskgd.parameter_server.checks import error
 from daskgd.parameter_server.config import is_index, is_real
 from daskgd.parameter_server.kshard_state import KeyedShardState
 from daskgd.parameter_server.shard import INLINE_ROWS, SLICE_WAIT, HandlerPlugin
-from daskgd.parameter_server.shard_state import present_weight
 
 __all__ = ["KSHARD_PLUGIN_NAME", "KeyedShardServer", "export_shards"]
 
@@ -179,13 +178,10 @@ class KeyedShardServer(HandlerPlugin[KeyedShardState]):
         if s.version != version:
             return error(f"key shard is at version {s.version}, asked to close {version}")
         ranks = [(int(r), inc) for r, inc in ranks]
-        missing, dead = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
-        if missing and not dead:
-            return error(f"the slices of rank(s) {missing} for version {version} did not "
-                         f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
-        got = s.take_round(int(version))
-        present = [(r, inc) for r, inc in ranks if r not in missing]
-        weight = present_weight(ranks, weights, missing, float(weight))
+        round_ = await s.collect(int(version), ranks, float(weight), weights, SLICE_WAIT)
+        if isinstance(round_, str):
+            return error(round_)
+        present, got, weight, missing = round_
         finite = await self._run(s, True, s.round, int(version), present, got, weight,
                                  int(t), int(epoch), eta)  # fmt: skip
         s.notify()

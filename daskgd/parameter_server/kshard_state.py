@@ -159,8 +159,8 @@ class KeyedShardState(RoundSlices):
               eta: float | None) -> bool:  # fmt: skip
         """Sum the round's slices by key (the union of the ranks' keys, in rank order, as
         :meth:`~daskgd.parameter_server.keyed_job.KeyedJob.finish_round`) and step with the
-        row-weighted mean (of the weight of every rank the coordinator counted: a dead
-        rank's missing slice adds nothing); publish ``version + 1``. False when the weights became
+        row-weighted mean (``weight``: that of the ranks whose slices came, see
+        ``RoundSlices.collect``); publish ``version + 1``. False when the weights became
         non-finite (nothing published)."""
         parts = [got[(r, inc)] for r, inc in ranks]  # those whose slices came (kshard.round)
         if weight > 0 and parts:

@@ -66,13 +66,7 @@ from distributed.protocol import ToPickle
 from daskgd import allocator
 from daskgd.objective import Optimizer
 from daskgd.parameter_server.checks import error
-from daskgd.parameter_server.shard_state import (
-    HURRY_WAIT,
-    RoundSlices,
-    ShardState,
-    keep_version,
-    present_weight,
-)
+from daskgd.parameter_server.shard_state import HURRY_WAIT, RoundSlices, ShardState, keep_version
 
 __all__ = ["INLINE_ROWS", "SHARD_PLUGIN_NAME", "HandlerPlugin", "ShardServer"]
 
@@ -251,14 +245,11 @@ class ShardServer(HandlerPlugin[ShardState]):
         if s.published[0] != version:
             return error(f"shard is at version {s.published[0]}, asked to close {version}")
         ranks = [(int(r), inc) for r, inc in ranks]
-        missing, dead = await s.wait_for_slices(int(version), ranks, SLICE_WAIT)
-        if missing and not dead:
-            return error(f"the slices of rank(s) {missing} for version {version} did not "
-                         f"arrive within {SLICE_WAIT:g} s")  # fmt: skip
         # a dead run's slice that never came is left out (the coordinator counts it lost)
-        present = [(r, inc) for r, inc in ranks if r not in missing]
-        weight = present_weight(ranks, weights, missing, float(weight))
-        got = s.take_round(int(version))
+        round_ = await s.collect(int(version), ranks, float(weight), weights, SLICE_WAIT)
+        if isinstance(round_, str):
+            return error(round_)
+        present, got, weight, missing = round_
         out = await self._run(s, s.round, int(version), present, got, bool(closing),
                               float(mean_w), float(lr), int(t), weight)  # fmt: skip
         s.notify()

@@ -99,6 +99,21 @@ class RoundSlices:
             except TimeoutError:
                 pass
 
+    async def collect(
+        self, version: int, ranks: list, weight: float, weights: list | None, timeout: float
+    ) -> tuple[list, dict, float, list[int]] | str:
+        """Round ``version``'s slices, once those of ``ranks`` arrived or only dead runs'
+        are missing (:meth:`wait_for_slices`): the ranks present, their slices (taken out),
+        the weight to step with (:func:`present_weight`) and the ranks missing; or what is
+        wrong, when a live rank's slice did not come within ``timeout`` seconds."""
+        missing, dead = await self.wait_for_slices(version, ranks, timeout)
+        if missing and not dead:
+            return (f"the slices of rank(s) {missing} for version {version} did not arrive "
+                    f"within {timeout:g} s")  # fmt: skip
+        present = [(r, inc) for r, inc in ranks if r not in missing]
+        weight = present_weight(ranks, weights, missing, weight)
+        return present, self.take_round(version), weight, missing
+
     def take_round(self, version: int) -> dict:
         """The slices of round ``version``, taken out (on the event loop, where they are
         stored); those of older rounds, which closed without them, are dropped."""
