@@ -23,7 +23,15 @@ The Hessian kernel (``grad_hess``, Poisson loss: loss, gradient and ``X^T diag(l
 with the intercept) on the same shapes, one thread, against numpy's two passes
 ``p = X @ w; g = X.T @ (exp(p) - y); H = X.T @ (X * exp(p)[:, None])`` (in ``X``'s
 dtype, as numpy would do it), goes to ``bench/results/kernels_hessian.md`` and
-``kernels_hessian.json``. ``--part hessian`` (or ``gradient``) runs one part only.
+``kernels_hessian.json``.
+
+Wide, short batches (``--part wide``): 8 x 1,000,000, 64 x 100,000 and 13 x 300,000
+(a block of 8 rows and 5 more), float32 and float64, one thread: the batch a training task
+computes when the model is wide and its rows few (mini-batches, or the 8 rows a worker of
+``bench_servers.py``), where the kernel's O(d) work per call (the float64 accumulator, the
+conversion to the output's type), not its rows, can set the pace. The fused kernel against
+numpy's two passes, to ``bench/results/kernels_wide.md`` and ``kernels_wide.json``.
+``--part hessian`` (or ``gradient``, ``wide``) runs one part only.
 """
 
 from __future__ import annotations
@@ -227,11 +235,67 @@ def hessian_markdown(results: list[dict], n: int, repeats: int) -> str:
     return "".join(md)
 
 
+WIDE_SHAPES = ((8, 1_000_000), (64, 100_000), (13, 300_000))
+
+
+def _wide_case(dtype, n: int, d: int, repeats: int, rng) -> dict:
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.standard_normal(n).astype(dtype)
+    w = (1e-3 * rng.standard_normal(d)).astype(dtype)
+    buf = np.empty(d + 1, dtype=dtype)
+    times = interleaved_seconds(
+        {
+            "fused": lambda: grad_loss(X, y, w, out=buf, check_input=False),
+            "numpy two-pass": lambda: X.T @ (X @ w - y),
+        },
+        repeats,
+    )
+    fused = statistics.median(times["fused"])
+    two_pass = statistics.median(times["numpy two-pass"])
+    return {
+        "dtype": np.dtype(dtype).name,
+        "n": n,
+        "d": d,
+        "fused_ms": fused * 1e3,
+        "numpy_two_pass_ms": two_pass * 1e3,
+        "speedup_vs_numpy_two_pass": two_pass / fused,
+    }
+
+
+def measure_wide(repeats: int) -> list[dict]:
+    """Wide, short batches (see the module docstring), the methods taking turns."""
+    rng = np.random.default_rng(0)
+    return [
+        _wide_case(dtype, n, d, repeats, rng)
+        for dtype in (np.float32, np.float64)
+        for n, d in WIDE_SHAPES
+    ]
+
+
+def wide_markdown(results: list[dict], repeats: int) -> str:
+    heads = ["dtype", "rows x columns", "fused ms", "numpy two-pass ms", "speed-up vs numpy"]
+    rows = [
+        [
+            r["dtype"],
+            f"{r['n']:,} x {r['d']:,}",
+            f"{r['fused_ms']:.2f}",
+            f"{r['numpy_two_pass_ms']:.2f}",
+            f"{r['speedup_vs_numpy_two_pass']:.2f}",
+        ]
+        for r in results
+    ]
+    return (
+        "# Gradient kernel on wide, short batches, one thread\n\n{header}"
+        f"Squared-error gradient, BLAS pinned to one thread, the two methods taking turns, "
+        f"median of {repeats} runs each. Default build: `{KERNEL_BUILD}`.\n\n" + table(rows, heads)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 rows instead of 1,000,000")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--part", choices=("all", "gradient", "hessian"), default="all")
+    parser.add_argument("--part", choices=("all", "gradient", "hessian", "wide"), default="all")
     args = parser.parse_args()
     n = 200_000 if args.quick else 1_000_000
     if args.part in ("all", "hessian"):
@@ -241,7 +305,11 @@ def main() -> None:
         with threadpool_limits(limits=1):
             hess = [measure_hessian(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
         write_results("kernels_hessian", {"results": hess}, hessian_markdown(hess, n, args.repeats))
-    if args.part == "hessian":
+    if args.part in ("all", "wide"):
+        with threadpool_limits(limits=1):
+            wide = measure_wide(max(args.repeats, 21))
+        write_results("kernels_wide", {"results": wide}, wide_markdown(wide, max(args.repeats, 21)))
+    if args.part in ("hessian", "wide"):
         return
     with threadpool_limits(limits=1):
         results = [measure(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]

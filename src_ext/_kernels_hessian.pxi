@@ -141,7 +141,7 @@ def grad_hess(const floating[:, ::1] X, const double[::1] y,
             r = 0
             while r + ROWS <= rows:
                 x0 = &X[start + r, 0] if d > 0 else NULL
-                _dots_block(x0, wp, d, b, &p[r])
+                _dots_block(x0, wp, d, b, &p[r], n - start - r)
                 r += ROWS
             while r < rows:
                 x0 = &X[start + r, 0] if d > 0 else NULL

@@ -47,7 +47,7 @@ def grad_loss_many(const floating[:, ::1] X, const double[::1] y,
                 wm = &W[m, 0] if d > 0 else NULL
                 acc = &out[m, 0]
                 if k == ROWS:
-                    _dots_block(x0, wm, d, b[m], p)
+                    _dots_block(x0, wm, d, b[m], p, n - i)
                 else:
                     p[0] = _dot(x0, wm, d) + b[m]
                 for r in range(k):

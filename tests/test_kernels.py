@@ -168,6 +168,35 @@ def test_log_loss_stable_for_any_margin(build, dtype):
                                    rtol=RTOL[dtype])  # fmt: skip
 
 
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("active", ["all", "last", "before_last", "none"])
+def test_every_row_count_around_the_row_block(build, dtype, active):
+    # The kernel writes the gradient's last update (the last block of 8 rows, or the last
+    # row after them) straight to ``out``, keeps a float64 accumulator only for the ones
+    # before it, and writes zeros when no row adds anything: every row count from one
+    # to three blocks and a tail, with hinge rows switched on (margin < 1) or off so that
+    # the last update, the ones before it, all or none add to the gradient.
+    rng = np.random.default_rng(11)
+    d = 29
+    for n in range(1, 27):
+        X = rng.normal(size=(n, d)).astype(dtype)
+        w = (0.01 * rng.normal(size=d)).astype(dtype)
+        last = {n - 1} if n % 8 else set(range(n - 8, n))  # the rows of the last update
+        on = {"all": set(range(n)), "last": last, "before_last": set(range(n)) - last,
+              "none": set()}[active]  # fmt: skip
+        # y = 1: a margin near 0 is active, one pushed to 10 by the row's offset is not
+        offset = np.array([0.0 if i in on else 10.0 for i in range(n)], dtype=dtype)
+        y = np.ones(n, dtype=dtype)
+        out = np.full(d + 1, np.nan, dtype=dtype)  # every entry must be written
+        got = grad_loss(X, y, w, 0.0, loss="hinge", offset=offset, out=out, _build=build)
+        want = grad_loss_reference(X, y, w, 0.0, loss="hinge", offset=offset)
+        for g, r in zip(got, want, strict=True):
+            _assert_close(g, r, dtype)
+        if not on:
+            assert not np.any(out), n
+
+
 def test_out_buffer_is_reused():
     rng = np.random.default_rng(2)
     X = rng.normal(size=(10, 3))
