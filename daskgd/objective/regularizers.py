@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daskgd.objective.finite import dot
+
 __all__ = ["Regularizer", "soft_threshold"]
 
 #: Entries a temporary of the penalty's arithmetic holds at most (512 kB in float64).
@@ -70,7 +72,7 @@ class Regularizer:
         w = np.ravel(params[:-1])  # a view: the rows are contiguous
         # w @ w: no temporary array (at millions of parameters each one costs its page faults)
         l1 = self.l1 * float(np.abs(w).sum()) if self.l1 else 0.0
-        l2 = 0.5 * self.l2 * float(w @ w) if self.l2 else 0.0  # a pass over w saved
+        l2 = 0.5 * self.l2 * dot(w, w) if self.l2 else 0.0  # a pass over w saved
         return float(l2 + l1)
 
     def column_penalty(self, params: np.ndarray) -> np.ndarray:

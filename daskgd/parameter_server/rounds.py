@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective.curvature import loss_resolution
-from daskgd.objective.finite import all_finite
+from daskgd.objective.finite import all_finite, norm
 from daskgd.objective.lbfgs_sharded import LBFGSCoordinator, whole_state
 from daskgd.parameter_server.config import WHOLE_DATA_OPTIMIZERS
 from daskgd.parameter_server.sharding import ShardError, ShardSet
@@ -365,7 +365,7 @@ class Steps(EpochRules):
         pass at the point before, as after any step)."""
         if gm is None or not (self.history and self.history[-1]["complete"]):
             return  # damped, singular or fallback: the next round evaluates the point
-        test = self._gradient_test(float(np.linalg.norm(gm)))
+        test = self._gradient_test(norm(gm))
         if test:
             self.stop(f"{test}: the Newton step solves the least-squares problem (the exact "
                       "quadratic model's gradient at the new point)", converged=True)  # fmt: skip

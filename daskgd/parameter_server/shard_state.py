@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from daskgd.objective import LBFGSOptimizer, Optimizer
-from daskgd.objective.finite import all_finite
+from daskgd.objective.finite import all_finite, dot
 from daskgd.objective.lbfgs_sharded import LBFGSSlice
 from daskgd.parameter_server.checks import error
 
@@ -286,7 +286,7 @@ class ShardState(RoundSlices):
         flat = g.ravel()  # a view: the rows are contiguous
         out: dict[str, Any] = {
             "penalty": reg.penalty(P),
-            "grad_sq": float(flat @ flat),  # no temporary of the shard's size
+            "grad_sq": dot(flat, flat),  # no temporary of the shard's size
         }
         if P.ndim == 2:
             out["class_penalty"] = reg.column_penalty(P).tolist()

@@ -18,6 +18,7 @@ import numpy as np
 from distributed.protocol import ToPickle
 
 from daskgd.objective import Optimizer
+from daskgd.objective.finite import norm
 from daskgd.parameter_server.config import JobConfig
 from daskgd.parameter_server.confirm import Confirmation, needs_check
 from daskgd.parameter_server.rebalance import Rebalancer
@@ -240,7 +241,7 @@ class EpochRules(Confirmation):
         """Norm of the (proximal) gradient of the objective from the mean data gradient ``g``
         (a fresh array; changed in place)."""
         opt = self.optimizer
-        return float(np.linalg.norm(opt.regularizer.proximal_gradient(P, g, opt.fit_intercept)))
+        return norm(opt.regularizer.proximal_gradient(P, g, opt.fit_intercept))
 
     def stochastic(self) -> bool:
         """Whether the epochs' gradients are not the exact gradient at one point."""
