@@ -489,15 +489,3 @@ def grad_loss_multinomial(const floating[:, ::1] X, const floating[::1] y,
     free(acc)
     return loss_sum
 
-
-def dot(const double[::1] a, const double[::1] b):
-    """The float64 dot product of ``a`` and ``b`` (one length), on the calling thread with
-    the GIL released: no BLAS thread (after a threaded call OpenBLAS's helper threads spin
-    for about 0.1 s on cores the workers need).  Inputs are assumed validated."""
-    cdef Py_ssize_t n = a.shape[0]
-    cdef double s = 0.0
-    if n == 0:
-        return s
-    with nogil:
-        s = _dot(&a[0], &b[0], n)
-    return s

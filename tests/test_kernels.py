@@ -403,27 +403,3 @@ def test_one_vs_rest_columns_match_the_binary_oracle(loss, dtype):
         _assert_close(losses[j], want, dtype)
         _assert_close(grad[:d, j], gw, dtype)
         _assert_close(grad[d, j], gb, dtype)
-
-
-@pytest.mark.parametrize("build", BUILDS)
-def test_dot_matches_numpy_without_blas(build):
-    # the servers' model-sized dot products and norms (daskgd.objective.finite) run on the
-    # kernels' loop, not on BLAS's threads; against numpy's, to rounding
-    from daskgd.objective.finite import dot, norm
-
-    kernels = available_builds()[build]
-    rng = np.random.default_rng(5)
-    for n in (0, 1, 3, 4, 5, 17, 100_003):
-        a, b = rng.normal(size=n), rng.normal(size=n)
-        want = float(np.dot(a, b))
-        assert kernels.dot(a, b) == pytest.approx(want, rel=1e-12, abs=1e-12 * n)
-        assert dot(a, b) == pytest.approx(want, rel=1e-12, abs=1e-12 * n)
-        assert norm(a) == pytest.approx(float(np.linalg.norm(a)), rel=1e-12)
-    # any shape (flattened), float32 widened, a non-contiguous view copied
-    M = rng.normal(size=(40, 3))
-    assert dot(M, M) == pytest.approx(float(np.sum(M * M)), rel=1e-12)
-    assert dot(M[:, 1], M[:, 2]) == pytest.approx(float(M[:, 1] @ M[:, 2]), rel=1e-12)
-    f = M.astype(np.float32)
-    assert dot(f, f) == pytest.approx(float(np.sum(f.astype(np.float64) ** 2)), rel=1e-12)
-    with pytest.raises(ValueError, match="3 and 4"):
-        dot(np.ones(3), np.ones(4))

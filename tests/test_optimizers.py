@@ -131,3 +131,22 @@ def test_newton_solves_the_lasso_quadratic_in_one_step_and_keeps_its_state():
         opt.step(P, P - c, opt.init_state(P), 0, 0, loss=1.0)
     with pytest.raises(ValueError, match="needs the round's loss"):
         opt.step(P, P - c, opt.init_state(P), 0, 0, hess=np.eye(P.size))
+
+
+def test_model_sized_dot_products_match_numpy():
+    # the servers' dot products and norms (daskgd.objective.finite) avoid BLAS's threads,
+    # whose helpers spin after each call; the values are numpy's, to rounding
+    from daskgd.objective.finite import dot, norm
+
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 3, 17, 100_003):
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        assert dot(a, b) == pytest.approx(float(np.dot(a, b)), rel=1e-12, abs=1e-12 * n)
+        assert norm(a) == pytest.approx(float(np.linalg.norm(a)), rel=1e-12)
+    M = rng.normal(size=(40, 3))  # any shape (flattened); a strided view; float32 widened
+    assert dot(M, M) == pytest.approx(float(np.sum(M * M)), rel=1e-12)
+    assert dot(M[:, 1], M[:, 2]) == pytest.approx(float(M[:, 1] @ M[:, 2]), rel=1e-12)
+    f = M.astype(np.float32)
+    assert dot(f, f) == pytest.approx(float(np.sum(f.astype(np.float64) ** 2)), rel=1e-12)
+    with pytest.raises(ValueError, match="3 and 4"):
+        dot(np.ones(3), np.ones(4))
