@@ -199,10 +199,10 @@ def test_more_servers_than_workers_is_refused_with_the_fix(client):
 
 def test_auto_shards_a_large_first_order_model_from_the_measured_crossover(monkeypatch):
     s = FitSettings(optimizer="sgd")
-    assert servers.AUTO_SHARD_PARAMS == 300_000  # bench/results/servers.md
-    assert resolve_servers(s, 299_999, 4) == 0
-    assert resolve_servers(s, 300_000, 4) == 2
-    assert resolve_servers(s, 300_000, 2) == 2
+    assert servers.AUTO_SHARD_PARAMS == 1_000_000  # bench/results/servers.md
+    assert resolve_servers(s, 999_999, 4) == 0
+    assert resolve_servers(s, 1_000_000, 4) == 2
+    assert resolve_servers(s, 1_000_000, 2) == 2
     # one worker: nobody to keep a shard's backup
     assert resolve_servers(s, 10**7, 1) == 0
     # key-hashed shards keep no replicas; L-BFGS and Newton are paced by the data

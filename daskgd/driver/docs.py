@@ -126,7 +126,7 @@ FIT_PARAMETERS = """
         momentum, nesterov, adagrad and adam in every mode, lbfgs in sync mode; a
         key-value fit's keyed state split by a hash of the column), the scheduler
         coordinating;
-        "auto": 2 shards for a model of 300,000 parameters or more (not a key-value one)
+        "auto": 2 shards for a model of 1,000,000 parameters or more (not a key-value one)
         trained by sgd, momentum, nesterov, adagrad or adam on 2 workers or more, where
         they were measured faster; else 0. ``FitResult.servers_`` lists the workers that
         held the shards as the fit started. See the README's "Sharded parameter servers".
