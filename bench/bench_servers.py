@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import statistics
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,6 +64,33 @@ def _scheduler_cpu(dask_scheduler=None) -> float:
     return cpu.user + cpu.system
 
 
+#: where ``struct tcp_info`` (linux/tcp.h, Linux >= 4.1) keeps ``tcpi_bytes_acked`` and
+#: ``tcpi_bytes_received`` (two u64 after 8 u8 fields, 24 u32 and the two pacing rates)
+_TCP_INFO_BYTES = struct.Struct("=QQ")
+_TCP_INFO_AT = 120
+
+
+def _scheduler_io(dask_scheduler=None) -> tuple[int, int]:
+    """Bytes received and sent so far on the TCP connections the scheduler's process holds
+    (Linux's ``TCP_INFO``: ``tcpi_bytes_received`` and ``tcpi_bytes_acked``, summed over its
+    established sockets); (0, 0) where the kernel does not say."""
+    import psutil
+
+    got = sent = 0
+    for conn in psutil.Process().net_connections(kind="tcp"):
+        if conn.fd < 0 or conn.status != psutil.CONN_ESTABLISHED:
+            continue
+        try:
+            with socket.socket(fileno=os.dup(conn.fd)) as s:
+                info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        except OSError:  # closed meanwhile
+            continue
+        if len(info) >= _TCP_INFO_AT + _TCP_INFO_BYTES.size:
+            acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_AT)
+            got, sent = got + received, sent + acked
+    return got, sent
+
+
 def _fit_kwargs(d: int, k: int, mode: str) -> dict:
     """The settings of every fit of a row (d, n_servers, mode)."""
     return dict(optimizer="sgd", learning_rate=0.1 / d, tol=None, validate=False,
@@ -78,14 +108,15 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
     daskgd.fit(path, client=client, max_epochs=2, **kw)  # warm: imports, page cache
     # the scheduler's CPU per push at the margin: a short and a long fit, the difference
     # (a fit's O(d) start and end, which do pass through the scheduler, cancel out)
-    c0, s0 = client.run_on_scheduler(_scheduler_cpu), time.perf_counter()
+    io0, c0 = client.run_on_scheduler(_scheduler_io), client.run_on_scheduler(_scheduler_cpu)
+    s0 = time.perf_counter()
     short = daskgd.fit(path, client=client, max_epochs=rounds // 3, **kw)
     short_wall = time.perf_counter() - s0
-    c1 = client.run_on_scheduler(_scheduler_cpu)
+    io1, c1 = client.run_on_scheduler(_scheduler_io), client.run_on_scheduler(_scheduler_cpu)
     t0 = time.perf_counter()
     res = daskgd.fit(path, client=client, max_epochs=rounds, **kw)
     wall = time.perf_counter() - t0
-    c2 = client.run_on_scheduler(_scheduler_cpu)
+    io2, c2 = client.run_on_scheduler(_scheduler_io), client.run_on_scheduler(_scheduler_cpu)
     extra = sum(h["updates"] for h in res.history) - sum(h["updates"] for h in short.history)
     per_s, round_ms = _rate(res)
     return {
@@ -98,6 +129,9 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
         "fit_s": wall,
         "sched_cpu_ms_per_push": 1e3 * ((c2 - c1) - (c1 - c0)) / extra,
         "sched_cpu_share": (c2 - c1) / wall,
+        # the same margin for the bytes through the scheduler's system calls
+        "sched_recv_bytes_per_push": ((io2[0] - io1[0]) - (io1[0] - io0[0])) / extra,
+        "sched_sent_bytes_per_push": ((io2[1] - io1[1]) - (io1[1] - io0[1])) / extra,
         # the margin's pieces (the coordinator's table takes the idle scheduler's share out)
         "short_fit_s": short_wall,
         "extra_pushes": extra,
@@ -259,7 +293,8 @@ def main() -> None:
         )
     cols = ["mode", "d", "n_servers", "round_ms", "pushes_per_s", "pushes_per_s_min",
             "pushes_per_s_max", "MB_per_s", "vs_scheduler_MBps", "sched_cpu_ms_per_push",
-            "sched_cpu_share", "fit_s"]  # fmt: skip
+            "sched_recv_bytes_per_push", "sched_sent_bytes_per_push", "sched_cpu_share",
+            "fit_s"]  # fmt: skip
     md2 = table([[_fmt(r[c]) for c in cols] for r in rows if r["workers"] == 2], cols)
     md4 = table([[_fmt(r[c]) for c in ["workers", *cols]] for r in rows if r["workers"] == 4],
                 ["workers", *cols])  # fmt: skip
@@ -287,6 +322,10 @@ def main() -> None:
         "scheduler's process (psutil) per push at the margin: the difference between a fit "
         f"of {ROUNDS} epochs and one of {ROUNDS // 3}, over the difference in pushes (a "
         "fit's start and end, which move O(d) through the scheduler, cancel out); "
+        "`sched_recv_bytes_per_push`, `sched_sent_bytes_per_push`: the bytes that process "
+        "received and sent on its TCP connections (Linux's `TCP_INFO`, summed over its "
+        "sockets, the driver's connection to the scheduler counted at both ends) per push, "
+        "at the same margin (one measurement); "
         "`sched_cpu_share`: that process's CPU seconds per second of the long fit (it also "
         "runs the driver and the scheduler's own periodic work, which cost time, not bytes).\n\n"
         + md2
