@@ -30,7 +30,8 @@ Wide, short batches (``--part wide``): 8 x 1,000,000, 64 x 100,000 and 13 x 300,
 computes when the model is wide and its rows few (mini-batches, or the 8 rows a worker of
 ``bench_servers.py``), where the kernel's O(d) work per call (the float64 accumulator, the
 conversion to the output's type), not its rows, can set the pace. The fused kernel against
-numpy's two passes, to ``bench/results/kernels_wide.md`` and ``kernels_wide.json``.
+numpy's two passes (the two taking turns, at least 21 times whatever ``--repeats``: a call
+takes milliseconds), to ``bench/results/kernels_wide.md`` and ``kernels_wide.json``.
 ``--part hessian`` (or ``gradient``, ``wide``) runs one part only.
 """
 

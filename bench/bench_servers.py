@@ -279,7 +279,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be 1 or more")
-    # 3 * 10^5: n_servers="auto"'s crossover (daskgd.driver.servers.AUTO_SHARD_PARAMS)
+    # 10^6: where n_servers="auto" shards (daskgd.driver.servers.AUTO_SHARD_PARAMS); 3 * 10^5
+    # the size where 2 shards stopped gaining once the scheduler's BLAS spin was gone
     sizes = [100, 10**4, 10**5, 3 * 10**5, 10**6] + ([] if args.quick else [4 * 10**6])
     rows = _servers(2, sizes, (0, 1, 2), "auto", args.repeats)
     rows += _servers(4, [10**5] + ([] if args.quick else [10**6]), (0, 2, 4), "2GiB",

@@ -488,4 +488,3 @@ def grad_loss_multinomial(const floating[:, ::1] X, const floating[::1] y,
                 out[j, c] = <floating>acc[j * k + c]
     free(acc)
     return loss_sum
-

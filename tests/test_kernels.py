@@ -176,10 +176,12 @@ def test_every_row_count_around_the_row_block(build, dtype, active):
     # row after them) straight to ``out``, keeps a float64 accumulator only for the ones
     # before it, and writes zeros when no row adds anything: every row count from one
     # to three blocks and a tail, with hinge rows switched on (margin < 1) or off so that
-    # the last update, the ones before it, all or none add to the gradient.
+    # the last update, the ones before it, all or none add to the gradient; then a few row
+    # counts with no columns, or weighted with a zero weight on the last row.
     rng = np.random.default_rng(11)
-    d = 29
-    for n in range(1, 27):
+    for n, d, weighted in [(n, 29, False) for n in range(1, 27)] + [
+        (n, d, True) for n in (1, 8, 9, 16, 17) for d in (0, 3)
+    ]:
         X = rng.normal(size=(n, d)).astype(dtype)
         w = (0.01 * rng.normal(size=d)).astype(dtype)
         last = {n - 1} if n % 8 else set(range(n - 8, n))  # the rows of the last update
@@ -188,9 +190,14 @@ def test_every_row_count_around_the_row_block(build, dtype, active):
         # y = 1: a margin near 0 is active, one pushed to 10 by the row's offset is not
         offset = np.array([0.0 if i in on else 10.0 for i in range(n)], dtype=dtype)
         y = np.ones(n, dtype=dtype)
+        sw = None
+        if weighted:  # a zero weight on the last row: its update adds nothing
+            sw = rng.random(n).astype(dtype)
+            sw[-1] = 0.0
         out = np.full(d + 1, np.nan, dtype=dtype)  # every entry must be written
-        got = grad_loss(X, y, w, 0.0, loss="hinge", offset=offset, out=out, _build=build)
-        want = grad_loss_reference(X, y, w, 0.0, loss="hinge", offset=offset)
+        got = grad_loss(X, y, w, 0.0, loss="hinge", offset=offset, sample_weight=sw, out=out,
+                        _build=build)  # fmt: skip
+        want = grad_loss_reference(X, y, w, 0.0, loss="hinge", offset=offset, sample_weight=sw)
         for g, r in zip(got, want, strict=True):
             _assert_close(g, r, dtype)
         if not on:

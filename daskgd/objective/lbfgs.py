@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from daskgd.objective.finite import dot, norm
+
 __all__ = ["FLOAT32_PAIRS", "LBFGS", "backtrack_step", "rounding_level"]
 
 #: Parameters from which :class:`LBFGS` keeps its correction pairs in float32.
@@ -106,7 +108,7 @@ class LBFGS:
     #: float64 arrays the next pairs are computed into before new ones are made (the
     #: pairs the memory dropped, or arrays a caller made ready)
     spares: list = field(default_factory=list, repr=False)
-    _ops: _Mixed | None = field(default=None, repr=False)  # the float32 pairs' arithmetic
+    _ops: _Mixed | None = field(default=None, repr=False)  # the pairs' arithmetic
     iterations: int = 0
 
     def tell(self, x: np.ndarray, f: float, g: np.ndarray, keep: bool = False) -> np.ndarray:
@@ -128,7 +130,7 @@ class LBFGS:
         x_k, g_k, p = self._x, self._g, self._p
         if x_k is None or g_k is None or p is None:
             return self._accept(x, float(f), g, first=True)
-        slope = float(g_k @ p)
+        slope = dot(g_k, p)
         if np.isfinite(f) and (
             f <= self._f + self.c1 * self._t * slope or self._rounding_level(f, g, g_k)
         ):
@@ -141,10 +143,10 @@ class LBFGS:
             np.subtract(g, g_k, out=y, casting="same_kind")
             self._give(g_k)  # done with: g is the new one
             if dtype == np.float64:
-                sy, norms = float(s @ y), np.linalg.norm(s) * np.linalg.norm(y)
+                sy, norms = dot(s, y), norm(s) * norm(y)
             else:
-                dot = self._mixed().dot
-                sy, norms = dot(s, y), np.sqrt(dot(s, s) * dot(y, y))
+                mixed = self._mixed().dot
+                sy, norms = mixed(s, y), np.sqrt(mixed(s, s) * mixed(y, y))
             if sy > 1e-10 * norms:
                 self._s.append(s)
                 self._y.append(y)
@@ -174,7 +176,7 @@ class LBFGS:
         self.spares += list(arrays[: max(room, 0)])
 
     def _mixed(self) -> _Mixed:
-        """The float32 pairs' arithmetic (its buffer made once)."""
+        """The pairs' arithmetic (its buffer made once)."""
         if self._ops is None:
             self._ops = _Mixed()
         return self._ops
@@ -208,7 +210,7 @@ class LBFGS:
         # the last direction's array is done with: the new one is computed into it
         p = self._two_loop(g, out=self._p)
         np.negative(p, out=p)
-        if not float(g @ p) < 0:  # not a descent direction: restart
+        if not dot(g, p) < 0:  # not a descent direction: restart
             self._forget()
             p = -self._two_loop(g)  # steepest descent (in the scaled variables)
         self._p = p
@@ -233,47 +235,32 @@ class LBFGS:
         return self._hinv[1]
 
     def _two_loop(self, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        # in place with BLAS axpy: at millions of parameters each temporary array costs
-        # its page faults, and the recursion would otherwise make 2m of them
-        # scipy.linalg on first use: importing the kernels (which import this) stays light
-        from scipy.linalg.blas import daxpy
-
+        # in place, by blocks (_Mixed): at millions of parameters each temporary array
+        # costs its page faults, and the recursion would otherwise make 2m of them; and
+        # not on BLAS's threads, whose helpers spin after each call on the scheduler
         if out is not None and out.shape == g.shape and out.flags.c_contiguous:
             np.copyto(out, g)
             q = out
         else:
             q = g.copy()
         alphas = []
-        k = self._mixed() if self._s and self._s[0].dtype == np.float32 else None
+        k = self._mixed()  # float32 or float64 pairs, float64 sums and q
         for s, y in zip(reversed(self._s), reversed(self._y), strict=True):
-            if k is None:
-                rho = 1.0 / float(y @ s)
-                a = rho * float(s @ q)
-                q = daxpy(y, q, a=-a)
-            else:  # float32 pairs, float64 sums and q
-                rho = 1.0 / k.dot(y, s)
-                a = rho * k.dot(s, q)
-                k.axpy(-a, y, q)
+            rho = 1.0 / k.dot(y, s)
+            a = rho * k.dot(s, q)
+            k.axpy(-a, y, q)
             alphas.append((rho, a))
         hinv = None if self.h0 is None else self._inverse()
         if self._s:
             s, y = self._s[-1], self._y[-1]
-            if k is not None:
-                q *= k.dot(s, y) / k.dot(y, y, hinv)
-            else:
-                yy = float(y @ y) if hinv is None else float(np.einsum("i,i,i->", y, y, hinv))
-                q *= float(s @ y) / yy
+            q *= k.dot(s, y) / k.dot(y, y, hinv)
         if hinv is not None:
             q *= hinv
         for (s, y), (rho, a) in zip(
             zip(self._s, self._y, strict=True), reversed(alphas), strict=True
         ):
-            if k is None:
-                b = rho * float(y @ q)
-                q = daxpy(s, q, a=a - b)
-            else:
-                b = rho * k.dot(y, q)
-                k.axpy(a - b, s, q)
+            b = rho * k.dot(y, q)
+            k.axpy(a - b, s, q)
         return q
 
     def state(self) -> dict:
@@ -339,10 +326,11 @@ def _pair_dtype(shape: tuple) -> type:
 
 
 class _Mixed:
-    """Products of float32 vectors (the pairs) with float64 ones, summed in float64, by
-    blocks through one reused float64 buffer: numpy alone would cast a whole float32
-    vector to a float64 temporary (page faults at millions of parameters), and its
-    float32 dot products accumulate in float32."""
+    """Products of the pairs (float32 or float64 vectors) with float64 ones, summed in
+    float64, by blocks through one reused float64 buffer: numpy alone would cast a whole
+    float32 vector to a float64 temporary (page faults at millions of parameters), its
+    float32 dot products accumulate in float32, and its float64 ones run on BLAS's threads
+    (whose helpers then spin for about 0.1 s, on the scheduler's machine)."""
 
     BLOCK = 65536
 
