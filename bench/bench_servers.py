@@ -65,8 +65,7 @@ def _scheduler_cpu(dask_scheduler=None) -> float:
 
 
 #: where ``struct tcp_info`` (linux/tcp.h, Linux >= 4.1) keeps ``tcpi_bytes_acked`` and
-#: ``tcpi_bytes_received`` (two u64 after 8 u8 fields, 24 u32 and the two pacing rates)
-_TCP_INFO_BYTES = struct.Struct("=QQ")
+#: ``tcpi_bytes_received``: two u64 after 8 u8 fields, 24 u32 and the two pacing rates
 _TCP_INFO_AT = 120
 
 
@@ -77,6 +76,7 @@ def _scheduler_io(dask_scheduler=None) -> tuple[int, int]:
     import psutil
 
     got = sent = 0
+    pair = struct.Struct("=QQ")  # made here: the function is sent to the scheduler by value
     for conn in psutil.Process().net_connections(kind="tcp"):
         if conn.fd < 0 or conn.status != psutil.CONN_ESTABLISHED:
             continue
@@ -85,8 +85,8 @@ def _scheduler_io(dask_scheduler=None) -> tuple[int, int]:
                 info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
         except OSError:  # closed meanwhile
             continue
-        if len(info) >= _TCP_INFO_AT + _TCP_INFO_BYTES.size:
-            acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_AT)
+        if len(info) >= _TCP_INFO_AT + pair.size:
+            acked, received = pair.unpack_from(info, _TCP_INFO_AT)
             got, sent = got + received, sent + acked
     return got, sent
 

@@ -6,9 +6,9 @@ optimizer state into K shards held by K workers (:mod:`daskgd.parameter_server.s
 and the scheduler coordinates. ``"auto"`` shards a model of at least
 :data:`AUTO_SHARD_PARAMS` parameters (not a key-value one) trained by a first-order rule on
 two workers or more: measured on one 2-core machine (``bench/results/servers.md``, 2
-workers, sync and async), 2 shards gave 0.78-0.89x the scheduler-hosted throughput at 10^5
-parameters, 0.97-1.06x at 3 * 10^5 (no gain), 1.15-1.18x at 10^6 and 1.33-1.40x at
-4 * 10^6. L-BFGS's rounds
+workers, sync and async, two runs), 2 shards gave 0.78-0.89x the scheduler-hosted
+throughput at 10^5 parameters, 0.97-1.12x at 3 * 10^5 (no clear gain), 1.15-1.21x at 10^6
+and 1.31-1.46x at 4 * 10^6. L-BFGS's rounds
 are set by the pass over the data, not the traffic (the sparse benchmark: 10.5 s on the
 scheduler, 10.8 s in 2 shards), and key-hashed shards keep no replicas, so ``"auto"``
 keeps those on the scheduler.
