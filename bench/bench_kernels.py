@@ -307,9 +307,10 @@ def main() -> None:
             hess = [measure_hessian(dt, n, 100, args.repeats) for dt in (np.float64, np.float32)]
         write_results("kernels_hessian", {"results": hess}, hessian_markdown(hess, n, args.repeats))
     if args.part in ("all", "wide"):
+        repeats = max(args.repeats, 21)  # a call takes milliseconds
         with threadpool_limits(limits=1):
-            wide = measure_wide(max(args.repeats, 21))
-        write_results("kernels_wide", {"results": wide}, wide_markdown(wide, max(args.repeats, 21)))
+            wide = measure_wide(repeats)
+        write_results("kernels_wide", {"results": wide}, wide_markdown(wide, repeats))
     if args.part in ("hessian", "wide"):
         return
     with threadpool_limits(limits=1):

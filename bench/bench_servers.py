@@ -69,10 +69,11 @@ def _scheduler_cpu(dask_scheduler=None) -> float:
 _TCP_INFO_AT = 120
 
 
-def _scheduler_io(dask_scheduler=None) -> tuple[int, int]:
-    """Bytes received and sent so far on the TCP connections the scheduler's process holds
-    (Linux's ``TCP_INFO``: ``tcpi_bytes_received`` and ``tcpi_bytes_acked``, summed over its
-    established sockets); (0, 0) where the kernel does not say."""
+def _scheduler_usage(dask_scheduler=None) -> tuple[float, int, int]:
+    """The scheduler's process so far: its CPU seconds (:func:`_scheduler_cpu`), and the
+    bytes received and sent on the TCP connections it holds (Linux's ``TCP_INFO``:
+    ``tcpi_bytes_received`` and ``tcpi_bytes_acked``, summed over its established sockets;
+    0 where the kernel does not say)."""
     import psutil
 
     got = sent = 0
@@ -88,7 +89,7 @@ def _scheduler_io(dask_scheduler=None) -> tuple[int, int]:
         if len(info) >= _TCP_INFO_AT + pair.size:
             acked, received = pair.unpack_from(info, _TCP_INFO_AT)
             got, sent = got + received, sent + acked
-    return got, sent
+    return _scheduler_cpu(), got, sent
 
 
 def _fit_kwargs(d: int, k: int, mode: str) -> dict:
@@ -106,17 +107,17 @@ def _mb_per_s(pushes_per_s: float, d: int) -> float:
 def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> dict:
     kw = _fit_kwargs(d, k, mode)
     daskgd.fit(path, client=client, max_epochs=2, **kw)  # warm: imports, page cache
-    # the scheduler's CPU per push at the margin: a short and a long fit, the difference
-    # (a fit's O(d) start and end, which do pass through the scheduler, cancel out)
-    io0, c0 = client.run_on_scheduler(_scheduler_io), client.run_on_scheduler(_scheduler_cpu)
-    s0 = time.perf_counter()
+    # the scheduler's CPU and bytes per push at the margin: a short and a long fit, the
+    # difference (a fit's O(d) start and end, which do pass through the scheduler, cancel out)
+    u0, s0 = np.array(client.run_on_scheduler(_scheduler_usage)), time.perf_counter()
     short = daskgd.fit(path, client=client, max_epochs=rounds // 3, **kw)
     short_wall = time.perf_counter() - s0
-    io1, c1 = client.run_on_scheduler(_scheduler_io), client.run_on_scheduler(_scheduler_cpu)
+    u1 = np.array(client.run_on_scheduler(_scheduler_usage))
     t0 = time.perf_counter()
     res = daskgd.fit(path, client=client, max_epochs=rounds, **kw)
     wall = time.perf_counter() - t0
-    io2, c2 = client.run_on_scheduler(_scheduler_io), client.run_on_scheduler(_scheduler_cpu)
+    u2 = np.array(client.run_on_scheduler(_scheduler_usage))
+    cpu_margin, recv_margin, sent_margin = (u2 - u1) - (u1 - u0)
     extra = sum(h["updates"] for h in res.history) - sum(h["updates"] for h in short.history)
     per_s, round_ms = _rate(res)
     return {
@@ -127,15 +128,14 @@ def _one(client: Client, path: str, d: int, k: int, mode: str, rounds: int) -> d
         "round_ms": round_ms,
         "MB_per_s": _mb_per_s(per_s, d),
         "fit_s": wall,
-        "sched_cpu_ms_per_push": 1e3 * ((c2 - c1) - (c1 - c0)) / extra,
-        "sched_cpu_share": (c2 - c1) / wall,
-        # the same margin for the bytes through the scheduler's system calls
-        "sched_recv_bytes_per_push": ((io2[0] - io1[0]) - (io1[0] - io0[0])) / extra,
-        "sched_sent_bytes_per_push": ((io2[1] - io1[1]) - (io1[1] - io0[1])) / extra,
+        "sched_cpu_ms_per_push": 1e3 * float(cpu_margin) / extra,
+        "sched_cpu_share": float(u2[0] - u1[0]) / wall,
+        "sched_recv_bytes_per_push": float(recv_margin) / extra,
+        "sched_sent_bytes_per_push": float(sent_margin) / extra,
         # the margin's pieces (the coordinator's table takes the idle scheduler's share out)
         "short_fit_s": short_wall,
         "extra_pushes": extra,
-        "sched_cpu_margin_s": (c2 - c1) - (c1 - c0),
+        "sched_cpu_margin_s": float(cpu_margin),
     }
 
 

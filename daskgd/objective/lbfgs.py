@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daskgd.objective.finite import dot, norm
+from daskgd.objective.finite import dot
 
 __all__ = ["FLOAT32_PAIRS", "LBFGS", "backtrack_step", "rounding_level"]
 
@@ -142,11 +142,8 @@ class LBFGS:
             np.subtract(x, x_k, out=s, casting="same_kind")
             np.subtract(g, g_k, out=y, casting="same_kind")
             self._give(g_k)  # done with: g is the new one
-            if dtype == np.float64:
-                sy, norms = dot(s, y), norm(s) * norm(y)
-            else:
-                mixed = self._mixed().dot
-                sy, norms = mixed(s, y), np.sqrt(mixed(s, s) * mixed(y, y))
+            pair_dot = self._mixed().dot  # as in the two-loop recursion, either dtype
+            sy, norms = pair_dot(s, y), np.sqrt(pair_dot(s, s) * pair_dot(y, y))
             if sy > 1e-10 * norms:
                 self._s.append(s)
                 self._y.append(y)
